@@ -1,0 +1,17 @@
+"""One exception family for problems a user can fix (bad params, unreadable inputs, missing models)."""
+
+
+class DemoireError(Exception):
+    """A user-facing problem; its message is one line naming the thing and the fix."""
+
+
+class ParamsError(DemoireError):
+    """params.yaml (or a CLI option) holds a key or value that is not allowed."""
+
+
+class InputDataError(DemoireError):
+    """An input file or folder is missing or cannot be used."""
+
+
+class ModelNotFoundError(DemoireError):
+    """A model path, registered name or alias does not exist."""

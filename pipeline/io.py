@@ -1,0 +1,87 @@
+"""Atomic file and folder writes, and image reading that reports failures instead of crashing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from PIL import Image
+
+from pipeline.errors import InputDataError
+
+# Decompression bombs are a real risk with user folders; PIL raises on anything above this.
+Image.MAX_IMAGE_PIXELS = 200_000_000
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temp file beside `path`; rename it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield an empty temp folder beside `path`; it replaces `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write `data` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write an RGB uint8 array as PNG, atomically and byte-reproducibly."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG", optimize=False, compress_level=6)
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """Read any image file as an RGB uint8 array, converting grayscale, palette, alpha and 16-bit."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_rgb_uint8(im)
+    except FileNotFoundError as exc:
+        raise InputDataError(f"image not found: {path}") from exc
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputDataError(f"cannot read image {path}: {exc}") from exc
+
+
+def to_rgb_uint8(im: Image.Image) -> np.ndarray:
+    """Convert a PIL image of any mode to an HxWx3 uint8 array (alpha composited on white)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        peak = 65535.0 if arr.max() > 255 else 255.0
+        gray = np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(canvas, rgba).convert("RGB"))
+    return np.asarray(im.convert("RGB"))

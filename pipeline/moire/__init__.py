@@ -1,0 +1,1 @@
+"""Camera photographing a screen: display → optics → sensor → ISP, composed in `simulate`."""

@@ -1,0 +1,77 @@
+"""Clean source images: bundled sample photos, procedural screen content and user folders."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.io import read_rgb
+from pipeline.sources.bundled import bundled_image_paths
+from pipeline.sources.folders import scan_folder
+from pipeline.sources.procedural import SCREEN_KINDS, render_screen_content
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where one clean image comes from; `source_id` is unique and stable across runs."""
+
+    source_id: str
+    kind: str  # "bundled", "procedural" or "folder"
+    path: str = ""  # file for bundled/folder sources
+    screen_kind: str = ""  # procedural content type
+    index: int = 0  # procedural index, part of its seed
+
+
+@dataclass(frozen=True)
+class SkippedSource:
+    """A source file that could not be used, and why."""
+
+    path: str
+    reason: str
+
+
+def collect_sources(
+    bundled: bool, procedural: int, folders: list[Path]
+) -> tuple[list[SourceSpec], list[SkippedSource]]:
+    """List every usable source image; unreadable folder files are skipped and reported."""
+    specs: list[SourceSpec] = []
+    if bundled:
+        specs += [
+            SourceSpec(source_id=f"bundled/{name}", kind="bundled", path=str(path))
+            for name, path in bundled_image_paths()
+        ]
+    specs += [
+        SourceSpec(
+            source_id=f"procedural/{i:05d}-{SCREEN_KINDS[i % len(SCREEN_KINDS)]}",
+            kind="procedural",
+            screen_kind=SCREEN_KINDS[i % len(SCREEN_KINDS)],
+            index=i,
+        )
+        for i in range(procedural)
+    ]
+    skipped: list[SkippedSource] = []
+    for folder in folders:
+        usable, bad = scan_folder(folder)
+        specs += [
+            SourceSpec(source_id=f"folder/{Path(folder).name}/{p.name}", kind="folder", path=str(p))
+            for p in usable
+        ]
+        skipped += [SkippedSource(path=str(p), reason=reason) for p, reason in bad]
+    for item in skipped:
+        log.warning("skipped source %s: %s", item.path, item.reason)
+    return specs, skipped
+
+
+@lru_cache(maxsize=64)
+def load_source(spec: SourceSpec, seed: int) -> np.ndarray:
+    """The clean RGB uint8 image for `spec`; procedural content is rendered from (seed, index)."""
+    if spec.kind == "procedural":
+        rng = np.random.default_rng([seed, 0x50524F43, spec.index])  # "PROC"
+        return render_screen_content(spec.screen_kind, rng)
+    return read_rgb(Path(spec.path))

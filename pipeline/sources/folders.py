@@ -1,0 +1,31 @@
+"""User folders of clean images: every decodable image is a source, the rest are reported."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.errors import DemoireError, InputDataError
+from pipeline.io import read_rgb
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+
+
+def scan_folder(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Image files under `folder` (sorted) split into readable ones and (path, reason) failures."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputDataError(f"source folder does not exist: {folder} (fix synthesize.sources.folders)")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    usable: list[Path] = []
+    failed: list[tuple[Path, str]] = []
+    for path in files:
+        try:
+            image = read_rgb(path)
+        except DemoireError as exc:
+            failed.append((path, str(exc)))
+            continue
+        if min(image.shape[:2]) < 16:
+            failed.append((path, f"image is {image.shape[1]}x{image.shape[0]}, smaller than 16 px"))
+            continue
+        usable.append(path)
+    return usable, failed
