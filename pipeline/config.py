@@ -86,11 +86,11 @@ class PreprocessParams(Section):
 
 class TrainParams(Section):
     model: Literal["simple", "unet"] = "unet"
-    channels: int = Field(32, ge=4, le=512)
-    depth: int = Field(6, ge=2, le=64)
-    epochs: int = Field(10, ge=1, le=100_000)
+    channels: int = Field(48, ge=4, le=512)
+    depth: int = Field(3, ge=2, le=64)
+    epochs: int = Field(30, ge=1, le=100_000)
     batch_size: int = Field(16, ge=1, le=4096)
-    patch_size: int = Field(96, ge=16, le=2048)
+    patch_size: int = Field(64, ge=16, le=2048)
     lr: float = Field(1e-3, gt=0.0, le=1.0)
     loss: Literal["mse", "l1"] = "mse"
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -84,4 +84,4 @@ def to_rgb_uint8(im: Image.Image) -> np.ndarray:
         rgba = im.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return np.asarray(Image.alpha_composite(canvas, rgba).convert("RGB"))
-    return np.asarray(im.convert("RGB"))
+    return np.array(im.convert("RGB"))  # a writable copy: torch warns on read-only arrays

@@ -1,0 +1,66 @@
+"""Shared command-line entry for stage flows: validate params first, print user errors as one line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from pipeline.config import Params, load_params
+from pipeline.errors import DemoireError
+
+
+def run_stage(
+    description: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[Params, argparse.Namespace], object],
+) -> None:
+    """Parse arguments, validate params.yaml before Prefect starts, run the flow, exit 2 on user errors."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
+    add_arguments(parser)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pipeline").setLevel(logging.INFO)  # Prefect sets the root logger to WARNING
+    try:
+        params = load_params(args.params)
+        with prefect_api():
+            run(params, args)
+    except DemoireError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+@contextmanager
+def prefect_api() -> Iterator[None]:
+    """Use the server at PREFECT_API_URL if set, else one temporary server for this stage.
+
+    Without this, every process-pool worker starts a temporary server of its own (seconds each,
+    and concurrent writers to one SQLite file); workers inherit PREFECT_API_URL instead.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with SubprocessASGIServer() as server:
+        os.environ["PREFECT_API_URL"] = server.api_url
+        try:
+            with temporary_settings({PREFECT_API_URL: server.api_url}):
+                yield
+                _drain_prefect_clients()
+        finally:
+            del os.environ["PREFECT_API_URL"]
+
+
+def _drain_prefect_clients() -> None:
+    """Send queued logs and events while the server still runs (else exit hangs on retries)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    EventsWorker.drain_all(timeout=30)

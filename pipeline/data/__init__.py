@@ -1,0 +1,1 @@
+"""Datasets: rendering synthetic pairs, manifests, validation, splits, torch datasets, augmentation."""

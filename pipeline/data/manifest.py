@@ -1,0 +1,55 @@
+"""Manifests (pandas → parquet) of pairs, and validation that each pair is usable."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.errors import DemoireError, InputDataError
+from pipeline.io import atomic_path, read_rgb
+
+log = logging.getLogger(__name__)
+
+
+def write_manifest(records: list[dict], path: Path) -> pd.DataFrame:
+    """Write records sorted by pair_id as parquet, atomically; return the frame."""
+    frame = pd.DataFrame.from_records(records).sort_values("pair_id").reset_index(drop=True)
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+    return frame
+
+
+def read_manifest(path: Path) -> pd.DataFrame:
+    """Read a manifest, with a clear error when it is missing."""
+    if not Path(path).is_file():
+        raise InputDataError(f"manifest not found: {path} (run the stage that writes it first)")
+    return pd.read_parquet(path)
+
+
+def check_pair(moire_path: Path, clean_path: Path) -> str | None:
+    """Why this pair is unusable (unreadable, wrong shape, sizes differ), or None if it is fine."""
+    try:
+        moire, clean = read_rgb(moire_path), read_rgb(clean_path)
+    except DemoireError as exc:
+        return str(exc)
+    if moire.shape != clean.shape:
+        return f"sizes differ: moire {moire.shape[1]}x{moire.shape[0]}, clean {clean.shape[1]}x{clean.shape[0]}"
+    return None
+
+
+def validate_pairs(manifest: pd.DataFrame, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a manifest into usable pairs and rejected ones (with a `reason` column)."""
+    reasons = [
+        check_pair(Path(root) / row.moire_path, Path(root) / row.clean_path)
+        for row in manifest.itertuples()
+    ]
+    bad = np.array([r is not None for r in reasons], dtype=bool)
+    rejected = manifest.loc[bad, ["pair_id", "moire_path", "clean_path"]].assign(
+        reason=[r for r in reasons if r is not None]
+    )
+    for row in rejected.itertuples():
+        log.warning("rejected pair %s: %s", row.pair_id, row.reason)
+    return manifest.loc[~bad].reset_index(drop=True), rejected.reset_index(drop=True)

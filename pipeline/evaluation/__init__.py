@@ -1,0 +1,1 @@
+"""Evaluation: metrics (torchmetrics), evaluating a model on pairs, before/after grids."""

@@ -1,0 +1,20 @@
+"""Before/after grids: rows of moiré | restored | clean."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def before_after_grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], cell: int = 256) -> np.ndarray:
+    """Stack (moiré, restored, clean) triples into one labelled RGB image, each cell resized to `cell`."""
+    header = 20
+    grid = Image.new("RGB", (3 * cell, header + len(rows) * cell), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for col, label in enumerate(("moire input", "restored", "clean target")):
+        draw.text((col * cell + 6, 4), label, fill=(0, 0, 0))
+    for r, triple in enumerate(rows):
+        for c, image in enumerate(triple):
+            tile = Image.fromarray(image).resize((cell, cell), Image.Resampling.NEAREST)
+            grid.paste(tile, (c * cell, header + r * cell))
+    return np.asarray(grid)

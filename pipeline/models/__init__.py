@@ -1,0 +1,64 @@
+"""Demoiré architectures by name; each maps an RGB batch in [0, 1] to a restored batch, any size."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from pipeline.errors import ModelNotFoundError, ParamsError
+from pipeline.io import atomic_path
+from pipeline.models.simple import SimpleCNN
+from pipeline.models.unet import SmallUNet
+
+MODEL_BUILDERS: dict[str, Callable[[int, int], nn.Module]] = {
+    "simple": lambda channels, depth: SimpleCNN(channels=channels, layers=depth),
+    "unet": lambda channels, depth: SmallUNet(channels=channels, levels=depth),
+}
+WEIGHTS_FILE, SPEC_FILE = "model.pt", "model.json"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild an architecture before loading its state dict."""
+
+    name: str
+    channels: int
+    depth: int
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """Instantiate the architecture `spec` names."""
+    if spec.name not in MODEL_BUILDERS:
+        raise ParamsError(f"train.model = {spec.name!r}: unknown model; choose one of {', '.join(MODEL_BUILDERS)}")
+    return MODEL_BUILDERS[spec.name](spec.channels, spec.depth)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def save_model(model: nn.Module, spec: ModelSpec, directory: Path) -> None:
+    """Write the state dict (loadable with weights_only=True) and the spec, atomically."""
+    directory = Path(directory)
+    with atomic_path(directory / WEIGHTS_FILE) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    with atomic_path(directory / SPEC_FILE) as tmp:
+        tmp.write_text(json.dumps(asdict(spec), indent=2) + "\n")
+
+
+def load_model(directory: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, ModelSpec]:
+    """Rebuild the architecture from its spec and load weights without unpickling code."""
+    directory = Path(directory)
+    if not (directory / WEIGHTS_FILE).is_file() or not (directory / SPEC_FILE).is_file():
+        raise ModelNotFoundError(f"no model in {directory} (expected {WEIGHTS_FILE} and {SPEC_FILE})")
+    spec = ModelSpec(**json.loads((directory / SPEC_FILE).read_text()))
+    model = build_model(spec)
+    state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.to(device).eval(), spec

@@ -1,0 +1,1 @@
+"""Training: device choice, losses, checkpoints and the epoch loop."""
