@@ -148,3 +148,18 @@ def resolve_alias(name: str, alias: str) -> str:
 def decision_record(version: str, decision: PromotionDecision, name: str, run_id: str, uri: str) -> dict:
     """The register stage's output: what was registered and what was decided."""
     return {"model_name": name, "version": version, "run_id": run_id, "tracking_uri": uri, **asdict(decision)}
+
+
+def load_registered_model(uri: str, device):
+    """The torch module behind a `models:/name@alias` (or `models:/name/version`) URI."""
+    from pipeline.models import load_model
+
+    use_tracking_store(Path.cwd(), "demoire") if "MLFLOW_TRACKING_URI" not in os.environ else None
+    name, _, alias = uri.removeprefix("models:/").partition("@")
+    if alias:
+        resolve_alias(name, alias)
+    try:
+        local = mlflow.artifacts.download_artifacts(f"{uri}/artifacts/model_dir")
+    except MlflowException as exc:
+        raise ModelNotFoundError(f"cannot load {uri}: {str(exc).splitlines()[0]}") from None
+    return load_model(Path(local), device)[0]
