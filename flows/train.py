@@ -32,7 +32,7 @@ def fit_task(params: Params, train_pairs, val_pairs, out: Path, history_path: Pa
     cfg = params.train
     device = resolve_device(cfg.device)
     spec = ModelSpec(name=cfg.model, channels=cfg.channels, depth=cfg.depth)
-    model = build_model(spec)
+    model = build_model(spec, seed=params.seed)
     rows: list[dict] = []
 
     def record(stats) -> None:

@@ -16,7 +16,7 @@ from rich.table import Table
 from pipeline.errors import DemoireError, InputDataError
 
 app = typer.Typer(help="Demoiré pipeline: synthetic moiré data, models, evaluation.", no_args_is_help=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one message per line, never wrapped
 
 
 def _fail(exc: DemoireError) -> None:

@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
 GATE_METRIC = "test_psnr"
 IMAGE_SIGNATURE = ModelSignature(
-    inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, 3), name="image")]),
-    outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, 3), name="restored")]),
+    inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, 3))]),
+    outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, 3))]),
 )
 
 

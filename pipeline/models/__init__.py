@@ -31,11 +31,15 @@ class ModelSpec:
     depth: int
 
 
-def build_model(spec: ModelSpec) -> nn.Module:
-    """Instantiate the architecture `spec` names."""
+def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
+    """Instantiate the architecture `spec` names; with `seed`, its initial weights depend on it alone."""
     if spec.name not in MODEL_BUILDERS:
         raise ParamsError(f"train.model = {spec.name!r}: unknown model; choose one of {', '.join(MODEL_BUILDERS)}")
-    return MODEL_BUILDERS[spec.name](spec.channels, spec.depth)
+    if seed is None:
+        return MODEL_BUILDERS[spec.name](spec.channels, spec.depth)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MODEL_BUILDERS[spec.name](spec.channels, spec.depth)
 
 
 def count_parameters(model: nn.Module) -> int:

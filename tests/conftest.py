@@ -1,0 +1,104 @@
+"""Shared fixtures: tiny params that keep every test fast on a 2-core CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import Params, parse_params
+
+TINY = {
+    "seed": 7,
+    "synthesize": {"n_pairs": 12, "size": 48, "workers": 1, "sources": {"bundled": False, "procedural": 6}},
+    "preprocess": {"val_fraction": 0.2, "test_fraction": 0.2},
+    "train": {"model": "unet", "channels": 8, "depth": 2, "epochs": 2, "batch_size": 4, "patch_size": 32},
+    "evaluate": {"grid_count": 2},
+}
+
+
+@pytest.fixture
+def tiny_raw() -> dict:
+    """A fresh copy of the tiny params mapping (tests may edit it)."""
+    import copy
+
+    return copy.deepcopy(TINY)
+
+
+@pytest.fixture
+def tiny_params(tiny_raw) -> Params:
+    """Validated tiny params."""
+    return parse_params(tiny_raw)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip `gpu` tests when CUDA is absent."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """A real `prefect server start` on 127.0.0.1 for the whole session; stopped by process id."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    log = open(home / "server.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None:
+            raise RuntimeError(f"prefect server exited: {(home / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    else:
+        process.kill()
+        raise RuntimeError("prefect server did not start within 180 s")
+    yield url
+    os.killpg(process.pid, 15)
+    process.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture
+def prefect_api(prefect_server, monkeypatch):
+    """Point this test process (and its subprocesses) at the session's Prefect server."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
+    with temporary_settings({PREFECT_API_URL: prefect_server}):
+        yield prefect_server

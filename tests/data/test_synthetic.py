@@ -1,0 +1,61 @@
+import numpy as np
+import pandas as pd
+
+from pipeline.data.manifest import validate_pairs, write_manifest
+from pipeline.data.splits import split_by_source
+from pipeline.data.synthetic import render_shard, shard_indices
+from pipeline.sources import collect_sources
+from pipeline.io import write_png
+
+
+def _render(tmp_path, params, shards):
+    cfg = params.synthesize
+    specs, _ = collect_sources(cfg.sources.bundled, cfg.sources.procedural, cfg.sources.folders)
+    records = [r for shard in shards for r in render_shard(shard, specs, cfg, params.seed, tmp_path)]
+    return write_manifest(records, tmp_path / "manifest.parquet")
+
+
+def test_output_bytes_do_not_depend_on_sharding(tmp_path, tiny_params):
+    n = tiny_params.synthesize.n_pairs
+    one = _render(tmp_path / "one", tiny_params, shard_indices(n, 1))
+    many = _render(tmp_path / "many", tiny_params, list(reversed(shard_indices(n, 5))))
+    pd.testing.assert_frame_equal(one, many)
+    for rel in list(one.moire_path) + list(one.clean_path):
+        assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "many" / rel).read_bytes()
+    assert (tmp_path / "one" / "manifest.parquet").read_bytes() == (tmp_path / "many" / "manifest.parquet").read_bytes()
+
+
+def test_manifest_records_source_and_every_sampled_parameter(tmp_path, tiny_params):
+    frame = _render(tmp_path, tiny_params, shard_indices(4, 2)[:1] + [[2, 3]])
+    assert list(frame.pair_id) == [0, 1, 2, 3]
+    for column in ("source_id", "pitch_ratio", "rotation_deg", "tilt", "tilt_direction_deg", "fill_factor",
+                   "blur_sigma", "sensor_aperture", "shot_noise", "read_noise", "jpeg_quality", "subpixel_layout"):
+        assert column in frame.columns, column
+    lo, hi = tiny_params.synthesize.optics.pitch_ratio
+    assert frame.pitch_ratio.between(lo, hi).all()
+
+
+def test_shards_cover_every_index_once():
+    shards = shard_indices(10, 4)
+    assert sorted(i for s in shards for i in s) == list(range(10))
+    assert shard_indices(3, 8) == [[0], [1], [2]]
+
+
+def test_validation_rejects_corrupt_and_mismatched_pairs(tmp_path, tiny_params):
+    frame = _render(tmp_path, tiny_params, [[0, 1, 2]])
+    (tmp_path / frame.moire_path[1]).write_bytes(b"not a png")
+    write_png(tmp_path / frame.clean_path[2], np.zeros((10, 10, 3), np.uint8))
+    usable, rejected = validate_pairs(frame, tmp_path)
+    assert list(usable.pair_id) == [0]
+    assert list(rejected.pair_id) == [1, 2]
+    assert "cannot read image" in rejected.reason[0]
+    assert "sizes differ" in rejected.reason[1]
+
+
+def test_split_keeps_each_source_in_one_split():
+    sources = pd.Series([f"s{i % 10}" for i in range(100)])
+    splits = split_by_source(sources, 0.2, 0.2, seed=1)
+    assert set(splits) == {"train", "val", "test"}
+    assert (pd.DataFrame({"s": sources, "split": splits}).groupby("s").split.nunique() == 1).all()
+    assert splits.equals(split_by_source(sources, 0.2, 0.2, seed=1))
+    assert pd.Series(splits).value_counts()["test"] == 20  # 2 of 10 sources × 10 pairs

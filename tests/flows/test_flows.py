@@ -1,0 +1,48 @@
+"""Flows against a real Prefect server."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+
+from flows.preprocess import preprocess_flow
+from flows.synthesize import synthesize_flow
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_synthesis_is_byte_identical_for_any_worker_count(tmp_path, tiny_params, prefect_api):
+    one = synthesize_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))
+    two = synthesize_flow.with_options(task_runner=ProcessPoolTaskRunner(max_workers=2))
+    summary = one(params=tiny_params, out=tmp_path / "one")
+    two(params=tiny_params.model_copy(update={"synthesize": tiny_params.synthesize.model_copy(update={"workers": 2})}),
+        out=tmp_path / "two")
+    assert summary["pairs"] == 12 and summary["sources_skipped"] == 0
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    assert len(files) == 2 * 12 + 2
+    for rel in files:
+        assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes(), rel
+    assert not list(tmp_path.glob(".*tmp"))  # no staging folders left behind
+
+    summary = preprocess_flow(tiny_params, tmp_path / "one", tmp_path / "pairs.parquet", tmp_path / "summary.json")
+    frame = pd.read_parquet(tmp_path / "pairs.parquet")
+    assert sum(summary["pairs"].values()) == 12 and summary["rejected_pairs"] == 0
+    assert (frame.groupby("source_id").split.nunique() == 1).all()
+
+
+def test_invalid_params_fail_fast_with_one_line_and_write_nothing(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("synthesize:\n  n_pairs: -5\n")
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.synthesize", "--params", str(params), "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: {params}: synthesize.n_pairs = -5: Input should be greater than or equal to 1")
+    assert not out.exists()

@@ -1,0 +1,58 @@
+import json
+
+import numpy as np
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.io import read_rgb, write_png
+from pipeline.models import ModelSpec, build_model, save_model
+
+runner = CliRunner()
+
+
+def _model(tmp_path):
+    spec = ModelSpec("unet", 8, 2)
+    save_model(build_model(spec), spec, tmp_path / "model")
+    return str(tmp_path / "model")
+
+
+def test_check_params_reports_bad_key(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n  lr: 0\n")
+    result = runner.invoke(app, ["check-params", "--params", str(params)])
+    assert result.exit_code == 2
+    assert "train.lr = 0: Input should be greater than 0" in result.output
+
+
+def test_predict_keeps_names_skips_unreadable_and_never_overwrites(tmp_path, rng):
+    model = _model(tmp_path)
+    inputs = tmp_path / "in"
+    write_png(inputs / "a.png", rng.integers(0, 256, (31, 45, 3), dtype=np.uint8))
+    (inputs / "b.png").write_bytes(b"broken")
+    result = runner.invoke(app, ["predict", str(inputs), "-o", str(tmp_path / "out"), "--model", model, "--device", "cpu"])
+    assert result.exit_code == 1, result.output
+    assert read_rgb(tmp_path / "out" / "a.png").shape == (31, 45, 3)
+    assert "skipped" in result.output and "b.png" in result.output
+    before = (tmp_path / "out" / "a.png").read_bytes()
+    result = runner.invoke(app, ["predict", str(inputs / "a.png"), "-o", str(tmp_path / "out"), "--model", model])
+    assert result.exit_code == 1 and "exists (use --overwrite)" in result.output
+    assert (tmp_path / "out" / "a.png").read_bytes() == before
+
+
+def test_evaluate_json_on_paired_folder(tmp_path, rng):
+    model = _model(tmp_path)
+    for name in ("x.png", "y.png"):
+        clean = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+        write_png(tmp_path / "pairs" / "clean" / name, clean)
+        write_png(tmp_path / "pairs" / "moire" / name, clean // 2)
+    result = runner.invoke(app, ["evaluate", "--model", model, "--pairs", str(tmp_path / "pairs"), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["count"] == 2
+    assert set(summary) >= {"psnr", "ssim", "mse", "identity_psnr", "identity_ssim", "identity_mse"}
+
+
+def test_missing_model_is_one_line(tmp_path):
+    result = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "none"), "--pairs", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "no model in" in result.output

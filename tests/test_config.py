@@ -1,0 +1,60 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Params, flatten, load_params, parse_params
+from pipeline.errors import ParamsError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_repository_params_file_is_valid():
+    params = load_params(ROOT / "params.yaml")
+    assert params.train.model in ("simple", "unet")
+    assert params.registration.model_name == "demoire"
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ({"train": {"epochs": 0}}, "params.yaml: train.epochs = 0: Input should be greater than or equal to 1"),
+        ({"train": {"model": "resnet"}}, "params.yaml: train.model = 'resnet': Input should be 'simple' or 'unet'"),
+        ({"synthesize": {"optics": {"tilt": [0.3, 0.1]}}},
+         "params.yaml: synthesize.optics.tilt = [0.3, 0.1]: range minimum 0.3 is greater than its maximum 0.1"),
+        ({"synthesize": {"display": {"fill_factor": [0.5, 1.5]}}},
+         "params.yaml: synthesize.display.fill_factor = [0.5, 1.5]: range must lie within (0, 1], got [0.5, 1.5]"),
+        ({"train": {"device": "tpu"}}, "params.yaml: train.device = 'tpu': Input should be 'auto', 'cpu' or 'cuda'"),
+    ],
+)
+def test_invalid_values_name_key_value_and_what_is_allowed(raw, expected):
+    with pytest.raises(ParamsError) as info:
+        parse_params(raw, source="params.yaml")
+    assert str(info.value) == expected
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_key_lists_allowed_keys():
+    with pytest.raises(ParamsError) as info:
+        parse_params({"register": {"modelname": "x"}}, source="params.yaml")
+    assert str(info.value) == "params.yaml: register.modelname = 'x': unknown key; allowed keys here: experiment, model_name"
+
+
+def test_unknown_top_level_section():
+    with pytest.raises(ParamsError, match=r"^p: trian = \{\}: unknown key; allowed keys here: evaluate, preprocess, register, seed"):
+        parse_params({"trian": {}}, source="p")
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ParamsError, match="file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_flatten_uses_dotted_section_names():
+    flat = flatten(Params())
+    assert flat["register.model_name"] == "demoire"
+    assert flat["synthesize.optics.pitch_ratio"] == "[0.8, 1.3]"
+    assert flat["train.epochs"] == "30"
