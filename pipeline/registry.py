@@ -119,7 +119,7 @@ def register_and_gate(
 ) -> tuple[str, PromotionDecision]:
     """Register a version as `challenger`, tag it, and move `champion` to it if it wins."""
     champion_version, champion_psnr = current_champion(client, name)
-    version = mlflow.register_model(model_uri, name).version
+    version = str(mlflow.register_model(model_uri, name).version)
     for key, value in metrics.items():
         client.set_model_version_tag(name, version, key, str(value))
     client.set_registered_model_alias(name, CHALLENGER, version)

@@ -32,7 +32,10 @@ def project(tmp_path_factory, prefect_server):
         if (ROOT / rel).is_file():
             (repo / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, repo / rel)
-    (repo / "params.yaml").write_text(yaml.safe_dump(TINY))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in TINY.items():  # DVC needs every section a stage lists, so merge
+        params[section] = {**params[section], **values} if isinstance(values, dict) else values
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -46,8 +49,8 @@ def _registry(repo, env):
     script = (
         "import json, mlflow; from mlflow.tracking import MlflowClient; c = MlflowClient();"
         "vs = c.search_model_versions(\"name='demoire'\");"
-        "print(json.dumps({'aliases': {a: c.get_model_version_by_alias('demoire', a).version for a in ('champion', 'challenger')},"
-        "'versions': {v.version: v.tags for v in vs}}))"
+        "print(json.dumps({'aliases': {a: str(c.get_model_version_by_alias('demoire', a).version) for a in ('champion', 'challenger')},"
+        "'versions': {str(v.version): v.tags for v in vs}}))"
     )
     env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
     return json.loads(_run([sys.executable, "-c", script], repo, env).stdout.strip().splitlines()[-1])
