@@ -92,7 +92,7 @@ def current_champion(client: MlflowClient, name: str) -> tuple[str | None, float
     except MlflowException:
         return None, None
     psnr = version.tags.get(GATE_METRIC)
-    return version.version, float(psnr) if psnr is not None else None
+    return str(version.version), float(psnr) if psnr is not None else None
 
 
 def log_demoire_model(model_dir: Path):
