@@ -43,8 +43,8 @@ def test_champion_moves_only_when_beaten_and_pyfunc_loads(store, tmp_path):
     assert (d1.promote, d2.promote, d3.promote) == (True, False, True)
 
     client = MlflowClient()
-    assert client.get_model_version_by_alias("demoire-test", CHAMPION).version == v3
-    assert client.get_model_version_by_alias("demoire-test", CHALLENGER).version == v3
+    assert str(client.get_model_version_by_alias("demoire-test", CHAMPION).version) == v3
+    assert str(client.get_model_version_by_alias("demoire-test", CHALLENGER).version) == v3
     assert client.get_model_version("demoire-test", v2).tags["promotion"] == "not_promoted"
     assert "does not beat champion v1" in client.get_model_version("demoire-test", v2).tags["promotion_reason"]
 
