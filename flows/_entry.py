@@ -15,13 +15,13 @@ from pipeline.errors import DemoireError
 
 
 def run_stage(
-    description: str, add_arguments: Callable[[argparse.ArgumentParser], None],
-    run: Callable[[Params, argparse.Namespace], object],
+    description: str, path_options: list[str], run: Callable[[Params, argparse.Namespace], object]
 ) -> None:
-    """Parse arguments, validate params.yaml before Prefect starts, run the flow, exit 2 on user errors."""
+    """Parse the stage's path options, validate params.yaml before Prefect starts, run, exit 2 on user errors."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
-    add_arguments(parser)
+    for name in path_options:  # paths come from dvc.yaml, so they are declared in one place
+        parser.add_argument(f"--{name}", type=Path, required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pipeline").setLevel(logging.INFO)  # Prefect sets the root logger to WARNING

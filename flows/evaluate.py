@@ -62,15 +62,11 @@ def evaluate_flow(params: Params, model_dir: Path, data: Path, pairs_index: Path
 def main() -> None:
     """`python -m flows.evaluate --model data/train --data … --pairs … --out … --metrics … --grid …`."""
 
-    def arguments(parser: argparse.ArgumentParser) -> None:
-        for name in ("model", "data", "pairs", "out", "metrics", "grid"):
-            parser.add_argument(f"--{name}", type=Path, required=True)
-
     def run(params: Params, args: argparse.Namespace) -> None:
         resolve_device(params.evaluate.device)
         evaluate_flow(params, args.model, args.data, args.pairs, args.out, args.metrics, args.grid)
 
-    run_stage(__doc__, arguments, run)
+    run_stage(__doc__, ["model", "data", "pairs", "out", "metrics", "grid"], run)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from prefect import flow, task
@@ -48,12 +47,7 @@ def preprocess_flow(params: Params, data: Path, out: Path, summary_path: Path) -
 def main() -> None:
     """`python -m flows.preprocess --data data/synthesize --out data/preprocess/pairs.parquet --summary …`."""
 
-    def arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--data", type=Path, required=True)
-        parser.add_argument("--out", type=Path, required=True)
-        parser.add_argument("--summary", type=Path, required=True)
-
-    run_stage(__doc__, arguments, lambda params, args: preprocess_flow(params, args.data, args.out, args.summary))
+    run_stage(__doc__, ["data", "out", "summary"], lambda params, args: preprocess_flow(params, args.data, args.out, args.summary))
 
 
 if __name__ == "__main__":

@@ -54,14 +54,10 @@ def register_flow(params: Params, model_dir: Path, history: Path, metrics: Path,
 def main() -> None:
     """`python -m flows.register --model data/train --history … --metrics … --per-image … --grid …--out …`."""
 
-    def arguments(parser: argparse.ArgumentParser) -> None:
-        for name in ("model", "history", "metrics", "per-image", "grid", "out"):
-            parser.add_argument(f"--{name}", type=Path, required=True)
-
     def run(params: Params, args: argparse.Namespace) -> None:
         register_flow(params, args.model, args.history, args.metrics, args.per_image, args.grid, args.out)
 
-    run_stage(__doc__, arguments, run)
+    run_stage(__doc__, ["model", "history", "metrics", "per-image", "grid", "out"], run)
 
 
 if __name__ == "__main__":

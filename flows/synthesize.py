@@ -58,15 +58,12 @@ def synthesize_flow(params: Params, out: Path) -> dict:
 def main() -> None:
     """`python -m flows.synthesize --out data/synthesize`."""
 
-    def arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--out", type=Path, required=True)
-
     def run(params: Params, args: argparse.Namespace) -> None:
         workers = params.synthesize.workers
         runner = ProcessPoolTaskRunner(max_workers=workers) if workers > 1 else ThreadPoolTaskRunner(max_workers=1)
         synthesize_flow.with_options(task_runner=runner)(params=params, out=args.out)
 
-    run_stage(__doc__, arguments, run)
+    run_stage(__doc__, ["out"], run)
 
 
 if __name__ == "__main__":

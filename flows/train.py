@@ -67,17 +67,11 @@ def train_flow(params: Params, data: Path, pairs_index: Path, out: Path, history
 def main() -> None:
     """`python -m flows.train --data data/synthesize --pairs … --out data/train --history …`."""
 
-    def arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--data", type=Path, required=True)
-        parser.add_argument("--pairs", type=Path, required=True)
-        parser.add_argument("--out", type=Path, required=True)
-        parser.add_argument("--history", type=Path, required=True)
-
     def run(params: Params, args: argparse.Namespace) -> None:
         resolve_device(params.train.device)  # fail before loading data when CUDA is absent
         train_flow(params, args.data, args.pairs, args.out, args.history)
 
-    run_stage(__doc__, arguments, run)
+    run_stage(__doc__, ["data", "pairs", "out", "history"], run)
 
 
 if __name__ == "__main__":

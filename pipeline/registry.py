@@ -154,7 +154,7 @@ def load_registered_model(uri: str, device):
     """The torch module behind a `models:/name@alias` (or `models:/name/version`) URI."""
     from pipeline.models import load_model
 
-    use_tracking_store(Path.cwd(), "demoire") if "MLFLOW_TRACKING_URI" not in os.environ else None
+    mlflow.set_tracking_uri(default_tracking_uri(Path.cwd()))
     name, _, alias = uri.removeprefix("models:/").partition("@")
     if alias:
         resolve_alias(name, alias)
