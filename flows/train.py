@@ -27,8 +27,8 @@ def load_split_task(pairs_index: Path, data: Path, split: str):
 
 
 @task(name="fit-model")
-def fit_task(params: Params, train_pairs, val_pairs, out: Path, history_path: Path) -> list[dict]:
-    """Train and write the model; the history CSV is rewritten atomically after every epoch."""
+def fit_task(params: Params, train_pairs, val_pairs, out: Path, history_path: Path) -> tuple[list[dict], int]:
+    """Train and write the model (history CSV rewritten atomically each epoch); return history, parameter count."""
     cfg = params.train
     device = resolve_device(cfg.device)
     spec = ModelSpec(name=cfg.model, channels=cfg.channels, depth=cfg.depth)
@@ -42,7 +42,7 @@ def fit_task(params: Params, train_pairs, val_pairs, out: Path, history_path: Pa
 
     train_model(model, train_pairs, val_pairs, cfg, params.seed, device, out / "checkpoint.pt", record)
     save_model(model.cpu(), spec, out)
-    return rows
+    return rows, count_parameters(model)
 
 
 @flow(name="train")
@@ -50,9 +50,8 @@ def train_flow(params: Params, data: Path, pairs_index: Path, out: Path, history
     """Load the train and val splits, fit the model, publish a summary artifact."""
     train_pairs = load_split_task(pairs_index, data, "train")
     val_pairs = load_split_task(pairs_index, data, "val")
-    rows = fit_task(params, train_pairs, val_pairs, out, history)
+    rows, n_params = fit_task(params, train_pairs, val_pairs, out, history)
     cfg = params.train
-    n_params = count_parameters(build_model(ModelSpec(cfg.model, cfg.channels, cfg.depth)))
     last = rows[-1]
     create_markdown_artifact(
         key="train-summary",

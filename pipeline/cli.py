@@ -61,13 +61,13 @@ def predict(
     """Restore moiré photos; unreadable files are skipped and reported (exit 1 if any)."""
     from pipeline.inference import restore_image
     from pipeline.io import read_rgb, write_png
-    from pipeline.sources.folders import IMAGE_SUFFIXES
+    from pipeline.sources.folders import image_files
 
     try:
         net, torch_device = _load(model, device)
     except DemoireError as exc:
         _fail(exc)
-    files = [p for item in inputs for p in (sorted(x for x in item.rglob("*") if x.suffix.lower() in IMAGE_SUFFIXES) if item.is_dir() else [item])]
+    files = [p for item in inputs for p in (image_files(item) if item.is_dir() else [item])]
     failed = 0
     start = time.perf_counter()
     for path in track(files, description="restoring", console=err):

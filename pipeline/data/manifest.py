@@ -29,14 +29,21 @@ def read_manifest(path: Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
+def read_pair(moire_path: Path, clean_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Both images of a pair as RGB uint8; InputDataError if either is unreadable or sizes differ."""
+    moire, clean = read_rgb(moire_path), read_rgb(clean_path)
+    if moire.shape != clean.shape:
+        raise InputDataError(
+            f"sizes differ: moire {moire.shape[1]}x{moire.shape[0]}, clean {clean.shape[1]}x{clean.shape[0]}")
+    return moire, clean
+
+
 def check_pair(moire_path: Path, clean_path: Path) -> str | None:
-    """Why this pair is unusable (unreadable, wrong shape, sizes differ), or None if it is fine."""
+    """Why this pair is unusable (unreadable, sizes differ), or None if it is fine."""
     try:
-        moire, clean = read_rgb(moire_path), read_rgb(clean_path)
+        read_pair(moire_path, clean_path)
     except DemoireError as exc:
         return str(exc)
-    if moire.shape != clean.shape:
-        return f"sizes differ: moire {moire.shape[1]}x{moire.shape[0]}, clean {clean.shape[1]}x{clean.shape[0]}"
     return None
 
 

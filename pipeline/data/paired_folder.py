@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pipeline.data.dataset import Pair
 from pipeline.errors import DemoireError, InputDataError
-from pipeline.io import read_rgb
+from pipeline.data.manifest import read_pair
 from pipeline.sources.folders import IMAGE_SUFFIXES
 
 
@@ -22,15 +22,11 @@ def read_paired_folder(root: Path) -> tuple[list[str], list[Pair], list[tuple[st
             skipped.append((name, "no clean image of the same name"))
             continue
         try:
-            moire, clean = read_rgb(moire_dir / name), read_rgb(clean_dir / name)
+            pairs.append(read_pair(moire_dir / name, clean_dir / name))
         except DemoireError as exc:
             skipped.append((name, str(exc)))
             continue
-        if moire.shape != clean.shape:
-            skipped.append((name, f"sizes differ: {moire.shape[:2]} vs {clean.shape[:2]}"))
-            continue
         kept.append(name)
-        pairs.append((moire, clean))
     if not pairs:
         raise InputDataError(f"no usable pairs in {root}")
     return kept, pairs, skipped

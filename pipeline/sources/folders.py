@@ -10,12 +10,17 @@ from pipeline.io import read_rgb
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
 
+def image_files(folder: Path) -> list[Path]:
+    """Image files under `folder`, recursively, sorted."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def scan_folder(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Image files under `folder` (sorted) split into readable ones and (path, reason) failures."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputDataError(f"source folder does not exist: {folder} (fix synthesize.sources.folders)")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(folder)
     usable: list[Path] = []
     failed: list[tuple[Path, str]] = []
     for path in files:
