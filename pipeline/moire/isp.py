@@ -1,32 +1,66 @@
-"""The camera's image signal processor: demosaic, tone curve, JPEG."""
+"""The camera's image signal processor: demosaic, white balance, tone curve, sharpening."""
 
 from __future__ import annotations
 
-import cv2
-import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.moire.optics import gaussian_kernels, separable_filter
+from pipeline.moire.sensor import RGGB
+
+SHARPEN_SIGMA = 1.0  # radius of the unsharp mask, pixels: what phone ISPs use for detail
 
 
-def demosaic(raw: np.ndarray) -> np.ndarray:
-    """Bilinear demosaic of an RGGB mosaic in [0, 1] into HxWx3 RGB float32."""
-    raw16 = np.round(np.clip(raw, 0, 1) * 65535).astype(np.uint16)
-    # OpenCV names Bayer patterns by the second row's first two pixels: RGGB is its "BayerBG".
-    rgb16 = cv2.cvtColor(raw16, cv2.COLOR_BayerBG2RGB)
-    return rgb16.astype(np.float32) / 65535.0
+def cfa_masks(height: int, width: int, device: torch.device) -> torch.Tensor:
+    """(1, 3, H, W) 0/1 masks of which pixels of an RGGB mosaic recorded each colour."""
+    masks = torch.zeros(1, 3, height, width, device=device)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            masks[0, RGGB[dy][dx], dy::2, dx::2] = 1.0
+    return masks
 
 
-def tone_curve(linear: np.ndarray, gamma: float) -> np.ndarray:
-    """Encode linear light for display with a power-law tone curve, to [0, 1]."""
-    return np.clip(linear, 0.0, 1.0) ** (1.0 / gamma)
+def demosaic(raw: torch.Tensor) -> torch.Tensor:
+    """Bilinear demosaic of an RGGB mosaic (B, 1, H, W) into (B, 3, H, W).
+
+    Each missing value is the mean of its nearest recorded neighbours: red and blue from a
+    separable [½ 1 ½]² stencil, green from its four direct neighbours.
+    """
+    height, width = raw.shape[2:]
+    sparse = F.pad(raw * cfa_masks(height, width, raw.device).to(raw.dtype), (1, 1, 1, 1), mode="reflect")
+
+    def shifted(dy: int, dx: int, channels: slice) -> torch.Tensor:
+        return sparse[:, channels, 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
+
+    red_blue = slice(0, 3, 2)
+    horizontal = 0.5 * shifted(-1, -1, red_blue) + shifted(-1, 0, red_blue) + 0.5 * shifted(-1, 1, red_blue)
+    middle = 0.5 * shifted(0, -1, red_blue) + shifted(0, 0, red_blue) + 0.5 * shifted(0, 1, red_blue)
+    below = 0.5 * shifted(1, -1, red_blue) + shifted(1, 0, red_blue) + 0.5 * shifted(1, 1, red_blue)
+    red_blue_full = 0.5 * horizontal + middle + 0.5 * below
+    g = slice(1, 2)
+    green = shifted(0, 0, g) + 0.25 * (shifted(-1, 0, g) + shifted(1, 0, g) + shifted(0, -1, g) + shifted(0, 1, g))
+    return torch.cat([red_blue_full[:, :1], green, red_blue_full[:, 1:]], dim=1)
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
+def white_balance(rgb: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
+    """Multiply each channel by the camera's white-balance gain (B, 3)."""
+    return rgb * gains.reshape(-1, 3, 1, 1)
+
+
+def tone_curve(linear: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """Encode linear light with a power-law tone curve of each capture's gamma, to [0, 1]."""
+    return linear.clamp(0.0, 1.0) ** (1.0 / gamma.reshape(-1, 1, 1, 1))
+
+
+def sharpen(image: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
+    """Unsharp mask: add `amount` × (image − blurred image), clipped to [0, 1]."""
+    if float(amount.max()) <= 0:
+        return image
+    sigma = torch.full_like(amount, SHARPEN_SIGMA, dtype=image.dtype)
+    blurred = separable_filter(image, gaussian_kernels(sigma, radius=3))
+    return (image + amount.reshape(-1, 1, 1, 1) * (image - blurred)).clamp(0.0, 1.0)
+
+
+def to_uint8(image: torch.Tensor) -> torch.Tensor:
     """[0, 1] float → uint8 with rounding."""
-    return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
-
-
-def jpeg_roundtrip(rgb_u8: np.ndarray, quality: int) -> np.ndarray:
-    """Compress as JPEG at `quality` (1–100) and decode again, as a camera's output would be."""
-    ok, buffer = cv2.imencode(".jpg", rgb_u8[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise RuntimeError("OpenCV failed to encode JPEG")
-    return np.ascontiguousarray(cv2.imdecode(buffer, cv2.IMREAD_COLOR)[..., ::-1])
+    return (image * 255.0).round().clamp(0, 255).to(torch.uint8)

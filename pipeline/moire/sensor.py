@@ -1,44 +1,57 @@
-"""The sensor: integration over each pixel's area, a Bayer colour filter array, and noise."""
+"""The sensor: integration over each pixel's area, exposure, a Bayer colour filter array, and noise."""
 
 from __future__ import annotations
 
-import numpy as np
+import torch
 
 # Which RGB channel each position of the 2×2 RGGB tile records: rows then columns.
 RGGB = ((0, 1), (1, 2))
 
 
-def aperture_weights(supersample: int, aperture: float) -> np.ndarray:
-    """1-D weights of each sub-sample cell: its overlap with the pixel's central light-sensitive part.
+def aperture_weights(supersample: int, aperture: torch.Tensor) -> torch.Tensor:
+    """(B, s) weights of each sub-sample cell: its overlap with the pixel's light-sensitive centre.
 
     `aperture` is the sensitive fraction of the pixel pitch along each axis (1 = the whole pixel).
     """
-    edges = np.arange(supersample + 1) / supersample
-    low, high = (1.0 - aperture) / 2.0, (1.0 + aperture) / 2.0
-    overlap = np.clip(np.minimum(edges[1:], high) - np.maximum(edges[:-1], low), 0.0, None)
-    return (overlap / overlap.sum()).astype(np.float32)
+    edges = torch.arange(supersample + 1, dtype=torch.float32, device=aperture.device) / supersample
+    low = ((1.0 - aperture) / 2.0).reshape(-1, 1).to(torch.float32)
+    high = ((1.0 + aperture) / 2.0).reshape(-1, 1).to(torch.float32)
+    overlap = (torch.minimum(edges[1:], high) - torch.maximum(edges[:-1], low)).clamp(min=0.0)
+    return overlap / overlap.sum(dim=1, keepdim=True)
 
 
-def integrate_pixel_area(samples: np.ndarray, supersample: int, aperture: float = 1.0) -> np.ndarray:
-    """Integrate supersample×supersample sub-samples over each pixel's sensitive aperture."""
-    h, w = samples.shape[0] // supersample, samples.shape[1] // supersample
+def integrate_pixel_area(samples: torch.Tensor, supersample: int, aperture: torch.Tensor) -> torch.Tensor:
+    """Integrate s×s sub-samples (B, C, H·s, W·s) over each pixel's sensitive aperture → (B, C, H, W)."""
+    if supersample == 1:
+        return samples
+    batch, channels = samples.shape[:2]
+    h, w = samples.shape[2] // supersample, samples.shape[3] // supersample
     weights = aperture_weights(supersample, aperture)
-    blocks = samples.reshape(h, supersample, w, supersample, -1)
-    return np.einsum("iajbc,a,b->ijc", blocks, weights, weights, optimize=True)
+    blocks = samples.reshape(batch, channels, h, supersample, w, supersample)
+    return torch.einsum("bciajd,ba,bd->bcij", blocks, weights, weights)
 
 
-def bayer_mosaic(rgb: np.ndarray) -> np.ndarray:
-    """Keep one colour per pixel following the RGGB pattern (HxWx3 → HxW)."""
-    raw = np.empty(rgb.shape[:2], dtype=rgb.dtype)
+def expose(irradiance: torch.Tensor, exposure_ev: torch.Tensor) -> torch.Tensor:
+    """Scale the light by the exposure (in stops relative to a correct exposure of the white)."""
+    return irradiance * torch.exp2(exposure_ev).reshape(-1, 1, 1, 1)
+
+
+def bayer_mosaic(rgb: torch.Tensor) -> torch.Tensor:
+    """Keep one colour per pixel following the RGGB pattern: (B, 3, H, W) → (B, 1, H, W)."""
+    raw = torch.empty_like(rgb[:, :1])
     for dy in (0, 1):
         for dx in (0, 1):
-            raw[dy::2, dx::2] = rgb[dy::2, dx::2, RGGB[dy][dx]]
+            channel = RGGB[dy][dx]
+            raw[:, 0, dy::2, dx::2] = rgb[:, channel, dy::2, dx::2]
     return raw
 
 
 def add_sensor_noise(
-    raw: np.ndarray, shot_noise: float, read_noise: float, rng: np.random.Generator
-) -> np.ndarray:
-    """Heteroscedastic Gaussian noise: variance shot_noise·signal + read_noise², clipped to [0, 1]."""
-    std = np.sqrt(shot_noise * np.clip(raw, 0, None) + read_noise**2)
-    return np.clip(raw + rng.standard_normal(raw.shape).astype(np.float32) * std, 0.0, 1.0)
+    raw: torch.Tensor, shot_noise: torch.Tensor, read_noise: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """Heteroscedastic Gaussian noise: variance shot·signal + read², clipped to the sensor's [0, 1]."""
+    shot = shot_noise.reshape(-1, 1, 1, 1)
+    read = read_noise.reshape(-1, 1, 1, 1)
+    std = torch.sqrt(shot * raw.clamp(min=0.0) + read**2)
+    noise = torch.randn(raw.shape, generator=generator, device=raw.device, dtype=raw.dtype)
+    return (raw + noise * std).clamp(0.0, 1.0)

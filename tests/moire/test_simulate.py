@@ -1,56 +1,90 @@
 import numpy as np
 import pytest
+import torch
 
-from pipeline.config import SynthesizeParams
-from pipeline.moire.display import subpixel_layout
-from pipeline.moire.isp import demosaic, jpeg_roundtrip
-from pipeline.moire.optics import camera_homography, sensor_samples_on_display
-from pipeline.moire.sensor import RGGB, aperture_weights, bayer_mosaic
-from pipeline.moire.simulate import sample_capture_params, simulate_capture
+from pipeline.config import SynthesizeParams, parse_params
+from pipeline.moire.display import box_coverage, panel_colour, subpixel_coverage
+from pipeline.moire.isp import demosaic, sharpen, white_balance
+from pipeline.moire.jpeg import jpeg_compress, quantisation_tables
+from pipeline.moire.optics import (
+    camera_homography, lens_blur, pitch_ratio, sensor_samples_on_display, vignetting,
+)
+from pipeline.moire.presets import PRESETS
+from pipeline.moire.sensor import RGGB, add_sensor_noise, aperture_weights, bayer_mosaic, expose
+from pipeline.moire.simulate import (
+    display_size, pitch_ratio_bounds, sample_capture_params, screen_content, simulate_batch, simulate_capture,
+)
 from pipeline.sources.procedural import render_screen_content
 
 
-def _capture(seed: int, size: int = 64, **optics):
-    cfg = SynthesizeParams(size=size, optics={**SynthesizeParams().optics.model_dump(), **optics})
+def _capture(seed: int, size: int = 64, **synthesize):
+    cfg = parse_params({"synthesize": {"size": size, **synthesize}}).synthesize
     source = render_screen_content("document", np.random.default_rng(1))
-    rng = np.random.default_rng(seed)
-    capture = sample_capture_params(cfg, source.shape[:2], rng)
-    return simulate_capture(source, capture, size, cfg.optics.supersample, rng), capture
+    capture = sample_capture_params(cfg, source.shape[:2], np.random.default_rng(seed))
+    return simulate_capture(source, capture, size, cfg.optics.supersample), capture
 
 
-def test_bayer_mosaic_follows_rggb():
-    rgb = np.zeros((4, 4, 3), np.float32)
-    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 0.1, 0.5, 0.9
-    raw = bayer_mosaic(rgb)
-    assert RGGB == ((0, 1), (1, 2))
-    np.testing.assert_allclose(raw[0::2, 0::2], 0.1)
-    np.testing.assert_allclose(raw[0::2, 1::2], 0.5)
-    np.testing.assert_allclose(raw[1::2, 0::2], 0.5)
-    np.testing.assert_allclose(raw[1::2, 1::2], 0.9)
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255**2 / np.mean((a.astype(float) - b.astype(float)) ** 2)))
 
 
-def test_demosaic_restores_flat_colour():
-    rgb = np.ones((8, 8, 3), np.float32) * np.array([0.8, 0.4, 0.1], np.float32)
-    np.testing.assert_allclose(demosaic(bayer_mosaic(rgb))[2:6, 2:6], rgb[2:6, 2:6], atol=1e-4)
+def _image(*rgb: float, size: int = 8) -> torch.Tensor:
+    return torch.tensor(rgb, dtype=torch.float32).reshape(1, 3, 1, 1).expand(1, 3, size, size).clone()
 
 
-def test_subpixel_layout_places_colours_and_keeps_mean_brightness():
-    u = np.array([1 / 6, 3 / 6, 5 / 6], np.float32)  # centres of the three stripes
-    v = np.full(3, 0.5, np.float32)
-    rgb = subpixel_layout(u, v, 0.01, "rgb_stripe", 0.8)
-    assert rgb[0, 0] > 0 and rgb[0, 1] == 0 and rgb[0, 2] == 0  # R in the first third
-    assert rgb[2, 2] > 0 and rgb[2, 0] == 0  # B in the last third
-    bgr = subpixel_layout(u, v, 0.01, "bgr_stripe", 0.8)
-    assert bgr[0, 2] > 0 and bgr[0, 0] == 0
-    uu, vv = np.meshgrid(np.linspace(0, 4, 400, endpoint=False), np.linspace(0, 4, 400, endpoint=False))
-    mean = subpixel_layout(uu.astype(np.float32), vv.astype(np.float32), 0.01, "rgb_stripe", 0.6).mean(axis=(0, 1))
-    np.testing.assert_allclose(mean, 1.0, atol=0.02)
+# --- display ---------------------------------------------------------------------------------
+
+def test_box_coverage_is_the_exact_lit_fraction():
+    x = torch.tensor([0.35, 0.5, 0.9])
+    # Pattern lit on [0.2, 0.5) of each unit; a box of width 0.2 centred at x.
+    got = box_coverage(x, torch.tensor(0.2), torch.tensor(0.2), torch.tensor(0.3))
+    torch.testing.assert_close(got, torch.tensor([1.0, 0.5, 0.0]))
 
 
-def test_aperture_weights_cover_only_the_sensitive_centre():
-    w = aperture_weights(4, 0.5)
-    np.testing.assert_allclose(w, [0, 0.5, 0.5, 0])
-    np.testing.assert_allclose(aperture_weights(3, 1.0), [1 / 3] * 3)
+@pytest.mark.parametrize("layout", ["rgb_stripe", "bgr_stripe", "pentile"])
+def test_every_layout_keeps_each_channels_mean_at_one(layout):
+    grid = torch.linspace(0, 8, 801)[:-1]
+    v, u = torch.meshgrid(grid, grid, indexing="ij")
+    coverage = subpixel_coverage(u[None], v[None], torch.tensor([0.01]), layout, torch.tensor([0.7]))
+    torch.testing.assert_close(coverage.mean(dim=(0, 2, 3)), torch.ones(3), atol=0.02, rtol=0)
+
+
+def test_stripe_layouts_place_red_and_blue_on_opposite_sides():
+    u = torch.tensor([[[1 / 6, 3 / 6, 5 / 6]]])
+    v = torch.full_like(u, 0.5)
+    rgb = subpixel_coverage(u, v, torch.tensor([0.01]), "rgb_stripe", torch.tensor([0.8]))[0, :, 0]
+    bgr = subpixel_coverage(u, v, torch.tensor([0.01]), "bgr_stripe", torch.tensor([0.8]))[0, :, 0]
+    assert rgb[0, 0] > 0 and rgb[0, 2] == 0 and rgb[2, 2] > 0 and rgb[2, 0] == 0
+    assert bgr[2, 0] > 0 and bgr[0, 0] == 0
+
+
+def test_pentile_alternates_red_and_blue_in_a_checkerboard():
+    u = torch.tensor([[[0.25, 1.25, 0.25]]])  # left half of pixels (0,0), (1,0), (0,1)
+    v = torch.tensor([[[0.5, 0.5, 1.5]]])
+    cov = subpixel_coverage(u, v, torch.tensor([0.01]), "pentile", torch.tensor([0.9]))[0, :, 0]
+    assert cov[0, 0] > 0 and cov[2, 0] == 0  # red at even pixels
+    assert cov[2, 1] > 0 and cov[0, 1] == 0 and cov[2, 2] > 0  # blue at odd ones
+    assert (cov[1] == 0).all()  # green sits in the right half
+
+
+def test_panel_colour_applies_black_level_white_point_and_gamut():
+    grey = _image(0.5, 0.5, 0.5)
+    one = torch.ones(1)
+    out = panel_colour(grey, one, torch.tensor([[1.1, 1.0, 0.9]]), torch.tensor([0.8]), torch.tensor([0.0]))
+    torch.testing.assert_close(out[0, :, 0, 0], torch.tensor([0.44, 0.4, 0.36]))
+    black = panel_colour(_image(0, 0, 0), one, torch.ones(1, 3), one, torch.tensor([0.02]))
+    torch.testing.assert_close(black[0, :, 0, 0], torch.full((3,), 0.02))
+    red = _image(0.6, 0.2, 0.2)
+    desaturated = panel_colour(red, torch.tensor([0.5]), torch.ones(1, 3), one, torch.zeros(1))
+    assert desaturated[0, 0, 0, 0] < 0.6 and desaturated[0, 1, 0, 0] > 0.2
+
+
+# --- optics ----------------------------------------------------------------------------------
+
+def test_pitch_ratio_follows_the_thin_lens_magnification():
+    # 0.27 mm pixels, 4.5 mm lens at 454.5 mm: magnification 0.01 → 2.7 µm on 2.7 µm pixels.
+    assert pitch_ratio(0.27, 454.5, 4.5, 2.7) == pytest.approx(1.0)
+    assert pitch_ratio(0.27, 904.5, 4.5, 2.7) == pytest.approx(0.5)
 
 
 def test_homography_maps_display_centre_to_frame_centre():
@@ -59,16 +93,97 @@ def test_homography_maps_display_centre_to_frame_centre():
     np.testing.assert_allclose(centre[:2] / centre[2], [32, 32], atol=1e-9)
 
 
-def test_frame_sees_only_the_screen(rng):
-    cfg = SynthesizeParams(size=64)
-    for _ in range(50):
-        capture = sample_capture_params(cfg, (512, 512), rng)
-        h = camera_homography(capture.display_size, 64, capture.pitch_ratio, capture.rotation_deg,
-                              capture.tilt, capture.tilt_direction_deg)
-        u, v = sensor_samples_on_display(h, 64, 2)
-        assert u.min() >= 0 and v.min() >= 0
-        assert u.max() < capture.display_size and v.max() < capture.display_size
+def test_radial_distortion_bends_straight_rows():
+    h = torch.tensor(camera_homography(64, 64, 1.0, 0.0, 0.0, 0.0))[None]
+    _, v_straight = sensor_samples_on_display(h, 64, 1, torch.zeros(1))
+    _, v_bent = sensor_samples_on_display(h, 64, 1, torch.tensor([0.1]))
+    row = 5  # a row near the top: pincushion pushes its ends further up than its middle
+    assert torch.allclose(v_straight[0, row], v_straight[0, row, 32].expand(64))
+    assert v_bent[0, row, 0] < v_bent[0, row, 32]
+    torch.testing.assert_close(v_bent[0, 32, 32], v_straight[0, 32, 32], atol=0.05, rtol=0)
 
+
+def test_frame_sees_only_the_screen(rng):
+    for preset in PRESETS:
+        cfg = parse_params({"synthesize": {"size": 48, "preset": preset}}).synthesize
+        n = display_size(cfg)
+        for _ in range(30):
+            c = sample_capture_params(cfg, (512, 512), rng)
+            h = torch.tensor(camera_homography(n, 48, c.pitch_ratio, c.rotation_deg, c.tilt, c.tilt_direction_deg))
+            u, v = sensor_samples_on_display(h[None], 48, 2, torch.tensor([c.radial_distortion]))
+            assert u.min() >= 0 and v.min() >= 0 and u.max() < n and v.max() < n
+
+
+def test_vignetting_darkens_corners_only():
+    falloff = vignetting(16, 1, torch.tensor([0.3]))[0, 0]
+    corner = (15.5 - 8) / 8  # centre of the corner pixel, in half-frame units
+    assert falloff[8, 8] > 0.99 and falloff[0, 0] == pytest.approx(1 - 0.3 * corner**2)
+
+
+def test_lens_blur_keeps_mean_and_lowers_contrast():
+    stripes = torch.zeros(1, 1, 16, 16)
+    stripes[..., ::2] = 1.0
+    blurred = lens_blur(stripes, torch.tensor([1.0]))
+    assert blurred.mean() == pytest.approx(0.5, abs=1e-4) and blurred.std() < 0.1 * stripes.std()
+    assert torch.equal(lens_blur(stripes, torch.tensor([0.0])), stripes)
+
+
+# --- sensor ----------------------------------------------------------------------------------
+
+def test_bayer_mosaic_follows_rggb():
+    raw = bayer_mosaic(_image(0.1, 0.5, 0.9, size=4))[0, 0]
+    assert RGGB == ((0, 1), (1, 2))
+    torch.testing.assert_close(raw[0::2, 0::2], torch.full((2, 2), 0.1))
+    torch.testing.assert_close(raw[0::2, 1::2], torch.full((2, 2), 0.5))
+    torch.testing.assert_close(raw[1::2, 0::2], torch.full((2, 2), 0.5))
+    torch.testing.assert_close(raw[1::2, 1::2], torch.full((2, 2), 0.9))
+
+
+def test_aperture_weights_cover_only_the_sensitive_centre():
+    torch.testing.assert_close(aperture_weights(4, torch.tensor([0.5]))[0], torch.tensor([0, 0.5, 0.5, 0]))
+    torch.testing.assert_close(aperture_weights(3, torch.tensor([1.0]))[0], torch.full((3,), 1 / 3))
+
+
+def test_exposure_is_in_stops():
+    torch.testing.assert_close(expose(torch.full((1, 1, 2, 2), 0.4), torch.tensor([-1.0])), torch.full((1, 1, 2, 2), 0.2))
+
+
+def test_noise_grows_with_signal_and_is_seeded():
+    flat = torch.cat([torch.full((1, 1, 64, 64), 0.1), torch.full((1, 1, 64, 64), 0.8)])
+    a = add_sensor_noise(flat, torch.full((2,), 0.01), torch.full((2,), 0.001), torch.Generator().manual_seed(1))
+    b = add_sensor_noise(flat, torch.full((2,), 0.01), torch.full((2,), 0.001), torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    assert a[1].std() > 2 * a[0].std()
+
+
+# --- ISP -------------------------------------------------------------------------------------
+
+def test_demosaic_restores_flat_colour():
+    rgb = _image(0.8, 0.4, 0.1)
+    torch.testing.assert_close(demosaic(bayer_mosaic(rgb)), rgb)
+
+
+def test_white_balance_and_sharpening():
+    torch.testing.assert_close(white_balance(_image(0.5, 0.5, 0.5), torch.tensor([[1.2, 1.0, 0.8]]))[0, :, 0, 0],
+                               torch.tensor([0.6, 0.5, 0.4]))
+    edge = torch.zeros(1, 3, 16, 16)
+    edge[..., 8:] = 0.5
+    sharp = sharpen(edge, torch.tensor([1.0]))
+    assert sharp[0, 0, 4, 9] > 0.5 and sharp[0, 0, 4, 6] == 0.0  # overshoot on the bright side only (clipped)
+
+
+def test_jpeg_quality_tables_and_artifacts():
+    luma_50, _ = quantisation_tables(torch.tensor([50]), torch.device("cpu"))
+    assert luma_50[0, 0, 0] == 16  # quality 50 is the Annex K table itself
+    image = torch.from_numpy(render_screen_content("chart", np.random.default_rng(0))[:64, :64].copy()).permute(2, 0, 1)[None] / 255.0
+    low, high = jpeg_compress(image.repeat(2, 1, 1, 1), torch.tensor([20, 95]))
+    error_low, error_high = (low - image).abs().mean(), (high - image).abs().mean()
+    assert error_high < 0.01 < error_low
+    odd = jpeg_compress(torch.rand(1, 3, 21, 30), torch.tensor([90]))
+    assert odd.shape == (1, 3, 21, 30)
+
+
+# --- whole capture ---------------------------------------------------------------------------
 
 def test_same_seed_same_bytes_other_seed_other_bytes():
     (m1, c1), _ = _capture(3)
@@ -78,11 +193,21 @@ def test_same_seed_same_bytes_other_seed_other_bytes():
     assert m1.tobytes() != m3.tobytes()
 
 
+def test_bytes_do_not_depend_on_torch_thread_count():
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        (one, _), _ = _capture(5, size=96)
+        torch.set_num_threads(max(2, previous))
+        (many, _), _ = _capture(5, size=96)
+    finally:
+        torch.set_num_threads(previous)
+    assert one.tobytes() == many.tobytes()
+
+
 def test_moire_is_visible_but_content_is_the_same():
-    (moire, clean), _ = _capture(5, size=96, pitch_ratio=(1.05, 1.05), rotation_deg=(2.0, 2.0))
-    diff = moire.astype(float) - clean.astype(float)
-    psnr = 10 * np.log10(255**2 / np.mean(diff**2))
-    assert 10 < psnr < 32, psnr  # visibly degraded, yet recognisably the same picture
+    (moire, clean), _ = _capture(5, size=96, optics={"distance_mm": [405, 405], "rotation_deg": [2, 2]})
+    assert 10 < _psnr(moire, clean) < 32  # visibly degraded, yet recognisably the same picture
 
 
 def _shift_of_best_match(a: np.ndarray, b: np.ndarray, max_shift: int = 3) -> tuple[int, int]:
@@ -102,13 +227,41 @@ def test_clean_target_is_pixel_aligned_with_moire(seed):
     import cv2
 
     (moire, clean), _ = _capture(seed, size=96)
-    # Low-pass both so the moiré itself does not dominate the comparison.
-    a = cv2.GaussianBlur(moire.mean(axis=2), (0, 0), 1.5)
-    b = cv2.GaussianBlur(clean.mean(axis=2), (0, 0), 1.5)
+    # Low-pass and normalise both so neither the moiré nor the colour shift dominates.
+    a, b = (cv2.GaussianBlur(x.mean(axis=2), (0, 0), 1.5) for x in (moire, clean))
+    a, b = ((x - x.mean()) / x.std() for x in (a, b))
     assert _shift_of_best_match(a, b) == (0, 0)
 
 
-def test_jpeg_quality_changes_bytes():
-    image = render_screen_content("chart", np.random.default_rng(0))[:64, :64]
-    assert jpeg_roundtrip(image, 30).tobytes() != jpeg_roundtrip(image, 95).tobytes()
-    assert np.abs(jpeg_roundtrip(image, 95).astype(int) - image).mean() < 6
+def test_batch_renders_each_capture_as_alone():
+    cfg = parse_params({"synthesize": {"size": 48}}).synthesize
+    source = render_screen_content("ui", np.random.default_rng(2))
+    captures = [sample_capture_params(cfg, source.shape[:2], np.random.default_rng(s)) for s in range(3)]
+    content = torch.stack([torch.from_numpy(screen_content(source, c)).permute(2, 0, 1) for c in captures])
+    _, clean_batch = simulate_batch(content, captures, 48, 2, torch.Generator().manual_seed(0))
+    _, clean_alone = simulate_batch(content[1:2], captures[1:2], 48, 2, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(clean_batch[1:2], clean_alone, atol=1e-5, rtol=0)
+
+
+def test_default_preset_darkens_like_a_real_camera():
+    """Real captures are darker than their ground truth; the default preset must be too."""
+    cfg = parse_params({"synthesize": {"size": 48}}).synthesize
+    grey = np.full((256, 256, 3), 128, np.uint8)
+    ratios = []
+    for seed in range(8):
+        capture = sample_capture_params(cfg, grey.shape[:2], np.random.default_rng(seed))
+        moire, clean = simulate_capture(grey, capture, 48, 2)
+        ratios.append(moire.mean() / clean.mean())
+    assert 0.7 < np.mean(ratios) < 0.95
+
+
+def test_presets_fill_in_ranges_and_explicit_values_win():
+    coarse = parse_params({"synthesize": {"preset": "coarse", "optics": {"tilt": [0.0, 0.05]}}}).synthesize
+    assert coarse.optics.distance_mm == (390.0, 420.0) and coarse.optics.tilt == (0.0, 0.05)
+    low, high = pitch_ratio_bounds(coarse)
+    assert 0.85 < low < 1.0 < high < 1.25
+    fine_low, fine_high = pitch_ratio_bounds(parse_params({"synthesize": {"preset": "fine"}}).synthesize)
+    assert fine_high < low
+    document = parse_params({"synthesize": {"preset": "document"}}).synthesize
+    assert not document.sources.bundled and "chart" not in document.sources.screen_kinds
+    assert SynthesizeParams().optics == parse_params({"synthesize": {"preset": "default"}}).synthesize.optics

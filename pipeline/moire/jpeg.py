@@ -1,0 +1,80 @@
+"""Baseline JPEG compression in torch, batched with a quality per image, on CPU or CUDA.
+
+The lossy part of JPEG is colour conversion, 4:2:0 chroma subsampling and quantisation of 8×8
+DCT blocks with the standard tables scaled by quality (IJG convention); entropy coding is lossless
+and is skipped. Doing it in torch lets training synthesise pairs on the GPU without a round trip
+through an image codec.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# ITU-T T.81 Annex K tables.
+LUMA_TABLE = (
+    (16, 11, 10, 16, 24, 40, 51, 61), (12, 12, 14, 19, 26, 58, 60, 55),
+    (14, 13, 16, 24, 40, 57, 69, 56), (14, 17, 22, 29, 51, 87, 80, 62),
+    (18, 22, 37, 56, 68, 109, 103, 77), (24, 35, 55, 64, 81, 104, 113, 92),
+    (49, 64, 78, 87, 103, 121, 120, 101), (72, 92, 95, 98, 112, 100, 103, 99),
+)
+CHROMA_TABLE = (
+    (17, 18, 24, 47, 99, 99, 99, 99), (18, 21, 26, 66, 99, 99, 99, 99),
+    (24, 26, 56, 99, 99, 99, 99, 99), (47, 66, 99, 99, 99, 99, 99, 99),
+    (99, 99, 99, 99, 99, 99, 99, 99), (99, 99, 99, 99, 99, 99, 99, 99),
+    (99, 99, 99, 99, 99, 99, 99, 99), (99, 99, 99, 99, 99, 99, 99, 99),
+)
+# JFIF RGB → YCbCr (rows: Y, Cb, Cr), values in 0..255 with chroma offset 128.
+RGB_TO_YCBCR = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
+
+
+def quantisation_tables(quality: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 8, 8) luma and chroma tables for each image's quality (1–100), as libjpeg scales them."""
+    q = quality.to(torch.float32).clamp(1, 100).reshape(-1, 1, 1)
+    scale = torch.where(q < 50, 5000.0 / q, 200.0 - 2.0 * q)
+    tables = []
+    for base in (LUMA_TABLE, CHROMA_TABLE):
+        table = torch.tensor(base, dtype=torch.float32, device=device)
+        tables.append(torch.floor((table * scale + 50.0) / 100.0).clamp(1.0, 255.0))
+    return tables[0], tables[1]
+
+
+def dct_matrix(device: torch.device) -> torch.Tensor:
+    """The orthonormal 8-point DCT-II matrix."""
+    k = torch.arange(8, dtype=torch.float32, device=device).reshape(-1, 1)
+    n = torch.arange(8, dtype=torch.float32, device=device).reshape(1, -1)
+    matrix = torch.cos((2 * n + 1) * k * math.pi / 16) * math.sqrt(2 / 8)
+    matrix[0] /= math.sqrt(2)
+    return matrix
+
+
+def _quantise_plane(plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """DCT, quantise with (B, 8, 8) tables, and invert one (B, H, W) plane; H, W multiples of 8."""
+    batch, height, width = plane.shape
+    d = dct_matrix(plane.device)
+    blocks = (plane - 128.0).reshape(batch, height // 8, 8, width // 8, 8).permute(0, 1, 3, 2, 4)
+    coefficients = d @ blocks @ d.T
+    table = table.reshape(batch, 1, 1, 8, 8)
+    restored = d.T @ (torch.round(coefficients / table) * table) @ d
+    return restored.permute(0, 1, 3, 2, 4).reshape(batch, height, width) + 128.0
+
+
+def jpeg_compress(rgb: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+    """Compress and decompress (B, 3, H, W) images in [0, 1] at each image's quality; same shape out."""
+    batch, _, height, width = rgb.shape
+    pad_h, pad_w = (-height) % 16, (-width) % 16  # whole 16×16 macroblocks, as encoders pad
+    pixels = F.pad(rgb.clamp(0, 1) * 255.0, (0, pad_w, 0, pad_h), mode="replicate")
+    to_ycbcr = torch.tensor(RGB_TO_YCBCR, dtype=pixels.dtype, device=pixels.device)
+    ycbcr = torch.einsum("ij,bjhw->bihw", to_ycbcr, pixels)
+    ycbcr[:, 1:] += 128.0
+    luma_table, chroma_table = quantisation_tables(quality, rgb.device)
+    luma = _quantise_plane(ycbcr[:, 0], luma_table)
+    chroma = F.avg_pool2d(ycbcr[:, 1:], 2)  # 4:2:0
+    chroma = torch.stack([_quantise_plane(chroma[:, c], chroma_table) for c in (0, 1)], dim=1)
+    chroma = F.interpolate(chroma, scale_factor=2, mode="bilinear", align_corners=False)
+    decoded = torch.cat([luma.unsqueeze(1), chroma - 128.0], dim=1)
+    restored = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_ycbcr), decoded)
+    # Decoders round to 8-bit; keep that step so bytes match what a camera file would hold.
+    return (restored.round().clamp(0, 255) / 255.0)[:, :, :height, :width]
