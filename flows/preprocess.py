@@ -1,14 +1,16 @@
-"""Stage `preprocess`: validate every pair, split train/val/test by source image, index the pairs."""
+"""Stage `preprocess`: validate every pair, split train/val/test by source image, add real pairs, index them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows._entry import run_stage
-from pipeline.config import Params
+from pipeline.config import ImportedDataset, Params
+from pipeline.data.imported import INDEX_COLUMNS, ImportedPairs, import_dataset_pairs, next_pair_id
 from pipeline.data.manifest import read_manifest, validate_pairs
 from pipeline.data.splits import SPLITS, split_by_source
 from pipeline.io import atomic_path, write_json
@@ -20,26 +22,39 @@ def validate_task(data: Path):
     return validate_pairs(read_manifest(data / "manifest.parquet"), data)
 
 
+@task(name="import-datasets")
+def import_task(datasets: list[ImportedDataset], first_pair_id: int) -> ImportedPairs:
+    """Find and validate the pairs of the real datasets listed in preprocess.datasets."""
+    return import_dataset_pairs(datasets, first_pair_id)
+
+
 @flow(name="preprocess")
 def preprocess_flow(params: Params, data: Path, out: Path, summary_path: Path) -> dict:
     """Write `out` (pairs.parquet with a split column) and a summary of counts."""
-    usable, rejected = validate_task(data)
     cfg = params.preprocess
+    # Imported datasets first: a wrong dataset path fails before any synthetic image is decoded.
+    imported = import_task(cfg.datasets, next_pair_id(read_manifest(data / "manifest.parquet")))
+    usable, rejected = validate_task(data)
     usable["split"] = split_by_source(usable["source_id"], cfg.val_fraction, cfg.test_fraction, params.seed)
-    columns = ["pair_id", "split", "source_id", "moire_path", "clean_path"]
+    usable = pd.concat([usable[INDEX_COLUMNS], imported.usable], ignore_index=True)
     with atomic_path(out) as tmp:
-        usable[columns].to_parquet(tmp, index=False)
+        usable.to_parquet(tmp, index=False)
     counts = usable["split"].value_counts()
     summary = {
         "pairs": {split: int(counts.get(split, 0)) for split in SPLITS},
         "sources": {split: int(usable.loc[usable.split == split, "source_id"].nunique()) for split in SPLITS},
-        "rejected_pairs": int(len(rejected)),
+        "rejected_pairs": int(len(rejected) + len(imported.rejected)),
+        "imported_pairs": int(len(imported.usable)),
+        "unpaired_files": len(imported.unpaired),
     }
     write_json(summary_path, summary)
     rows = "".join(f"| {s} | {summary['pairs'][s]} | {summary['sources'][s]} |\n" for s in SPLITS)
     create_markdown_artifact(
         key="preprocess-summary",
-        markdown=f"# Preprocess\n\n| split | pairs | sources |\n|---|---|---|\n{rows}\nRejected pairs: {len(rejected)}\n",
+        markdown=(f"# Preprocess\n\n| split | pairs | sources |\n|---|---|---|\n{rows}\n"
+                  f"Rejected pairs: {summary['rejected_pairs']}\n\n"
+                  f"Imported real pairs: {summary['imported_pairs']} "
+                  f"(unpaired files skipped: {summary['unpaired_files']})\n"),
     )
     return summary
 

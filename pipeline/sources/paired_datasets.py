@@ -1,0 +1,188 @@
+"""Real paired moiré datasets in their published folder layouts: find (moiré, clean) file pairs.
+
+Layouts, as the authors' own loaders read them (ESDNet's `dataset/load_data.py` covers all three):
+
+- `uhdm` (Yu et al., ECCV 2022): `<root>/{train,test}/**/NNNN_moire.jpg` beside `NNNN_gt.jpg`; the
+  train split is spread over per-capture subfolders, so the search is recursive.
+- `fhdmi` (He et al., ECCV 2020): `<root>/{train,test}/source/src_NNNNN.png` with
+  `<root>/{train,test}/target/tar_NNNNN.png`.
+- `tip2018` (Sun et al., TIP 2018): `<root>/{trainData,testData}/source/NAME_source.png` with
+  `.../target/NAME_target.png`. The images keep their black marker border; nothing is cropped here.
+- `generic`: `<root>/moire/NAME` with `<root>/clean/NAME` (the same file name).
+
+Where the published material is ambiguous both variants are accepted: split folders match
+case-insensitively and with or without a `Data` suffix (ESDNet's configs say `uhdm_data/Train`, the
+UHDM archives unpack to `train`, TIP2018 uses `trainData`), and TIP2018 names match with or without
+the underscore before `source`/`target`. A root that is itself one split folder (`FHDMi/test`, or
+UHDM's `test_origin`) is read as that split, or as an unnamed one when its name is no split name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from pipeline.errors import InputDataError, ParamsError
+from pipeline.sources.folders import IMAGE_SUFFIXES, image_files
+
+# Folder names (lower case) that hold each of our splits inside a dataset root.
+SPLIT_FOLDERS = {
+    "train": ("train", "traindata"),
+    "val": ("val", "valdata", "validation"),
+    "test": ("test", "testdata"),
+}
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """How one published dataset names its folders and pairs its files."""
+
+    name: str
+    shape: str  # the layout as shown to users in messages
+    moire_dir: str  # folder of moiré images inside a split folder; "" = the split folder itself
+    clean_dir: str
+    moire_file: re.Pattern[str]  # full match on a moiré file name; group `key` names the pair
+    clean_file: str  # the clean partner's file name, formatted from the match's groups
+    recursive: bool = False  # UHDM nests its pairs in per-capture subfolders
+
+
+# Checked in this order by `auto`: the most specific folder structure first, UHDM's recursive
+# search for `*_moire.*` last so it cannot claim a generic or FHDMi root.
+LAYOUTS = (
+    DatasetLayout("generic", "<root>/moire/NAME + <root>/clean/NAME",
+                  "moire", "clean", re.compile(r"(?P<key>.+)"), "{key}"),
+    DatasetLayout("fhdmi", "<root>/{train,test}/source/src_N.png + .../target/tar_N.png",
+                  "source", "target", re.compile(r"src_(?P<key>.+)(?P<ext>\.\w+)"), "tar_{key}{ext}"),
+    DatasetLayout("tip2018", "<root>/{trainData,testData}/source/NAME_source.png + .../target/NAME_target.png",
+                  "source", "target", re.compile(r"(?P<key>.+?)(?P<sep>_?)source(?P<ext>\.\w+)"),
+                  "{key}{sep}target{ext}"),
+    DatasetLayout("uhdm", "<root>/{train,test}/**/NNNN_moire.jpg + NNNN_gt.jpg",
+                  "", "", re.compile(r"(?P<key>.+)_moire(?P<ext>\.\w+)"), "{key}_gt{ext}", recursive=True),
+)
+DATASET_LAYOUTS = ("uhdm", "fhdmi", "tip2018", "generic")
+_BY_NAME = {layout.name: layout for layout in LAYOUTS}
+
+
+@dataclass(frozen=True)
+class DatasetPair:
+    """One (moiré, clean) file pair; `name` is unique within its dataset root."""
+
+    name: str  # "<split>/<subfolders>/<key>", e.g. "train/pair_01/0001"
+    split: str  # the dataset's split: "train", "val", "test", or "" for an unnamed root
+    moire_path: Path
+    clean_path: Path
+
+
+@dataclass(frozen=True)
+class SkippedPair:
+    """A moiré file that could not be paired or read, and why."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PairList:
+    """The pairs found under a dataset root, the layout they were found in, and what was skipped."""
+
+    layout: str
+    pairs: list[DatasetPair] = field(default_factory=list)
+    skipped: list[SkippedPair] = field(default_factory=list)
+
+
+def find_pairs(root: Path, layout: str = "auto", split: str | None = None) -> PairList:
+    """Every (moiré, clean) pair under `root` in `layout` ("auto" detects it), optionally one split only."""
+    root = Path(root)
+    if layout != "auto" and layout not in _BY_NAME:
+        raise ParamsError(f"layout {layout!r} is not one of: auto, {', '.join(DATASET_LAYOUTS)}")
+    if split is not None and split not in SPLIT_FOLDERS:
+        raise ParamsError(f"split {split!r} is not one of: {', '.join(SPLIT_FOLDERS)}")
+    if not root.is_dir():
+        raise InputDataError(f"dataset folder not found: {root}")
+    chosen = detect_layout(root) if layout == "auto" else _BY_NAME[layout]
+    splits = layout_splits(root, chosen)
+    if not splits:
+        raise InputDataError(f"{root} is not in the {chosen.name} layout ({chosen.shape})")
+    if split is not None:
+        if split not in splits:
+            found = ", ".join(s or "(the root itself, unnamed)" for s in splits)
+            raise InputDataError(f"{root} has no {split} split in the {chosen.name} layout; found: {found}")
+        splits = {split: splits[split]}
+    result = PairList(layout=chosen.name)
+    for split_name, folder in splits.items():
+        pairs, skipped = pair_split_folder(folder, chosen, split_name)
+        result.pairs.extend(pairs)
+        result.skipped.extend(skipped)
+    return result
+
+
+def detect_layout(root: Path) -> DatasetLayout:
+    """The first layout whose structure `root` holds; InputDataError listing every layout if none."""
+    for layout in LAYOUTS:
+        if layout_splits(root, layout):
+            return layout
+    shapes = "; ".join(f"{layout.name}: {layout.shape}" for layout in sorted(LAYOUTS, key=_listing_order))
+    raise InputDataError(f"{root} matches no known paired-dataset layout; expected one of {shapes}")
+
+
+def layout_splits(root: Path, layout: DatasetLayout) -> dict[str, Path]:
+    """Split name → folder for each split folder of `root` that holds `layout`; else `root` itself."""
+    splits = {name: folder for name, folder in split_folders(root).items() if _holds(folder, layout)}
+    if not splits and _holds(root, layout):
+        splits = {_split_named(root.name) or "": root}
+    return splits
+
+
+def split_folders(root: Path) -> dict[str, Path]:
+    """Our split name → the sub-folder of `root` that holds it, in train, val, test order."""
+    by_split = {_split_named(child.name): child for child in sorted(root.iterdir()) if child.is_dir()}
+    return {split: by_split[split] for split in SPLIT_FOLDERS if split in by_split}
+
+
+def pair_split_folder(folder: Path, layout: DatasetLayout, split: str) -> tuple[list[DatasetPair], list[SkippedPair]]:
+    """Pair every moiré file of one split folder with its clean partner; unpartnered files are skipped."""
+    moire_root, clean_root = folder / layout.moire_dir, folder / layout.clean_dir
+    pairs: list[DatasetPair] = []
+    skipped: list[SkippedPair] = []
+    for moire_path, match in _moire_files(folder, layout):
+        subfolder = moire_path.parent.relative_to(moire_root)
+        name = "/".join(part for part in (split, subfolder.as_posix(), match["key"]) if part not in ("", "."))
+        clean_path = clean_root / subfolder / layout.clean_file.format(**match.groupdict())
+        if clean_path.is_file():
+            pairs.append(DatasetPair(name, split, moire_path, clean_path))
+        else:
+            skipped.append(SkippedPair(name, f"no clean partner {clean_path.relative_to(folder).as_posix()}"))
+    return pairs, skipped
+
+
+def _moire_files(folder: Path, layout: DatasetLayout) -> Iterator[tuple[Path, re.Match[str]]]:
+    """(path, name match) of each moiré image of a split folder, sorted; lazy so detection stops early."""
+    if not (folder / layout.moire_dir).is_dir() or not (folder / layout.clean_dir).is_dir():
+        return
+    moire_root = folder / layout.moire_dir
+    if layout.recursive:
+        candidates = image_files(moire_root)
+    else:
+        candidates = sorted(p for p in moire_root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    for path in candidates:
+        match = layout.moire_file.fullmatch(path.name)
+        if match:
+            yield path, match
+
+
+def _holds(folder: Path, layout: DatasetLayout) -> bool:
+    """Whether `folder` has the layout's folders and at least one moiré file named its way."""
+    return next(_moire_files(folder, layout), None) is not None
+
+
+def _split_named(folder_name: str) -> str | None:
+    """Our split name for a dataset folder name (`Train`, `testData` …), or None."""
+    lowered = folder_name.lower()
+    return next((split for split, names in SPLIT_FOLDERS.items() if lowered in names), None)
+
+
+def _listing_order(layout: DatasetLayout) -> int:
+    """Position of a layout in DATASET_LAYOUTS, so messages list layouts the way the docs do."""
+    return DATASET_LAYOUTS.index(layout.name)
