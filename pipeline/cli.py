@@ -39,14 +39,22 @@ def _load(model: str, device: str):
 
 
 @app.command("check-params")
-def check_params(params: Path = typer.Option(Path("params.yaml"), help="params file to validate")) -> None:
+def check_params(
+    params: Path = typer.Option(Path("params.yaml"), help="params file to validate"),
+    show: bool = typer.Option(False, help="print every value in effect, presets resolved, as YAML"),
+) -> None:
     """Validate params.yaml and print OK, or one line naming the bad key."""
     from pipeline.config import load_params
 
     try:
-        load_params(params)
+        resolved = load_params(params)
     except DemoireError as exc:
         _fail(exc)
+    if show:
+        import yaml
+
+        typer.echo(yaml.safe_dump(resolved.model_dump(mode="json", by_alias=True), sort_keys=False))
+        return
     typer.echo(f"{params}: OK")
 
 
@@ -89,23 +97,28 @@ def predict(
 @app.command()
 def evaluate(
     model: str = typer.Option("data/train", help="model folder or models:/<name>@<alias>"),
-    pairs: Path = typer.Option(..., help="folder with moire/ and clean/ of matching file names"),
+    pairs: Path = typer.Option(..., help="dataset root: moire/ + clean/ of matching names, or UHDM, FHDMi, TIP2018"),
+    layout: str = typer.Option("auto", help="auto | uhdm | fhdmi | tip2018 | generic (moire/ + clean/)"),
+    split: str | None = typer.Option(None, help="train | val | test: only this split folder of the dataset"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object with the means"),
 ) -> None:
-    """PSNR / SSIM / MSE of a model and of the identity baseline on a paired folder."""
+    """PSNR / SSIM / MSE of a model and of the identity baseline on a paired folder or published dataset."""
     from pipeline.data.paired_folder import read_paired_folder
     from pipeline.evaluation.evaluate import METRICS, evaluate_pairs, summarize
     from pipeline.inference import restore_tensor
 
     try:
         net, torch_device = _load(model, device)
-        names, images, skipped = read_paired_folder(pairs)
+        names, images, skipped = read_paired_folder(pairs, layout, split)
     except DemoireError as exc:
         _fail(exc)
     for name, reason in skipped:
-        err.print(f"skipped {name}: {reason}")
+        err.print(f"skipped {name}: {reason}", highlight=False)
+    if skipped:
+        err.print(f"skipped {len(skipped)} of {len(skipped) + len(images)} pairs", highlight=False)
     summary = summarize(evaluate_pairs(lambda x: restore_tensor(net, x, torch_device), images, names))
+    summary["skipped"] = len(skipped)
     if as_json:
         typer.echo(json.dumps(summary))
         return
@@ -115,6 +128,111 @@ def evaluate(
     for metric in METRICS:
         table.add_row(metric, f"{summary[metric]:.4f}", f"{summary['identity_' + metric]:.4f}")
     Console().print(table)
+
+
+def _mean_std(mean: float | None, std: float | None, digits: int) -> str:
+    """`mean ± std`, or `inf` where a moiré image equals its clean twin (infinite PSNR → null)."""
+    return "inf" if mean is None or std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+@app.command("synth-report")
+def synth_report(
+    pairs: list[Path] = typer.Option(..., help="paired folder (moire/ + clean/, or a dataset layout); repeat to compare"),
+    labels: list[str] | None = typer.Option(None, "--label", help="name of each --pairs set, in order (default: folder name)"),
+    out: Path = typer.Option(..., help="folder for the plots, CSVs and summary.json"),
+    as_json: bool = typer.Option(False, "--json", help="print summary.json as one JSON object"),
+    max_pairs: int | None = typer.Option(None, help="at most this many pairs per set, evenly spread over the names"),
+    max_side: int = typer.Option(512, help="shrink residuals to this longest side before the spectrum (0: never)"),
+) -> None:
+    """Input PSNR/SSIM and moiré residual spectra of paired sets side by side (synthetic vs real)."""
+    from pipeline.evaluation.synth_report import compare_paired_sets, set_labels
+
+    try:
+        names = set_labels(pairs, labels)
+        with err.status("reading pairs") as status:
+            summary = compare_paired_sets(
+                list(zip(names, pairs)), out, max_pairs=max_pairs, max_side=max_side,
+                on_pair=lambda label, name: status.update(f"{label}: {name}"),
+            )
+    except DemoireError as exc:
+        _fail(exc)
+    for paired_set in summary["sets"]:
+        for skipped in paired_set["skipped_pairs"]:
+            err.print(f"skipped {paired_set['label']}/{skipped['name']}: {skipped['reason']}", highlight=False)
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    table = Table(title=f"input quality and residual spectra (max side {max_side})")
+    for column in ("set", "pairs", "skipped", "PSNR dB (mean ± std)", "SSIM (mean ± std)"):
+        table.add_column(column)
+    for s in summary["sets"]:
+        table.add_row(s["label"], str(s["count"]), str(s["skipped"]),
+                      _mean_std(s["input_psnr_mean"], s["input_psnr_std"], 2),
+                      _mean_std(s["input_ssim_mean"], s["input_ssim_std"], 4))
+    Console().print(table)
+    typer.echo(f"plots: {out / 'input_psnr.png'}, {out / 'input_ssim.png'}, {out / 'residual_spectrum.png'}")
+    typer.echo(f"data: {out / 'summary.json'}, {out / 'input_metrics.csv'}, {out / 'residual_spectrum.csv'}")
+
+
+@app.command()
+def synthesize(
+    out: Path = typer.Option(..., help="folder to write moire/, clean/ and manifest.parquet into"),
+    preset: str = typer.Option("default", help="default | fine | coarse | document"),
+    n: int = typer.Option(100, help="number of pairs"),
+    size: int = typer.Option(256, help="side of each pair, pixels"),
+    seed: int = typer.Option(0, help="same seed, same bytes"),
+    workers: int = typer.Option(1, help="processes (the bytes do not depend on it)"),
+    overwrite: bool = typer.Option(False, help="replace an existing output folder"),
+) -> None:
+    """Render an ad-hoc synthetic set outside DVC (moiré and clean images with matching names)."""
+    from pipeline.config import parse_params
+    from pipeline.data.synthetic import synthesize_dataset
+
+    try:
+        params = parse_params({"seed": seed, "synthesize": {"preset": preset, "n_pairs": n, "size": size, "workers": workers}},
+                              source="options")
+        if out.exists() and not overwrite:
+            raise InputDataError(f"{out} exists; choose another --out or pass --overwrite")
+        start = time.perf_counter()
+        with err.status(f"rendering {n} pairs"):
+            summary = synthesize_dataset(params.synthesize, params.seed, out, workers)
+    except DemoireError as exc:
+        _fail(exc)
+    for item in summary["skipped"]:
+        err.print(f"skipped source {item['path']}: {item['reason']}", highlight=False)
+    err.print(f"wrote {summary['pairs']} pairs to {out} in {time.perf_counter() - start:.1f} s", highlight=False)
+
+
+bench_app = typer.Typer(help="Throughput benchmarks; medians of several runs, with the machine.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("synth")
+def bench_synth(
+    size: int = typer.Option(512, help="side of each pair, pixels"),
+    pairs: int = typer.Option(8, help="pairs per run (CPU)"),
+    repeats: int = typer.Option(5, help="runs; the median is reported"),
+    device: str = typer.Option("cpu", help="cpu: one process on one core, end to end; cuda: the batched simulator"),
+    batch: int = typer.Option(32, help="captures per batch (cuda)"),
+    preset: str = typer.Option("default", help="default | fine | coarse | document"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Synthetic pairs per second at --size (goal on CPU: 50 pairs/s per core at 512²)."""
+    from pipeline.bench import bench_synth_batched, bench_synth_cpu
+
+    try:
+        if device == "cpu":
+            result = bench_synth_cpu(size, pairs, repeats, preset)
+        else:
+            result = bench_synth_batched(size, batch, repeats, device, preset)
+    except DemoireError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    rate = result.get("pairs_per_s_per_core", result.get("pairs_per_s"))
+    unit = "pairs/s per core" if device == "cpu" else f"pairs/s (batch {batch})"
+    typer.echo(f"{size}² on {device}: {rate:.2f} {unit} (median of {repeats}); {result['machine']}")
 
 
 def main() -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import ParamsError
+
+# The procedural screen kinds (pipeline.sources.procedural.SCREEN_KINDS; a test keeps them equal).
+ScreenKind = Literal["document", "code", "ui", "chart", "webpage"]
 
 
 def _ordered(bounds: tuple[float, float]) -> tuple[float, float]:
@@ -19,15 +22,19 @@ def _ordered(bounds: tuple[float, float]) -> tuple[float, float]:
     return bounds
 
 
-def _fraction(bounds: tuple[float, float]) -> tuple[float, float]:
-    """Reject ranges outside (0, 1]."""
-    if bounds[0] <= 0 or bounds[1] > 1:
-        raise ValueError(f"range must lie within (0, 1], got {list(bounds)}")
-    return bounds
-
-
 Range = Annotated[tuple[float, float], AfterValidator(_ordered)]
 """A [min, max] pair sampled uniformly per pair."""
+
+
+def _within(low: float, high: float) -> AfterValidator:
+    """Validator: both ends of a range lie within [low, high]."""
+
+    def check(bounds: tuple[float, float]) -> tuple[float, float]:
+        if bounds[0] < low or bounds[1] > high:
+            raise ValueError(f"range must lie within [{low:g}, {high:g}], got {list(bounds)}")
+        return bounds
+
+    return AfterValidator(check)
 
 
 class Section(BaseModel):
@@ -39,49 +46,104 @@ class Section(BaseModel):
 class SourcesParams(Section):
     bundled: bool = True
     procedural: int = Field(64, ge=0, le=100_000)
+    # Which procedural screen kinds to draw; all of them unless a preset narrows it.
+    screen_kinds: Annotated[list[ScreenKind], Field(min_length=1)] = ["document", "code", "ui", "chart", "webpage"]
     folders: list[Path] = []
 
 
 class DisplayParams(Section):
-    subpixel_layout: Literal["rgb_stripe", "bgr_stripe"] = "rgb_stripe"
-    fill_factor: Annotated[Range, AfterValidator(_fraction)] = (0.55, 0.9)
-    gamma: float = Field(2.2, gt=0.5, le=4.0)
+    # Sampled per pair from this list.
+    subpixel_layouts: Annotated[list[Literal["rgb_stripe", "bgr_stripe", "pentile"]], Field(min_length=1)] = [
+        "rgb_stripe", "bgr_stripe", "pentile"]
+    pixel_pitch_mm: Annotated[Range, _within(0.01, 5.0)] = (0.25, 0.28)
+    fill_factor: Annotated[Range, _within(0.05, 1.0)] = (0.6, 0.9)
+    gamma: Annotated[Range, _within(1.0, 3.0)] = (2.1, 2.4)
+    gamut: Annotated[Range, _within(0.5, 1.5)] = (0.9, 1.1)
+    white_point: Annotated[Range, _within(-0.5, 0.5)] = (-0.06, 0.06)
+    brightness: Annotated[Range, _within(0.05, 1.0)] = (0.85, 1.0)
+    black_level: Annotated[Range, _within(0.0, 0.3)] = (0.0, 0.015)
 
 
 class OpticsParams(Section):
-    pitch_ratio: Range = (0.8, 1.3)
-    rotation_deg: Range = (-6.0, 6.0)
-    tilt: Range = (0.0, 0.12)
-    blur_sigma: Range = (0.0, 0.4)
-    supersample: int = Field(4, ge=1, le=8)
+    distance_mm: Annotated[Range, _within(20.0, 10_000.0)] = (300.0, 500.0)
+    focal_length_mm: Annotated[Range, _within(1.0, 200.0)] = (4.3, 4.8)
+    rotation_deg: Annotated[Range, _within(-45.0, 45.0)] = (-6.0, 6.0)
+    tilt: Annotated[Range, _within(0.0, 0.5)] = (0.0, 0.12)
+    radial_distortion: Annotated[Range, _within(-0.3, 0.3)] = (-0.04, 0.04)
+    blur_sigma: Annotated[Range, _within(0.0, 5.0)] = (0.2, 0.6)
+    vignetting: Annotated[Range, _within(0.0, 0.9)] = (0.0, 0.35)
+    supersample: int = Field(2, ge=1, le=8)
 
 
 class SensorParams(Section):
+    pixel_pitch_um: Annotated[Range, _within(0.5, 50.0)] = (2.9, 3.1)
     # Light-sensitive fraction of the pixel pitch: below 1 the pixel integrates a narrower area,
     # which lets more of the display's subpixel frequency alias into moiré.
-    aperture: Annotated[Range, AfterValidator(_fraction)] = (0.45, 0.8)
-    shot_noise: Range = (0.0005, 0.004)
-    read_noise: Range = (0.001, 0.006)
+    aperture: Annotated[Range, _within(0.05, 1.0)] = (0.5, 0.85)
+    exposure_ev: Annotated[Range, _within(-4.0, 2.0)] = (-0.6, 0.0)
+    shot_noise: Annotated[Range, _within(0.0, 0.1)] = (0.0005, 0.004)
+    read_noise: Annotated[Range, _within(0.0, 0.1)] = (0.001, 0.006)
 
 
 class IspParams(Section):
-    jpeg_quality: Range = (75.0, 95.0)
+    white_balance: Annotated[Range, _within(-0.5, 0.5)] = (-0.08, 0.08)
+    gamma: Annotated[Range, _within(1.0, 3.0)] = (2.0, 2.4)
+    sharpen: Annotated[Range, _within(0.0, 3.0)] = (0.0, 0.8)
+    jpeg_quality: Annotated[Range, _within(1.0, 100.0)] = (70.0, 95.0)
 
 
 class SynthesizeParams(Section):
+    # Presets fill in every physics key not given explicitly (pipeline/moire/presets.py).
+    preset: Literal["default", "fine", "coarse", "document"] = "default"
     n_pairs: int = Field(480, ge=1, le=10_000_000)
     size: int = Field(128, ge=32, le=4096)
     workers: int = Field(2, ge=1, le=256)
+    # Address of a running Dask scheduler (tcp://host:8786) to fan out to instead of local processes.
+    dask_address: str | None = None
     sources: SourcesParams = SourcesParams()
     display: DisplayParams = DisplayParams()
     optics: OpticsParams = OpticsParams()
     sensor: SensorParams = SensorParams()
     isp: IspParams = IspParams()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, raw: Any) -> Any:
+        """Merge the preset's values under what the user wrote."""
+        from pipeline.moire.presets import PRESETS
+
+        if not isinstance(raw, dict) or raw.get("preset", "default") not in PRESETS:
+            return raw  # the Literal check reports an unknown preset
+        return deep_merge(PRESETS[raw.get("preset", "default")], raw)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """`override` on top of `base`, merging nested mappings key by key."""
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = deep_merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
+
+
+# Folder layouts of real paired datasets (pipeline.sources.paired_datasets; a test keeps them equal).
+DatasetLayoutName = Literal["auto", "uhdm", "fhdmi", "tip2018", "generic"]
+SplitName = Literal["train", "val", "test"]
+
+
+class ImportedDataset(Section):
+    """A real paired dataset whose pairs join the pairs index beside the synthetic ones."""
+
+    path: Path
+    layout: DatasetLayoutName = "auto"
+    dataset_split: SplitName | None = None  # the dataset's own split folder to read; None reads all
+    split: SplitName  # our split its pairs go to
+    limit: int | None = Field(None, ge=1)  # the first `limit` pairs by name; None keeps all
+
 
 class PreprocessParams(Section):
     val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    datasets: list[ImportedDataset] = []
 
 
 class TrainParams(Section):
@@ -143,7 +205,7 @@ def describe_error(exc: ValidationError, source: str) -> str:
     """Turn the first pydantic error into 'source: key = value: what is allowed'."""
     err = exc.errors()[0]
     loc = [part for part in err["loc"] if isinstance(part, str)]
-    key = ".".join(str(part) for part in err["loc"])
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in err["loc"]).lstrip(".")
     value = err.get("input")
     if err["type"] == "extra_forbidden":
         allowed = ", ".join(sorted(_fields_at(loc[:-1])))
@@ -158,6 +220,8 @@ def _fields_at(loc: list[str]) -> list[str]:
     for name in loc:
         field = next(f for n, f in model.model_fields.items() if name in (n, f.alias))
         annotation = field.annotation
+        if get_origin(annotation) is list:  # list items: `loc` has dropped their index
+            annotation = get_args(annotation)[0]
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             break
         model = annotation

@@ -22,7 +22,16 @@ def test_repository_params_file_is_valid():
         ({"synthesize": {"optics": {"tilt": [0.3, 0.1]}}},
          "params.yaml: synthesize.optics.tilt = [0.3, 0.1]: range minimum 0.3 is greater than its maximum 0.1"),
         ({"synthesize": {"display": {"fill_factor": [0.5, 1.5]}}},
-         "params.yaml: synthesize.display.fill_factor = [0.5, 1.5]: range must lie within (0, 1], got [0.5, 1.5]"),
+         "params.yaml: synthesize.display.fill_factor = [0.5, 1.5]: range must lie within [0.05, 1], got [0.5, 1.5]"),
+        ({"synthesize": {"isp": {"jpeg_quality": [0, 90]}}},
+         "params.yaml: synthesize.isp.jpeg_quality = [0, 90]: range must lie within [1, 100], got [0.0, 90.0]"),
+        ({"synthesize": {"display": {"pixel_pitch_mm": [-0.2, 0.3]}}},
+         "params.yaml: synthesize.display.pixel_pitch_mm = [-0.2, 0.3]: range must lie within [0.01, 5], got [-0.2, 0.3]"),
+        ({"synthesize": {"preset": "moire"}},
+         "params.yaml: synthesize.preset = 'moire': Input should be 'default', 'fine', 'coarse' or 'document'"),
+        ({"synthesize": {"display": {"subpixel_layouts": ["delta"]}}},
+         "params.yaml: synthesize.display.subpixel_layouts[0] = 'delta': "
+         "Input should be 'rgb_stripe', 'bgr_stripe' or 'pentile'"),
         ({"train": {"device": "tpu"}}, "params.yaml: train.device = 'tpu': Input should be 'auto', 'cpu' or 'cuda'"),
     ],
 )
@@ -56,5 +65,11 @@ def test_missing_and_malformed_files(tmp_path):
 def test_flatten_uses_dotted_section_names():
     flat = flatten(Params())
     assert flat["register.model_name"] == "demoire"
-    assert flat["synthesize.optics.pitch_ratio"] == "[0.8, 1.3]"
+    assert flat["synthesize.optics.distance_mm"] == "[300.0, 500.0]"
     assert flat["train.epochs"] == "30"
+
+
+def test_screen_kinds_accepted_by_params_are_the_ones_drawn():
+    from pipeline.sources.procedural import SCREEN_KINDS
+
+    assert tuple(Params().synthesize.sources.screen_kinds) == SCREEN_KINDS

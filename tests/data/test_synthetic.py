@@ -28,11 +28,15 @@ def test_output_bytes_do_not_depend_on_sharding(tmp_path, tiny_params):
 def test_manifest_records_source_and_every_sampled_parameter(tmp_path, tiny_params):
     frame = _render(tmp_path, tiny_params, shard_indices(4, 2)[:1] + [[2, 3]])
     assert list(frame.pair_id) == [0, 1, 2, 3]
-    for column in ("source_id", "pitch_ratio", "rotation_deg", "tilt", "tilt_direction_deg", "fill_factor",
-                   "blur_sigma", "sensor_aperture", "shot_noise", "read_noise", "jpeg_quality", "subpixel_layout"):
+    from dataclasses import fields
+
+    from pipeline.moire.simulate import CaptureParams, pitch_ratio_bounds
+
+    for column in ["source_id", *(f.name for f in fields(CaptureParams))]:
         assert column in frame.columns, column
-    lo, hi = tiny_params.synthesize.optics.pitch_ratio
+    lo, hi = pitch_ratio_bounds(tiny_params.synthesize)
     assert frame.pitch_ratio.between(lo, hi).all()
+    assert frame.distance_mm.between(*tiny_params.synthesize.optics.distance_mm).all()
 
 
 def test_shards_cover_every_index_once():

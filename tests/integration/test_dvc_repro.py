@@ -92,9 +92,9 @@ def test_experiment_variant_registers_challenger_and_gates_champion(project):
 def test_invalid_params_stop_repro_with_one_line(project):
     repo, env = project
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["synthesize"]["optics"] = {"pitch_ratio": [1.5, 0.5]}
+    params["synthesize"]["optics"] = {"distance_mm": [500.0, 300.0]}
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     result = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    assert "synthesize.optics.pitch_ratio = [1.5, 0.5]: range minimum 1.5 is greater than its maximum 0.5" in result.stderr + result.stdout
+    assert "synthesize.optics.distance_mm = [500.0, 300.0]: range minimum 500.0 is greater than its maximum 300.0" in result.stderr + result.stdout
     assert not (repo / "data/synthesize").exists()
