@@ -1,4 +1,4 @@
-"""Stage `synthesize`: clean sources → (moiré, clean) pairs + manifest, fanned out over processes."""
+"""Stage `synthesize`: clean sources → (moiré, clean) pairs + manifest, fanned out over processes or Dask."""
 
 from __future__ import annotations
 
@@ -11,13 +11,20 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from flows._entry import run_stage
-from pipeline.config import Params
-from pipeline.data.manifest import write_manifest
-from pipeline.data.synthetic import render_shard, shard_indices
-from pipeline.io import atomic_dir, write_json
-from pipeline.sources import SourceSpec, collect_sources
+from pipeline.config import Params, SynthesizeParams
+from pipeline.data.synthetic import render_shard, synthesize_dataset
+from pipeline.evaluation.synth_report import compare_paired_sets
+from pipeline.io import atomic_dir
+from pipeline.sources import SourceSpec
 
-SHARDS_PER_WORKER = 4  # several shards per process keep the pool busy when shards differ in cost
+
+def task_runner(cfg: SynthesizeParams):
+    """A Dask cluster when one is configured, else a local process pool (threads for one worker)."""
+    if cfg.dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=cfg.dask_address)
+    return ProcessPoolTaskRunner(max_workers=cfg.workers) if cfg.workers > 1 else ThreadPoolTaskRunner(max_workers=1)
 
 
 @task(name="render-shard", retries=2, retry_delay_seconds=[1, 5])
@@ -26,44 +33,45 @@ def render_shard_task(indices: list[int], specs: list[SourceSpec], params: Param
     return render_shard(indices, specs, params.synthesize, params.seed, out_dir)
 
 
+@task(name="synth-report")
+def synth_report_task(data: Path, report: Path) -> dict:
+    """Input PSNR/SSIM histograms and residual spectrum of the rendered set, for calibration."""
+    with atomic_dir(report) as staging:
+        return compare_paired_sets([("synthetic", data)], staging)
+
+
 @flow(name="synthesize")
-def synthesize_flow(params: Params, out: Path) -> dict:
-    """Render params.synthesize.n_pairs pairs into `out` (replaced only when all succeed)."""
+def synthesize_flow(params: Params, out: Path, report: Path | None = None) -> dict:
+    """Render params.synthesize.n_pairs pairs into `out` (replaced only when all succeed), then report on them."""
     cfg = params.synthesize
     start = time.perf_counter()
-    specs, skipped = collect_sources(cfg.sources.bundled, cfg.sources.procedural, cfg.sources.folders)
-    if not specs:
-        raise ValueError("no usable source images: enable synthesize.sources.bundled or add sources")
-    with atomic_dir(out) as staging:
-        shards = shard_indices(cfg.n_pairs, cfg.workers * SHARDS_PER_WORKER)
+
+    def run_shards(shards: list[list[int]], specs: list[SourceSpec], staging: Path) -> list[list[dict]]:
         futures = render_shard_task.map(shards, unmapped(specs), unmapped(params), unmapped(staging))
-        records = [record for future in futures for record in future.result()]
-        write_manifest(records, staging / "manifest.parquet")
-        summary = {
-            "pairs": len(records),
-            "sources_used": len(specs),
-            "sources_skipped": len(skipped),
-            "skipped": [{"path": s.path, "reason": s.reason} for s in skipped],
-        }
-        write_json(staging / "summary.json", summary)
-    elapsed = time.perf_counter() - start
+        return [future.result() for future in futures]
+
+    summary = synthesize_dataset(cfg, params.seed, out, run_shards)
+    psnr = ""
+    if report is not None:
+        described = synth_report_task(out, report)["sets"][0]
+        psnr = f" Input PSNR {described['input_psnr_mean']:.2f} ± {described['input_psnr_std']:.2f} dB."
     create_markdown_artifact(
         key="synthesize-summary",
-        markdown=(f"# Synthesis\n\n| pairs | sources | skipped sources | size | seconds |\n|---|---|---|---|---|\n"
-                  f"| {len(records)} | {len(specs)} | {len(skipped)} | {cfg.size}² | {elapsed:.1f} |\n"),
+        markdown=(f"# Synthesis ({cfg.preset} preset)\n\n| pairs | sources | skipped sources | size | seconds |\n"
+                  f"|---|---|---|---|---|\n| {summary['pairs']} | {summary['sources_used']} | "
+                  f"{summary['sources_skipped']} | {cfg.size}² | {time.perf_counter() - start:.1f} |\n{psnr}\n"),
     )
     return summary
 
 
 def main() -> None:
-    """`python -m flows.synthesize --out data/synthesize`."""
+    """`python -m flows.synthesize --out data/synthesize --report data/synth_report`."""
 
     def run(params: Params, args: argparse.Namespace) -> None:
-        workers = params.synthesize.workers
-        runner = ProcessPoolTaskRunner(max_workers=workers) if workers > 1 else ThreadPoolTaskRunner(max_workers=1)
-        synthesize_flow.with_options(task_runner=runner)(params=params, out=args.out)
+        synthesize_flow.with_options(task_runner=task_runner(params.synthesize))(
+            params=params, out=args.out, report=args.report)
 
-    run_stage(__doc__, ["out"], run)
+    run_stage(__doc__, ["out", "report"], run)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ class DisplayParams(Section):
     gamut: Annotated[Range, _within(0.5, 1.5)] = (0.9, 1.1)
     white_point: Annotated[Range, _within(-0.5, 0.5)] = (-0.06, 0.06)
     brightness: Annotated[Range, _within(0.05, 1.0)] = (0.85, 1.0)
-    black_level: Annotated[Range, _within(0.0, 0.3)] = (0.0, 0.015)
+    black_level: Annotated[Range, _within(0.0, 0.3)] = (0.0, 0.003)
 
 
 class OpticsParams(Section):
@@ -80,7 +80,7 @@ class SensorParams(Section):
     # Light-sensitive fraction of the pixel pitch: below 1 the pixel integrates a narrower area,
     # which lets more of the display's subpixel frequency alias into moiré.
     aperture: Annotated[Range, _within(0.05, 1.0)] = (0.5, 0.85)
-    exposure_ev: Annotated[Range, _within(-4.0, 2.0)] = (-0.6, 0.0)
+    exposure_ev: Annotated[Range, _within(-4.0, 2.0)] = (-0.8, 0.0)
     shot_noise: Annotated[Range, _within(0.0, 0.1)] = (0.0005, 0.004)
     read_noise: Annotated[Range, _within(0.0, 0.1)] = (0.001, 0.006)
 

@@ -1,6 +1,8 @@
 import json
+import statistics
 
 import numpy as np
+import pandas as pd
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -56,3 +58,44 @@ def test_missing_model_is_one_line(tmp_path):
     result = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "none"), "--pairs", str(tmp_path)])
     assert result.exit_code == 2
     assert "no model in" in result.output
+
+
+def test_synthesize_writes_matching_pairs_whatever_the_worker_count(tmp_path):
+    args = ["synthesize", "--preset", "document", "--n", "4", "--size", "48", "--seed", "3"]
+    one = runner.invoke(app, [*args, "--out", str(tmp_path / "one"), "--gallery", "2"])
+    two = runner.invoke(app, [*args, "--out", str(tmp_path / "two"), "--workers", "2"])
+    assert one.exit_code == 0 and two.exit_code == 0, one.output + two.output
+    names = sorted(p.name for p in (tmp_path / "one" / "moire").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "one" / "clean").iterdir()) and len(names) == 4
+    for sub in ("moire", "clean"):
+        for name in names:
+            assert (tmp_path / "one" / sub / name).read_bytes() == (tmp_path / "two" / sub / name).read_bytes()
+    manifest = pd.read_parquet(tmp_path / "one" / "manifest.parquet")
+    assert manifest.source_kind.eq("procedural").all() and "exposure_ev" in manifest
+    assert read_rgb(tmp_path / "one-gallery.png").shape == (20 + 2 * 48, 2 * 48, 3)
+
+    again = runner.invoke(app, [*args, "--out", str(tmp_path / "one")])
+    assert again.exit_code == 2 and "exists; choose another --out or pass --overwrite" in again.output
+
+
+def test_synthesize_rejects_unknown_preset_in_one_line(tmp_path):
+    result = runner.invoke(app, ["synthesize", "--preset", "wavy", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert "options: synthesize.preset = 'wavy': Input should be 'default', 'fine', 'coarse' or 'document'" in result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_bench_synth_json_reports_pairs_per_core():
+    result = runner.invoke(app, ["bench", "synth", "--size", "64", "--pairs", "2", "--repeats", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["pairs_per_s_per_core"] > 0 and len(report["runs"]) == 2 and report["size"] == 64
+    assert report["pairs_per_s_per_core"] == statistics.median(report["runs"])
+
+
+def test_check_params_show_resolves_the_preset(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("synthesize:\n  preset: coarse\n")
+    result = runner.invoke(app, ["check-params", "--params", str(params), "--show"])
+    assert result.exit_code == 0
+    assert "distance_mm:\n    - 390.0\n    - 420.0" in result.stdout

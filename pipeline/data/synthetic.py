@@ -6,7 +6,8 @@ of workers produces the same bytes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 
 from pipeline.config import SynthesizeParams
 from pipeline.data.manifest import write_manifest
-from pipeline.io import atomic_dir, write_png
+from pipeline.io import atomic_dir, write_json, write_png
 from pipeline.moire.simulate import sample_capture_params, simulate_capture
 from pipeline.errors import InputDataError
 from pipeline.sources import SourceSpec, collect_sources, load_source
@@ -88,25 +89,38 @@ def shard_indices(n_pairs: int, n_shards: int) -> list[list[int]]:
     return [list(range(bounds[i], bounds[i + 1])) for i in range(n_shards)]
 
 
-def synthesize_dataset(cfg: SynthesizeParams, seed: int, out_dir: Path, workers: int) -> dict:
-    """Render cfg.n_pairs pairs into out_dir (moire/, clean/, manifest.parquet) with a process pool.
+ShardRunner = Callable[[list[list[int]], list[SourceSpec], Path], list[list[dict]]]
+"""Renders shards of pair indices into a staging folder (render_shard on each); returns their records."""
 
-    For ad-hoc sets outside DVC and Prefect; `out_dir` appears only once every pair is written.
-    Returns counts of pairs and of usable and skipped sources.
+
+def local_shard_runner(cfg: SynthesizeParams, seed: int, workers: int) -> ShardRunner:
+    """Render shards in this process (one worker) or in a pool of `workers` processes."""
+
+    def run(shards: list[list[int]], specs: list[SourceSpec], staging: Path) -> list[list[dict]]:
+        if workers == 1:
+            return [render_shard(shard, specs, cfg, seed, staging) for shard in shards]
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            jobs = [pool.submit(render_shard, shard, specs, cfg, seed, staging) for shard in shards]
+            return [job.result() for job in jobs]
+
+    return run
+
+
+def synthesize_dataset(cfg: SynthesizeParams, seed: int, out_dir: Path, run_shards: ShardRunner) -> dict:
+    """Render cfg.n_pairs pairs into out_dir: moire/, clean/ (matching names), manifest.parquet.
+
+    `out_dir` appears only once every pair is written. Returns counts of pairs and of usable and
+    skipped sources; the caller chooses how shards run (processes here, Prefect tasks in the flow).
     """
-    from concurrent.futures import ProcessPoolExecutor
-
     specs, skipped = collect_sources(cfg.sources.bundled, cfg.sources.procedural, cfg.sources.folders)
     if not specs:
         raise InputDataError("no usable source images: enable bundled or procedural sources, or add folders")
-    shards = shard_indices(cfg.n_pairs, workers * 4)
+    # Several shards per worker keep every worker busy when shards differ in cost.
+    shards = shard_indices(cfg.n_pairs, cfg.workers * 4)
     with atomic_dir(out_dir) as staging:
-        if workers == 1:
-            records = [r for shard in shards for r in render_shard(shard, specs, cfg, seed, staging)]
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                jobs = [pool.submit(render_shard, shard, specs, cfg, seed, staging) for shard in shards]
-                records = [r for job in jobs for r in job.result()]
+        records = [record for shard in run_shards(shards, specs, staging) for record in shard]
         write_manifest(records, staging / "manifest.parquet")
-    return {"pairs": len(records), "sources_used": len(specs), "sources_skipped": len(skipped),
-            "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]}
+        summary = {"pairs": len(records), "sources_used": len(specs), "sources_skipped": len(skipped),
+                   "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]}
+        write_json(staging / "summary.json", summary)
+    return summary

@@ -1,4 +1,4 @@
-"""Before/after grids: rows of moiré | restored | clean."""
+"""Labelled image grids: before/after rows (moiré | restored | clean) and sample galleries."""
 
 from __future__ import annotations
 
@@ -8,10 +8,15 @@ from PIL import Image, ImageDraw
 
 def before_after_grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], cell: int = 256) -> np.ndarray:
     """Stack (moiré, restored, clean) triples into one labelled RGB image, each cell resized to `cell`."""
+    return labelled_grid(rows, ("moire input", "restored", "clean target"), cell)
+
+
+def labelled_grid(rows: list[tuple[np.ndarray, ...]], labels: tuple[str, ...], cell: int = 256) -> np.ndarray:
+    """One RGB image: a header of column labels, then each row's images resized to `cell` (nearest)."""
     header = 20
-    grid = Image.new("RGB", (3 * cell, header + len(rows) * cell), (255, 255, 255))
+    grid = Image.new("RGB", (len(labels) * cell, header + len(rows) * cell), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
-    for col, label in enumerate(("moire input", "restored", "clean target")):
+    for col, label in enumerate(labels):
         draw.text((col * cell + 6, 4), label, fill=(0, 0, 0))
     for r, triple in enumerate(rows):
         for c, image in enumerate(triple):

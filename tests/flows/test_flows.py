@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_synthesis_is_byte_identical_for_any_worker_count(tmp_path, tiny_params, prefect_api):
     one = synthesize_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))
     two = synthesize_flow.with_options(task_runner=ProcessPoolTaskRunner(max_workers=2))
-    summary = one(params=tiny_params, out=tmp_path / "one")
+    summary = one(params=tiny_params, out=tmp_path / "one", report=tmp_path / "report")
     two(params=tiny_params.model_copy(update={"synthesize": tiny_params.synthesize.model_copy(update={"workers": 2})}),
         out=tmp_path / "two")
     assert summary["pairs"] == 12 and summary["sources_skipped"] == 0
@@ -27,6 +27,9 @@ def test_synthesis_is_byte_identical_for_any_worker_count(tmp_path, tiny_params,
     for rel in files:
         assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes(), rel
     assert not list(tmp_path.glob(".*tmp"))  # no staging folders left behind
+    metrics = pd.read_csv(tmp_path / "report" / "input_metrics.csv")
+    assert len(metrics) == 12 and metrics.input_psnr.between(5, 50).all()
+    assert (tmp_path / "report" / "residual_spectrum.png").stat().st_size > 0
 
     summary = preprocess_flow(tiny_params, tmp_path / "one", tmp_path / "pairs.parquet", tmp_path / "summary.json")
     frame = pd.read_parquet(tmp_path / "pairs.parquet")
@@ -39,10 +42,31 @@ def test_invalid_params_fail_fast_with_one_line_and_write_nothing(tmp_path):
     params.write_text("synthesize:\n  n_pairs: -5\n")
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "flows.synthesize", "--params", str(params), "--out", str(out)],
+        [sys.executable, "-m", "flows.synthesize", "--params", str(params), "--out", str(out),
+         "--report", str(tmp_path / "report")],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"error: {params}: synthesize.n_pairs = -5: Input should be greater than or equal to 1")
-    assert not out.exists()
+    assert not out.exists() and not (tmp_path / "report").exists()
+
+
+@pytest.mark.slow
+def test_synthesis_on_a_dask_cluster_gives_the_same_bytes(tmp_path, tiny_params, prefect_api):
+    from distributed import LocalCluster
+
+    from flows.synthesize import task_runner
+
+    local = tiny_params.synthesize
+    synthesize_flow.with_options(task_runner=task_runner(local))(params=tiny_params, out=tmp_path / "local")
+    # Worker processes start after prefect_api set PREFECT_API_URL, so they report to the same server.
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        on_dask = local.model_copy(update={"dask_address": cluster.scheduler_address, "workers": 2})
+        assert type(task_runner(on_dask)).__name__ == "DaskTaskRunner"
+        params = tiny_params.model_copy(update={"synthesize": on_dask})
+        synthesize_flow.with_options(task_runner=task_runner(on_dask))(params=params, out=tmp_path / "dask")
+    files = sorted(p.relative_to(tmp_path / "local") for p in (tmp_path / "local").rglob("*.png"))
+    assert len(files) == 2 * 12
+    for rel in [*files, Path("manifest.parquet")]:
+        assert (tmp_path / "local" / rel).read_bytes() == (tmp_path / "dask" / rel).read_bytes(), rel

@@ -60,13 +60,16 @@ def test_repro_produces_outputs_metrics_and_champion(project):
     repo, env = project
     _run(["dvc", "repro"], repo, env)
     for rel in ("data/synthesize/manifest.parquet", "data/preprocess/pairs.parquet", "data/train/model.pt",
-                "data/train/history.csv", "data/evaluate/per_image.csv", "data/evaluate/grid.png", "dvc.lock"):
+                "data/train/history.csv", "data/evaluate/per_image.csv", "data/evaluate/grid.png", "dvc.lock",
+                "data/synth_report/input_psnr.png", "data/synth_report/residual_spectrum.csv"):
         assert (repo / rel).is_file(), rel
     assert len(list((repo / "data/synthesize/moire").glob("*.png"))) == 12
     metrics = json.loads((repo / "data/evaluate/metrics.json").read_text())
     assert {"psnr", "ssim", "mse", "identity_psnr", "identity_ssim", "identity_mse", "count"} <= set(metrics)
     shown = _run(["dvc", "metrics", "show", "--json"], repo, env).stdout
     assert "identity_psnr" in shown
+    plots = _run(["dvc", "plots", "show", "--json"], repo, env).stdout
+    assert "data/synth_report/residual_spectrum.csv" in plots
 
     registration = json.loads((repo / "data/register/registration.json").read_text())
     assert registration["version"] == "1" and registration["promote"] is True
