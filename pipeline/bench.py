@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from pipeline.config import SynthesizeParams, parse_params
-from pipeline.data.synthetic import render_pair, single_threaded
-from pipeline.moire.simulate import sample_capture_params, screen_content, simulate_batch
+from pipeline.data.synthetic import render_pair, single_threaded, source_for_pair
+from pipeline.moire.simulate import content_batch, sample_capture_params, simulate_batch
 from pipeline.sources import collect_sources, load_source
 
 
@@ -31,18 +31,21 @@ def _synth_config(size: int, preset: str) -> SynthesizeParams:
 
 
 def bench_synth_cpu(size: int, pairs: int, repeats: int, preset: str = "default", seed: int = 0) -> dict:
-    """Pairs per second of one process on one core, end to end per pair (sources already decoded)."""
+    """Pairs per second of one process on one core, end to end per pair as the stage renders them.
+
+    Includes decoding or drawing each source once per run of pairs that share it, with the
+    default stage's ratio of pairs to sources; excludes PNG encoding and disk writes.
+    """
     cfg = _synth_config(size, preset)
-    specs, _ = collect_sources(cfg.sources.bundled, cfg.sources.procedural, [])
-    for spec in specs[:pairs]:
-        load_source(spec, seed)  # decode/draw sources once: the stage caches them the same way
+    specs, _ = collect_sources(cfg.sources.bundled, cfg.sources.procedural, [], cfg.sources.screen_kinds)
+    stage_pairs = SynthesizeParams().n_pairs
     rates = []
     with single_threaded():
         render_pair(0, specs[0], cfg, seed)  # warm-up: first-call allocations
-        for _ in range(repeats):
+        for run in range(repeats):
             start = time.perf_counter()
-            for index in range(pairs):
-                render_pair(index, specs[index % len(specs)], cfg, seed)
+            for index in range(run * pairs, (run + 1) * pairs):
+                render_pair(index, specs[source_for_pair(index, stage_pairs, len(specs))], cfg, seed)
             rates.append(pairs / (time.perf_counter() - start))
     return {"size": size, "device": "cpu", "threads": 1, "pairs": pairs, "repeats": repeats,
             "pairs_per_s_per_core": statistics.median(rates), "runs": rates, "machine": machine()}
@@ -53,20 +56,15 @@ def bench_synth_batched(
 ) -> dict:
     """Pairs per second of the batched simulator on `device`, content prepared beforehand."""
     cfg = _synth_config(size, preset)
-    specs, _ = collect_sources(cfg.sources.bundled, cfg.sources.procedural, [])
+    specs, _ = collect_sources(cfg.sources.bundled, cfg.sources.procedural, [], cfg.sources.screen_kinds)
     rng = np.random.default_rng(seed)
-    captures, content = [], []
-    for index in range(batch):
-        source = load_source(specs[index % len(specs)], seed)
-        capture = sample_capture_params(cfg, source.shape[:2], rng)
-        captures.append(capture)
-        content.append(torch.from_numpy(screen_content(source, capture)).permute(2, 0, 1))
+    sources = [load_source(specs[index % len(specs)], seed) for index in range(batch)]
+    captures = [sample_capture_params(cfg, source.shape[:2], rng) for source in sources]
     torch_device = torch.device(device)
-    stacked = torch.stack(content).to(torch_device)
-    generator = torch.Generator(device=torch_device).manual_seed(seed)
+    stacked = content_batch(sources, captures).to(torch_device)
 
     def run() -> None:
-        simulate_batch(stacked, captures, size, cfg.optics.supersample, generator)
+        simulate_batch(stacked, captures, size, cfg.optics.supersample)
         if torch_device.type == "cuda":
             torch.cuda.synchronize()
 

@@ -139,19 +139,21 @@ def _mean_std(mean: float | None, std: float | None, digits: int) -> str:
 def synth_report(
     pairs: list[Path] = typer.Option(..., help="paired folder (moire/ + clean/, or a dataset layout); repeat to compare"),
     labels: list[str] | None = typer.Option(None, "--label", help="name of each --pairs set, in order (default: folder name)"),
-    out: Path = typer.Option(..., help="folder for the plots, CSVs and summary.json"),
+    out: Path = typer.Option(..., help="folder for the plots, CSVs and summary.json (replaced as a whole)"),
     as_json: bool = typer.Option(False, "--json", help="print summary.json as one JSON object"),
     max_pairs: int | None = typer.Option(None, help="at most this many pairs per set, evenly spread over the names"),
     max_side: int = typer.Option(512, help="shrink residuals to this longest side before the spectrum (0: never)"),
 ) -> None:
     """Input PSNR/SSIM and moiré residual spectra of paired sets side by side (synthetic vs real)."""
     from pipeline.evaluation.synth_report import compare_paired_sets, set_labels
+    from pipeline.io import atomic_dir
 
     try:
         names = set_labels(pairs, labels)
-        with err.status("reading pairs") as status:
+        # One folder swap: a killed run never leaves a mix of old and new plots.
+        with err.status("reading pairs") as status, atomic_dir(out) as staging:
             summary = compare_paired_sets(
-                list(zip(names, pairs)), out, max_pairs=max_pairs, max_side=max_side,
+                list(zip(names, pairs)), staging, max_pairs=max_pairs, max_side=max_side,
                 on_pair=lambda label, name: status.update(f"{label}: {name}"),
             )
     except DemoireError as exc:

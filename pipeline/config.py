@@ -68,7 +68,7 @@ class OpticsParams(Section):
     distance_mm: Annotated[Range, _within(20.0, 10_000.0)] = (300.0, 500.0)
     focal_length_mm: Annotated[Range, _within(1.0, 200.0)] = (4.3, 4.8)
     rotation_deg: Annotated[Range, _within(-45.0, 45.0)] = (-6.0, 6.0)
-    tilt: Annotated[Range, _within(0.0, 0.5)] = (0.0, 0.12)
+    tilt: Annotated[Range, _within(0.0, 0.3)] = (0.0, 0.12)
     radial_distortion: Annotated[Range, _within(-0.3, 0.3)] = (-0.04, 0.04)
     blur_sigma: Annotated[Range, _within(0.0, 5.0)] = (0.2, 0.6)
     vignetting: Annotated[Range, _within(0.0, 0.9)] = (0.0, 0.35)
@@ -79,8 +79,8 @@ class SensorParams(Section):
     pixel_pitch_um: Annotated[Range, _within(0.5, 50.0)] = (2.9, 3.1)
     # Light-sensitive fraction of the pixel pitch: below 1 the pixel integrates a narrower area,
     # which lets more of the display's subpixel frequency alias into moiré.
-    aperture: Annotated[Range, _within(0.05, 1.0)] = (0.5, 0.85)
-    exposure_ev: Annotated[Range, _within(-4.0, 2.0)] = (-0.8, 0.0)
+    aperture: Annotated[Range, _within(0.05, 1.0)] = (0.65, 0.95)
+    exposure_ev: Annotated[Range, _within(-4.0, 2.0)] = (-0.5, 0.1)
     shot_noise: Annotated[Range, _within(0.0, 0.1)] = (0.0005, 0.004)
     read_noise: Annotated[Range, _within(0.0, 0.1)] = (0.001, 0.006)
 

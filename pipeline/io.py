@@ -15,6 +15,11 @@ from PIL import Image
 
 from pipeline.errors import InputDataError
 
+# mkstemp/mkdtemp create owner-only entries; outputs get the permissions a plain open() would give.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE, DIR_MODE = 0o666 & ~_UMASK, 0o777 & ~_UMASK
+
 # Decompression bombs are a real risk with user folders; PIL raises on anything above this.
 Image.MAX_IMAGE_PIXELS = 200_000_000
 
@@ -29,6 +34,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -42,6 +48,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, DIR_MODE)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

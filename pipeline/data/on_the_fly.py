@@ -10,7 +10,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.config import SynthesizeParams
 from pipeline.errors import InputDataError
-from pipeline.moire.simulate import sample_capture_params, screen_content, simulate_batch
+from pipeline.moire.simulate import content_batch, sample_capture_params, simulate_batch
 from pipeline.sources import collect_sources, load_source
 
 ON_THE_FLY_STREAM = 0x4F4E4C4E  # "ONLN": apart from the file dataset's per-pair streams
@@ -20,27 +20,28 @@ class SyntheticPairStream(IterableDataset):
     """Endless (moiré, clean) batches, (B, 3, S, S) in [0, 1], from the batched simulator on `device`.
 
     Sources are decoded and their crops resized on the CPU; the simulation itself runs on `device`.
-    Each DataLoader worker draws its own stream from (seed, worker id), so batches never repeat.
-    Use with `DataLoader(stream, batch_size=None)`.
+    Batches come from (seed, epoch, DataLoader worker id): call `set_epoch` each epoch for new
+    pairs, as with DistributedSampler. Use with `DataLoader(stream, batch_size=None)`, and with
+    `num_workers=0` when `device` is CUDA (forked workers cannot use CUDA).
     """
 
     def __init__(self, cfg: SynthesizeParams, seed: int, batch_size: int, device: str | torch.device = "cpu"):
         self.cfg, self.seed, self.batch_size, self.device = cfg, seed, batch_size, torch.device(device)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the next iteration's pairs from this epoch's stream."""
+        self.epoch = epoch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         cfg = self.cfg
-        specs, _ = collect_sources(cfg.sources.bundled, cfg.sources.procedural, cfg.sources.folders)
+        specs, _ = collect_sources(cfg.sources.bundled, cfg.sources.procedural, cfg.sources.folders, cfg.sources.screen_kinds)
         if not specs:
-            raise InputDataError("no usable source images for on-the-fly synthesis")
+            raise InputDataError("no usable source images: enable synthesize.sources.bundled or procedural, or add folders")
         worker = get_worker_info()
-        rng = np.random.default_rng([self.seed, ON_THE_FLY_STREAM, worker.id if worker else 0])
-        generator = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
+        rng = np.random.default_rng([self.seed, ON_THE_FLY_STREAM, self.epoch, worker.id if worker else 0])
         while True:
-            captures, content = [], []
-            for _ in range(self.batch_size):
-                source = load_source(specs[int(rng.integers(len(specs)))], self.seed)
-                capture = sample_capture_params(cfg, source.shape[:2], rng)
-                captures.append(capture)
-                content.append(torch.from_numpy(screen_content(source, capture)).permute(2, 0, 1))
-            batch = torch.stack(content).to(self.device, non_blocking=True)
-            yield simulate_batch(batch, captures, cfg.size, cfg.optics.supersample, generator)
+            sources = [load_source(specs[int(rng.integers(len(specs)))], self.seed) for _ in range(self.batch_size)]
+            captures = [sample_capture_params(cfg, source.shape[:2], rng) for source in sources]
+            batch = content_batch(sources, captures).to(self.device, non_blocking=True)
+            yield simulate_batch(batch, captures, cfg.size, cfg.optics.supersample)

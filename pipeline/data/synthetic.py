@@ -23,6 +23,7 @@ from pipeline.sources import SourceSpec, collect_sources, load_source
 
 SYNTHESIZE_STREAM = 0x53594E54  # "SYNT": keeps this stage's random streams apart from others'
 MOIRE_DIR, CLEAN_DIR = "moire", "clean"
+SHARDS_PER_WORKER = 4  # several shards per worker keep every worker busy when shards differ in cost
 
 
 def pair_generator(seed: int, index: int) -> np.random.Generator:
@@ -69,13 +70,18 @@ def render_pair(
     return moire, clean, record
 
 
+def source_for_pair(index: int, n_pairs: int, n_sources: int) -> int:
+    """Which source pair `index` shows: consecutive pairs share a source, so a shard decodes each once."""
+    return index * n_sources // n_pairs
+
+
 def render_shard(
     indices: list[int], specs: list[SourceSpec], cfg: SynthesizeParams, seed: int, out_dir: Path
 ) -> list[dict]:
     """Render and write the pairs in `indices` under out_dir; return their manifest records."""
     records = []
     for index in indices:
-        moire, clean, record = render_pair(index, specs[index % len(specs)], cfg, seed)
+        moire, clean, record = render_pair(index, specs[source_for_pair(index, cfg.n_pairs, len(specs))], cfg, seed)
         write_png(Path(out_dir) / record["moire_path"], moire)
         write_png(Path(out_dir) / record["clean_path"], clean)
         records.append(record)
@@ -112,13 +118,17 @@ def synthesize_dataset(cfg: SynthesizeParams, seed: int, out_dir: Path, run_shar
     `out_dir` appears only once every pair is written. Returns counts of pairs and of usable and
     skipped sources; the caller chooses how shards run (processes here, Prefect tasks in the flow).
     """
-    specs, skipped = collect_sources(cfg.sources.bundled, cfg.sources.procedural, cfg.sources.folders)
+    specs, skipped = collect_sources(cfg.sources.bundled, cfg.sources.procedural, cfg.sources.folders, cfg.sources.screen_kinds)
     if not specs:
         raise InputDataError("no usable source images: enable bundled or procedural sources, or add folders")
-    # Several shards per worker keep every worker busy when shards differ in cost.
-    shards = shard_indices(cfg.n_pairs, cfg.workers * 4)
+    shards = shard_indices(cfg.n_pairs, cfg.workers * SHARDS_PER_WORKER)
     with atomic_dir(out_dir) as staging:
         records = [record for shard in run_shards(shards, specs, staging) for record in shard]
+        missing = [r["moire_path"] for r in records if not (staging / r["moire_path"]).is_file()]
+        if missing:
+            raise InputDataError(
+                f"{len(missing)} rendered pairs are missing from {staging} (first: {missing[0]}); workers on "
+                "other machines (Dask) must write to a filesystem shared with this one")
         write_manifest(records, staging / "manifest.parquet")
         summary = {"pairs": len(records), "sources_used": len(specs), "sources_skipped": len(skipped),
                    "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]}

@@ -33,20 +33,23 @@ def decode_display_gamma(encoded: torch.Tensor, gamma: torch.Tensor) -> torch.Te
 
 
 def panel_colour(
-    linear: torch.Tensor, gamut: torch.Tensor, white_point: torch.Tensor,
-    brightness: torch.Tensor, black_level: torch.Tensor,
+    linear: torch.Tensor, gamut: torch.Tensor, white_point: torch.Tensor, brightness: torch.Tensor,
 ) -> torch.Tensor:
-    """The panel's rendering of linear sRGB: its gamut (saturation), white point, brightness, black.
+    """The panel's rendering of linear sRGB: its gamut (saturation), white point and brightness.
 
     `gamut` scales saturation around luma (1 = the source's primaries), `white_point` is a (B, 3)
-    gain per channel, `brightness` scales the whole panel and `black_level` is the light a black
-    pixel still emits (backlight bleed plus ambient glare), as a fraction of white.
+    gain per channel and `brightness` scales the whole panel.
     """
     luma = torch.tensor(LUMA, dtype=linear.dtype, device=linear.device).reshape(1, 3, 1, 1)
     grey = (linear * luma).sum(dim=1, keepdim=True)
     saturated = (grey + _per_item(gamut) * (linear - grey)).clamp(min=0.0)
-    lit = saturated * _per_item(white_point) * _per_item(brightness)
-    return _per_item(black_level) + (1.0 - _per_item(black_level)) * lit
+    return saturated * _per_item(white_point) * _per_item(brightness)
+
+
+def add_glare(light: torch.Tensor, black_level: torch.Tensor) -> torch.Tensor:
+    """Light a black screen still sends the camera (backlight bleed, ambient reflections), as a
+    fraction of white; uniform, so it carries no subpixel structure."""
+    return light + _per_item(black_level)
 
 
 def _lit_length(x: torch.Tensor, start: float | torch.Tensor, length: float | torch.Tensor) -> torch.Tensor:
@@ -93,9 +96,15 @@ def subpixel_coverage(
     half = fill / 2.0
     left = rows * box_coverage(u, width, (1.0 - fill) / 4.0, half) / half
     right = rows * box_coverage(u, width, 0.5 + (1.0 - fill) / 4.0, half) / half
-    red_pixel = ((torch.floor(u) + torch.floor(v)) % 2 == 0).to(u.dtype)
+    column, row = torch.floor(u), torch.floor(v)
+    red_pixel = ((column + row) % 2 == 0).to(u.dtype)
+    # Green sits right of red/blue on even rows and left on odd ones, so on average every colour
+    # is centred on its pixel, as the clean target is.
+    even_row = (row % 2 == 0).to(u.dtype)
+    green = even_row * right + (1.0 - even_row) * left
+    red_blue = even_row * left + (1.0 - even_row) * right
     # Red and blue each light half of the pixels, so each counts double to keep its mean at 1.
-    return torch.stack([2.0 * left * red_pixel, right, 2.0 * left * (1.0 - red_pixel)], dim=1)
+    return torch.stack([2.0 * red_blue * red_pixel, green, 2.0 * red_blue * (1.0 - red_pixel)], dim=1)
 
 
 def emitted_light(

@@ -33,10 +33,10 @@ def demosaic(raw: torch.Tensor) -> torch.Tensor:
         return sparse[:, channels, 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
 
     red_blue = slice(0, 3, 2)
-    horizontal = 0.5 * shifted(-1, -1, red_blue) + shifted(-1, 0, red_blue) + 0.5 * shifted(-1, 1, red_blue)
+    above = 0.5 * shifted(-1, -1, red_blue) + shifted(-1, 0, red_blue) + 0.5 * shifted(-1, 1, red_blue)
     middle = 0.5 * shifted(0, -1, red_blue) + shifted(0, 0, red_blue) + 0.5 * shifted(0, 1, red_blue)
     below = 0.5 * shifted(1, -1, red_blue) + shifted(1, 0, red_blue) + 0.5 * shifted(1, 1, red_blue)
-    red_blue_full = 0.5 * horizontal + middle + 0.5 * below
+    red_blue_full = 0.5 * above + middle + 0.5 * below
     g = slice(1, 2)
     green = shifted(0, 0, g) + 0.25 * (shifted(-1, 0, g) + shifted(1, 0, g) + shifted(0, -1, g) + shifted(0, 1, g))
     return torch.cat([red_blue_full[:, :1], green, red_blue_full[:, 1:]], dim=1)

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.moire.sensor import aperture_offsets
+
 
 def pitch_ratio(
     display_pitch_mm: float, distance_mm: float, focal_length_mm: float, sensor_pitch_um: float
@@ -22,11 +24,16 @@ def pitch_ratio(
 
 
 def screen_margin(rotation_deg: float, tilt: float, radial_distortion: float) -> float:
-    """How much larger than the frame the imaged screen must be so the frame never sees its edge."""
+    """How much larger than the frame the imaged screen must be so the frame never sees its edge.
+
+    Bounds the display extent seen by the frame's corners: rotation spreads a corner over
+    |cos|+|sin|, outward distortion (k1 > 0) moves samples out by up to 1 + 2·k1, and the tilt's
+    projective divide 1 − k·(x·cos φ + y·sin φ) is smallest at a corner along φ = 45°.
+    """
     theta = math.radians(rotation_deg)
-    # Pincushion distortion (k1 > 0) pushes the corners' samples outward by up to (1 + 2·k1).
     stretch = 1.0 + 2.0 * max(radial_distortion, 0.0)
-    return (abs(math.cos(theta)) + abs(math.sin(theta))) * stretch / (1.0 - tilt) * 1.02
+    divide = 1.0 - math.sqrt(2.0) * tilt * stretch
+    return (abs(math.cos(theta)) + abs(math.sin(theta))) * stretch / divide * 1.02
 
 
 def camera_homography(
@@ -52,8 +59,8 @@ def camera_homography(
     return to_frame @ perspective @ rotate_scale @ centre_display
 
 
-def frame_radius(out_size: int, supersample: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sub-sample centres of the frame, as offsets from its centre in half-frame units (x, y)."""
+def frame_offsets(out_size: int, supersample: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sub-sample centres of the frame as (x, y) offsets from its centre, in half-frame units."""
     n = out_size * supersample
     centres = (torch.arange(n, dtype=torch.float64, device=device) + 0.5) / supersample
     offsets = (centres - out_size / 2) / (out_size / 2)
@@ -62,17 +69,24 @@ def frame_radius(out_size: int, supersample: int, device: torch.device) -> tuple
 
 
 def sensor_samples_on_display(
-    homographies: torch.Tensor, out_size: int, supersample: int, radial_distortion: torch.Tensor
+    homographies: torch.Tensor, out_size: int, supersample: int, radial_distortion: torch.Tensor,
+    aperture: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Display coords (u, v), (B, H·s, W·s), seen by each sub-sample through a distorting lens.
+    """Display coords (u, v), (B, H·s, W·s), seen by the sub-samples of each pixel's sensitive area.
 
-    The lens bends rays by the radial model x·(1 + k1·r²), r = 1 at the middle of each frame edge,
-    so straight display rows image as curves; the clean target uses the same coordinates.
+    Sub-samples of pixel i sit at i + ½ + aperture_offsets. The lens moves each by the radial model
+    x·(1 + k1·r²), r = 1 at the middle of each frame edge: k1 > 0 samples further out towards the
+    corners, which compresses content there (barrel distortion), k1 < 0 gives pincushion. Straight
+    display rows image as curves; the clean target uses the same coordinates.
     """
-    xs, ys = frame_radius(out_size, supersample, homographies.device)
+    batch, n = homographies.shape[0], out_size * supersample
+    pixel = (torch.arange(n, device=homographies.device) // supersample).to(torch.float64)
+    offsets = aperture_offsets(supersample, aperture).repeat(1, out_size)  # (B, n)
+    half = out_size / 2
+    along = (pixel + 0.5 + offsets - half) / half  # (B, n), half-frame units
+    xs, ys = along.reshape(batch, 1, n), along.reshape(batch, n, 1)
     k1 = radial_distortion.to(torch.float64).reshape(-1, 1, 1)
     scale = 1.0 + k1 * (xs**2 + ys**2)
-    half = out_size / 2
     sensor_x, sensor_y = half + xs * scale * half, half + ys * scale * half
     inverse = torch.linalg.inv(homographies.to(torch.float64))
     points = torch.stack([sensor_x, sensor_y, torch.ones_like(sensor_x)], dim=1)  # (B, 3, H, W)
@@ -83,16 +97,21 @@ def sensor_samples_on_display(
 
 def vignetting(out_size: int, supersample: int, strength: torch.Tensor) -> torch.Tensor:
     """Relative illumination (B, 1, H, W): 1 at the centre, 1 − strength in the frame's corners."""
-    xs, ys = frame_radius(out_size, supersample, strength.device)
+    xs, ys = frame_offsets(out_size, supersample, strength.device)
     radius_sq = ((xs**2 + ys**2) / 2.0).to(torch.float32)  # 1 in the corners
     return 1.0 - strength.reshape(-1, 1, 1, 1) * radius_sq
 
 
 def gaussian_kernels(sigma: torch.Tensor, radius: int) -> torch.Tensor:
-    """(B, 2·radius+1) normalised 1-D Gaussians; sigma 0 gives the identity kernel."""
+    """(B, 2·radius+1) normalised 1-D Gaussians, each cut at its own ⌈3σ⌉; sigma 0 gives the identity.
+
+    Cutting per capture (not at the batch's widest radius) keeps a capture's result independent
+    of which other captures share its batch.
+    """
     taps = torch.arange(-radius, radius + 1, dtype=sigma.dtype, device=sigma.device)
     safe = sigma.clamp(min=1e-3).reshape(-1, 1)
-    kernels = torch.exp(-0.5 * (taps / safe) ** 2)
+    own_radius = torch.ceil(3 * sigma).clamp(min=1).reshape(-1, 1)
+    kernels = torch.exp(-0.5 * (taps / safe) ** 2) * (taps.abs() <= own_radius)
     return kernels / kernels.sum(dim=1, keepdim=True)
 
 
@@ -116,5 +135,5 @@ def lens_blur(image: torch.Tensor, sigma_px: torch.Tensor) -> torch.Tensor:
     largest = float(sigma_px.max())
     if largest <= 0:
         return image
-    radius = max(1, math.ceil(3 * largest))
+    radius = max(1, int(torch.ceil(3 * sigma_px.max())))
     return separable_filter(image, gaussian_kernels(sigma_px, radius))

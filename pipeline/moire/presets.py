@@ -18,6 +18,6 @@ PRESETS: dict[str, dict] = {
         "optics": {"distance_mm": [390.0, 420.0], "focal_length_mm": [4.5, 4.6], "rotation_deg": [-3.0, 3.0]},
         "sensor": {"pixel_pitch_um": [2.95, 3.05]},
     },
-    # Text, code and UI screens only, shown at a crisp scale: the content users most often photograph.
+    # Text, code, UI and web screens only (no photos or charts): what users most often photograph.
     "document": {"sources": {"bundled": False, "procedural": 96, "screen_kinds": ["document", "code", "ui", "webpage"]}},
 }

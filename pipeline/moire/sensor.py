@@ -8,27 +8,24 @@ import torch
 RGGB = ((0, 1), (1, 2))
 
 
-def aperture_weights(supersample: int, aperture: torch.Tensor) -> torch.Tensor:
-    """(B, s) weights of each sub-sample cell: its overlap with the pixel's light-sensitive centre.
+def aperture_offsets(supersample: int, aperture: torch.Tensor) -> torch.Tensor:
+    """(B, s) positions of a pixel's s sub-samples along one axis, in pixels from its centre.
 
-    `aperture` is the sensitive fraction of the pixel pitch along each axis (1 = the whole pixel).
+    The sub-samples sit at the centres of s equal cells spanning the light-sensitive part of the
+    pixel, `aperture` being that part's fraction of the pitch (1 = the whole pixel); a narrower
+    aperture samples the display more like points, so more of its structure aliases into moiré.
     """
-    edges = torch.arange(supersample + 1, dtype=torch.float32, device=aperture.device) / supersample
-    low = ((1.0 - aperture) / 2.0).reshape(-1, 1).to(torch.float32)
-    high = ((1.0 + aperture) / 2.0).reshape(-1, 1).to(torch.float32)
-    overlap = (torch.minimum(edges[1:], high) - torch.maximum(edges[:-1], low)).clamp(min=0.0)
-    return overlap / overlap.sum(dim=1, keepdim=True)
+    cells = (torch.arange(supersample, dtype=torch.float64, device=aperture.device) + 0.5) / supersample - 0.5
+    return aperture.to(torch.float64).reshape(-1, 1) * cells
 
 
-def integrate_pixel_area(samples: torch.Tensor, supersample: int, aperture: torch.Tensor) -> torch.Tensor:
-    """Integrate s×s sub-samples (B, C, H·s, W·s) over each pixel's sensitive aperture → (B, C, H, W)."""
+def integrate_pixel_area(samples: torch.Tensor, supersample: int) -> torch.Tensor:
+    """Average s×s sub-samples (B, C, H·s, W·s) of each pixel's sensitive area → (B, C, H, W)."""
     if supersample == 1:
         return samples
     batch, channels = samples.shape[:2]
     h, w = samples.shape[2] // supersample, samples.shape[3] // supersample
-    weights = aperture_weights(supersample, aperture)
-    blocks = samples.reshape(batch, channels, h, supersample, w, supersample)
-    return torch.einsum("bciajd,ba,bd->bcij", blocks, weights, weights)
+    return samples.reshape(batch, channels, h, supersample, w, supersample).mean(dim=(3, 5))
 
 
 def expose(irradiance: torch.Tensor, exposure_ev: torch.Tensor) -> torch.Tensor:
@@ -47,11 +44,18 @@ def bayer_mosaic(rgb: torch.Tensor) -> torch.Tensor:
 
 
 def add_sensor_noise(
-    raw: torch.Tensor, shot_noise: torch.Tensor, read_noise: torch.Tensor, generator: torch.Generator
+    raw: torch.Tensor, shot_noise: torch.Tensor, read_noise: torch.Tensor, noise_seeds: list[int]
 ) -> torch.Tensor:
-    """Heteroscedastic Gaussian noise: variance shot·signal + read², clipped to the sensor's [0, 1]."""
+    """Heteroscedastic Gaussian noise: variance shot·signal + read², clipped to the sensor's [0, 1].
+
+    Each capture draws from its own seed, so its noise does not depend on the rest of the batch.
+    """
     shot = shot_noise.reshape(-1, 1, 1, 1)
     read = read_noise.reshape(-1, 1, 1, 1)
     std = torch.sqrt(shot * raw.clamp(min=0.0) + read**2)
-    noise = torch.randn(raw.shape, generator=generator, device=raw.device, dtype=raw.dtype)
+    noise = torch.stack([
+        torch.randn(raw.shape[1:], generator=torch.Generator(device=raw.device).manual_seed(seed),
+                    device=raw.device, dtype=raw.dtype)
+        for seed in noise_seeds
+    ])
     return (raw + noise * std).clamp(0.0, 1.0)

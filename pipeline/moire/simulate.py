@@ -8,7 +8,8 @@ is what on-the-fly synthesis during training uses.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
+from typing import get_type_hints
 
 import cv2
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import SynthesizeParams
-from pipeline.moire.display import decode_display_gamma, emitted_light, panel_colour, subpixel_coverage
+from pipeline.moire.display import add_glare, decode_display_gamma, emitted_light, panel_colour, subpixel_coverage
 from pipeline.moire.isp import demosaic, sharpen, to_uint8, tone_curve, white_balance
 from pipeline.moire.jpeg import jpeg_compress
 from pipeline.moire.optics import (
@@ -151,12 +152,26 @@ def screen_content(source: np.ndarray, capture: CaptureParams) -> np.ndarray:
     return cv2.resize(crop, (n, n), interpolation=interpolation)
 
 
+# Numeric parameters the batched simulator reads as (B,) tensors.
+_TENSOR_FIELDS = tuple(
+    name for name, kind in get_type_hints(CaptureParams).items() if kind in (float, int) and name != "noise_seed"
+)
+
+
 def capture_tensors(captures: list[CaptureParams], device: torch.device) -> dict[str, torch.Tensor]:
     """Each numeric capture parameter as a (B,) float32 tensor on `device`."""
     return {
-        f.name: torch.tensor([getattr(c, f.name) for c in captures], dtype=torch.float32, device=device)
-        for f in fields(CaptureParams) if f.type in ("float", "int") and f.name != "noise_seed"
+        name: torch.tensor([getattr(c, name) for c in captures], dtype=torch.float32, device=device)
+        for name in _TENSOR_FIELDS
     }
+
+
+def content_batch(sources: list[np.ndarray], captures: list[CaptureParams]) -> torch.Tensor:
+    """(B, 3, N, N) uint8 screen contents of each (source, capture), ready for `simulate_batch`."""
+    return torch.stack([
+        torch.from_numpy(screen_content(source, capture)).permute(2, 0, 1)
+        for source, capture in zip(sources, captures)
+    ])
 
 
 def _layout_coverage(
@@ -180,40 +195,41 @@ def _homographies(captures: list[CaptureParams], out_size: int, device: torch.de
 
 
 def simulate_batch(
-    content: torch.Tensor, captures: list[CaptureParams], out_size: int, supersample: int,
-    generator: torch.Generator,
+    content: torch.Tensor, captures: list[CaptureParams], out_size: int, supersample: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Photograph a batch of screens: (B, 3, N, N) uint8 content → (moiré, clean) in [0, 1], (B, 3, S, S).
 
-    The clean image is the same content through the same geometry (pose and lens distortion),
-    averaged over each pixel, with none of the display's or camera's colour, structure, blur,
-    noise or compression: what a screenshot warped onto the photo would look like.
+    Each capture's result depends only on its own content and parameters (noise included, drawn
+    from its `noise_seed`), not on the rest of the batch. The clean image is the same content
+    through the same pose and lens distortion, averaged over each whole pixel, with none of the
+    display's or camera's colour, structure, blur, noise or compression: what a screenshot warped
+    onto the photo would look like.
     """
     p = capture_tensors(captures, content.device)
     ones = torch.ones_like(p["gamut"])
-    u, v = sensor_samples_on_display(
-        _homographies(captures, out_size, content.device), out_size, supersample, p["radial_distortion"])
+    homographies = _homographies(captures, out_size, content.device)
+    u, v = sensor_samples_on_display(homographies, out_size, supersample, p["radial_distortion"], p["sensor_aperture"])
 
     white_point = torch.stack([p["white_point_r"], ones, p["white_point_b"]], dim=1)
-    panel = panel_colour(decode_display_gamma(content, p["display_gamma"]), p["gamut"], white_point,
-                         p["brightness"], p["black_level"])
-    footprint = 1.0 / (p["pitch_ratio"] * supersample)
+    panel = panel_colour(decode_display_gamma(content, p["display_gamma"]), p["gamut"], white_point, p["brightness"])
+    footprint = p["sensor_aperture"] / (p["pitch_ratio"] * supersample)
     coverage = _layout_coverage(u, v, footprint, p["fill_factor"], [c.subpixel_layout for c in captures])
-    light = emitted_light(panel, u, v, coverage) * vignetting(out_size, supersample, p["vignetting"])
-    light = lens_blur(light, p["blur_sigma"] * supersample)
-    irradiance = expose(integrate_pixel_area(light, supersample, p["sensor_aperture"]), p["exposure_ev"])
-    raw = add_sensor_noise(bayer_mosaic(irradiance), p["shot_noise"], p["read_noise"], generator)
+    light = add_glare(emitted_light(panel, u, v, coverage), p["black_level"])
+    light = lens_blur(light * vignetting(out_size, supersample, p["vignetting"]), p["blur_sigma"] * supersample)
+    irradiance = expose(integrate_pixel_area(light, supersample), p["exposure_ev"])
+    raw = add_sensor_noise(bayer_mosaic(irradiance), p["shot_noise"], p["read_noise"], [c.noise_seed for c in captures])
     gains = torch.stack([p["wb_gain_r"], ones, p["wb_gain_b"]], dim=1)
     encoded = sharpen(tone_curve(white_balance(demosaic(raw), gains), p["camera_gamma"]), p["sharpen"])
     moire = jpeg_compress(encoded, p["jpeg_quality"])
 
+    whole_u, whole_v = sensor_samples_on_display(homographies, out_size, supersample, p["radial_distortion"], ones)
     source_gamma = torch.full_like(ones, SOURCE_GAMMA)
     n = content.shape[-1]
     # grid_sample (align_corners=False) reads pixel i's centre at i + 0.5, as our coordinates do.
-    grid = torch.stack([2.0 * u / n - 1.0, 2.0 * v / n - 1.0], dim=-1)
+    grid = torch.stack([2.0 * whole_u / n - 1.0, 2.0 * whole_v / n - 1.0], dim=-1)
     warped = F.grid_sample(decode_display_gamma(content, source_gamma), grid, mode="bilinear",
                            padding_mode="border", align_corners=False)
-    clean = tone_curve(integrate_pixel_area(warped, supersample, ones), source_gamma)
+    clean = tone_curve(integrate_pixel_area(warped, supersample), source_gamma)
     return moire, clean
 
 
@@ -221,7 +237,5 @@ def simulate_capture(
     source: np.ndarray, capture: CaptureParams, out_size: int, supersample: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Photograph `source` on a screen: pixel-aligned (moiré, clean) RGB uint8 images (HxWx3)."""
-    content = torch.from_numpy(screen_content(source, capture)).permute(2, 0, 1)[None]
-    generator = torch.Generator().manual_seed(capture.noise_seed)
-    moire, clean = simulate_batch(content, [capture], out_size, supersample, generator)
+    moire, clean = simulate_batch(content_batch([source], [capture]), [capture], out_size, supersample)
     return tuple(to_uint8(image[0]).permute(1, 2, 0).numpy() for image in (moire, clean))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -37,9 +38,12 @@ class SkippedSource:
 
 
 def collect_sources(
-    bundled: bool, procedural: int, folders: list[Path]
+    bundled: bool, procedural: int, folders: list[Path], screen_kinds: Sequence[str] = SCREEN_KINDS
 ) -> tuple[list[SourceSpec], list[SkippedSource]]:
-    """List every usable source image; unreadable folder files are skipped and reported."""
+    """List every usable source image; procedural screens cycle through `screen_kinds`.
+
+    Unreadable folder files are skipped and reported.
+    """
     specs: list[SourceSpec] = []
     if bundled:
         specs += [
@@ -48,9 +52,9 @@ def collect_sources(
         ]
     specs += [
         SourceSpec(
-            source_id=f"procedural/{i:05d}-{SCREEN_KINDS[i % len(SCREEN_KINDS)]}",
+            source_id=f"procedural/{i:05d}-{screen_kinds[i % len(screen_kinds)]}",
             kind="procedural",
-            screen_kind=SCREEN_KINDS[i % len(SCREEN_KINDS)],
+            screen_kind=screen_kinds[i % len(screen_kinds)],
             index=i,
         )
         for i in range(procedural)

@@ -158,7 +158,8 @@ def pair_split_folder(folder: Path, layout: DatasetLayout, split: str) -> tuple[
 
 
 def _moire_files(folder: Path, layout: DatasetLayout) -> Iterator[tuple[Path, re.Match[str]]]:
-    """(path, name match) of each moiré image of a split folder, sorted; lazy so detection stops early."""
+    """(path, name match) of each moiré image of a split folder, sorted; a generator, so detection can stop at
+    the first match (the folder is still listed whole first)."""
     if not (folder / layout.moire_dir).is_dir() or not (folder / layout.clean_dir).is_dir():
         return
     moire_root = folder / layout.moire_dir

@@ -20,6 +20,9 @@ def test_stream_yields_fresh_aligned_batches_reproducibly(tiny_params):
     assert not torch.equal(first[0], second[0])  # every batch is new
     again = _batches(tiny_params, 1)[0]
     assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])
+    stream = SyntheticPairStream(tiny_params.synthesize, tiny_params.seed, batch_size=3)
+    stream.set_epoch(1)
+    assert not torch.equal(next(iter(stream))[0], first[0])  # a new epoch draws new pairs
 
 
 @pytest.mark.gpu
