@@ -34,8 +34,11 @@ def preprocess_flow(params: Params, data: Path, out: Path, summary_path: Path) -
     cfg = params.preprocess
     # Imported datasets first: a wrong dataset path fails before any synthetic image is decoded.
     imported = import_task(cfg.datasets, next_pair_id(read_manifest(data / "manifest.parquet")))
-    usable, rejected = validate_task(data)
-    usable["split"] = split_by_source(usable["source_id"], cfg.val_fraction, cfg.test_fraction, params.seed)
+    if cfg.synthetic:
+        usable, rejected = validate_task(data)
+        usable["split"] = split_by_source(usable["source_id"], cfg.val_fraction, cfg.test_fraction, params.seed)
+    else:
+        usable, rejected = pd.DataFrame(columns=INDEX_COLUMNS), pd.DataFrame(columns=["reason"])
     usable = pd.concat([usable[INDEX_COLUMNS], imported.usable], ignore_index=True)
     with atomic_path(out) as tmp:
         usable.to_parquet(tmp, index=False)

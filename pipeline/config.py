@@ -144,6 +144,18 @@ class PreprocessParams(Section):
     val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     datasets: list[ImportedDataset] = []
+    # False: index only the imported datasets (real pairs instead of synthetic ones).
+    synthetic: bool = True
+
+    @model_validator(mode="after")
+    def _every_split_has_pairs(self) -> "PreprocessParams":
+        """Without synthetic pairs, the datasets must fill train, val and test themselves."""
+        if not self.synthetic:
+            missing = sorted({"train", "val", "test"} - {d.split for d in self.datasets})
+            if missing:
+                raise ValueError(f"without synthetic pairs, preprocess.datasets must fill every split; "
+                                 f"none goes to {', '.join(missing)}")
+        return self
 
 
 class TrainParams(Section):

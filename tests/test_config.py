@@ -73,3 +73,9 @@ def test_screen_kinds_accepted_by_params_are_the_ones_drawn():
     from pipeline.sources.procedural import SCREEN_KINDS
 
     assert tuple(Params().synthesize.sources.screen_kinds) == SCREEN_KINDS
+
+
+def test_real_pairs_instead_of_synthetic_must_fill_every_split():
+    with pytest.raises(ParamsError, match="without synthetic pairs, preprocess.datasets must fill every split; none goes to test, val"):
+        parse_params({"preprocess": {"synthetic": False, "datasets": [{"path": "/data/x", "split": "train"}]}})
+    assert parse_params({"preprocess": {"datasets": [{"path": "/data/x", "split": "train"}]}}).preprocess.synthetic

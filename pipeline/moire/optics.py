@@ -83,16 +83,17 @@ def sensor_samples_on_display(
     pixel = (torch.arange(n, device=homographies.device) // supersample).to(torch.float64)
     offsets = aperture_offsets(supersample, aperture).repeat(1, out_size)  # (B, n)
     half = out_size / 2
-    along = (pixel + 0.5 + offsets - half) / half  # (B, n), half-frame units
+    along = ((pixel + 0.5 + offsets - half) / half).to(torch.float32)  # (B, n), half-frame units
     xs, ys = along.reshape(batch, 1, n), along.reshape(batch, n, 1)
-    k1 = radial_distortion.to(torch.float64).reshape(-1, 1, 1)
+    k1 = radial_distortion.to(torch.float32).reshape(-1, 1, 1)
     scale = 1.0 + k1 * (xs**2 + ys**2)
     sensor_x, sensor_y = half + xs * scale * half, half + ys * scale * half
-    inverse = torch.linalg.inv(homographies.to(torch.float64))
-    points = torch.stack([sensor_x, sensor_y, torch.ones_like(sensor_x)], dim=1)  # (B, 3, H, W)
-    display = torch.einsum("bij,bjhw->bihw", inverse, points)
-    u, v = display[:, 0] / display[:, 2], display[:, 1] / display[:, 2]
-    return u.to(torch.float32), v.to(torch.float32)
+    # float32 keeps display coordinates (< 10⁴) to ~10⁻³ px, far below anything the layout resolves.
+    m = torch.linalg.inv(homographies.to(torch.float64)).to(torch.float32).reshape(batch, 9, 1, 1)
+    w = m[:, 6] * sensor_x + m[:, 7] * sensor_y + m[:, 8]
+    u = (m[:, 0] * sensor_x + m[:, 1] * sensor_y + m[:, 2]) / w
+    v = (m[:, 3] * sensor_x + m[:, 4] * sensor_y + m[:, 5]) / w
+    return u, v
 
 
 def vignetting(out_size: int, supersample: int, strength: torch.Tensor) -> torch.Tensor:
@@ -118,16 +119,21 @@ def gaussian_kernels(sigma: torch.Tensor, radius: int) -> torch.Tensor:
 def separable_filter(image: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     """Filter each capture of (B, C, H, W) with its own 1-D kernel along both axes (reflect borders).
 
-    A sum of shifted slices rather than a grouped conv2d: on CPU, torch's depthwise convolution
-    was 5× slower than this for the kernel sizes used here.
+    In-place multiply-adds of shifted slices rather than a grouped conv2d: on one CPU core this
+    was 9× faster than torch's depthwise convolution for the kernel sizes used here.
     """
     radius = kernels.shape[1] // 2
     weights = kernels.to(image.dtype).reshape(kernels.shape[0], 1, 1, 1, -1)
     height, width = image.shape[2:]
     padded = F.pad(image, (radius, radius, 0, 0), mode="reflect")
-    rows = sum(weights[..., k] * padded[..., k : k + width] for k in range(2 * radius + 1))
+    rows = padded[..., :width] * weights[..., 0]
+    for k in range(1, 2 * radius + 1):
+        rows.addcmul_(padded[..., k : k + width], weights[..., k])
     padded = F.pad(rows, (0, 0, radius, radius), mode="reflect")
-    return sum(weights[..., k] * padded[..., k : k + height, :] for k in range(2 * radius + 1))
+    filtered = padded[..., :height, :] * weights[..., 0]
+    for k in range(1, 2 * radius + 1):
+        filtered.addcmul_(padded[..., k : k + height, :], weights[..., k])
+    return filtered
 
 
 def lens_blur(image: torch.Tensor, sigma_px: torch.Tensor) -> torch.Tensor:

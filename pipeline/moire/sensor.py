@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 # Which RGB channel each position of the 2×2 RGGB tile records: rows then columns.
 RGGB = ((0, 1), (1, 2))
@@ -21,11 +22,7 @@ def aperture_offsets(supersample: int, aperture: torch.Tensor) -> torch.Tensor:
 
 def integrate_pixel_area(samples: torch.Tensor, supersample: int) -> torch.Tensor:
     """Average s×s sub-samples (B, C, H·s, W·s) of each pixel's sensitive area → (B, C, H, W)."""
-    if supersample == 1:
-        return samples
-    batch, channels = samples.shape[:2]
-    h, w = samples.shape[2] // supersample, samples.shape[3] // supersample
-    return samples.reshape(batch, channels, h, supersample, w, supersample).mean(dim=(3, 5))
+    return samples if supersample == 1 else F.avg_pool2d(samples, supersample)
 
 
 def expose(irradiance: torch.Tensor, exposure_ev: torch.Tensor) -> torch.Tensor:

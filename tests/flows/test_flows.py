@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
@@ -70,3 +71,25 @@ def test_synthesis_on_a_dask_cluster_gives_the_same_bytes(tmp_path, tiny_params,
     assert len(files) == 2 * 12
     for rel in [*files, Path("manifest.parquet")]:
         assert (tmp_path / "local" / rel).read_bytes() == (tmp_path / "dask" / rel).read_bytes(), rel
+
+
+@pytest.mark.slow
+def test_preprocess_can_index_real_pairs_instead_of_synthetic_ones(tmp_path, tiny_raw, prefect_api):
+    from pipeline.config import parse_params
+    from pipeline.io import write_png
+
+    rng = np.random.default_rng(0)
+    datasets = []
+    for split in ("train", "val", "test"):
+        for name in ("a.png", "b.png"):
+            for side in ("moire", "clean"):
+                write_png(tmp_path / split / side / name, rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+        datasets.append({"path": str(tmp_path / split), "layout": "generic", "split": split})
+    synthetic = tmp_path / "synthetic"
+    synthesize_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))(
+        params=parse_params(tiny_raw), out=synthetic)
+    params = parse_params({**tiny_raw, "preprocess": {"synthetic": False, "datasets": datasets}})
+    summary = preprocess_flow(params, synthetic, tmp_path / "pairs.parquet", tmp_path / "summary.json")
+    frame = pd.read_parquet(tmp_path / "pairs.parquet")
+    assert summary["pairs"] == {"train": 2, "val": 2, "test": 2} and summary["imported_pairs"] == 6
+    assert frame.moire_path.map(lambda p: Path(p).is_absolute()).all()
