@@ -146,14 +146,12 @@ def synth_report(
 ) -> None:
     """Input PSNR/SSIM and moiré residual spectra of paired sets side by side (synthetic vs real)."""
     from pipeline.evaluation.synth_report import compare_paired_sets, set_labels
-    from pipeline.io import atomic_dir
 
     try:
         names = set_labels(pairs, labels)
-        # One folder swap: a killed run never leaves a mix of old and new plots.
-        with err.status("reading pairs") as status, atomic_dir(out) as staging:
+        with err.status("reading pairs") as status:
             summary = compare_paired_sets(
-                list(zip(names, pairs)), staging, max_pairs=max_pairs, max_side=max_side,
+                list(zip(names, pairs)), out, max_pairs=max_pairs, max_side=max_side,
                 on_pair=lambda label, name: status.update(f"{label}: {name}"),
             )
     except DemoireError as exc:

@@ -45,7 +45,7 @@ from pipeline.data.dataset import to_tensor
 from pipeline.data.manifest import read_pair
 from pipeline.errors import DemoireError, InputDataError, ParamsError
 from pipeline.evaluation.metrics import image_metrics
-from pipeline.io import atomic_path, write_json
+from pipeline.io import atomic_dir, atomic_path, write_json
 from pipeline.sources.paired_datasets import DatasetPair, PairList, find_pairs
 
 # BT.601: the luma JPEG codes, so camera moiré is measured the way the ISP's encoder saw it
@@ -244,8 +244,10 @@ def _check_options(max_pairs: int | None, max_side: int, n_bins: int) -> None:
 
 
 def write_synth_report(reports: list[PairedSetReport], summary: dict, out_dir: Path) -> None:
-    """Plots, DVC-plottable CSVs and summary.json under `out_dir`, each written atomically."""
-    out_dir = Path(out_dir)
+    """Plots, DVC-plottable CSVs and summary.json in `out_dir`, which is replaced as a whole.
+
+    One folder swap: a killed run never leaves a mix of old and new plots.
+    """
     metrics = pd.DataFrame(
         [
             {"set": r.label, "pair": name, "input_psnr": psnr, "input_ssim": ssim}
@@ -261,12 +263,13 @@ def write_synth_report(reports: list[PairedSetReport], summary: dict, out_dir: P
             if np.isfinite(p)
         ]
     )
-    _write_csv(metrics, out_dir / "input_metrics.csv")
-    _write_csv(spectrum, out_dir / "residual_spectrum.csv")
-    _plot_histograms(reports, "input_psnr", "input PSNR (dB)", out_dir / "input_psnr.png")
-    _plot_histograms(reports, "input_ssim", "input SSIM", out_dir / "input_ssim.png")
-    _plot_spectra(reports, out_dir / "residual_spectrum.png")
-    write_json(out_dir / "summary.json", summary)
+    with atomic_dir(out_dir) as staging:
+        _write_csv(metrics, staging / "input_metrics.csv")
+        _write_csv(spectrum, staging / "residual_spectrum.csv")
+        _plot_histograms(reports, "input_psnr", "input PSNR (dB)", staging / "input_psnr.png")
+        _plot_histograms(reports, "input_ssim", "input SSIM", staging / "input_ssim.png")
+        _plot_spectra(reports, staging / "residual_spectrum.png")
+        write_json(staging / "summary.json", summary)
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
