@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ParamsError
 
+LossName = Literal["mse", "l1", "charbonnier", "fft"]  # pipeline.training.losses.LOSSES; a test keeps them equal
 # The procedural screen kinds (pipeline.sources.procedural.SCREEN_KINDS; a test keeps them equal).
 ScreenKind = Literal["document", "code", "ui", "chart", "webpage"]
 
@@ -159,16 +160,40 @@ class PreprocessParams(Section):
 
 
 class TrainParams(Section):
-    model: Literal["simple", "unet"] = "unet"
+    model: Literal["simple", "unet", "mscale"] = "unet"
     channels: int = Field(48, ge=4, le=512)
     depth: int = Field(3, ge=2, le=64)
     epochs: int = Field(30, ge=1, le=100_000)
     batch_size: int = Field(16, ge=1, le=4096)
     patch_size: int = Field(64, ge=16, le=2048)
     lr: float = Field(1e-3, gt=0.0, le=1.0)
-    loss: Literal["mse", "l1"] = "mse"
+    # A loss name, or {name: weight, ...} summed (e.g. {charbonnier: 1.0, fft: 0.05}).
+    loss: dict[LossName, Annotated[float, Field(ge=0.0, le=1000.0)]] = {"mse": 1.0}
+    # Weight of the coarser outputs' losses for models with several output scales (mscale).
+    multiscale_weight: float = Field(0.5, ge=0.0, le=10.0)
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    warmup_epochs: float = Field(1.0, ge=0.0, le=1000.0)
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0)  # 0 = off; e.g. 0.999 keeps an average of the weights
+    early_stop_patience: int = Field(0, ge=0, le=100_000)  # epochs without a better val PSNR; 0 = off
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 autocast on CUDA, full precision on CPU
+    compile: bool = False  # torch.compile the model (CUDA; first epoch pays the compile time)
     num_workers: int = Field(0, ge=0, le=64)
+    resume: bool = True  # continue from data/train/checkpoint.pt when it matches these params and data
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _loss_name_alone(cls, value: Any) -> Any:
+        """`loss: mse` means {mse: 1.0}."""
+        return {value: 1.0} if isinstance(value, str) else value
+
+    @field_validator("loss")
+    @classmethod
+    def _some_weight(cls, value: dict[str, float]) -> dict[str, float]:
+        """At least one loss must count."""
+        if not any(weight > 0 for weight in value.values()):
+            raise ValueError("at least one loss needs a weight above 0")
+        return value
 
 
 class EvaluateParams(Section):
@@ -217,7 +242,10 @@ def describe_error(exc: ValidationError, source: str) -> str:
     """Turn the first pydantic error into 'source: key = value: what is allowed'."""
     err = exc.errors()[0]
     loc = [part for part in err["loc"] if isinstance(part, str)]
-    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in err["loc"]).lstrip(".")
+    parts = list(err["loc"])
+    if parts[-1:] == ["[key]"]:  # a bad mapping key (e.g. a loss name): report the mapping's key path
+        parts = parts[:-2]
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts).lstrip(".")
     value = err.get("input")
     if err["type"] == "extra_forbidden":
         allowed = ", ".join(sorted(_fields_at(loc[:-1])))

@@ -12,12 +12,14 @@ from torch import nn
 
 from pipeline.errors import ModelNotFoundError, ParamsError
 from pipeline.io import atomic_path
+from pipeline.models.mscale import MultiScaleDemoireNet
 from pipeline.models.simple import SimpleCNN
 from pipeline.models.unet import SmallUNet
 
 MODEL_BUILDERS: dict[str, Callable[[int, int], nn.Module]] = {
     "simple": lambda channels, depth: SimpleCNN(channels=channels, layers=depth),
     "unet": lambda channels, depth: SmallUNet(channels=channels, levels=depth),
+    "mscale": lambda channels, depth: MultiScaleDemoireNet(channels=channels, depth=depth),
 }
 WEIGHTS_FILE, SPEC_FILE = "model.pt", "model.json"
 

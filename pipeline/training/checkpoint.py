@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch import nn
 
 from pipeline.io import atomic_path
 
 
-def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> None:
-    """Model and optimiser state after `epoch` (1-based)."""
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write a training state (tensors, numbers, strings, lists and dicts of them)."""
     with atomic_path(path) as tmp:
-        torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict()}, tmp)
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The state saved at `path` if it exists and was made for `fingerprint`, else None."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state if state.get("fingerprint") == fingerprint else None

@@ -1,4 +1,4 @@
-"""Reconstruction losses by name."""
+"""Reconstruction losses by name, their weighted sum, and deep supervision over output scales."""
 
 from __future__ import annotations
 
@@ -9,14 +9,46 @@ import torch.nn.functional as F
 
 from pipeline.errors import ParamsError
 
-LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "mse": F.mse_loss,
-    "l1": F.l1_loss,
-}
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+CHARBONNIER_EPSILON = 1e-3  # smooth L1 near zero, as in the demoiré literature (MBCNN, ESDNet)
 
 
-def get_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def charbonnier(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean of sqrt(diff² + ε²): L1 that stays differentiable at zero."""
+    return torch.sqrt((pred - target) ** 2 + CHARBONNIER_EPSILON**2).mean()
+
+
+def fft_amplitude(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of 2-D Fourier amplitudes: moiré is narrow-band, so it stands out here."""
+    return (torch.fft.rfft2(pred.float(), norm="ortho").abs() - torch.fft.rfft2(target.float(), norm="ortho").abs()).abs().mean()
+
+
+LOSSES: dict[str, Loss] = {"mse": F.mse_loss, "l1": F.l1_loss, "charbonnier": charbonnier, "fft": fft_amplitude}
+
+
+def get_loss(name: str) -> Loss:
     """The loss function called `name`."""
     if name not in LOSSES:
         raise ParamsError(f"train.loss = {name!r}: unknown loss; choose one of {', '.join(LOSSES)}")
     return LOSSES[name]
+
+
+def weighted_loss(weights: dict[str, float]) -> Loss:
+    """Σ weight · loss over the named losses (names validated by get_loss)."""
+    terms = [(get_loss(name), weight) for name, weight in weights.items() if weight > 0]
+
+    def total(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return sum(weight * loss(pred, target) for loss, weight in terms)
+
+    return total
+
+
+def multiscale_loss(outputs: list[torch.Tensor], target: torch.Tensor, loss: Loss, coarse_weight: float) -> torch.Tensor:
+    """Loss of the full-resolution output plus `coarse_weight` × that of each coarser output.
+
+    Coarser outputs are compared with the target area-averaged to their size (deep supervision).
+    """
+    total = loss(outputs[0], target)
+    for coarse in outputs[1:]:
+        total = total + coarse_weight * loss(coarse, F.adaptive_avg_pool2d(target, coarse.shape[-2:]))
+    return total
