@@ -18,7 +18,7 @@ def test_repository_params_file_is_valid():
     "raw, expected",
     [
         ({"train": {"epochs": 0}}, "params.yaml: train.epochs = 0: Input should be greater than or equal to 1"),
-        ({"train": {"model": "resnet"}}, "params.yaml: train.model = 'resnet': Input should be 'simple' or 'unet'"),
+        ({"train": {"model": "resnet"}}, "params.yaml: train.model = 'resnet': Input should be 'simple', 'unet' or 'mscale'"),
         ({"synthesize": {"optics": {"tilt": [0.3, 0.1]}}},
          "params.yaml: synthesize.optics.tilt = [0.3, 0.1]: range minimum 0.3 is greater than its maximum 0.1"),
         ({"synthesize": {"display": {"fill_factor": [0.5, 1.5]}}},
@@ -32,6 +32,8 @@ def test_repository_params_file_is_valid():
         ({"synthesize": {"display": {"subpixel_layouts": ["delta"]}}},
          "params.yaml: synthesize.display.subpixel_layouts[0] = 'delta': "
          "Input should be 'rgb_stripe', 'bgr_stripe' or 'pentile'"),
+        ({"train": {"loss": "ssim"}},
+         "params.yaml: train.loss = 'ssim': Input should be 'mse', 'l1', 'charbonnier' or 'fft'"),
         ({"train": {"device": "tpu"}}, "params.yaml: train.device = 'tpu': Input should be 'auto', 'cpu' or 'cuda'"),
     ],
 )

@@ -30,7 +30,7 @@ def test_training_lowers_loss_and_checkpoints_each_epoch(tmp_path, rng):
     assert epochs_seen == [1, 2, 3, 4]
     assert history[-1].train_loss < history[0].train_loss
     checkpoint = torch.load(tmp_path / "ckpt.pt", weights_only=True)
-    assert checkpoint["epoch"] == 4 and "optimizer" in checkpoint
+    assert checkpoint["epoch"] == 4 and {"optimizer", "scheduler", "fingerprint", "history"} <= set(checkpoint)
 
 
 def test_training_is_reproducible(tmp_path, rng):
@@ -55,8 +55,87 @@ def test_device_resolution():
 
 def test_unknown_loss_lists_valid_names():
     assert get_loss("mse") is not None
-    with pytest.raises(ParamsError, match="unknown loss; choose one of mse, l1"):
+    with pytest.raises(ParamsError, match="unknown loss; choose one of mse, l1, charbonnier, fft"):
         get_loss("ssim")
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path, rng):
+    cfg = TrainParams(model="unet", channels=8, depth=2, epochs=3, batch_size=2, patch_size=16,
+                      ema_decay=0.9, loss={"charbonnier": 1.0, "fft": 0.1})
+    pairs = _stripes(rng, n=4)
+    whole = build_model(ModelSpec("unet", 8, 2), seed=1)
+    expected = train_model(whole, pairs, pairs[:1], cfg, 3, torch.device("cpu"), tmp_path / "whole.pt")
+
+    def kill_after_two(stats):
+        if stats.epoch == 2:
+            raise _Killed()
+
+    interrupted = build_model(ModelSpec("unet", 8, 2), seed=1)
+    with pytest.raises(_Killed):
+        train_model(interrupted, pairs, pairs[:1], cfg, 3, torch.device("cpu"), tmp_path / "run.pt", kill_after_two)
+    restarted = build_model(ModelSpec("unet", 8, 2), seed=1)  # a fresh process starts from the seed
+    history = train_model(restarted, pairs, pairs[:1], cfg, 3, torch.device("cpu"), tmp_path / "run.pt")
+    assert [h.epoch for h in history] == [1, 2, 3]
+    assert [h.train_loss for h in history] == [h.train_loss for h in expected]
+    for key, value in whole.state_dict().items():
+        assert torch.equal(value, restarted.state_dict()[key]), key
+
+
+def test_a_checkpoint_of_other_params_is_not_resumed(tmp_path, rng):
+    pairs = _stripes(rng, n=4)
+    cfg = TrainParams(model="simple", channels=8, depth=2, epochs=1, batch_size=2, patch_size=16)
+    train_model(build_model(ModelSpec("simple", 8, 2)), pairs, pairs[:1], cfg, 0, torch.device("cpu"), tmp_path / "c.pt")
+    longer = cfg.model_copy(update={"lr": 5e-4})
+    history = train_model(build_model(ModelSpec("simple", 8, 2)), pairs, pairs[:1], longer, 0, torch.device("cpu"), tmp_path / "c.pt")
+    assert len(history) == 1 and torch.load(tmp_path / "c.pt", weights_only=True)["epoch"] == 1
+
+
+def test_early_stopping_keeps_the_best_epoch(tmp_path, rng, monkeypatch):
+    import pipeline.training.loop as loop
+
+    scores = iter([20.0, 25.0, 24.0, 23.0, 22.0, 21.0])
+    snapshots = {}
+    real_validate = loop.validate
+
+    def scripted_validate(model, *args, **kwargs):
+        snapshots[len(snapshots) + 1] = {k: v.clone() for k, v in model.state_dict().items()}
+        return real_validate(model, *args, **kwargs)[0], next(scores)
+
+    monkeypatch.setattr(loop, "validate", scripted_validate)
+    cfg = TrainParams(model="simple", channels=8, depth=2, epochs=6, batch_size=2, patch_size=16, early_stop_patience=1)
+    model = build_model(ModelSpec("simple", 8, 2), seed=0)
+    history = loop.train_model(model, _stripes(rng, n=4), _stripes(rng, n=1), cfg, 0, torch.device("cpu"), tmp_path / "c.pt")
+    assert [h.val_psnr for h in history] == [20.0, 25.0, 24.0]  # epoch 3 did not improve on 2: stop
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, snapshots[2][key]), key
+
+
+def test_losses_are_zero_on_equal_images_and_weighted():
+    from pipeline.training.losses import LOSSES, multiscale_loss, weighted_loss
+
+    x = torch.rand(2, 3, 16, 16)
+    y = torch.rand(2, 3, 16, 16)
+    for name, loss in LOSSES.items():
+        assert float(loss(x, x)) < 2e-3, name  # Charbonnier's floor is its epsilon
+        assert float(loss(x, y)) > float(loss(x, x)), name
+    combined = weighted_loss({"mse": 2.0, "l1": 0.5})
+    expected = 2.0 * torch.nn.functional.mse_loss(x, y) + 0.5 * torch.nn.functional.l1_loss(x, y)
+    torch.testing.assert_close(combined(x, y), expected)
+    pyramid = [y, torch.nn.functional.avg_pool2d(y, 2), torch.nn.functional.avg_pool2d(y, 4)]
+    assert float(multiscale_loss(pyramid, y, combined, 0.5)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_loss_names_in_params_are_the_implemented_ones():
+    from typing import get_args
+
+    from pipeline.config import LossName
+    from pipeline.training.losses import LOSSES
+
+    assert set(get_args(LossName)) == set(LOSSES)
 
 
 @pytest.mark.gpu
