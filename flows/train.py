@@ -1,9 +1,8 @@
-"""Stage `train`: fit the demoiré CNN on the train split; checkpoint and log history every epoch."""
+"""Stage `train`: fit the demoiré model on the train split; checkpoint and log history every epoch."""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -12,51 +11,30 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows._entry import run_stage
 from pipeline.config import Params
-from pipeline.data.dataset import load_pairs
-from pipeline.io import atomic_path
-from pipeline.models import ModelSpec, build_model, count_parameters, save_model
+from pipeline.models import build_model, count_parameters, model_spec
 from pipeline.training.device import resolve_device
-from pipeline.training.loop import train_model
-
-
-@task(name="load-split", retries=2, retry_delay_seconds=2)
-def load_split_task(pairs_index: Path, data: Path, split: str):
-    """Read one split's images into memory."""
-    frame = pd.read_parquet(pairs_index)
-    return load_pairs(frame[frame.split == split], data)
+from pipeline.training.stage import run_training
 
 
 @task(name="fit-model")
-def fit_task(params: Params, train_pairs, val_pairs, out: Path, history_path: Path) -> tuple[list[dict], int]:
-    """Train and write the model (history CSV rewritten atomically each epoch); return history, parameter count."""
-    cfg = params.train
-    device = resolve_device(cfg.device)
-    spec = ModelSpec(name=cfg.model, channels=cfg.channels, depth=cfg.depth)
-    model = build_model(spec, seed=params.seed)
-    rows: list[dict] = []
-
-    def record(stats) -> None:
-        rows.append(asdict(stats))
-        with atomic_path(history_path) as tmp:
-            pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.6f")
-
-    train_model(model, train_pairs, val_pairs, cfg, params.seed, device, out / "checkpoint.pt", record)
-    save_model(model.cpu(), spec, out)
-    return rows, count_parameters(model)
+def fit_task(params: Params, params_path: Path, data: Path, pairs_index: Path, out: Path, history: Path) -> list[dict]:
+    """Train (in this process, or across train.processes DDP processes) and return the epoch history."""
+    run_training(params, params_path, data, pairs_index, out, history)
+    return pd.read_csv(history).to_dict("records")
 
 
 @flow(name="train")
-def train_flow(params: Params, data: Path, pairs_index: Path, out: Path, history: Path) -> list[dict]:
-    """Load the train and val splits, fit the model, publish a summary artifact."""
-    train_pairs = load_split_task(pairs_index, data, "train")
-    val_pairs = load_split_task(pairs_index, data, "val")
-    rows, n_params = fit_task(params, train_pairs, val_pairs, out, history)
+def train_flow(params: Params, params_path: Path, data: Path, pairs_index: Path, out: Path, history: Path) -> list[dict]:
+    """Fit the model and publish a summary artifact."""
+    rows = fit_task(params, params_path, data, pairs_index, out, history)
     cfg = params.train
+    spec = model_spec(cfg.model, cfg.channels, cfg.depth)
     last = rows[-1]
     create_markdown_artifact(
         key="train-summary",
-        markdown=(f"# Training\n\nModel `{cfg.model}` ({n_params:,} parameters) on "
-                  f"{len(train_pairs)} pairs, {cfg.epochs} epochs, device `{resolve_device(cfg.device)}`.\n\n"
+        markdown=(f"# Training\n\nModel `{spec.name}` ({spec.channels} channels, depth {spec.depth}; "
+                  f"{count_parameters(build_model(spec)):,} parameters), {len(rows)} of {cfg.epochs} epochs on "
+                  f"device `{resolve_device(cfg.device)}` × {cfg.processes} process(es).\n\n"
                   f"Last epoch: train loss {last['train_loss']:.5f}, val loss {last['val_loss']:.5f}, "
                   f"val PSNR {last['val_psnr']:.2f} dB; {sum(r['seconds'] for r in rows):.0f} s in all.\n"),
     )
@@ -68,7 +46,7 @@ def main() -> None:
 
     def run(params: Params, args: argparse.Namespace) -> None:
         resolve_device(params.train.device)  # fail before loading data when CUDA is absent
-        train_flow(params, args.data, args.pairs, args.out, args.history)
+        train_flow(params, args.params, args.data, args.pairs, args.out, args.history)
 
     run_stage(__doc__, ["data", "pairs", "out", "history"], run)
 

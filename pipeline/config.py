@@ -161,8 +161,9 @@ class PreprocessParams(Section):
 
 class TrainParams(Section):
     model: Literal["simple", "unet", "mscale"] = "unet"
-    channels: int = Field(48, ge=4, le=512)
-    depth: int = Field(3, ge=2, le=64)
+    # null: the architecture's own default (pipeline/models: ARCHITECTURE_DEFAULTS).
+    channels: int | None = Field(None, ge=4, le=512)
+    depth: int | None = Field(None, ge=1, le=64)
     epochs: int = Field(30, ge=1, le=100_000)
     batch_size: int = Field(16, ge=1, le=4096)
     patch_size: int = Field(64, ge=16, le=2048)
@@ -179,6 +180,8 @@ class TrainParams(Section):
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 autocast on CUDA, full precision on CPU
     compile: bool = False  # torch.compile the model (CUDA; first epoch pays the compile time)
     num_workers: int = Field(0, ge=0, le=64)
+    # Data-parallel processes (torch DDP via torchrun): one per GPU; on CPU they share the cores (gloo).
+    processes: int = Field(1, ge=1, le=1024)
     resume: bool = True  # continue from data/train/checkpoint.pt when it matches these params and data
 
     @field_validator("loss", mode="before")

@@ -21,6 +21,8 @@ MODEL_BUILDERS: dict[str, Callable[[int, int], nn.Module]] = {
     "unet": lambda channels, depth: SmallUNet(channels=channels, levels=depth),
     "mscale": lambda channels, depth: MultiScaleDemoireNet(channels=channels, depth=depth),
 }
+# (channels, depth) when params leave them null: mscale at 32/2 is about half of ESDNet's MACs.
+ARCHITECTURE_DEFAULTS: dict[str, tuple[int, int]] = {"simple": (48, 6), "unet": (48, 3), "mscale": (32, 2)}
 WEIGHTS_FILE, SPEC_FILE = "model.pt", "model.json"
 
 
@@ -31,6 +33,14 @@ class ModelSpec:
     name: str
     channels: int
     depth: int
+
+
+def model_spec(name: str, channels: int | None = None, depth: int | None = None) -> ModelSpec:
+    """The spec of architecture `name`, its own defaults filling a channels or depth left as None."""
+    if name not in MODEL_BUILDERS:
+        raise ParamsError(f"train.model = {name!r}: unknown model; choose one of {', '.join(MODEL_BUILDERS)}")
+    default_channels, default_depth = ARCHITECTURE_DEFAULTS[name]
+    return ModelSpec(name, channels or default_channels, depth or default_depth)
 
 
 def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:

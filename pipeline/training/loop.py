@@ -17,19 +17,19 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.config import TrainParams
-from pipeline.data.augment import paired_augmentation
 from pipeline.data.dataset import Pair, PairDataset
 from pipeline.errors import DemoireError
 from pipeline.evaluation.metrics import batch_psnr
+from pipeline.training.batches import make_train_loader
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.training.distributed import World, sum_across
 from pipeline.training.losses import Loss, multiscale_loss, weighted_loss
 from pipeline.training.optim import make_optimizer, warmup_cosine
 
 log = logging.getLogger(__name__)
-TRAIN_STREAM = 0x5452414E  # "TRAN"
 GRAD_CLIP_NORM = 0.5
 
 
@@ -44,34 +44,14 @@ class EpochStats:
     seconds: float
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Seed of one epoch's shuffling and augmentation: a resumed run replays the same epochs."""
-    return int(hashlib.sha256(f"{seed}:{TRAIN_STREAM}:{epoch}".encode()).hexdigest()[:15], 16)
+# Settings that change how a run is executed but not what it computes: they may differ on resume.
+EXECUTION_ONLY = {"num_workers", "resume"}
 
 
-def make_train_loader(pairs: list[Pair], cfg: TrainParams, seed: int, device: torch.device) -> DataLoader:
-    """Shuffled, augmented patches; order and crops depend only on `seed` (one per epoch)."""
-    dataset = PairDataset(pairs, paired_augmentation(cfg.patch_size, seed))
-
-    def seed_worker(worker_id: int) -> None:
-        # Each worker holds a copy of the transform; without this they would all draw the same crops.
-        torch.utils.data.get_worker_info().dataset.transform.set_random_seed(seed + worker_id + 1)
-
-    return DataLoader(
-        dataset,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=len(pairs) >= cfg.batch_size,
-        num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
-        worker_init_fn=seed_worker if cfg.num_workers > 0 else None,
-        generator=torch.Generator().manual_seed(seed),
-    )
-
-
-def training_fingerprint(cfg: TrainParams, seed: int, pairs: list[Pair]) -> str:
-    """Digest of the params and training data: a checkpoint resumes only the run it came from."""
-    digest = hashlib.sha256(json.dumps([cfg.model_dump(mode="json"), seed], sort_keys=True).encode())
+def training_fingerprint(cfg: TrainParams, seed: int, pairs: list[Pair], world_size: int) -> str:
+    """Digest of the params, data and process count: a checkpoint resumes only the run it came from."""
+    settings = cfg.model_dump(mode="json", exclude=EXECUTION_ONLY)
+    digest = hashlib.sha256(json.dumps([settings, seed, world_size], sort_keys=True).encode())
     for moire, clean in pairs:
         digest.update(moire.tobytes())
         digest.update(clean.tobytes())
@@ -85,27 +65,48 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     return contextlib.nullcontext()
 
 
+class SupervisedOutputs(nn.Module):
+    """The outputs the loss compares: [full, 1/2, 1/4] with deep supervision, else [full].
+
+    The multi-scale forward must be the module's `forward`, or DDP would not synchronise its
+    gradients and torch.compile would not compile it.
+    """
+
+    def __init__(self, model: nn.Module, multiscale: bool):
+        super().__init__()
+        self.model, self.multiscale = model, multiscale
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.model.forward_multiscale(x) if self.multiscale else [self.model(x)]
+
+
+def wrap_for_training(model: nn.Module, cfg: TrainParams, world: World, device: torch.device) -> nn.Module:
+    """The module the loop calls: supervised outputs, under DDP across processes, compiled if asked."""
+    has_scales = hasattr(model, "forward_multiscale")
+    net: nn.Module = SupervisedOutputs(model, has_scales and cfg.multiscale_weight > 0)
+    if world.size > 1:
+        # Without deep supervision the coarse heads get no gradient, and DDP must be told.
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=has_scales and cfg.multiscale_weight == 0)
+    return torch.compile(net) if cfg.compile else net
+
+
 @torch.no_grad()
-def validate(model: nn.Module, pairs: list[Pair], loss_fn: Loss, device: torch.device, amp: str = "off") -> tuple[float, float]:
-    """Mean loss and mean per-image PSNR over whole validation images."""
+def validate(model: nn.Module, pairs: list[Pair], loss_fn: Loss, device: torch.device, amp: str = "off",
+             world: World = World()) -> tuple[float, float]:
+    """Mean loss and mean per-image PSNR over whole validation images, shared out among the ranks."""
     model.eval()
-    losses, psnrs = [], []
-    for moire, clean in PairDataset(pairs):
+    loss_sum, psnr_sum, count = 0.0, 0.0, 0
+    for moire, clean in PairDataset(pairs[world.rank::world.size]):
         x, y = moire[None].to(device), clean[None].to(device)
         with autocast(device, amp):
             pred = model(x)
         pred = pred.float().clamp(0, 1)
-        losses.append(float(loss_fn(pred, y)))
-        psnrs.append(float(batch_psnr(pred, y).mean()))
-    return sum(losses) / len(losses), sum(psnrs) / len(psnrs)
-
-
-def _step_loss(model: nn.Module, moire: torch.Tensor, clean: torch.Tensor, loss_fn: Loss, cfg: TrainParams) -> torch.Tensor:
-    """Training loss of one batch, with deep supervision when the model has several output scales."""
-    if cfg.multiscale_weight > 0 and hasattr(model, "forward_multiscale"):
-        outputs = [out.float() for out in model.forward_multiscale(moire)]
-        return multiscale_loss(outputs, clean, loss_fn, cfg.multiscale_weight)
-    return loss_fn(model(moire).float(), clean)
+        loss_sum += float(loss_fn(pred, y))
+        psnr_sum += float(batch_psnr(pred, y).mean())
+        count += 1
+    loss_sum, psnr_sum, count = sum_across([loss_sum, psnr_sum, count], device)
+    return loss_sum / count, psnr_sum / count
 
 
 def train_model(
@@ -116,25 +117,28 @@ def train_model(
     seed: int,
     device: torch.device,
     checkpoint_path: Path,
-    on_epoch: Callable[[EpochStats], None] | None = None,
+    on_epoch: Callable[[list[EpochStats]], None] | None = None,
+    world: World = World(),
 ) -> list[EpochStats]:
     """Train `model` in place for cfg.epochs and return the history of every epoch.
 
     A checkpoint after each epoch holds everything the next epoch depends on, so a killed run
     restarted with the same params and data (cfg.resume) continues where it stopped and ends with
     the same weights as an uninterrupted one. With EMA the final weights are the average; with
-    early stopping they are those of the best validation epoch.
+    early stopping they are those of the best validation epoch. Across DDP ranks, rank 0 alone
+    writes the checkpoint and calls `on_epoch` (with the history so far).
     """
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     loss_fn = weighted_loss(cfg.loss)
+    net = wrap_for_training(model, cfg, world, device)
+    loader = make_train_loader(train_pairs, cfg.patch_size, cfg.batch_size, seed, cfg.num_workers,
+                               pin_memory=device.type == "cuda", rank=world.rank, world_size=world.size)
     optimizer = make_optimizer(model, cfg)
-    steps_per_epoch = len(make_train_loader(train_pairs, cfg, 0, device))
-    schedule = warmup_cosine(optimizer, round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
+    schedule = warmup_cosine(optimizer, round(cfg.warmup_epochs * len(loader)), cfg.epochs * len(loader))
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) if cfg.ema_decay > 0 else None
-    trained = torch.compile(model) if cfg.compile else model
-    fingerprint = training_fingerprint(cfg, seed, train_pairs)
+    fingerprint = training_fingerprint(cfg, seed, train_pairs, world.size)
 
     history: list[EpochStats] = []
     best = {"val_psnr": -math.inf, "epoch": 0, "weights": None}
@@ -155,15 +159,21 @@ def train_model(
                      best["val_psnr"], best["epoch"], cfg.early_stop_patience)
             break
         start = time.perf_counter()
-        trained.train()
+        net.train()
+        loader.sampler.set_epoch(epoch)
         total, count = 0.0, 0
-        for step, (moire, clean) in enumerate(make_train_loader(train_pairs, cfg, epoch_seed(seed, epoch), device)):
+        for step, (moire, clean) in enumerate(loader):
             moire, clean = moire.to(device, non_blocking=True), clean.to(device, non_blocking=True)
+            if device.type == "cuda":
+                moire = moire.contiguous(memory_format=torch.channels_last)
             with autocast(device, cfg.amp):
-                loss = _step_loss(trained, moire, clean, loss_fn, cfg)
-            if not math.isfinite(loss.item()):
+                outputs = net(moire)
+            loss = multiscale_loss([out.float() for out in outputs], clean, loss_fn, cfg.multiscale_weight)
+            # Every rank must see a divergence on any rank, or the others would wait at the next all-reduce.
+            (step_loss,) = sum_across([loss.item()], device)
+            if not math.isfinite(step_loss):
                 raise DemoireError(
-                    f"training diverged: loss is {loss.item()} at epoch {epoch}, step {step}; "
+                    f"training diverged: loss is {step_loss} at epoch {epoch}, step {step}; "
                     f"{checkpoint_path} keeps the last good epoch; lower train.lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -173,25 +183,26 @@ def train_model(
             schedule.step()
             if ema is not None:
                 ema.update_parameters(model)
-            total += loss.item() * moire.shape[0]
-            count += moire.shape[0]
+            total += step_loss * moire.shape[0]
+            count += moire.shape[0] * world.size
         evaluated = ema.module if ema is not None else model
-        val_loss, val_psnr = validate(evaluated, val_pairs, loss_fn, device, cfg.amp)
+        val_loss, val_psnr = validate(evaluated, val_pairs, loss_fn, device, cfg.amp, world)
         stats = EpochStats(epoch, total / count, val_loss, val_psnr, time.perf_counter() - start)
         history.append(stats)
         if val_psnr > best["val_psnr"]:
             weights = copy.deepcopy(evaluated.state_dict()) if cfg.early_stop_patience else None
             best = {"val_psnr": val_psnr, "epoch": epoch, "weights": weights}
-        save_checkpoint(checkpoint_path, {
-            "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
-            "history": [asdict(row) for row in history], "best": best,
-        })
-        log.info("epoch %d/%d: train_loss %.5f val_loss %.5f val_psnr %.2f dB (%.1fs)",
-                 epoch, cfg.epochs, stats.train_loss, val_loss, val_psnr, stats.seconds)
-        if on_epoch is not None:
-            on_epoch(stats)
+        if world.is_main:
+            save_checkpoint(checkpoint_path, {
+                "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "history": [asdict(row) for row in history], "best": best,
+            })
+            log.info("epoch %d/%d: train_loss %.5f val_loss %.5f val_psnr %.2f dB (%.1fs)",
+                     epoch, cfg.epochs, stats.train_loss, val_loss, val_psnr, stats.seconds)
+            if on_epoch is not None:
+                on_epoch(history)
 
     if best["weights"] is not None:
         model.load_state_dict(best["weights"])

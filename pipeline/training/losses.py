@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import ParamsError
+from pipeline.models.mscale import image_pyramid
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 CHARBONNIER_EPSILON = 1e-3  # smooth L1 near zero, as in the demoiré literature (MBCNN, ESDNet)
@@ -46,9 +47,11 @@ def weighted_loss(weights: dict[str, float]) -> Loss:
 def multiscale_loss(outputs: list[torch.Tensor], target: torch.Tensor, loss: Loss, coarse_weight: float) -> torch.Tensor:
     """Loss of the full-resolution output plus `coarse_weight` × that of each coarser output.
 
-    Coarser outputs are compared with the target area-averaged to their size (deep supervision).
+    Coarser outputs are compared with the target box-filtered to their size (deep supervision),
+    the same pyramid the multi-scale model adds its corrections to, so odd sizes line up.
     """
+    targets = image_pyramid(target) if len(outputs) > 1 else [target]
     total = loss(outputs[0], target)
-    for coarse in outputs[1:]:
-        total = total + coarse_weight * loss(coarse, F.adaptive_avg_pool2d(target, coarse.shape[-2:]))
+    for coarse, coarse_target in zip(outputs[1:], targets[1:]):
+        total = total + coarse_weight * loss(coarse, coarse_target)
     return total

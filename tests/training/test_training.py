@@ -26,7 +26,7 @@ def test_training_lowers_loss_and_checkpoints_each_epoch(tmp_path, rng):
     pairs = _stripes(rng)
     epochs_seen = []
     history = train_model(build_model(ModelSpec("unet", 8, 2)), pairs, pairs[:2], cfg, 0,
-                          torch.device("cpu"), tmp_path / "ckpt.pt", lambda s: epochs_seen.append(s.epoch))
+                          torch.device("cpu"), tmp_path / "ckpt.pt", lambda h: epochs_seen.append(h[-1].epoch))
     assert epochs_seen == [1, 2, 3, 4]
     assert history[-1].train_loss < history[0].train_loss
     checkpoint = torch.load(tmp_path / "ckpt.pt", weights_only=True)
@@ -70,8 +70,8 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, rng):
     whole = build_model(ModelSpec("unet", 8, 2), seed=1)
     expected = train_model(whole, pairs, pairs[:1], cfg, 3, torch.device("cpu"), tmp_path / "whole.pt")
 
-    def kill_after_two(stats):
-        if stats.epoch == 2:
+    def kill_after_two(history):
+        if history[-1].epoch == 2:
             raise _Killed()
 
     interrupted = build_model(ModelSpec("unet", 8, 2), seed=1)

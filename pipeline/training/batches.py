@@ -1,0 +1,90 @@
+"""Training batches: one loader for the whole run, whose order and crops depend only on (seed, epoch).
+
+Each epoch's shuffle and every sample's augmentation seed are drawn in the main process by the
+sampler, so the batches are the same whatever the number of loader workers, across a resumed run,
+and across DDP ranks: rank r of w takes every w-th sample of the same permutation, so the union of
+the ranks' k-th batches is the single-process run's k-th batch of w times the size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from pipeline.data.augment import paired_augmentation
+from pipeline.data.dataset import Pair, PairDataset, to_tensor
+
+TRAIN_STREAM = 0x5452414E  # "TRAN"
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of one epoch's shuffling and augmentation: a resumed run replays the same epochs."""
+    return int(hashlib.sha256(f"{seed}:{TRAIN_STREAM}:{epoch}".encode()).hexdigest()[:15], 16)
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """This rank's share of a per-epoch permutation, as (index, augmentation seed); call set_epoch."""
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.epoch = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the next iteration's order and crops from this epoch's stream."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        # Every rank takes the same count (the tail that does not divide evenly is dropped),
+        # or DDP's gradient all-reduce would wait forever for the rank that ran out.
+        return self.size // self.world_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        order = torch.randperm(self.size, generator=generator)
+        item_seeds = torch.randint(2**62, (self.size,), generator=generator)
+        used = len(self) * self.world_size
+        for position in range(self.rank, used, self.world_size):
+            yield int(order[position]), int(item_seeds[position])
+
+
+class AugmentedPairs(PairDataset):
+    """Pairs through the paired augmentation, each seeded by the key the sampler hands over."""
+
+    def __init__(self, pairs: list[Pair], patch_size: int):
+        super().__init__(pairs, paired_augmentation(patch_size, seed=0))
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, seed = key
+        # One generator shared by all transforms (Compose.set_random_seed would give each transform
+        # the same seed, so every flip would copy the first one's coin).
+        self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        moire, clean = self.pairs[index]
+        out = self.transform(image=moire, clean=clean)
+        return to_tensor(out["image"]), to_tensor(out["clean"])
+
+
+def make_train_loader(
+    pairs: list[Pair], patch_size: int, batch_size: int, seed: int, num_workers: int = 0,
+    pin_memory: bool = False, rank: int = 0, world_size: int = 1,
+) -> DataLoader:
+    """Loader of augmented patches over all epochs; call `loader.sampler.set_epoch(e)` before each.
+
+    Workers persist across epochs (no re-fork per epoch) and prefetch; pinned memory lets the
+    host-to-GPU copy overlap compute.
+    """
+    sampler = EpochSampler(len(pairs), seed, rank, world_size)
+    return DataLoader(
+        AugmentedPairs(pairs, patch_size),
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=len(sampler) >= batch_size,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )

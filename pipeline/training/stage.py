@@ -1,0 +1,75 @@
+"""The training stage as one call, shared by `demoire train` and the Prefect flow.
+
+With `train.processes` > 1 it relaunches itself under torchrun (`demoire train` in each process),
+unless it already runs under it; rank 0 writes the history, checkpoint and model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.config import Params
+from pipeline.data.dataset import Pair, load_pairs
+from pipeline.errors import DemoireError, InputDataError
+from pipeline.io import atomic_path
+from pipeline.models import build_model, model_spec, save_model
+from pipeline.training.device import resolve_device
+from pipeline.training.distributed import process_group, torchrun_command, world_from_env
+from pipeline.training.loop import EpochStats, train_model
+
+log = logging.getLogger(__name__)
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def load_split(pairs_index: Path, data: Path, split: str) -> list[Pair]:
+    """Read one split's pairs into memory; an empty train or val split is an error."""
+    frame = pd.read_parquet(pairs_index)
+    pairs = load_pairs(frame[frame.split == split], data)
+    if not pairs:
+        raise InputDataError(f"{pairs_index} lists no {split} pairs; check the preprocess fractions and datasets")
+    return pairs
+
+
+def write_history(history: list[EpochStats], path: Path) -> None:
+    """The per-epoch history as CSV (a DVC plot), rewritten atomically."""
+    with atomic_path(path) as tmp:
+        pd.DataFrame([asdict(row) for row in history]).to_csv(tmp, index=False, float_format="%.6f")
+
+
+def train_in_process(params: Params, data: Path, pairs_index: Path, out: Path, history_path: Path) -> None:
+    """Train in this process, one rank of torchrun's world when launched by it."""
+    cfg = params.train
+    with process_group(resolve_device(cfg.device)) as (world, device):
+        train_pairs = load_split(pairs_index, data, "train")
+        val_pairs = load_split(pairs_index, data, "val")
+        spec = model_spec(cfg.model, cfg.channels, cfg.depth)
+        model = build_model(spec, seed=params.seed)
+        history = train_model(model, train_pairs, val_pairs, cfg, params.seed, device, Path(out) / CHECKPOINT_FILE,
+                              lambda so_far: write_history(so_far, history_path), world)
+        if world.is_main:
+            write_history(history, history_path)  # also when a resumed run had no epoch left to run
+            save_model(model.cpu(), spec, out)
+
+
+def run_training(params: Params, params_path: Path, data: Path, pairs_index: Path, out: Path, history_path: Path) -> None:
+    """Train as the params ask: here, or across `train.processes` DDP processes started by torchrun."""
+    processes = params.train.processes
+    resolve_device(params.train.device)  # fail before loading data, or before launching, when CUDA is absent
+    if processes == 1 or world_from_env().size > 1:
+        train_in_process(params, data, pairs_index, out, history_path)
+        return
+    command = torchrun_command(processes, [
+        "pipeline.cli", "train", "--params", str(params_path), "--data", str(data),
+        "--pairs", str(pairs_index), "--out", str(out), "--history", str(history_path)])
+    log.info("launching %d DDP processes: %s", processes, " ".join(command))
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))}
+    result = subprocess.run(command, env=env)
+    if result.returncode != 0:
+        raise DemoireError(f"distributed training ({processes} processes under torchrun) exited with "
+                           f"code {result.returncode}; the first error is in the log above")
