@@ -9,11 +9,20 @@ import time
 
 import numpy as np
 import torch
+from torch import nn
 
-from pipeline.config import SynthesizeParams, parse_params
+from pipeline.config import SynthesizeParams, TrainParams, parse_params
 from pipeline.data.synthetic import render_pair, single_threaded, source_for_pair
+from pipeline.errors import ParamsError
+from pipeline.models import ModelSpec, build_model, count_parameters, model_spec
+from pipeline.models.complexity import count_macs
 from pipeline.moire.simulate import content_batch, sample_capture_params, simulate_batch
 from pipeline.sources import collect_sources, load_source
+from pipeline.training.device import resolve_device
+from pipeline.training.distributed import World
+from pipeline.training.loop import autocast, effective_amp, wrap_for_training
+from pipeline.training.losses import multiscale_loss, weighted_loss
+from pipeline.training.optim import make_optimizer
 
 
 def machine() -> dict:
@@ -76,3 +85,128 @@ def bench_synth_batched(
         rates.append(batch / (time.perf_counter() - start))
     return {"size": size, "device": device, "threads": torch.get_num_threads(), "batch": batch,
             "repeats": repeats, "pairs_per_s": statistics.median(rates), "runs": rates, "machine": machine()}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'256' → (256, 256); '3840x2160' → (height 2160, width 3840)."""
+    try:
+        parts = [int(part) for part in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 16:
+        raise ParamsError(f"--size = {text!r}: give a side (256) or WIDTHxHEIGHT (3840x2160), each at least 16")
+    width, height = (parts * 2)[:2]
+    return height, width
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so a timer measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _model_for_bench(name: str, channels: int | None, depth: int | None, device: torch.device) -> tuple[nn.Module, ModelSpec]:
+    """The architecture with seeded weights on `device` (channels_last on CUDA, as in training)."""
+    spec = model_spec(name, channels, depth)
+    model = build_model(spec, seed=0).to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    return model, spec
+
+
+def _describe(spec: ModelSpec, model: nn.Module, height: int, width: int) -> dict:
+    """Name, size, parameters and MACs of the benchmarked model."""
+    return {"model": spec.name, "channels": spec.channels, "depth": spec.depth,
+            "parameters": count_parameters(model), "gmac_per_image": count_macs(model, height, width) / 1e9}
+
+
+def bench_train(name: str, device_name: str, size: str = "256", batch: int | None = None, steps: int = 3,
+                repeats: int = 3, channels: int | None = None, depth: int | None = None, amp: str = "auto",
+                compile_model: bool = False) -> dict:
+    """Training images per second: forward, loss (with deep supervision), backward, clip, AdamW step.
+
+    Inputs are tensors already on the device, so data loading is excluded. TFLOP/s counts the
+    backward pass as twice the forward's MACs (the usual estimate for convolutions).
+    """
+    device = resolve_device(device_name)
+    height, width = parse_size(size)
+    batch = batch or (64 if device.type == "cuda" else 8)
+    model, spec = _model_for_bench(name, channels, depth, device)
+    cfg = TrainParams(model=name, amp=amp, compile=compile_model, batch_size=batch)
+    net = wrap_for_training(model, cfg, World(), device)
+    loss_fn = weighted_loss(cfg.loss)
+    optimizer = make_optimizer(model, cfg)
+    generator = torch.Generator().manual_seed(0)
+    moire = torch.rand(batch, 3, height, width, generator=generator).to(device)
+    clean = torch.rand(batch, 3, height, width, generator=generator).to(device)
+    if device.type == "cuda":
+        moire = moire.contiguous(memory_format=torch.channels_last)
+
+    def step() -> None:
+        with autocast(device, cfg.amp):
+            outputs = net(moire)
+        loss = multiscale_loss([out.float() for out in outputs], clean, loss_fn, cfg.multiscale_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+        optimizer.step()
+
+    net.train()
+    for _ in range(3 if compile_model else 1):  # warm-up: allocator, cuDNN autotuning, compilation
+        step()
+    rates = []
+    for _ in range(repeats):
+        _synchronize(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _synchronize(device)
+        rates.append(batch * steps / (time.perf_counter() - start))
+    info = _describe(spec, model, height, width)
+    images_per_s = statistics.median(rates)
+    return {**info, "size": f"{width}x{height}", "device": str(device), "batch": batch, "amp": effective_amp(device, amp),
+            "compile": compile_model, "threads": torch.get_num_threads(), "images_per_s": images_per_s,
+            "achieved_tflops": 3 * 2 * info["gmac_per_image"] * 1e9 * images_per_s / 1e12,
+            "runs": rates, "machine": machine()}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MiB (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_infer(name: str, device_name: str, size: str = "3840x2160", repeats: int = 3,
+                channels: int | None = None, depth: int | None = None, amp: str = "auto") -> dict:
+    """Milliseconds per whole frame (batch 1, untiled) and peak memory.
+
+    Peak memory is the CUDA allocator's peak on a GPU, and the process's peak RSS on a CPU
+    (so it includes the interpreter and torch, about 0.4 GB).
+    """
+    device = resolve_device(device_name)
+    height, width = parse_size(size)
+    model, spec = _model_for_bench(name, channels, depth, device)
+    model.eval()
+    frame = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0)).to(device)
+    if device.type == "cuda":
+        frame = frame.contiguous(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def run() -> None:
+        with autocast(device, amp):
+            model(frame).float().clamp_(0, 1)
+        _synchronize(device)
+
+    run()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1000)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mb()
+    return {**_describe(spec, model, height, width), "size": f"{width}x{height}", "device": str(device),
+            "amp": effective_amp(device, amp), "threads": torch.get_num_threads(),
+            "ms_per_frame": statistics.median(times), "peak_memory_mb": peak, "runs_ms": times, "machine": machine()}

@@ -270,6 +270,65 @@ def bench_synth(
     typer.echo(f"{size}² on {device}: {rate:.2f} {unit} (median of {repeats}); {result['machine']}")
 
 
+def _model_bench_options(result: dict) -> str:
+    """The model and machine a model benchmark ran on, for the human-readable line."""
+    return (f"{result['model']} ({result['channels']} ch, depth {result['depth']}, {result['parameters']:,} params, "
+            f"{result['gmac_per_image']:.1f} GMAC/image) on {result['device']}; {result['machine']}")
+
+
+@bench_app.command("train")
+def bench_train(
+    model: str = typer.Option("unet", help="simple | unet | mscale"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    size: str = typer.Option("256", help="patch side, or WIDTHxHEIGHT"),
+    batch: int = typer.Option(None, help="images per step [default: 64 on CUDA, 8 on CPU]"),
+    steps: int = typer.Option(3, help="steps per run"),
+    repeats: int = typer.Option(3, help="runs; the median is reported"),
+    channels: int = typer.Option(None, help="width [default: the architecture's]"),
+    depth: int = typer.Option(None, help="depth [default: the architecture's]"),
+    amp: str = typer.Option("auto", help="auto (bf16 on CUDA) | bf16 | off"),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model first"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object (images_per_s, achieved_tflops, …)"),
+) -> None:
+    """Training throughput in images/s (goal for mscale on one H100: 1500 images/s at 256²)."""
+    from pipeline.bench import bench_train as run_bench
+
+    try:
+        result = run_bench(model, device, size, batch, steps, repeats, channels, depth, amp, compile_model)
+    except DemoireError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"train {result['size']}, batch {result['batch']}: {result['images_per_s']:.1f} images/s, "
+               f"{result['achieved_tflops']:.2f} TFLOP/s (median of {repeats}); {_model_bench_options(result)}")
+
+
+@bench_app.command("infer")
+def bench_infer(
+    model: str = typer.Option("unet", help="simple | unet | mscale"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    size: str = typer.Option("3840x2160", help="frame WIDTHxHEIGHT, or a side"),
+    repeats: int = typer.Option(3, help="runs; the median is reported"),
+    channels: int = typer.Option(None, help="width [default: the architecture's]"),
+    depth: int = typer.Option(None, help="depth [default: the architecture's]"),
+    amp: str = typer.Option("auto", help="auto (bf16 on CUDA) | bf16 | off"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object (ms_per_frame, peak_memory_mb, …)"),
+) -> None:
+    """Latency of one whole frame (goal for the default model on one H100: 40 ms at 4K)."""
+    from pipeline.bench import bench_infer as run_bench
+
+    try:
+        result = run_bench(model, device, size, repeats, channels, depth, amp)
+    except DemoireError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"infer {result['size']}: {result['ms_per_frame']:.1f} ms/frame, peak {result['peak_memory_mb']:.0f} MiB "
+               f"(median of {repeats}); {_model_bench_options(result)}")
+
+
 def main() -> None:
     """Entry point that never shows a traceback for user errors."""
     try:

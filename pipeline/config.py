@@ -180,6 +180,9 @@ class TrainParams(Section):
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 autocast on CUDA, full precision on CPU
     compile: bool = False  # torch.compile the model (CUDA; first epoch pays the compile time)
     num_workers: int = Field(0, ge=0, le=64)
+    # 0: train on the stored train split. N > 0: on N pairs per epoch rendered on the fly on the
+    # training device, from the synthesize section's physics at patch_size (fresh every epoch).
+    synthetic_pairs_per_epoch: int = Field(0, ge=0, le=100_000_000)
     # Data-parallel processes (torch DDP via torchrun): one per GPU; on CPU they share the cores (gloo).
     processes: int = Field(1, ge=1, le=1024)
     resume: bool = True  # continue from data/train/checkpoint.pt when it matches these params and data

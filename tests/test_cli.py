@@ -2,6 +2,7 @@ import json
 import statistics
 
 import numpy as np
+import pytest
 import pandas as pd
 from typer.testing import CliRunner
 
@@ -99,3 +100,30 @@ def test_check_params_show_resolves_the_preset(tmp_path):
     result = runner.invoke(app, ["check-params", "--params", str(params), "--show"])
     assert result.exit_code == 0
     assert "distance_mm:\n    - 390.0\n    - 420.0" in result.stdout
+
+
+@pytest.mark.parametrize("model", ["simple", "unet", "mscale"])
+def test_bench_train_json_reports_images_per_second(model):
+    result = runner.invoke(app, ["bench", "train", "--model", model, "--device", "cpu", "--size", "32",
+                                 "--batch", "2", "--steps", "1", "--repeats", "2", "--channels", "8", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["model"] == model and report["size"] == "32x32" and report["amp"] == "off"
+    assert report["images_per_s"] > 0 and len(report["runs"]) == 2
+    assert report["achieved_tflops"] == pytest.approx(6 * report["gmac_per_image"] * report["images_per_s"] / 1000)
+
+
+def test_bench_infer_json_reports_latency_and_memory_of_a_wide_frame():
+    result = runner.invoke(app, ["bench", "infer", "--model", "mscale", "--device", "cpu", "--size", "72x40",
+                                 "--repeats", "1", "--channels", "8", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["size"] == "72x40" and report["ms_per_frame"] > 0 and report["peak_memory_mb"] > 100
+    assert report["gmac_per_image"] > 0 and report["parameters"] > 0
+
+
+def test_bench_rejects_a_malformed_size_and_an_unknown_model():
+    bad_size = runner.invoke(app, ["bench", "infer", "--size", "4k"])
+    assert bad_size.exit_code == 2 and "--size = '4k': give a side (256) or WIDTHxHEIGHT" in bad_size.output
+    bad_model = runner.invoke(app, ["bench", "train", "--model", "esdnet", "--device", "cpu"])
+    assert bad_model.exit_code == 2 and "unknown model; choose one of simple, unet, mscale" in bad_model.output

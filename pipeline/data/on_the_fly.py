@@ -20,13 +20,15 @@ class SyntheticPairStream(IterableDataset):
     """Endless (moiré, clean) batches, (B, 3, S, S) in [0, 1], from the batched simulator on `device`.
 
     Sources are decoded and their crops resized on the CPU; the simulation itself runs on `device`.
-    Batches come from (seed, epoch, DataLoader worker id): call `set_epoch` each epoch for new
-    pairs, as with DistributedSampler. Use with `DataLoader(stream, batch_size=None)`, and with
-    `num_workers=0` when `device` is CUDA (forked workers cannot use CUDA).
+    Batches come from (seed, rank, epoch, DataLoader worker id): call `set_epoch` each epoch for new
+    pairs, as with DistributedSampler; each DDP rank passes its own `rank`. Use with
+    `DataLoader(stream, batch_size=None)`, and with `num_workers=0` when `device` is CUDA (forked
+    workers cannot use CUDA).
     """
 
-    def __init__(self, cfg: SynthesizeParams, seed: int, batch_size: int, device: str | torch.device = "cpu"):
+    def __init__(self, cfg: SynthesizeParams, seed: int, batch_size: int, device: str | torch.device = "cpu", rank: int = 0):
         self.cfg, self.seed, self.batch_size, self.device = cfg, seed, batch_size, torch.device(device)
+        self.rank = rank
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -39,7 +41,7 @@ class SyntheticPairStream(IterableDataset):
         if not specs:
             raise InputDataError("no usable source images: enable synthesize.sources.bundled or procedural, or add folders")
         worker = get_worker_info()
-        rng = np.random.default_rng([self.seed, ON_THE_FLY_STREAM, self.epoch, worker.id if worker else 0])
+        rng = np.random.default_rng([self.seed, ON_THE_FLY_STREAM, self.rank, self.epoch, worker.id if worker else 0])
         while True:
             sources = [load_source(specs[int(rng.integers(len(specs)))], self.seed) for _ in range(self.batch_size)]
             captures = [sample_capture_params(cfg, source.shape[:2], rng) for source in sources]

@@ -1,7 +1,7 @@
-"""Training batches: one loader for the whole run, whose order and crops depend only on (seed, epoch).
+"""Training batches: stored pairs through one loader for the whole run, or pairs synthesised on the fly.
 
-Each epoch's shuffle and every sample's augmentation seed are drawn in the main process by the
-sampler, so the batches are the same whatever the number of loader workers, across a resumed run,
+Stored pairs' order and crops depend only on (seed, epoch): each epoch's shuffle and every
+sample's augmentation seed are drawn in the main process by the sampler, so the batches are the same whatever the number of loader workers, across a resumed run,
 and across DDP ranks: rank r of w takes every w-th sample of the same permutation, so the union of
 the ranks' k-th batches is the single-process run's k-th batch of w times the size.
 """
@@ -9,15 +9,19 @@ the ranks' k-th batches is the single-process run's k-th batch of w times the si
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from pipeline.config import SynthesizeParams
 from pipeline.data.augment import paired_augmentation
 from pipeline.data.dataset import Pair, PairDataset, to_tensor
+from pipeline.data.on_the_fly import SyntheticPairStream
 
 TRAIN_STREAM = 0x5452414E  # "TRAN"
 
@@ -88,3 +92,61 @@ def make_train_loader(
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
     )
+
+
+class TrainingBatches(Protocol):
+    """Where an epoch's (moiré, clean) batches come from."""
+
+    steps_per_epoch: int
+
+    def epoch(self, epoch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of one epoch (numbered from 1), the same every time it is asked for."""
+
+    def digest(self) -> str:
+        """What the batches depend on, for the checkpoint fingerprint."""
+
+
+class PairBatches:
+    """Augmented patches of the stored training pairs (see make_train_loader)."""
+
+    def __init__(self, pairs: list[Pair], patch_size: int, batch_size: int, seed: int, num_workers: int = 0,
+                 pin_memory: bool = False, rank: int = 0, world_size: int = 1):
+        self.pairs = pairs
+        self.loader = make_train_loader(pairs, patch_size, batch_size, seed, num_workers, pin_memory, rank, world_size)
+        self.steps_per_epoch = len(self.loader)
+
+    def epoch(self, epoch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """This epoch's shuffle and crops."""
+        self.loader.sampler.set_epoch(epoch)
+        return self.loader
+
+    def digest(self) -> str:
+        """Digest of every pair's pixels."""
+        digest = hashlib.sha256()
+        for moire, clean in self.pairs:
+            digest.update(moire.tobytes())
+            digest.update(clean.tobytes())
+        return digest.hexdigest()
+
+
+class SyntheticBatches:
+    """Pairs rendered on the training device as they are needed, never the same twice.
+
+    Rendering runs in the training process (loader workers would make the batches depend on
+    their number), on the GPU when training there.
+    """
+
+    def __init__(self, cfg: SynthesizeParams, pairs_per_epoch: int, patch_size: int, batch_size: int, seed: int,
+                 device: torch.device, rank: int = 0, world_size: int = 1):
+        self.cfg = cfg.model_copy(update={"size": patch_size})
+        self.stream = SyntheticPairStream(self.cfg, seed, batch_size, device, rank)
+        self.steps_per_epoch = max(1, pairs_per_epoch // (batch_size * world_size))
+
+    def epoch(self, epoch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """`steps_per_epoch` fresh batches from this epoch's stream."""
+        self.stream.set_epoch(epoch)
+        return itertools.islice(iter(self.stream), self.steps_per_epoch)
+
+    def digest(self) -> str:
+        """Digest of the synthesis params the pairs are drawn from."""
+        return hashlib.sha256(self.cfg.model_dump_json().encode()).hexdigest()

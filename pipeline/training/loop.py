@@ -23,7 +23,7 @@ from pipeline.config import TrainParams
 from pipeline.data.dataset import Pair, PairDataset
 from pipeline.errors import DemoireError
 from pipeline.evaluation.metrics import batch_psnr
-from pipeline.training.batches import make_train_loader
+from pipeline.training.batches import PairBatches, TrainingBatches
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.training.distributed import World, sum_across
 from pipeline.training.losses import Loss, multiscale_loss, weighted_loss
@@ -48,19 +48,27 @@ class EpochStats:
 EXECUTION_ONLY = {"num_workers", "resume"}
 
 
-def training_fingerprint(cfg: TrainParams, seed: int, pairs: list[Pair], world_size: int) -> str:
+def training_fingerprint(cfg: TrainParams, seed: int, data_digest: str, world_size: int) -> str:
     """Digest of the params, data and process count: a checkpoint resumes only the run it came from."""
     settings = cfg.model_dump(mode="json", exclude=EXECUTION_ONLY)
-    digest = hashlib.sha256(json.dumps([settings, seed, world_size], sort_keys=True).encode())
-    for moire, clean in pairs:
-        digest.update(moire.tobytes())
-        digest.update(clean.tobytes())
-    return digest.hexdigest()
+    return hashlib.sha256(json.dumps([settings, seed, data_digest, world_size], sort_keys=True).encode()).hexdigest()
+
+
+def stored_pair_batches(pairs: list[Pair], cfg: TrainParams, seed: int, device: torch.device = torch.device("cpu"),
+                        world: World = World()) -> PairBatches:
+    """Batches of `pairs` as `cfg` asks (patch and batch size, loader workers), for this rank."""
+    return PairBatches(pairs, cfg.patch_size, cfg.batch_size, seed, cfg.num_workers,
+                       pin_memory=device.type == "cuda", rank=world.rank, world_size=world.size)
+
+
+def effective_amp(device: torch.device, amp: str) -> str:
+    """'bf16' on CUDA unless amp is off; 'off' on CPU, where bf16 is slow."""
+    return "bf16" if device.type == "cuda" and amp != "off" else "off"
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (unless amp is off); full precision on CPU, where bf16 is slow."""
-    if device.type == "cuda" and amp != "off":
+    """bf16 autocast where `effective_amp` says so, else full precision."""
+    if effective_amp(device, amp) == "bf16":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -111,7 +119,7 @@ def validate(model: nn.Module, pairs: list[Pair], loss_fn: Loss, device: torch.d
 
 def train_model(
     model: nn.Module,
-    train_pairs: list[Pair],
+    batches: TrainingBatches,
     val_pairs: list[Pair],
     cfg: TrainParams,
     seed: int,
@@ -133,12 +141,11 @@ def train_model(
         model.to(memory_format=torch.channels_last)
     loss_fn = weighted_loss(cfg.loss)
     net = wrap_for_training(model, cfg, world, device)
-    loader = make_train_loader(train_pairs, cfg.patch_size, cfg.batch_size, seed, cfg.num_workers,
-                               pin_memory=device.type == "cuda", rank=world.rank, world_size=world.size)
+    steps = batches.steps_per_epoch
     optimizer = make_optimizer(model, cfg)
-    schedule = warmup_cosine(optimizer, round(cfg.warmup_epochs * len(loader)), cfg.epochs * len(loader))
+    schedule = warmup_cosine(optimizer, round(cfg.warmup_epochs * steps), cfg.epochs * steps)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) if cfg.ema_decay > 0 else None
-    fingerprint = training_fingerprint(cfg, seed, train_pairs, world.size)
+    fingerprint = training_fingerprint(cfg, seed, batches.digest(), world.size)
 
     history: list[EpochStats] = []
     best = {"val_psnr": -math.inf, "epoch": 0, "weights": None}
@@ -160,9 +167,8 @@ def train_model(
             break
         start = time.perf_counter()
         net.train()
-        loader.sampler.set_epoch(epoch)
         total, count = 0.0, 0
-        for step, (moire, clean) in enumerate(loader):
+        for step, (moire, clean) in enumerate(batches.epoch(epoch)):
             moire, clean = moire.to(device, non_blocking=True), clean.to(device, non_blocking=True)
             if device.type == "cuda":
                 moire = moire.contiguous(memory_format=torch.channels_last)

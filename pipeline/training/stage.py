@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from pipeline.config import Params
 from pipeline.data.dataset import Pair, load_pairs
@@ -20,8 +21,9 @@ from pipeline.errors import DemoireError, InputDataError
 from pipeline.io import atomic_path
 from pipeline.models import build_model, model_spec, save_model
 from pipeline.training.device import resolve_device
-from pipeline.training.distributed import process_group, torchrun_command, world_from_env
-from pipeline.training.loop import EpochStats, train_model
+from pipeline.training.batches import SyntheticBatches, TrainingBatches
+from pipeline.training.distributed import World, process_group, torchrun_command, world_from_env
+from pipeline.training.loop import EpochStats, stored_pair_batches, train_model
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -36,6 +38,15 @@ def load_split(pairs_index: Path, data: Path, split: str) -> list[Pair]:
     return pairs
 
 
+def training_batches(params: Params, pairs_index: Path, data: Path, device: torch.device, world: World) -> TrainingBatches:
+    """The stored train split, or pairs synthesised on the fly when train.synthetic_pairs_per_epoch is set."""
+    cfg = params.train
+    if cfg.synthetic_pairs_per_epoch:
+        return SyntheticBatches(params.synthesize, cfg.synthetic_pairs_per_epoch, cfg.patch_size, cfg.batch_size,
+                                params.seed, device, world.rank, world.size)
+    return stored_pair_batches(load_split(pairs_index, data, "train"), cfg, params.seed, device, world)
+
+
 def write_history(history: list[EpochStats], path: Path) -> None:
     """The per-epoch history as CSV (a DVC plot), rewritten atomically."""
     with atomic_path(path) as tmp:
@@ -46,11 +57,11 @@ def train_in_process(params: Params, data: Path, pairs_index: Path, out: Path, h
     """Train in this process, one rank of torchrun's world when launched by it."""
     cfg = params.train
     with process_group(resolve_device(cfg.device)) as (world, device):
-        train_pairs = load_split(pairs_index, data, "train")
+        batches = training_batches(params, pairs_index, data, device, world)
         val_pairs = load_split(pairs_index, data, "val")
         spec = model_spec(cfg.model, cfg.channels, cfg.depth)
         model = build_model(spec, seed=params.seed)
-        history = train_model(model, train_pairs, val_pairs, cfg, params.seed, device, Path(out) / CHECKPOINT_FILE,
+        history = train_model(model, batches, val_pairs, cfg, params.seed, device, Path(out) / CHECKPOINT_FILE,
                               lambda so_far: write_history(so_far, history_path), world)
         if world.is_main:
             write_history(history, history_path)  # also when a resumed run had no epoch left to run

@@ -7,7 +7,7 @@ from pipeline.errors import ParamsError
 from pipeline.models import ModelSpec, build_model
 from pipeline.training.device import resolve_device
 from pipeline.training.losses import get_loss
-from pipeline.training.loop import train_model
+from pipeline.training.loop import stored_pair_batches, train_model
 
 
 def _stripes(rng, n=6, size=32):
@@ -25,7 +25,7 @@ def test_training_lowers_loss_and_checkpoints_each_epoch(tmp_path, rng):
     cfg = TrainParams(model="unet", channels=8, depth=2, epochs=4, batch_size=3, patch_size=16, lr=3e-3)
     pairs = _stripes(rng)
     epochs_seen = []
-    history = train_model(build_model(ModelSpec("unet", 8, 2)), pairs, pairs[:2], cfg, 0,
+    history = train_model(build_model(ModelSpec("unet", 8, 2)), stored_pair_batches(pairs, cfg, 0), pairs[:2], cfg, 0,
                           torch.device("cpu"), tmp_path / "ckpt.pt", lambda h: epochs_seen.append(h[-1].epoch))
     assert epochs_seen == [1, 2, 3, 4]
     assert history[-1].train_loss < history[0].train_loss
@@ -39,7 +39,7 @@ def test_training_is_reproducible(tmp_path, rng):
     runs = []
     for i in range(2):
         model = build_model(ModelSpec("simple", 8, 3), seed=0)
-        train_model(model, pairs, pairs[:1], cfg, 5, torch.device("cpu"), tmp_path / f"c{i}.pt")
+        train_model(model, stored_pair_batches(pairs, cfg, 5), pairs[:1], cfg, 5, torch.device("cpu"), tmp_path / f"c{i}.pt")
         runs.append(model.state_dict())
     for key in runs[0]:
         assert torch.equal(runs[0][key], runs[1][key])
@@ -68,7 +68,7 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, rng):
                       ema_decay=0.9, loss={"charbonnier": 1.0, "fft": 0.1})
     pairs = _stripes(rng, n=4)
     whole = build_model(ModelSpec("unet", 8, 2), seed=1)
-    expected = train_model(whole, pairs, pairs[:1], cfg, 3, torch.device("cpu"), tmp_path / "whole.pt")
+    expected = train_model(whole, stored_pair_batches(pairs, cfg, 3), pairs[:1], cfg, 3, torch.device("cpu"), tmp_path / "whole.pt")
 
     def kill_after_two(history):
         if history[-1].epoch == 2:
@@ -76,9 +76,9 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, rng):
 
     interrupted = build_model(ModelSpec("unet", 8, 2), seed=1)
     with pytest.raises(_Killed):
-        train_model(interrupted, pairs, pairs[:1], cfg, 3, torch.device("cpu"), tmp_path / "run.pt", kill_after_two)
+        train_model(interrupted, stored_pair_batches(pairs, cfg, 3), pairs[:1], cfg, 3, torch.device("cpu"), tmp_path / "run.pt", kill_after_two)
     restarted = build_model(ModelSpec("unet", 8, 2), seed=1)  # a fresh process starts from the seed
-    history = train_model(restarted, pairs, pairs[:1], cfg, 3, torch.device("cpu"), tmp_path / "run.pt")
+    history = train_model(restarted, stored_pair_batches(pairs, cfg, 3), pairs[:1], cfg, 3, torch.device("cpu"), tmp_path / "run.pt")
     assert [h.epoch for h in history] == [1, 2, 3]
     assert [h.train_loss for h in history] == [h.train_loss for h in expected]
     for key, value in whole.state_dict().items():
@@ -88,9 +88,9 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, rng):
 def test_a_checkpoint_of_other_params_is_not_resumed(tmp_path, rng):
     pairs = _stripes(rng, n=4)
     cfg = TrainParams(model="simple", channels=8, depth=2, epochs=1, batch_size=2, patch_size=16)
-    train_model(build_model(ModelSpec("simple", 8, 2)), pairs, pairs[:1], cfg, 0, torch.device("cpu"), tmp_path / "c.pt")
+    train_model(build_model(ModelSpec("simple", 8, 2)), stored_pair_batches(pairs, cfg, 0), pairs[:1], cfg, 0, torch.device("cpu"), tmp_path / "c.pt")
     longer = cfg.model_copy(update={"lr": 5e-4})
-    history = train_model(build_model(ModelSpec("simple", 8, 2)), pairs, pairs[:1], longer, 0, torch.device("cpu"), tmp_path / "c.pt")
+    history = train_model(build_model(ModelSpec("simple", 8, 2)), stored_pair_batches(pairs, longer, 0), pairs[:1], longer, 0, torch.device("cpu"), tmp_path / "c.pt")
     assert len(history) == 1 and torch.load(tmp_path / "c.pt", weights_only=True)["epoch"] == 1
 
 
@@ -108,7 +108,7 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path, rng, monkeypatch):
     monkeypatch.setattr(loop, "validate", scripted_validate)
     cfg = TrainParams(model="simple", channels=8, depth=2, epochs=6, batch_size=2, patch_size=16, early_stop_patience=1)
     model = build_model(ModelSpec("simple", 8, 2), seed=0)
-    history = loop.train_model(model, _stripes(rng, n=4), _stripes(rng, n=1), cfg, 0, torch.device("cpu"), tmp_path / "c.pt")
+    history = loop.train_model(model, stored_pair_batches(_stripes(rng, n=4), cfg, 0), _stripes(rng, n=1), cfg, 0, torch.device("cpu"), tmp_path / "c.pt")
     assert [h.val_psnr for h in history] == [20.0, 25.0, 24.0]  # epoch 3 did not improve on 2: stop
     for key, value in model.state_dict().items():
         assert torch.equal(value, snapshots[2][key]), key
@@ -141,6 +141,29 @@ def test_loss_names_in_params_are_the_implemented_ones():
 @pytest.mark.gpu
 def test_training_step_on_cuda(tmp_path, rng):
     cfg = TrainParams(model="unet", channels=8, depth=2, epochs=1, batch_size=2, patch_size=16, device="cuda")
-    history = train_model(build_model(ModelSpec("unet", 8, 2)), _stripes(rng, 4), _stripes(rng, 1), cfg, 0,
-                          torch.device("cuda"), tmp_path / "c.pt")
+    device = torch.device("cuda")
+    history = train_model(build_model(ModelSpec("unet", 8, 2)), stored_pair_batches(_stripes(rng, 4), cfg, 0, device),
+                          _stripes(rng, 1), cfg, 0, device, tmp_path / "c.pt")
     assert np.isfinite(history[0].train_loss)
+
+
+def test_training_on_pairs_synthesised_on_the_fly_is_reproducible(tmp_path, tiny_params, rng):
+    from pipeline.training.batches import SyntheticBatches
+
+    cfg = TrainParams(model="unet", channels=8, depth=2, epochs=2, batch_size=2, patch_size=32, synthetic_pairs_per_epoch=4)
+    weights, fingerprints = [], []
+    for run in range(2):
+        batches = SyntheticBatches(tiny_params.synthesize, 4, cfg.patch_size, cfg.batch_size, seed=1, device=torch.device("cpu"))
+        assert batches.steps_per_epoch == 2
+        first = list(batches.epoch(1))
+        assert [tuple(m.shape) for m, _ in first] == [(2, 3, 32, 32)] * 2
+        assert not torch.equal(first[0][0], next(iter(batches.epoch(2)))[0])  # each epoch renders new pairs
+        model = build_model(ModelSpec("unet", 8, 2), seed=0)
+        history = train_model(model, batches, _stripes(rng, 1), cfg, 1, torch.device("cpu"), tmp_path / f"{run}.pt")
+        assert [h.epoch for h in history] == [1, 2] and np.isfinite(history[-1].train_loss)
+        weights.append(model.state_dict())
+        fingerprints.append(torch.load(tmp_path / f"{run}.pt", weights_only=True)["fingerprint"])
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key
+    other = SyntheticBatches(tiny_params.synthesize.model_copy(update={"preset": "coarse"}), 4, 32, 2, 1, torch.device("cpu"))
+    assert other.digest() != batches.digest()  # other physics: a checkpoint would not be resumed
