@@ -167,3 +167,24 @@ def test_training_on_pairs_synthesised_on_the_fly_is_reproducible(tmp_path, tiny
         assert torch.equal(weights[0][key], weights[1][key]), key
     other = SyntheticBatches(tiny_params.synthesize.model_copy(update={"preset": "coarse"}), 4, 32, 2, 1, torch.device("cpu"))
     assert other.digest() != batches.digest()  # other physics: a checkpoint would not be resumed
+
+
+def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, rng, monkeypatch):
+    import pipeline.training.loop as loop
+
+    real_loss, calls = loop.multiscale_loss, []
+
+    def loss_going_nan(*args):
+        calls.append(1)
+        value = real_loss(*args)
+        return value * float("nan") if len(calls) == 4 else value  # epoch 2 (2 steps per epoch), step 1
+
+    monkeypatch.setattr(loop, "multiscale_loss", loss_going_nan)
+    cfg = TrainParams(model="simple", channels=8, depth=2, epochs=3, batch_size=2, patch_size=16)
+    pairs = _stripes(rng, n=4)
+    from pipeline.errors import DemoireError
+
+    with pytest.raises(DemoireError, match=r"training diverged: loss is nan at epoch 2, step 1; .*c\.pt keeps the last good epoch"):
+        train_model(build_model(ModelSpec("simple", 8, 2)), stored_pair_batches(pairs, cfg, 0), pairs[:1], cfg, 0,
+                    torch.device("cpu"), tmp_path / "c.pt")
+    assert torch.load(tmp_path / "c.pt", weights_only=True)["epoch"] == 1
