@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from pipeline.config import SynthesizeParams
+from pipeline.config import SynthesizeParams, TrainParams
 from pipeline.data.augment import paired_augmentation
 from pipeline.data.dataset import Pair, PairDataset, to_tensor
 from pipeline.data.on_the_fly import SyntheticPairStream
+from pipeline.training.distributed import World
 
 TRAIN_STREAM = 0x5452414E  # "TRAN"
 
@@ -127,6 +128,13 @@ class PairBatches:
             digest.update(moire.tobytes())
             digest.update(clean.tobytes())
         return digest.hexdigest()
+
+
+def stored_pair_batches(pairs: list[Pair], cfg: TrainParams, seed: int, device: torch.device = torch.device("cpu"),
+                        world: World = World()) -> PairBatches:
+    """Batches of `pairs` as `cfg` asks (patch and batch size, loader workers), for this rank."""
+    return PairBatches(pairs, cfg.patch_size, cfg.batch_size, seed, cfg.num_workers,
+                       pin_memory=device.type == "cuda", rank=world.rank, world_size=world.size)
 
 
 class SyntheticBatches:

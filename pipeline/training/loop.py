@@ -23,7 +23,7 @@ from pipeline.config import TrainParams
 from pipeline.data.dataset import Pair, PairDataset
 from pipeline.errors import DemoireError
 from pipeline.evaluation.metrics import batch_psnr
-from pipeline.training.batches import PairBatches, TrainingBatches
+from pipeline.training.batches import TrainingBatches
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.training.distributed import World, sum_across
 from pipeline.training.losses import Loss, multiscale_loss, weighted_loss
@@ -52,13 +52,6 @@ def training_fingerprint(cfg: TrainParams, seed: int, data_digest: str, world_si
     """Digest of the params, data and process count: a checkpoint resumes only the run it came from."""
     settings = cfg.model_dump(mode="json", exclude=EXECUTION_ONLY)
     return hashlib.sha256(json.dumps([settings, seed, data_digest, world_size], sort_keys=True).encode()).hexdigest()
-
-
-def stored_pair_batches(pairs: list[Pair], cfg: TrainParams, seed: int, device: torch.device = torch.device("cpu"),
-                        world: World = World()) -> PairBatches:
-    """Batches of `pairs` as `cfg` asks (patch and batch size, loader workers), for this rank."""
-    return PairBatches(pairs, cfg.patch_size, cfg.batch_size, seed, cfg.num_workers,
-                       pin_memory=device.type == "cuda", rank=world.rank, world_size=world.size)
 
 
 def effective_amp(device: torch.device, amp: str) -> str:

@@ -21,9 +21,9 @@ from pipeline.errors import DemoireError, InputDataError
 from pipeline.io import atomic_path
 from pipeline.models import build_model, model_spec, save_model
 from pipeline.training.device import resolve_device
-from pipeline.training.batches import SyntheticBatches, TrainingBatches
+from pipeline.training.batches import SyntheticBatches, TrainingBatches, stored_pair_batches
 from pipeline.training.distributed import World, process_group, torchrun_command, world_from_env
-from pipeline.training.loop import EpochStats, stored_pair_batches, train_model
+from pipeline.training.loop import EpochStats, train_model
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"

@@ -7,7 +7,8 @@ from pipeline.errors import ParamsError
 from pipeline.models import ModelSpec, build_model
 from pipeline.training.device import resolve_device
 from pipeline.training.losses import get_loss
-from pipeline.training.loop import stored_pair_batches, train_model
+from pipeline.training.batches import stored_pair_batches
+from pipeline.training.loop import train_model
 
 
 def _stripes(rng, n=6, size=32):
