@@ -189,3 +189,19 @@ def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp
         train_model(build_model(ModelSpec("simple", 8, 2)), stored_pair_batches(pairs, cfg, 0), pairs[:1], cfg, 0,
                     torch.device("cpu"), tmp_path / "c.pt")
     assert torch.load(tmp_path / "c.pt", weights_only=True)["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_training(tmp_path, rng):
+    pairs = _stripes(rng, n=4)
+    results = {}
+    for compiled in (False, True):
+        cfg = TrainParams(model="unet", channels=8, depth=2, epochs=2, batch_size=2, patch_size=16, compile=compiled)
+        model = build_model(ModelSpec("unet", 8, 2), seed=0)
+        history = train_model(model, stored_pair_batches(pairs, cfg, 0), pairs[:1], cfg, 0, torch.device("cpu"),
+                              tmp_path / f"{compiled}.pt")
+        results[compiled] = (history, model.state_dict())
+    (eager, eager_weights), (compiled, compiled_weights) = results[False], results[True]
+    assert [h.val_psnr for h in compiled] == pytest.approx([h.val_psnr for h in eager], abs=0.05)
+    for key, value in eager_weights.items():
+        torch.testing.assert_close(compiled_weights[key], value, rtol=1e-3, atol=1e-4, msg=key)
