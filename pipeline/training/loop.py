@@ -151,12 +151,14 @@ def train_model(
             ema.load_state_dict(state["ema"])
         history = [EpochStats(**row) for row in state["history"]]
         best = state["best"]
-        log.info("resuming from %s after epoch %d", checkpoint_path, len(history))
+        if world.is_main:
+            log.info("resuming from %s after epoch %d", checkpoint_path, len(history))
 
     for epoch in range(len(history) + 1, cfg.epochs + 1):
         if cfg.early_stop_patience and epoch - best["epoch"] > cfg.early_stop_patience:
-            log.info("early stop: no better val PSNR than %.2f dB (epoch %d) for %d epochs",
-                     best["val_psnr"], best["epoch"], cfg.early_stop_patience)
+            if world.is_main:
+                log.info("early stop: no better val PSNR than %.2f dB (epoch %d) for %d epochs",
+                         best["val_psnr"], best["epoch"], cfg.early_stop_patience)
             break
         start = time.perf_counter()
         net.train()

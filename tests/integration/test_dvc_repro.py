@@ -92,6 +92,45 @@ def test_experiment_variant_registers_challenger_and_gates_champion(project):
     assert registry["versions"]["2"]["promotion"] == ("promoted" if v2 > v1 else "not_promoted")
 
 
+def _checkpoint_epoch(path: Path) -> int:
+    """Epoch of the last checkpoint written (0 before the first); checkpoints are renamed into place whole."""
+    import torch
+
+    return torch.load(path, weights_only=True)["epoch"] if path.is_file() else 0
+
+
+def test_a_killed_training_resumes_on_the_next_repro(project):
+    import signal
+    import time
+
+    import pandas as pd
+
+    repo, env = project
+    params_path = repo / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    params["train"]["epochs"] = 80
+    params_path.write_text(yaml.safe_dump(params))
+    checkpoint = repo / "data/train/checkpoint.pt"
+    run = subprocess.Popen(["dvc", "repro", "train"], cwd=repo, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while _checkpoint_epoch(checkpoint) < 3 and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)  # dvc, the flow and the trainer, as an OOM killer or preemption would
+        run.wait()
+    killed_at = _checkpoint_epoch(checkpoint)
+    assert 3 <= killed_at < 80, "the run was not killed mid-training"
+
+    rerun = _run(["dvc", "repro", "train"], repo, env)
+    assert f"resuming from data/train/checkpoint.pt after epoch {killed_at}" in rerun.stdout + rerun.stderr
+    history = pd.read_csv(repo / "data/train/history.csv")
+    assert list(history.epoch) == list(range(1, 81)) and _checkpoint_epoch(checkpoint) == 80
+    params_path.write_text(original)
+
+
 def test_invalid_params_stop_repro_with_one_line(project):
     repo, env = project
     params = yaml.safe_load((repo / "params.yaml").read_text())
