@@ -20,7 +20,7 @@ from pipeline.moire.simulate import content_batch, sample_capture_params, simula
 from pipeline.sources import collect_sources, load_source
 from pipeline.training.device import resolve_device
 from pipeline.training.distributed import World
-from pipeline.training.loop import autocast, effective_amp, wrap_for_training
+from pipeline.training.loop import GRAD_CLIP_NORM, autocast, effective_amp, wrap_for_training
 from pipeline.training.losses import multiscale_loss, weighted_loss
 from pipeline.training.optim import make_optimizer
 
@@ -148,7 +148,7 @@ def bench_train(name: str, device_name: str, size: str = "256", batch: int | Non
         loss = multiscale_loss([out.float() for out in outputs], clean, loss_fn, cfg.multiscale_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
         optimizer.step()
 
     net.train()

@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import typer
 from rich.console import Console
@@ -242,6 +243,15 @@ bench_app = typer.Typer(help="Throughput benchmarks; medians of several runs, wi
 app.add_typer(bench_app, name="bench")
 
 
+def _report_bench(run: Callable[[], dict], as_json: bool, line: Callable[[dict], str]) -> None:
+    """Run a benchmark; print its result as one JSON object or one line; user errors exit 2."""
+    try:
+        result = run()
+    except DemoireError as exc:
+        _fail(exc)
+    typer.echo(json.dumps(result) if as_json else line(result))
+
+
 @bench_app.command("synth")
 def bench_synth(
     size: int = typer.Option(512, help="side of each pair, pixels"),
@@ -255,19 +265,15 @@ def bench_synth(
     """Synthetic pairs per second at --size (goal on CPU: 50 pairs/s per core at 512²)."""
     from pipeline.bench import bench_synth_batched, bench_synth_cpu
 
-    try:
-        if device == "cpu":
-            result = bench_synth_cpu(size, pairs, repeats, preset)
-        else:
-            result = bench_synth_batched(size, batch, repeats, device, preset)
-    except DemoireError as exc:
-        _fail(exc)
-    if as_json:
-        typer.echo(json.dumps(result))
-        return
-    rate = result.get("pairs_per_s_per_core", result.get("pairs_per_s"))
-    unit = "pairs/s per core" if device == "cpu" else f"pairs/s (batch {batch})"
-    typer.echo(f"{size}² on {device}: {rate:.2f} {unit} (median of {repeats}); {result['machine']}")
+    def line(result: dict) -> str:
+        rate = result.get("pairs_per_s_per_core", result.get("pairs_per_s"))
+        unit = "pairs/s per core" if device == "cpu" else f"pairs/s (batch {batch})"
+        return f"{size}² on {device}: {rate:.2f} {unit} (median of {repeats}); {result['machine']}"
+
+    if device == "cpu":
+        _report_bench(lambda: bench_synth_cpu(size, pairs, repeats, preset), as_json, line)
+    else:
+        _report_bench(lambda: bench_synth_batched(size, batch, repeats, device, preset), as_json, line)
 
 
 def _model_bench_options(result: dict) -> str:
@@ -293,15 +299,10 @@ def bench_train(
     """Training throughput in images/s (goal for mscale on one H100: 1500 images/s at 256²)."""
     from pipeline.bench import bench_train as run_bench
 
-    try:
-        result = run_bench(model, device, size, batch, steps, repeats, channels, depth, amp, compile_model)
-    except DemoireError as exc:
-        _fail(exc)
-    if as_json:
-        typer.echo(json.dumps(result))
-        return
-    typer.echo(f"train {result['size']}, batch {result['batch']}: {result['images_per_s']:.1f} images/s, "
-               f"{result['achieved_tflops']:.2f} TFLOP/s (median of {repeats}); {_model_bench_options(result)}")
+    _report_bench(
+        lambda: run_bench(model, device, size, batch, steps, repeats, channels, depth, amp, compile_model), as_json,
+        lambda result: (f"train {result['size']}, batch {result['batch']}: {result['images_per_s']:.1f} images/s, "
+                        f"{result['achieved_tflops']:.2f} TFLOP/s (median of {repeats}); {_model_bench_options(result)}"))
 
 
 @bench_app.command("infer")
@@ -318,15 +319,10 @@ def bench_infer(
     """Latency of one whole frame (goal for the default model on one H100: 40 ms at 4K)."""
     from pipeline.bench import bench_infer as run_bench
 
-    try:
-        result = run_bench(model, device, size, repeats, channels, depth, amp)
-    except DemoireError as exc:
-        _fail(exc)
-    if as_json:
-        typer.echo(json.dumps(result))
-        return
-    typer.echo(f"infer {result['size']}: {result['ms_per_frame']:.1f} ms/frame, peak {result['peak_memory_mb']:.0f} MiB "
-               f"(median of {repeats}); {_model_bench_options(result)}")
+    _report_bench(
+        lambda: run_bench(model, device, size, repeats, channels, depth, amp), as_json,
+        lambda result: (f"infer {result['size']}: {result['ms_per_frame']:.1f} ms/frame, peak "
+                        f"{result['peak_memory_mb']:.0f} MiB (median of {repeats}); {_model_bench_options(result)}"))
 
 
 def main() -> None:

@@ -1,9 +1,10 @@
 """Training batches: stored pairs through one loader for the whole run, or pairs synthesised on the fly.
 
 Stored pairs' order and crops depend only on (seed, epoch): each epoch's shuffle and every
-sample's augmentation seed are drawn in the main process by the sampler, so the batches are the same whatever the number of loader workers, across a resumed run,
-and across DDP ranks: rank r of w takes every w-th sample of the same permutation, so the union of
-the ranks' k-th batches is the single-process run's k-th batch of w times the size.
+sample's augmentation seed are drawn in the main process by the sampler, so the batches are the
+same whatever the number of loader workers, across a resumed run, and across DDP ranks: rank r of
+w takes every w-th sample of the same permutation, so the union of the ranks' k-th batches is the
+single-process run's k-th batch of w times the size.
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ A single process (no torchrun) is the world of one, and every helper here is the
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +36,13 @@ def world_from_env() -> World:
     return World(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
 
 
+def check_gpu_count(processes: int) -> None:
+    """One process per GPU: more processes than GPUs on CUDA is a params error."""
+    if processes > torch.cuda.device_count():
+        raise ParamsError(f"train.processes = {processes}: more than the {torch.cuda.device_count()} GPUs on this "
+                          "machine; use one process per GPU")
+
+
 @contextmanager
 def process_group(device: torch.device) -> Iterator[tuple[World, torch.device]]:
     """Join torchrun's process group (NCCL on CUDA, gloo on CPU) and give this rank its device."""
@@ -45,9 +51,9 @@ def process_group(device: torch.device) -> Iterator[tuple[World, torch.device]]:
         yield world, device
         return
     if device.type == "cuda":
-        if world.local_rank >= torch.cuda.device_count():
-            raise ParamsError(f"train.processes = {world.size}: more processes than the "
-                              f"{torch.cuda.device_count()} GPUs on this machine")
+        if world.local_rank >= torch.cuda.device_count():  # local: per machine, when torchrun spans several
+            raise ParamsError(f"local rank {world.local_rank} has no GPU: this machine has "
+                              f"{torch.cuda.device_count()}; start one process per GPU")
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -67,7 +73,5 @@ def sum_across(values: list[float], device: torch.device) -> list[float]:
 
 
 def torchrun_command(processes: int, module_args: list[str]) -> list[str]:
-    """`torchrun --standalone --nproc-per-node N -m <module args>` with this interpreter's torchrun."""
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
-    launcher = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
-    return [*launcher, "--standalone", f"--nproc-per-node={processes}", "-m", *module_args]
+    """torchrun (as `python -m torch.distributed.run`, so this interpreter) starting `processes` ranks of a module."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", "-m", *module_args]

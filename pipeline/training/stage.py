@@ -22,7 +22,7 @@ from pipeline.io import atomic_path
 from pipeline.models import build_model, model_spec, save_model
 from pipeline.training.device import resolve_device
 from pipeline.training.batches import SyntheticBatches, TrainingBatches, stored_pair_batches
-from pipeline.training.distributed import World, process_group, torchrun_command, world_from_env
+from pipeline.training.distributed import World, check_gpu_count, process_group, torchrun_command, world_from_env
 from pipeline.training.loop import EpochStats, train_model
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,9 @@ def train_in_process(params: Params, data: Path, pairs_index: Path, out: Path, h
 def run_training(params: Params, params_path: Path, data: Path, pairs_index: Path, out: Path, history_path: Path) -> None:
     """Train as the params ask: here, or across `train.processes` DDP processes started by torchrun."""
     processes = params.train.processes
-    resolve_device(params.train.device)  # fail before loading data, or before launching, when CUDA is absent
+    # Fail before loading data, or before launching, when CUDA is absent or has too few GPUs.
+    if resolve_device(params.train.device).type == "cuda":
+        check_gpu_count(processes)
     if processes == 1 or world_from_env().size > 1:
         train_in_process(params, data, pairs_index, out, history_path)
         return
