@@ -80,8 +80,9 @@ def make_train_loader(
 ) -> DataLoader:
     """Loader of augmented patches over all epochs; call `loader.sampler.set_epoch(e)` before each.
 
-    Workers persist across epochs (no re-fork per epoch) and prefetch; pinned memory lets the
-    host-to-GPU copy overlap compute.
+    Workers persist across epochs (started once per run) and prefetch; pinned memory lets the
+    host-to-GPU copy overlap compute. They are spawned, not forked: the training process runs
+    threads (Prefect's log and event workers, gloo), and a fork copies their locks mid-use.
     """
     sampler = EpochSampler(len(pairs), seed, rank, world_size)
     return DataLoader(
@@ -93,6 +94,7 @@ def make_train_loader(
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
+        multiprocessing_context="spawn" if num_workers > 0 else None,
     )
 
 

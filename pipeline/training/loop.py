@@ -66,6 +66,22 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     return contextlib.nullcontext()
 
 
+def rng_state(device: torch.device) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    """torch's global generators. The data order needs none (it derives from seed and epoch); kept so
+    that randomness inside a model (dropout, noise) also resumes where it was."""
+    state: dict = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng(state: dict, device: torch.device) -> None:
+    """Put back what `rng_state` saved."""
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 class SupervisedOutputs(nn.Module):
     """The outputs the loss compares: [full, 1/2, 1/4] with deep supervision, else [full].
 
@@ -151,6 +167,7 @@ def train_model(
             ema.load_state_dict(state["ema"])
         history = [EpochStats(**row) for row in state["history"]]
         best = state["best"]
+        restore_rng(state["rng"], device)
         if world.is_main:
             log.info("resuming from %s after epoch %d", checkpoint_path, len(history))
 
@@ -198,7 +215,7 @@ def train_model(
                 "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None,
-                "history": [asdict(row) for row in history], "best": best,
+                "history": [asdict(row) for row in history], "best": best, "rng": rng_state(device),
             })
             log.info("epoch %d/%d: train_loss %.5f val_loss %.5f val_psnr %.2f dB (%.1fs)",
                      epoch, cfg.epochs, stats.train_loss, val_loss, val_psnr, stats.seconds)

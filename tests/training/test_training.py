@@ -31,7 +31,7 @@ def test_training_lowers_loss_and_checkpoints_each_epoch(tmp_path, rng):
     assert epochs_seen == [1, 2, 3, 4]
     assert history[-1].train_loss < history[0].train_loss
     checkpoint = torch.load(tmp_path / "ckpt.pt", weights_only=True)
-    assert checkpoint["epoch"] == 4 and {"optimizer", "scheduler", "fingerprint", "history"} <= set(checkpoint)
+    assert checkpoint["epoch"] == 4 and {"optimizer", "scheduler", "fingerprint", "history", "rng", "ema"} <= set(checkpoint)
 
 
 def test_training_is_reproducible(tmp_path, rng):
