@@ -167,7 +167,8 @@ def train_model(
             ema.load_state_dict(state["ema"])
         history = [EpochStats(**row) for row in state["history"]]
         best = state["best"]
-        restore_rng(state["rng"], device)
+        if "rng" in state:  # checkpoints written before it was saved resume without it
+            restore_rng(state["rng"], device)
         if world.is_main:
             log.info("resuming from %s after epoch %d", checkpoint_path, len(history))
 
