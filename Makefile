@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install pipeline test test-fast clean
+.PHONY: install pipeline test test-fast clean server deploy worker
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,24 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Orchestration against a running Prefect server (PREFECT_API_URL): `make server` starts one here.
+POOL ?= cpu
+PREFECT_ENV := PREFECT_HOME=$(CURDIR)/.prefect
+
+server: $(STAMP)
+	$(PREFECT_ENV) $(BIN)/prefect server start --host 127.0.0.1 --port 4200
+
+deploy: $(STAMP)
+	@test -n "$$PREFECT_API_URL" || { echo "error: set PREFECT_API_URL, e.g. http://127.0.0.1:4200/api (make server)"; exit 2; }
+	$(PREFECT_ENV) $(BIN)/prefect work-pool create cpu --type process --overwrite
+	$(PREFECT_ENV) $(BIN)/prefect work-pool create gpu --type process --overwrite
+	$(PREFECT_ENV) $(BIN)/prefect --no-prompt deploy --all
+
+worker: $(STAMP)
+	@test -n "$$PREFECT_API_URL" || { echo "error: set PREFECT_API_URL to the Prefect server"; exit 2; }
+	DEMOIRE_PROJECT_DIR=$(CURDIR) $(PREFECT_ENV) PATH=$(CURDIR)/$(BIN):$$PATH \
+		$(BIN)/prefect worker start --pool $(POOL) --limit 1
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from flows._entry import run_stage
-from pipeline.config import Params, SynthesizeParams
+from pipeline.config import Params, SynthesizeParams, parse_params
 from pipeline.data.synthetic import render_shard, synthesize_dataset
 from pipeline.evaluation.synth_report import compare_paired_sets
 from pipeline.sources import SourceSpec
@@ -60,6 +60,15 @@ def synthesize_flow(params: Params, out: Path, report: Path | None = None) -> di
                   f"{summary['sources_skipped']} | {cfg.size}² | {time.perf_counter() - start:.1f} |\n{psnr}\n"),
     )
     return summary
+
+
+@flow(name="synthesize-set")
+def synthesize_set_flow(out: str = "data/adhoc", preset: str = "default", n_pairs: int = 100, seed: int = 0,
+                        size: int = 256, workers: int = 2) -> dict:
+    """An ad-hoc synthetic set outside DVC (deployment `synthesize-set/adhoc`); bad values fail first, in one line."""
+    params = parse_params({"seed": seed, "synthesize": {"preset": preset, "n_pairs": n_pairs, "size": size,
+                                                        "workers": workers}}, source="parameters")
+    return synthesize_flow.with_options(task_runner=task_runner(params.synthesize))(params=params, out=Path(out))
 
 
 def main() -> None:

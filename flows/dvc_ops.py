@@ -1,0 +1,70 @@
+"""DVC commands as Prefect tasks, for the deployments that run the whole pipeline or one stage.
+
+They call the `dvc` of this interpreter in the project directory (the flow run's working
+directory, set by the deployment's pull step), so stage skipping is DVC's own.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from prefect import task
+
+from pipeline.errors import DemoireError
+from pipeline.io import atomic_path
+
+LOCK_FILE = Path("dvc.lock")
+REPRO_TIMEOUT_S = 6 * 3600  # a long GPU training fits; a hung one is stopped
+TRANSFER_RETRIES = {"retries": 3, "retry_delay_seconds": [10, 60, 300]}  # remotes hiccup; back off
+
+
+def run_dvc(*args: str, timeout: float | None = None) -> str:
+    """Run `dvc ARGS`, stream nothing, return stdout; a failure raises with the tail of its output."""
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+        raise DemoireError(f"dvc {' '.join(args)} exited with {result.returncode}:\n{tail}")
+    return result.stdout
+
+
+@task(name="dvc-repro", timeout_seconds=REPRO_TIMEOUT_S)
+def dvc_repro_task(targets: list[str]) -> str:
+    """`dvc repro TARGETS` (all stages when empty): only stages whose deps or params changed run."""
+    return run_dvc("repro", *targets, timeout=REPRO_TIMEOUT_S)
+
+
+@task(name="stale-stages", retries=2, retry_delay_seconds=5)
+def stale_stages_task() -> list[str]:
+    """Stages `dvc status` reports as changed (their own deps, params or outs)."""
+    status = json.loads(run_dvc("status", "--json") or "{}")
+    return sorted(name for name in status if not name.endswith(".dvc"))
+
+
+@task(name="dvc-push", **TRANSFER_RETRIES)
+def dvc_push_task(targets: list[str]) -> str:
+    """Upload the targets' outputs to the DVC remote (where another machine can pull them)."""
+    return run_dvc("push", *targets)
+
+
+@task(name="dvc-pull", **TRANSFER_RETRIES)
+def dvc_pull_task(targets: list[str]) -> str:
+    """Download and check out the targets' outputs recorded in dvc.lock from the DVC remote."""
+    return run_dvc("pull", *targets)
+
+
+def stage_lock(stage: str) -> dict:
+    """This checkout's dvc.lock entry of one stage (hashes of its deps, params and outs)."""
+    return yaml.safe_load(LOCK_FILE.read_text())["stages"][stage]
+
+
+@task(name="adopt-stage-lock")
+def adopt_stage_lock_task(stage: str, entry: dict) -> None:
+    """Record a stage that ran elsewhere: its dvc.lock entry replaces ours (written atomically)."""
+    lock = yaml.safe_load(LOCK_FILE.read_text())
+    lock["stages"][stage] = entry
+    with atomic_path(LOCK_FILE) as tmp:
+        tmp.write_text(yaml.safe_dump(lock, sort_keys=False))

@@ -1,0 +1,125 @@
+"""Deployments `pipeline` (the whole `dvc repro`) and `train-on-worker` (the train stage on a GPU pool).
+
+(Not named pipeline.py: Prefect puts a deployment's script folder on sys.path, where a
+`pipeline` module would hide the `pipeline` library.)
+
+The pipeline runs the stages up to preprocessing, then sends training to the GPU work pool when a
+worker there is online: it pushes the data to the DVC remote, runs the `train-on-worker`
+deployment (which pulls, trains, pushes and publishes its dvc.lock entry), adopts that entry and
+pulls the model. Otherwise, or for any stage left, `dvc repro` runs here. Stages whose inputs did
+not change are skipped by DVC either way.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import yaml
+from prefect import flow, get_client, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+from prefect.client.schemas.filters import WorkerFilter, WorkerFilterStatus
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+
+from flows.dvc_ops import (REPRO_TIMEOUT_S, adopt_stage_lock_task, dvc_pull_task, dvc_push_task, dvc_repro_task,
+                           stage_lock, stale_stages_task)
+from pipeline.config import load_params
+from pipeline.errors import DemoireError
+
+UPSTREAM_OF_TRAIN = ["synthesize", "preprocess"]
+LOCK_ARTIFACT = "train-lock"
+PARAMS_FILE = Path("params.yaml")
+REGISTRATION = Path("data/register/registration.json")
+METRICS = Path("data/evaluate/metrics.json")
+
+
+@task(name="gpu-worker-online", retries=2, retry_delay_seconds=5)
+def worker_online_task(pool: str) -> bool:
+    """Whether `pool` exists and has a worker that sent a heartbeat lately."""
+    with get_client(sync_client=True) as client:
+        try:
+            online = client.read_workers_for_work_pool(
+                pool, worker_filter=WorkerFilter(status=WorkerFilterStatus(any_=["ONLINE"])))
+        except ObjectNotFound:
+            return False
+    return bool(online)
+
+
+def lock_markdown(stage: str, entry: dict) -> str:
+    """The artifact that carries a stage's dvc.lock entry back to the pipeline (and shows it in the UI)."""
+    return (f"# Stage `{stage}` ran on {socket.gethostname()}\n\nIts `dvc.lock` entry; the outputs are in the "
+            f"DVC remote.\n\n```yaml\n{yaml.safe_dump(entry, sort_keys=False)}```\n")
+
+
+@task(name="read-train-lock", retries=2, retry_delay_seconds=5)
+def read_lock_artifact_task(flow_run_id) -> dict:
+    """The dvc.lock entry the `train-on-worker` run published."""
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[LOCK_ARTIFACT]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    if not found:
+        raise DemoireError(f"the train-on-worker run {flow_run_id} published no {LOCK_ARTIFACT} artifact")
+    return yaml.safe_load(found[0].data.split("```yaml\n", 1)[1].rsplit("```", 1)[0])
+
+
+@flow(name="train-on-worker")
+def train_on_worker_flow() -> dict:
+    """Pull the training data, run the train stage here (a GPU worker), push the model, publish the lock entry."""
+    dvc_pull_task(UPSTREAM_OF_TRAIN)
+    dvc_repro_task(["train"])
+    dvc_push_task(["train"])
+    entry = stage_lock("train")
+    create_markdown_artifact(key=LOCK_ARTIFACT, markdown=lock_markdown("train", entry))
+    return entry
+
+
+def train_remotely(gpu_pool: str, train_deployment: str) -> None:
+    """Run the train stage through the GPU pool's deployment and take its result in here."""
+    dvc_push_task(UPSTREAM_OF_TRAIN)
+    run = run_deployment(train_deployment, timeout=REPRO_TIMEOUT_S)
+    if not run.state.is_completed():
+        raise DemoireError(f"training on the {gpu_pool} pool ended {run.state.type.value} "
+                           f"(flow run {run.id}): {run.state.message or 'no message'}")
+    adopt_stage_lock_task("train", read_lock_artifact_task(run.id))
+    dvc_pull_task(["train"])
+
+
+@flow(name="pipeline")
+def pipeline_flow(gpu_pool: str = "gpu", train_deployment: str = "train-on-worker/train-gpu") -> dict:
+    """`dvc repro` of every stage, training on the GPU pool when it has a live worker."""
+    start = time.perf_counter()
+    load_params(PARAMS_FILE)  # invalid params stop here, with the CLI's one-line message
+    stale = stale_stages_task()
+    dvc_repro_task(UPSTREAM_OF_TRAIN)
+    trained_on = "not retrained (up to date)"
+    if "train" in stale_stages_task():
+        if worker_online_task(gpu_pool):
+            train_remotely(gpu_pool, train_deployment)
+            trained_on = f"the `{gpu_pool}` pool"
+        else:
+            trained_on = f"this worker (no live worker in the `{gpu_pool}` pool)"
+    dvc_repro_task([])
+    summary = {"stale_stages": stale, "trained_on": trained_on, "seconds": time.perf_counter() - start,
+               "metrics": json.loads(METRICS.read_text()) if METRICS.is_file() else None,
+               "registration": json.loads(REGISTRATION.read_text()) if REGISTRATION.is_file() else None}
+    create_markdown_artifact(key="pipeline-summary", markdown=summary_markdown(summary))
+    return summary
+
+
+def summary_markdown(summary: dict) -> str:
+    """The pipeline run in a few lines: what ran, where training ran, the metrics and the champion decision."""
+    lines = [f"# Pipeline run ({summary['seconds']:.0f} s)", "",
+             f"- stages out of date at the start: {', '.join(summary['stale_stages']) or 'none'}",
+             f"- training: {summary['trained_on']}"]
+    metrics, record = summary["metrics"], summary["registration"]
+    if metrics:
+        lines.append(f"- test PSNR {metrics['psnr']:.2f} dB (input {metrics['identity_psnr']:.2f}), "
+                     f"SSIM {metrics['ssim']:.3f}, MSE {metrics['mse']:.5f} over {metrics['count']} pairs")
+    if record:
+        verdict = "promoted to `champion`" if record["promote"] else "not promoted"
+        lines.append(f"- `{record['model_name']}` v{record['version']} {verdict}: {record['reason']}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,110 @@
+"""The deployments of prefect.yaml on a real Prefect server, run by a real process worker."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.project import make_project, read_registry, run
+
+pytestmark = pytest.mark.slow
+PREFECT = [sys.executable, "-m", "prefect"]
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory, prefect_server):
+    """A project copy whose pools and deployments exist on the server, and a `cpu` worker running it."""
+    repo = tmp_path_factory.mktemp("deployed")
+    env = {**make_project(repo, prefect_server), "DEMOIRE_PROJECT_DIR": str(repo)}
+    for pool in ("cpu", "gpu"):
+        run([*PREFECT, "work-pool", "create", pool, "--type", "process", "--overwrite"], repo, env, timeout=120)
+    deployed = run([*PREFECT, "--no-prompt", "deploy", "--all"], repo, env, timeout=300)
+    log = open(repo.parent / f"{repo.name}-worker.log", "w")
+    worker = subprocess.Popen([*PREFECT, "worker", "start", "--pool", "cpu", "--limit", "1"], cwd=repo, env=env,
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    yield repo, env, deployed.stdout
+    os.killpg(worker.pid, signal.SIGKILL)  # the worker and any flow run it started
+    worker.wait()
+    log.close()
+
+
+def _artifacts(flow_run_id) -> dict[str, str]:
+    """Artifacts of one flow run, by key."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {artifact.key: artifact.data for artifact in found}
+
+
+def _completed_flows() -> set[str]:
+    """Names of the flows with a completed run on the server."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+
+    completed = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["COMPLETED"])))
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=completed)
+        return {client.read_flow(flow_run.flow_id).name for flow_run in runs}
+
+
+def test_every_deployment_of_prefect_yaml_is_created(deployed, prefect_api):
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        deployments = {d.name: d for d in client.read_deployments()}
+    assert {"nightly", "train-gpu", "adhoc"} <= set(deployments)
+    nightly = deployments["nightly"]
+    assert nightly.work_pool_name == "cpu" and nightly.schedules[0].schedule.cron == "0 2 * * *"
+    assert deployments["train-gpu"].work_pool_name == "gpu"
+    assert deployments["train-gpu"].global_concurrency_limit.limit == 1
+
+
+def test_the_pipeline_deployment_runs_every_stage_on_the_worker(deployed, prefect_api):
+    from prefect.deployments import run_deployment
+
+    repo, env, _ = deployed
+    flow_run = run_deployment("pipeline/nightly", timeout=900, poll_interval=2)
+    assert flow_run.state.is_completed(), flow_run.state
+    summary = _artifacts(flow_run.id)["pipeline-summary"]
+    assert "training: this worker (no live worker in the `gpu` pool)" in summary
+    assert "v1 promoted to `champion`" in summary
+    assert {"synthesize", "preprocess", "train", "evaluate", "register", "pipeline"} <= _completed_flows()
+    for rel in ("data/synthesize/manifest.parquet", "data/train/model.pt", "data/evaluate/metrics.json"):
+        assert (repo / rel).is_file(), rel
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], repo, env).stdout
+    assert read_registry(repo, env)["aliases"] == {"champion": "1", "challenger": "1"}
+
+    again = run_deployment("pipeline/nightly", timeout=300, poll_interval=2)  # nothing changed: nothing reruns
+    assert again.state.is_completed()
+    assert "training: not retrained (up to date)" in _artifacts(again.id)["pipeline-summary"]
+
+
+def test_a_synthesis_run_with_bad_parameters_fails_with_the_one_line_message(deployed, prefect_api):
+    from prefect.deployments import run_deployment
+
+    repo, _, _ = deployed
+    flow_run = run_deployment("synthesize-set/adhoc", parameters={"preset": "wavy", "out": "data/bad"},
+                              timeout=300, poll_interval=2)
+    assert flow_run.state.is_failed()
+    assert "parameters: synthesize.preset = 'wavy': Input should be 'default', 'fine', 'coarse' or 'document'" in (
+        flow_run.state.message or "")
+    assert not (repo / "data/bad").exists()
+
+
+def test_a_synthesis_run_writes_the_set_it_was_asked_for(deployed, prefect_api):
+    from prefect.deployments import run_deployment
+
+    repo, _, _ = deployed
+    flow_run = run_deployment("synthesize-set/adhoc", parameters={"n_pairs": 3, "size": 48, "seed": 5, "workers": 1,
+                                                                 "out": "data/adhoc"}, timeout=300, poll_interval=2)
+    assert flow_run.state.is_completed(), flow_run.state
+    assert len(list((repo / "data/adhoc/moire").glob("*.png"))) == 3
+    from prefect.artifacts import Artifact
+
+    assert "| 3 |" in Artifact.get("synthesize-summary").data  # published by its synthesize subflow
+    assert json.loads((repo / "data/adhoc/summary.json").read_text())["pairs"] == 3
