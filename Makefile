@@ -35,7 +35,8 @@ deploy: $(STAMP)
 	@test -n "$$PREFECT_API_URL" || { echo "error: set PREFECT_API_URL, e.g. http://127.0.0.1:4200/api (make server)"; exit 2; }
 	$(PREFECT_ENV) $(BIN)/prefect work-pool create cpu --type process --overwrite
 	$(PREFECT_ENV) $(BIN)/prefect work-pool create gpu --type process --overwrite
-	$(PREFECT_ENV) $(BIN)/prefect --no-prompt deploy --all
+	@# DEMOIRE_PROJECT_DIR must stay a placeholder here: each worker resolves it to its own checkout
+	env -u DEMOIRE_PROJECT_DIR $(PREFECT_ENV) $(BIN)/prefect --no-prompt deploy --all
 
 worker: $(STAMP)
 	@test -n "$$PREFECT_API_URL" || { echo "error: set PREFECT_API_URL to the Prefect server"; exit 2; }

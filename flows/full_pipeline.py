@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from flows.dvc_ops import (REPRO_TIMEOUT_S, adopt_stage_lock_task, dvc_pull_task
                            stage_lock, stale_stages_task)
 from pipeline.config import load_params
 from pipeline.errors import DemoireError
+from pipeline.io import atomic_path
 
 UPSTREAM_OF_TRAIN = ["synthesize", "preprocess"]
 LOCK_ARTIFACT = "train-lock"
@@ -67,8 +69,20 @@ def read_lock_artifact_task(flow_run_id) -> dict:
 
 
 @flow(name="train-on-worker")
-def train_on_worker_flow() -> dict:
-    """Pull the training data, run the train stage here (a GPU worker), push the model, publish the lock entry."""
+def train_on_worker_flow(commit: str, params_yaml: str, upstream_lock: dict[str, dict]) -> dict:
+    """Train as the calling pipeline would: same commit, params and input data; push the model back.
+
+    The pipeline passes its git commit, params.yaml and the dvc.lock entries of the stages before
+    training, so this checkout (on another machine) pulls exactly those inputs from the DVC remote.
+    """
+    here = git_commit()
+    if here != commit:
+        raise DemoireError(f"this worker's checkout is at {here[:12]}, the pipeline's at {commit[:12]}; "
+                           "check out the same commit on both")
+    with atomic_path(PARAMS_FILE) as tmp:
+        tmp.write_text(params_yaml)
+    for stage, entry in upstream_lock.items():
+        adopt_stage_lock_task(stage, entry)
     dvc_pull_task(UPSTREAM_OF_TRAIN)
     dvc_repro_task(["train"])
     dvc_push_task(["train"])
@@ -80,12 +94,19 @@ def train_on_worker_flow() -> dict:
 def train_remotely(gpu_pool: str, train_deployment: str) -> None:
     """Run the train stage through the GPU pool's deployment and take its result in here."""
     dvc_push_task(UPSTREAM_OF_TRAIN)
-    run = run_deployment(train_deployment, timeout=REPRO_TIMEOUT_S)
+    inputs = {"commit": git_commit(), "params_yaml": PARAMS_FILE.read_text(),
+              "upstream_lock": {stage: stage_lock(stage) for stage in UPSTREAM_OF_TRAIN}}
+    run = run_deployment(train_deployment, parameters=inputs, timeout=REPRO_TIMEOUT_S)
     if not run.state.is_completed():
         raise DemoireError(f"training on the {gpu_pool} pool ended {run.state.type.value} "
                            f"(flow run {run.id}): {run.state.message or 'no message'}")
     adopt_stage_lock_task("train", read_lock_artifact_task(run.id))
     dvc_pull_task(["train"])
+
+
+def git_commit() -> str:
+    """The commit this checkout is at."""
+    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
 
 
 @flow(name="pipeline")

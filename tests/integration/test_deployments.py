@@ -18,10 +18,12 @@ PREFECT = [sys.executable, "-m", "prefect"]
 def deployed(tmp_path_factory, prefect_server):
     """A project copy whose pools and deployments exist on the server, and a `cpu` worker running it."""
     repo = tmp_path_factory.mktemp("deployed")
-    env = {**make_project(repo, prefect_server), "DEMOIRE_PROJECT_DIR": str(repo)}
+    env = make_project(repo, prefect_server)
+    env.pop("DEMOIRE_PROJECT_DIR", None)  # set per worker, so `prefect deploy` leaves its placeholder in
     for pool in ("cpu", "gpu"):
         run([*PREFECT, "work-pool", "create", pool, "--type", "process", "--overwrite"], repo, env, timeout=120)
     deployed = run([*PREFECT, "--no-prompt", "deploy", "--all"], repo, env, timeout=300)
+    env = {**env, "DEMOIRE_PROJECT_DIR": str(repo)}
     log = open(repo.parent / f"{repo.name}-worker.log", "w")
     worker = subprocess.Popen([*PREFECT, "worker", "start", "--pool", "cpu", "--limit", "1"], cwd=repo, env=env,
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -62,6 +64,8 @@ def test_every_deployment_of_prefect_yaml_is_created(deployed, prefect_api):
     assert nightly.work_pool_name == "cpu" and nightly.schedules[0].schedule.cron == "0 2 * * *"
     assert deployments["train-gpu"].work_pool_name == "gpu"
     assert deployments["train-gpu"].global_concurrency_limit.limit == 1
+    # Each worker's own checkout, resolved when the run starts on it, not when deploying.
+    assert nightly.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": "{{ $DEMOIRE_PROJECT_DIR }}"}}]
 
 
 def test_the_pipeline_deployment_runs_every_stage_on_the_worker(deployed, prefect_api):
@@ -108,3 +112,38 @@ def test_a_synthesis_run_writes_the_set_it_was_asked_for(deployed, prefect_api):
 
     assert "| 3 |" in Artifact.get("synthesize-summary").data  # published by its synthesize subflow
     assert json.loads((repo / "data/adhoc/summary.json").read_text())["pairs"] == 3
+
+
+def test_training_goes_to_a_live_gpu_worker_through_the_dvc_remote(deployed, prefect_api, tmp_path):
+    import time
+
+    import yaml
+    from prefect.deployments import run_deployment
+
+    repo, env, _ = deployed
+    remote = tmp_path / "shared-remote"  # the DVC remote both machines reach
+    gpu_repo = tmp_path / "gpu-checkout"  # another machine's checkout of the same commit
+    run(["git", "clone", "-q", str(repo), str(gpu_repo)], tmp_path, env)
+    for checkout in (repo, gpu_repo):
+        run(["dvc", "remote", "modify", "--local", "local", "url", str(remote)], checkout, env)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["epochs"] = 3  # changed params: the train stage is out of date
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+
+    gpu_env = {**env, "DEMOIRE_PROJECT_DIR": str(gpu_repo)}
+    log = open(tmp_path / "gpu-worker.log", "w")
+    gpu_worker = subprocess.Popen([*PREFECT, "worker", "start", "--pool", "gpu", "--limit", "1"], cwd=gpu_repo,
+                                  env=gpu_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        time.sleep(15)  # its first heartbeat marks it online
+        flow_run = run_deployment("pipeline/nightly", timeout=900, poll_interval=2)
+    finally:
+        os.killpg(gpu_worker.pid, signal.SIGKILL)
+        gpu_worker.wait()
+        log.close()
+    assert flow_run.state.is_completed(), (flow_run.state, (tmp_path / "gpu-worker.log").read_text()[-3000:])
+    assert "training: the `gpu` pool" in _artifacts(flow_run.id)["pipeline-summary"]
+    # Trained over there, and the model, history and lock entry came back here through the remote.
+    assert (gpu_repo / "data/train/model.pt").read_bytes() == (repo / "data/train/model.pt").read_bytes()
+    assert len((repo / "data/train/history.csv").read_text().splitlines()) == 1 + 3
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], repo, env).stdout
