@@ -16,7 +16,7 @@ from pipeline.training.device import resolve_device
 from pipeline.training.stage import run_training
 
 
-@task(name="fit-model")
+@task(name="fit-model", timeout_seconds=48 * 3600)  # a hung run is stopped; its checkpoint resumes it
 def fit_task(params: Params, params_path: Path, data: Path, pairs_index: Path, out: Path, history: Path) -> list[dict]:
     """Train (in this process, or across train.processes DDP processes) and return the epoch history."""
     run_training(params, params_path, data, pairs_index, out, history)

@@ -147,3 +147,13 @@ def test_training_goes_to_a_live_gpu_worker_through_the_dvc_remote(deployed, pre
     assert (gpu_repo / "data/train/model.pt").read_bytes() == (repo / "data/train/model.pt").read_bytes()
     assert len((repo / "data/train/history.csv").read_text().splitlines()) == 1 + 3
     assert "Data and pipelines are up to date" in run(["dvc", "status"], repo, env).stdout
+
+
+def test_the_kubernetes_template_requests_a_gpu_for_the_flow_run_pod():
+    from tests.integration.project import ROOT
+
+    template = json.loads((ROOT / "deploy/kubernetes-gpu-job-template.json").read_text())
+    pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["name"] == "prefect-job" and pod["restartPolicy"] == "Never"
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_limit }}"
+    assert template["variables"]["properties"]["gpu_limit"]["default"] == "1"
