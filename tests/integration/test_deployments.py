@@ -157,3 +157,43 @@ def test_the_kubernetes_template_requests_a_gpu_for_the_flow_run_pod():
     assert pod["containers"][0]["name"] == "prefect-job" and pod["restartPolicy"] == "Never"
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_limit }}"
     assert template["variables"]["properties"]["gpu_limit"]["default"] == "1"
+
+
+def test_a_pipeline_run_killed_mid_training_is_marked_crashed_and_a_rerun_completes(deployed, prefect_api):
+    import time
+
+    import psutil
+    import yaml
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+
+    repo, env, _ = deployed
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["epochs"] = 60  # long enough to be caught mid-training
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    flow_run = run_deployment("pipeline/nightly", timeout=0)  # scheduled; the cpu worker picks it up
+    trainer = None
+    deadline = time.monotonic() + 300
+    while trainer is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        for process in psutil.process_iter(["cmdline"]):
+            if "flows.train" in " ".join(process.info["cmdline"] or []) and str(repo) in (process.cwd() or ""):
+                trainer = process
+    assert trainer is not None, "training never started"
+    while not (repo / "data/train/checkpoint.pt").is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    # The machine dies: the flow-run process and everything under it, as an OOM kill or lost node would.
+    engine = next(p for p in trainer.parents() if "prefect.engine" in " ".join(p.cmdline()))
+    for process in [engine, *engine.children(recursive=True)]:
+        process.kill()
+
+    with get_client(sync_client=True) as client:
+        while not client.read_flow_run(flow_run.id).state.is_final() and time.monotonic() < deadline:
+            time.sleep(1)
+        assert client.read_flow_run(flow_run.id).state.is_crashed()
+    assert not (repo / "data/train/model.pt").exists()  # no output of the killed stage looks complete
+
+    rerun = run_deployment("pipeline/nightly", timeout=900, poll_interval=2)
+    assert rerun.state.is_completed(), rerun.state
+    assert (repo / "data/train/model.pt").is_file()
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], repo, env).stdout
