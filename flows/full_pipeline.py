@@ -17,6 +17,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 import yaml
 from prefect import flow, get_client, task
@@ -24,7 +25,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 from prefect.client.schemas.filters import WorkerFilter, WorkerFilterStatus
 from prefect.deployments import run_deployment
+from prefect.client.schemas.objects import State
 from prefect.exceptions import ObjectNotFound
+from prefect.states import Cancelled
 
 from flows.dvc_ops import (REPRO_TIMEOUT_S, adopt_stage_lock_task, dvc_pull_task, dvc_push_task, dvc_repro_task,
                            stage_lock, stale_stages_task)
@@ -34,6 +37,7 @@ from pipeline.io import atomic_path
 
 UPSTREAM_OF_TRAIN = ["synthesize", "preprocess"]
 LOCK_ARTIFACT = "train-lock"
+POLL_S = 2
 PARAMS_FILE = Path("params.yaml")
 REGISTRATION = Path("data/register/registration.json")
 METRICS = Path("data/evaluate/metrics.json")
@@ -91,17 +95,39 @@ def train_on_worker_flow(commit: str, params_yaml: str, upstream_lock: dict[str,
     return entry
 
 
-def train_remotely(gpu_pool: str, train_deployment: str) -> None:
-    """Run the train stage through the GPU pool's deployment and take its result in here."""
+def train_remotely(gpu_pool: str, train_deployment: str, pickup_timeout_s: float) -> bool:
+    """Run the train stage through the GPU pool's deployment and take its result in here.
+
+    False when no worker started the run within `pickup_timeout_s` (it is then cancelled): a worker
+    that died still reads as online for about 90 s after its last heartbeat.
+    """
     dvc_push_task(UPSTREAM_OF_TRAIN)
     inputs = {"commit": git_commit(), "params_yaml": PARAMS_FILE.read_text(),
               "upstream_lock": {stage: stage_lock(stage) for stage in UPSTREAM_OF_TRAIN}}
-    run = run_deployment(train_deployment, parameters=inputs, timeout=REPRO_TIMEOUT_S)
-    if not run.state.is_completed():
-        raise DemoireError(f"training on the {gpu_pool} pool ended {run.state.type.value} "
-                           f"(flow run {run.id}): {run.state.message or 'no message'}")
+    run = run_deployment(train_deployment, parameters=inputs, timeout=0)  # scheduled, not awaited
+    state = wait_for_state(run.id, pickup_timeout_s, lambda state: not state.is_scheduled())
+    if state.is_scheduled():
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(run.id, Cancelled(message=f"no {gpu_pool} worker started it"), force=True)
+        return False
+    state = wait_for_state(run.id, REPRO_TIMEOUT_S, lambda state: state.is_final())
+    if not state.is_completed():
+        raise DemoireError(f"training on the {gpu_pool} pool ended {state.type.value} "
+                           f"(flow run {run.id}): {state.message or 'no message'}")
     adopt_stage_lock_task("train", read_lock_artifact_task(run.id))
     dvc_pull_task(["train"])
+    return True
+
+
+def wait_for_state(flow_run_id, timeout_s: float, reached: Callable[[State], bool]) -> State:
+    """Poll a flow run until its state satisfies `reached` or `timeout_s` passes; its last state."""
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            state = client.read_flow_run(flow_run_id).state
+            if reached(state) or time.monotonic() > deadline:
+                return state
+            time.sleep(POLL_S)
 
 
 def git_commit() -> str:
@@ -110,7 +136,8 @@ def git_commit() -> str:
 
 
 @flow(name="pipeline")
-def pipeline_flow(gpu_pool: str = "gpu", train_deployment: str = "train-on-worker/train-gpu") -> dict:
+def pipeline_flow(gpu_pool: str = "gpu", train_deployment: str = "train-on-worker/train-gpu",
+                  gpu_pickup_timeout_s: float = 300) -> dict:
     """`dvc repro` of every stage, training on the GPU pool when it has a live worker."""
     start = time.perf_counter()
     load_params(PARAMS_FILE)  # invalid params stop here, with the CLI's one-line message
@@ -118,11 +145,12 @@ def pipeline_flow(gpu_pool: str = "gpu", train_deployment: str = "train-on-worke
     dvc_repro_task(UPSTREAM_OF_TRAIN)
     trained_on = "not retrained (up to date)"
     if "train" in stale_stages_task():
-        if worker_online_task(gpu_pool):
-            train_remotely(gpu_pool, train_deployment)
+        if not worker_online_task(gpu_pool):
+            trained_on = f"this worker (no live worker in the `{gpu_pool}` pool)"
+        elif train_remotely(gpu_pool, train_deployment, gpu_pickup_timeout_s):
             trained_on = f"the `{gpu_pool}` pool"
         else:
-            trained_on = f"this worker (no live worker in the `{gpu_pool}` pool)"
+            trained_on = f"this worker (no `{gpu_pool}` worker started it within {gpu_pickup_timeout_s:.0f} s)"
     dvc_repro_task([])
     summary = {"stale_stages": stale, "trained_on": trained_on, "seconds": time.perf_counter() - start,
                "metrics": json.loads(METRICS.read_text()) if METRICS.is_file() else None,

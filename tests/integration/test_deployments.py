@@ -171,7 +171,10 @@ def test_a_pipeline_run_killed_mid_training_is_marked_crashed_and_a_rerun_comple
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["epochs"] = 60  # long enough to be caught mid-training
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    flow_run = run_deployment("pipeline/nightly", timeout=0)  # scheduled; the cpu worker picks it up
+    # The gpu worker of the test before still reads as online (for 90 s after its last heartbeat):
+    # the pipeline must notice that nobody starts its training run and train here instead.
+    fallback = {"gpu_pickup_timeout_s": 10}
+    flow_run = run_deployment("pipeline/nightly", parameters=fallback, timeout=0)  # the cpu worker picks it up
     trainer = None
     deadline = time.monotonic() + 300
     while trainer is None and time.monotonic() < deadline:
@@ -193,7 +196,8 @@ def test_a_pipeline_run_killed_mid_training_is_marked_crashed_and_a_rerun_comple
         assert client.read_flow_run(flow_run.id).state.is_crashed()
     assert not (repo / "data/train/model.pt").exists()  # no output of the killed stage looks complete
 
-    rerun = run_deployment("pipeline/nightly", timeout=900, poll_interval=2)
+    rerun = run_deployment("pipeline/nightly", parameters=fallback, timeout=900, poll_interval=2)
     assert rerun.state.is_completed(), rerun.state
+    assert "training: this worker" in _artifacts(rerun.id)["pipeline-summary"]
     assert (repo / "data/train/model.pt").is_file()
     assert "Data and pipelines are up to date" in run(["dvc", "status"], repo, env).stdout
