@@ -61,10 +61,10 @@ def stage_lock(stage: str) -> dict:
     return yaml.safe_load(LOCK_FILE.read_text())["stages"][stage]
 
 
-@task(name="adopt-stage-lock")
-def adopt_stage_lock_task(stage: str, entry: dict) -> None:
-    """Record a stage that ran elsewhere: its dvc.lock entry replaces ours (written atomically)."""
+@task(name="adopt-stage-locks")
+def adopt_stage_locks_task(entries: dict[str, dict]) -> None:
+    """Record stages that ran elsewhere: their dvc.lock entries replace ours, in one atomic write."""
     lock = yaml.safe_load(LOCK_FILE.read_text())
-    lock["stages"][stage] = entry
+    lock["stages"].update(entries)
     with atomic_path(LOCK_FILE) as tmp:
         tmp.write_text(yaml.safe_dump(lock, sort_keys=False))

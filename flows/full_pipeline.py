@@ -29,7 +29,7 @@ from prefect.client.schemas.objects import State
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled
 
-from flows.dvc_ops import (REPRO_TIMEOUT_S, adopt_stage_lock_task, dvc_pull_task, dvc_push_task, dvc_repro_task,
+from flows.dvc_ops import (REPRO_TIMEOUT_S, adopt_stage_locks_task, dvc_pull_task, dvc_push_task, dvc_repro_task,
                            stage_lock, stale_stages_task)
 from pipeline.config import load_params
 from pipeline.errors import DemoireError
@@ -85,8 +85,7 @@ def train_on_worker_flow(commit: str, params_yaml: str, upstream_lock: dict[str,
                            "check out the same commit on both")
     with atomic_path(PARAMS_FILE) as tmp:
         tmp.write_text(params_yaml)
-    for stage, entry in upstream_lock.items():
-        adopt_stage_lock_task(stage, entry)
+    adopt_stage_locks_task(upstream_lock)
     dvc_pull_task(UPSTREAM_OF_TRAIN)
     dvc_repro_task(["train"])
     dvc_push_task(["train"])
@@ -114,7 +113,7 @@ def train_remotely(gpu_pool: str, train_deployment: str, pickup_timeout_s: float
     if not state.is_completed():
         raise DemoireError(f"training on the {gpu_pool} pool ended {state.type.value} "
                            f"(flow run {run.id}): {state.message or 'no message'}")
-    adopt_stage_lock_task("train", read_lock_artifact_task(run.id))
+    adopt_stage_locks_task({"train": read_lock_artifact_task(run.id)})
     dvc_pull_task(["train"])
     return True
 
