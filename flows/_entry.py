@@ -36,21 +36,22 @@ def run_stage(
 
 @contextmanager
 def prefect_api() -> Iterator[None]:
-    """Use the server at PREFECT_API_URL if set, else one temporary server for this stage.
+    """Use the server at PREFECT_API_URL if set, else the project's shared temporary server.
 
-    Without this, every process-pool worker starts a temporary server of its own (seconds each,
-    and concurrent writers to one SQLite file); workers inherit PREFECT_API_URL instead.
+    Process-pool workers inherit PREFECT_API_URL, so they report to the same server instead of
+    each starting one (seconds each, and concurrent writers to one SQLite file).
     """
     if os.environ.get("PREFECT_API_URL"):
         yield
         return
-    from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with SubprocessASGIServer() as server:
-        os.environ["PREFECT_API_URL"] = server.api_url
+    from flows.stage_server import shared_server
+
+    with shared_server(Path(os.environ["PREFECT_HOME"])) as url:
+        os.environ["PREFECT_API_URL"] = url
         try:
-            with temporary_settings({PREFECT_API_URL: server.api_url}):
+            with temporary_settings({PREFECT_API_URL: url}):
                 yield
                 _drain_prefect_clients()
         finally:

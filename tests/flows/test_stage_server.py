@@ -1,0 +1,66 @@
+"""Stage processes without PREFECT_API_URL share one temporary Prefect server, which stops when idle."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGE = """
+import os, sys
+from prefect import flow
+from flows._entry import prefect_api
+
+@flow(name="stage-" + sys.argv[1])
+def stage():
+    return 1
+
+with prefect_api():
+    stage()
+    print(os.environ["PREFECT_API_URL"])
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_consecutive_stages_share_one_server_that_stops_once_idle(tmp_path):
+    home = tmp_path / "prefect-home"
+    env = {**os.environ, "PREFECT_HOME": str(home), "DEMOIRE_STAGE_SERVER_IDLE_S": "5"}
+    env.pop("PREFECT_API_URL", None)
+
+    def stage(name: str) -> str:
+        result = subprocess.run([sys.executable, "-c", STAGE, name], cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout.strip().splitlines()[-1]
+
+    first = stage("a")
+    pid = json.loads((home / "stage-server.json").read_text())["pid"]
+    try:
+        assert stage("b") == first  # the second stage found the first one's server
+        runs = httpx.post(f"{first}/flow_runs/filter", json={}, timeout=30).json()
+        assert sorted(run["state_type"] for run in runs) == ["COMPLETED", "COMPLETED"]
+        assert list((home / "stage-server-leases").iterdir()) == []  # both stages let go
+        deadline = time.monotonic() + 120
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _alive(pid), "the shared server outlived its idle time"
+        assert not (home / "stage-server.json").exists()
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{first}/health", timeout=5)
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGTERM)
