@@ -37,6 +37,7 @@ deploy: $(STAMP)
 	$(PREFECT_ENV) $(BIN)/prefect work-pool create gpu --type process --overwrite
 	@# DEMOIRE_PROJECT_DIR must stay a placeholder here: each worker resolves it to its own checkout
 	env -u DEMOIRE_PROJECT_DIR $(PREFECT_ENV) $(BIN)/prefect --no-prompt deploy --all
+	$(PREFECT_ENV) $(BIN)/python -m flows.automations
 
 worker: $(STAMP)
 	@test -n "$$PREFECT_API_URL" || { echo "error: set PREFECT_API_URL to the Prefect server"; exit 2; }

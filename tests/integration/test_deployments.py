@@ -1,10 +1,10 @@
 """The deployments of prefect.yaml on a real Prefect server, run by a real process worker."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -14,23 +14,61 @@ pytestmark = pytest.mark.slow
 PREFECT = [sys.executable, "-m", "prefect"]
 
 
+@dataclass
+class Deployed:
+    """A project copy whose pools, deployments and automations exist on the server, and its workers."""
+
+    repo: Path
+    env: dict[str, str]
+    deploy_output: str
+    workers: list[subprocess.Popen] = field(default_factory=list)
+    logs: dict[int, Path] = field(default_factory=dict)  # worker pid → its log file
+
+    def start_worker(self, pool: str = "cpu", checkout: Path | None = None) -> subprocess.Popen:
+        """A process worker for `pool` running flows in `checkout` (this project copy by default)."""
+        checkout = checkout or self.repo
+        env = {**self.env, "DEMOIRE_PROJECT_DIR": str(checkout)}
+        path = checkout.parent / f"{checkout.name}-{pool}-worker-{len(self.workers)}.log"
+        with open(path, "w") as log:  # the child keeps its own copy of the descriptor
+            worker = subprocess.Popen([*PREFECT, "worker", "start", "--pool", pool, "--limit", "1"], cwd=checkout,
+                                      env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.workers.append(worker)
+        self.logs[worker.pid] = path
+        return worker
+
+
+def kill_with_descendants(pid: int) -> None:
+    """SIGKILL a process and everything under it, as a lost machine or an OOM kill of the group would."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory, prefect_server):
-    """A project copy whose pools and deployments exist on the server, and a `cpu` worker running it."""
+    """The project deployed as `make deploy` does it, with a `cpu` worker running."""
     repo = tmp_path_factory.mktemp("deployed")
     env = make_project(repo, prefect_server)
     env.pop("DEMOIRE_PROJECT_DIR", None)  # set per worker, so `prefect deploy` leaves its placeholder in
     for pool in ("cpu", "gpu"):
         run([*PREFECT, "work-pool", "create", pool, "--type", "process", "--overwrite"], repo, env, timeout=120)
-    deployed = run([*PREFECT, "--no-prompt", "deploy", "--all"], repo, env, timeout=300)
-    env = {**env, "DEMOIRE_PROJECT_DIR": str(repo)}
-    log = open(repo.parent / f"{repo.name}-worker.log", "w")
-    worker = subprocess.Popen([*PREFECT, "worker", "start", "--pool", "cpu", "--limit", "1"], cwd=repo, env=env,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    yield repo, env, deployed.stdout
-    os.killpg(worker.pid, signal.SIGKILL)  # the worker and any flow run it started
-    worker.wait()
-    log.close()
+    output = run([*PREFECT, "--no-prompt", "deploy", "--all"], repo, env, timeout=300).stdout
+    output += run([sys.executable, "-m", "flows.automations"], repo, env, timeout=120).stdout
+    project = Deployed(repo, {**env, "DEMOIRE_PROJECT_DIR": str(repo)}, output)
+    project.start_worker("cpu")
+    yield project
+    for worker in project.workers:
+        kill_with_descendants(worker.pid)
+        worker.wait()
 
 
 def _artifacts(flow_run_id) -> dict[str, str]:
@@ -64,6 +102,12 @@ def test_every_deployment_of_prefect_yaml_is_created(deployed, prefect_api):
     assert nightly.work_pool_name == "cpu" and nightly.schedules[0].schedule.cron == "0 2 * * *"
     assert deployments["train-gpu"].work_pool_name == "gpu"
     assert deployments["train-gpu"].global_concurrency_limit.limit == 1
+    for deployment in deployments.values():  # heartbeats often enough for the automation below
+        assert deployment.job_variables["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30"
+    from prefect.automations import Automation
+
+    automation = Automation.read(name="crash-flow-runs-without-heartbeat")
+    assert automation.trigger.within.total_seconds() == 90 and automation.actions[0].state.value == "CRASHED"
     # Each worker's own checkout, resolved when the run starts on it, not when deploying.
     assert nightly.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": "{{ $DEMOIRE_PROJECT_DIR }}"}}]
 
@@ -71,7 +115,7 @@ def test_every_deployment_of_prefect_yaml_is_created(deployed, prefect_api):
 def test_the_pipeline_deployment_runs_every_stage_on_the_worker(deployed, prefect_api):
     from prefect.deployments import run_deployment
 
-    repo, env, _ = deployed
+    repo, env = deployed.repo, deployed.env
     flow_run = run_deployment("pipeline/nightly", timeout=900, poll_interval=2)
     assert flow_run.state.is_completed(), flow_run.state
     summary = _artifacts(flow_run.id)["pipeline-summary"]
@@ -91,7 +135,7 @@ def test_the_pipeline_deployment_runs_every_stage_on_the_worker(deployed, prefec
 def test_a_synthesis_run_with_bad_parameters_fails_with_the_one_line_message(deployed, prefect_api):
     from prefect.deployments import run_deployment
 
-    repo, _, _ = deployed
+    repo = deployed.repo
     flow_run = run_deployment("synthesize-set/adhoc", parameters={"preset": "wavy", "out": "data/bad"},
                               timeout=300, poll_interval=2)
     assert flow_run.state.is_failed()
@@ -103,7 +147,7 @@ def test_a_synthesis_run_with_bad_parameters_fails_with_the_one_line_message(dep
 def test_a_synthesis_run_writes_the_set_it_was_asked_for(deployed, prefect_api):
     from prefect.deployments import run_deployment
 
-    repo, _, _ = deployed
+    repo = deployed.repo
     flow_run = run_deployment("synthesize-set/adhoc", parameters={"n_pairs": 3, "size": 48, "seed": 5, "workers": 1,
                                                                  "out": "data/adhoc"}, timeout=300, poll_interval=2)
     assert flow_run.state.is_completed(), flow_run.state
@@ -120,7 +164,7 @@ def test_training_goes_to_a_live_gpu_worker_through_the_dvc_remote(deployed, pre
     import yaml
     from prefect.deployments import run_deployment
 
-    repo, env, _ = deployed
+    repo, env = deployed.repo, deployed.env
     remote = tmp_path / "shared-remote"  # the DVC remote both machines reach
     gpu_repo = tmp_path / "gpu-checkout"  # another machine's checkout of the same commit
     run(["git", "clone", "-q", str(repo), str(gpu_repo)], tmp_path, env)
@@ -130,18 +174,13 @@ def test_training_goes_to_a_live_gpu_worker_through_the_dvc_remote(deployed, pre
     params["train"]["epochs"] = 3  # changed params: the train stage is out of date
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
 
-    gpu_env = {**env, "DEMOIRE_PROJECT_DIR": str(gpu_repo)}
-    log = open(tmp_path / "gpu-worker.log", "w")
-    gpu_worker = subprocess.Popen([*PREFECT, "worker", "start", "--pool", "gpu", "--limit", "1"], cwd=gpu_repo,
-                                  env=gpu_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    gpu_worker = deployed.start_worker("gpu", gpu_repo)
     try:
         time.sleep(15)  # its first heartbeat marks it online
         flow_run = run_deployment("pipeline/nightly", timeout=900, poll_interval=2)
     finally:
-        os.killpg(gpu_worker.pid, signal.SIGKILL)
-        gpu_worker.wait()
-        log.close()
-    assert flow_run.state.is_completed(), (flow_run.state, (tmp_path / "gpu-worker.log").read_text()[-3000:])
+        kill_with_descendants(gpu_worker.pid)
+    assert flow_run.state.is_completed(), (flow_run.state, deployed.logs[gpu_worker.pid].read_text()[-3000:])
     assert "training: the `gpu` pool" in _artifacts(flow_run.id)["pipeline-summary"]
     # Trained over there, and the model, history and lock entry came back here through the remote.
     assert (gpu_repo / "data/train/model.pt").read_bytes() == (repo / "data/train/model.pt").read_bytes()
@@ -159,7 +198,7 @@ def test_the_kubernetes_template_requests_a_gpu_for_the_flow_run_pod():
     assert template["variables"]["properties"]["gpu_limit"]["default"] == "1"
 
 
-def test_a_pipeline_run_killed_mid_training_is_marked_crashed_and_a_rerun_completes(deployed, prefect_api):
+def test_a_pipeline_run_whose_worker_dies_mid_training_is_marked_crashed_and_a_rerun_completes(deployed, prefect_api):
     import time
 
     import psutil
@@ -167,35 +206,40 @@ def test_a_pipeline_run_killed_mid_training_is_marked_crashed_and_a_rerun_comple
     from prefect import get_client
     from prefect.deployments import run_deployment
 
-    repo, env, _ = deployed
+    repo, env = deployed.repo, deployed.env
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["epochs"] = 60  # long enough to be caught mid-training
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     # The gpu worker of the test before still reads as online (for 90 s after its last heartbeat):
     # the pipeline must notice that nobody starts its training run and train here instead.
     fallback = {"gpu_pickup_timeout_s": 10}
+    checkpoint = repo / "data/train/checkpoint.pt"  # the gpu test before brought one back: wait for a new one
+    started = checkpoint.stat().st_mtime if checkpoint.exists() else 0.0
     flow_run = run_deployment("pipeline/nightly", parameters=fallback, timeout=0)  # the cpu worker picks it up
-    trainer = None
+    cpu_worker = psutil.Process(deployed.workers[0].pid)
     deadline = time.monotonic() + 300
-    while trainer is None and time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (
+        checkpoint.exists() and checkpoint.stat().st_mtime > started
+        and any("flows.train" in " ".join(p.cmdline()) for p in cpu_worker.children(recursive=True))
+    ):
         time.sleep(0.5)
-        for process in psutil.process_iter(["cmdline"]):
-            if "flows.train" in " ".join(process.info["cmdline"] or []) and str(repo) in (process.cwd() or ""):
-                trainer = process
-    assert trainer is not None, "training never started"
-    while not (repo / "data/train/checkpoint.pt").is_file() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    # The machine dies: the flow-run process and everything under it, as an OOM kill or lost node would.
-    engine = next(p for p in trainer.parents() if "prefect.engine" in " ".join(p.cmdline()))
-    for process in [engine, *engine.children(recursive=True)]:
-        process.kill()
+    assert checkpoint.stat().st_mtime > started, "training never wrote a checkpoint on the cpu worker"
+    # The machine dies: the worker, the flow run and everything under them. Nobody is left to report
+    # the crash; the run's heartbeats stop and the server's automation marks it Crashed.
+    kill_with_descendants(cpu_worker.pid)
+    deployed.workers[0].wait()
 
     with get_client(sync_client=True) as client:
+        assert client.read_flow_run(flow_run.id).state.is_running()
+        deadline = time.monotonic() + 300
         while not client.read_flow_run(flow_run.id).state.is_final() and time.monotonic() < deadline:
-            time.sleep(1)
-        assert client.read_flow_run(flow_run.id).state.is_crashed()
+            time.sleep(2)
+        state = client.read_flow_run(flow_run.id).state
+    assert state.is_crashed(), state
+    assert "No heartbeat for 90 s" in state.message
     assert not (repo / "data/train/model.pt").exists()  # no output of the killed stage looks complete
 
+    deployed.start_worker("cpu")  # the machine is back
     rerun = run_deployment("pipeline/nightly", parameters=fallback, timeout=900, poll_interval=2)
     assert rerun.state.is_completed(), rerun.state
     assert "training: this worker" in _artifacts(rerun.id)["pipeline-summary"]
