@@ -112,12 +112,13 @@ def predict(
     """Restore moiré photos of any size (tiled); unreadable, too large or existing outputs are skipped (exit 1 if any)."""
     import statistics
 
-    from pipeline.inference import restore_image
+    from pipeline.inference import check_tiling, restore_image, spatial_multiple
     from pipeline.io import read_rgb, write_png
 
     try:
         cfg = _infer_params(params, tile_size=tile, tile_overlap=overlap, max_pixels=max_pixels)
         net, torch_device = _load(model, device)
+        check_tiling(cfg.tile_size, cfg.tile_overlap, cfg.tile_batch, spatial_multiple(net))
     except DemoireError as exc:
         _fail(exc)
     pairs, problems = _input_images(inputs, out)
@@ -367,15 +368,27 @@ def bench_infer(
     channels: int = typer.Option(None, help="width [default: the architecture's]"),
     depth: int = typer.Option(None, help="depth [default: the architecture's]"),
     amp: str = typer.Option("auto", help="auto (bf16 on CUDA) | bf16 | off"),
+    tile: int | None = typer.Option(None, help="tile side, 0 for the whole frame at once [default: infer.tile_size]"),
+    overlap: int | None = typer.Option(None, help="pixels shared by neighbouring tiles [default: infer.tile_overlap]"),
+    tile_batch: int | None = typer.Option(None, help="tiles per forward pass [default: infer.tile_batch]"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (ms_per_frame, peak_memory_mb, …)"),
 ) -> None:
-    """Latency of one whole frame (goal for the default model on one H100: 40 ms at 4K)."""
+    """Latency of one whole frame, tiled as `predict` does (goal for the default model on one H100: 40 ms at 4K)."""
     from pipeline.bench import bench_infer as run_bench
 
-    _report_bench(
-        lambda: run_bench(model, device, size, repeats, channels, depth, amp), as_json,
-        lambda result: (f"infer {result['size']}: {result['ms_per_frame']:.1f} ms/frame, peak "
-                        f"{result['peak_memory_mb']:.0f} MiB (median of {repeats}); {_model_bench_options(result)}"))
+    def run() -> dict:
+        if tile == 0:
+            return run_bench(model, device, size, repeats, channels, depth, amp)
+        cfg = _infer_params(None, tile_size=tile, tile_overlap=overlap, tile_batch=tile_batch)
+        return run_bench(model, device, size, repeats, channels, depth, amp, cfg.tile_size, cfg.tile_overlap, cfg.tile_batch)
+
+    def line(result: dict) -> str:
+        tiling = (f"{result['tiles']} tiles of {result['tile_size']} (overlap {result['tile_overlap']})"
+                  if result["tile_size"] else "untiled")
+        return (f"infer {result['size']}, {tiling}: {result['ms_per_frame']:.1f} ms/frame, peak "
+                f"{result['peak_memory_mb']:.0f} MiB (median of {repeats}); {_model_bench_options(result)}")
+
+    _report_bench(run, as_json, line)
 
 
 def main() -> None:

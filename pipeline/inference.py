@@ -90,11 +90,14 @@ def blend_weights(spans: list[Span], overlap: int) -> list[np.ndarray]:
     return weights
 
 
-def check_tiling(tile_size: int, overlap: int, batch_size: int = 1) -> None:
-    """Reject tile settings the blending cannot use (overlap must stay below half a tile)."""
+def check_tiling(tile_size: int, overlap: int, batch_size: int = 1, multiple: int = 1) -> None:
+    """Reject tile settings the blending cannot use, or that leave no stride on the model's grid."""
     if tile_size < 16 or not 0 <= overlap < tile_size / 2 or batch_size < 1:
         raise ParamsError(f"tile size {tile_size}, overlap {overlap}, batch {batch_size}: "
                           "need tile ≥ 16, 0 ≤ overlap < tile / 2 and batch ≥ 1")
+    if tile_size - overlap < multiple:
+        raise ParamsError(f"tile size {tile_size} minus overlap {overlap} is below this model's size step "
+                          f"{multiple}; use a tile of at least {multiple + overlap}")
 
 
 def _batches(tiles: list[tuple[int, int]], rows: list[Span], cols: list[Span], size: int) -> list[list[tuple[int, int]]]:
@@ -114,10 +117,10 @@ def _batches(tiles: list[tuple[int, int]], rows: list[Span], cols: list[Span], s
 def restore_tiled(model: nn.Module, image: np.ndarray, device: torch.device, tile_size: int = DEFAULT_TILE_SIZE,
                   overlap: int = DEFAULT_TILE_OVERLAP, batch_size: int = DEFAULT_TILE_BATCH) -> np.ndarray:
     """Restore an HxWx3 uint8 image tile by tile, blending the tiles into one HxWx3 uint8 image."""
-    check_tiling(tile_size, overlap, batch_size)
+    multiple = spatial_multiple(model)
+    check_tiling(tile_size, overlap, batch_size, multiple)
     model.eval()
     height, width = image.shape[:2]
-    multiple = spatial_multiple(model)
     rows, cols = tile_spans(height, tile_size, overlap, multiple), tile_spans(width, tile_size, overlap, multiple)
     row_weights, col_weights = blend_weights(rows, overlap), blend_weights(cols, overlap)
     # Windows are separable and the tiles form a grid, so the summed weight is an outer product.

@@ -155,13 +155,15 @@ def test_bench_train_json_reports_images_per_second(model):
     assert report["achieved_tflops"] == pytest.approx(6 * report["gmac_per_image"] * report["images_per_s"] / 1000)
 
 
-def test_bench_infer_json_reports_latency_and_memory_of_a_wide_frame():
-    result = runner.invoke(app, ["bench", "infer", "--model", "mscale", "--device", "cpu", "--size", "72x40",
-                                 "--repeats", "1", "--channels", "8", "--json"])
+@pytest.mark.parametrize("tiling, tiles", [(["--tile", "0"], 1), (["--tile", "64", "--overlap", "16"], 4)])
+def test_bench_infer_json_reports_latency_and_memory_of_a_wide_frame(tiling, tiles):
+    result = runner.invoke(app, ["bench", "infer", "--model", "mscale", "--device", "cpu", "--size", "160x40",
+                                 "--repeats", "1", "--channels", "8", *tiling, "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["size"] == "72x40" and report["ms_per_frame"] > 0 and report["peak_memory_mb"] > 100
+    assert report["size"] == "160x40" and report["ms_per_frame"] > 0 and report["peak_memory_mb"] > 100
     assert report["gmac_per_image"] > 0 and report["parameters"] > 0
+    assert report["tiles"] == tiles and report["tile_size"] == int(tiling[1])
 
 
 def test_bench_rejects_a_malformed_size_and_an_unknown_model():
@@ -169,3 +171,6 @@ def test_bench_rejects_a_malformed_size_and_an_unknown_model():
     assert bad_size.exit_code == 2 and "--size = '4k': give a side (256) or WIDTHxHEIGHT" in bad_size.output
     bad_model = runner.invoke(app, ["bench", "train", "--model", "esdnet", "--device", "cpu"])
     assert bad_model.exit_code == 2 and "unknown model; choose one of simple, unet, mscale" in bad_model.output
+    bad_tile = runner.invoke(app, ["bench", "infer", "--model", "mscale", "--channels", "8", "--tile", "40",
+                                    "--overlap", "16", "--device", "cpu", "--size", "64"])
+    assert bad_tile.exit_code == 2 and "use a tile of at least 48" in bad_tile.output
