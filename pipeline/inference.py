@@ -55,21 +55,19 @@ def restore_tensor(model: nn.Module, moire: torch.Tensor, device: torch.device) 
 
 
 def tile_spans(length: int, tile: int, overlap: int, multiple: int = 1) -> list[Span]:
-    """[start, end) spans covering 0..length, each `tile` long (the last up to `multiple` - 1 longer).
+    """[start, end) spans covering 0..length: `tile` long, the last one cut short at the image's end.
 
     Starts are multiples of `multiple`, so every tile meets the model's downsampling grid as the
-    whole image does; neighbours share at least `overlap` pixels.
+    whole image does, and the last one ends where the image does, padded inside the model as the
+    whole image is. Neighbours share at least `overlap` pixels; nothing is computed twice beyond that.
     """
     if length <= tile:
         return [(0, length)]
     stride = (tile - overlap) // multiple * multiple
     if stride < multiple:
         raise ParamsError(f"tile {tile} with overlap {overlap} leaves no stride that is a multiple of {multiple}")
-    starts = list(range(0, length - tile, stride))
-    last = (length - tile) // multiple * multiple
-    if last > starts[-1]:
-        starts.append(last)
-    return [(start, start + tile) for start in starts[:-1]] + [(starts[-1], length)]
+    # The last start is the first whose tile reaches the end; its span is at least tile - stride long.
+    return [(start, min(start + tile, length)) for start in range(0, length - tile + stride, stride)]
 
 
 def blend_weights(spans: list[Span], overlap: int) -> list[np.ndarray]:

@@ -29,7 +29,8 @@ def test_tiles_cover_the_image_on_the_models_grid_with_at_least_the_overlap(leng
     assert all(start % multiple == 0 for start, _ in spans)
     if len(spans) > 1:
         assert all(end - start == tile for start, end in spans[:-1])
-        assert tile <= spans[-1][1] - spans[-1][0] < tile + multiple
+        assert overlap < spans[-1][1] - spans[-1][0] <= tile
+        assert sum(end - start for start, end in spans) - length < len(spans) * (overlap + multiple)  # no waste
     assert all(prev_end - start >= overlap for (_, prev_end), (start, _) in zip(spans, spans[1:]))
     coverage = np.zeros(length)
     for (start, end), weight in zip(spans, blend_weights(spans, overlap)):
