@@ -19,8 +19,8 @@ from pipeline.data.dataset import to_image, to_tensor
 from pipeline.errors import ParamsError
 
 DEFAULT_TILE_SIZE, DEFAULT_TILE_OVERLAP, DEFAULT_TILE_BATCH = 512, 32, 1
-# Share of the overlap, at each tile's cut edge, that is dropped rather than blended: measured on the
-# trained default U-Net, it halves the tiled-vs-whole difference of a plain full-overlap ramp.
+# Share of the overlap, at each tile's cut edge, that is dropped rather than blended: on the trained
+# default U-Net it cut the mean tiled-vs-whole difference by 35-75 % against a ramp over the whole overlap.
 EDGE_DROP = 0.25
 
 Span = tuple[int, int]
