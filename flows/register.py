@@ -32,7 +32,7 @@ def log_and_register_task(params: Params, model_dir: Path, history: Path, evalua
         mlflow.log_metrics(test_metrics)
         for path in files:
             mlflow.log_artifact(str(path), artifact_path="evaluation")
-        info = log_demoire_model(model_dir)
+        info = log_demoire_model(model_dir, params.infer)
     version, decision = register_and_gate(MlflowClient(), cfg.model_name, info.model_uri, run.info.run_id, test_metrics)
     return decision_record(version, decision, cfg.model_name, run.info.run_id, uri)
 

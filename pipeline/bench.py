@@ -178,24 +178,37 @@ def peak_rss_mb() -> float:
 
 
 def bench_infer(name: str, device_name: str, size: str = "3840x2160", repeats: int = 3,
-                channels: int | None = None, depth: int | None = None, amp: str = "auto") -> dict:
-    """Milliseconds per whole frame (batch 1, untiled) and peak memory.
+                channels: int | None = None, depth: int | None = None, amp: str = "auto",
+                tile_size: int = 0, overlap: int = 0, tile_batch: int = 1) -> dict:
+    """Seconds per whole frame and peak memory: untiled (batch 1) when `tile_size` is 0, else tiled.
 
+    The tiled path is `demoire predict`'s: a uint8 frame in, tiles blended, a uint8 frame out.
     Peak memory is the CUDA allocator's peak on a GPU, and the process's peak RSS on a CPU
     (so it includes the interpreter and torch, about 0.4 GB).
     """
+    from pipeline.inference import check_tiling, restore_tiled, spatial_multiple, tile_spans
+
     device = resolve_device(device_name)
     height, width = parse_size(size)
     model, spec = _model_for_bench(name, channels, depth, device)
+    if tile_size:
+        check_tiling(tile_size, overlap, tile_batch, spatial_multiple(model))
     model.eval()
-    frame = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0)).to(device)
-    if device.type == "cuda":
-        frame = frame.contiguous(memory_format=torch.channels_last)
+    generator = torch.Generator().manual_seed(0)
+    if tile_size:
+        image = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8).numpy()
+    else:
+        frame = torch.rand(1, 3, height, width, generator=generator).to(device)
+        if device.type == "cuda":
+            frame = frame.contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def run() -> None:
         with autocast(device, amp):
-            model(frame).float().clamp_(0, 1)
+            if tile_size:
+                restore_tiled(model, image, device, tile_size, overlap, tile_batch)
+            else:
+                model(frame).float().clamp_(0, 1)
         _synchronize(device)
 
     run()  # warm-up
@@ -207,6 +220,9 @@ def bench_infer(name: str, device_name: str, size: str = "3840x2160", repeats: i
         run()
         times.append((time.perf_counter() - start) * 1000)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mb()
+    tiles = (len(tile_spans(height, tile_size, overlap, spatial_multiple(model)))
+             * len(tile_spans(width, tile_size, overlap, spatial_multiple(model))) if tile_size else 1)
     return {**_describe(spec, model, height, width), "size": f"{width}x{height}", "device": str(device),
             "amp": effective_amp(device, amp), "threads": torch.get_num_threads(),
+            "tile_size": tile_size, "tile_overlap": overlap if tile_size else 0, "tile_batch": tile_batch, "tiles": tiles,
             "ms_per_frame": statistics.median(times), "peak_memory_mb": peak, "runs_ms": times, "machine": machine()}

@@ -59,38 +59,92 @@ def check_params(
     typer.echo(f"{params}: OK")
 
 
+def _infer_params(params: Path | None, **options: int | None):
+    """params' infer section (params.yaml when present, else defaults) with the options given on top."""
+    from pipeline.config import InferParams, load_params, parse_params
+
+    if params is None and Path("params.yaml").is_file():
+        params = Path("params.yaml")
+    base = load_params(params).infer if params is not None else InferParams()
+    given = {key: value for key, value in options.items() if value is not None}
+    return parse_params({"infer": {**base.model_dump(), **given}}, source="options").infer
+
+
+def _input_images(inputs: list[str], out: Path) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """(image, output file) pairs from files, folders (recursively, sub-paths kept) and globs; and problems.
+
+    Globs are expanded here too, since a quoted pattern (or a Windows shell) leaves them unexpanded.
+    """
+    import glob
+
+    from pipeline.sources.folders import IMAGE_SUFFIXES, image_files
+
+    pairs, problems = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            pairs += [(f, out / f.relative_to(path).with_suffix(".png")) for f in image_files(path)]
+        elif path.is_file():
+            pairs.append((path, out / (path.stem + ".png")))
+        elif glob.has_magic(item):
+            matches = [Path(m) for m in sorted(glob.glob(item, recursive=True))]
+            matches = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
+            pairs += [(m, out / (m.stem + ".png")) for m in matches]
+            if not matches:
+                problems.append(f"no image matches {item}")
+        else:
+            problems.append(f"no such file or folder: {item}")
+    return pairs, problems
+
+
 @app.command()
 def predict(
-    inputs: list[Path] = typer.Argument(..., help="image files or folders"),
-    out: Path = typer.Option(..., "-o", "--out", help="output folder (file names are kept)"),
+    inputs: list[str] = typer.Argument(..., help="image files, folders (recursively) or globs such as 'photos/*.jpg'"),
+    out: Path = typer.Option(..., "-o", "--out", help="output folder: NAME.png per input (sub-paths of folders kept)"),
     model: str = typer.Option("data/train", help="model folder or models:/<name>@<alias>"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     overwrite: bool = typer.Option(False, help="replace existing output files"),
+    params: Path | None = typer.Option(None, help="params file whose infer section applies [default: ./params.yaml if present]"),
+    tile: int | None = typer.Option(None, help="tile side in pixels [default: infer.tile_size]"),
+    overlap: int | None = typer.Option(None, help="pixels shared by neighbouring tiles [default: infer.tile_overlap]"),
+    max_pixels: int | None = typer.Option(None, help="skip larger images, width x height [default: infer.max_pixels]"),
 ) -> None:
-    """Restore moiré photos; unreadable files are skipped and reported (exit 1 if any)."""
-    from pipeline.inference import restore_image
+    """Restore moiré photos of any size (tiled); unreadable, too large or existing outputs are skipped (exit 1 if any)."""
+    import statistics
+
+    from pipeline.inference import check_tiling, restore_image, spatial_multiple
     from pipeline.io import read_rgb, write_png
-    from pipeline.sources.folders import image_files
 
     try:
+        cfg = _infer_params(params, tile_size=tile, tile_overlap=overlap, max_pixels=max_pixels)
         net, torch_device = _load(model, device)
+        check_tiling(cfg.tile_size, cfg.tile_overlap, cfg.tile_batch, spatial_multiple(net))
     except DemoireError as exc:
         _fail(exc)
-    files = [p for item in inputs for p in (image_files(item) if item.is_dir() else [item])]
-    failed = 0
+    pairs, problems = _input_images(inputs, out)
+    for problem in problems:
+        err.print(f"skipped {problem}", highlight=False)
+    failed, seconds, written = len(problems), [], set()
     start = time.perf_counter()
-    for path in track(files, description="restoring", console=err):
-        target = out / (path.stem + ".png")
-        if target.exists() and not overwrite:
-            err.print(f"skipped {path}: {target} exists (use --overwrite)")
+    for path, target in track(pairs, description="restoring", console=err):
+        if target in written or (target.exists() and not overwrite):
+            reason = "written earlier in this run from another input" if target in written else "exists (use --overwrite)"
+            err.print(f"skipped {path}: {target} {reason}", highlight=False)
             failed += 1
             continue
+        began = time.perf_counter()
         try:
-            write_png(target, restore_image(net, read_rgb(path), torch_device))
+            image = read_rgb(path, cfg.max_pixels)
+            write_png(target, restore_image(net, image, torch_device, cfg.tile_size, cfg.tile_overlap, cfg.tile_batch))
         except InputDataError as exc:
-            err.print(f"skipped {path}: {exc}")
+            err.print(f"skipped {path}: {exc}", highlight=False)
             failed += 1
-    err.print(f"restored {len(files) - failed} of {len(files)} images in {time.perf_counter() - start:.1f} s")
+            continue
+        written.add(target)
+        seconds.append(time.perf_counter() - began)
+    median = f", median {statistics.median(seconds):.2f} s per image" if seconds else ""
+    err.print(f"restored {len(seconds)} of {len(pairs) + len(problems)} images in "
+              f"{time.perf_counter() - start:.1f} s{median}", highlight=False)
     if failed:
         raise typer.Exit(1)
 
@@ -314,15 +368,27 @@ def bench_infer(
     channels: int = typer.Option(None, help="width [default: the architecture's]"),
     depth: int = typer.Option(None, help="depth [default: the architecture's]"),
     amp: str = typer.Option("auto", help="auto (bf16 on CUDA) | bf16 | off"),
+    tile: int | None = typer.Option(None, help="tile side, 0 for the whole frame at once [default: infer.tile_size]"),
+    overlap: int | None = typer.Option(None, help="pixels shared by neighbouring tiles [default: infer.tile_overlap]"),
+    tile_batch: int | None = typer.Option(None, help="tiles per forward pass [default: infer.tile_batch]"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (ms_per_frame, peak_memory_mb, …)"),
 ) -> None:
-    """Latency of one whole frame (goal for the default model on one H100: 40 ms at 4K)."""
+    """Latency of one whole frame, tiled as `predict` does (goal for the default model on one H100: 40 ms at 4K)."""
     from pipeline.bench import bench_infer as run_bench
 
-    _report_bench(
-        lambda: run_bench(model, device, size, repeats, channels, depth, amp), as_json,
-        lambda result: (f"infer {result['size']}: {result['ms_per_frame']:.1f} ms/frame, peak "
-                        f"{result['peak_memory_mb']:.0f} MiB (median of {repeats}); {_model_bench_options(result)}"))
+    def run() -> dict:
+        if tile == 0:
+            return run_bench(model, device, size, repeats, channels, depth, amp)
+        cfg = _infer_params(None, tile_size=tile, tile_overlap=overlap, tile_batch=tile_batch)
+        return run_bench(model, device, size, repeats, channels, depth, amp, cfg.tile_size, cfg.tile_overlap, cfg.tile_batch)
+
+    def line(result: dict) -> str:
+        tiling = (f"{result['tiles']} tiles of {result['tile_size']} (overlap {result['tile_overlap']})"
+                  if result["tile_size"] else "untiled")
+        return (f"infer {result['size']}, {tiling}: {result['ms_per_frame']:.1f} ms/frame, peak "
+                f"{result['peak_memory_mb']:.0f} MiB (median of {repeats}); {_model_bench_options(result)}")
+
+    _report_bench(run, as_json, line)
 
 
 def main() -> None:

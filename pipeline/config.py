@@ -212,12 +212,30 @@ class RegisterParams(Section):
     experiment: str = Field("demoire", min_length=1, max_length=200)
 
 
+class InferParams(Section):
+    """Tiled inference (`demoire predict`, the logged pyfunc model, `demoire bench infer`)."""
+
+    tile_size: int = Field(512, ge=32, le=8192)
+    tile_overlap: int = Field(32, ge=0, le=4096)
+    tile_batch: int = Field(1, ge=1, le=256)
+    # Up to PIL's decompression-bomb limit (pipeline/io.py), above which it refuses to decode anyway.
+    max_pixels: int = Field(100_000_000, ge=1, le=200_000_000)
+
+    @model_validator(mode="after")
+    def _overlap_below_half_a_tile(self) -> "InferParams":
+        """Blending assumes a pixel lies in at most two tiles per axis."""
+        if not self.tile_overlap < self.tile_size / 2:
+            raise ValueError(f"tile_overlap {self.tile_overlap} must be less than half of tile_size {self.tile_size}")
+        return self
+
+
 class Params(Section):
     seed: int = Field(2024, ge=0, le=2**32 - 1)
     synthesize: SynthesizeParams = SynthesizeParams()
     preprocess: PreprocessParams = PreprocessParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    infer: InferParams = InferParams()
     # `register` would shadow ABCMeta.register on the model class, so the attribute has another name.
     registration: RegisterParams = Field(RegisterParams(), alias="register")
 

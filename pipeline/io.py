@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -68,15 +70,30 @@ def write_png(path: Path, image: np.ndarray) -> None:
         Image.fromarray(image).save(tmp, format="PNG", optimize=False, compress_level=6)
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """Read any image file as an RGB uint8 array, converting grayscale, palette, alpha and 16-bit."""
+def read_rgb(path: Path, max_pixels: int | None = None) -> np.ndarray:
+    """Read any image file as an RGB uint8 array, converting grayscale, palette, alpha and 16-bit.
+
+    With `max_pixels`, an image whose header declares more pixels is refused before it is decoded.
+    """
     try:
-        with Image.open(path) as im:
-            im.load()
-            return to_rgb_uint8(im)
+        # PIL only warns between MAX_IMAGE_PIXELS and twice that, and a warning lets the bomb decode.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                if max_pixels is not None and width * height > max_pixels:
+                    raise InputDataError(f"image {path} is {width}x{height} = {width * height:,} pixels, "
+                                         f"over the limit of {max_pixels:,} (infer.max_pixels)")
+                im.load()
+                return to_rgb_uint8(im)
     except FileNotFoundError as exc:
         raise InputDataError(f"image not found: {path}") from exc
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(declared[1]):,} pixels" if declared else "too many pixels"
+        raise InputDataError(f"image {path} is {size}, over the decompression-bomb limit of "
+                             f"{Image.MAX_IMAGE_PIXELS:,}") from None
+    except (OSError, ValueError) as exc:
         raise InputDataError(f"cannot read image {path}: {exc}") from exc
 
 

@@ -1,5 +1,7 @@
 import json
+import re
 import statistics
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,8 +9,9 @@ import pandas as pd
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.inference import restore_image
 from pipeline.io import read_rgb, write_png
-from pipeline.models import ModelSpec, build_model, save_model
+from pipeline.models import ModelSpec, build_model, load_model, save_model
 
 runner = CliRunner()
 
@@ -27,19 +30,58 @@ def test_check_params_reports_bad_key(tmp_path):
     assert "train.lr = 0: Input should be greater than 0" in result.output
 
 
-def test_predict_keeps_names_skips_unreadable_and_never_overwrites(tmp_path, rng):
+def test_predict_takes_files_folders_and_globs_skips_bad_images_and_never_overwrites(tmp_path, rng):
     model = _model(tmp_path)
-    inputs = tmp_path / "in"
+    inputs, loose, out = tmp_path / "in", tmp_path / "loose", tmp_path / "out"
     write_png(inputs / "a.png", rng.integers(0, 256, (31, 45, 3), dtype=np.uint8))
+    write_png(inputs / "sub" / "c.png", rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
+    write_png(inputs / "x.png", rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    write_png(inputs / "big.png", rng.integers(0, 256, (50, 60, 3), dtype=np.uint8))  # over --max-pixels
     (inputs / "b.png").write_bytes(b"broken")
-    result = runner.invoke(app, ["predict", str(inputs), "-o", str(tmp_path / "out"), "--model", model, "--device", "cpu"])
+    write_png(inputs / "cut.png", rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    (inputs / "cut.png").write_bytes((inputs / "cut.png").read_bytes()[:300])
+    write_png(loose / "x.png", rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))  # same output name as in/x.png
+    write_png(loose / "y.jpg", rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))  # not matched by *.png
+    write_png(tmp_path / "single.png", rng.integers(0, 256, (24, 70, 3), dtype=np.uint8))
+    args = ["--model", model, "--device", "cpu", "--tile", "32", "--overlap", "8", "--max-pixels", "2500"]
+    # The glob is passed quoted, as a shell that did not expand it would.
+    result = runner.invoke(app, ["predict", str(inputs), str(loose / "*.png"), str(tmp_path / "single.png"),
+                                 str(tmp_path / "missing.png"), "-o", str(out), *args])
     assert result.exit_code == 1, result.output
-    assert read_rgb(tmp_path / "out" / "a.png").shape == (31, 45, 3)
-    assert "skipped" in result.output and "b.png" in result.output
-    before = (tmp_path / "out" / "a.png").read_bytes()
-    result = runner.invoke(app, ["predict", str(inputs / "a.png"), "-o", str(tmp_path / "out"), "--model", model])
-    assert result.exit_code == 1 and "exists (use --overwrite)" in result.output
-    assert (tmp_path / "out" / "a.png").read_bytes() == before
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == ["a.png", "single.png", "sub/c.png", "x.png"]
+    assert read_rgb(out / "a.png").shape == (31, 45, 3) and read_rgb(out / "single.png").shape == (24, 70, 3)
+    net = load_model(Path(model))[0]
+    single = read_rgb(tmp_path / "single.png")  # 70 wide: restored in tiles of 32
+    np.testing.assert_array_equal(read_rgb(out / "single.png"), restore_image(net, single, "cpu", 32, 8))
+    assert f"skipped {inputs / 'b.png'}: cannot read image" in result.output
+    assert f"skipped {inputs / 'cut.png'}: cannot read image {inputs / 'cut.png'}: image file is truncated" in result.output
+    assert (f"skipped {inputs / 'big.png'}: image {inputs / 'big.png'} is 60x50 = 3,000 pixels, "
+            "over the limit of 2,500 (infer.max_pixels)") in result.output
+    assert f"skipped {loose / 'x.png'}: {out / 'x.png'} written earlier in this run from another input" in result.output
+    assert f"skipped no such file or folder: {tmp_path / 'missing.png'}" in result.output
+    assert re.search(r"restored 4 of 9 images in [0-9.]+ s, median [0-9.]+ s per image", result.output)
+
+    before = (out / "a.png").read_bytes()
+    write_png(inputs / "a.png", rng.integers(0, 256, (31, 45, 3), dtype=np.uint8))
+    result = runner.invoke(app, ["predict", str(inputs / "a.png"), "-o", str(out), *args])
+    assert result.exit_code == 1 and f"skipped {inputs / 'a.png'}: {out / 'a.png'} exists (use --overwrite)" in result.output
+    assert (out / "a.png").read_bytes() == before
+    result = runner.invoke(app, ["predict", str(inputs / "a.png"), "-o", str(out), *args, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert (out / "a.png").read_bytes() != before and "restored 1 of 1 images" in result.output
+
+
+def test_predict_takes_tile_settings_from_a_params_file_and_rejects_bad_ones(tmp_path, rng):
+    model = _model(tmp_path)
+    write_png(tmp_path / "in" / "a.png", rng.integers(0, 256, (30, 30, 3), dtype=np.uint8))
+    params = tmp_path / "params.yaml"
+    params.write_text("infer:\n  max_pixels: 899\n")
+    result = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", model,
+                                 "--params", str(params)])
+    assert result.exit_code == 1 and "30x30 = 900 pixels, over the limit of 899" in result.output
+    bad = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", model,
+                              "--tile", "64", "--overlap", "32"])
+    assert bad.exit_code == 2 and "tile_overlap 32 must be less than half of tile_size 64" in bad.output
 
 
 def test_evaluate_json_on_paired_folder(tmp_path, rng):
@@ -113,13 +155,15 @@ def test_bench_train_json_reports_images_per_second(model):
     assert report["achieved_tflops"] == pytest.approx(6 * report["gmac_per_image"] * report["images_per_s"] / 1000)
 
 
-def test_bench_infer_json_reports_latency_and_memory_of_a_wide_frame():
-    result = runner.invoke(app, ["bench", "infer", "--model", "mscale", "--device", "cpu", "--size", "72x40",
-                                 "--repeats", "1", "--channels", "8", "--json"])
+@pytest.mark.parametrize("tiling, tiles", [(["--tile", "0"], 1), (["--tile", "64", "--overlap", "16"], 4)])
+def test_bench_infer_json_reports_latency_and_memory_of_a_wide_frame(tiling, tiles):
+    result = runner.invoke(app, ["bench", "infer", "--model", "mscale", "--device", "cpu", "--size", "160x40",
+                                 "--repeats", "1", "--channels", "8", *tiling, "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["size"] == "72x40" and report["ms_per_frame"] > 0 and report["peak_memory_mb"] > 100
+    assert report["size"] == "160x40" and report["ms_per_frame"] > 0 and report["peak_memory_mb"] > 100
     assert report["gmac_per_image"] > 0 and report["parameters"] > 0
+    assert report["tiles"] == tiles and report["tile_size"] == int(tiling[1])
 
 
 def test_bench_rejects_a_malformed_size_and_an_unknown_model():
@@ -127,3 +171,6 @@ def test_bench_rejects_a_malformed_size_and_an_unknown_model():
     assert bad_size.exit_code == 2 and "--size = '4k': give a side (256) or WIDTHxHEIGHT" in bad_size.output
     bad_model = runner.invoke(app, ["bench", "train", "--model", "esdnet", "--device", "cpu"])
     assert bad_model.exit_code == 2 and "unknown model; choose one of simple, unet, mscale" in bad_model.output
+    bad_tile = runner.invoke(app, ["bench", "infer", "--model", "mscale", "--channels", "8", "--tile", "40",
+                                    "--overlap", "16", "--device", "cpu", "--size", "64"])
+    assert bad_tile.exit_code == 2 and "use a tile of at least 48" in bad_tile.output

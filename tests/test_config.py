@@ -35,6 +35,10 @@ def test_repository_params_file_is_valid():
         ({"train": {"loss": "ssim"}},
          "params.yaml: train.loss = 'ssim': Input should be 'mse', 'l1', 'charbonnier' or 'fft'"),
         ({"train": {"device": "tpu"}}, "params.yaml: train.device = 'tpu': Input should be 'auto', 'cpu' or 'cuda'"),
+        ({"infer": {"tile_size": 64, "tile_overlap": 32}},
+         "params.yaml: infer = {'tile_size': 64, 'tile_overlap': 32}: tile_overlap 32 must be less than half of tile_size 64"),
+        ({"infer": {"max_pixels": 300_000_000}},
+         "params.yaml: infer.max_pixels = 300000000: Input should be less than or equal to 200000000"),
     ],
 )
 def test_invalid_values_name_key_value_and_what_is_allowed(raw, expected):
@@ -51,7 +55,7 @@ def test_unknown_key_lists_allowed_keys():
 
 
 def test_unknown_top_level_section():
-    with pytest.raises(ParamsError, match=r"^p: trian = \{\}: unknown key; allowed keys here: evaluate, preprocess, register, seed"):
+    with pytest.raises(ParamsError, match=r"^p: trian = \{\}: unknown key; allowed keys here: evaluate, infer, preprocess, register, seed"):
         parse_params({"trian": {}}, source="p")
 
 

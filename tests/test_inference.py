@@ -1,0 +1,97 @@
+"""Tiled inference: tiles cover the image on the models' grid, blend without seams, any size round-trips."""
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.data.dataset import to_image, to_tensor
+from pipeline.errors import ParamsError
+from pipeline.inference import blend_weights, restore_image, restore_tensor, restore_tiled, tile_spans
+from pipeline.models import ModelSpec, build_model
+
+CPU = torch.device("cpu")
+
+
+def _moire_like(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Stripes at an angle plus noise: content whose restoration depends on context."""
+    y, x = np.mgrid[:height, :width]
+    stripes = 127 + 90 * np.sin(0.45 * x + 0.2 * y)[..., None] * np.array([1.0, 0.6, 0.3])
+    noise = np.random.default_rng(seed).normal(0, 20, (height, width, 3))
+    return np.clip(stripes + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("length, tile, overlap, multiple", [
+    (100, 48, 16, 4), (2160, 512, 32, 8), (3840, 512, 32, 32), (513, 512, 32, 8), (40, 48, 16, 4), (97, 32, 0, 1),
+])
+def test_tiles_cover_the_image_on_the_models_grid_with_at_least_the_overlap(length, tile, overlap, multiple):
+    spans = tile_spans(length, tile, overlap, multiple)
+    assert spans[0][0] == 0 and spans[-1][1] == length
+    assert all(start % multiple == 0 for start, _ in spans)
+    if len(spans) > 1:
+        assert all(end - start == tile for start, end in spans[:-1])
+        assert overlap < spans[-1][1] - spans[-1][0] <= tile
+        assert sum(end - start for start, end in spans) - length < len(spans) * (overlap + multiple)  # no waste
+    assert all(prev_end - start >= overlap for (_, prev_end), (start, _) in zip(spans, spans[1:]))
+    coverage = np.zeros(length)
+    for (start, end), weight in zip(spans, blend_weights(spans, overlap)):
+        coverage[start:end] += weight
+    assert coverage.min() > 0.4  # every pixel gets a real share of some tile, none is left to a dropped edge
+
+
+def test_blend_ramps_of_neighbours_sum_to_one_across_the_overlap():
+    spans = tile_spans(80, 48, 16)
+    assert spans == [(0, 48), (32, 80)]  # the overlap is exactly 16
+    first, second = blend_weights(spans, 16)
+    np.testing.assert_allclose(first[32:] + second[:16], 1.0, atol=1e-6)
+    assert first[-4:].max() == 0 and second[:4].max() == 0  # the dropped quarter at each cut edge
+
+
+# Tolerance: the same network on a tile and on the whole image differs only where a tile's
+# convolutions saw padding instead of neighbours; dropping and cross-fading the overlap leaves
+# float differences far below one grey level, so after rounding to uint8 at most 1 level differs,
+# in few pixels. Tiles without overlap break that by ten levels or more (checked as a control).
+@pytest.mark.parametrize("spec", [ModelSpec("unet", 8, 2), ModelSpec("simple", 8, 4)])
+def test_tiled_output_equals_whole_image_output(spec):
+    model = build_model(spec, seed=0)
+    image = _moire_like(100, 140)  # 3 × 4 tiles of 48 with 16 overlap
+    whole = to_image(restore_tensor(model, to_tensor(image), CPU)).astype(int)
+    tiled = restore_tiled(model, image, CPU, tile_size=48, overlap=16).astype(int)
+    assert tiled.shape == whole.shape
+    assert np.abs(tiled - whole).max() <= 1 and np.abs(tiled - whole).mean() < 0.05
+    seams = restore_tiled(model, image, CPU, tile_size=48, overlap=0).astype(int)
+    assert np.abs(seams - whole).max() >= 5
+
+
+def test_tiled_mscale_stays_close_though_its_fusion_pools_over_the_whole_input():
+    # mscale's squeeze-excitation averages over the whole input, so a tile cannot reproduce the
+    # whole image's output exactly: a few levels differ, well below the seams of unblended tiles.
+    model = build_model(ModelSpec("mscale", 8, 1), seed=0)
+    image = _moire_like(100, 140)
+    whole = to_image(restore_tensor(model, to_tensor(image), CPU)).astype(int)
+    tiled = restore_tiled(model, image, CPU, tile_size=64, overlap=24).astype(int)
+    seams = restore_tiled(model, image, CPU, tile_size=64, overlap=0).astype(int)
+    assert np.abs(tiled - whole).max() <= 5 and np.abs(tiled - whole).mean() < 0.5
+    assert np.abs(seams - whole).max() > 2 * np.abs(tiled - whole).max()
+
+
+def test_batched_tiles_equal_single_tiles():
+    model = build_model(ModelSpec("unet", 8, 2), seed=0)
+    image = _moire_like(90, 130)
+    one = restore_tiled(model, image, CPU, tile_size=48, overlap=16, batch_size=1).astype(int)
+    four = restore_tiled(model, image, CPU, tile_size=48, overlap=16, batch_size=4).astype(int)
+    assert np.abs(one - four).max() <= 1
+
+
+@pytest.mark.parametrize("spec", [ModelSpec("unet", 8, 2), ModelSpec("unet", 8, 3), ModelSpec("mscale", 8, 1)])
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (37, 45), (5, 150)])
+def test_any_size_round_trips_shape_and_dtype(spec, size):
+    model = build_model(spec, seed=0)
+    image = _moire_like(*size)
+    restored = restore_image(model, image, "cpu", tile_size=64, overlap=16)
+    assert restored.shape == (*size, 3) and restored.dtype == np.uint8
+
+
+def test_tile_settings_the_blending_cannot_use_are_refused():
+    model = build_model(ModelSpec("simple", 8, 3), seed=0)
+    with pytest.raises(ParamsError, match="overlap 24.*0 ≤ overlap < tile / 2"):
+        restore_tiled(model, _moire_like(60, 60), CPU, tile_size=48, overlap=24)
