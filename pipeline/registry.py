@@ -275,7 +275,7 @@ def resolve_alias(name: str, alias: str) -> str:
     """Version number behind `models:/name@alias`, with an error listing the models or aliases that exist."""
     client = MlflowClient()
     try:
-        return client.get_model_version_by_alias(name, alias).version
+        return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
         pass
     try:
