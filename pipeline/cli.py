@@ -335,6 +335,24 @@ def rollback(
     typer.echo(f"champion: v{demoted} → v{restored}")
 
 
+@app.command()
+def report(
+    out: Path = typer.Option(Path("report.html"), "-o", "--out", help="HTML file to write (self-contained, offline)"),
+    metrics: Path = typer.Option(Path("data/evaluate/metrics.json"), help="the evaluate stage's means"),
+    history: Path = typer.Option(Path("data/train/history.csv"), help="the train stage's per-epoch history"),
+    grid: Path = typer.Option(Path("data/evaluate/grid.png"), help="the evaluate stage's before/after grid"),
+    registration: Path = typer.Option(Path("data/register/registration.json"), help="the register stage's decision"),
+) -> None:
+    """HTML report of the latest pipeline run: metrics, training curves, before/after pairs, registration."""
+    from pipeline.evaluation.run_report import write_run_report
+
+    try:
+        write_run_report(out, metrics, history, grid, registration)
+    except DemoireError as exc:
+        _fail(exc)
+    typer.echo(f"wrote {out}")
+
+
 bench_app = typer.Typer(help="Throughput benchmarks; medians of several runs, with the machine.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
