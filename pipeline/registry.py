@@ -103,14 +103,15 @@ def register_and_gate(
     `tags` must hold `gate_set`, the hash of the test split the metrics were computed on. A
     champion scored on another gate set is re-scored on this one with `rescore` first.
     """
+    gate_set = tags[GATE_SET_TAG]
     champion = _alias_version(client, name, CHAMPION)
+    # scored before registering: a failed re-score must not leave a version without a decision
+    champion_scores = scores_on_gate_set(client, name, champion, gate_set, rescore) if champion else None
     version = str(mlflow.register_model(model_uri, name).version)
     for key, value in {**metrics, **tags}.items():
         client.set_model_version_tag(name, version, key, str(value))
     client.set_registered_model_alias(name, CHALLENGER, version)
-    gate_set = tags[GATE_SET_TAG]
     challenger = GateScores(version, *(metrics[f"test_{m}"] for m in GATE_METRICS), gate_set)
-    champion_scores = scores_on_gate_set(client, name, champion, gate_set, rescore) if champion else None
     decision = decide_promotion(challenger, champion_scores, rule)
     apply_decision(client, name, decision, f"run {run_id}")
     log.info("registered %s v%s: %s", name, version, decision.reason)
