@@ -22,8 +22,9 @@ from pipeline.provenance import data_version_tags, git_commit
 from pipeline.registry import GATE_SET_TAG, decision_record, log_demoire_model, register_and_gate, use_tracking_store
 from pipeline.training.device import resolve_device
 
-# The register stage is seconds long; MLflow's 10 s default sampling would log no system metrics at all.
-SYSTEM_METRICS_INTERVAL_S = 1
+# The register stage's run lasts seconds; MLflow logs system metrics only after a full sampling
+# interval, so its 10 s default would log none at all.
+SYSTEM_METRICS_INTERVAL_S = 0.5
 
 
 @task(name="log-and-register", retries=2, retry_delay_seconds=[2, 10])

