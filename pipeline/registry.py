@@ -45,9 +45,10 @@ def default_tracking_uri(project_dir: Path) -> str:
 
 def use_tracking_store(project_dir: Path, experiment: str) -> str:
     """Point MLflow at the store and experiment; local stores keep artifacts in mlartifacts/."""
+    explicit = "MLFLOW_TRACKING_URI" in os.environ  # read first: mlflow.set_tracking_uri exports it
     uri = default_tracking_uri(project_dir)
     mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(experiment) is None and "MLFLOW_TRACKING_URI" not in os.environ:
+    if mlflow.get_experiment_by_name(experiment) is None and not explicit:
         artifacts = (Path(project_dir).resolve() / "mlartifacts").as_uri()
         mlflow.create_experiment(experiment, artifact_location=artifacts)
     mlflow.set_experiment(experiment)
