@@ -293,6 +293,120 @@ def train(
         _fail(exc)
 
 
+def _register_params(params: Path):
+    """The register section of `params` (its defaults when the file does not exist)."""
+    from pipeline.config import RegisterParams, load_params
+
+    return load_params(params).registration if params.is_file() else RegisterParams()
+
+
+def _local_gate(data: Path, pairs: Path, device: str):
+    """A loader of the local test split: (gate set hash, a function scoring a model folder on it)."""
+
+    def load():
+        from pipeline.evaluation.gate import load_gate_set, score_on_gate
+        from pipeline.models import load_model
+        from pipeline.training.device import resolve_device
+
+        gate, torch_device = load_gate_set(pairs, data), resolve_device(device)
+        err.print(f"re-scoring on the local test split ({len(gate.frame)} pairs, gate set {gate.digest[:12]})",
+                  highlight=False)
+        return gate.digest, lambda model_dir: score_on_gate(load_model(model_dir, torch_device)[0], gate, torch_device)
+
+    return load
+
+
+def _comparison_table(decision) -> Table:
+    """Challenger and champion side by side on the gate set, with the rule each metric faces."""
+    challenger, champion = decision.challenger, decision.champion
+    table = Table(title=f"gate set {challenger.gate_set[:12]} (test split)")
+    for column in ("metric", f"challenger v{challenger.version}", f"champion v{champion.version}" if champion else "champion",
+                   "difference", "rule"):
+        table.add_column(column)
+    rules = {"psnr": f"≥ +{decision.rule.margin_db:g} dB", "ssim": f"≥ -{decision.rule.ssim_tolerance:g}", "mse": "shown"}
+    for metric in ("psnr", "ssim", "mse"):
+        ours = getattr(challenger, metric)
+        theirs = getattr(champion, metric) if champion else None
+        table.add_row(metric, f"{ours:.4f}" + (" (re-scored)" if challenger.rescored else ""),
+                      "-" if theirs is None else f"{theirs:.4f}" + (" (re-scored)" if champion.rescored else ""),
+                      "-" if theirs is None else f"{ours - theirs:+.4f}", rules[metric])
+    return table
+
+
+@app.command()
+def promote(
+    model_name: str | None = typer.Option(None, help="registered model [default: register.model_name of --params]"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="show the comparison and the decision; change nothing"),
+    params: Path = typer.Option(Path("params.yaml"), help="gives the margin and SSIM tolerance (defaults if absent)"),
+    data: Path = typer.Option(Path("data/synthesize"), help="folder the pairs index points into (for re-scoring)"),
+    pairs: Path = typer.Option(Path("data/preprocess/pairs.parquet"), help="pairs index whose test split is the gate set"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda (for re-scoring)"),
+) -> None:
+    """Compare `challenger` with `champion` on the same gate set and move `champion` if the rule says so.
+
+    Uses the scores recorded on the versions; only when they were scored on different test splits
+    are they re-scored on the local one (--data, --pairs).
+    """
+    from pipeline.evaluation.gate import GateRule
+    from pipeline.registry import apply_decision, compare_challenger, connect
+
+    try:
+        cfg = _register_params(params)
+        name = model_name or cfg.model_name
+        client = connect(Path.cwd())
+        decision = compare_challenger(client, name, GateRule(cfg.promotion_margin_db, cfg.ssim_tolerance),
+                                      _local_gate(data, pairs, device))
+    except DemoireError as exc:
+        _fail(exc)
+    Console().print(_comparison_table(decision))
+    typer.echo(f"{'promote' if decision.promote else 'keep champion'}: {decision.reason}")
+    champion = decision.champion.version if decision.champion else None
+    if dry_run:
+        would = f"move to v{decision.challenger.version}" if decision.promote else (
+            f"stay at v{champion}" if champion else "stay unset")
+        typer.echo(f"dry run: champion would {would}; nothing changed")
+        return
+    if decision.challenger.version == champion:
+        return
+    apply_decision(client, name, decision, "demoire promote")
+    if decision.promote:
+        typer.echo(f"champion: {'v' + champion if champion else 'none'} → v{decision.challenger.version}")
+
+
+@app.command()
+def rollback(
+    model_name: str | None = typer.Option(None, help="registered model [default: register.model_name of --params]"),
+    params: Path = typer.Option(Path("params.yaml"), help="gives the default model name"),
+) -> None:
+    """Move `champion` back to the version that held it before."""
+    from pipeline.registry import connect, rollback_champion
+
+    try:
+        name = model_name or _register_params(params).model_name
+        demoted, restored = rollback_champion(connect(Path.cwd()), name)
+    except DemoireError as exc:
+        _fail(exc)
+    typer.echo(f"champion: v{demoted} → v{restored}")
+
+
+@app.command()
+def report(
+    out: Path = typer.Option(Path("report.html"), "-o", "--out", help="HTML file to write (self-contained, offline)"),
+    metrics: Path = typer.Option(Path("data/evaluate/metrics.json"), help="the evaluate stage's means"),
+    history: Path = typer.Option(Path("data/train/history.csv"), help="the train stage's per-epoch history"),
+    grid: Path = typer.Option(Path("data/evaluate/grid.png"), help="the evaluate stage's before/after grid"),
+    registration: Path = typer.Option(Path("data/register/registration.json"), help="the register stage's decision"),
+) -> None:
+    """HTML report of the latest pipeline run: metrics, training curves, before/after pairs, registration."""
+    from pipeline.evaluation.run_report import write_run_report
+
+    try:
+        write_run_report(out, metrics, history, grid, registration)
+    except DemoireError as exc:
+        _fail(exc)
+    typer.echo(f"wrote {out}")
+
+
 bench_app = typer.Typer(help="Throughput benchmarks; medians of several runs, with the machine.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 

@@ -210,6 +210,10 @@ class EvaluateParams(Section):
 class RegisterParams(Section):
     model_name: str = Field("demoire", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
     experiment: str = Field("demoire", min_length=1, max_length=200)
+    # Champion gate on the test split: the challenger's PSNR must beat the champion's by at least
+    # this many dB, and its SSIM may fall below the champion's by at most ssim_tolerance.
+    promotion_margin_db: float = Field(0.05, ge=0.0, le=10.0)
+    ssim_tolerance: float = Field(0.005, ge=0.0, le=1.0)
 
 
 class InferParams(Section):

@@ -6,28 +6,33 @@ from its spec and loads a plain state dict (weights_only), so loading needs no p
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
+from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
 
 import pipeline
 from pipeline.config import InferParams
-from pipeline.errors import ModelNotFoundError
+from pipeline.errors import InputDataError, ModelNotFoundError
+from pipeline.evaluation.gate import GATE_METRICS, GateRule, GateScores, PromotionDecision, decide_promotion
 from pipeline.models import SPEC_FILE, WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
-GATE_METRIC = "test_psnr"
+GATE_SET_TAG = "gate_set"  # version tag: hash of the test split its test_* metrics were computed on
+CHAMPION_HISTORY_TAG = "champion_history"  # registered-model tag: JSON list of champion versions, oldest first
+MAX_HISTORY = 200  # versions kept in the history; MLflow tag values hold at most 5000 characters
+Rescore = Callable[[Path], dict[str, float]]  # model folder (model.pt + model.json) → psnr/ssim/mse on the gate set
 IMAGE_SIGNATURE = ModelSignature(
     inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, 3))]),
     outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, 3))]),
@@ -41,9 +46,10 @@ def default_tracking_uri(project_dir: Path) -> str:
 
 def use_tracking_store(project_dir: Path, experiment: str) -> str:
     """Point MLflow at the store and experiment; local stores keep artifacts in mlartifacts/."""
+    explicit = "MLFLOW_TRACKING_URI" in os.environ  # read first: mlflow.set_tracking_uri exports it
     uri = default_tracking_uri(project_dir)
     mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(experiment) is None and "MLFLOW_TRACKING_URI" not in os.environ:
+    if mlflow.get_experiment_by_name(experiment) is None and not explicit:
         artifacts = (Path(project_dir).resolve() / "mlartifacts").as_uri()
         mlflow.create_experiment(experiment, artifact_location=artifacts)
     mlflow.set_experiment(experiment)
@@ -91,37 +97,6 @@ def serving_config(infer: InferParams, device: str = "auto") -> dict:
             "device": device}
 
 
-@dataclass(frozen=True)
-class PromotionDecision:
-    """Whether the challenger becomes champion, and why."""
-
-    promote: bool
-    reason: str
-    champion_version: str | None
-    champion_psnr: float | None
-
-
-def decide_promotion(challenger_psnr: float, champion_version: str | None, champion_psnr: float | None) -> PromotionDecision:
-    """Promote when there is no champion or the challenger's test PSNR is strictly higher."""
-    if champion_version is None or champion_psnr is None:
-        return PromotionDecision(True, "no champion yet", champion_version, champion_psnr)
-    if challenger_psnr > champion_psnr:
-        reason = f"test PSNR {challenger_psnr:.3f} dB beats champion v{champion_version} ({champion_psnr:.3f} dB)"
-        return PromotionDecision(True, reason, champion_version, champion_psnr)
-    reason = f"test PSNR {challenger_psnr:.3f} dB does not beat champion v{champion_version} ({champion_psnr:.3f} dB)"
-    return PromotionDecision(False, reason, champion_version, champion_psnr)
-
-
-def current_champion(client: MlflowClient, name: str) -> tuple[str | None, float | None]:
-    """(version, test PSNR) of the model's champion, or (None, None) when it has none."""
-    try:
-        version = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None, None
-    psnr = version.tags.get(GATE_METRIC)
-    return str(version.version), float(psnr) if psnr is not None else None
-
-
 def log_demoire_model(model_dir: Path, infer: InferParams | None = None):
     """Log the trained model as a pyfunc under the active run, tiling as `infer` says; return its ModelInfo."""
     example = np.full((32, 32, 3), 128, dtype=np.uint8)
@@ -145,39 +120,207 @@ def log_demoire_model(model_dir: Path, infer: InferParams | None = None):
 
 
 def register_and_gate(
-    client: MlflowClient, name: str, model_uri: str, run_id: str, metrics: dict[str, float]
+    client: MlflowClient,
+    name: str,
+    model_uri: str,
+    run_id: str,
+    metrics: dict[str, float],
+    tags: dict[str, str],
+    rule: GateRule,
+    rescore: Rescore | None = None,
 ) -> tuple[str, PromotionDecision]:
-    """Register a version as `challenger`, tag it, and move `champion` to it if it wins."""
-    champion_version, champion_psnr = current_champion(client, name)
+    """Register a version as `challenger` tagged with its metrics and `tags`, and gate `champion`.
+
+    `tags` must hold `gate_set`, the hash of the test split the metrics were computed on. A
+    champion scored on another gate set is re-scored on this one with `rescore` first.
+    """
+    gate_set = tags[GATE_SET_TAG]
+    champion = _alias_version(client, name, CHAMPION)
+    # scored before registering: a failed re-score must not leave a version without a decision
+    champion_scores = scores_on_gate_set(client, name, champion, gate_set, rescore) if champion else None
     version = str(mlflow.register_model(model_uri, name).version)
-    for key, value in metrics.items():
+    for key, value in {**metrics, **tags}.items():
         client.set_model_version_tag(name, version, key, str(value))
     client.set_registered_model_alias(name, CHALLENGER, version)
-    decision = decide_promotion(metrics[GATE_METRIC], champion_version, champion_psnr)
-    if decision.promote:
-        client.set_registered_model_alias(name, CHAMPION, version)
-    client.set_model_version_tag(name, version, "promotion", "promoted" if decision.promote else "not_promoted")
-    client.set_model_version_tag(name, version, "promotion_reason", decision.reason)
-    client.update_model_version(name, version, description=f"run {run_id}: {decision.reason}")
+    challenger = GateScores(version, *(metrics[f"test_{m}"] for m in GATE_METRICS), gate_set)
+    decision = decide_promotion(challenger, champion_scores, rule)
+    apply_decision(client, name, decision, f"run {run_id}")
     log.info("registered %s v%s: %s", name, version, decision.reason)
     return version, decision
 
 
+def connect(project_dir: Path) -> MlflowClient:
+    """A client on the project's store (MLFLOW_TRACKING_URI, else mlflow.db); a missing SQLite file is an error."""
+    uri = default_tracking_uri(project_dir)
+    store = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    if store is not None and not store.is_file():  # MLflow would silently create an empty store here
+        raise ModelNotFoundError(f"no MLflow store at {store}; `dvc repro` creates it (or set MLFLOW_TRACKING_URI)")
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient()
+
+
+def compare_challenger(
+    client: MlflowClient, name: str, rule: GateRule, local_gate: Callable[[], tuple[str, Rescore]]
+) -> PromotionDecision:
+    """Decide on `challenger` vs `champion` on one gate set: the one both were scored on, else the local test split.
+
+    `local_gate` is only called when the recorded scores are not comparable; it returns the local
+    gate set's hash and a function scoring a model folder on it.
+    """
+    challenger = resolve_alias(name, CHALLENGER)
+    champion = _alias_version(client, name, CHAMPION)
+    ours = recorded_scores(client, name, challenger)
+    theirs = recorded_scores(client, name, champion) if champion else None
+    if ours is not None and (champion is None or (theirs is not None and theirs.gate_set == ours.gate_set)):
+        return decide_promotion(ours, theirs, rule)
+    gate_set, rescore = local_gate()
+    ours = scores_on_gate_set(client, name, challenger, gate_set, rescore)
+    theirs = scores_on_gate_set(client, name, champion, gate_set, rescore) if champion else None
+    return decide_promotion(ours, theirs, rule)
+
+
+def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    """Version behind an alias, or None when the model or the alias does not exist."""
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def recorded_scores(client: MlflowClient, name: str, version: str) -> GateScores | None:
+    """A version's gate scores as tagged at registration; None if it lacks a gate set or a metric."""
+    tags = client.get_model_version(name, version).tags
+    try:
+        values = [float(tags[f"test_{metric}"]) for metric in GATE_METRICS]
+    except (KeyError, ValueError):
+        return None
+    gate_set = tags.get(GATE_SET_TAG)
+    return GateScores(version, *values, gate_set) if gate_set else None
+
+
+def scores_on_gate_set(
+    client: MlflowClient, name: str, version: str, gate_set: str, rescore: Rescore | None
+) -> GateScores:
+    """A version's scores on `gate_set`: as recorded when it was scored on it, else re-scored with `rescore`."""
+    recorded = recorded_scores(client, name, version)
+    if recorded is not None and recorded.gate_set == gate_set:
+        return recorded
+    if rescore is None:
+        raise InputDataError(f"{name} v{version} was scored on another gate set than {gate_set[:12]}; "
+                             "re-scoring it needs the test split (`dvc repro` writes it)")
+    with tempfile.TemporaryDirectory() as tmp:
+        scores = rescore(download_model_files(f"models:/{name}/{version}", Path(tmp)))
+    log.info("re-scored %s v%s on gate set %s: %s", name, version, gate_set[:12], scores)
+    return GateScores(version, *(scores[m] for m in GATE_METRICS), gate_set, rescored=True)
+
+
+def apply_decision(client: MlflowClient, name: str, decision: PromotionDecision, source: str) -> None:
+    """Write the comparison and decision on the challenger version; move `champion` if it won."""
+    version, champion = decision.challenger.version, decision.champion
+    tags = {
+        "promotion": "promoted" if decision.promote else "not_promoted",
+        "promotion_reason": decision.reason,
+        "gate.gate_set": decision.challenger.gate_set,
+        "gate.margin_db": decision.rule.margin_db,
+        "gate.ssim_tolerance": decision.rule.ssim_tolerance,
+        "gate.challenger_rescored": decision.challenger.rescored,
+        **{f"gate.challenger_{m}": getattr(decision.challenger, m) for m in GATE_METRICS},
+    }
+    if champion is not None:
+        tags |= {"gate.champion_version": champion.version, "gate.champion_rescored": champion.rescored,
+                 **{f"gate.champion_{m}": getattr(champion, m) for m in GATE_METRICS}}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+    client.update_model_version(name, version, description=comparison_markdown(decision, source))
+    if decision.promote:
+        move_champion(client, name, version)
+
+
+def comparison_markdown(decision: PromotionDecision, source: str) -> str:
+    """The version description: decision, rule and both models' scores on the gate set."""
+    challenger, champion = decision.challenger, decision.champion
+    verdict = "promoted to champion" if decision.promote else "not promoted"
+    lines = [f"{source}: {verdict}: {decision.reason}", "",
+             f"Gate set {challenger.gate_set} (test split); margin {decision.rule.margin_db:g} dB PSNR, "
+             f"SSIM tolerance {decision.rule.ssim_tolerance:g}.", ""]
+    if champion is None:
+        return "\n".join(lines + [f"v{challenger.version}: " + ", ".join(
+            f"{m} {getattr(challenger, m):.6g}" for m in GATE_METRICS)])
+    lines += [f"| metric | challenger v{challenger.version} | champion v{champion.version} |", "|---|---|---|"]
+    lines += [f"| {m} | {getattr(challenger, m):.6g} | {getattr(champion, m):.6g} |" for m in GATE_METRICS]
+    rescored = [f"v{s.version}" for s in (challenger, champion) if s.rescored]
+    if rescored:
+        lines += ["", f"Re-scored on this gate set: {', '.join(rescored)}."]
+    return "\n".join(lines)
+
+
+def champion_history(client: MlflowClient, name: str) -> list[str]:
+    """Versions that held `champion`, oldest first, ending with the current one (even if moved by hand)."""
+    model = client.get_registered_model(name)
+    history = [str(v) for v in json.loads(model.tags.get(CHAMPION_HISTORY_TAG, "[]"))]
+    current = _alias_version(client, name, CHAMPION)
+    if current is not None and history[-1:] != [current]:
+        history.append(current)
+    return history
+
+
+def _write_history(client: MlflowClient, name: str, history: list[str]) -> None:
+    """Store the champion history; the oldest entries go first, since tag values are limited to 5000 chars."""
+    client.set_registered_model_tag(name, CHAMPION_HISTORY_TAG, json.dumps(history[-MAX_HISTORY:]))
+
+
+def move_champion(client: MlflowClient, name: str, version: str) -> None:
+    """Point `champion` at `version` and append it to the champion history."""
+    history = champion_history(client, name)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    if history[-1:] != [version]:
+        _write_history(client, name, history + [version])
+
+
+def rollback_champion(client: MlflowClient, name: str) -> tuple[str, str]:
+    """Move `champion` back to the previous champion; return (demoted, restored) versions."""
+    resolve_alias(name, CHAMPION)
+    history = champion_history(client, name)
+    if len(history) < 2:
+        raise ModelNotFoundError(f"{name} has no previous champion to roll back to "
+                                 f"(champion history: {', '.join('v' + v for v in history)})")
+    demoted, restored = history[-1], history[-2]
+    try:
+        client.set_registered_model_alias(name, CHAMPION, restored)
+    except MlflowException:
+        raise ModelNotFoundError(f"previous champion {name} v{restored} no longer exists; "
+                                 f"versions: {', '.join(_versions(client, name)) or 'none'}") from None
+    _write_history(client, name, history[:-1])
+    client.set_model_version_tag(name, demoted, "rolled_back", f"champion moved back to v{restored}")
+    return demoted, restored
+
+
+def _versions(client: MlflowClient, name: str) -> list[str]:
+    """Version numbers of a registered model, ascending."""
+    return sorted((str(v.version) for v in client.search_model_versions(f"name='{name}'")), key=int)
+
+
 def resolve_alias(name: str, alias: str) -> str:
-    """Version number behind `models:/name@alias`, with an error listing what exists."""
+    """Version number behind `models:/name@alias`, with an error listing the models or aliases that exist."""
     client = MlflowClient()
     try:
-        return client.get_model_version_by_alias(name, alias).version
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        pass
+    try:
+        aliases = client.get_registered_model(name).aliases
     except MlflowException:
         names = [m.name for m in client.search_registered_models()]
         raise ModelNotFoundError(
-            f"no model version at models:/{name}@{alias}; registered models: {', '.join(names) or 'none'}"
+            f"no registered model {name!r} (models:/{name}@{alias}); registered models: {', '.join(names) or 'none'}"
         ) from None
+    existing = ", ".join(f"{a} (v{v})" for a, v in sorted(aliases.items())) or "none"
+    raise ModelNotFoundError(f"no model version at models:/{name}@{alias}; aliases of {name}: {existing}")
 
 
 def decision_record(version: str, decision: PromotionDecision, name: str, run_id: str, uri: str) -> dict:
     """The register stage's output: what was registered and what was decided."""
-    return {"model_name": name, "version": version, "run_id": run_id, "tracking_uri": uri, **asdict(decision)}
+    return {"model_name": name, "version": version, "run_id": run_id, "tracking_uri": uri, **decision.record()}
 
 
 def load_registered_model(uri: str, device):
@@ -188,8 +331,16 @@ def load_registered_model(uri: str, device):
     name, _, alias = uri.removeprefix("models:/").partition("@")
     if alias:
         resolve_alias(name, alias)
-    try:
-        local = mlflow.artifacts.download_artifacts(f"{uri}/artifacts/model_dir")
-    except MlflowException as exc:
-        raise ModelNotFoundError(f"cannot load {uri}: {str(exc).splitlines()[0]}") from None
-    return load_model(Path(local), device)[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            files = download_model_files(uri, Path(tmp))
+        except MlflowException as exc:
+            raise ModelNotFoundError(f"cannot load {uri}: {str(exc).splitlines()[0]}") from None
+        return load_model(files, device)[0]
+
+
+def download_model_files(uri: str, dst: Path) -> Path:
+    """Download a logged demoiré pyfunc into `dst`; return the folder holding its model.pt and model.json."""
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(dst)))
+    # They are the pyfunc artifact `model_dir`; its MLmodel says where in the model it was stored.
+    return local / Model.load(local).flavors["python_function"]["artifacts"]["model_dir"]["path"]

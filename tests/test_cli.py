@@ -174,3 +174,92 @@ def test_bench_rejects_a_malformed_size_and_an_unknown_model():
     bad_tile = runner.invoke(app, ["bench", "infer", "--model", "mscale", "--channels", "8", "--tile", "40",
                                     "--overlap", "16", "--device", "cpu", "--size", "64"])
     assert bad_tile.exit_code == 2 and "use a tile of at least 48" in bad_tile.output
+
+
+@pytest.fixture
+def blocked_registry(tmp_path, monkeypatch):
+    """v1 champion; v2 registered under a strict rule (10 dB margin), so the default rule would promote it."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.evaluation.gate import GateRule
+    from pipeline.registry import log_demoire_model, register_and_gate, use_tracking_store
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    use_tracking_store(tmp_path, "test")
+    model = _model(tmp_path)
+    for psnr in (22.0, 22.5):
+        with mlflow.start_run() as run:
+            info = log_demoire_model(model)
+        register_and_gate(MlflowClient(), "m", info.model_uri, run.info.run_id,
+                          {"test_psnr": psnr, "test_ssim": 0.8, "test_mse": 0.01}, {"gate_set": "g"}, GateRule(10.0, 0.0))
+    mlflow.set_tracking_uri(None)
+    yield MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(None)  # it also sets MLFLOW_TRACKING_URI, which the CLI would then use
+
+
+def _champion(client) -> str:
+    return str(client.get_model_version_by_alias("m", "champion").version)
+
+
+def test_promote_dry_run_then_promote_then_rollback(blocked_registry):
+    client = blocked_registry
+    tags_before = client.get_model_version("m", "2").tags
+
+    dry = runner.invoke(app, ["promote", "--model-name", "m", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "challenger v2" in dry.output and "champion v1" in dry.output and "+0.5000" in dry.output
+    assert "dry run: champion would move to v2; nothing changed" in dry.output
+    assert _champion(client) == "1" and client.get_model_version("m", "2").tags == tags_before
+
+    done = runner.invoke(app, ["promote", "--model-name", "m"])
+    assert done.exit_code == 0 and "champion: v1 → v2" in done.output, done.output
+    assert _champion(client) == "2"
+    tags = client.get_model_version("m", "2").tags
+    assert tags["promotion"] == "promoted" and tags["gate.margin_db"] == "0.05"
+    assert client.get_model_version("m", "2").description.startswith("demoire promote: promoted to champion")
+
+    again = runner.invoke(app, ["promote", "--model-name", "m"])
+    assert again.exit_code == 0 and "v2 is already champion" in again.output
+
+    back = runner.invoke(app, ["rollback", "--model-name", "m"])
+    assert back.exit_code == 0 and "champion: v2 → v1" in back.output, back.output
+    assert _champion(client) == "1"
+    none_left = runner.invoke(app, ["rollback", "--model-name", "m"])
+    assert none_left.exit_code == 2
+    assert none_left.output.strip() == "error: m has no previous champion to roll back to (champion history: v1)"
+
+
+def test_promote_and_rollback_name_what_is_missing(blocked_registry, tmp_path, monkeypatch):
+    for command in (["promote"], ["promote", "--dry-run"], ["rollback"]):
+        result = runner.invoke(app, [*command, "--model-name", "nope"])
+        assert result.exit_code == 2
+        assert result.output.strip().startswith("error: no registered model 'nope'")
+        assert result.output.strip().endswith("registered models: m") and len(result.output.strip().splitlines()) == 1
+
+    import mlflow
+
+    mlflow.set_tracking_uri(None)
+    monkeypatch.chdir(tmp_path / "model")
+    result = runner.invoke(app, ["promote", "--model-name", "m"])
+    assert result.exit_code == 2 and "no MLflow store at" in result.output and "`dvc repro` creates it" in result.output
+    assert not (tmp_path / "model" / "mlflow.db").exists()
+
+
+def test_promote_rescores_on_the_local_test_split_when_gate_sets_differ(blocked_registry, tmp_path, rng):
+    from pipeline.evaluation.gate import load_gate_set
+    from tests.test_registry import _gate_data
+
+    client = blocked_registry
+    data, pairs = _gate_data(tmp_path, rng)
+    client.set_model_version_tag("m", "2", "gate_set", load_gate_set(pairs, data).digest)  # v1 stays on gate "g"
+    result = runner.invoke(app, ["promote", "--model-name", "m", "--dry-run", "--data", str(data), "--pairs", str(pairs),
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "re-scoring on the local test split (3 pairs" in result.output
+    assert "(re-scored)" in result.output and _champion(client) == "1"
+
+    pairs.unlink()
+    missing = runner.invoke(app, ["promote", "--model-name", "m", "--data", str(data), "--pairs", str(pairs)])
+    assert missing.exit_code == 2 and "pairs index not found" in missing.output and "dvc repro" in missing.output

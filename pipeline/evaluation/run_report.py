@@ -1,0 +1,124 @@
+"""An offline HTML report of the latest pipeline run: metrics, training curves, before/after pairs, registration.
+
+One self-contained file: images are embedded as base64 PNG data URIs and the style is inline, so it
+opens without a network or the project folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from pipeline.errors import InputDataError
+from pipeline.evaluation.evaluate import METRICS
+from pipeline.io import atomic_path
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 960px; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.8em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+img { max-width: 100%; }
+.promoted { color: #176e2c; } .kept { color: #8a5a00; }
+"""
+
+
+def read_input(path: Path, produced_by: str) -> bytes:
+    """A report input's bytes, or one line naming it and the command that writes it."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InputDataError(f"{path} not found; `{produced_by}` writes it") from None
+
+
+def png_data_uri(png: bytes) -> str:
+    """A PNG as a data URI for an <img> that needs no file beside the report."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def training_curves_png(history: pd.DataFrame) -> bytes:
+    """Train/val loss and val PSNR per epoch, as PNG bytes (Agg, no global pyplot state)."""
+    figure = Figure(figsize=(9, 3.5), layout="constrained")
+    loss, psnr = figure.subplots(1, 2)
+    loss.plot(history.epoch, history.train_loss, marker=".", label="train")
+    loss.plot(history.epoch, history.val_loss, marker=".", label="val")
+    loss.set_yscale("log")
+    loss.set_xlabel("epoch")
+    loss.set_ylabel("loss")
+    loss.legend()
+    psnr.plot(history.epoch, history.val_psnr, marker=".", color="C2")
+    psnr.set_xlabel("epoch")
+    psnr.set_ylabel("val PSNR (dB)")
+    for axes in (loss, psnr):
+        axes.grid(True, alpha=0.3)
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _table(header: list[str], rows: list[list[object]]) -> str:
+    """An HTML table with every cell escaped."""
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _registration_html(record: dict) -> str:
+    """The registration decision and, when there was a champion, the comparison it rests on."""
+    promoted = record.get("promote")
+    verdict = "promoted to champion" if promoted else "kept as challenger"
+    parts = [f"<p class=\"{'promoted' if promoted else 'kept'}\"><b>{html.escape(str(record.get('model_name')))} "
+             f"v{html.escape(str(record.get('version')))}: {verdict}</b> — {html.escape(str(record.get('reason')))}</p>"]
+    challenger, champion = record.get("challenger"), record.get("champion")
+    if challenger and champion:
+        rows = [[m, f"{challenger[m]:.4f}", f"{champion[m]:.4f}", f"{challenger[m] - champion[m]:+.4f}"] for m in METRICS]
+        parts.append(_table(["metric", f"challenger v{challenger['version']}",
+                             f"champion v{champion['version']}" + (" (re-scored)" if champion.get("rescored") else ""),
+                             "difference"], rows))
+    details = [["gate set (test split)", record.get("gate_set", "-")],
+               ["PSNR margin (dB)", record.get("margin_db", "-")], ["SSIM tolerance", record.get("ssim_tolerance", "-")],
+               ["MLflow run", record.get("run_id", "-")], ["tracking store", record.get("tracking_uri", "-")]]
+    parts.append(_table(["", ""], details))
+    return "\n".join(parts)
+
+
+def run_report_html(metrics: dict, history: pd.DataFrame, grid_png: bytes, registration: dict) -> str:
+    """The whole report as one HTML document."""
+    rows = [[m, f"{metrics[m]:.4f}", f"{metrics['identity_' + m]:.4f}", f"{metrics[m] - metrics['identity_' + m]:+.4f}"]
+            for m in METRICS]
+    last = history.iloc[-1]
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Demoiré pipeline run</title><style>{STYLE}</style></head>
+<body>
+<h1>Demoiré pipeline run</h1>
+<h2>Test metrics ({int(metrics.get('count', 0))} pairs)</h2>
+{_table(["metric", "model", "identity (moiré input)", "model − identity"], rows)}
+<p>PSNR gain over identity: {metrics['psnr'] - metrics['identity_psnr']:.2f} dB</p>
+<h2>Training ({len(history)} epochs)</h2>
+<p>Last epoch: train loss {last.train_loss:.5f}, val loss {last.val_loss:.5f}, val PSNR {last.val_psnr:.2f} dB</p>
+<img alt="training curves" src="{png_data_uri(training_curves_png(history))}">
+<h2>Before / after (moiré input | restored | clean target)</h2>
+<img alt="before and after grid" src="{png_data_uri(grid_png)}">
+<h2>Registration</h2>
+{_registration_html(registration)}
+</body></html>
+"""
+
+
+def write_run_report(out: Path, metrics: Path, history: Path, grid: Path, registration: Path) -> None:
+    """Read the run's outputs and write the HTML report to `out`, atomically."""
+    metrics_data = json.loads(read_input(metrics, "dvc repro evaluate"))
+    history_frame = pd.read_csv(io.BytesIO(read_input(history, "dvc repro train")))
+    grid_png = read_input(grid, "dvc repro evaluate")
+    record = json.loads(read_input(registration, "dvc repro register"))
+    document = run_report_html(metrics_data, history_frame, grid_png, record)
+    with atomic_path(out) as tmp:
+        tmp.write_text(document, encoding="utf-8")

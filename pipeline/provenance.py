@@ -1,0 +1,41 @@
+"""Where a run came from: the git commit of the project and the DVC hashes of its data, read from dvc.lock."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import yaml
+
+
+def git_commit(project_dir: Path) -> str | None:
+    """The commit `project_dir` is checked out at; None outside a git repository or without git."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_dir, capture_output=True, text=True,
+                                timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = result.stdout.strip()
+    return commit if result.returncode == 0 and commit else None
+
+
+def locked_out_hash(lock_file: Path, out: str) -> str | None:
+    """The md5 dvc.lock records for output `out` of any stage (a `.dir` hash for folders); None if absent."""
+    try:
+        lock = yaml.safe_load(Path(lock_file).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    root = Path(lock_file).resolve().parent
+    wanted = (root / out).resolve()  # dvc.lock paths are relative to the folder holding dvc.yaml
+    for stage in (lock.get("stages") or {}).values():
+        for entry in stage.get("outs") or []:
+            if "path" in entry and (root / entry["path"]).resolve() == wanted:
+                return entry.get("md5")
+    return None
+
+
+def data_version_tags(lock_file: Path, data: Path, pairs_index: Path) -> dict[str, str]:
+    """`data_version` (the dataset folder's DVC hash) and `pairs_version` (the split index's), where recorded."""
+    found = {"data_version": locked_out_hash(lock_file, str(data)),
+             "pairs_version": locked_out_hash(lock_file, str(pairs_index))}
+    return {key: value for key, value in found.items() if value}

@@ -1,0 +1,56 @@
+"""`demoire report`: one offline HTML file from the latest run's outputs."""
+
+import base64
+import re
+
+import numpy as np
+import pandas as pd
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.io import write_json, write_png
+
+runner = CliRunner()
+
+
+def _run_outputs(root, rng):
+    write_json(root / "data/evaluate/metrics.json", {"count": 3, "psnr": 24.1234, "ssim": 0.8123, "mse": 0.0042,
+                                                     "identity_psnr": 18.5, "identity_ssim": 0.6, "identity_mse": 0.014,
+                                                     "psnr_gain_over_identity": 5.6234})
+    (root / "data/train").mkdir(parents=True)
+    pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [0.05, 0.03, 0.02], "val_loss": [0.06, 0.04, 0.035],
+                  "val_psnr": [19.0, 21.5, 23.25]}).to_csv(root / "data/train/history.csv", index=False)
+    write_png(root / "data/evaluate/grid.png", rng.integers(0, 256, (30, 90, 3), dtype=np.uint8))
+    scores = {"psnr": 24.1234, "ssim": 0.8123, "mse": 0.0042, "gate_set": "ab12" * 16}
+    write_json(root / "data/register/registration.json", {
+        "model_name": "demoire", "version": "2", "promote": True, "reason": "beats champion v1: <details>",
+        "run_id": "r1", "tracking_uri": "sqlite:///x/mlflow.db", "gate_set": "ab12" * 16, "margin_db": 0.05,
+        "ssim_tolerance": 0.005, "champion_version": "1", "champion_psnr": 23.0,
+        "challenger": {"version": "2", "rescored": False, **scores},
+        "champion": {"version": "1", "rescored": True, **scores, "psnr": 23.0}})
+
+
+def test_report_is_one_offline_html_file_with_metrics_curves_grid_and_decision(tmp_path, monkeypatch, rng):
+    monkeypatch.chdir(tmp_path)
+    _run_outputs(tmp_path, rng)
+    result = runner.invoke(app, ["report", "-o", "out/report.html"])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "out/report.html").read_text()
+    for text in ("24.1234", "18.5000", "0.8123", "+5.6234", "val PSNR 23.25 dB", "demoire v2: promoted to champion",
+                 "champion v1 (re-scored)", "+1.1234", "ab12ab12", "beats champion v1: &lt;details&gt;"):
+        assert text in page, text
+    images = re.findall(r'<img [^>]*src="([^"]+)"', page)
+    assert len(images) == 2 and all(src.startswith("data:image/png;base64,") for src in images)
+    assert base64.b64decode(images[0].split(",", 1)[1]).startswith(b"\x89PNG")
+    assert (tmp_path / "data/evaluate/grid.png").read_bytes() == base64.b64decode(images[1].split(",", 1)[1])
+    assert not re.search(r"https?://", page) and "<link" not in page and "<script" not in page
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["report.html"]
+
+
+def test_a_missing_input_is_one_line_naming_it_and_its_command(tmp_path, monkeypatch, rng):
+    monkeypatch.chdir(tmp_path)
+    _run_outputs(tmp_path, rng)
+    (tmp_path / "data/register/registration.json").unlink()
+    result = runner.invoke(app, ["report"])
+    assert result.exit_code == 2 and not (tmp_path / "report.html").exists()
+    assert result.output.strip() == "error: data/register/registration.json not found; `dvc repro register` writes it"
