@@ -44,18 +44,22 @@ def prefect_api() -> Iterator[None]:
     if os.environ.get("PREFECT_API_URL"):
         yield
         return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.context import refresh_global_settings_context
 
     from flows.stage_server import shared_server
 
     with shared_server(Path(os.environ["PREFECT_HOME"])) as url:
         os.environ["PREFECT_API_URL"] = url
+        # Threads Prefect starts itself (the process pool's event forwarder) read the global
+        # settings, not a context's: left at their import-time value they would start a second,
+        # temporary server of their own on the same database.
+        refresh_global_settings_context()
         try:
-            with temporary_settings({PREFECT_API_URL: url}):
-                yield
-                _drain_prefect_clients()
+            yield
+            _drain_prefect_clients()
         finally:
             del os.environ["PREFECT_API_URL"]
+            refresh_global_settings_context()
 
 
 def _drain_prefect_clients() -> None:

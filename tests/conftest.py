@@ -97,8 +97,12 @@ def prefect_server(tmp_path_factory):
 @pytest.fixture
 def prefect_api(prefect_server, monkeypatch):
     """Point this test process (and its subprocesses) at the session's Prefect server."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.context import refresh_global_settings_context
 
+    # Global settings, not a context's: threads Prefect starts (event forwarders) read those, and
+    # would otherwise start a temporary server of their own, stopped noisily at interpreter exit.
     monkeypatch.setenv("PREFECT_API_URL", prefect_server)
-    with temporary_settings({PREFECT_API_URL: prefect_server}):
-        yield prefect_server
+    refresh_global_settings_context()
+    yield prefect_server
+    monkeypatch.delenv("PREFECT_API_URL")
+    refresh_global_settings_context()
