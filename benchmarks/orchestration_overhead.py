@@ -1,0 +1,58 @@
+"""Orchestration overhead of `dvc repro`: its wall time against the time spent inside the stages' flow runs.
+
+Run from the project root: `python benchmarks/orchestration_overhead.py [dvc repro options]`, e.g.
+`rm -f data/train/checkpoint.pt && python benchmarks/orchestration_overhead.py -f` so that every
+stage does its full work. Without PREFECT_API_URL the stages share one temporary server (the
+default); with it they report to that server. The flow-run durations come from the Prefect API.
+Everything outside the flow runs counts as overhead: server start, Python and torch imports, DVC
+hashing and bookkeeping — an upper bound on what Prefect itself costs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from flows import PROJECT_DIR  # noqa: E402  (sets the project's Prefect defaults, PREFECT_HOME among them)
+from flows.stage_server import STATE_FILE  # noqa: E402
+
+
+def api_url() -> str:
+    """The server the stages reported to: PREFECT_API_URL, else the shared temporary one (alive 60 s after)."""
+    return os.environ.get("PREFECT_API_URL") or json.loads((Path(os.environ["PREFECT_HOME"]) / STATE_FILE).read_text())["url"]
+
+
+def flow_run_seconds(url: str, since: datetime) -> dict[str, float]:
+    """Seconds each top-level flow run started after `since` spent running, by flow name."""
+    body = {"flow_runs": {"start_time": {"after_": since.isoformat()}, "parent_task_run_id": {"is_null_": True}}}
+    runs = httpx.post(f"{url}/flow_runs/filter", json=body, timeout=30).json()
+    names = {run["flow_id"]: httpx.get(f"{url}/flows/{run['flow_id']}", timeout=30).json()["name"] for run in runs}
+    return {names[run["flow_id"]]: run["total_run_time"] for run in sorted(runs, key=lambda r: r["start_time"])}
+
+
+def main(dvc_args: list[str]) -> None:
+    """Run `dvc repro` and print the wall time, the flow-run times and the share left for orchestration."""
+    since = datetime.now(timezone.utc)
+    start = time.perf_counter()
+    subprocess.run(["dvc", "repro", *dvc_args], cwd=PROJECT_DIR, check=True)
+    wall = time.perf_counter() - start
+    runs = flow_run_seconds(api_url(), since)
+    inside = sum(runs.values())
+    for name, seconds in runs.items():
+        print(f"{name:>12}: {seconds:7.1f} s")
+    print(f"wall {wall:.1f} s, inside flow runs {inside:.1f} s, "
+          f"outside {wall - inside:.1f} s = {100 * (wall - inside) / wall:.1f} % of the wall time")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
