@@ -7,7 +7,9 @@ same one Prefect would start) and records its URL in `$PREFECT_HOME/stage-server
 stages find and reuse it. While a stage runs it holds a lease, a file named by its process id;
 the server stops itself once no live process has held a lease for DEMOIRE_STAGE_SERVER_IDLE_S
 seconds (default 60), so nothing outlives the run by long. A file lock serialises the checks,
-so a stage never picks a server that is about to stop.
+so a stage never picks a server that is about to stop. A stage command starts the server before
+importing its libraries (`flows/__init__.py`) and waits for it only when its flow begins, so the
+server boots (8 s here) while torch and friends import.
 """
 
 from __future__ import annotations
@@ -37,13 +39,21 @@ def shared_server(home: Path) -> Iterator[str]:
     home.mkdir(parents=True, exist_ok=True)
     lease = home / LEASE_DIR / str(os.getpid())
     with _locked(home):
-        url = _live_url(home) or _start(home)
+        url = _live_url(home) or _wait_until_up(home, _starting_pid(home) or _spawn(home))
         lease.parent.mkdir(exist_ok=True)
         lease.touch()
     try:
         yield url
     finally:
         lease.unlink(missing_ok=True)
+
+
+def start_early(home: Path) -> None:
+    """Start the shared server without waiting, unless one runs or is starting, so it boots while a stage imports."""
+    home.mkdir(parents=True, exist_ok=True)
+    with _locked(home):
+        if not _live_url(home) and not _starting_pid(home):
+            _spawn(home)
 
 
 @contextmanager
@@ -57,13 +67,25 @@ def _locked(home: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _live_url(home: Path) -> str | None:
-    """The recorded server's URL if its process is alive and it answers a health check."""
+def _read_state(home: Path) -> dict | None:
+    """The recorded server: {"pid", "url"}, with url None while it starts; None when there is none."""
     try:
-        state = json.loads((home / STATE_FILE).read_text())
+        return json.loads((home / STATE_FILE).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    if not _alive(state["pid"]):
+
+
+def _write_state(home: Path, pid: int, url: str | None) -> None:
+    """Record the server atomically, so a reader never sees half a file."""
+    partial = home / (STATE_FILE + ".tmp")
+    partial.write_text(json.dumps({"pid": pid, "url": url}))
+    partial.replace(home / STATE_FILE)
+
+
+def _live_url(home: Path) -> str | None:
+    """The recorded server's URL if its process is alive and it answers a health check."""
+    state = _read_state(home)
+    if not state or not state["url"] or not _alive(state["pid"]):
         return None
     try:
         healthy = httpx.get(f"{state['url']}/health", timeout=5).status_code == 200
@@ -72,8 +94,19 @@ def _live_url(home: Path) -> str | None:
     return state["url"] if healthy else None
 
 
+def _starting_pid(home: Path) -> int | None:
+    """The process id of a recorded server that is still starting."""
+    state = _read_state(home)
+    return state["pid"] if state and not state["url"] and _alive(state["pid"]) else None
+
+
 def _alive(pid: int) -> bool:
-    """Whether a process with this id exists."""
+    """Whether a process with this id runs (a child of ours that exited is reaped and counts as gone)."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:  # not our child
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -83,23 +116,28 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _start(home: Path) -> str:
-    """Start the server process in its own session and wait until it records a healthy URL."""
-    (home / STATE_FILE).unlink(missing_ok=True)
-    timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))
+def _spawn(home: Path) -> int:
+    """Start the server process in its own session, record it as starting, and return its process id."""
     with open(home / LOG_FILE, "w") as log:
         process = subprocess.Popen([sys.executable, "-m", "flows.stage_server", str(home)], cwd=PROJECT_DIR,
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    _write_state(home, process.pid, None)
+    return process.pid
+
+
+def _wait_until_up(home: Path, pid: int) -> str:
+    """Wait until the server `pid` answers; its URL."""
+    timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = (home / LOG_FILE).read_text()[-2000:]
-            raise RuntimeError(f"the shared Prefect server exited with code {process.returncode}:\n{tail}")
         url = _live_url(home)
         if url:
             return url
+        if not _alive(pid):
+            tail = (home / LOG_FILE).read_text()[-2000:]
+            raise RuntimeError(f"the shared Prefect server exited while starting:\n{tail}")
         time.sleep(0.2)
-    process.kill()
+    os.kill(pid, signal.SIGKILL)
     raise RuntimeError(f"the shared Prefect server did not start within {timeout:.0f} s; see {home / LOG_FILE}")
 
 
@@ -123,10 +161,7 @@ def serve(home: Path, idle_s: float) -> None:
     server = SubprocessASGIServer()
     server.start()
     try:
-        state = home / STATE_FILE
-        partial = state.with_suffix(".tmp")
-        partial.write_text(json.dumps({"url": server.api_url, "pid": os.getpid()}))
-        partial.replace(state)
+        _write_state(home, os.getpid(), server.api_url)
         idle_since = time.monotonic()
         while not stopping:
             time.sleep(1)
@@ -134,7 +169,7 @@ def serve(home: Path, idle_s: float) -> None:
                 if _live_leases(home):
                     idle_since = time.monotonic()
                 elif time.monotonic() - idle_since > idle_s:
-                    state.unlink()  # under the lock: no stage can pick this server any more
+                    (home / STATE_FILE).unlink()  # under the lock: no stage can pick this server any more
                     break
     finally:
         (home / STATE_FILE).unlink(missing_ok=True)

@@ -64,3 +64,29 @@ def test_consecutive_stages_share_one_server_that_stops_once_idle(tmp_path):
     finally:
         if _alive(pid):
             os.kill(pid, signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_a_stage_command_boots_the_server_before_its_imports_and_it_stops_once_idle(tmp_path):
+    home = tmp_path / "prefect-home"
+    env = {**os.environ, "PREFECT_HOME": str(home), "DEMOIRE_STAGE_SERVER_IDLE_S": "5"}
+    env.pop("PREFECT_API_URL", None)
+    # Invalid params: the stage stops before any flow, yet the server was already on its way.
+    result = subprocess.run([sys.executable, "-m", "flows.preprocess", "--params", str(tmp_path / "missing.yaml"),
+                             "--data", "d", "--out", "o", "--summary", "s"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "file not found" in result.stderr
+    pid = json.loads((home / "stage-server.json").read_text())["pid"]
+    try:
+        deadline = time.monotonic() + 120
+        url = None
+        while url is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            url = json.loads((home / "stage-server.json").read_text())["url"]
+        assert httpx.get(f"{url}/health", timeout=5).status_code == 200
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _alive(pid), "the shared server outlived its idle time"
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGTERM)
