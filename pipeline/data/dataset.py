@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import albumentations as A
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
 from pipeline.io import read_rgb
+
+if TYPE_CHECKING:  # only an annotation here; importing albumentations costs stages that never augment ~0.5 s
+    import albumentations as A
 
 Pair = tuple[np.ndarray, np.ndarray]
 
