@@ -32,12 +32,19 @@ def api_url() -> str:
     return os.environ.get("PREFECT_API_URL") or json.loads((Path(os.environ["PREFECT_HOME"]) / STATE_FILE).read_text())["url"]
 
 
-def flow_run_seconds(url: str, since: datetime) -> dict[str, float]:
-    """Seconds each top-level flow run started after `since` spent running, by flow name."""
-    body = {"flow_runs": {"start_time": {"after_": since.isoformat()}, "parent_task_run_id": {"is_null_": True}}}
+def flow_runs(url: str, since: datetime) -> list[dict]:
+    """Top-level flow runs started after `since`, in start order, with their flow's name."""
+    body = {"flow_runs": {"start_time": {"after_": since.isoformat()}, "parent_task_run_id": {"is_null_": True}},
+            "sort": "START_TIME_ASC"}
     runs = httpx.post(f"{url}/flow_runs/filter", json=body, timeout=30).json()
-    names = {run["flow_id"]: httpx.get(f"{url}/flows/{run['flow_id']}", timeout=30).json()["name"] for run in runs}
-    return {names[run["flow_id"]]: run["total_run_time"] for run in sorted(runs, key=lambda r: r["start_time"])}
+    for run in runs:
+        run["flow_name"] = httpx.get(f"{url}/flows/{run['flow_id']}", timeout=30).json()["name"]
+    return runs
+
+
+def seconds_after(moment: str, origin: datetime) -> float:
+    """Seconds from `origin` to an ISO timestamp of the API."""
+    return (datetime.fromisoformat(moment) - origin).total_seconds()
 
 
 def main(dvc_args: list[str]) -> None:
@@ -46,13 +53,17 @@ def main(dvc_args: list[str]) -> None:
     start = time.perf_counter()
     subprocess.run(["dvc", "repro", *dvc_args], cwd=PROJECT_DIR, check=True)
     wall = time.perf_counter() - start
-    runs = flow_run_seconds(api_url(), since)
-    inside = sum(runs.values())
-    for name, seconds in runs.items():
-        print(f"{name:>12}: {seconds:7.1f} s")
+    runs = flow_runs(api_url(), since)
+    inside = sum(run["total_run_time"] for run in runs)
+    previous_end = 0.0
+    for run in runs:  # the gap before each run: process start, imports, DVC's checks and commits
+        start, end = seconds_after(run["start_time"], since), seconds_after(run["end_time"], since)
+        print(f"{run['flow_name']:>12}: {run['total_run_time']:7.1f} s in the flow run, "
+              f"from {start:6.1f} s to {end:6.1f} s; {start - previous_end:5.1f} s since the previous one ended")
+        previous_end = end
+    print(f"after the last flow run: {wall - previous_end:.1f} s")
     print(f"wall {wall:.1f} s, inside flow runs {inside:.1f} s, "
           f"outside {wall - inside:.1f} s = {100 * (wall - inside) / wall:.1f} % of the wall time")
-
 
 if __name__ == "__main__":
     main(sys.argv[1:])
