@@ -2,14 +2,15 @@
 
 Without PREFECT_API_URL every stage would start Prefect's temporary server for itself: 5 s per
 stage on a 2-core machine, 9 % of a default `dvc repro`. Instead the first stage starts this
-module in the background; it runs Prefect's own temporary server (`SubprocessASGIServer`, the
-same one Prefect would start) and records its URL in `$PREFECT_HOME/stage-server.json`. Later
-stages find and reuse it. While a stage runs it holds a lease, a file named by its process id;
-the server stops itself once no live process has held a lease for DEMOIRE_STAGE_SERVER_IDLE_S
-seconds (default 60), so nothing outlives the run by long. A file lock serialises the checks,
-so a stage never picks a server that is about to stop. A stage command starts the server before
-importing its libraries (`flows/__init__.py`) and waits for it only when its flow begins, so the
-server boots (8 s here) while torch and friends import.
+module in the background. It runs the server Prefect's own temporary one is (the same uvicorn
+command and ephemeral-mode settings as `prefect.server.api.server.SubprocessASGIServer`, started
+directly, without importing Prefect's server here first: that import alone takes 3 s) and records
+its URL in `$PREFECT_HOME/stage-server.json`. Later stages find and reuse it. While a stage runs
+it holds a lease, a file named by its process id; the server stops itself once no live process
+has held a lease for DEMOIRE_STAGE_SERVER_IDLE_S seconds (default 60), so nothing outlives the run
+by long. A file lock serialises the checks, so a stage never picks a server that is about to stop.
+A stage command starts the server before importing its libraries (`flows/__init__.py`) and waits
+for it only when its flow begins, so the server boots while torch and friends import.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from flows import PROJECT_DIR
 
 STATE_FILE, LEASE_DIR, LOCK_FILE, LOG_FILE = "stage-server.json", "stage-server-leases", "stage-server.lock", "stage-server.log"
 DEFAULT_IDLE_S = 60.0
+# What SubprocessASGIServer (prefect 3.8.8, pinned) sets for its temporary server: ephemeral mode
+# (no scheduler and the like), no UI.
+EPHEMERAL_SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
 
 
 @contextmanager
@@ -152,18 +156,49 @@ def _live_leases(home: Path) -> int:
     return live
 
 
-def serve(home: Path, idle_s: float) -> None:
-    """Run the temporary server until no lease has been held for `idle_s` seconds, or SIGTERM."""
-    from prefect.server.api.server import SubprocessASGIServer
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
 
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _uvicorn(port: int) -> subprocess.Popen:
+    """Prefect's server app under uvicorn on 127.0.0.1:`port`, in ephemeral mode."""
+    command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+               "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"]
+    return subprocess.Popen(command, env={**os.environ, **EPHEMERAL_SERVER_ENV})
+
+
+def _wait_for_health(url: str, server: subprocess.Popen, timeout: float) -> None:
+    """Return once the server answers its health check; raise if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the Prefect server exited with code {server.returncode} while starting")
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the Prefect server did not answer within {timeout:.0f} s")
+
+
+def serve(home: Path, idle_s: float) -> None:
+    """Run the server until no lease has been held for `idle_s` seconds, or SIGTERM."""
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    server = SubprocessASGIServer()
-    server.start()
+    port = _free_port()
+    server = _uvicorn(port)
+    url = f"http://127.0.0.1:{port}/api"
     try:
-        _write_state(home, os.getpid(), server.api_url)
+        _wait_for_health(url, server, float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")))
+        _write_state(home, os.getpid(), url)
         idle_since = time.monotonic()
-        while not stopping:
+        while not stopping and server.poll() is None:
             time.sleep(1)
             with _locked(home):
                 if _live_leases(home):
@@ -173,7 +208,12 @@ def serve(home: Path, idle_s: float) -> None:
                     break
     finally:
         (home / STATE_FILE).unlink(missing_ok=True)
-        server.stop()
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 if __name__ == "__main__":
