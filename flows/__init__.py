@@ -29,7 +29,7 @@ def _stage_command() -> bool:
 
 if _stage_command() and not os.environ.get("PREFECT_API_URL"):
     # Boot the shared temporary server (flows/stage_server.py) while the stage imports torch & co.:
-    # that takes 8 s here, on the first stage's critical path otherwise.
+    # 5-6 s here, on the first stage's critical path otherwise.
     from flows.stage_server import start_early
 
     start_early(Path(os.environ["PREFECT_HOME"]))

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pipeline.io import write_json, write_png
 from pipeline.models import ModelSpec, build_model, load_model, save_model
 from pipeline.registry import (CHALLENGER, CHAMPION, champion_history, load_registered_model, log_demoire_model,
                                register_and_gate, resolve_alias, rollback_champion, use_tracking_store)
+from tests.conftest import _free_port
 
 RULE = GateRule(0.05, 0.005)
 
@@ -148,12 +148,6 @@ def test_champion_loads_in_a_fresh_python_process(champion, tmp_path):
     assert restored.dtype == np.uint8 and restored.shape == image.shape
     np.testing.assert_array_equal(restored, _expected(champion, image))
     assert f"{os.sep}code{os.sep}pipeline{os.sep}" in done.stdout.strip().splitlines()[-1]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow
