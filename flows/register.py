@@ -15,9 +15,8 @@ from prefect.artifacts import create_markdown_artifact
 from flows import PROJECT_DIR
 from flows._entry import run_stage
 from pipeline.config import Params, flatten
-from pipeline.evaluation.gate import GateRule, load_gate_set, score_on_gate
+from pipeline.evaluation.gate import GateRule, load_gate_set, model_dir_scorer
 from pipeline.io import read_rgb, write_json
-from pipeline.models import load_model
 from pipeline.provenance import data_version_tags, git_commit
 from pipeline.registry import GATE_SET_TAG, decision_record, log_demoire_model, register_and_gate, use_tracking_store
 from pipeline.training.device import resolve_device
@@ -51,11 +50,7 @@ def log_and_register_task(params: Params, model_dir: Path, history: Path, evalua
         if lock.is_file():  # the upstream stages' entries; this stage's own entry is written after it ends
             mlflow.log_artifact(str(lock), artifact_path="dvc")
         info = log_demoire_model(model_dir, params.infer)
-    device = resolve_device(params.evaluate.device)
-
-    def rescore(champion_dir: Path) -> dict[str, float]:
-        return score_on_gate(load_model(champion_dir, device)[0], gate, device)
-
+    rescore = model_dir_scorer(gate, resolve_device(params.evaluate.device))
     rule = GateRule(cfg.promotion_margin_db, cfg.ssim_tolerance)
     version, decision = register_and_gate(MlflowClient(), cfg.model_name, info.model_uri, run.info.run_id,
                                           test_metrics, tags, rule, rescore)

@@ -304,14 +304,13 @@ def _local_gate(data: Path, pairs: Path, device: str):
     """A loader of the local test split: (gate set hash, a function scoring a model folder on it)."""
 
     def load():
-        from pipeline.evaluation.gate import load_gate_set, score_on_gate
-        from pipeline.models import load_model
+        from pipeline.evaluation.gate import load_gate_set, model_dir_scorer
         from pipeline.training.device import resolve_device
 
         gate, torch_device = load_gate_set(pairs, data), resolve_device(device)
         err.print(f"re-scoring on the local test split ({len(gate.frame)} pairs, gate set {gate.digest[:12]})",
                   highlight=False)
-        return gate.digest, lambda model_dir: score_on_gate(load_model(model_dir, torch_device)[0], gate, torch_device)
+        return gate.digest, model_dir_scorer(gate, torch_device)
 
     return load
 

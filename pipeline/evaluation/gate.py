@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -123,6 +124,13 @@ def score_on_gate(model: torch.nn.Module, gate: GateSet, device: torch.device) -
                                    [Path(p).name for p in gate.frame.moire_path])
     summary = summarize(per_image)
     return {metric: summary[metric] for metric in GATE_METRICS}
+
+
+def model_dir_scorer(gate: GateSet, device: torch.device) -> Callable[[Path], dict[str, float]]:
+    """A function scoring a saved model folder (model.pt + model.json) on the gate set: how champions are re-scored."""
+    from pipeline.models import load_model
+
+    return lambda model_dir: score_on_gate(load_model(model_dir, device)[0], gate, device)
 
 
 def decide_promotion(challenger: GateScores, champion: GateScores | None, rule: GateRule) -> PromotionDecision:
