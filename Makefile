@@ -4,6 +4,9 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Every recipe, and every command it starts, finds the project's interpreter first: dvc.yaml's stage
+# commands say `python`, which the shell resolves from PATH, whatever python a user has there.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: install pipeline test test-fast clean server deploy worker
 
@@ -41,8 +44,7 @@ deploy: $(STAMP)
 
 worker: $(STAMP)
 	@test -n "$$PREFECT_API_URL" || { echo "error: set PREFECT_API_URL to the Prefect server"; exit 2; }
-	DEMOIRE_PROJECT_DIR=$(CURDIR) $(PREFECT_ENV) PATH=$(CURDIR)/$(BIN):$$PATH \
-		$(BIN)/prefect worker start --pool $(POOL) --limit 1
+	DEMOIRE_PROJECT_DIR=$(CURDIR) $(PREFECT_ENV) $(BIN)/prefect worker start --pool $(POOL) --limit 1
 
 clean:
 	rm -rf $(VENV) .pytest_cache

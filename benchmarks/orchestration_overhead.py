@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from flows import PROJECT_DIR  # noqa: E402  (sets the project's Prefect defaults, PREFECT_HOME among them)
+from flows.dvc_ops import dvc_command, dvc_environment  # noqa: E402
 from flows.stage_server import STATE_FILE  # noqa: E402
 
 
@@ -51,7 +52,7 @@ def main(dvc_args: list[str]) -> None:
     """Run `dvc repro` and print the wall time, the flow-run times and the share left for orchestration."""
     since = datetime.now(timezone.utc)
     start = time.perf_counter()
-    subprocess.run(["dvc", "repro", *dvc_args], cwd=PROJECT_DIR, check=True)
+    subprocess.run(dvc_command("repro", *dvc_args), cwd=PROJECT_DIR, check=True, env=dvc_environment())
     wall = time.perf_counter() - start
     runs = flow_runs(api_url(), since)
     inside = sum(run["total_run_time"] for run in runs)

@@ -7,6 +7,7 @@ directory, set by the deployment's pull step), so stage skipping is DVC's own.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,9 +23,24 @@ REPRO_TIMEOUT_S = 6 * 3600  # a long GPU training fits; a hung one is stopped
 TRANSFER_RETRIES = {"retries": 3, "retry_delay_seconds": [10, 60, 300]}  # remotes hiccup; back off
 
 
+def dvc_command(*args: str) -> list[str]:
+    """`dvc ARGS` run by this interpreter."""
+    return [sys.executable, "-m", "dvc", *args]
+
+
+def dvc_environment() -> dict[str, str]:
+    """This process's environment with this interpreter's folder first on PATH.
+
+    dvc.yaml's stage commands say `python`, which DVC's shell resolves from PATH: without this a
+    worker or script started by the venv's interpreter would run the stages with whatever other
+    python comes first there.
+    """
+    return {**os.environ, "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
+
+
 def run_dvc(*args: str, timeout: float | None = None) -> str:
     """Run `dvc ARGS`, stream nothing, return stdout; a failure raises with the tail of its output."""
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(dvc_command(*args), capture_output=True, text=True, timeout=timeout, env=dvc_environment())
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
         raise DemoireError(f"dvc {' '.join(args)} exited with {result.returncode}:\n{tail}")

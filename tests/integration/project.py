@@ -22,8 +22,11 @@ def run(args, cwd, env, timeout=900) -> subprocess.CompletedProcess:
     return result
 
 
-def make_project(repo: Path, prefect_api_url: str) -> dict[str, str]:
-    """Copy the tracked and unignored files into `repo`, merge the tiny params, commit; return the env to use."""
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+
+
+def copy_project(repo: Path) -> None:
+    """Copy the tracked and unignored files into `repo`, merge the tiny params, commit: a fresh clone."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     for rel in files:
@@ -34,11 +37,17 @@ def make_project(repo: Path, prefect_api_url: str) -> dict[str, str]:
     for section, values in TINY.items():  # DVC needs every section a stage lists, so merge
         params[section] = {**params[section], **values} if isinstance(values, dict) else values
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = {**os.environ, **GIT_IDENTITY}
     for args in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
         run(args, repo, env)
+
+
+def make_project(repo: Path, prefect_api_url: str) -> dict[str, str]:
+    """A fresh clone in `repo` (copy_project); return the env that runs it with this interpreter's venv."""
+    copy_project(repo)
+    env = {**os.environ, **GIT_IDENTITY, "PREFECT_API_URL": prefect_api_url,
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
     return env
 
 
