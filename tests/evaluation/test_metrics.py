@@ -35,3 +35,48 @@ def test_identity_baseline_and_gain():
     assert summary["identity_psnr"] == pytest.approx(10 * np.log10(1 / ((10 / 255) ** 2 / 2)), abs=1e-3)
     assert summary["psnr_gain_over_identity"] == pytest.approx(summary["psnr"] - summary["identity_psnr"])
     assert isinstance(per_image, pd.DataFrame) and list(per_image.image) == ["a.png"]
+
+
+def test_tone_alignment_undoes_a_global_gain_and_offset_per_channel(rng):
+    from pipeline.evaluation.tone import align_tone
+
+    clean = torch.rand(3, 32, 40, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
+    gains, offsets = torch.tensor([0.7, 1.1, 0.9]), torch.tensor([0.05, -0.04, 0.02])
+    toned = (clean * gains[:, None, None] + offsets[:, None, None]).clamp(0, 1)
+    assert image_metrics(toned, clean)["psnr"] < 25
+    assert image_metrics(align_tone(toned, clean), clean)["psnr"] > 60
+    flat = torch.full_like(clean, 0.5)  # no gain to fit: the target's mean per channel
+    assert torch.allclose(align_tone(flat, clean), clean.mean(dim=(1, 2), keepdim=True).expand_as(clean), atol=1e-6)
+
+
+def test_band_energies_put_a_stripe_pattern_in_its_band_and_sum_to_its_power():
+    from pipeline.evaluation.residual_bands import band_energies, removed_fraction
+
+    ys, xs = torch.meshgrid(torch.arange(128.0), torch.arange(128.0), indexing="ij")
+    for period, band in ((64.0, "low"), (16.0, "mid"), (4.0, "high")):
+        stripes = 0.1 * torch.cos(2 * torch.pi * xs / period).expand(3, -1, -1)
+        energies = band_energies(stripes)
+        assert max(energies, key=energies.get) == band
+        assert energies[band] / sum(energies.values()) > 0.95
+        # Hann-windowed power of a cosine of amplitude A over 3 channels: 3·A²/2
+        assert sum(energies.values()) == pytest.approx(3 * 0.1**2 / 2, rel=0.1)
+    assert removed_fraction(0.25, 1.0) == 0.75 and removed_fraction(2.0, 1.0) == -1.0
+    assert np.isnan(removed_fraction(0.0, 0.0))
+
+
+def test_summary_reports_tone_aligned_gain_and_moire_removed_per_band():
+    ys, xs = np.meshgrid(np.arange(64), np.arange(64), indexing="ij")
+    clean = np.stack([np.clip(60 + 2 * xs + ys, 0, 255)] * 3, axis=-1).astype(np.uint8)
+    stripes = 20 * np.cos(2 * np.pi * xs / 16)[..., None]
+    moire = np.clip(0.8 * clean + stripes, 0, 255).astype(np.uint8)  # darker and striped
+    darker = to_chw_uint8(np.clip(0.8 * clean, 0, 255).astype(np.uint8))
+    per_image = evaluate_pairs(lambda x: darker, [(moire, clean)], ["a.png"])
+    summary = summarize(per_image)
+    # the output keeps the input's tone but has no stripes: raw gain small, tone-aligned gain large
+    assert summary["tone_psnr_gain_over_identity"] > 10
+    assert summary["tone_psnr_gain_over_identity"] > summary["psnr_gain_over_identity"]
+    assert summary["moire_removed_mid"] > 0.99
+
+
+def to_chw_uint8(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(image).permute(2, 0, 1).float() / 255
