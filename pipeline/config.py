@@ -12,7 +12,7 @@ from pipeline.errors import ParamsError
 
 LossName = Literal["mse", "l1", "charbonnier", "fft"]  # pipeline.training.losses.LOSSES; a test keeps them equal
 # The procedural screen kinds (pipeline.sources.procedural.SCREEN_KINDS; a test keeps them equal).
-ScreenKind = Literal["document", "code", "ui", "chart", "webpage"]
+ScreenKind = Literal["document", "code", "ui", "chart", "webpage", "scene"]
 
 
 def _ordered(bounds: tuple[float, float]) -> tuple[float, float]:
@@ -48,7 +48,7 @@ class SourcesParams(Section):
     bundled: bool = True
     procedural: int = Field(64, ge=0, le=100_000)
     # Which procedural screen kinds to draw; all of them unless a preset narrows it.
-    screen_kinds: Annotated[list[ScreenKind], Field(min_length=1)] = ["document", "code", "ui", "chart", "webpage"]
+    screen_kinds: Annotated[list[ScreenKind], Field(min_length=1)] = ["document", "code", "ui", "chart", "webpage", "scene"]
     folders: list[Path] = []
 
 
@@ -81,6 +81,15 @@ class SensorParams(Section):
     # Light-sensitive fraction of the pixel pitch: below 1 the pixel integrates a narrower area,
     # which lets more of the display's subpixel frequency alias into moiré.
     aperture: Annotated[Range, _within(0.05, 1.0)] = (0.65, 0.95)
+    # Display pixel pitch in dataset pixels. Real datasets are phone photos of 12–48 MP aligned to
+    # the screen's content at its own resolution (about 1) or below it: the frame is rendered at
+    # the camera's resolution and shrunk by pitch ratio / output_pitch (1 to max_downscale) to
+    # `size`. null: render at `size` directly, no shrink.
+    output_pitch: Annotated[Range, _within(0.1, 8.0)] | None = None
+    max_downscale: float = Field(4.0, ge=1.0, le=8.0)
+    # true: auto-exposure meters the content's own light (no built-in brightening), and exposure_ev
+    # is the error around it; false: exposure_ev is relative to a fixed exposure of the panel's white.
+    auto_exposure: bool = False
     exposure_ev: Annotated[Range, _within(-4.0, 2.0)] = (-0.5, 0.1)
     shot_noise: Annotated[Range, _within(0.0, 0.1)] = (0.0005, 0.004)
     read_noise: Annotated[Range, _within(0.0, 0.1)] = (0.001, 0.006)
@@ -88,14 +97,30 @@ class SensorParams(Section):
 
 class IspParams(Section):
     white_balance: Annotated[Range, _within(-0.5, 0.5)] = (-0.08, 0.08)
+    # Black-level correction in linear light, against the panel's glare (display.black_level).
+    black_point: Annotated[Range, _within(0.0, 0.3)] = (0.0, 0.0)
+    # Gaussian sigma (camera pixels) of the chroma smoothing phone ISPs apply; 0 = none.
+    chroma_denoise: Annotated[Range, _within(0.0, 8.0)] = (0.0, 0.0)
+    # Gaussian sigma (output pixels) of the softness added after the shrink: real datasets register
+    # and resize their photos onto the truth, and their photos are softer than the digital original.
+    output_blur: Annotated[Range, _within(0.0, 5.0)] = (0.0, 0.0)
     gamma: Annotated[Range, _within(1.0, 3.0)] = (2.0, 2.4)
     sharpen: Annotated[Range, _within(0.0, 3.0)] = (0.0, 0.8)
     jpeg_quality: Annotated[Range, _within(1.0, 100.0)] = (70.0, 95.0)
 
 
+class PatternParams(Section):
+    """Procedural moiré (pipeline/moire/patterns.py) for a share of the pairs instead of the physics."""
+
+    fraction: float = Field(0.0, ge=0.0, le=1.0)  # share of pairs whose moiré is a drawn band pattern
+    period_px: Annotated[Range, _within(2.0, 4096.0)] = (3.0, 200.0)  # log-uniform, output pixels
+    amplitude: Annotated[Range, _within(0.001, 1.0)] = (0.02, 0.35)  # log-uniform modulation depth
+
+
 class SynthesizeParams(Section):
-    # Presets fill in every physics key not given explicitly (pipeline/moire/presets.py).
-    preset: Literal["default", "fine", "coarse", "document"] = "default"
+    # Presets fill in every physics key not given explicitly (pipeline/moire/presets.py): a built-in
+    # name, or a preset file `demoire calibrate` wrote (a path ending in .yaml).
+    preset: str = "default"
     n_pairs: int = Field(480, ge=1, le=10_000_000)
     size: int = Field(128, ge=32, le=4096)
     workers: int = Field(2, ge=1, le=256)
@@ -106,16 +131,32 @@ class SynthesizeParams(Section):
     optics: OpticsParams = OpticsParams()
     sensor: SensorParams = SensorParams()
     isp: IspParams = IspParams()
+    patterns: PatternParams = PatternParams()
+    # The clean target's global tone: `source` keeps the source's; `capture` fits it (gain and offset
+    # per channel) to the moiré capture's, so a model learns to remove moiré and no tone shift at all.
+    target_tone: Literal["source", "capture"] = "source"
 
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, raw: Any) -> Any:
-        """Merge the preset's values under what the user wrote."""
-        from pipeline.moire.presets import PRESETS
+        """Merge the preset's values (a built-in one, or a preset file's over its base) under what the user wrote."""
+        from pipeline.moire.presets import preset_values
 
-        if not isinstance(raw, dict) or raw.get("preset", "default") not in PRESETS:
-            return raw  # the Literal check reports an unknown preset
-        return deep_merge(PRESETS[raw.get("preset", "default")], raw)
+        if not isinstance(raw, dict):
+            return raw
+        try:
+            return deep_merge(preset_values(str(raw.get("preset", "default"))), raw)
+        except ValueError:
+            return raw  # `_known_preset` reports it under the `preset` key
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, preset: str) -> str:
+        """A built-in preset name or a readable preset file."""
+        from pipeline.moire.presets import preset_values
+
+        preset_values(preset)
+        return preset
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -233,8 +274,13 @@ class InferParams(Section):
         return self
 
 
+ProfileName = Literal["quick", "cpu-long", "gpu"]  # pipeline.profiles.PROFILES; a test keeps them equal
+
+
 class Params(Section):
     seed: int = Field(2024, ge=0, le=2**32 - 1)
+    # Data size and training recipe (pipeline/profiles.py); keys written below override it.
+    profile: ProfileName = "quick"
     synthesize: SynthesizeParams = SynthesizeParams()
     preprocess: PreprocessParams = PreprocessParams()
     train: TrainParams = TrainParams()
@@ -242,6 +288,21 @@ class Params(Section):
     infer: InferParams = InferParams()
     # `register` would shadow ABCMeta.register on the model class, so the attribute has another name.
     registration: RegisterParams = Field(RegisterParams(), alias="register")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, raw: Any) -> Any:
+        """Merge the profile's synthesize and train values under what the user wrote."""
+        from pipeline.profiles import PROFILES
+
+        if not isinstance(raw, dict) or raw.get("profile", "quick") not in PROFILES:
+            return raw  # the Literal check reports an unknown profile
+        profile = PROFILES[raw.get("profile", "quick")]
+        merged = dict(raw)
+        for section, values in profile.items():
+            written = raw.get(section, {})
+            merged[section] = deep_merge(values, written) if isinstance(written, dict) else written
+        return merged
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:

@@ -28,7 +28,7 @@ def test_repository_params_file_is_valid():
         ({"synthesize": {"display": {"pixel_pitch_mm": [-0.2, 0.3]}}},
          "params.yaml: synthesize.display.pixel_pitch_mm = [-0.2, 0.3]: range must lie within [0.01, 5], got [-0.2, 0.3]"),
         ({"synthesize": {"preset": "moire"}},
-         "params.yaml: synthesize.preset = 'moire': Input should be 'default', 'fine', 'coarse' or 'document'"),
+         "params.yaml: synthesize.preset = 'moire': preset 'moire' is neither a built-in preset (default, fine, coarse, document) nor a preset file (.yaml or .yml)"),
         ({"synthesize": {"display": {"subpixel_layouts": ["delta"]}}},
          "params.yaml: synthesize.display.subpixel_layouts[0] = 'delta': "
          "Input should be 'rgb_stripe', 'bgr_stripe' or 'pentile'"),
@@ -55,7 +55,7 @@ def test_unknown_key_lists_allowed_keys():
 
 
 def test_unknown_top_level_section():
-    with pytest.raises(ParamsError, match=r"^p: trian = \{\}: unknown key; allowed keys here: evaluate, infer, preprocess, register, seed"):
+    with pytest.raises(ParamsError, match=r"^p: trian = \{\}: unknown key; allowed keys here: evaluate, infer, preprocess, profile, register, seed"):
         parse_params({"trian": {}}, source="p")
 
 
@@ -85,3 +85,19 @@ def test_real_pairs_instead_of_synthetic_must_fill_every_split():
     with pytest.raises(ParamsError, match="without synthetic pairs, preprocess.datasets must fill every split; none goes to test, val"):
         parse_params({"preprocess": {"synthetic": False, "datasets": [{"path": "/data/x", "split": "train"}]}})
     assert parse_params({"preprocess": {"datasets": [{"path": "/data/x", "split": "train"}]}}).preprocess.synthetic
+
+
+def test_profiles_fill_in_what_params_yaml_does_not_write():
+    from typing import get_args
+
+    from pipeline.config import ProfileName
+    from pipeline.profiles import PROFILES
+
+    assert set(get_args(ProfileName)) == set(PROFILES)
+    long = parse_params({"profile": "cpu-long", "train": {"epochs": 3}, "synthesize": {"n_pairs": 10}})
+    assert (long.train.epochs, long.synthesize.n_pairs) == (3, 10)  # written keys win
+    assert long.train.patch_size == PROFILES["cpu-long"]["train"]["patch_size"]
+    assert long.synthesize.size == PROFILES["cpu-long"]["synthesize"]["size"]
+    assert parse_params({}).profile == "quick"
+    with pytest.raises(ParamsError, match=r"profile = 'fast': Input should be 'quick', 'cpu-long' or 'gpu'"):
+        parse_params({"profile": "fast"})

@@ -11,11 +11,15 @@ import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 DATA_RANGE = 1.0
+# An image equal to its target has infinite PSNR; capped, so means and gains stay numbers (a
+# flat synthetic pair restored exactly would otherwise turn a whole split's mean into inf − inf).
+MAX_PSNR_DB = 100.0
 
 
 def batch_psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB of each image in the batch."""
-    return peak_signal_noise_ratio(pred, target, data_range=DATA_RANGE, reduction="none", dim=(1, 2, 3))
+    """PSNR in dB of each image in the batch, at most MAX_PSNR_DB."""
+    psnr = peak_signal_noise_ratio(pred, target, data_range=DATA_RANGE, reduction="none", dim=(1, 2, 3))
+    return psnr.clamp(max=MAX_PSNR_DB)
 
 
 def batch_ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

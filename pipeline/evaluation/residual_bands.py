@@ -20,16 +20,16 @@ def _hann(length: int) -> torch.Tensor:
     return torch.hann_window(length, periodic=False, dtype=torch.float64) if length > 2 else torch.ones(length, dtype=torch.float64)
 
 
-def band_energies(residual: torch.Tensor) -> dict[str, float]:
-    """Energy of a 3×H×W residual in each band: Hann-windowed power summed over channels and frequencies.
+def band_energies(residual: torch.Tensor, bands: dict[str, tuple[float, float]] = BANDS) -> dict[str, float]:
+    """Energy of a C×H×W (or H×W) residual in each band: Hann-windowed power summed over channels and frequencies.
 
     The window's weighted mean is removed first, so no energy sits at frequency zero and image
     borders do not leak into the low band. Energies are per pixel (divided by Σ window²), so images
     of different sizes add up fairly.
     """
-    height, width = residual.shape[-2:]
+    plane = residual.double() if residual.dim() == 3 else residual.double()[None]
+    height, width = plane.shape[-2:]
     window = _hann(height)[:, None] * _hann(width)[None, :]
-    plane = residual.double()
     weight = window.sum().clamp(min=1e-12)
     centred = plane - (plane * window).sum(dim=(-2, -1), keepdim=True) / weight
     power = torch.fft.fft2(centred * window).abs() ** 2 / (window**2).sum().clamp(min=1e-12)
@@ -37,7 +37,7 @@ def band_energies(residual: torch.Tensor) -> dict[str, float]:
     radius = torch.hypot(torch.fft.fftfreq(height, dtype=torch.float64)[:, None],
                          torch.fft.fftfreq(width, dtype=torch.float64)[None, :])
     return {name: float(power[(radius > 0) & (radius >= low) & (radius < high)].sum())
-            for name, (low, high) in BANDS.items()}
+            for name, (low, high) in bands.items()}
 
 
 def removed_fraction(model_energy: float, input_energy: float) -> float:

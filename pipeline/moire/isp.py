@@ -42,6 +42,16 @@ def demosaic(raw: torch.Tensor) -> torch.Tensor:
     return torch.cat([red_blue_full[:, :1], green, red_blue_full[:, 1:]], dim=1)
 
 
+def subtract_black_point(linear: torch.Tensor, black_point: torch.Tensor) -> torch.Tensor:
+    """The ISP's black-level correction: (x − b) / (1 − b), b per capture, in linear light.
+
+    It removes an estimate of the light a black screen still sends (glare); estimates above the
+    real glare crush the shadows, below it leave them lifted, as real screen photos do both.
+    """
+    b = black_point.reshape(-1, 1, 1, 1)
+    return (linear - b) / (1.0 - b)
+
+
 def white_balance(rgb: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
     """Multiply each channel by the camera's white-balance gain (B, 3)."""
     return rgb * gains.reshape(-1, 3, 1, 1)
@@ -50,6 +60,32 @@ def white_balance(rgb: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
 def tone_curve(linear: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     """Encode linear light with a power-law tone curve of each capture's gamma, to [0, 1]."""
     return linear.clamp(0.0, 1.0) ** (1.0 / gamma.reshape(-1, 1, 1, 1))
+
+
+def denoise_chroma(rgb: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur colour differences (not luma) by a Gaussian of `sigma` pixels per capture.
+
+    Phone ISPs smooth chroma far more than luma to hide colour noise; it also smooths the fine
+    false colour that demosaicing makes of an aliased screen grid, leaving its wide colour bands.
+    """
+    if float(sigma.max()) <= 0:
+        return rgb
+    weights = torch.tensor((0.299, 0.587, 0.114), dtype=rgb.dtype, device=rgb.device).reshape(1, 3, 1, 1)
+    luma = (rgb * weights).sum(dim=1, keepdim=True)
+    radius = max(1, int(torch.ceil(3 * sigma.max())))
+    chroma = separable_filter(rgb - luma, gaussian_kernels(sigma.to(rgb.dtype), radius))
+    return luma + chroma
+
+
+def shrink_to(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Downscale the camera's frame to the dataset's `size`, with an anti-aliasing bicubic filter.
+
+    Real moiré datasets are phone photos of 12–48 MP shrunk to 4K, 1080p or 256²: the shrink keeps
+    the wide beat bands and averages away most of the fine screen-grid texture.
+    """
+    if image.shape[-1] == size and image.shape[-2] == size:
+        return image
+    return F.interpolate(image, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(0.0, 1.0)
 
 
 def sharpen(image: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,31 @@ def expose(irradiance: torch.Tensor, exposure_ev: torch.Tensor) -> torch.Tensor:
     return irradiance * torch.exp2(exposure_ev).reshape(-1, 1, 1, 1)
 
 
+# Rec. 709 luma of linear RGB: what a camera's exposure meter weighs.
+METER_WEIGHTS = (0.2126, 0.7152, 0.0722)
+METER_GAIN_LIMITS = (0.25, 4.0)  # a real meter's range: ±2 stops around the fixed exposure
+METER_GAMMA = 2.2  # brightness as the encoded image shows it
+
+
+def metered_gain(irradiance: torch.Tensor, reference: torch.Tensor, gamma: float = METER_GAMMA) -> torch.Tensor:
+    """(B,) gain that gives the capture the mean brightness of `reference` (both linear light, any size).
+
+    A camera's auto-exposure brings the photographed screen to a standard brightness whatever the
+    panel's brightness or the light its black matrix swallows; metering against the content's own
+    light makes that standard the source's, so a dataset of captures has no built-in brightening or
+    darkening. Brightness is compared as it will be seen: the luma-weighted mean of the channels
+    encoded with `gamma`; a power law scales exactly, so the gain is closed-form. Exposure errors are then sampled on both sides of it.
+    """
+    weights = torch.tensor(METER_WEIGHTS, dtype=irradiance.dtype, device=irradiance.device).reshape(1, 3, 1, 1)
+
+    def brightness(light: torch.Tensor) -> torch.Tensor:
+        # each channel encoded on its own, as the image stores it: colour moiré must not read as light
+        return (light.to(irradiance.dtype).clamp(min=0.0) ** (1.0 / gamma) * weights).sum(dim=1).mean(dim=(1, 2))
+
+    ratio = brightness(reference) / brightness(irradiance).clamp(min=1e-6)
+    return (ratio**gamma).clamp(*METER_GAIN_LIMITS)
+
+
 def bayer_mosaic(rgb: torch.Tensor) -> torch.Tensor:
     """Keep one colour per pixel following the RGGB pattern: (B, 3, H, W) → (B, 1, H, W)."""
     raw = torch.empty_like(rgb[:, :1])

@@ -17,13 +17,17 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import SynthesizeParams
+from pipeline.evaluation.tone import align_tone
 from pipeline.moire.display import add_glare, decode_display_gamma, emitted_light, panel_colour, subpixel_coverage
-from pipeline.moire.isp import demosaic, sharpen, to_uint8, tone_curve, white_balance
+from pipeline.moire.isp import (
+    demosaic, denoise_chroma, sharpen, shrink_to, subtract_black_point, to_uint8, tone_curve, white_balance,
+)
 from pipeline.moire.jpeg import jpeg_compress
+from pipeline.moire.patterns import BandPattern, band_modulation, sample_band_pattern
 from pipeline.moire.optics import (
     camera_homography, lens_blur, pitch_ratio, screen_margin, sensor_samples_on_display, vignetting,
 )
-from pipeline.moire.sensor import add_sensor_noise, bayer_mosaic, expose, integrate_pixel_area
+from pipeline.moire.sensor import add_sensor_noise, bayer_mosaic, expose, integrate_pixel_area, metered_gain
 
 # Source images are sRGB-like; the clean target is averaged over pixel areas in linear light.
 SOURCE_GAMMA = 2.2
@@ -45,7 +49,8 @@ class CaptureParams:
     distance_mm: float
     focal_length_mm: float
     sensor_pitch_um: float
-    pitch_ratio: float
+    pitch_ratio: float  # display pixel pitch in camera pixels
+    downscale: float  # camera pixels per output pixel along each side
     rotation_deg: float
     tilt: float
     tilt_direction_deg: float
@@ -54,10 +59,14 @@ class CaptureParams:
     vignetting: float
     sensor_aperture: float
     exposure_ev: float
+    auto_exposure: bool
     shot_noise: float
     read_noise: float
     wb_gain_r: float
     wb_gain_b: float
+    black_point: float
+    chroma_denoise: float
+    output_blur: float
     camera_gamma: float
     sharpen: float
     jpeg_quality: int
@@ -66,10 +75,17 @@ class CaptureParams:
     crop_y: int
     crop_side: int
     noise_seed: int
+    target_tone_of_capture: bool = False  # the clean target takes the capture's global tone
+    pattern: BandPattern | None = None  # a drawn band pattern replaces the physical moiré
 
     def as_record(self) -> dict[str, float | int | str]:
-        """Flat dict for the manifest."""
-        return asdict(self)
+        """Flat dict for the manifest (the pattern's fields prefixed `pattern_`, absent ones NaN)."""
+        record = asdict(self)
+        pattern = record.pop("pattern")
+        record["generator"] = "screen" if pattern is None else "bands"
+        for name in BandPattern.__dataclass_fields__:
+            record[f"pattern_{name}"] = float("nan") if pattern is None else float(pattern[name])
+        return record
 
 
 def pitch_ratio_bounds(cfg: SynthesizeParams) -> tuple[float, float]:
@@ -80,16 +96,29 @@ def pitch_ratio_bounds(cfg: SynthesizeParams) -> tuple[float, float]:
     return low, high
 
 
-def display_size(cfg: SynthesizeParams) -> int:
-    """Display resolution (pixels per side) that covers the frame for every pose the ranges allow.
+def sensor_side(out_size: int, downscale: float) -> int:
+    """Side of the camera's frame, in camera pixels, that shrinks to `out_size` (even, for the Bayer tile)."""
+    return max(out_size, 2 * round(out_size * downscale / 2))
 
-    Fixed per configuration, so every capture of a batch shares one content size; captures with a
-    larger pitch ratio simply see the central part of the screen, as a closer camera would.
-    """
+
+def camera_downscale(pitch: float, output_pitch: float, max_downscale: float) -> float:
+    """How much the camera's frame shrinks so a display pixel spans `output_pitch` output pixels (1 to max)."""
+    return min(max(pitch / output_pitch, 1.0), max_downscale)
+
+
+def visible_display_side(frame_size: int, pitch: float, rotation_deg: float, tilt: float, radial_distortion: float) -> int:
+    """Display pixels per side that cover a camera frame of `frame_size` at this pose, with margin."""
+    margin = screen_margin(min(abs(rotation_deg), 45.0), tilt, radial_distortion)
+    return math.ceil(frame_size * margin / pitch) + 2
+
+
+def display_size(cfg: SynthesizeParams) -> int:
+    """The largest display side any capture of these ranges needs (its `display_size` is at most this)."""
     optics = cfg.optics
     worst_rotation = max(abs(optics.rotation_deg[0]), abs(optics.rotation_deg[1]), 0.0)
-    margin = screen_margin(min(worst_rotation, 45.0), optics.tilt[1], optics.radial_distortion[1])
-    return math.ceil(cfg.size * margin / pitch_ratio_bounds(cfg)[0]) + 2
+    largest = cfg.sensor.max_downscale if cfg.sensor.output_pitch is not None else 1.0
+    return visible_display_side(sensor_side(cfg.size, largest), pitch_ratio_bounds(cfg)[0],
+                                worst_rotation, optics.tilt[1], optics.radial_distortion[1])
 
 
 def sample_capture_params(
@@ -105,8 +134,14 @@ def sample_capture_params(
         display_pitch_mm=uniform(display.pixel_pitch_mm), distance_mm=uniform(optics.distance_mm),
         focal_length_mm=uniform(optics.focal_length_mm), sensor_pitch_um=uniform(sensor.pixel_pitch_um),
     )
-    n = display_size(cfg)
-    # Show the source near its native scale (0.8–2× downscale) so screen content stays crisp.
+    pose = dict(rotation_deg=uniform(optics.rotation_deg), tilt=uniform(optics.tilt),
+                tilt_direction_deg=uniform((0.0, 360.0)), radial_distortion=uniform(optics.radial_distortion))
+    pitch = pitch_ratio(**pitches)
+    downscale = camera_downscale(pitch, uniform(sensor.output_pitch), sensor.max_downscale) if sensor.output_pitch else 1.0
+    # Only the part of the screen the frame sees is rendered; sources are shown near their native
+    # scale (0.8–2 source pixels per display pixel) there, so screen content stays crisp.
+    n = visible_display_side(sensor_side(cfg.size, downscale), pitch, pose["rotation_deg"], pose["tilt"],
+                             pose["radial_distortion"])
     height, width = source_shape
     crop_side = int(min(height, width, round(n * rng.uniform(0.8, 2.0))))
     return CaptureParams(
@@ -119,19 +154,21 @@ def sample_capture_params(
         brightness=uniform(display.brightness),
         black_level=uniform(display.black_level),
         **pitches,
-        pitch_ratio=pitch_ratio(**pitches),
-        rotation_deg=uniform(optics.rotation_deg),
-        tilt=uniform(optics.tilt),
-        tilt_direction_deg=uniform((0.0, 360.0)),
-        radial_distortion=uniform(optics.radial_distortion),
+        pitch_ratio=pitch,
+        downscale=downscale,
+        **pose,
         blur_sigma=uniform(optics.blur_sigma),
         vignetting=uniform(optics.vignetting),
         sensor_aperture=uniform(sensor.aperture),
         exposure_ev=uniform(sensor.exposure_ev),
+        auto_exposure=sensor.auto_exposure,
         shot_noise=uniform(sensor.shot_noise),
         read_noise=uniform(sensor.read_noise),
         wb_gain_r=1.0 + uniform(isp.white_balance),
         wb_gain_b=1.0 + uniform(isp.white_balance),
+        black_point=uniform(isp.black_point),
+        chroma_denoise=uniform(isp.chroma_denoise),
+        output_blur=uniform(isp.output_blur),
         camera_gamma=uniform(isp.gamma),
         sharpen=uniform(isp.sharpen),
         jpeg_quality=int(round(uniform(isp.jpeg_quality))),
@@ -140,11 +177,14 @@ def sample_capture_params(
         crop_y=int(rng.integers(0, height - crop_side + 1)),
         crop_side=crop_side,
         noise_seed=int(rng.integers(0, 2**62)),
+        target_tone_of_capture=cfg.target_tone == "capture",
+        pattern=(sample_band_pattern(rng, cfg.patterns.period_px, cfg.patterns.amplitude)
+                 if cfg.patterns.fraction > 0 and rng.random() < cfg.patterns.fraction else None),
     )
 
 
 def screen_content(source: np.ndarray, capture: CaptureParams) -> np.ndarray:
-    """The crop of `source` shown full-screen at the display's resolution (uint8 HxWx3)."""
+    """The crop of `source` shown on the display's visible part, at the display's resolution (uint8 HxWx3)."""
     crop = source[capture.crop_y : capture.crop_y + capture.crop_side,
                   capture.crop_x : capture.crop_x + capture.crop_side]
     n = capture.display_size
@@ -152,9 +192,14 @@ def screen_content(source: np.ndarray, capture: CaptureParams) -> np.ndarray:
     return cv2.resize(crop, (n, n), interpolation=interpolation)
 
 
+def content_offset(capture: CaptureParams, side: int) -> int:
+    """Where a capture's screen content starts inside a batch's content of `side` pixels (centred)."""
+    return (side - capture.display_size) // 2
+
+
 # Numeric parameters the batched simulator reads as (B,) tensors.
 _TENSOR_FIELDS = tuple(
-    name for name, kind in get_type_hints(CaptureParams).items() if kind in (float, int) and name != "noise_seed"
+    name for name, kind in get_type_hints(CaptureParams).items() if kind in (float, int, bool) and name != "noise_seed"
 )
 
 
@@ -167,11 +212,19 @@ def capture_tensors(captures: list[CaptureParams], device: torch.device) -> dict
 
 
 def content_batch(sources: list[np.ndarray], captures: list[CaptureParams]) -> torch.Tensor:
-    """(B, 3, N, N) uint8 screen contents of each (source, capture), ready for `simulate_batch`."""
-    return torch.stack([
-        torch.from_numpy(screen_content(source, capture)).permute(2, 0, 1)
-        for source, capture in zip(sources, captures)
-    ])
+    """(B, 3, N, N) uint8 screen contents of each (source, capture), ready for `simulate_batch`.
+
+    N is the largest display side of the batch; smaller ones sit centred in it (`content_offset`),
+    edge-padded where no frame of theirs ever looks.
+    """
+    side = max(capture.display_size for capture in captures)
+    contents = []
+    for source, capture in zip(sources, captures):
+        before = content_offset(capture, side)
+        after = side - capture.display_size - before
+        padded = np.pad(screen_content(source, capture), ((before, after), (before, after), (0, 0)), mode="edge")
+        contents.append(torch.from_numpy(padded).permute(2, 0, 1))
+    return torch.stack(contents)
 
 
 def _layout_coverage(
@@ -185,13 +238,81 @@ def _layout_coverage(
     return coverage
 
 
-def _homographies(captures: list[CaptureParams], out_size: int, device: torch.device) -> torch.Tensor:
-    """(B, 3, 3) display → sensor maps of each capture."""
+def _homographies(captures: list[CaptureParams], content_side: int, frame_size: int, scale: float,
+                  device: torch.device) -> torch.Tensor:
+    """(B, 3, 3) display → frame maps of each capture; `scale` frame pixels per camera pixel.
+
+    Each capture's screen is centred where `content_batch` put it in content of `content_side` pixels.
+    """
     maps = [
-        camera_homography(c.display_size, out_size, c.pitch_ratio, c.rotation_deg, c.tilt, c.tilt_direction_deg)
+        camera_homography(2 * content_offset(c, content_side) + c.display_size, frame_size, c.pitch_ratio * scale,
+                          c.rotation_deg, c.tilt, c.tilt_direction_deg)
         for c in captures
     ]
     return torch.tensor(np.stack(maps), dtype=torch.float64, device=device)
+
+
+def clean_target(content: torch.Tensor, captures: list[CaptureParams], out_size: int, supersample: int,
+                 radial_distortion: torch.Tensor) -> torch.Tensor:
+    """Linear light of the content through the capture's pose and lens, averaged over each whole output pixel.
+
+    None of the display's or camera's colour, structure, blur, noise or compression: what a
+    screenshot warped onto the photo would look like. Output pixel = `downscale` camera pixels.
+    """
+    scales = [out_size / sensor_side(out_size, c.downscale) for c in captures]
+    side = content.shape[-1]
+    homographies = torch.cat([_homographies([c], side, out_size, scale, content.device) for c, scale in zip(captures, scales)])
+    ones = torch.ones(len(captures), device=content.device)
+    u, v = sensor_samples_on_display(homographies, out_size, supersample, radial_distortion, ones)
+    n = content.shape[-1]
+    # grid_sample (align_corners=False) reads pixel i's centre at i + 0.5, as our coordinates do.
+    grid = torch.stack([2.0 * u / n - 1.0, 2.0 * v / n - 1.0], dim=-1)
+    linear = decode_display_gamma(content, torch.full_like(ones, SOURCE_GAMMA))
+    warped = F.grid_sample(linear, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return integrate_pixel_area(warped, supersample)
+
+
+def photograph(content: torch.Tensor, captures: list[CaptureParams], p: dict[str, torch.Tensor], frame_size: int,
+               supersample: int, reference: torch.Tensor) -> torch.Tensor:
+    """The camera's own encoded frame (B, 3, F, F) in [0, 1]: display, optics, sensor and ISP at camera resolution.
+
+    `reference` is the clean linear light the auto-exposure meters against.
+    """
+    ones = torch.ones_like(p["gamut"])
+    homographies = _homographies(captures, content.shape[-1], frame_size, 1.0, content.device)
+    u, v = sensor_samples_on_display(homographies, frame_size, supersample, p["radial_distortion"], p["sensor_aperture"])
+    white_point = torch.stack([p["white_point_r"], ones, p["white_point_b"]], dim=1)
+    panel = panel_colour(decode_display_gamma(content, p["display_gamma"]), p["gamut"], white_point, p["brightness"])
+    footprint = p["sensor_aperture"] / (p["pitch_ratio"] * supersample)
+    coverage = _layout_coverage(u, v, footprint, p["fill_factor"], [c.subpixel_layout for c in captures])
+    light = add_glare(emitted_light(panel, u, v, coverage), p["black_level"])
+    light = lens_blur(light * vignetting(frame_size, supersample, p["vignetting"]), p["blur_sigma"] * supersample)
+    irradiance = integrate_pixel_area(light, supersample)
+    metering = torch.where(p["auto_exposure"] > 0, metered_gain(irradiance, reference), ones)
+    irradiance = expose(irradiance * metering.reshape(-1, 1, 1, 1), p["exposure_ev"])
+    raw = add_sensor_noise(bayer_mosaic(irradiance), p["shot_noise"], p["read_noise"], [c.noise_seed for c in captures])
+    gains = torch.stack([p["wb_gain_r"], ones, p["wb_gain_b"]], dim=1)
+    linear = denoise_chroma(white_balance(subtract_black_point(demosaic(raw), p["black_point"]), gains), p["chroma_denoise"])
+    encoded = sharpen(tone_curve(linear, p["camera_gamma"]), p["sharpen"])
+    return jpeg_compress(encoded, p["jpeg_quality"])
+
+
+def photograph_pattern(clean_linear: torch.Tensor, captures: list[CaptureParams], p: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The encoded frame of captures whose moiré is a drawn band pattern, at output resolution.
+
+    The clean light times the pattern's modulation, then the camera's blur, exposure error, noise,
+    white balance, tone curve, sharpening and JPEG, as the physical path has them.
+    """
+    size = clean_linear.shape[-1]
+    modulation = torch.stack([band_modulation(size, c.pattern, clean_linear.device) for c in captures])
+    light = lens_blur(clean_linear * modulation, p["blur_sigma"])
+    # The physical path's noise is averaged over downscale² camera pixels per output pixel.
+    light = add_sensor_noise(expose(light, p["exposure_ev"]), p["shot_noise"] / p["downscale"] ** 2,
+                             p["read_noise"] / p["downscale"], [c.noise_seed for c in captures])
+    ones = torch.ones_like(p["gamut"])
+    gains = torch.stack([p["wb_gain_r"], ones, p["wb_gain_b"]], dim=1)
+    encoded = sharpen(tone_curve(white_balance(light, gains), p["camera_gamma"]), p["sharpen"])
+    return jpeg_compress(encoded, p["jpeg_quality"])
 
 
 def simulate_batch(
@@ -200,36 +321,35 @@ def simulate_batch(
     """Photograph a batch of screens: (B, 3, N, N) uint8 content → (moiré, clean) in [0, 1], (B, 3, S, S).
 
     Each capture's result depends only on its own content and parameters (noise included, drawn
-    from its `noise_seed`), not on the rest of the batch. The clean image is the same content
-    through the same pose and lens distortion, averaged over each whole pixel, with none of the
-    display's or camera's colour, structure, blur, noise or compression: what a screenshot warped
-    onto the photo would look like.
+    from its `noise_seed`), not on the rest of the batch. The camera renders its frame at its own
+    resolution (`downscale` × S), which is then shrunk to S; captures with different frame sizes
+    are rendered group by group. Captures with a band pattern take the procedural path instead.
+    The clean image is the same content through the same pose and lens distortion, averaged over
+    each output pixel (`clean_target`).
     """
     p = capture_tensors(captures, content.device)
-    ones = torch.ones_like(p["gamut"])
-    homographies = _homographies(captures, out_size, content.device)
-    u, v = sensor_samples_on_display(homographies, out_size, supersample, p["radial_distortion"], p["sensor_aperture"])
+    clean_linear = clean_target(content, captures, out_size, supersample, p["radial_distortion"])
+    moire = torch.empty_like(clean_linear)
 
-    white_point = torch.stack([p["white_point_r"], ones, p["white_point_b"]], dim=1)
-    panel = panel_colour(decode_display_gamma(content, p["display_gamma"]), p["gamut"], white_point, p["brightness"])
-    footprint = p["sensor_aperture"] / (p["pitch_ratio"] * supersample)
-    coverage = _layout_coverage(u, v, footprint, p["fill_factor"], [c.subpixel_layout for c in captures])
-    light = add_glare(emitted_light(panel, u, v, coverage), p["black_level"])
-    light = lens_blur(light * vignetting(out_size, supersample, p["vignetting"]), p["blur_sigma"] * supersample)
-    irradiance = expose(integrate_pixel_area(light, supersample), p["exposure_ev"])
-    raw = add_sensor_noise(bayer_mosaic(irradiance), p["shot_noise"], p["read_noise"], [c.noise_seed for c in captures])
-    gains = torch.stack([p["wb_gain_r"], ones, p["wb_gain_b"]], dim=1)
-    encoded = sharpen(tone_curve(white_balance(demosaic(raw), gains), p["camera_gamma"]), p["sharpen"])
-    moire = jpeg_compress(encoded, p["jpeg_quality"])
+    def rows_where(keep) -> torch.Tensor:
+        return torch.tensor([i for i, c in enumerate(captures) if keep(c)], dtype=torch.long, device=content.device)
 
-    whole_u, whole_v = sensor_samples_on_display(homographies, out_size, supersample, p["radial_distortion"], ones)
-    source_gamma = torch.full_like(ones, SOURCE_GAMMA)
-    n = content.shape[-1]
-    # grid_sample (align_corners=False) reads pixel i's centre at i + 0.5, as our coordinates do.
-    grid = torch.stack([2.0 * whole_u / n - 1.0, 2.0 * whole_v / n - 1.0], dim=-1)
-    warped = F.grid_sample(decode_display_gamma(content, source_gamma), grid, mode="bilinear",
-                           padding_mode="border", align_corners=False)
-    clean = tone_curve(integrate_pixel_area(warped, supersample), source_gamma)
+    drawn = rows_where(lambda c: c.pattern is not None)
+    if len(drawn):
+        moire[drawn] = photograph_pattern(clean_linear[drawn], [captures[i] for i in drawn.tolist()],
+                                          {name: values[drawn] for name, values in p.items()})
+    frames = {sensor_side(out_size, c.downscale) for c in captures if c.pattern is None}
+    for frame_size in sorted(frames):
+        index = rows_where(lambda c: c.pattern is None and sensor_side(out_size, c.downscale) == frame_size)
+        group = {name: values[index] for name, values in p.items()}
+        frame = photograph(content[index], [captures[i] for i in index.tolist()], group, frame_size, supersample,
+                           clean_linear[index])
+        moire[index] = shrink_to(frame, out_size)
+    moire = lens_blur(moire, p["output_blur"]).clamp(0.0, 1.0)
+    clean = tone_curve(clean_linear, torch.full_like(p["gamut"], SOURCE_GAMMA))
+    toned = rows_where(lambda c: c.target_tone_of_capture)
+    if len(toned):
+        clean[toned] = torch.stack([align_tone(clean[i], moire[i]) for i in toned.tolist()])
     return moire, clean
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+import matplotlib.colors
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-SCREEN_KINDS = ("document", "code", "ui", "chart", "webpage")
+SCREEN_KINDS = ("document", "code", "ui", "chart", "webpage", "scene")
 CANVAS = 512
 
 _FONT_FILES = {
@@ -49,6 +50,8 @@ def _font(family: str, size: int) -> ImageFont.FreeTypeFont:
 
 def render_screen_content(kind: str, rng: np.random.Generator, size: int = CANVAS) -> np.ndarray:
     """Render one screenful of `kind` content as an RGB uint8 array of size×size."""
+    if kind == "scene":
+        return natural_scene(rng, size)
     palette = _PALETTES[int(rng.integers(len(_PALETTES)))]
     image = Image.new("RGB", (size, size), palette[0])
     draw = ImageDraw.Draw(image)
@@ -56,6 +59,62 @@ def render_screen_content(kind: str, rng: np.random.Generator, size: int = CANVA
         draw, rng, size, palette
     )
     return np.asarray(image)
+
+
+def natural_scene(rng: np.random.Generator, size: int = CANVAS) -> np.ndarray:
+    """A photo-like scene: the dead-leaves model of natural images, shaded and textured.
+
+    Occluding shapes whose radii follow the r⁻³ law of natural scenes (so the picture is
+    scale-invariant, with a 1/f² power spectrum), colours drawn around a few hues per picture,
+    smooth illumination, fine fractal texture and a camera's softness. Restoration networks trained
+    on such images learn what natural detail looks like (Achddou et al., 2021), which the few
+    photos bundled with our libraries cannot teach: a demoiré model must leave grass, fur and skin
+    texture alone.
+    """
+    hues = rng.uniform(0, 1, size=int(rng.integers(2, 5)))
+    image = Image.new("RGB", (size, size), _scene_colour(rng, hues))
+    draw = ImageDraw.Draw(image)
+    r_min, r_max = 3.0, size / 2
+    for _ in range(int(rng.integers(3000, 5000))):  # enough for the leaves to cover the picture
+        u = rng.random()
+        radius = (r_min**-2 - u * (r_min**-2 - r_max**-2)) ** -0.5  # inverse CDF of p(r) ∝ r⁻³
+        x, y = rng.uniform(-radius, size + radius, size=2)
+        aspect = rng.uniform(0.4, 1.0)
+        box = (x - radius, y - radius * aspect, x + radius, y + radius * aspect)
+        colour = _scene_colour(rng, hues)
+        if rng.random() < 0.7:
+            draw.ellipse(box, fill=colour)
+        else:
+            angle = rng.uniform(0, np.pi)
+            corners = [(x + radius * np.cos(angle + a), y + radius * aspect * np.sin(angle + a))
+                       for a in (0.0, np.pi / 2, np.pi, 3 * np.pi / 2)]
+            draw.polygon(corners, fill=colour)
+    pixels = np.asarray(image, dtype=np.float32) / 255.0
+    ys, xs = np.mgrid[0:size, 0:size] / size
+    light = 1.0 + rng.uniform(-0.35, 0.35) * (xs - 0.5) + rng.uniform(-0.35, 0.35) * (ys - 0.5)
+    texture = 1.0 + rng.uniform(0.02, 0.12) * _fractal_noise(rng, size)
+    pixels = np.clip(pixels * light[..., None] * texture[..., None], 0, 1)
+    softened = Image.fromarray((pixels * 255).round().astype(np.uint8)).filter(
+        ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.0))))
+    return np.asarray(softened)
+
+
+def _scene_colour(rng: np.random.Generator, hues: np.ndarray) -> tuple[int, int, int]:
+    """A colour near one of the picture's hues, of natural (mostly moderate) saturation and value."""
+    hue = (hues[int(rng.integers(len(hues)))] + rng.normal(0, 0.04)) % 1.0
+    saturation = float(np.clip(rng.beta(1.5, 3), 0, 1))
+    value = float(np.clip(rng.beta(2.5, 2), 0.03, 1))
+    rgb = matplotlib.colors.hsv_to_rgb((hue, saturation, value))
+    return tuple(int(round(c * 255)) for c in rgb)
+
+
+def _fractal_noise(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Zero-mean noise with a 1/f amplitude spectrum, scaled to unit standard deviation."""
+    fy, fx = np.fft.fftfreq(size)[:, None], np.fft.fftfreq(size)[None, :]
+    amplitude = 1.0 / np.maximum(np.hypot(fx, fy), 1.0 / size)
+    phase = rng.uniform(0, 2 * np.pi, size=(size, size))
+    noise = np.real(np.fft.ifft2(amplitude * np.exp(1j * phase)))
+    return (noise - noise.mean()) / (noise.std() + 1e-12)
 
 
 def _sentence(rng: np.random.Generator, n_words: int) -> str:

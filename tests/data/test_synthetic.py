@@ -30,10 +30,14 @@ def test_manifest_records_source_and_every_sampled_parameter(tmp_path, tiny_para
     assert list(frame.pair_id) == [0, 1, 2, 3]
     from dataclasses import fields
 
+    from pipeline.moire.patterns import BandPattern
     from pipeline.moire.simulate import CaptureParams, pitch_ratio_bounds
 
-    for column in ["source_id", *(f.name for f in fields(CaptureParams))]:
+    captured = [f.name for f in fields(CaptureParams) if f.name != "pattern"]
+    drawn = [f"pattern_{f.name}" for f in fields(BandPattern)]  # NaN where the physics made the moiré
+    for column in ["source_id", "generator", *captured, *drawn]:
         assert column in frame.columns, column
+    assert set(frame.generator) == {"screen"}
     lo, hi = pitch_ratio_bounds(tiny_params.synthesize)
     assert frame.pitch_ratio.between(lo, hi).all()
     assert frame.distance_mm.between(*tiny_params.synthesize.optics.distance_mm).all()

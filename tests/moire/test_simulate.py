@@ -283,3 +283,92 @@ def test_presets_fill_in_ranges_and_explicit_values_win():
     document = parse_params({"synthesize": {"preset": "document"}}).synthesize
     assert not document.sources.bundled and "chart" not in document.sources.screen_kinds
     assert SynthesizeParams().optics == parse_params({"synthesize": {"preset": "default"}}).synthesize.optics
+
+
+# --- camera resolution, metering, ISP additions, procedural patterns -------------------------
+
+def test_the_frame_shrinks_by_pitch_over_output_pitch_within_limits():
+    from pipeline.moire.simulate import camera_downscale, sensor_side
+
+    assert camera_downscale(2.0, 1.0, 4.0) == 2.0
+    assert camera_downscale(0.7, 1.0, 4.0) == 1.0  # never enlarged
+    assert camera_downscale(9.0, 1.0, 4.0) == 4.0
+    assert sensor_side(64, 2.3) == 148 and sensor_side(64, 1.0) == 64  # even, for the Bayer tile
+
+
+def test_camera_resolution_capture_comes_back_at_the_dataset_size_and_aligned():
+    phone = {"sensor": {"output_pitch": [0.9, 0.9], "pixel_pitch_um": [1.2, 1.2]}}
+    (moire, clean), capture = _capture(3, size=64, **phone)
+    assert moire.shape == clean.shape == (64, 64, 3) and capture.downscale > 1.5
+    import cv2
+
+    a, b = (cv2.GaussianBlur(x.mean(axis=2), (0, 0), 1.5) for x in (moire, clean))
+    a, b = ((x - x.mean()) / x.std() for x in (a, b))
+    assert _shift_of_best_match(a, b) == (0, 0)
+
+
+def test_auto_exposure_gives_captures_the_sources_brightness_whatever_the_panel():
+    grey = np.full((256, 256, 3), 110, np.uint8)
+    dim_panel = {"display": {"brightness": [0.6, 0.6]}, "sensor": {"exposure_ev": [0.0, 0.0]}}
+    ratios = {}
+    for metered in (False, True):
+        cfg = parse_params({"synthesize": {"size": 48, **dim_panel, "sensor": {**dim_panel["sensor"], "auto_exposure": metered}}}).synthesize
+        values = []
+        for seed in range(4):
+            capture = sample_capture_params(cfg, grey.shape[:2], np.random.default_rng(seed))
+            moire, clean = simulate_capture(grey, capture, 48, 2)
+            values.append(moire.mean() / clean.mean())
+        ratios[metered] = np.mean(values)
+    assert ratios[False] < 0.85  # a dim panel photographed at a fixed exposure comes out dark
+    assert ratios[True] == pytest.approx(1.0, abs=0.05)
+
+
+def test_chroma_denoise_smooths_colour_and_keeps_luma():
+    from pipeline.moire.isp import denoise_chroma
+
+    rng = torch.Generator().manual_seed(0)
+    image = 0.5 + 0.2 * (torch.rand(1, 3, 32, 32, generator=rng) - 0.5)
+    smoothed = denoise_chroma(image, torch.tensor([2.0]))
+    luma = torch.tensor([0.299, 0.587, 0.114]).reshape(1, 3, 1, 1)
+    torch.testing.assert_close((smoothed * luma).sum(1), (image * luma).sum(1), atol=1e-5, rtol=0)
+    chroma = image - (image * luma).sum(1, keepdim=True)
+    assert (smoothed - (smoothed * luma).sum(1, keepdim=True)).std() < 0.5 * chroma.std()
+    assert torch.equal(denoise_chroma(image, torch.tensor([0.0])), image)
+
+
+def test_black_point_subtraction_maps_the_black_level_to_zero_and_keeps_white():
+    from pipeline.moire.isp import subtract_black_point
+
+    out = subtract_black_point(torch.tensor([0.004, 1.0]).reshape(1, 1, 1, 2), torch.tensor([0.004]))
+    torch.testing.assert_close(out.flatten(), torch.tensor([0.0, 1.0]))
+
+
+def test_output_blur_softens_the_capture_only():
+    sharp = {"isp": {"output_blur": [0.0, 0.0]}}
+    soft = {"isp": {"output_blur": [1.5, 1.5]}}
+    (moire_sharp, clean_sharp), _ = _capture(2, size=64, **sharp)
+    (moire_soft, clean_soft), _ = _capture(2, size=64, **soft)
+    assert clean_soft.tobytes() == clean_sharp.tobytes()
+    assert np.abs(np.diff(moire_soft.astype(float), axis=1)).mean() < 0.7 * np.abs(np.diff(moire_sharp.astype(float), axis=1)).mean()
+
+
+def test_capture_toned_target_takes_the_moire_images_global_tone():
+    (moire, clean), _ = _capture(4, size=64, target_tone="capture", display={"brightness": [0.6, 0.6]})
+    (_, source_toned), _ = _capture(4, size=64, display={"brightness": [0.6, 0.6]})
+    assert abs(clean.mean() - moire.mean()) < 2.0  # grey levels
+    assert abs(clean.mean() - moire.mean()) < abs(source_toned.mean() - moire.mean())
+
+
+def test_band_patterns_replace_the_physics_for_their_share_of_pairs():
+    from pipeline.moire.patterns import band_modulation, sample_band_pattern
+
+    pattern = sample_band_pattern(np.random.default_rng(0), (8.0, 8.0), (0.2, 0.2))
+    modulation = band_modulation(96, pattern)
+    assert modulation.shape == (3, 96, 96) and modulation.min() >= 0
+    assert float(modulation.mean()) == pytest.approx(1.0, abs=0.05)
+    assert torch.equal(modulation, band_modulation(96, pattern))  # drawn from its own seed
+    (moire, clean), capture = _capture(1, size=64, patterns={"fraction": 1.0, "amplitude": [0.3, 0.3]})
+    assert capture.pattern is not None and capture.as_record()["generator"] == "bands"
+    assert 10 < _psnr(moire, clean) < 35
+    (_, _), plain = _capture(1, size=64)
+    assert plain.pattern is None and np.isnan(plain.as_record()["pattern_amplitude"])

@@ -45,3 +45,15 @@ def test_folder_sources_skip_unreadable_files_and_convert_modes(tmp_path):
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(InputDataError, match="source folder does not exist: .*nowhere"):
         collect_sources(True, 0, [tmp_path / "nowhere"])
+
+
+def test_natural_scenes_cover_the_canvas_with_a_falling_spectrum():
+    from pipeline.sources.procedural import natural_scene
+
+    scene = natural_scene(np.random.default_rng(5)).astype(float).mean(axis=2)
+    power = np.abs(np.fft.fft2(scene - scene.mean())) ** 2
+    radius = np.hypot(np.fft.fftfreq(512)[:, None], np.fft.fftfreq(512)[None, :])
+    coarse, fine = power[(radius > 0.01) & (radius < 0.02)].mean(), power[(radius > 0.2) & (radius < 0.4)].mean()
+    assert coarse > 100 * fine  # natural images: power falls steeply with frequency
+    blocks = scene.reshape(16, 32, 16, 32).std(axis=(1, 3))
+    assert (blocks > 1).mean() > 0.5  # detail nearly everywhere, not a flat background with a few shapes

@@ -1,0 +1,33 @@
+"""Named recipes of data size and training, selected with one param (`profile` in params.yaml).
+
+A profile fills in the synthesize and train keys params.yaml does not write itself, as presets
+fill in the physics: a key written explicitly always wins, and `demoire check-params --show` prints
+what is in effect. Real moiré bands run tens of pixels wide, so the longer recipes train on larger
+pairs and patches; their figures are in docs/benchmarks.md.
+
+- `quick`: the CPU default; `make pipeline` in under 10 minutes on 2 cores.
+- `cpu-long`: under 60 minutes on 2 cores; the recipe levers are measured with.
+- `gpu`: hours on one GPU worker: pairs rendered on the fly at 512² on the GPU, 256² crops, the
+  multi-scale model, bf16 autocast and torch.compile.
+"""
+
+from __future__ import annotations
+
+PROFILES: dict[str, dict[str, dict]] = {
+    "quick": {
+        "synthesize": {"n_pairs": 480, "size": 128},
+        "train": {"model": "unet", "epochs": 30, "batch_size": 16, "patch_size": 64, "lr": 1e-3, "warmup_epochs": 1},
+    },
+    "cpu-long": {
+        "synthesize": {"n_pairs": 1600, "size": 192},
+        "train": {"model": "unet", "epochs": 40, "batch_size": 16, "patch_size": 128, "lr": 1e-3, "warmup_epochs": 2,
+                  "ema_decay": 0.999},
+    },
+    "gpu": {
+        "synthesize": {"n_pairs": 2000, "size": 512},
+        "train": {"model": "mscale", "epochs": 300, "batch_size": 32, "patch_size": 256, "lr": 4e-4, "warmup_epochs": 5,
+                  "loss": {"charbonnier": 1.0, "fft": 0.05}, "ema_decay": 0.999, "synthetic_pairs_per_epoch": 8192,
+                  "amp": "bf16", "compile": True, "num_workers": 8},
+    },
+}
+PROFILE_NAMES = tuple(PROFILES)
