@@ -8,7 +8,7 @@ the model removed in each band.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 import pandas as pd
 import torch
@@ -35,8 +35,15 @@ def evaluate_pairs(
     restore: Callable[[torch.Tensor], torch.Tensor], pairs: list[Pair], names: list[str]
 ) -> pd.DataFrame:
     """Per-image scores of the model (`psnr`, `tone_psnr`, `residual_low`, …) and of the input (`identity_…`)."""
+    return evaluate_named_pairs(restore, zip(names, pairs))
+
+
+def evaluate_named_pairs(
+    restore: Callable[[torch.Tensor], torch.Tensor], named_pairs: Iterable[tuple[str, Pair]]
+) -> pd.DataFrame:
+    """evaluate_pairs over (name, pair) items, consumed one at a time (a lazy reader keeps one pair in memory)."""
     rows = []
-    for name, (moire, clean) in zip(names, pairs):
+    for name, (moire, clean) in named_pairs:
         x, y = to_tensor(moire), to_tensor(clean)
         model_scores = image_scores(restore(x), y)
         identity_scores = image_scores(x, y)
