@@ -203,8 +203,8 @@ class TrainParams(Section):
         return value
 
 
-def _name_glob(pattern: str) -> str:
-    """Reject globs fnmatch would silently read as literal text: an unclosed `[` is a typo, not a file name."""
+def check_name_glob(pattern: str) -> str:
+    """Reject globs fnmatch would silently read as literal text (ValueError): an unclosed `[` is a typo, not a name."""
     start = 0
     while (start := pattern.find("[", start)) != -1:
         end = start + 1 + pattern.startswith("!", start + 1)  # fnmatch: `[!…]` negates a set...
@@ -227,7 +227,7 @@ class RealSet(Section):
     path: Path  # absolute, or relative to the project root (the folder of params.yaml)
     layout: DatasetLayoutName = "auto"
     split: SplitName | None = None  # the dataset's own split folder to read; None reads all
-    include: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_name_glob)] = "*"
+    include: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(check_name_glob)] = "*"
     limit: int | None = Field(None, ge=1)  # the first `limit` pairs by name (after `include`); None keeps all
 
     @field_validator("name")

@@ -21,9 +21,9 @@ from torch import nn
 
 from pipeline.config import InferParams, RealSet
 from pipeline.data.dataset import to_image, to_tensor
-from pipeline.data.paired_folder import decoded_pairs, find_paired_folder
+from pipeline.data.paired_folder import find_paired_folder
 from pipeline.errors import InputDataError
-from pipeline.evaluation.evaluate import evaluate_named_pairs, summarize
+from pipeline.evaluation.evaluate import evaluate_found_pairs
 from pipeline.evaluation.gate import REAL, pairs_digest
 from pipeline.sources.paired_datasets import PairList
 
@@ -90,15 +90,14 @@ def served_restorer(model: nn.Module, device: torch.device, infer: InferParams) 
 
 def score_real_set(restore: Callable[[torch.Tensor], torch.Tensor], real: RealSetPairs) -> RealSetScores:
     """Per-image scores and their summary (summarize's keys, `skipped`, `hash`); pairs are decoded one at a time,
-    unreadable ones skipped, logged and counted; InputDataError when none is readable."""
-    skipped = [(item.name, item.reason) for item in real.found.skipped]
-    per_image = evaluate_named_pairs(restore, decoded_pairs(real.found.pairs, skipped))
+    unreadable ones skipped, logged and counted; InputDataError naming the entry when none is readable."""
+    try:
+        per_image, summary, skipped = evaluate_found_pairs(restore, real.found, real.root)
+    except InputDataError as exc:
+        raise InputDataError(f"{real.key} ({real.name}): {exc}") from None
     for name, reason in skipped:
         log.warning("real set %s: skipped %s: %s", real.name, name, reason)
-    if per_image.empty:
-        raise InputDataError(f"{real.key} ({real.name}): none of the {len(real.found.pairs)} selected pairs in "
-                             f"{real.root} is readable ({len(skipped)} skipped)")
-    return RealSetScores(per_image, {**summarize(per_image), "skipped": len(skipped), "hash": real.digest}, skipped)
+    return RealSetScores(per_image, {**summary, "hash": real.digest}, skipped)
 
 
 def real_means(summaries: dict[str, dict]) -> dict[str, float]:

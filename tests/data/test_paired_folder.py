@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from pipeline.data.paired_folder import find_paired_folder, read_paired_folder
-from pipeline.errors import InputDataError
+from pipeline.data.paired_folder import decoded_pairs, find_paired_folder
+from pipeline.errors import InputDataError, ParamsError
 from pipeline.io import write_png
 
 
@@ -37,15 +37,20 @@ def test_limit_keeps_the_first_pairs_by_name_and_the_unpaired_files_before_the_c
 
 
 def test_unreadable_pairs_are_skipped_and_counted_not_fatal(folder):
-    names, pairs, skipped = read_paired_folder(folder, include="fhdmi_*")
-    assert names == ["fhdmi_1.png", "fhdmi_3.png"] and len(pairs) == 2
+    found = find_paired_folder(folder, include="fhdmi_*")
+    skipped = [(item.name, item.reason) for item in found.skipped]
+    decoded = list(decoded_pairs(found.pairs, skipped))
+    assert [name for name, _ in decoded] == ["fhdmi_1.png", "fhdmi_3.png"]
+    assert all(moire.shape == clean.shape == (12, 16, 3) for _, (moire, clean) in decoded)
     assert [name for name, _ in skipped] == ["fhdmi_9.png", "fhdmi_2.png"]
     assert "cannot read image" in dict(skipped)["fhdmi_2.png"]
 
 
-def test_no_matching_or_no_readable_pair_is_one_line(folder):
+def test_no_matching_pair_or_a_bad_selection_is_one_line(folder):
     with pytest.raises(InputDataError) as info:
         find_paired_folder(folder, include="uhdm_*")
     assert str(info.value) == f"no pair in {folder} matches include 'uhdm_*' (generic layout, 5 pairs, 2 unpaired files)"
-    with pytest.raises(InputDataError, match=r"^no usable pairs in .*paired \(generic layout, 1 skipped\)$"):
-        read_paired_folder(folder, include="fhdmi_2*")
+    with pytest.raises(ParamsError, match=r"^include 'fhdmi_\[1': unclosed \[ in the glob; allowed: a glob on pair names"):
+        find_paired_folder(folder, include="fhdmi_[1")
+    with pytest.raises(ParamsError, match=r"^limit 0: must be at least 1 \(omit it for every pair\)$"):
+        find_paired_folder(folder, limit=0)

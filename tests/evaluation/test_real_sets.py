@@ -91,7 +91,7 @@ def test_a_set_is_scored_as_served_tiled_and_unreadable_pairs_are_skipped(projec
     assert scores.per_image.psnr[0] == pytest.approx(image_metrics(to_tensor(served), to_tensor(clean))["psnr"], abs=1e-9)
     (tmp_path / "real" / "moire" / "fhdmi_1.png").write_bytes(b"truncated")
     with pytest.raises(InputDataError, match=r"^evaluate.real_sets\[0\] \(fhdmi\): none of the 2 selected pairs in "
-                                             r".* is readable \(2 skipped\)$"):
+                                             r".* is readable \(generic layout, 2 skipped\)$"):
         score_real_set(served_restorer(model, torch.device("cpu"), TILING), fhdmi)
 
 
