@@ -16,8 +16,8 @@ from prefect.artifacts import create_markdown_artifact
 from flows import PROJECT_DIR
 from flows._entry import run_stage
 from pipeline.config import Params, flatten
-from pipeline.errors import InputDataError
 from pipeline.evaluation.gate import REAL, GateRule, gate_pairs, gate_set_hash, local_gate
+from pipeline.evaluation.real_sets import check_unchanged_since_scored
 from pipeline.io import read_rgb, write_json
 from pipeline.provenance import data_version_tags, git_commit
 from pipeline.registry import (GATE_SET_TAG, decision_record, flat_metrics, log_demoire_model, register_and_gate,
@@ -29,13 +29,6 @@ from pipeline.training.device import resolve_device
 SYSTEM_METRICS_INTERVAL_S = 0.5
 
 
-def scored_real_sets_unchanged(evaluated: str | None, now: str) -> None:
-    """DVC cannot track real sets outside the repository, so their hash is checked: metrics.json's must be today's."""
-    if evaluated != now:
-        raise InputDataError(f"the real sets of evaluate.real_sets hash to {now[:12]} but were scored as "
-                             f"{(evaluated or 'none')[:12]}; run `dvc repro -f evaluate` to score them again")
-
-
 @task(name="log-and-register", retries=2, retry_delay_seconds=[2, 10])
 def log_and_register_task(params: Params, model_dir: Path, history: Path, evaluation: dict, files: list[Path],
                           grid: Path, lock: Path, data: Path, pairs: Path, real_per_image: Path | None = None) -> dict:
@@ -43,12 +36,13 @@ def log_and_register_task(params: Params, model_dir: Path, history: Path, evalua
     cfg = params.registration
     uri = use_tracking_store(PROJECT_DIR, cfg.experiment)
     gate = local_gate(params, data, pairs, PROJECT_DIR, resolve_device(params.evaluate.device))
-    # the test split's hash is always recorded, so a later synthetic gate finds this version's test_* scores
-    synthetic_set = gate.digest if gate.kind is not REAL else gate_set_hash(gate_pairs(pairs), data)
-    tags = {GATE_SET_TAG: synthetic_set, **data_version_tags(lock, data, pairs)}
+    tags = data_version_tags(lock, data, pairs)
     if gate.kind is REAL:
-        scored_real_sets_unchanged(evaluation.get(REAL.set_tag), gate.digest)
-        tags[REAL.set_tag] = gate.digest
+        check_unchanged_since_scored(evaluation.get(REAL.set_tag), gate.digest)
+        # the test split's hash is recorded too, so a later synthetic gate finds this version's test_* scores
+        tags |= {GATE_SET_TAG: gate_set_hash(gate_pairs(pairs), data), REAL.set_tag: gate.digest}
+    else:
+        tags[GATE_SET_TAG] = gate.digest
     commit = git_commit(PROJECT_DIR)
     if commit:
         tags["git_commit"] = commit

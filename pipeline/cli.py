@@ -334,7 +334,7 @@ def _local_gate(params, base: Path, data: Path, pairs: Path, device: str):
 
 def _comparison_table(decision) -> Table:
     """Challenger and champion side by side on the gate set, with the rule each metric faces."""
-    from pipeline.evaluation.gate import GATE_KINDS, METRIC_LABELS
+    from pipeline.evaluation.gate import GATE_KINDS
 
     challenger, champion = decision.challenger, decision.champion
     kind = GATE_KINDS[challenger.kind]
@@ -347,7 +347,7 @@ def _comparison_table(decision) -> Table:
     for metric in kind.metrics:
         ours = getattr(challenger, metric)
         theirs = getattr(champion, metric) if champion else None
-        table.add_row(f"{kind.prefix} {METRIC_LABELS[metric]}", f"{ours:.4f}" + (" (re-scored)" if challenger.rescored else ""),
+        table.add_row(kind.describe(metric), f"{ours:.4f}" + (" (re-scored)" if challenger.rescored else ""),
                       "-" if theirs is None else f"{theirs:.4f}" + (" (re-scored)" if champion.rescored else ""),
                       "-" if theirs is None else f"{ours - theirs:+.4f}", rules[metric])
     return table

@@ -124,11 +124,14 @@ def log_demoire_model(model_dir: Path, infer: InferParams | None = None):
 def flat_metrics(evaluation: dict) -> dict[str, float]:
     """The evaluate stage's metrics.json as MLflow metric names: `test_<metric>` for the test split,
     `real_<set>_<metric>` per real set and `real_<metric>` for the means over sets; nulls left out."""
-    flat = {f"test_{key}": value for key, value in evaluation.items() if isinstance(value, (int, float))}
+    def numbers(prefix: str, mapping: dict) -> dict[str, float]:
+        return {f"{prefix}{key}": float(value) for key, value in mapping.items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+    flat = numbers("test_", evaluation)
     for name, summary in evaluation.get("real", {}).items():
-        flat |= {f"real_{name}_{key}": value for key, value in summary.items() if isinstance(value, (int, float))}
-    flat |= {f"real_{key}": value for key, value in evaluation.get("real_mean", {}).items() if value is not None}
-    return {key: float(value) for key, value in flat.items() if not isinstance(value, bool)}
+        flat |= numbers(f"real_{name}_", summary)
+    return flat | numbers("real_", evaluation.get("real_mean", {}))
 
 
 def register_and_gate(

@@ -75,6 +75,14 @@ def real_gate_hash(sets: list[RealSetPairs]) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
+def check_unchanged_since_scored(scored: str | None, now: str) -> None:
+    """DVC cannot track real sets outside the repository, so their hash when scored (metrics.json's
+    real_gate_set) must be today's before anything is decided on those scores."""
+    if scored != now:
+        raise InputDataError(f"the real sets of evaluate.real_sets hash to {now[:12]} but were scored as "
+                             f"{(scored or 'none')[:12]}; run `dvc repro -f evaluate` to score them again")
+
+
 def served_restorer(model: nn.Module, device: torch.device, infer: InferParams) -> Callable[[torch.Tensor], torch.Tensor]:
     """restore(x) for 3×H×W x in [0, 1] as the served model does it: uint8 in, tiled per `infer`, uint8 out."""
     from pipeline.inference import check_tiling, restore_image, spatial_multiple
