@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Iterator
 
@@ -117,17 +116,6 @@ def find_pairs(root: Path, layout: str = "auto", split: str | None = None) -> Pa
         result.pairs.extend(pairs)
         result.skipped.extend(skipped)
     return result
-
-
-def select_pairs(found: PairList, include: str = "*", limit: int | None = None) -> PairList:
-    """The pairs whose names match the glob `include`, the first `limit` of them by name, and the unpaired
-    files among those names (case-sensitive, so a set is the same on every OS)."""
-    pairs = sorted((pair for pair in found.pairs if fnmatchcase(pair.name, include)), key=lambda pair: pair.name)
-    skipped = [item for item in found.skipped if fnmatchcase(item.name, include)]
-    if limit is not None and len(pairs) > limit:
-        pairs = pairs[:limit]
-        skipped = [item for item in skipped if item.name < pairs[-1].name]  # beyond the cut: not in the set
-    return PairList(found.layout, pairs, skipped)
 
 
 def detect_layout(root: Path) -> DatasetLayout:
