@@ -167,6 +167,10 @@ def summary_markdown(summary: dict) -> str:
     if metrics:
         lines.append(f"- test PSNR {metrics['psnr']:.2f} dB (input {metrics['identity_psnr']:.2f}), "
                      f"SSIM {metrics['ssim']:.3f}, MSE {metrics['mse']:.5f} over {metrics['count']} pairs")
+    if metrics and metrics.get("real_mean"):
+        mean = metrics["real_mean"]
+        lines.append(f"- real sets ({', '.join(metrics['real'])}): PSNR {mean['psnr']:.2f} dB, tone-aligned PSNR "
+                     f"{mean['tone_psnr']:.2f} dB, SSIM {mean['ssim']:.3f} (means over sets)")
     if record:
         verdict = "promoted to `champion`" if record["promote"] else "not promoted"
         lines.append(f"- `{record['model_name']}` v{record['version']} {verdict}: {record['reason']}")

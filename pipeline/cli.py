@@ -155,34 +155,52 @@ def evaluate(
     pairs: Path = typer.Option(..., help="dataset root: moire/ + clean/ of matching names, or UHDM, FHDMi, TIP2018"),
     layout: str = typer.Option("auto", help="auto | uhdm | fhdmi | tip2018 | generic (moire/ + clean/)"),
     split: str | None = typer.Option(None, help="train | val | test: only this split folder of the dataset"),
+    include: str = typer.Option("*", help="glob on pair names, e.g. 'fhdmi_*' (generic: the file name; "
+                                           "datasets: <split>/<key>)"),
+    limit: int | None = typer.Option(None, help="only the first N matching pairs by name"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object with the means"),
+    params: Path | None = typer.Option(None, help="params file whose infer section tiles [default: ./params.yaml if present]"),
+    tile: int | None = typer.Option(None, help="tile side in pixels [default: infer.tile_size]"),
+    overlap: int | None = typer.Option(None, help="pixels shared by neighbouring tiles [default: infer.tile_overlap]"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object with every mean (null where undefined)"),
 ) -> None:
-    """PSNR / SSIM / MSE of a model and of the identity baseline on a paired folder or published dataset."""
-    from pipeline.data.paired_folder import read_paired_folder
-    from pipeline.evaluation.evaluate import METRICS, evaluate_pairs, summarize
-    from pipeline.inference import restore_tensor
+    """Raw and tone-aligned PSNR / SSIM, MSE and the moiré removed per frequency band, of a model and of the
+    identity baseline, on a paired folder or published dataset; images are restored as the served model does
+    (tiled, uint8)."""
+    from pipeline.data.paired_folder import find_paired_folder
+    from pipeline.evaluation.evaluate import evaluate_found_pairs
+    from pipeline.evaluation.real_sets import served_restorer
+    from pipeline.evaluation.summary_tables import SUMMARY_HEADER, band_rows, summary_rows
+    from pipeline.io import json_text
 
     try:
+        cfg = _infer_params(params, tile_size=tile, tile_overlap=overlap)
         net, torch_device = _load(model, device)
-        names, images, skipped = read_paired_folder(pairs, layout, split)
+        found = find_paired_folder(pairs, layout, split, include, limit)
+        restore = served_restorer(net, torch_device, cfg)
+        with err.status(f"scoring {len(found.pairs)} pairs"):
+            _, summary, skipped = evaluate_found_pairs(restore, found, pairs)
     except DemoireError as exc:
         _fail(exc)
     for name, reason in skipped:
         err.print(f"skipped {name}: {reason}", highlight=False)
     if skipped:
-        err.print(f"skipped {len(skipped)} of {len(skipped) + len(images)} pairs", highlight=False)
-    summary = summarize(evaluate_pairs(lambda x: restore_tensor(net, x, torch_device), images, names))
-    summary["skipped"] = len(skipped)
+        err.print(f"skipped {len(skipped)} of {len(found.pairs) + len(found.skipped)} pairs", highlight=False)
     if as_json:
-        typer.echo(json.dumps(summary))
+        typer.echo(json_text(summary))
         return
-    table = Table(title=f"{pairs} ({summary['count']} pairs)")
-    for column in ("metric", "model", "identity"):
+    selection = "" if include == "*" else f", {include}"
+    table = Table(title=f"{pairs} ({summary['count']} pairs{selection}; tiles of {cfg.tile_size})")
+    for column in SUMMARY_HEADER:
         table.add_column(column)
-    for metric in METRICS:
-        table.add_row(metric, f"{summary[metric]:.4f}", f"{summary['identity_' + metric]:.4f}")
-    Console().print(table)
+    for row in summary_rows(summary):
+        table.add_row(*row)
+    bands = Table(title="moiré removed (of the input's residual)")
+    for column in ("band", "removed"):
+        bands.add_column(column)
+    for row in band_rows(summary):
+        bands.add_row(*row)
+    Console().print(table, bands)
 
 
 def _mean_std(mean: float | None, std: float | None, digits: int) -> str:
@@ -343,40 +361,43 @@ def train(
         _fail(exc)
 
 
-def _register_params(params: Path):
-    """The register section of `params` (its defaults when the file does not exist)."""
-    from pipeline.config import RegisterParams, load_params
+def _load_params(params: Path):
+    """`params` validated (the defaults when the file does not exist)."""
+    from pipeline.config import Params, load_params
 
-    return load_params(params).registration if params.is_file() else RegisterParams()
+    return load_params(params) if params.is_file() else Params()
 
 
-def _local_gate(data: Path, pairs: Path, device: str):
-    """A loader of the local test split: (gate set hash, a function scoring a model folder on it)."""
+def _local_gate(params, base: Path, data: Path, pairs: Path, device: str):
+    """A loader of the local gate set (the real sets of `params`, else the test split): (hash, a model-folder scorer)."""
 
     def load():
-        from pipeline.evaluation.gate import load_gate_set, model_dir_scorer
+        from pipeline.evaluation.gate import local_gate
         from pipeline.training.device import resolve_device
 
-        gate, torch_device = load_gate_set(pairs, data), resolve_device(device)
-        err.print(f"re-scoring on the local test split ({len(gate.frame)} pairs, gate set {gate.digest[:12]})",
-                  highlight=False)
-        return gate.digest, model_dir_scorer(gate, torch_device)
+        gate = local_gate(params, data, pairs, base, resolve_device(device))
+        err.print(f"re-scoring on the {gate.description}, gate set {gate.digest[:12]}", highlight=False)
+        return gate.digest, gate.rescore
 
     return load
 
 
 def _comparison_table(decision) -> Table:
     """Challenger and champion side by side on the gate set, with the rule each metric faces."""
+    from pipeline.evaluation.gate import GATE_KINDS
+
     challenger, champion = decision.challenger, decision.champion
-    table = Table(title=f"gate set {challenger.gate_set[:12]} (test split)")
+    kind = GATE_KINDS[challenger.kind]
+    table = Table(title=f"gate set {challenger.gate_set[:12]} ({kind.label}; gate.kind {kind.name})")
     for column in ("metric", f"challenger v{challenger.version}", f"champion v{champion.version}" if champion else "champion",
                    "difference", "rule"):
         table.add_column(column)
-    rules = {"psnr": f"≥ +{decision.rule.margin_db:g} dB", "ssim": f"≥ -{decision.rule.ssim_tolerance:g}", "mse": "shown"}
-    for metric in ("psnr", "ssim", "mse"):
+    rules = {metric: f"≥ +{decision.rule.margin_db:g} dB" for metric in kind.margin_metrics}
+    rules |= {"ssim": f"≥ -{decision.rule.ssim_tolerance:g}", "mse": "shown"}
+    for metric in kind.metrics:
         ours = getattr(challenger, metric)
         theirs = getattr(champion, metric) if champion else None
-        table.add_row(metric, f"{ours:.4f}" + (" (re-scored)" if challenger.rescored else ""),
+        table.add_row(kind.describe(metric), f"{ours:.4f}" + (" (re-scored)" if challenger.rescored else ""),
                       "-" if theirs is None else f"{theirs:.4f}" + (" (re-scored)" if champion.rescored else ""),
                       "-" if theirs is None else f"{ours - theirs:+.4f}", rules[metric])
     return table
@@ -386,25 +407,30 @@ def _comparison_table(decision) -> Table:
 def promote(
     model_name: str | None = typer.Option(None, help="registered model [default: register.model_name of --params]"),
     dry_run: bool = typer.Option(False, "--dry-run", help="show the comparison and the decision; change nothing"),
-    params: Path = typer.Option(Path("params.yaml"), help="gives the margin and SSIM tolerance (defaults if absent)"),
+    params: Path = typer.Option(Path("params.yaml"), help="gives the margin, SSIM tolerance and real sets (defaults if absent)"),
     data: Path = typer.Option(Path("data/synthesize"), help="folder the pairs index points into (for re-scoring)"),
-    pairs: Path = typer.Option(Path("data/preprocess/pairs.parquet"), help="pairs index whose test split is the gate set"),
+    pairs: Path = typer.Option(Path("data/preprocess/pairs.parquet"), help="pairs index whose test split is the gate set "
+                                                                           "when params list no real sets"),
     device: str = typer.Option("auto", help="auto | cpu | cuda (for re-scoring)"),
 ) -> None:
     """Compare `challenger` with `champion` on the same gate set and move `champion` if the rule says so.
 
-    Uses the scores recorded on the versions; only when they were scored on different test splits
-    are they re-scored on the local one (--data, --pairs).
+    The gate set is the real sets of params' evaluate.real_sets (raw and tone-aligned PSNR must both
+    beat the margin), else the test split. Uses the scores recorded on the versions; only when they
+    were scored on different sets are they re-scored on the local one (real sets relative to the
+    params file's folder; the test split of --data, --pairs).
     """
-    from pipeline.evaluation.gate import GateRule
+    from pipeline.evaluation.gate import GateRule, gate_kind
     from pipeline.registry import apply_decision, compare_challenger, connect
 
     try:
-        cfg = _register_params(params)
+        settings = _load_params(params)
+        cfg = settings.registration
         name = model_name or cfg.model_name
         client = connect(Path.cwd())
         decision = compare_challenger(client, name, GateRule(cfg.promotion_margin_db, cfg.ssim_tolerance),
-                                      _local_gate(data, pairs, device))
+                                      _local_gate(settings, params.parent, data, pairs, device),
+                                      gate_kind(settings.evaluate.real_sets))
     except DemoireError as exc:
         _fail(exc)
     Console().print(_comparison_table(decision))
@@ -431,7 +457,7 @@ def rollback(
     from pipeline.registry import connect, rollback_champion
 
     try:
-        name = model_name or _register_params(params).model_name
+        name = model_name or _load_params(params).registration.model_name
         demoted, restored = rollback_champion(connect(Path.cwd()), name)
     except DemoireError as exc:
         _fail(exc)

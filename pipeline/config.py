@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from pipeline.errors import ParamsError
 
@@ -243,9 +244,60 @@ class TrainParams(Section):
         return value
 
 
+def check_name_glob(pattern: str) -> str:
+    """Reject globs fnmatch would silently read as literal text (ValueError): an unclosed `[` is a typo, not a name."""
+    start = 0
+    while (start := pattern.find("[", start)) != -1:
+        end = start + 1 + pattern.startswith("!", start + 1)  # fnmatch: `[!…]` negates a set...
+        end += pattern.startswith("]", end)  # ...and a `]` first in the set is a member, not its end
+        start = pattern.find("]", end)
+        if start == -1:
+            raise ValueError("unclosed [ in the glob; allowed: a glob on pair names such as fhdmi_* or test/*")
+    return pattern
+
+
+# Set names become MLflow keys `real_<name>_<metric>` beside the means over sets `real_<metric>`:
+# a set named `tone` would give its own PSNR the key of the mean tone-aligned PSNR, `real_tone_psnr`.
+RESERVED_SET_NAMES = ("tone",)
+
+
+class RealSet(Section):
+    """A real paired set the evaluate stage scores, and the promotion gate decides on."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    path: Path  # absolute, or relative to the project root (the folder of params.yaml)
+    layout: DatasetLayoutName = "auto"
+    split: SplitName | None = None  # the dataset's own split folder to read; None reads all
+    include: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(check_name_glob)] = "*"
+    limit: int | None = Field(None, ge=1)  # the first `limit` pairs by name (after `include`); None keeps all
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        """Keep set names from colliding with the keys of the means over sets."""
+        if name in RESERVED_SET_NAMES:
+            raise ValueError(f"{name!r} is reserved (real_{name}_psnr would be the mean tone-aligned PSNR's key); "
+                             "choose another name")
+        return name
+
+
 class EvaluateParams(Section):
     grid_count: int = Field(4, ge=1, le=64)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Real paired sets scored beside the synthetic test split; when any is given, the gate decides on them.
+    real_sets: list[RealSet] = []
+
+    @field_validator("real_sets")
+    @classmethod
+    def _unique_names(cls, sets: list[RealSet]) -> list[RealSet]:
+        """Each set's metrics are keyed by its name, so two sets cannot share one."""
+        seen: set[str] = set()
+        for index, real_set in enumerate(sets):
+            if real_set.name in seen:
+                raise PydanticCustomError("duplicate_name", "duplicate name; every real set needs its own",
+                                          {"at": [index, "name"], "value": real_set.name})
+            seen.add(real_set.name)
+        return sets
 
 
 class RegisterParams(Section):
@@ -334,8 +386,11 @@ def describe_error(exc: ValidationError, source: str) -> str:
     parts = list(err["loc"])
     if parts[-1:] == ["[key]"]:  # a bad mapping key (e.g. a loss name): report the mapping's key path
         parts = parts[:-2]
-    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts).lstrip(".")
     value = err.get("input")
+    context = err.get("ctx") or {}
+    if "at" in context:  # a check of a whole list that points at the item at fault
+        parts, value = parts + list(context["at"]), context["value"]
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts).lstrip(".")
     if err["type"] == "extra_forbidden":
         allowed = ", ".join(sorted(_fields_at(loc[:-1])))
         return f"{source}: {key} = {value!r}: unknown key; allowed keys here: {allowed}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -58,10 +59,27 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def json_ready(data: Any) -> Any:
+    """`data` with every NaN or infinite float replaced by None: JSON has no such numbers, and readers
+    (DVC, jq, browsers) reject Python's `NaN` / `Infinity` (an identical pair's PSNR is infinite)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: json_ready(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_ready(value) for value in data]
+    return data
+
+
+def json_text(data: Any, **options: Any) -> str:
+    """Strict JSON of `data`: non-finite floats written as null (json_ready)."""
+    return json.dumps(json_ready(data), allow_nan=False, **options)
+
+
 def write_json(path: Path, data: Any) -> None:
-    """Write `data` as indented JSON, atomically."""
+    """Write `data` as indented, strict JSON (non-finite floats as null), atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json_text(data, indent=2, sort_keys=True) + "\n")
 
 
 def write_png(path: Path, image: np.ndarray) -> None:

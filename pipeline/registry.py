@@ -24,15 +24,17 @@ from mlflow.types.schema import Schema, TensorSpec
 import pipeline
 from pipeline.config import InferParams
 from pipeline.errors import InputDataError, ModelNotFoundError
-from pipeline.evaluation.gate import GATE_METRICS, GateRule, GateScores, PromotionDecision, decide_promotion
+from pipeline.evaluation.gate import (GATE_KINDS, METRIC_LABELS, SYNTHETIC, GateKind, GateRule, GateScores,
+                                     PromotionDecision, decide_promotion)
 from pipeline.models import SPEC_FILE, WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
-GATE_SET_TAG = "gate_set"  # version tag: hash of the test split its test_* metrics were computed on
+GATE_SET_TAG = SYNTHETIC.set_tag  # version tag: hash of the test split its test_* metrics were computed on
+GATE_KIND_TAG = "gate.kind"  # version tag: which gate decided, `synthetic` (test split) or `real` (real sets)
 CHAMPION_HISTORY_TAG = "champion_history"  # registered-model tag: JSON list of champion versions, oldest first
 MAX_HISTORY = 200  # versions kept in the history; MLflow tag values hold at most 5000 characters
-Rescore = Callable[[Path], dict[str, float]]  # model folder (model.pt + model.json) → psnr/ssim/mse on the gate set
+Rescore = Callable[[Path], dict[str, float]]  # model folder (model.pt + model.json) → the gate kind's metrics on the gate set
 IMAGE_SIGNATURE = ModelSignature(
     inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, 3))]),
     outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, 3))]),
@@ -119,6 +121,19 @@ def log_demoire_model(model_dir: Path, infer: InferParams | None = None):
         )
 
 
+def flat_metrics(evaluation: dict) -> dict[str, float]:
+    """The evaluate stage's metrics.json as MLflow metric names: `test_<metric>` for the test split,
+    `real_<set>_<metric>` per real set and `real_<metric>` for the means over sets; nulls left out."""
+    def numbers(prefix: str, mapping: dict) -> dict[str, float]:
+        return {f"{prefix}{key}": float(value) for key, value in mapping.items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+    flat = numbers("test_", evaluation)
+    for name, summary in evaluation.get("real", {}).items():
+        flat |= numbers(f"real_{name}_", summary)
+    return flat | numbers("real_", evaluation.get("real_mean", {}))
+
+
 def register_and_gate(
     client: MlflowClient,
     name: str,
@@ -128,21 +143,23 @@ def register_and_gate(
     tags: dict[str, str],
     rule: GateRule,
     rescore: Rescore | None = None,
+    kind: GateKind = SYNTHETIC,
 ) -> tuple[str, PromotionDecision]:
     """Register a version as `challenger` tagged with its metrics and `tags`, and gate `champion`.
 
-    `tags` must hold `gate_set`, the hash of the test split the metrics were computed on. A
-    champion scored on another gate set is re-scored on this one with `rescore` first.
+    `metrics` must hold the gate kind's means (`test_psnr`, … or `real_psnr`, `real_tone_psnr`, …) and
+    `tags` its gate set tag (`gate_set` or `real_gate_set`), the hash of the set they were computed on.
+    A champion scored on another gate set is re-scored on this one with `rescore` first.
     """
-    gate_set = tags[GATE_SET_TAG]
+    gate_set = tags[kind.set_tag]
     champion = _alias_version(client, name, CHAMPION)
     # scored before registering: a failed re-score must not leave a version without a decision
-    champion_scores = scores_on_gate_set(client, name, champion, gate_set, rescore) if champion else None
+    champion_scores = scores_on_gate_set(client, name, champion, gate_set, rescore, kind) if champion else None
     version = str(mlflow.register_model(model_uri, name).version)
     for key, value in {**metrics, **tags}.items():
         client.set_model_version_tag(name, version, key, str(value))
     client.set_registered_model_alias(name, CHALLENGER, version)
-    challenger = GateScores(version, *(metrics[f"test_{m}"] for m in GATE_METRICS), gate_set)
+    challenger = GateScores.from_means(version, {m: metrics[f"{kind.prefix}_{m}"] for m in kind.metrics}, gate_set, kind)
     decision = decide_promotion(challenger, champion_scores, rule)
     apply_decision(client, name, decision, f"run {run_id}")
     log.info("registered %s v%s: %s", name, version, decision.reason)
@@ -160,22 +177,24 @@ def connect(project_dir: Path) -> MlflowClient:
 
 
 def compare_challenger(
-    client: MlflowClient, name: str, rule: GateRule, local_gate: Callable[[], tuple[str, Rescore]]
+    client: MlflowClient, name: str, rule: GateRule, local_gate: Callable[[], tuple[str, Rescore]],
+    kind: GateKind = SYNTHETIC,
 ) -> PromotionDecision:
-    """Decide on `challenger` vs `champion` on one gate set: the one both were scored on, else the local test split.
+    """Decide on `challenger` vs `champion` on one gate set of `kind`: the one both were scored on, else the
+    local one (the test split, or the real sets of params.yaml).
 
     `local_gate` is only called when the recorded scores are not comparable; it returns the local
     gate set's hash and a function scoring a model folder on it.
     """
     challenger = resolve_alias(name, CHALLENGER)
     champion = _alias_version(client, name, CHAMPION)
-    ours = recorded_scores(client, name, challenger)
-    theirs = recorded_scores(client, name, champion) if champion else None
+    ours = recorded_scores(client, name, challenger, kind)
+    theirs = recorded_scores(client, name, champion, kind) if champion else None
     if ours is not None and (champion is None or (theirs is not None and theirs.gate_set == ours.gate_set)):
         return decide_promotion(ours, theirs, rule)
     gate_set, rescore = local_gate()
-    ours = scores_on_gate_set(client, name, challenger, gate_set, rescore)
-    theirs = scores_on_gate_set(client, name, champion, gate_set, rescore) if champion else None
+    ours = scores_on_gate_set(client, name, challenger, gate_set, rescore, kind)
+    theirs = scores_on_gate_set(client, name, champion, gate_set, rescore, kind) if champion else None
     return decide_promotion(ours, theirs, rule)
 
 
@@ -187,31 +206,32 @@ def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
         return None
 
 
-def recorded_scores(client: MlflowClient, name: str, version: str) -> GateScores | None:
-    """A version's gate scores as tagged at registration; None if it lacks a gate set or a metric."""
+def recorded_scores(client: MlflowClient, name: str, version: str, kind: GateKind = SYNTHETIC) -> GateScores | None:
+    """A version's scores on a gate set of `kind` as tagged at registration; None if it lacks the set or a metric."""
     tags = client.get_model_version(name, version).tags
     try:
-        values = [float(tags[f"test_{metric}"]) for metric in GATE_METRICS]
+        means = {metric: float(tags[f"{kind.prefix}_{metric}"]) for metric in kind.metrics}
     except (KeyError, ValueError):
         return None
-    gate_set = tags.get(GATE_SET_TAG)
-    return GateScores(version, *values, gate_set) if gate_set else None
+    gate_set = tags.get(kind.set_tag)
+    return GateScores.from_means(version, means, gate_set, kind) if gate_set else None
 
 
 def scores_on_gate_set(
-    client: MlflowClient, name: str, version: str, gate_set: str, rescore: Rescore | None
+    client: MlflowClient, name: str, version: str, gate_set: str, rescore: Rescore | None, kind: GateKind = SYNTHETIC
 ) -> GateScores:
     """A version's scores on `gate_set`: as recorded when it was scored on it, else re-scored with `rescore`."""
-    recorded = recorded_scores(client, name, version)
+    recorded = recorded_scores(client, name, version, kind)
     if recorded is not None and recorded.gate_set == gate_set:
         return recorded
     if rescore is None:
+        needs = "the test split (`dvc repro` writes it)" if kind is SYNTHETIC else "the real sets of evaluate.real_sets"
         raise InputDataError(f"{name} v{version} was scored on another gate set than {gate_set[:12]}; "
-                             "re-scoring it needs the test split (`dvc repro` writes it)")
+                             f"re-scoring it needs {needs}")
     with tempfile.TemporaryDirectory() as tmp:
         scores = rescore(download_model_files(f"models:/{name}/{version}", Path(tmp)))
-    log.info("re-scored %s v%s on gate set %s: %s", name, version, gate_set[:12], scores)
-    return GateScores(version, *(scores[m] for m in GATE_METRICS), gate_set, rescored=True)
+    log.info("re-scored %s v%s on gate set %s (%s): %s", name, version, gate_set[:12], kind.label, scores)
+    return GateScores.from_means(version, scores, gate_set, kind, rescored=True)
 
 
 def apply_decision(client: MlflowClient, name: str, decision: PromotionDecision, source: str) -> None:
@@ -220,15 +240,16 @@ def apply_decision(client: MlflowClient, name: str, decision: PromotionDecision,
     tags = {
         "promotion": "promoted" if decision.promote else "not_promoted",
         "promotion_reason": decision.reason,
+        GATE_KIND_TAG: decision.challenger.kind,
         "gate.gate_set": decision.challenger.gate_set,
         "gate.margin_db": decision.rule.margin_db,
         "gate.ssim_tolerance": decision.rule.ssim_tolerance,
         "gate.challenger_rescored": decision.challenger.rescored,
-        **{f"gate.challenger_{m}": getattr(decision.challenger, m) for m in GATE_METRICS},
+        **{f"gate.challenger_{m}": value for m, value in decision.challenger.means().items()},
     }
     if champion is not None:
         tags |= {"gate.champion_version": champion.version, "gate.champion_rescored": champion.rescored,
-                 **{f"gate.champion_{m}": getattr(champion, m) for m in GATE_METRICS}}
+                 **{f"gate.champion_{m}": value for m, value in champion.means().items()}}
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, str(value))
     client.update_model_version(name, version, description=comparison_markdown(decision, source))
@@ -239,15 +260,17 @@ def apply_decision(client: MlflowClient, name: str, decision: PromotionDecision,
 def comparison_markdown(decision: PromotionDecision, source: str) -> str:
     """The version description: decision, rule and both models' scores on the gate set."""
     challenger, champion = decision.challenger, decision.champion
+    kind = GATE_KINDS[challenger.kind]
     verdict = "promoted to champion" if decision.promote else "not promoted"
+    margins = " and ".join(METRIC_LABELS[m] for m in kind.margin_metrics)
     lines = [f"{source}: {verdict}: {decision.reason}", "",
-             f"Gate set {challenger.gate_set} (test split); margin {decision.rule.margin_db:g} dB PSNR, "
-             f"SSIM tolerance {decision.rule.ssim_tolerance:g}.", ""]
+             f"Gate set {challenger.gate_set} ({kind.label}; gate.kind {kind.name}); margin "
+             f"{decision.rule.margin_db:g} dB {margins}, SSIM tolerance {decision.rule.ssim_tolerance:g}.", ""]
     if champion is None:
         return "\n".join(lines + [f"v{challenger.version}: " + ", ".join(
-            f"{m} {getattr(challenger, m):.6g}" for m in GATE_METRICS)])
+            f"{m} {value:.6g}" for m, value in challenger.means().items())])
     lines += [f"| metric | challenger v{challenger.version} | champion v{champion.version} |", "|---|---|---|"]
-    lines += [f"| {m} | {getattr(challenger, m):.6g} | {getattr(champion, m):.6g} |" for m in GATE_METRICS]
+    lines += [f"| {m} | {value:.6g} | {getattr(champion, m):.6g} |" for m, value in challenger.means().items()]
     rescored = [f"v{s.version}" for s in (challenger, champion) if s.rescored]
     if rescored:
         lines += ["", f"Re-scored on this gate set: {', '.join(rescored)}."]

@@ -263,3 +263,113 @@ def test_promote_rescores_on_the_local_test_split_when_gate_sets_differ(blocked_
     pairs.unlink()
     missing = runner.invoke(app, ["promote", "--model-name", "m", "--data", str(data), "--pairs", str(pairs)])
     assert missing.exit_code == 2 and "pairs index not found" in missing.output and "dvc repro" in missing.output
+
+
+def _strict_json(text: str) -> dict:
+    """Parse JSON refusing NaN and Infinity, which strict readers (DVC, jq, browsers) reject."""
+    def refuse(constant):
+        raise AssertionError(f"{constant} in JSON output")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_evaluate_selects_pairs_by_glob_and_limit_and_prints_every_key_as_strict_json(tmp_path, rng):
+    from tests.evaluation.test_real_sets import SUMMARY_KEYS, real_looking_pairs
+
+    model = _model(tmp_path)
+    root = real_looking_pairs(tmp_path / "pairs", rng, ["fhdmi_1.png", "fhdmi_2.png", "tip_1.png"])
+    write_png(root / "moire" / "same.png", read_rgb(root / "clean" / "tip_1.png"))  # moiré-free: identity PSNR inf
+    write_png(root / "clean" / "same.png", read_rgb(root / "clean" / "tip_1.png"))
+    args = ["evaluate", "--model", model, "--pairs", str(root), "--device", "cpu", "--tile", "32", "--overlap", "8"]
+    result = runner.invoke(app, [*args, "--include", "fhdmi_*", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = _strict_json(result.stdout.strip().splitlines()[-1])
+    assert set(summary) == SUMMARY_KEYS - {"hash"} and (summary["count"], summary["skipped"]) == (2, 0)
+    net = load_model(Path(model))[0]
+    served = restore_image(net, read_rgb(root / "moire" / "fhdmi_1.png"), "cpu", 32, 8)  # 40x56: tiled
+    from pipeline.data.dataset import to_tensor
+    from pipeline.evaluation.evaluate import evaluate_pairs
+
+    first = evaluate_pairs(lambda x: to_tensor(served),
+                           [(read_rgb(root / "moire" / "fhdmi_1.png"), read_rgb(root / "clean" / "fhdmi_1.png"))], ["a"])
+    one = _strict_json(runner.invoke(app, [*args, "--limit", "1", "--json"]).stdout.strip().splitlines()[-1])
+    assert one["count"] == 1 and one["psnr"] == pytest.approx(first.psnr[0], abs=1e-9)
+
+    identical = runner.invoke(app, [*args, "--include", "same*", "--json"])
+    assert identical.exit_code == 0, identical.output
+    same = _strict_json(identical.stdout.strip().splitlines()[-1])
+    assert same["identity_psnr"] is None and same["moire_removed_mid"] is None and same["psnr"] > 0
+
+    table = runner.invoke(app, [*args, "--include", "tip_*"])
+    assert table.exit_code == 0, table.output
+    for text in ("tip_*", "tone-aligned PSNR (dB)", "tone-aligned SSIM", "identity (moiré input)",
+                 "moiré removed", "low (< 1/32 cycles/px)", "high (≥ 1/8)", " %"):
+        assert text in table.stdout, text
+
+    bad = runner.invoke(app, [*args, "--include", "fhdmi_[1"])
+    assert bad.exit_code == 2 and bad.output.strip().startswith("error: include 'fhdmi_[1': unclosed [ in the glob")
+    none = runner.invoke(app, [*args, "--include", "uhdm_*"])
+    assert none.exit_code == 2
+    assert none.output.strip() == f"error: no pair in {root} matches include 'uhdm_*' (generic layout, 4 pairs, 0 unpaired files)"
+
+
+@pytest.fixture
+def real_registry(tmp_path, monkeypatch, rng):
+    """v1 champion scored on the test split only; v2 registered by the real gate under a strict rule (10 dB),
+    so the default rule would decide again; params.yaml lists the real sets (relative to its folder)."""
+    import mlflow
+    import torch
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.config import load_params
+    from pipeline.evaluation.gate import REAL, GateRule, local_gate
+    from pipeline.registry import log_demoire_model, register_and_gate, use_tracking_store
+    from tests.evaluation.test_real_sets import real_looking_pairs
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    real_looking_pairs(tmp_path / "photos", rng, ["a_1.png", "a_2.png", "b_1.png"])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "evaluate": {"device": "cpu", "real_sets": [{"name": "a", "path": "photos", "include": "a_*"},
+                                                    {"name": "b", "path": "photos", "include": "b_*"}]},
+        "infer": {"tile_size": 32, "tile_overlap": 8}}))
+    gate = local_gate(load_params(tmp_path / "params.yaml"), tmp_path, tmp_path, tmp_path, torch.device("cpu"))
+    use_tracking_store(tmp_path, "test")
+    model = _model(tmp_path)
+    with mlflow.start_run() as run:
+        info = log_demoire_model(model)
+    register_and_gate(MlflowClient(), "m", info.model_uri, run.info.run_id,
+                      {"test_psnr": 22.0, "test_ssim": 0.8, "test_mse": 0.01}, {"gate_set": "g"}, GateRule(0.05, 0.005))
+    champion = gate.rescore(Path(model))
+    with mlflow.start_run() as run:
+        info = log_demoire_model(model)
+    challenger = {"real_psnr": champion["psnr"] + 0.5, "real_tone_psnr": champion["tone_psnr"] + 0.5,
+                  "real_ssim": champion["ssim"], "real_mse": champion["mse"], "test_psnr": 21.0, "test_ssim": 0.7,
+                  "test_mse": 0.02}
+    register_and_gate(MlflowClient(), "m", info.model_uri, run.info.run_id, challenger,
+                      {"gate_set": "g", "real_gate_set": gate.digest}, GateRule(10.0, 0.0), gate.rescore, REAL)
+    mlflow.set_tracking_uri(None)
+    yield MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), champion
+    mlflow.set_tracking_uri(None)
+
+
+def test_promote_dry_run_on_real_sets_rescores_the_champion_and_shows_raw_and_tone_aligned_rows(real_registry):
+    client, champion = real_registry
+    assert client.get_model_version("m", "2").tags["gate.kind"] == "real"
+    assert client.get_model_version("m", "2").tags["promotion"] == "not_promoted"  # 10 dB margin at registration
+
+    dry = runner.invoke(app, ["promote", "--model-name", "m", "--dry-run", "--device", "cpu"])
+    assert dry.exit_code == 0, dry.output
+    assert "re-scoring on the real sets (a 2, b 1 pairs), gate set" in dry.output
+    assert "(real sets; gate.kind real)" in dry.output
+    for row in ("real PSNR", "real tone-aligned PSNR", "real SSIM", "real MSE", "(re-scored)", "+0.5000", "≥ +0.05 dB"):
+        assert row in dry.output, row
+    assert "real tone-aligned PSNR" in dry.output.split("promote:")[1]  # the reason names both numbers
+    assert "dry run: champion would move to v2; nothing changed" in dry.output
+    assert _champion(client) == "1"
+
+    done = runner.invoke(app, ["promote", "--model-name", "m", "--device", "cpu"])
+    assert done.exit_code == 0 and "champion: v1 → v2" in done.output, done.output
+    tags = client.get_model_version("m", "2").tags
+    assert tags["gate.kind"] == "real" and float(tags["gate.champion_tone_psnr"]) == pytest.approx(champion["tone_psnr"])

@@ -39,6 +39,21 @@ def test_repository_params_file_is_valid():
          "params.yaml: infer = {'tile_size': 64, 'tile_overlap': 32}: tile_overlap 32 must be less than half of tile_size 64"),
         ({"infer": {"max_pixels": 300_000_000}},
          "params.yaml: infer.max_pixels = 300000000: Input should be less than or equal to 200000000"),
+        ({"evaluate": {"real_sets": [{"name": "fhdmi", "path": "/a"}, {"name": "tip", "path": "/a"},
+                                     {"name": "fhdmi", "path": "/b"}]}},
+         "params.yaml: evaluate.real_sets[2].name = 'fhdmi': duplicate name; every real set needs its own"),
+        ({"evaluate": {"real_sets": [{"name": "a", "path": "/a", "include": "fhdmi_[0-9*"}]}},
+         "params.yaml: evaluate.real_sets[0].include = 'fhdmi_[0-9*': unclosed [ in the glob; "
+         "allowed: a glob on pair names such as fhdmi_* or test/*"),
+        ({"evaluate": {"real_sets": [{"name": "a", "path": "/a", "include": ""}]}},
+         "params.yaml: evaluate.real_sets[0].include = '': String should have at least 1 character"),
+        ({"evaluate": {"real_sets": [{"name": "real photos", "path": "/a"}]}},
+         "params.yaml: evaluate.real_sets[0].name = 'real photos': String should match pattern '^[A-Za-z0-9_.-]{1,64}$'"),
+        ({"evaluate": {"real_sets": [{"name": "tone", "path": "/a"}]}},
+         "params.yaml: evaluate.real_sets[0].name = 'tone': 'tone' is reserved (real_tone_psnr would be the mean "
+         "tone-aligned PSNR's key); choose another name"),
+        ({"evaluate": {"real_sets": [{"name": "a", "path": "/a", "limit": 0}]}},
+         "params.yaml: evaluate.real_sets[0].limit = 0: Input should be greater than or equal to 1"),
     ],
 )
 def test_invalid_values_name_key_value_and_what_is_allowed(raw, expected):
@@ -101,3 +116,16 @@ def test_profiles_fill_in_what_params_yaml_does_not_write():
     assert parse_params({}).profile == "quick"
     with pytest.raises(ParamsError, match=r"profile = 'fast': Input should be 'quick', 'cpu-long' or 'gpu'"):
         parse_params({"profile": "fast"})
+
+
+def test_real_sets_take_globs_and_an_unknown_key_lists_their_keys():
+    real = parse_params({"evaluate": {"real_sets": [
+        {"name": "fhdmi", "path": "../shared/real-moire/paired", "include": "fhdmi_*"},
+        {"name": "tip2018", "path": "/data/TIP2018", "layout": "tip2018", "split": "test", "include": "[!x]*", "limit": 3},
+    ]}}).evaluate.real_sets
+    assert [(r.name, r.include, r.limit, r.layout) for r in real] == [
+        ("fhdmi", "fhdmi_*", None, "auto"), ("tip2018", "[!x]*", 3, "tip2018")]
+    with pytest.raises(ParamsError) as info:
+        parse_params({"evaluate": {"real_sets": [{"name": "a", "path": "/a", "glob": "*"}]}}, source="params.yaml")
+    assert str(info.value) == ("params.yaml: evaluate.real_sets[0].glob = '*': unknown key; "
+                               "allowed keys here: include, layout, limit, name, path, split")

@@ -64,3 +64,17 @@ def test_pil_decompression_bomb_warning_and_error_become_the_same_input_error(tm
         read_rgb(tmp_path / "bomb.png")
     assert str(info.value) == (f"image {tmp_path / 'bomb.png'} is 2,400 pixels, "
                                f"over the decompression-bomb limit of {pil_limit:,}")
+
+
+def test_json_outputs_write_null_for_nan_and_infinity(tmp_path):
+    import json
+    import math
+
+    from pipeline.io import json_text, write_json
+
+    data = {"psnr": math.inf, "moire_removed_low": math.nan, "real": {"a": {"ssim": 0.5, "x": [-math.inf, 1]}}}
+    write_json(tmp_path / "m.json", data)
+    text = (tmp_path / "m.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"psnr": None, "moire_removed_low": None, "real": {"a": {"ssim": 0.5, "x": [None, 1]}}}
+    assert json_text({"a": math.nan}) == '{"a": null}'

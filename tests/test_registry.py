@@ -287,3 +287,69 @@ def test_register_stage_tracks_provenance_and_rescores_a_champion_on_a_changed_g
     tags = client.get_model_version("demoire-test", "2").tags
     assert tags["gate.champion_rescored"] == "True" and tags["gate_set"] == new_gate.digest
     assert json.loads(client.get_registered_model("demoire-test").tags["champion_history"]) == ["1", "2"]
+
+
+def test_register_stage_gates_on_real_sets_and_logs_every_set(tmp_path, monkeypatch, rng, tiny_raw):
+    from flows.register import log_and_register_task
+    from pipeline.config import parse_params
+    from pipeline.errors import InputDataError
+    from pipeline.evaluation.real_sets import find_real_sets, real_gate_hash, real_sets_scorer
+    from tests.evaluation.test_real_sets import real_looking_pairs
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    data, pairs = _gate_data(tmp_path, rng)
+    history, grid, lock = _stage_inputs(tmp_path, rng)
+    first, second = _model(tmp_path / "first", seed=0), _model(tmp_path / "second", seed=1)
+    real_looking_pairs(tmp_path / "real", rng, ["a_1.png", "a_2.png", "b_1.png"])
+    (tmp_path / "per_set").mkdir()  # the evaluate stage's per-image CSVs of the real sets
+    pd.DataFrame({"image": ["a_1.png"], "psnr": [21.0]}).to_csv(tmp_path / "per_set" / "a.csv", index=False)
+    tiny_raw |= {"register": {"model_name": "demoire-test"}, "infer": {"tile_size": 32, "tile_overlap": 8}}
+    tiny_raw["evaluate"]["device"] = "cpu"
+    synthetic = parse_params(tiny_raw)
+    tiny_raw["evaluate"]["real_sets"] = [{"name": name, "path": str(tmp_path / "real"), "include": f"{name}_*"}
+                                         for name in ("a", "b")]
+    real = parse_params(tiny_raw)
+    metrics = tmp_path / "metrics.json"
+
+    def register(params, model_dir, evaluation):
+        write_json(metrics, evaluation)
+        return log_and_register_task.fn(params, model_dir, history, evaluation, [metrics, history], grid, lock, data,
+                                        pairs, tmp_path / "per_set")
+
+    record1 = register(synthetic, first, {"psnr": 20.0, "ssim": 0.5, "mse": 0.01, "count": 3})
+    assert record1["promote"] and record1["gate_kind"] == "synthetic"
+
+    # Real sets configured: the champion was scored on the test split only, so it is re-scored on the real sets.
+    sets = find_real_sets(real.evaluate.real_sets, tmp_path)
+    champion_now = real_sets_scorer(sets, torch.device("cpu"), real.infer)(first)
+    means = {**champion_now, "psnr": champion_now["psnr"] + 0.5, "tone_psnr": champion_now["tone_psnr"] + 0.5}
+    per_set = {"count": 2, "skipped": 0, "psnr": 21.0, "tone_psnr": 24.5, "ssim": 0.7, "moire_removed_low": None,
+               "hash": sets[0].digest}
+    evaluation = {"psnr": 19.0, "ssim": 0.4, "mse": 0.02, "count": 3, "real": {"a": per_set, "b": {**per_set, "count": 1}},
+                  "real_mean": means, "real_gate_set": real_gate_hash(sets)}
+    record2 = register(real, second, evaluation)
+    assert record2["promote"] and record2["gate_kind"] == "real", record2["reason"]
+    assert record2["champion"]["rescored"] and record2["champion"]["kind"] == "real"
+    assert record2["champion"]["tone_psnr"] == pytest.approx(champion_now["tone_psnr"], abs=1e-9)
+    assert "real PSNR" in record2["reason"] and "real tone-aligned PSNR" in record2["reason"]
+
+    client = MlflowClient()
+    logged = client.get_run(record2["run_id"]).data.metrics
+    assert (logged["test_psnr"], logged["real_a_psnr"], logged["real_b_count"]) == (19.0, 21.0, 1.0)
+    assert logged["real_tone_psnr"] == pytest.approx(means["tone_psnr"]) and "real_a_moire_removed_low" not in logged
+    assert "evaluation/real/a.csv" in {a.path for a in client.list_artifacts(record2["run_id"], "evaluation/real")}
+    tags = client.get_model_version("demoire-test", "2").tags
+    assert (tags["gate.kind"], tags["real_gate_set"], tags["gate.gate_set"]) == ("real", real_gate_hash(sets),
+                                                                                 real_gate_hash(sets))
+    assert tags["gate_set"] == load_gate_set(pairs, data).digest  # the test split's, for a later synthetic gate
+    assert tags["real_a_tone_psnr"] == "24.5" and tags["gate.champion_rescored"] == "True"
+    assert float(tags["gate.champion_tone_psnr"]) == pytest.approx(champion_now["tone_psnr"])
+    description = client.get_model_version("demoire-test", "2").description
+    assert "(real sets; gate.kind real)" in description and "| tone_psnr |" in description
+
+    # The real folders changed after the evaluate stage scored them: nothing is registered on stale scores.
+    with pytest.raises(InputDataError, match=r"^the real sets of evaluate.real_sets hash to [0-9a-f]{12} but were "
+                                             r"scored as 000000000000; run `dvc repro -f evaluate` to score them again$"):
+        register(real, second, {**evaluation, "real_gate_set": "0" * 64})
+    assert len(client.search_model_versions("name='demoire-test'")) == 2

@@ -8,12 +8,16 @@ the model removed in each band.
 
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterable
 
 import pandas as pd
 import torch
 
 from pipeline.data.dataset import Pair, to_tensor
+from pipeline.data.paired_folder import decoded_pairs
+from pipeline.errors import InputDataError
+from pipeline.sources.paired_datasets import PairList
 from pipeline.evaluation.metrics import image_metrics
 from pipeline.evaluation.residual_bands import BANDS, band_energies, removed_fraction
 from pipeline.evaluation.tone import align_tone
@@ -35,8 +39,15 @@ def evaluate_pairs(
     restore: Callable[[torch.Tensor], torch.Tensor], pairs: list[Pair], names: list[str]
 ) -> pd.DataFrame:
     """Per-image scores of the model (`psnr`, `tone_psnr`, `residual_low`, …) and of the input (`identity_…`)."""
+    return evaluate_named_pairs(restore, zip(names, pairs))
+
+
+def evaluate_named_pairs(
+    restore: Callable[[torch.Tensor], torch.Tensor], named_pairs: Iterable[tuple[str, Pair]]
+) -> pd.DataFrame:
+    """evaluate_pairs over (name, pair) items, consumed one at a time (a lazy reader keeps one pair in memory)."""
     rows = []
-    for name, (moire, clean) in zip(names, pairs):
+    for name, (moire, clean) in named_pairs:
         x, y = to_tensor(moire), to_tensor(clean)
         model_scores = image_scores(restore(x), y)
         identity_scores = image_scores(x, y)
@@ -56,3 +67,16 @@ def summarize(per_image: pd.DataFrame) -> dict[str, float | int]:
         summary[f"moire_removed_{band}"] = removed_fraction(
             float(per_image[f"residual_{band}"].sum()), float(per_image[f"identity_residual_{band}"].sum()))
     return summary
+
+
+def evaluate_found_pairs(
+    restore: Callable[[torch.Tensor], torch.Tensor], found: PairList, root: Path
+) -> tuple[pd.DataFrame, dict, list[tuple[str, str]]]:
+    """Per-image scores, their summary (with `skipped`) and the skipped pairs as (name, reason) of the pairs found
+    under `root`, decoded one at a time; unreadable pairs are skipped; InputDataError when none is readable."""
+    skipped = [(item.name, item.reason) for item in found.skipped]
+    per_image = evaluate_named_pairs(restore, decoded_pairs(found.pairs, skipped))
+    if per_image.empty:
+        raise InputDataError(f"none of the {len(found.pairs)} selected pairs in {root} is readable "
+                             f"({found.layout} layout, {len(skipped)} skipped)")
+    return per_image, {**summarize(per_image), "skipped": len(skipped)}, skipped

@@ -1,10 +1,16 @@
-"""The frozen gate set (the test split, recorded by hash) and the rule that moves `champion`.
+"""The frozen gate set, recorded by hash, and the rule that moves `champion`.
 
-Gate set hash: for every test pair, SHA-256 over the moiré and clean file *names* and both files'
-bytes; the sorted per-pair digests are hashed again. Names only (not folders), so the same test set
+Two kinds of gate. `synthetic`: the test split of the pairs index, scored on PSNR (margin) and SSIM
+(tolerance). `real`, whenever `evaluate.real_sets` lists any: the real photo sets, scored as the
+served model restores them, on the means over sets of raw PSNR, tone-aligned PSNR (both must beat the
+champion by the margin) and SSIM (tolerance); the champion must be the model that is best on real photos.
+
+Gate set hash: for every pair, SHA-256 over the moiré and clean file *names* and both files'
+bytes; the sorted per-pair digests are hashed again. Names only (not folders), so the same set
 hashes the same on another machine or under another absolute path (imported datasets are indexed by
 absolute path); sorted, because the gate metrics are means and do not depend on pair order. Any
-changed, added or removed test image changes the hash.
+changed, added or removed image changes the hash. Real sets: each set's hash, keyed by its name,
+hashed again in name order (pipeline.evaluation.real_sets.real_gate_hash).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import pandas as pd
 import torch
@@ -22,6 +28,29 @@ from pipeline.errors import InputDataError
 GATE_METRICS = ("psnr", "ssim", "mse")
 # Scores round-trip through MLflow tags as decimal strings; a margin met exactly must not fail on the last bit.
 SLACK = 1e-9
+METRIC_LABELS = {"psnr": "PSNR", "tone_psnr": "tone-aligned PSNR", "ssim": "SSIM", "mse": "MSE"}
+
+
+@dataclass(frozen=True)
+class GateKind:
+    """What a gate set is, where a version's means on it are recorded, and which of them must beat the margin."""
+
+    name: str  # `gate.kind` tag
+    prefix: str  # metric and tag names of the means: test_psnr, real_tone_psnr
+    set_tag: str  # version tag holding the hash of the set those means were computed on
+    metrics: tuple[str, ...]  # recorded and compared; "psnr", "ssim" and "mse" always among them
+    margin_metrics: tuple[str, ...]  # each must beat the champion's by the margin
+    label: str  # the set, in messages
+
+    def describe(self, metric: str) -> str:
+        """A metric as messages name it: `test PSNR`, `real tone-aligned PSNR`."""
+        return f"{self.prefix} {METRIC_LABELS[metric]}"
+
+
+SYNTHETIC = GateKind("synthetic", "test", "gate_set", GATE_METRICS, ("psnr",), "test split")
+REAL = GateKind("real", "real", "real_gate_set", ("psnr", "tone_psnr", "ssim", "mse"), ("psnr", "tone_psnr"),
+                "real sets")
+GATE_KINDS = {kind.name: kind for kind in (SYNTHETIC, REAL)}
 
 
 @dataclass(frozen=True)
@@ -51,6 +80,19 @@ class GateScores:
     mse: float
     gate_set: str
     rescored: bool = False  # scored again here because its recorded scores were on another gate set
+    kind: str = SYNTHETIC.name
+    tone_psnr: float | None = None  # real gate only
+
+    @classmethod
+    def from_means(cls, version: str, means: dict[str, float], gate_set: str, kind: GateKind,
+                   rescored: bool = False) -> "GateScores":
+        """Scores from a {metric: mean} mapping holding at least `kind.metrics`."""
+        return cls(version, gate_set=gate_set, rescored=rescored, kind=kind.name,
+                   **{metric: float(means[metric]) for metric in kind.metrics})
+
+    def means(self) -> dict[str, float]:
+        """{metric: mean} of the metrics its gate kind records."""
+        return {metric: getattr(self, metric) for metric in GATE_KINDS[self.kind].metrics}
 
 
 @dataclass(frozen=True)
@@ -72,6 +114,7 @@ class PromotionDecision:
             "champion_version": champion.version if champion else None,
             "champion_psnr": champion.psnr if champion else None,
             "gate_set": self.challenger.gate_set,
+            "gate_kind": self.challenger.kind,
             "challenger": asdict(self.challenger),
             "champion": asdict(champion) if champion else None,
             "margin_db": self.rule.margin_db,
@@ -90,20 +133,23 @@ def gate_pairs(pairs_index: Path) -> pd.DataFrame:
     return test
 
 
-def gate_set_hash(test: pd.DataFrame, root: Path) -> str:
-    """SHA-256 over the test pairs' file names and bytes, independent of order and location."""
+def pairs_digest(pairs: Iterable[tuple[Path, Path]]) -> str:
+    """SHA-256 over (moiré, clean) files' names and bytes, independent of order and location; OSError if unreadable."""
     digests = []
-    for row in test.itertuples():
+    for files in pairs:
         pair = hashlib.sha256()
-        for rel in (row.moire_path, row.clean_path):
-            path = Path(root) / rel
-            try:
-                content = path.read_bytes()
-            except OSError as exc:
-                raise InputDataError(f"test image not readable: {path} ({exc.strerror}); run `dvc repro`") from None
-            pair.update(Path(rel).name.encode() + b"\0" + hashlib.sha256(content).digest())
+        for path in files:
+            pair.update(Path(path).name.encode() + b"\0" + hashlib.sha256(Path(path).read_bytes()).digest())
         digests.append(pair.hexdigest())
     return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
+
+
+def gate_set_hash(test: pd.DataFrame, root: Path) -> str:
+    """SHA-256 over the test pairs' file names and bytes, independent of order and location."""
+    try:
+        return pairs_digest((Path(root) / row.moire_path, Path(root) / row.clean_path) for row in test.itertuples())
+    except OSError as exc:
+        raise InputDataError(f"test image not readable: {exc.filename} ({exc.strerror}); run `dvc repro`") from None
 
 
 def load_gate_set(pairs_index: Path, data: Path) -> GateSet:
@@ -133,8 +179,38 @@ def model_dir_scorer(gate: GateSet, device: torch.device) -> Callable[[Path], di
     return lambda model_dir: score_on_gate(load_model(model_dir, device)[0], gate, device)
 
 
+@dataclass(frozen=True)
+class LocalGate:
+    """The gate set of this checkout: its kind, its hash, what it is, and a scorer of model folders on it."""
+
+    kind: GateKind
+    digest: str
+    description: str
+    rescore: Callable[[Path], dict[str, float]]
+
+
+def gate_kind(real_sets: list) -> GateKind:
+    """REAL when params.yaml lists any real set (the champion must be best on real photos), else SYNTHETIC."""
+    return REAL if real_sets else SYNTHETIC
+
+
+def local_gate(params, data: Path, pairs_index: Path, base: Path, device: torch.device) -> LocalGate:
+    """The gate set `params` (a pipeline.config.Params) calls for: its real sets (paths relative to `base`,
+    the project root), else the test split of `pairs_index` (paths relative to `data`)."""
+    if gate_kind(params.evaluate.real_sets) is REAL:
+        from pipeline.evaluation.real_sets import find_real_sets, real_gate_hash, real_sets_scorer
+
+        sets = find_real_sets(params.evaluate.real_sets, base)
+        counts = ", ".join(f"{real.name} {len(real.found.pairs)}" for real in sets)
+        return LocalGate(REAL, real_gate_hash(sets), f"real sets ({counts} pairs)",
+                         real_sets_scorer(sets, device, params.infer))
+    gate = load_gate_set(pairs_index, data)
+    return LocalGate(SYNTHETIC, gate.digest, f"local test split ({len(gate.frame)} pairs)", model_dir_scorer(gate, device))
+
+
 def decide_promotion(challenger: GateScores, champion: GateScores | None, rule: GateRule) -> PromotionDecision:
-    """Promote when there is no champion, or PSNR beats it by the margin with no SSIM drop beyond the tolerance.
+    """Promote when there is no champion, or when every margin metric of the gate kind (PSNR; on real sets
+    raw and tone-aligned PSNR) beats the champion's by the margin with no SSIM drop beyond the tolerance.
 
     A tie never promotes, even with a zero margin: moving `champion` to an equal model is churn.
     """
@@ -142,15 +218,17 @@ def decide_promotion(challenger: GateScores, champion: GateScores | None, rule: 
         return PromotionDecision(True, "no champion yet", challenger, None, rule)
     if champion.version == challenger.version:
         return PromotionDecision(False, f"v{challenger.version} is already champion", challenger, champion, rule)
-    if champion.gate_set != challenger.gate_set:
+    if (champion.gate_set, champion.kind) != (challenger.gate_set, challenger.kind):
         raise ValueError(f"v{challenger.version} and v{champion.version} were scored on different gate sets")
-    gain = challenger.psnr - champion.psnr
+    kind = GATE_KINDS[challenger.kind]
+    gains = {metric: getattr(challenger, metric) - getattr(champion, metric) for metric in kind.margin_metrics}
     ssim_drop = champion.ssim - challenger.ssim
-    psnr_ok = gain > 0 and gain >= rule.margin_db - SLACK
+    psnr_ok = all(gain > 0 and gain >= rule.margin_db - SLACK for gain in gains.values())
     ssim_ok = ssim_drop <= rule.ssim_tolerance + SLACK
-    psnr_text = (f"test PSNR {challenger.psnr:.3f} dB vs {champion.psnr:.3f} dB "
-                 f"({gain:+.3f} dB, margin {rule.margin_db:g} dB)")
-    ssim_text = (f"SSIM {challenger.ssim:.4f} vs {champion.ssim:.4f} "
+    psnr_text = ", ".join(f"{kind.describe(metric)} {getattr(challenger, metric):.3f} dB vs "
+                          f"{getattr(champion, metric):.3f} dB ({gain:+.3f} dB, margin {rule.margin_db:g} dB)"
+                          for metric, gain in gains.items())
+    ssim_text = (f"{kind.describe('ssim')} {challenger.ssim:.4f} vs {champion.ssim:.4f} "
                  f"({-ssim_drop:+.4f}, tolerance {rule.ssim_tolerance:g})")
     if psnr_ok and ssim_ok:
         reason = f"beats champion v{champion.version}: {psnr_text}; {ssim_text}"

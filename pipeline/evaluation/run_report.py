@@ -1,4 +1,5 @@
-"""An offline HTML report of the latest pipeline run: metrics, training curves, before/after pairs, registration.
+"""An offline HTML report of the latest pipeline run: metrics (test split and real sets), training curves,
+before/after pairs, registration and the gate that decided it.
 
 One self-contained file: images are embedded as base64 PNG data URIs and the style is inline, so it
 opens without a network or the project folder.
@@ -17,7 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pipeline.errors import InputDataError
-from pipeline.evaluation.evaluate import METRICS
+from pipeline.evaluation.gate import GATE_KINDS, SYNTHETIC
+from pipeline.evaluation.summary_tables import SUMMARY_HEADER, band_rows, number, summary_rows
 from pipeline.io import atomic_path
 
 STYLE = """
@@ -77,31 +79,57 @@ def _registration_html(record: dict) -> str:
     verdict = "promoted to champion" if promoted else "kept as challenger"
     parts = [f"<p class=\"{'promoted' if promoted else 'kept'}\"><b>{html.escape(str(record.get('model_name')))} "
              f"v{html.escape(str(record.get('version')))}: {verdict}</b> — {html.escape(str(record.get('reason')))}</p>"]
+    kind = GATE_KINDS[record.get("gate_kind", SYNTHETIC.name)]  # registrations before real sets had no kind
     challenger, champion = record.get("challenger"), record.get("champion")
     if challenger and champion:
-        rows = [[m, f"{challenger[m]:.4f}", f"{champion[m]:.4f}", f"{challenger[m] - champion[m]:+.4f}"] for m in METRICS]
+        rows = [[kind.describe(m), f"{challenger[m]:.4f}", f"{champion[m]:.4f}", f"{challenger[m] - champion[m]:+.4f}"]
+                for m in kind.metrics]
         parts.append(_table(["metric", f"challenger v{challenger['version']}",
                              f"champion v{champion['version']}" + (" (re-scored)" if champion.get("rescored") else ""),
                              "difference"], rows))
-    details = [["gate set (test split)", record.get("gate_set", "-")],
-               ["PSNR margin (dB)", record.get("margin_db", "-")], ["SSIM tolerance", record.get("ssim_tolerance", "-")],
+    margins = " and ".join(kind.describe(m) for m in kind.margin_metrics)
+    details = [["gate kind", f"{kind.name}: decided on the {kind.label}"], [f"gate set ({kind.label})", record.get("gate_set", "-")],
+               [f"margin (dB) on {margins}", record.get("margin_db", "-")], ["SSIM tolerance", record.get("ssim_tolerance", "-")],
                ["MLflow run", record.get("run_id", "-")], ["tracking store", record.get("tracking_uri", "-")]]
     parts.append(_table(["", ""], details))
     return "\n".join(parts)
 
 
+def _metrics_html(summary: dict) -> str:
+    """Raw and tone-aligned metrics of model and identity, and the moiré the model removed per band."""
+    parts = [_table(SUMMARY_HEADER, summary_rows(summary))]
+    if band_rows(summary):
+        parts.append("<p>Moiré removed (share of the input's tone-aligned residual energy): " +
+                     ", ".join(html.escape(f"{band}: {share}") for band, share in band_rows(summary)) + "</p>")
+    return "\n".join(parts)
+
+
+def _real_sets_html(metrics: dict) -> str:
+    """A section per real set, and the means over sets the real gate decides on; nothing without real sets."""
+    if not metrics.get("real"):
+        return ""
+    mean = metrics["real_mean"]
+    parts = ["<h2>Real photos</h2>",
+             "<p>Restored as the served model restores them (tiled, uint8). Means over sets (the promotion gate's "
+             f"scores): PSNR {number(mean['psnr'], 2)} dB, tone-aligned PSNR {number(mean['tone_psnr'], 2)} dB, "
+             f"SSIM {number(mean['ssim'])}; gate set {html.escape(metrics['real_gate_set'][:12])}.</p>"]
+    for name, summary in metrics["real"].items():
+        parts.append(f"<h3>{html.escape(name)} ({int(summary['count'])} pairs, {int(summary.get('skipped', 0))} skipped)</h3>")
+        parts.append(_metrics_html(summary))
+    return "\n".join(parts)
+
+
 def run_report_html(metrics: dict, history: pd.DataFrame, grid_png: bytes, registration: dict) -> str:
     """The whole report as one HTML document."""
-    rows = [[m, f"{metrics[m]:.4f}", f"{metrics['identity_' + m]:.4f}", f"{metrics[m] - metrics['identity_' + m]:+.4f}"]
-            for m in METRICS]
     last = history.iloc[-1]
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Demoiré pipeline run</title><style>{STYLE}</style></head>
 <body>
 <h1>Demoiré pipeline run</h1>
-<h2>Test metrics ({int(metrics.get('count', 0))} pairs)</h2>
-{_table(["metric", "model", "identity (moiré input)", "model − identity"], rows)}
+<h2>Test metrics, synthetic test split ({int(metrics.get('count', 0))} pairs)</h2>
+{_metrics_html(metrics)}
 <p>PSNR gain over identity: {metrics['psnr'] - metrics['identity_psnr']:.2f} dB</p>
+{_real_sets_html(metrics)}
 <h2>Training ({len(history)} epochs)</h2>
 <p>Last epoch: train loss {last.train_loss:.5f}, val loss {last.val_loss:.5f}, val PSNR {last.val_psnr:.2f} dB</p>
 <img alt="training curves" src="{png_data_uri(training_curves_png(history))}">

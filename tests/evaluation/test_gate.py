@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from pipeline.errors import InputDataError
-from pipeline.evaluation.gate import GateRule, GateScores, decide_promotion, gate_set_hash, load_gate_set
+from pipeline.evaluation.gate import REAL, GateRule, GateScores, decide_promotion, gate_set_hash, load_gate_set
 from pipeline.io import write_png
 
 RULE = GateRule(margin_db=0.05, ssim_tolerance=0.005)
@@ -50,6 +50,44 @@ def test_the_champion_itself_is_not_promoted_again():
 def test_scores_on_different_gate_sets_are_not_compared():
     with pytest.raises(ValueError, match="different gate sets"):
         decide_promotion(_scores("2", 26.0, 0.8, "a"), _scores("1", 25.0, 0.8, "b"), RULE)
+
+
+def _real(version, psnr, tone_psnr, ssim=0.8, gate="r"):
+    return GateScores.from_means(version, {"psnr": psnr, "tone_psnr": tone_psnr, "ssim": ssim, "mse": 0.01}, gate, REAL)
+
+
+@pytest.mark.parametrize("psnr, tone_psnr, promote", [
+    (22.05, 25.05, True),    # both beat the champion by exactly the margin
+    (22.50, 25.049, False),  # raw PSNR far better, tone-aligned PSNR short of the margin
+    (22.049, 26.00, False),  # tone-aligned far better, raw PSNR short of the margin
+    (22.00, 26.00, False),   # a raw tie
+    (21.00, 24.00, False),
+])
+def test_on_real_sets_raw_and_tone_aligned_psnr_must_both_beat_the_margin(psnr, tone_psnr, promote):
+    decision = decide_promotion(_real("2", psnr, tone_psnr), _real("1", 22.0, 25.0), RULE)
+    assert decision.promote is promote
+    both = (f"real PSNR {psnr:.3f} dB vs 22.000 dB ({psnr - 22:+.3f} dB, margin 0.05 dB), "
+            f"real tone-aligned PSNR {tone_psnr:.3f} dB vs 25.000 dB ({tone_psnr - 25:+.3f} dB, margin 0.05 dB)")
+    assert both in decision.reason
+    assert decision.reason.startswith("beats champion v1: " if promote else "does not beat champion v1 by the margin: ")
+    assert decision.record()["gate_kind"] == "real" and decision.record()["challenger"]["tone_psnr"] == tone_psnr
+
+
+def test_on_real_sets_a_tie_never_wins_and_ssim_may_drop_at_most_the_tolerance():
+    zero = GateRule(0.0, 0.0)
+    assert not decide_promotion(_real("2", 22.0, 25.0), _real("1", 22.0, 25.0), zero).promote
+    assert not decide_promotion(_real("2", 22.1, 25.0), _real("1", 22.0, 25.0), zero).promote  # tone-aligned tie
+    assert decide_promotion(_real("2", 22.001, 25.001), _real("1", 22.0, 25.0), zero).promote
+    assert decide_promotion(_real("2", 23.0, 26.0, ssim=0.795), _real("1", 22.0, 25.0), RULE).promote
+    dropped = decide_promotion(_real("2", 23.0, 26.0, ssim=0.7949), _real("1", 22.0, 25.0), RULE)
+    assert not dropped.promote
+    assert dropped.reason == ("SSIM regresses beyond the tolerance against champion v1: "
+                              "real SSIM 0.7949 vs 0.8000 (-0.0051, tolerance 0.005)")
+
+
+def test_real_and_synthetic_scores_are_never_compared():
+    with pytest.raises(ValueError, match="different gate sets"):
+        decide_promotion(_real("2", 23.0, 26.0, gate="g"), _scores("1", 22.0, 0.8, "g"), RULE)
 
 
 def _pairs(root, rng, names, split="test"):

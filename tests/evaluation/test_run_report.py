@@ -54,3 +54,33 @@ def test_a_missing_input_is_one_line_naming_it_and_its_command(tmp_path, monkeyp
     result = runner.invoke(app, ["report"])
     assert result.exit_code == 2 and not (tmp_path / "report.html").exists()
     assert result.output.strip() == "error: data/register/registration.json not found; `dvc repro register` writes it"
+
+
+def test_report_has_a_section_per_real_set_and_names_the_gate_that_decided(tmp_path, monkeypatch, rng):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    _run_outputs(tmp_path, rng)
+    metrics = json.loads((tmp_path / "data/evaluate/metrics.json").read_text())
+    real = {"count": 5, "skipped": 1, "psnr": 21.25, "identity_psnr": 20.5, "tone_psnr": 26.125, "identity_tone_psnr": 24.0,
+            "ssim": 0.75, "identity_ssim": 0.7, "tone_ssim": 0.8125, "identity_tone_ssim": 0.78, "mse": 0.008,
+            "identity_mse": 0.009, "moire_removed_low": 0.125, "moire_removed_mid": 0.5, "moire_removed_high": None}
+    metrics |= {"tone_psnr": 27.5, "identity_tone_psnr": 25.0, "tone_ssim": 0.9, "identity_tone_ssim": 0.85,
+                "moire_removed_low": 0.25, "moire_removed_mid": 0.75, "moire_removed_high": -0.0625,
+                "real": {"fhdmi": real, "tip2018": {**real, "count": 6, "skipped": 0}},
+                "real_mean": {"psnr": 21.25, "tone_psnr": 26.125, "ssim": 0.75, "mse": 0.008}, "real_gate_set": "cd34" * 16}
+    write_json(tmp_path / "data/evaluate/metrics.json", metrics)
+    record = json.loads((tmp_path / "data/register/registration.json").read_text())
+    scores = {"psnr": 21.25, "tone_psnr": 26.125, "ssim": 0.75, "mse": 0.008, "gate_set": "cd34" * 16, "kind": "real"}
+    record |= {"gate_kind": "real", "gate_set": "cd34" * 16, "challenger": {"version": "2", "rescored": False, **scores},
+               "champion": {"version": "1", "rescored": True, **scores, "tone_psnr": 26.0}}
+    write_json(tmp_path / "data/register/registration.json", record)
+    result = runner.invoke(app, ["report", "-o", "report.html"])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "report.html").read_text()
+    for text in ("tone-aligned PSNR (dB)", "27.5000", "+2.5000", "low (&lt; 1/32 cycles/px): 25.0 %", "high (≥ 1/8): -6.2 %",
+                 "<h2>Real photos</h2>", "<h3>fhdmi (5 pairs, 1 skipped)</h3>", "<h3>tip2018 (6 pairs, 0 skipped)</h3>",
+                 "26.1250", "+2.1250", "mid (1/32 to 1/8): 50.0 %", "high (≥ 1/8): -", "tone-aligned PSNR 26.12 dB",
+                 "gate set cd34cd34cd34", "real: decided on the real sets", "real tone-aligned PSNR", "+0.1250",
+                 "margin (dB) on real PSNR and real tone-aligned PSNR"):
+        assert text in page, text

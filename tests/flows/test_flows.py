@@ -93,3 +93,74 @@ def test_preprocess_can_index_real_pairs_instead_of_synthetic_ones(tmp_path, tin
     frame = pd.read_parquet(tmp_path / "pairs.parquet")
     assert summary["pairs"] == {"train": 2, "val": 2, "test": 2} and summary["imported_pairs"] == 6
     assert frame.moire_path.map(lambda p: Path(p).is_absolute()).all()
+
+
+@pytest.mark.slow
+def test_evaluate_flow_scores_the_test_split_and_every_real_set(tmp_path, tiny_raw, prefect_api, rng):
+    import json
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.evaluate import evaluate_flow
+    from pipeline.config import parse_params
+    from pipeline.errors import InputDataError
+    from pipeline.io import json_ready
+    from pipeline.models import ModelSpec, build_model, save_model
+    from tests.evaluation.test_real_sets import SUMMARY_KEYS, real_looking_pairs
+    from tests.test_registry import _gate_data
+
+    data, pairs = _gate_data(tmp_path, rng)
+    real_looking_pairs(tmp_path / "real", rng, ["fhdmi_1.png", "fhdmi_2.png", "fhdmi_3.png", "tip_1.png"])
+    (tmp_path / "real" / "clean" / "fhdmi_3.png").write_bytes(b"not a png")
+    spec = ModelSpec("unet", 8, 2)
+    save_model(build_model(spec, seed=0), spec, tmp_path / "model")
+    real_sets = [{"name": "fhdmi", "path": "real", "include": "fhdmi_*"},  # relative to the project folder
+                 {"name": "tip", "path": str(tmp_path / "real"), "include": "tip_*"}]
+    tiny_raw["evaluate"] |= {"device": "cpu", "real_sets": real_sets}
+    tiny_raw["infer"] = {"tile_size": 32, "tile_overlap": 8}  # 40x56 photos: restored in tiles
+    params = parse_params(tiny_raw)
+    out = tmp_path / "out"
+    paths = dict(model_dir=tmp_path / "model", data=data, pairs_index=pairs, out=out / "per_image.csv",
+                 metrics=out / "metrics.json", grid=out / "grid.png", real_out=out / "real")
+    summary = evaluate_flow(params, **paths, project_dir=tmp_path)
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == json_ready(summary)  # NaN (no moiré in a band of the input) written as null
+    assert metrics["count"] == 3 and {"tone_psnr", "identity_tone_ssim", "moire_removed_mid"} <= set(metrics)
+    assert set(metrics["real"]) == {"fhdmi", "tip"}
+    assert set(metrics["real"]["fhdmi"]) == SUMMARY_KEYS
+    assert (metrics["real"]["fhdmi"]["count"], metrics["real"]["fhdmi"]["skipped"]) == (2, 1)
+    assert metrics["real_mean"]["tone_psnr"] == pytest.approx(
+        (metrics["real"]["fhdmi"]["tone_psnr"] + metrics["real"]["tip"]["tone_psnr"]) / 2)
+    assert len(metrics["real_gate_set"]) == 64
+    assert sorted(p.name for p in (out / "real").iterdir()) == ["fhdmi.csv", "tip.csv"]
+    per_image = pd.read_csv(out / "real" / "fhdmi.csv")
+    assert list(per_image.image) == ["fhdmi_1.png", "fhdmi_2.png"] and "identity_tone_psnr" in per_image
+    assert per_image.psnr.mean() == pytest.approx(metrics["real"]["fhdmi"]["psnr"], abs=1e-5)
+    with get_client(sync_client=True) as client:
+        artifact = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["evaluate-summary"])),
+                                         limit=1)[0]
+    assert "## Real sets" in artifact.data and "| fhdmi | 2 | 1 |" in artifact.data and "| tip | 1 | 0 |" in artifact.data
+    assert "skipped fhdmi/fhdmi_3.png: cannot read image" in artifact.data
+
+    # A set that matches nothing stops the stage before any scoring, and leaves the outputs as they were.
+    before = (out / "metrics.json").read_bytes()
+    tiny_raw["evaluate"]["real_sets"] = [*real_sets, {"name": "uhdm", "path": "real", "include": "uhdm_*"}]
+    with pytest.raises(InputDataError, match=r"^evaluate.real_sets\[2\] \(uhdm\): no pair in .* matches include 'uhdm_\*'"):
+        evaluate_flow(parse_params(tiny_raw), **paths, project_dir=tmp_path)
+    assert (out / "metrics.json").read_bytes() == before
+
+    # Without real sets the metrics keep their old shape and the real folder is empty.
+    tiny_raw["evaluate"]["real_sets"] = []
+    evaluate_flow(parse_params(tiny_raw), **paths, project_dir=tmp_path)
+    assert "real" not in json.loads((out / "metrics.json").read_text()) and not list((out / "real").iterdir())
+
+
+def test_pipeline_summary_names_the_real_sets_means():
+    from flows.full_pipeline import summary_markdown
+
+    metrics = {"psnr": 22.0, "identity_psnr": 18.0, "ssim": 0.8, "mse": 0.01, "count": 3,
+               "real": {"fhdmi": {}, "tip": {}}, "real_mean": {"psnr": 21.5, "tone_psnr": 25.25, "ssim": 0.7, "mse": 0.02}}
+    text = summary_markdown({"seconds": 5, "stale_stages": [], "trained_on": "here", "metrics": metrics, "registration": None})
+    assert "- real sets (fhdmi, tip): PSNR 21.50 dB, tone-aligned PSNR 25.25 dB, SSIM 0.700 (means over sets)" in text

@@ -65,6 +65,48 @@ def test_experiment_variant_registers_challenger_and_gates_champion(project):
     assert v2["gate.champion_rescored"] == "False"
 
 
+def test_real_sets_become_dvc_metrics_and_the_gate_decides_on_them(project):
+    import numpy as np
+
+    from tests.evaluation.test_real_sets import real_looking_pairs
+
+    repo, env = project
+    # Beside the project, as ../shared/real-moire is beside a checkout: two groups of one folder, one broken pair.
+    photos = real_looking_pairs(repo.parent / "real-moire" / "paired", np.random.default_rng(0),
+                                ["fhdmi_1.png", "fhdmi_2.png", "fhdmi_3.png", "tip_1.png", "tip_2.png"])
+    (photos / "moire" / "fhdmi_3.png").write_bytes(b"\x89PNG truncated")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["evaluate"]["real_sets"] = [{"name": "fhdmi", "path": "../real-moire/paired", "include": "fhdmi_*"},
+                                       {"name": "tip", "path": "../real-moire/paired", "include": "tip_*"}]
+    params["infer"] |= {"tile_size": 32, "tile_overlap": 8}  # 40x56 photos, restored in tiles as served
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    run(["dvc", "repro"], repo, env)
+
+    metrics = json.loads((repo / "data/evaluate/metrics.json").read_text())
+    fhdmi, tip = metrics["real"]["fhdmi"], metrics["real"]["tip"]
+    assert (fhdmi["count"], fhdmi["skipped"], tip["count"], tip["skipped"]) == (2, 1, 2, 0)
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo, env).stdout)[""]["data"]
+    shown = shown["data/evaluate/metrics.json"]["data"]
+    assert shown["real"]["fhdmi"]["tone_psnr"] == pytest.approx(fhdmi["tone_psnr"])
+    assert shown["real"]["tip"]["moire_removed_mid"] == pytest.approx(tip["moire_removed_mid"])
+    assert "real.fhdmi.identity_tone_psnr" in run(["dvc", "metrics", "show"], repo, env).stdout
+    assert len((repo / "data/evaluate/real/fhdmi.csv").read_text().splitlines()) == 1 + 2
+
+    registration = json.loads((repo / "data/register/registration.json").read_text())
+    assert registration["gate_kind"] == "real" and registration["gate_set"] == metrics["real_gate_set"]
+    registry = read_registry(repo, env)
+    tags = registry["versions"][registration["version"]]
+    assert (tags["gate.kind"], tags["real_gate_set"]) == ("real", metrics["real_gate_set"])
+    assert float(tags["real_fhdmi_tone_psnr"]) == pytest.approx(fhdmi["tone_psnr"], abs=1e-6)
+    assert float(tags["real_psnr"]) == pytest.approx((fhdmi["psnr"] + tip["psnr"]) / 2, abs=1e-6)
+    assert tags["gate.champion_rescored"] == "True"  # the champion had test-split scores only
+    assert tags["promotion_reason"] == registration["reason"] and "real " in registration["reason"]
+    assert (registry["aliases"]["champion"] == registration["version"]) is registration["promote"]
+
+    second = run(["dvc", "repro"], repo, env, timeout=120)
+    assert "Data and pipelines are up to date" in second.stdout
+
+
 def _checkpoint_epoch(path: Path) -> int:
     """Epoch of the last checkpoint written (0 before the first); checkpoints are renamed into place whole."""
     import torch

@@ -1,0 +1,113 @@
+"""Real paired sets: found relative to the project, hashed by content, scored as the served model restores."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import InferParams, RealSet
+from pipeline.data.dataset import to_tensor
+from pipeline.errors import InputDataError
+from pipeline.evaluation.metrics import image_metrics
+from pipeline.evaluation.real_sets import (evaluation_metrics, find_real_sets, real_gate_hash, real_means,
+                                           real_sets_scorer, score_real_set, served_restorer)
+from pipeline.inference import restore_image
+from pipeline.io import read_rgb, write_png
+from pipeline.models import ModelSpec, build_model, save_model
+
+TILING = InferParams(tile_size=32, tile_overlap=8)
+SUMMARY_KEYS = {"count", "skipped", "hash", "psnr", "identity_psnr", "psnr_gain_over_identity", "tone_psnr",
+                "identity_tone_psnr", "tone_psnr_gain_over_identity", "ssim", "identity_ssim", "tone_ssim",
+                "identity_tone_ssim", "mse", "identity_mse", "moire_removed_low", "moire_removed_mid",
+                "moire_removed_high"}
+
+
+def real_looking_pairs(root, rng, names, size=(40, 56)):
+    """Generic-layout pairs: a smooth clean image, and its photo darker with diagonal moiré stripes and noise."""
+    ys, xs = np.meshgrid(np.arange(size[0]), np.arange(size[1]), indexing="ij")
+    for name in names:
+        base = rng.uniform(40, 200, 3)
+        clean = np.clip(base + 0.8 * xs[..., None] - 0.5 * ys[..., None], 0, 255)
+        stripes = 18 * np.cos(2 * np.pi * (xs + ys) / rng.uniform(6, 14))[..., None]
+        moire = np.clip(0.8 * clean + stripes + rng.normal(0, 2, clean.shape), 0, 255)
+        write_png(root / "clean" / name, clean.astype(np.uint8))
+        write_png(root / "moire" / name, moire.astype(np.uint8))
+    return root
+
+
+@pytest.fixture
+def project(tmp_path, rng):
+    """A project folder and, beside it, one real folder holding two groups of pairs."""
+    real_looking_pairs(tmp_path / "real", rng, ["fhdmi_1.png", "fhdmi_2.png", "tip_1.png"])
+    (tmp_path / "project").mkdir()
+    return tmp_path / "project"
+
+
+SETS = [RealSet(name="fhdmi", path="../real", include="fhdmi_*"), RealSet(name="tip", path="../real", include="tip_*")]
+
+
+def _model(path):
+    spec = ModelSpec("unet", 8, 2)
+    model = build_model(spec, seed=0)
+    save_model(model, spec, path)
+    return model.eval()
+
+
+def test_sets_are_found_relative_to_the_project_and_a_bad_entry_is_named(project):
+    fhdmi, tip = find_real_sets(SETS, project)
+    assert [p.name for p in fhdmi.found.pairs] == ["fhdmi_1.png", "fhdmi_2.png"] and fhdmi.key == "evaluate.real_sets[0]"
+    assert [p.name for p in tip.found.pairs] == ["tip_1.png"]
+    with pytest.raises(InputDataError) as info:
+        find_real_sets([*SETS, RealSet(name="uhdm", path="../real", include="uhdm_*")], project)
+    assert str(info.value).startswith("evaluate.real_sets[2] (uhdm): no pair in ") and "matches include 'uhdm_*'" in str(info.value)
+    with pytest.raises(InputDataError, match=r"^evaluate.real_sets\[0\] \(x\): dataset folder not found: .*nowhere$"):
+        find_real_sets([RealSet(name="x", path="../nowhere")], project)
+
+
+def test_gate_hash_follows_names_and_bytes_not_order_location_or_list_order(project, tmp_path):
+    digest = real_gate_hash(find_real_sets(SETS, project))
+    assert real_gate_hash(find_real_sets(SETS[::-1], project)) == digest
+    shutil.copytree(tmp_path / "real", tmp_path / "moved")
+    moved = [s.model_copy(update={"path": tmp_path / "moved"}) for s in SETS]  # absolute path, another folder
+    assert real_gate_hash(find_real_sets(moved, project)) == digest
+    renamed = [SETS[0].model_copy(update={"name": "fhdmi-test"}), SETS[1]]
+    assert real_gate_hash(find_real_sets(renamed, project)) != digest
+    assert real_gate_hash(find_real_sets([SETS[0].model_copy(update={"limit": 1}), SETS[1]], project)) != digest
+    (tmp_path / "real" / "clean" / "tip_1.png").write_bytes((tmp_path / "real" / "clean" / "fhdmi_1.png").read_bytes())
+    assert real_gate_hash(find_real_sets(SETS, project)) != digest
+
+
+def test_a_set_is_scored_as_served_tiled_and_unreadable_pairs_are_skipped(project, tmp_path):
+    model = _model(tmp_path / "model")
+    (tmp_path / "real" / "moire" / "fhdmi_2.png").write_bytes(b"truncated")
+    fhdmi = find_real_sets(SETS, project)[0]
+    scores = score_real_set(served_restorer(model, torch.device("cpu"), TILING), fhdmi)
+    assert set(scores.summary) == SUMMARY_KEYS
+    assert (scores.summary["count"], scores.summary["skipped"], scores.summary["hash"]) == (1, 1, fhdmi.digest)
+    assert scores.skipped[0][0] == "fhdmi_2.png" and "cannot read image" in scores.skipped[0][1]
+    moire, clean = read_rgb(tmp_path / "real/moire/fhdmi_1.png"), read_rgb(tmp_path / "real/clean/fhdmi_1.png")
+    served = restore_image(model, moire, "cpu", tile_size=32, overlap=8)  # 40x56: really tiled
+    assert scores.per_image.psnr[0] == pytest.approx(image_metrics(to_tensor(served), to_tensor(clean))["psnr"], abs=1e-9)
+    (tmp_path / "real" / "moire" / "fhdmi_1.png").write_bytes(b"truncated")
+    with pytest.raises(InputDataError, match=r"^evaluate.real_sets\[0\] \(fhdmi\): none of the 2 selected pairs in "
+                                             r".* is readable \(generic layout, 2 skipped\)$"):
+        score_real_set(served_restorer(model, torch.device("cpu"), TILING), fhdmi)
+
+
+def test_the_gate_scores_are_means_over_sets_each_set_counting_once(project, tmp_path):
+    model = _model(tmp_path / "model")
+    sets = find_real_sets(SETS, project)
+    restore = served_restorer(model, torch.device("cpu"), TILING)
+    scores = {real.name: score_real_set(restore, real) for real in sets}
+    summaries = {name: s.summary for name, s in scores.items()}
+    means = real_means(summaries)
+    assert set(means) == {"psnr", "tone_psnr", "ssim", "mse"}
+    assert means["psnr"] == pytest.approx((summaries["fhdmi"]["psnr"] + summaries["tip"]["psnr"]) / 2)
+    assert means["tone_psnr"] == pytest.approx((summaries["fhdmi"]["tone_psnr"] + summaries["tip"]["tone_psnr"]) / 2)
+    assert real_sets_scorer(sets, torch.device("cpu"), TILING)(tmp_path / "model") == pytest.approx(means)
+
+    metrics = evaluation_metrics({"count": 3, "psnr": 20.0}, scores, sets)
+    assert metrics["count"] == 3 and metrics["real"]["tip"]["count"] == 1
+    assert metrics["real_mean"] == means and metrics["real_gate_set"] == real_gate_hash(sets)
+    assert evaluation_metrics({"count": 3}, {}, []) == {"count": 3}
