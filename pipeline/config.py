@@ -75,6 +75,12 @@ class OpticsParams(Section):
     blur_sigma: Annotated[Range, _within(0.0, 5.0)] = (0.2, 0.6)
     vignetting: Annotated[Range, _within(0.0, 0.9)] = (0.0, 0.35)
     supersample: int = Field(2, ge=1, le=8)
+    # Moiré datasets keep the shots whose moiré shows as bands. When set, each capture's distance
+    # and rotation are chosen so the screen grid beats against the camera's (near display pitch 2/k
+    # camera pixels, k in resonance_orders: 1 the colour moiré of the Bayer mosaic, 2 the luma
+    # moiré of the full grid) with a period drawn log-uniform from this range, in output pixels.
+    beat_period_px: Annotated[Range, _within(2.0, 10_000.0)] | None = None
+    resonance_orders: Annotated[list[Literal[1, 2, 3]], Field(min_length=1)] = [1, 2]
 
 
 class SensorParams(Section):
@@ -133,8 +139,13 @@ class SynthesizeParams(Section):
     sensor: SensorParams = SensorParams()
     isp: IspParams = IspParams()
     patterns: PatternParams = PatternParams()
-    # The clean target's global tone: `source` keeps the source's; `capture` fits it (gain and offset
-    # per channel) to the moiré capture's, so a model learns to remove moiré and no tone shift at all.
+    # How the physics makes the moiré: `render` photographs the content itself through the subpixel
+    # grid; `layer` photographs a plain white screen and lays the moiré it shows over the content's
+    # light (a screen's moiré is a modulation of its light; no content edge then aliases).
+    moire_model: Literal["render", "layer"] = "render"
+    # The clean target's colour: `source` is the source image's; `capture` is the camera's rendering
+    # of the screen without moiré, blur, noise or compression, so a model learns to remove those and
+    # leaves tone and colour, which differ from one real set to the next, alone.
     target_tone: Literal["source", "capture"] = "source"
 
     @model_validator(mode="before")

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import fnmatch
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.calibration.statistics import PairedStatistics, UnpairedStatistics, paired_statistics, unpaired_statistics
 from pipeline.data.dataset import Pair
-from pipeline.data.manifest import read_pair
+from pipeline.data.paired_folder import decoded_pairs, find_paired_folder
 from pipeline.errors import DemoireError, InputDataError
 from pipeline.io import read_rgb
 from pipeline.sources.folders import image_files
-from pipeline.sources.paired_datasets import find_pairs
 
 
 def read_real_photos(
@@ -31,21 +30,15 @@ def read_real_photos(
         if not root.is_dir():
             raise InputDataError(f"real photo folder not found: {root}")
         try:
-            found = find_pairs(root, layout)
-        except InputDataError:
+            found = find_paired_folder(root, layout, include=include)
+        except InputDataError:  # no paired layout here: a folder of moiré photos
             found = None
-        if found is not None and found.pairs:
+        if found is not None:
             skipped += [(item.name, item.reason) for item in found.skipped]
-            for pair in found.pairs:
-                if not fnmatch.fnmatch(Path(pair.name).name, include):
-                    continue
-                try:
-                    pairs.append(read_pair(pair.moire_path, pair.clean_path))
-                except DemoireError as exc:
-                    skipped.append((pair.name, str(exc)))
+            pairs += [images for _, images in decoded_pairs(found.pairs, skipped)]
             continue
         for path in image_files(root):
-            if not fnmatch.fnmatch(path.name, include):
+            if not fnmatchcase(path.name, include):
                 continue
             try:
                 photos.append(read_rgb(path))

@@ -34,10 +34,14 @@ def expose(irradiance: torch.Tensor, exposure_ev: torch.Tensor) -> torch.Tensor:
 METER_WEIGHTS = (0.2126, 0.7152, 0.0722)
 METER_GAIN_LIMITS = (0.25, 4.0)  # a real meter's range: ±2 stops around the fixed exposure
 METER_GAMMA = 2.2  # brightness as the encoded image shows it
+METER_HIGHLIGHT_QUANTILE = 0.995  # the brightness the meter keeps from clipping
+METER_STRIDE = 7  # the meter reads every 7th pixel: quantiles of a whole frame cost a sort
 
 
-def metered_gain(irradiance: torch.Tensor, reference: torch.Tensor, gamma: float = METER_GAMMA) -> torch.Tensor:
-    """(B,) gain that gives the capture the mean brightness of `reference` (both linear light, any size).
+def metered_gain(irradiance: torch.Tensor, reference: torch.Tensor, exposure_ev: torch.Tensor,
+                 gamma: float = METER_GAMMA) -> torch.Tensor:
+    """(B,) exposure gain: the capture at the mean brightness of `reference` (both linear light, any size), off by
+    `exposure_ev` stops, but never so bright that more than a sliver of it clips.
 
     A camera's auto-exposure brings the photographed screen to a standard brightness whatever the
     panel's brightness or the light its black matrix swallows; metering against the content's own
@@ -52,7 +56,12 @@ def metered_gain(irradiance: torch.Tensor, reference: torch.Tensor, gamma: float
         return (light.to(irradiance.dtype).clamp(min=0.0) ** (1.0 / gamma) * weights).sum(dim=1).mean(dim=(1, 2))
 
     ratio = brightness(reference) / brightness(irradiance).clamp(min=1e-6)
-    return (ratio**gamma).clamp(*METER_GAIN_LIMITS)
+    # Highlight protection: no more than a sliver of the frame may clip, as a phone's meter keeps
+    # a white page below full scale; strong moiré on white would otherwise be clipped flat.
+    luma = (irradiance * weights).sum(dim=1).flatten(1)[:, ::METER_STRIDE]
+    highlight = 1.0 / torch.quantile(luma.float(), METER_HIGHLIGHT_QUANTILE, dim=1).to(irradiance.dtype).clamp(min=1e-6)
+    wanted = ratio**gamma * torch.exp2(exposure_ev.to(irradiance.dtype))
+    return torch.minimum(wanted, highlight).clamp(*METER_GAIN_LIMITS)
 
 
 def bayer_mosaic(rgb: torch.Tensor) -> torch.Tensor:

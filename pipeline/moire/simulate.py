@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import SynthesizeParams
-from pipeline.evaluation.tone import align_tone
 from pipeline.moire.display import add_glare, decode_display_gamma, emitted_light, panel_colour, subpixel_coverage
 from pipeline.moire.isp import (
     demosaic, denoise_chroma, sharpen, shrink_to, subtract_black_point, to_uint8, tone_curve, white_balance,
@@ -51,6 +50,7 @@ class CaptureParams:
     sensor_pitch_um: float
     pitch_ratio: float  # display pixel pitch in camera pixels
     downscale: float  # camera pixels per output pixel along each side
+    beat_period_px: float  # the period the grids were made to beat at (NaN: not directed)
     rotation_deg: float
     tilt: float
     tilt_direction_deg: float
@@ -75,7 +75,8 @@ class CaptureParams:
     crop_y: int
     crop_side: int
     noise_seed: int
-    target_tone_of_capture: bool = False  # the clean target takes the capture's global tone
+    target_tone_of_capture: bool = False  # the clean target is the camera's rendering without moiré
+    moire_layer: bool = False  # the moiré of a white screen laid over the content's light
     pattern: BandPattern | None = None  # a drawn band pattern replaces the physical moiré
 
     def as_record(self) -> dict[str, float | int | str]:
@@ -104,6 +105,25 @@ def sensor_side(out_size: int, downscale: float) -> int:
 def camera_downscale(pitch: float, output_pitch: float, max_downscale: float) -> float:
     """How much the camera's frame shrinks so a display pixel spans `output_pitch` output pixels (1 to max)."""
     return min(max(pitch / output_pitch, 1.0), max_downscale)
+
+
+def beating_pitch(order: int, period_camera_px: float, angle_deg: float) -> tuple[float, float]:
+    """(display pitch in camera pixels, rotation in degrees) that make the screen grid beat with period
+    `period_camera_px` against the camera's sampling lattice near its point (order / 2, 0).
+
+    The grid's frequency vector is that lattice point plus the beat's; its length is 1 / pitch and
+    its direction the screen's rotation (the sampling lattice of the Bayer mosaic's red and blue
+    has points every 1/2 cycle per pixel, the full grid every 1).
+    """
+    theta = math.radians(angle_deg)
+    fx = order / 2 + math.cos(theta) / period_camera_px
+    fy = math.sin(theta) / period_camera_px
+    return 1.0 / math.hypot(fx, fy), math.degrees(math.atan2(fy, fx))
+
+
+def distance_for_pitch(pitch: float, display_pitch_mm: float, focal_length_mm: float, sensor_pitch_um: float) -> float:
+    """The camera distance (mm) at which the thin lens images the display pitch onto `pitch` camera pixels."""
+    return focal_length_mm + display_pitch_mm * focal_length_mm / (pitch * sensor_pitch_um / 1000.0)
 
 
 def visible_display_side(frame_size: int, pitch: float, rotation_deg: float, tilt: float, radial_distortion: float) -> int:
@@ -136,8 +156,16 @@ def sample_capture_params(
     )
     pose = dict(rotation_deg=uniform(optics.rotation_deg), tilt=uniform(optics.tilt),
                 tilt_direction_deg=uniform((0.0, 360.0)), radial_distortion=uniform(optics.radial_distortion))
+    output_pitch = uniform(sensor.output_pitch) if sensor.output_pitch else None
+    beat_period = math.nan
+    if optics.beat_period_px is not None:
+        order = int(optics.resonance_orders[int(rng.integers(len(optics.resonance_orders)))])
+        beat_period = float(math.exp(rng.uniform(*np.log(optics.beat_period_px))))
+        near = camera_downscale(2.0 / order, output_pitch, sensor.max_downscale) if output_pitch else 1.0
+        pitch, pose["rotation_deg"] = beating_pitch(order, beat_period * near, uniform((0.0, 360.0)))
+        pitches["distance_mm"] = distance_for_pitch(pitch, **{k: v for k, v in pitches.items() if k != "distance_mm"})
     pitch = pitch_ratio(**pitches)
-    downscale = camera_downscale(pitch, uniform(sensor.output_pitch), sensor.max_downscale) if sensor.output_pitch else 1.0
+    downscale = camera_downscale(pitch, output_pitch, sensor.max_downscale) if output_pitch else 1.0
     # Only the part of the screen the frame sees is rendered; sources are shown near their native
     # scale (0.8–2 source pixels per display pixel) there, so screen content stays crisp.
     n = visible_display_side(sensor_side(cfg.size, downscale), pitch, pose["rotation_deg"], pose["tilt"],
@@ -156,6 +184,7 @@ def sample_capture_params(
         **pitches,
         pitch_ratio=pitch,
         downscale=downscale,
+        beat_period_px=beat_period,
         **pose,
         blur_sigma=uniform(optics.blur_sigma),
         vignetting=uniform(optics.vignetting),
@@ -178,6 +207,7 @@ def sample_capture_params(
         crop_side=crop_side,
         noise_seed=int(rng.integers(0, 2**62)),
         target_tone_of_capture=cfg.target_tone == "capture",
+        moire_layer=cfg.moire_model == "layer",
         pattern=(sample_band_pattern(rng, cfg.patterns.period_px, cfg.patterns.amplitude)
                  if cfg.patterns.fraction > 0 and rng.random() < cfg.patterns.fraction else None),
     )
@@ -252,66 +282,143 @@ def _homographies(captures: list[CaptureParams], content_side: int, frame_size: 
     return torch.tensor(np.stack(maps), dtype=torch.float64, device=device)
 
 
-def clean_target(content: torch.Tensor, captures: list[CaptureParams], out_size: int, supersample: int,
-                 radial_distortion: torch.Tensor) -> torch.Tensor:
-    """Linear light of the content through the capture's pose and lens, averaged over each whole output pixel.
-
-    None of the display's or camera's colour, structure, blur, noise or compression: what a
-    screenshot warped onto the photo would look like. Output pixel = `downscale` camera pixels.
-    """
+def _output_samples(content: torch.Tensor, captures: list[CaptureParams], out_size: int, supersample: int,
+                    radial_distortion: torch.Tensor) -> torch.Tensor:
+    """grid_sample coordinates of each output sub-sample on the content (whole pixel areas, no aperture)."""
     scales = [out_size / sensor_side(out_size, c.downscale) for c in captures]
     side = content.shape[-1]
     homographies = torch.cat([_homographies([c], side, out_size, scale, content.device) for c, scale in zip(captures, scales)])
     ones = torch.ones(len(captures), device=content.device)
     u, v = sensor_samples_on_display(homographies, out_size, supersample, radial_distortion, ones)
-    n = content.shape[-1]
     # grid_sample (align_corners=False) reads pixel i's centre at i + 0.5, as our coordinates do.
-    grid = torch.stack([2.0 * u / n - 1.0, 2.0 * v / n - 1.0], dim=-1)
-    linear = decode_display_gamma(content, torch.full_like(ones, SOURCE_GAMMA))
+    return torch.stack([2.0 * u / side - 1.0, 2.0 * v / side - 1.0], dim=-1)
+
+
+def _warp(linear: torch.Tensor, grid: torch.Tensor, supersample: int) -> torch.Tensor:
+    """Linear light resampled at the output sub-samples and averaged over each output pixel."""
     warped = F.grid_sample(linear, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return integrate_pixel_area(warped, supersample)
 
 
-def photograph(content: torch.Tensor, captures: list[CaptureParams], p: dict[str, torch.Tensor], frame_size: int,
-               supersample: int, reference: torch.Tensor) -> torch.Tensor:
-    """The camera's own encoded frame (B, 3, F, F) in [0, 1]: display, optics, sensor and ISP at camera resolution.
+def clean_target(content: torch.Tensor, grid: torch.Tensor, supersample: int) -> torch.Tensor:
+    """Linear light of the source through the capture's pose and lens, averaged over each whole output pixel.
 
-    `reference` is the clean linear light the auto-exposure meters against.
+    None of the display's or camera's colour, structure, blur, noise or compression: what a
+    screenshot warped onto the photo would look like.
+    """
+    gamma = torch.full((content.shape[0],), SOURCE_GAMMA, device=content.device)
+    return _warp(decode_display_gamma(content, gamma), grid, supersample)
+
+
+def screen_colour(content: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Linear light each display pixel emits: the panel's gamma, gamut, white point and brightness."""
+    white_point = torch.stack([p["white_point_r"], torch.ones_like(p["gamut"]), p["white_point_b"]], dim=1)
+    return panel_colour(decode_display_gamma(content, p["display_gamma"]), p["gamut"], white_point, p["brightness"])
+
+
+def exposure_gain(irradiance: torch.Tensor, reference: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B,) gain of each capture's exposure: metered against `reference` with auto-exposure, else exposure_ev alone."""
+    fixed = torch.exp2(p["exposure_ev"])
+    return torch.where(p["auto_exposure"] > 0, metered_gain(irradiance, reference, p["exposure_ev"]), fixed)
+
+
+def camera_colour(irradiance: torch.Tensor, p: dict[str, torch.Tensor], gain: torch.Tensor) -> torch.Tensor:
+    """Irradiance → encoded colour as the camera renders it: exposure `gain`, black point, white balance, tone curve."""
+    exposed = irradiance * gain.reshape(-1, 1, 1, 1)
+    gains = torch.stack([p["wb_gain_r"], torch.ones_like(p["gamut"]), p["wb_gain_b"]], dim=1)
+    return tone_curve(white_balance(subtract_black_point(exposed, p["black_point"]), gains), p["camera_gamma"])
+
+
+def capture_toned_target(content: torch.Tensor, grid: torch.Tensor, supersample: int, p: dict[str, torch.Tensor],
+                         gain: torch.Tensor) -> torch.Tensor:
+    """The same photo without moiré: the screen's and camera's colour, glare, vignetting and exposure, none of the
+    subpixel grid, blur, noise, mosaic or compression (encoded, output resolution).
+
+    Trained on it, a model learns to remove moiré and leaves colour and tone alone: how a camera
+    renders a screen differs from one real set to the next, so what it would learn of it would
+    not transfer.
+    """
+    out_size = grid.shape[1] // supersample
+    light = add_glare(_warp(screen_colour(content, p), grid, supersample), p["black_level"])
+    light = light * integrate_pixel_area(vignetting(out_size, supersample, p["vignetting"]), supersample)
+    return camera_colour(light, p, gain)
+
+
+def photograph(content: torch.Tensor, captures: list[CaptureParams], p: dict[str, torch.Tensor], frame_size: int,
+               supersample: int, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The camera's own encoded frame (B, 3, F, F) in [0, 1] and its exposure gain (B,).
+
+    Display, optics, sensor and ISP at camera resolution; `reference` is the clean linear light the
+    auto-exposure meters against.
     """
     ones = torch.ones_like(p["gamut"])
     homographies = _homographies(captures, content.shape[-1], frame_size, 1.0, content.device)
     u, v = sensor_samples_on_display(homographies, frame_size, supersample, p["radial_distortion"], p["sensor_aperture"])
-    white_point = torch.stack([p["white_point_r"], ones, p["white_point_b"]], dim=1)
-    panel = panel_colour(decode_display_gamma(content, p["display_gamma"]), p["gamut"], white_point, p["brightness"])
     footprint = p["sensor_aperture"] / (p["pitch_ratio"] * supersample)
     coverage = _layout_coverage(u, v, footprint, p["fill_factor"], [c.subpixel_layout for c in captures])
-    light = add_glare(emitted_light(panel, u, v, coverage), p["black_level"])
+    light = add_glare(emitted_light(screen_colour(content, p), u, v, coverage), p["black_level"])
     light = lens_blur(light * vignetting(frame_size, supersample, p["vignetting"]), p["blur_sigma"] * supersample)
     irradiance = integrate_pixel_area(light, supersample)
-    metering = torch.where(p["auto_exposure"] > 0, metered_gain(irradiance, reference), ones)
-    irradiance = expose(irradiance * metering.reshape(-1, 1, 1, 1), p["exposure_ev"])
-    raw = add_sensor_noise(bayer_mosaic(irradiance), p["shot_noise"], p["read_noise"], [c.noise_seed for c in captures])
+    gain = exposure_gain(irradiance, reference, p)
+    exposed = irradiance * gain.reshape(-1, 1, 1, 1)
+    raw = add_sensor_noise(bayer_mosaic(exposed), p["shot_noise"], p["read_noise"], [c.noise_seed for c in captures])
     gains = torch.stack([p["wb_gain_r"], ones, p["wb_gain_b"]], dim=1)
     linear = denoise_chroma(white_balance(subtract_black_point(demosaic(raw), p["black_point"]), gains), p["chroma_denoise"])
     encoded = sharpen(tone_curve(linear, p["camera_gamma"]), p["sharpen"])
-    return jpeg_compress(encoded, p["jpeg_quality"])
+    return jpeg_compress(encoded, p["jpeg_quality"]), gain
+
+
+def moire_layer(captures: list[CaptureParams], p: dict[str, torch.Tensor], content_side: int, frame_size: int,
+                out_size: int, supersample: int) -> torch.Tensor:
+    """(B, 3, S, S) the moiré a camera makes of a plain white screen: its demosaiced light over its mean, shrunk.
+
+    The screen's grid, the lens, the pixels' apertures, the Bayer mosaic, demosaicing and the ISP's
+    chroma smoothing make it; exposure, white balance and the tone curve only scale it, so they
+    are left to the content's own rendering.
+    """
+    white = torch.ones((len(captures), 3, content_side, content_side), device=p["gamut"].device)
+    homographies = _homographies(captures, content_side, frame_size, 1.0, white.device)
+    u, v = sensor_samples_on_display(homographies, frame_size, supersample, p["radial_distortion"], p["sensor_aperture"])
+    footprint = p["sensor_aperture"] / (p["pitch_ratio"] * supersample)
+    coverage = _layout_coverage(u, v, footprint, p["fill_factor"], [c.subpixel_layout for c in captures])
+    light = lens_blur(emitted_light(white, u, v, coverage), p["blur_sigma"] * supersample)
+    linear = denoise_chroma(demosaic(bayer_mosaic(integrate_pixel_area(light, supersample))), p["chroma_denoise"])
+    layer = shrink_to(linear, out_size) if frame_size != out_size else linear
+    return layer / layer.mean(dim=(2, 3), keepdim=True).clamp(min=1e-6)
+
+
+def photograph_layered(content: torch.Tensor, grid: torch.Tensor, captures: list[CaptureParams],
+                       p: dict[str, torch.Tensor], frame_size: int, supersample: int,
+                       reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoded photo (output resolution) of the screen's light times its moiré layer, and the exposure gain.
+
+    The content's light is the moiré-free capture's (`capture_toned_target`'s); noise (averaged over
+    the downscale² camera pixels of each output pixel), sharpening and JPEG follow.
+    """
+    out_size = grid.shape[1] // supersample
+    layer = moire_layer(captures, p, content.shape[-1], frame_size, out_size, supersample)
+    light = add_glare(_warp(screen_colour(content, p), grid, supersample), p["black_level"])
+    light = light * integrate_pixel_area(vignetting(out_size, supersample, p["vignetting"]), supersample) * layer
+    gain = exposure_gain(light, reference, p)
+    noisy = add_sensor_noise(light * gain.reshape(-1, 1, 1, 1), p["shot_noise"] / p["downscale"] ** 2,
+                             p["read_noise"] / p["downscale"], [c.noise_seed for c in captures])
+    encoded = sharpen(camera_colour(noisy, p, torch.ones_like(gain)), p["sharpen"])
+    return jpeg_compress(encoded, p["jpeg_quality"]), gain
 
 
 def photograph_pattern(clean_linear: torch.Tensor, captures: list[CaptureParams], p: dict[str, torch.Tensor]) -> torch.Tensor:
     """The encoded frame of captures whose moiré is a drawn band pattern, at output resolution.
 
-    The clean light times the pattern's modulation, then the camera's blur, exposure error, noise,
-    white balance, tone curve, sharpening and JPEG, as the physical path has them.
+    The clean light times the pattern's modulation, then the camera's blur, noise, colour,
+    sharpening and JPEG, as the physical path has them.
     """
     size = clean_linear.shape[-1]
     modulation = torch.stack([band_modulation(size, c.pattern, clean_linear.device) for c in captures])
     light = lens_blur(clean_linear * modulation, p["blur_sigma"])
     # The physical path's noise is averaged over downscale² camera pixels per output pixel.
-    light = add_sensor_noise(expose(light, p["exposure_ev"]), p["shot_noise"] / p["downscale"] ** 2,
-                             p["read_noise"] / p["downscale"], [c.noise_seed for c in captures])
-    ones = torch.ones_like(p["gamut"])
-    gains = torch.stack([p["wb_gain_r"], ones, p["wb_gain_b"]], dim=1)
-    encoded = sharpen(tone_curve(white_balance(light, gains), p["camera_gamma"]), p["sharpen"])
+    light = add_sensor_noise(light, p["shot_noise"] / p["downscale"] ** 2, p["read_noise"] / p["downscale"],
+                             [c.noise_seed for c in captures])
+    encoded = sharpen(camera_colour(light, p, torch.exp2(p["exposure_ev"])), p["sharpen"])
     return jpeg_compress(encoded, p["jpeg_quality"])
 
 
@@ -324,12 +431,15 @@ def simulate_batch(
     from its `noise_seed`), not on the rest of the batch. The camera renders its frame at its own
     resolution (`downscale` × S), which is then shrunk to S; captures with different frame sizes
     are rendered group by group. Captures with a band pattern take the procedural path instead.
-    The clean image is the same content through the same pose and lens distortion, averaged over
-    each output pixel (`clean_target`).
+    The clean image is the content through the same pose and lens distortion, averaged over each
+    output pixel, in the source's colours (`clean_target`) or, for `target_tone: capture`, in the
+    camera's (`capture_toned_target`).
     """
     p = capture_tensors(captures, content.device)
-    clean_linear = clean_target(content, captures, out_size, supersample, p["radial_distortion"])
+    grid = _output_samples(content, captures, out_size, supersample, p["radial_distortion"])
+    clean_linear = clean_target(content, grid, supersample)
     moire = torch.empty_like(clean_linear)
+    gain = torch.exp2(p["exposure_ev"])
 
     def rows_where(keep) -> torch.Tensor:
         return torch.tensor([i for i, c in enumerate(captures) if keep(c)], dtype=torch.long, device=content.device)
@@ -338,18 +448,27 @@ def simulate_batch(
     if len(drawn):
         moire[drawn] = photograph_pattern(clean_linear[drawn], [captures[i] for i in drawn.tolist()],
                                           {name: values[drawn] for name, values in p.items()})
-    frames = {sensor_side(out_size, c.downscale) for c in captures if c.pattern is None}
-    for frame_size in sorted(frames):
-        index = rows_where(lambda c: c.pattern is None and sensor_side(out_size, c.downscale) == frame_size)
+    frames = {(sensor_side(out_size, c.downscale), c.moire_layer) for c in captures if c.pattern is None}
+    for frame_size, layered in sorted(frames):
+        index = rows_where(lambda c: c.pattern is None and sensor_side(out_size, c.downscale) == frame_size
+                           and c.moire_layer == layered)
         group = {name: values[index] for name, values in p.items()}
-        frame = photograph(content[index], [captures[i] for i in index.tolist()], group, frame_size, supersample,
-                           clean_linear[index])
-        moire[index] = shrink_to(frame, out_size)
+        chosen = [captures[i] for i in index.tolist()]
+        if layered:
+            moire[index], gain[index] = photograph_layered(content[index], grid[index], chosen, group, frame_size,
+                                                           supersample, clean_linear[index])
+        else:
+            frame, gain[index] = photograph(content[index], chosen, group, frame_size, supersample, clean_linear[index])
+            moire[index] = shrink_to(frame, out_size)
     moire = lens_blur(moire, p["output_blur"]).clamp(0.0, 1.0)
     clean = tone_curve(clean_linear, torch.full_like(p["gamut"], SOURCE_GAMMA))
     toned = rows_where(lambda c: c.target_tone_of_capture)
     if len(toned):
-        clean[toned] = torch.stack([align_tone(clean[i], moire[i]) for i in toned.tolist()])
+        physical = torch.tensor([captures[i].pattern is None for i in toned.tolist()], device=content.device)
+        group = {name: values[toned] for name, values in p.items()}
+        screen = capture_toned_target(content[toned], grid[toned], supersample, group, gain[toned])
+        drawn_colour = camera_colour(clean_linear[toned], group, torch.exp2(group["exposure_ev"]))
+        clean[toned] = torch.where(physical.reshape(-1, 1, 1, 1), screen, drawn_colour)
     return moire, clean
 
 

@@ -372,3 +372,33 @@ def test_band_patterns_replace_the_physics_for_their_share_of_pairs():
     assert 10 < _psnr(moire, clean) < 35
     (_, _), plain = _capture(1, size=64)
     assert plain.pattern is None and np.isnan(plain.as_record()["pattern_amplitude"])
+
+
+def test_beat_directed_captures_beat_at_the_drawn_period():
+    from pipeline.moire.simulate import beating_pitch, distance_for_pitch
+
+    pitch, rotation = beating_pitch(1, 40.0, 0.0)  # display frequency 1/2 + 1/40 along x: pitch 1/0.525
+    assert pitch == pytest.approx(1 / 0.525) and rotation == pytest.approx(0.0)
+    assert pitch_ratio(0.25, distance_for_pitch(pitch, 0.25, 5.0, 1.2), 5.0, 1.2) == pytest.approx(pitch)
+    _, tilted = beating_pitch(2, 40.0, 90.0)
+    assert tilted == pytest.approx(np.degrees(np.arctan2(1 / 40, 1.0)))
+    directed = {"optics": {"beat_period_px": [30.0, 30.0], "resonance_orders": [1]},
+                "sensor": {"output_pitch": [0.9, 0.9], "pixel_pitch_um": [1.2, 1.2]}}
+    (_, _), capture = _capture(0, size=64, **directed)
+    assert capture.beat_period_px == pytest.approx(30.0)
+    assert capture.pitch_ratio == pytest.approx(2.0, abs=2 / 30 * 2)
+
+
+def test_a_layered_capture_is_its_target_times_a_white_screens_moire():
+    layered = {"moire_model": "layer", "target_tone": "capture",
+               "optics": {"beat_period_px": [16.0, 16.0], "blur_sigma": [0.3, 0.3]},
+               "sensor": {"output_pitch": [0.9, 0.9], "pixel_pitch_um": [1.2, 1.2], "shot_noise": [0, 0], "read_noise": [0, 0]},
+               "isp": {"jpeg_quality": [100, 100], "sharpen": [0, 0]}}
+    (moire, clean), capture = _capture(2, size=96, **layered)
+    assert capture.moire_layer and _psnr(moire, clean) < 30  # visible bands
+    residual = moire.astype(float).mean(axis=2) - clean.astype(float).mean(axis=2)
+    power = np.abs(np.fft.fft2(residual - residual.mean())) ** 2
+    radius = np.hypot(np.fft.fftfreq(96)[:, None], np.fft.fftfreq(96)[None, :])
+    bands = power[(radius > 1 / 32) & (radius < 1 / 8)].sum()
+    assert bands > power[radius > 1 / 4].sum()  # the moiré sits in the bands, not in the finest pixels
+    assert abs(moire.mean() - clean.mean()) < 3  # no tone shift between the capture and its target
