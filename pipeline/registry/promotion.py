@@ -1,32 +1,21 @@
-"""MLflow tracking and model registry: log a run, register a version, gate promotion to `champion`.
-
-The only module that talks to MLflow. The logged model is a pyfunc that rebuilds the architecture
-from its spec and loads a plain state dict (weights_only), so loading needs no pickled torch module.
-"""
+"""Registering a version and gating `champion`: the gate's scores on versions, the decision, champion history."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
 
 import mlflow
-import numpy as np
-from mlflow.exceptions import MlflowException
-from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import Schema, TensorSpec
 
-import pipeline
-from pipeline.config import InferParams
 from pipeline.errors import InputDataError, ModelNotFoundError
 from pipeline.evaluation.gate import (GATE_KINDS, METRIC_LABELS, SYNTHETIC, GateKind, GateRule, GateScores,
                                      PromotionDecision, decide_promotion)
-from pipeline.models import SPEC_FILE, WEIGHTS_FILE
+from pipeline.registry.pyfunc import download_model_files
+from pipeline.registry.store import _alias_version, _versions, resolve_alias
 
 log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -35,90 +24,6 @@ GATE_KIND_TAG = "gate.kind"  # version tag: which gate decided, `synthetic` (tes
 CHAMPION_HISTORY_TAG = "champion_history"  # registered-model tag: JSON list of champion versions, oldest first
 MAX_HISTORY = 200  # versions kept in the history; MLflow tag values hold at most 5000 characters
 Rescore = Callable[[Path], dict[str, float]]  # model folder (model.pt + model.json) → the gate kind's metrics on the gate set
-IMAGE_SIGNATURE = ModelSignature(
-    inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, 3))]),
-    outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, 3))]),
-)
-
-
-def default_tracking_uri(project_dir: Path) -> str:
-    """MLFLOW_TRACKING_URI when set, else an SQLite store inside the project."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(project_dir).resolve() / 'mlflow.db'}"
-
-
-def use_tracking_store(project_dir: Path, experiment: str) -> str:
-    """Point MLflow at the store and experiment; local stores keep artifacts in mlartifacts/."""
-    explicit = "MLFLOW_TRACKING_URI" in os.environ  # read first: mlflow.set_tracking_uri exports it
-    uri = default_tracking_uri(project_dir)
-    mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(experiment) is None and not explicit:
-        artifacts = (Path(project_dir).resolve() / "mlartifacts").as_uri()
-        mlflow.create_experiment(experiment, artifact_location=artifacts)
-    mlflow.set_experiment(experiment)
-    return uri
-
-
-class DemoirePyfunc(mlflow.pyfunc.PythonModel):
-    """Serves a demoiré model: HxWx3 uint8 RGB of any size in, restored HxWx3 uint8 RGB out, tiled inside.
-
-    Tile settings and device come from the logged model's `model_config` (see `serving_config`),
-    so a served model tiles without the project's params.yaml.
-    """
-
-    def load_context(self, context) -> None:
-        from pipeline.inference import check_tiling  # imported here: runs inside the serving process
-        from pipeline.models import load_model
-        from pipeline.training.device import resolve_device
-
-        config = {**serving_config(InferParams()), **(context.model_config or {})}
-        check_tiling(config["tile_size"], config["tile_overlap"], config["tile_batch"])
-        self.tiling = {"tile_size": config["tile_size"], "overlap": config["tile_overlap"],
-                       "batch_size": config["tile_batch"]}
-        self.device = resolve_device(config["device"])
-        self.model, self.spec = load_model(Path(context.artifacts["model_dir"]), self.device)
-
-    def predict(self, context, model_input, params=None) -> np.ndarray:
-        from pipeline.inference import restore_image
-
-        image = np.asarray(model_input, dtype=np.uint8)
-        return restore_image(self.model, image, self.device, **self.tiling)
-
-
-# Models from code: MLflow runs this file to build the pyfunc, so loading unpickles nothing.
-MODEL_CODE = """from mlflow.models import set_model
-
-from pipeline.registry import DemoirePyfunc
-
-set_model(DemoirePyfunc())
-"""
-
-
-def serving_config(infer: InferParams, device: str = "auto") -> dict:
-    """The logged model's `model_config`: tiling from params.yaml's infer section, and the device."""
-    return {"tile_size": infer.tile_size, "tile_overlap": infer.tile_overlap, "tile_batch": infer.tile_batch,
-            "device": device}
-
-
-def log_demoire_model(model_dir: Path, infer: InferParams | None = None):
-    """Log the trained model as a pyfunc under the active run, tiling as `infer` says; return its ModelInfo."""
-    example = np.full((32, 32, 3), 128, dtype=np.uint8)
-    with tempfile.TemporaryDirectory() as tmp:
-        bundle = Path(tmp) / "model"
-        bundle.mkdir()
-        for name in (WEIGHTS_FILE, SPEC_FILE):
-            shutil.copy2(Path(model_dir) / name, bundle / name)
-        entry = Path(tmp) / "demoire_model.py"
-        entry.write_text(MODEL_CODE)
-        return mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(entry),
-            artifacts={"model_dir": str(bundle)},
-            code_paths=[str(Path(pipeline.__file__).parent)],
-            signature=IMAGE_SIGNATURE,
-            input_example=example,
-            model_config=serving_config(infer or InferParams()),
-            pip_requirements=["torch==2.13.0", "numpy", "pillow", "pydantic", "pyyaml"],
-        )
 
 
 def flat_metrics(evaluation: dict) -> dict[str, float]:
@@ -166,16 +71,6 @@ def register_and_gate(
     return version, decision
 
 
-def connect(project_dir: Path) -> MlflowClient:
-    """A client on the project's store (MLFLOW_TRACKING_URI, else mlflow.db); a missing SQLite file is an error."""
-    uri = default_tracking_uri(project_dir)
-    store = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
-    if store is not None and not store.is_file():  # MLflow would silently create an empty store here
-        raise ModelNotFoundError(f"no MLflow store at {store}; `dvc repro` creates it (or set MLFLOW_TRACKING_URI)")
-    mlflow.set_tracking_uri(uri)
-    return MlflowClient()
-
-
 def compare_challenger(
     client: MlflowClient, name: str, rule: GateRule, local_gate: Callable[[], tuple[str, Rescore]],
     kind: GateKind = SYNTHETIC,
@@ -196,14 +91,6 @@ def compare_challenger(
     ours = scores_on_gate_set(client, name, challenger, gate_set, rescore, kind)
     theirs = scores_on_gate_set(client, name, champion, gate_set, rescore, kind) if champion else None
     return decide_promotion(ours, theirs, rule)
-
-
-def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
-    """Version behind an alias, or None when the model or the alias does not exist."""
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
 
 
 def recorded_scores(client: MlflowClient, name: str, version: str, kind: GateKind = SYNTHETIC) -> GateScores | None:
@@ -318,52 +205,8 @@ def rollback_champion(client: MlflowClient, name: str) -> tuple[str, str]:
     return demoted, restored
 
 
-def _versions(client: MlflowClient, name: str) -> list[str]:
-    """Version numbers of a registered model, ascending."""
-    return sorted((str(v.version) for v in client.search_model_versions(f"name='{name}'")), key=int)
-
-
-def resolve_alias(name: str, alias: str) -> str:
-    """Version number behind `models:/name@alias`, with an error listing the models or aliases that exist."""
-    client = MlflowClient()
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        pass
-    try:
-        aliases = client.get_registered_model(name).aliases
-    except MlflowException:
-        names = [m.name for m in client.search_registered_models()]
-        raise ModelNotFoundError(
-            f"no registered model {name!r} (models:/{name}@{alias}); registered models: {', '.join(names) or 'none'}"
-        ) from None
-    existing = ", ".join(f"{a} (v{v})" for a, v in sorted(aliases.items())) or "none"
-    raise ModelNotFoundError(f"no model version at models:/{name}@{alias}; aliases of {name}: {existing}")
-
-
 def decision_record(version: str, decision: PromotionDecision, name: str, run_id: str, uri: str) -> dict:
     """The register stage's output: what was registered and what was decided."""
     return {"model_name": name, "version": version, "run_id": run_id, "tracking_uri": uri, **decision.record()}
 
 
-def load_registered_model(uri: str, device):
-    """The torch module behind a `models:/name@alias` (or `models:/name/version`) URI."""
-    from pipeline.models import load_model
-
-    mlflow.set_tracking_uri(default_tracking_uri(Path.cwd()))
-    name, _, alias = uri.removeprefix("models:/").partition("@")
-    if alias:
-        resolve_alias(name, alias)
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            files = download_model_files(uri, Path(tmp))
-        except MlflowException as exc:
-            raise ModelNotFoundError(f"cannot load {uri}: {str(exc).splitlines()[0]}") from None
-        return load_model(files, device)[0]
-
-
-def download_model_files(uri: str, dst: Path) -> Path:
-    """Download a logged demoiré pyfunc into `dst`; return the folder holding its model.pt and model.json."""
-    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(dst)))
-    # They are the pyfunc artifact `model_dir`; its MLmodel says where in the model it was stored.
-    return local / Model.load(local).flavors["python_function"]["artifacts"]["model_dir"]["path"]
