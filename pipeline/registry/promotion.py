@@ -8,14 +8,15 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline.errors import InputDataError, ModelNotFoundError
+from pipeline.faults import kill_point
 from pipeline.evaluation.gate import (GATE_KINDS, METRIC_LABELS, SYNTHETIC, GateKind, GateRule, GateScores,
                                      PromotionDecision, decide_promotion)
 from pipeline.registry.pyfunc import download_model_files
-from pipeline.registry.store import _alias_version, _versions, resolve_alias
+from pipeline.registry.store import alias_version, resolve_alias, version_numbers
 
 log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -24,6 +25,11 @@ GATE_KIND_TAG = "gate.kind"  # version tag: which gate decided, `synthetic` (tes
 CHAMPION_HISTORY_TAG = "champion_history"  # registered-model tag: JSON list of champion versions, oldest first
 MAX_HISTORY = 200  # versions kept in the history; MLflow tag values hold at most 5000 characters
 Rescore = Callable[[Path], dict[str, float]]  # model folder (model.pt + model.json) → the gate kind's metrics on the gate set
+# Version tags of the decision, written in this order: the decision itself (JSON, before anything moves),
+# the comparison, `champion`, and last `promotion`, which marks the version decided. A registration
+# killed half-way is finished from the first of them instead of being decided again.
+DECISION_TAG = "promotion.decision"
+DECIDED_TAG = "promotion"
 
 
 def flat_metrics(evaluation: dict) -> dict[str, float]:
@@ -50,25 +56,34 @@ def register_and_gate(
     rescore: Rescore | None = None,
     kind: GateKind = SYNTHETIC,
 ) -> tuple[str, PromotionDecision]:
-    """Register a version as `challenger` tagged with its metrics and `tags`, and gate `champion`.
+    """Register the model of run `run_id` as `challenger` tagged with its metrics and `tags`, and gate `champion`.
 
     `metrics` must hold the gate kind's means (`test_psnr`, … or `real_psnr`, `real_tone_psnr`, …) and
     `tags` its gate set tag (`gate_set` or `real_gate_set`), the hash of the set they were computed on.
-    A champion scored on another gate set is re-scored on this one with `rescore` first.
+    A champion scored on another gate set is re-scored on this one with `rescore` first. It holds the
+    registry lock throughout, and is idempotent: called again for the same run (a retry) it finishes
+    that run's version instead of registering another.
     """
-    gate_set = tags[kind.set_tag]
-    champion = _alias_version(client, name, CHAMPION)
-    # scored before registering: a failed re-score must not leave a version without a decision
-    champion_scores = scores_on_gate_set(client, name, champion, gate_set, rescore, kind) if champion else None
-    version = str(mlflow.register_model(model_uri, name).version)
-    for key, value in {**metrics, **tags}.items():
-        client.set_model_version_tag(name, version, key, str(value))
-    client.set_registered_model_alias(name, CHALLENGER, version)
-    challenger = GateScores.from_means(version, {m: metrics[f"{kind.prefix}_{m}"] for m in kind.metrics}, gate_set, kind)
-    decision = decide_promotion(challenger, champion_scores, rule)
-    apply_decision(client, name, decision, f"run {run_id}")
-    log.info("registered %s v%s: %s", name, version, decision.reason)
+    from pipeline.registry.transaction import RegistryLock, register_version, settle_version
+
+    with RegistryLock(client, name) as lock:
+        version = register_version(client, name, model_uri, run_id, {**metrics, **tags})
+        decision = settle_version(client, name, version, rule, rescore, kind, f"run {run_id}", lock)
     return version, decision
+
+
+def version_decision(client: MlflowClient, name: str, version: str) -> PromotionDecision | None:
+    """The decision recorded on a version (also one not yet fully applied), None before any."""
+    recorded = client.get_model_version(name, version).tags.get(DECISION_TAG)
+    return decision_from_record(json.loads(recorded)) if recorded else None
+
+
+def decision_from_record(record: dict) -> PromotionDecision:
+    """A PromotionDecision back from its `record()`."""
+    champion = record["champion"]
+    return PromotionDecision(record["promote"], record["reason"], GateScores(**record["challenger"]),
+                             GateScores(**champion) if champion else None,
+                             GateRule(record["margin_db"], record["ssim_tolerance"]))
 
 
 def compare_challenger(
@@ -82,7 +97,7 @@ def compare_challenger(
     gate set's hash and a function scoring a model folder on it.
     """
     challenger = resolve_alias(name, CHALLENGER)
-    champion = _alias_version(client, name, CHAMPION)
+    champion = alias_version(client, name, CHAMPION)
     ours = recorded_scores(client, name, challenger, kind)
     theirs = recorded_scores(client, name, champion, kind) if champion else None
     if ours is not None and (champion is None or (theirs is not None and theirs.gate_set == ours.gate_set)):
@@ -124,8 +139,9 @@ def scores_on_gate_set(
 def apply_decision(client: MlflowClient, name: str, decision: PromotionDecision, source: str) -> None:
     """Write the comparison and decision on the challenger version; move `champion` if it won."""
     version, champion = decision.challenger.version, decision.champion
+    client.set_model_version_tag(name, version, DECISION_TAG, json.dumps(decision.record()))
+    kill_point("register.decision_recorded")
     tags = {
-        "promotion": "promoted" if decision.promote else "not_promoted",
         "promotion_reason": decision.reason,
         GATE_KIND_TAG: decision.challenger.kind,
         "gate.gate_set": decision.challenger.gate_set,
@@ -142,6 +158,8 @@ def apply_decision(client: MlflowClient, name: str, decision: PromotionDecision,
     client.update_model_version(name, version, description=comparison_markdown(decision, source))
     if decision.promote:
         move_champion(client, name, version)
+        kill_point("register.champion_moved")
+    client.set_model_version_tag(name, version, DECIDED_TAG, "promoted" if decision.promote else "not_promoted")
 
 
 def comparison_markdown(decision: PromotionDecision, source: str) -> str:
@@ -168,7 +186,7 @@ def champion_history(client: MlflowClient, name: str) -> list[str]:
     """Versions that held `champion`, oldest first, ending with the current one (even if moved by hand)."""
     model = client.get_registered_model(name)
     history = [str(v) for v in json.loads(model.tags.get(CHAMPION_HISTORY_TAG, "[]"))]
-    current = _alias_version(client, name, CHAMPION)
+    current = alias_version(client, name, CHAMPION)
     if current is not None and history[-1:] != [current]:
         history.append(current)
     return history
@@ -180,11 +198,14 @@ def _write_history(client: MlflowClient, name: str, history: list[str]) -> None:
 
 
 def move_champion(client: MlflowClient, name: str, version: str) -> None:
-    """Point `champion` at `version` and append it to the champion history."""
+    """Point `champion` at `version` and append it to the champion history; again, it changes nothing."""
+    stored = client.get_registered_model(name).tags.get(CHAMPION_HISTORY_TAG)
     history = champion_history(client, name)
-    client.set_registered_model_alias(name, CHAMPION, version)
     if history[-1:] != [version]:
-        _write_history(client, name, history + [version])
+        history.append(version)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    if stored != json.dumps(history[-MAX_HISTORY:]):
+        _write_history(client, name, history)
 
 
 def rollback_champion(client: MlflowClient, name: str) -> tuple[str, str]:
@@ -199,14 +220,16 @@ def rollback_champion(client: MlflowClient, name: str) -> tuple[str, str]:
         client.set_registered_model_alias(name, CHAMPION, restored)
     except MlflowException:
         raise ModelNotFoundError(f"previous champion {name} v{restored} no longer exists; "
-                                 f"versions: {', '.join(_versions(client, name)) or 'none'}") from None
+                                 f"versions: {', '.join(version_numbers(client, name)) or 'none'}") from None
     _write_history(client, name, history[:-1])
     client.set_model_version_tag(name, demoted, "rolled_back", f"champion moved back to v{restored}")
     return demoted, restored
 
 
-def decision_record(version: str, decision: PromotionDecision, name: str, run_id: str, uri: str) -> dict:
-    """The register stage's output: what was registered and what was decided."""
-    return {"model_name": name, "version": version, "run_id": run_id, "tracking_uri": uri, **decision.record()}
+def decision_record(version: str, decision: PromotionDecision, name: str, run_id: str, uri: str,
+                    experiment: str | None = None) -> dict:
+    """The register stage's output: what was registered and what was decided (and the DVC experiment, if any)."""
+    record = {"model_name": name, "version": version, "run_id": run_id, "tracking_uri": uri, **decision.record()}
+    return record | ({"dvc_experiment": experiment} if experiment else {})
 
 
