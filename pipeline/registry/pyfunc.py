@@ -11,6 +11,7 @@ import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, REQUEST_LIMIT_EXCEEDED
 from mlflow.types.schema import Schema, TensorSpec
 
 import pipeline
@@ -19,11 +20,40 @@ from pipeline.errors import ModelNotFoundError
 from pipeline.models import SPEC_FILE, WEIGHTS_FILE
 from pipeline.registry.store import default_tracking_uri, resolve_alias
 
-IMAGE_SIGNATURE = ModelSignature(
-    inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, 3))]),
-    outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, 3))]),
-)
+# No input schema: MLflow would cast a request's numbers to it before the model sees them (0.5 → 0, a
+# black image with 200 OK). The model checks its input itself (`checked_image`) and answers 400.
+IMAGE_SIGNATURE = ModelSignature(inputs=None, outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, 3))]))
+SERVE_MAX_PIXELS = 8_388_608  # 4096 x 2048, a 4K UHD frame fits; larger requests are refused (400)
 
+
+def _refuse(message: str) -> MlflowException:
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)  # HTTP 400 from a scoring server
+
+
+def checked_image(model_input, max_pixels: int) -> np.ndarray:
+    """The request as an HxWx3 uint8 array, refusing (MlflowException, 400) any other shape, a float, bool or
+    out-of-range value, or more than `max_pixels` pixels; never a silent cast."""
+    if not isinstance(model_input, (np.ndarray, list)):
+        raise _refuse(f"expected an HxWx3 array of integers 0-255 ({{\"inputs\": [[[r, g, b], ...], ...]}}), "
+                      f"got {type(model_input).__name__}")
+    try:
+        image = np.asarray(model_input)
+    except ValueError:
+        raise _refuse("expected an HxWx3 array of integers 0-255; rows of different lengths") from None
+    if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+        raise _refuse(f"expected an HxWx3 array of integers 0-255 (RGB), got shape {list(image.shape)}")
+    height, width = image.shape[:2]
+    if height * width > max_pixels:
+        raise _refuse(f"image of {width}x{height} = {height * width:,} pixels is over this model's limit of "
+                      f"{max_pixels:,} (max_pixels in its model_config)")
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype.kind not in "iu":
+        raise _refuse(f"expected integers 0-255, got {image.dtype} values; send 8-bit RGB, not floats or booleans")
+    low, high = int(image.min()), int(image.max())
+    if low < 0 or high > 255:
+        raise _refuse(f"expected integers 0-255, got values in [{low}, {high}]")
+    return image.astype(np.uint8)
 
 
 class DemoirePyfunc(mlflow.pyfunc.PythonModel):
@@ -43,13 +73,23 @@ class DemoirePyfunc(mlflow.pyfunc.PythonModel):
         self.tiling = {"tile_size": config["tile_size"], "overlap": config["tile_overlap"],
                        "batch_size": config["tile_batch"]}
         self.device = resolve_device(config["device"])
+        self.max_pixels = int(config.get("max_pixels", SERVE_MAX_PIXELS))
         self.model, self.spec = load_model(Path(context.artifacts["model_dir"]), self.device)
 
     def predict(self, context, model_input, params=None) -> np.ndarray:
-        from pipeline.inference import restore_image
+        """Restore one image; stops between tiles once the request's time is up or its client is gone."""
+        from pipeline.inference import RestoreStopped, restore_image
+        from pipeline.serving import request_stop
 
-        image = np.asarray(model_input, dtype=np.uint8)
-        return restore_image(self.model, image, self.device, **self.tiling)
+        stop = request_stop()
+        stop.started.set()
+        try:
+            image = checked_image(model_input, self.max_pixels)
+            return restore_image(self.model, image, self.device, **self.tiling, should_stop=stop.is_set)
+        except RestoreStopped:
+            raise MlflowException(f"stopped: {stop.reason}", error_code=REQUEST_LIMIT_EXCEEDED) from None
+        finally:
+            stop.finished.set()
 
 
 # Models from code: MLflow runs this file to build the pyfunc, so loading unpickles nothing.
@@ -64,7 +104,7 @@ set_model(DemoirePyfunc())
 def serving_config(infer: InferParams, device: str = "auto") -> dict:
     """The logged model's `model_config`: tiling from params.yaml's infer section, and the device."""
     return {"tile_size": infer.tile_size, "tile_overlap": infer.tile_overlap, "tile_batch": infer.tile_batch,
-            "device": device}
+            "device": device, "max_pixels": min(infer.max_pixels, SERVE_MAX_PIXELS)}
 
 
 def log_demoire_model(model_dir: Path, infer: InferParams | None = None):
