@@ -261,7 +261,8 @@ def to_rgb_uint8(im: Image.Image, name: str = "image") -> np.ndarray:
     if im.mode == "F":
         arr = np.asarray(im, dtype=np.float64)
         if arr.size and (not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1):
-            low, high = np.nanmin(arr), np.nanmax(arr)
+            finite = arr[np.isfinite(arr)]
+            low, high = (finite.min(), finite.max()) if finite.size else (np.nan, np.nan)
             raise InputDataError(f"{name}: float pixels in [{low:g}, {high:g}]"
                                  f"{' with NaN or infinite values' if not np.isfinite(arr).all() else ''}; "
                                  "float images are read only with values in [0, 1]")
@@ -270,5 +271,5 @@ def to_rgb_uint8(im: Image.Image, name: str = "image") -> np.ndarray:
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(canvas, rgba).convert("RGB"))
+        return np.array(Image.alpha_composite(canvas, rgba).convert("RGB"))
     return np.array(im.convert("RGB"))  # a writable copy: torch warns on read-only arrays
