@@ -54,9 +54,13 @@ print(json.dumps({"version": version, "promote": decision.promote}))
 """
 
 
-def _start(store: Path, seed: int, psnr: float, kill_at: str | None = None) -> subprocess.Popen:
+def start_worker(store: Path, seed: int, psnr: float, kill_at: str | None = None,
+                 tracking_uri: str | None = None) -> subprocess.Popen:
+    """A registering process (WORKER) on the SQLite store in `store`, or on the store at `tracking_uri`."""
     env = {**os.environ, "DEMOIRE_REGISTRY_LEASE_S": "20"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
     if kill_at:
         env["DEMOIRE_KILL_AT"] = kill_at
     return subprocess.Popen([sys.executable, "-c", WORKER, str(store), str(seed), str(psnr)], env=env,
@@ -101,7 +105,7 @@ def check_invariants(state: dict) -> None:
 @pytest.mark.slow
 def test_three_concurrent_registrations_on_a_fresh_sqlite_store(tmp_path):
     # 22.0 and 22.02 tie within the margin: whichever registers second is never promoted over the first
-    workers = [_start(tmp_path, seed, psnr) for seed, psnr in ((1, 22.0), (2, 22.02), (3, 23.0))]
+    workers = [start_worker(tmp_path, seed, psnr) for seed, psnr in ((1, 22.0), (2, 22.02), (3, 23.0))]
     outputs = [worker.communicate(timeout=600) for worker in workers]
     for worker, (out, err) in zip(workers, outputs):
         assert worker.returncode == 0, err[-3000:]
@@ -110,19 +114,23 @@ def test_three_concurrent_registrations_on_a_fresh_sqlite_store(tmp_path):
     check_invariants(state)
 
 
+REGISTER_KILL_POINTS = ["register.run_started", "register.model_logged", "register.version_created",
+                        "register.decision_recorded", "register.champion_moved"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["register.run_started", "register.model_logged", "register.version_created",
-                                   "register.decision_recorded", "register.champion_moved"])
-def test_a_registration_killed_at_any_point_is_finished_by_its_rerun(tmp_path, point):
-    first = _start(tmp_path, 1, 22.0)
+def test_a_registration_killed_at_any_point_is_finished_by_its_rerun(tmp_path):
+    first = start_worker(tmp_path, 1, 22.0)
     assert first.wait(timeout=600) == 0
-    killed = _start(tmp_path, 2, 23.0, kill_at=point)  # would be promoted over v1
-    killed.wait(timeout=600)
-    assert killed.returncode == -9
-    rerun = _start(tmp_path, 2, 23.0)
-    out, err = rerun.communicate(timeout=600)
-    assert rerun.returncode == 0, err[-3000:]
-    assert json.loads(out.strip().splitlines()[-1]) == {"version": "2", "promote": True}
-    state = registry_state(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert sorted(state["versions"], key=int) == ["1", "2"]  # finished, not registered again
-    check_invariants(state)
+    for attempt, point in enumerate(REGISTER_KILL_POINTS, start=2):
+        psnr = 22.0 + attempt  # each beats the champion: the champion moves every time
+        killed = start_worker(tmp_path, attempt, psnr, kill_at=point)
+        killed.wait(timeout=600)
+        assert killed.returncode == -9, point
+        rerun = start_worker(tmp_path, attempt, psnr)
+        out, err = rerun.communicate(timeout=600)
+        assert rerun.returncode == 0, (point, err[-3000:])
+        assert json.loads(out.strip().splitlines()[-1]) == {"version": str(attempt), "promote": True}, point
+        state = registry_state(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        assert sorted(state["versions"], key=int) == [str(v) for v in range(1, attempt + 1)], point  # none added
+        check_invariants(state)
