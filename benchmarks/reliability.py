@@ -2,6 +2,7 @@
 
     python benchmarks/reliability.py            # bad inputs + concurrency + kill points (pytest suites), ~5 min
     python benchmarks/reliability.py --serve    # also the bounded server: 20 mixed requests + 1 oversized, peak RSS
+    python benchmarks/reliability.py --kill-all # also kill -9 at every point of pipeline/faults.py under dvc repro, ~15 min
 
 Each figure comes from the fault-injection tests in tests/ (real CLI, real MLflow on SQLite, real processes
 killed with SIGKILL); this script runs them and prints what they establish.
@@ -95,9 +96,56 @@ def serve_figures() -> dict:
             "peak_rss_mb": round(peak[0] / 2**20), "healthy_after": healthy, "exit_code_after_sigterm": exited}
 
 
+STAGE_OF = {"before:synthesize": "synthesize", "after:synthesize": "synthesize", "before:pairs.parquet": "preprocess",
+            "after:checkpoint.pt": "train", "before:model.pt": "train", "before:metrics.json": "evaluate"}
+
+
+def kill_all_figures() -> dict:
+    """In a fresh tiny project (tests/integration/project.py): after a first `dvc repro`, for every kill point a
+    stage run is killed there with SIGKILL and the same command run again; then `dvc status` must be clean,
+    every version decided once, no run RUNNING. Register kills follow a change of register.promotion_margin_db."""
+    import tempfile
+
+    import yaml
+
+    from tests.integration.project import make_project, read_registry, run
+    from tests.test_registry_transaction import registry_state
+    from pipeline.faults import KILL_POINTS
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / "project"
+        repo.mkdir()
+        env = make_project(repo, "")
+        env.pop("PREFECT_API_URL")  # the stages share a temporary Prefect server of their own
+        run(["dvc", "repro"], repo, env, timeout=3600)
+        for attempt, point in enumerate(KILL_POINTS):
+            stage = STAGE_OF.get(point, "register")
+            command = ["dvc", "repro", "-f", "-s", stage]
+            if stage == "register":
+                params = yaml.safe_load((repo / "params.yaml").read_text())
+                params["register"]["promotion_margin_db"] = round(0.01 * (attempt + 1), 2)
+                (repo / "params.yaml").write_text(yaml.safe_dump(params))
+                command = ["dvc", "repro"]
+            killed = subprocess.run(command, cwd=repo, env={**env, "DEMOIRE_KILL_AT": point}, capture_output=True,
+                                    text=True, timeout=3600)
+            rerun = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=3600)
+            caught_up = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=3600)
+            status = subprocess.run(["dvc", "status"], cwd=repo, env=env, capture_output=True, text=True)
+            registry = read_registry(repo, env)
+            decided = all(tags.get("promotion") in ("promoted", "not_promoted") for tags in registry["versions"].values())
+            decided = decided and "RUNNING" not in registry_state(f"sqlite:///{repo / 'mlflow.db'}")["statuses"]
+            results[point] = {"killed": killed.returncode != 0, "rerun_ok": rerun.returncode == 0 and caught_up.returncode == 0,
+                              "status_clean": "Data and pipelines are up to date" in status.stdout,
+                              "all_decided": decided, "versions": len(registry["versions"])}
+            print(point, results[point], flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve", action="store_true", help="also measure the bounded server")
+    parser.add_argument("--kill-all", action="store_true", help="also kill every point under a real dvc repro")
     args = parser.parse_args()
     from tests.test_bad_inputs import CASES
 
@@ -110,6 +158,11 @@ def main() -> None:
     print(f"3 concurrent registrations on SQLite: {'ok' if passed and not failed else 'FAILED'} ({seconds:.0f} s)")
     if args.serve:
         print("serving:", json.dumps(serve_figures()))
+    if args.kill_all:
+        results = kill_all_figures()
+        complete = sum(r["killed"] and r["rerun_ok"] and r["status_clean"] and r["all_decided"] for r in results.values())
+        print(f"kill -9 under dvc repro: {complete}/{len(results)} kill points killed, rerun to completion, "
+              f"dvc status clean, every version decided, no run RUNNING")
 
 
 if __name__ == "__main__":

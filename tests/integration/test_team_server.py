@@ -4,7 +4,6 @@ real PostgreSQL cluster with served artifacts, and 3 processes registering again
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import signal
 import subprocess
