@@ -170,7 +170,7 @@ def _defaults(tmp_path):
 BAD_PATHS = ["out is a file", "out below a file", "model missing", "params missing", "params is a folder",
              "input missing", "glob matches nothing", "report out is a folder", "synth-report out is a file",
              "synthesize over a foreign folder", "synthesize existing without overwrite",
-             "evaluate pairs missing", "evaluate 1x1 pair"]
+             "evaluate pairs missing", "evaluate 1x1 pair", "synthesize larger than the disk"]
 
 
 @pytest.mark.parametrize("case", BAD_PATHS)
@@ -205,6 +205,8 @@ def test_bad_paths_are_refused_up_front_and_nothing_is_lost(tmp_path, model_dir,
         args = ["synthesize", "--out", str(tmp_path), "--n", "1", "--size", "32", "--overwrite"]
     elif case == "synthesize existing without overwrite":
         args = ["synthesize", "--out", str(tmp_path), "--n", "1", "--size", "32"]
+    elif case == "synthesize larger than the disk":  # 10 M pairs of 4096²: refused from the estimate, at once
+        args = ["synthesize", "--out", str(tmp_path / "huge"), "--n", "10000000", "--size", "4096"]
     elif case == "evaluate pairs missing":
         args = ["evaluate", "--model", str(model_dir), "--pairs", str(tmp_path / "none"), "--params", params]
     else:  # a 1x1 pair among readable ones: skipped with a reason, the rest scored
