@@ -437,19 +437,30 @@ def promote(
     were scored on different sets are they re-scored on the local one (real sets relative to the
     params file's folder; the test split of --data, --pairs).
     """
+    from contextlib import ExitStack
+
     from pipeline.evaluation.gate import GateRule, gate_kind
     from pipeline.registry import apply_decision, compare_challenger, connect
+    from pipeline.registry.transaction import RegistryLock
 
-    try:
-        settings = _load_params(params)
-        cfg = settings.registration
-        name = model_name or cfg.model_name
-        client = connect(Path.cwd())
-        decision = compare_challenger(client, name, GateRule(cfg.promotion_margin_db, cfg.ssim_tolerance),
-                                      _local_gate(settings, params.parent, data, pairs, device),
-                                      gate_kind(settings.evaluate.real_sets))
-    except DemoireError as exc:
-        _fail(exc)
+    with ExitStack() as held:
+        try:
+            settings = _load_params(params)
+            cfg = settings.registration
+            name = model_name or cfg.model_name
+            client = connect(Path.cwd())
+            if not dry_run:  # read champion → decide → move it, with no registration in between
+                held.enter_context(RegistryLock(client, name))
+            decision = compare_challenger(client, name, GateRule(cfg.promotion_margin_db, cfg.ssim_tolerance),
+                                          _local_gate(settings, params.parent, data, pairs, device),
+                                          gate_kind(settings.evaluate.real_sets))
+        except DemoireError as exc:
+            _fail(exc)
+        _show_and_apply(client, name, decision, dry_run, apply_decision)
+
+
+def _show_and_apply(client, name: str, decision, dry_run: bool, apply_decision) -> None:
+    """Print the comparison and the decision of `demoire promote`; apply it unless a dry run."""
     Console().print(_comparison_table(decision))
     typer.echo(f"{'promote' if decision.promote else 'keep champion'}: {decision.reason}")
     champion = decision.champion.version if decision.champion else None
@@ -472,10 +483,13 @@ def rollback(
 ) -> None:
     """Move `champion` back to the version that held it before."""
     from pipeline.registry import connect, rollback_champion
+    from pipeline.registry.transaction import RegistryLock
 
     try:
         name = model_name or _load_params(params).registration.model_name
-        demoted, restored = rollback_champion(connect(Path.cwd()), name)
+        client = connect(Path.cwd())
+        with RegistryLock(client, name):
+            demoted, restored = rollback_champion(client, name)
     except DemoireError as exc:
         _fail(exc)
     typer.echo(f"champion: v{demoted} → v{restored}")
