@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--pg-port", type=int, default=5433, help="port of the cluster this script runs")
     parser.add_argument("--backend-store-uri", help="an existing database instead of a cluster of our own")
+    parser.add_argument("--workers", type=int, default=2, help="server processes")
     args = parser.parse_args()
     home = args.home.resolve()
     (home / "artifacts").mkdir(parents=True, exist_ok=True)
@@ -90,7 +91,7 @@ def main() -> None:
         uri, data = start_postgres(home, args.pg_port)
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
                                "--artifacts-destination", str(home / "artifacts"), "--serve-artifacts",
-                               "--host", args.host, "--port", str(args.port)])
+                               "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)])
     stopping = []
 
     def stop(signum, frame):

@@ -39,7 +39,7 @@ def team_server(tmp_path_factory):
     port = _free_port()
     log = open(home / "server.log", "w")
     server = subprocess.Popen([sys.executable, str(ROOT / "deploy" / "mlflow_server.py"), "--home", str(home),
-                               "--port", str(port), "--pg-port", str(_free_port())],
+                               "--port", str(port), "--pg-port", str(_free_port()), "--workers", "1"],
                               stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 240
