@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # commands say `python`, which the shell resolves from PATH, whatever python a user has there.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install pipeline test test-fast clean server deploy worker
+.PHONY: install pipeline test test-fast clean server deploy worker mlflow-server serve-model
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,18 @@ deploy: $(STAMP)
 worker: $(STAMP)
 	@test -n "$$PREFECT_API_URL" || { echo "error: set PREFECT_API_URL to the Prefect server"; exit 2; }
 	DEMOIRE_PROJECT_DIR=$(CURDIR) $(PREFECT_ENV) $(BIN)/prefect worker start --pool $(POOL) --limit 1
+
+# A team MLflow tracking server on PostgreSQL (a cluster of its own in .mlflow-server/ unless
+# MLFLOW_BACKEND_STORE_URI names a database), artifacts served; clients set MLFLOW_TRACKING_URI.
+MLFLOW_PORT ?= 5000
+mlflow-server: $(STAMP)
+	$(BIN)/python deploy/mlflow_server.py --home .mlflow-server --host 0.0.0.0 --port $(MLFLOW_PORT) \
+		$(if $(MLFLOW_BACKEND_STORE_URI),--backend-store-uri $(MLFLOW_BACKEND_STORE_URI))
+
+# The champion over HTTP with bounds (pipeline/serving.py): body limit, one request at a time, time limit.
+SERVE_PORT ?= 5001
+serve-model: $(STAMP)
+	$(BIN)/python -m pipeline.serving -m models:/demoire@champion -p $(SERVE_PORT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -10,9 +10,15 @@ import os
 import sys
 from pathlib import Path
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
+PROJECT_DIR = Path(__file__).resolve().parents[1]  # this workspace: its code, params.yaml and data/
+# The project a run belongs to: where its MLflow store, Prefect state and params' relative paths live.
+# `dvc exp run --temp` / `--queue` run the stages in a copy of the workspace under .dvc/tmp/exps/, which
+# is deleted afterwards, and set DVC_ROOT to the project they came from (in a plain `dvc repro` it is
+# this workspace); the experiment's name is in DVC_EXP_NAME.
+PROJECT_ROOT = Path(os.environ.get("DVC_ROOT") or PROJECT_DIR).resolve()
+EXPERIMENT_NAME = os.environ.get("DVC_EXP_NAME") or None
 
-os.environ.setdefault("PREFECT_HOME", str(PROJECT_DIR / ".prefect"))
+os.environ.setdefault("PREFECT_HOME", str(PROJECT_ROOT / ".prefect"))
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here, no telemetry

@@ -9,7 +9,7 @@ import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows import PROJECT_DIR
+from flows import PROJECT_ROOT
 from flows._entry import run_stage
 from pipeline.config import Params
 from pipeline.data.dataset import load_pairs, to_image, to_tensor
@@ -52,14 +52,14 @@ def score_real_set_task(params: Params, model_dir: Path, real: RealSetPairs) -> 
 
 def write_real_csvs(folder: Path, scores: dict[str, RealSetScores]) -> None:
     """`<name>.csv` of per-image metrics for each real set; the folder is replaced whole (empty without real sets)."""
-    with atomic_dir(folder) as staging:
+    with atomic_dir(folder, whole=True) as staging:
         for name, real in scores.items():
             real.per_image.to_csv(staging / f"{name}.csv", index=False, float_format="%.6f")
 
 
 @flow(name="evaluate")
 def evaluate_flow(params: Params, model_dir: Path, data: Path, pairs_index: Path, out: Path, metrics: Path, grid: Path,
-                  real_out: Path, project_dir: Path = PROJECT_DIR) -> dict:
+                  real_out: Path, project_dir: Path = PROJECT_ROOT) -> dict:
     """Write the per-image CSVs (test split, each real set), the metrics JSON and the before/after grid."""
     real_sets = find_real_sets(params.evaluate.real_sets, project_dir)  # a bad entry stops before any scoring
     per_image, grid_rows = score_task(params, model_dir, data, pairs_index)

@@ -13,15 +13,16 @@ from mlflow.tracking import MlflowClient
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows import PROJECT_DIR
+from flows import EXPERIMENT_NAME, PROJECT_DIR, PROJECT_ROOT
 from flows._entry import run_stage
 from pipeline.config import Params, flatten
 from pipeline.evaluation.gate import REAL, GateRule, gate_pairs, gate_set_hash, local_gate
 from pipeline.evaluation.real_sets import check_unchanged_since_scored
+from pipeline.faults import kill_point
 from pipeline.io import read_rgb, write_json
 from pipeline.provenance import data_version_tags, git_commit
-from pipeline.registry import (GATE_SET_TAG, decision_record, flat_metrics, log_demoire_model, register_and_gate,
-                               use_tracking_store)
+from pipeline.registry import GATE_SET_TAG, decision_record, flat_metrics, log_demoire_model, use_tracking_store
+from pipeline.registry.transaction import MODEL_URI_TAG, register_run_once, registration_key
 from pipeline.training.device import resolve_device
 
 # The register stage's run lasts seconds; MLflow logs system metrics only after a full sampling
@@ -32,10 +33,14 @@ SYSTEM_METRICS_INTERVAL_S = 0.5
 @task(name="log-and-register", retries=2, retry_delay_seconds=[2, 10])
 def log_and_register_task(params: Params, model_dir: Path, history: Path, evaluation: dict, files: list[Path],
                           grid: Path, lock: Path, data: Path, pairs: Path, real_per_image: Path | None = None) -> dict:
-    """One MLflow run with params, metrics, artifacts, provenance and the model; then register and gate."""
+    """One MLflow run with params, metrics, artifacts, provenance and the model; then register and gate.
+
+    Idempotent (pipeline.registry.transaction): a retry, or a rerun after the stage was killed, finishes
+    the registration of these inputs instead of adding a version; concurrent pipelines take turns.
+    """
     cfg = params.registration
-    uri = use_tracking_store(PROJECT_DIR, cfg.experiment)
-    gate = local_gate(params, data, pairs, PROJECT_DIR, resolve_device(params.evaluate.device))
+    uri = use_tracking_store(PROJECT_ROOT, cfg.experiment)
+    gate = local_gate(params, data, pairs, PROJECT_ROOT, resolve_device(params.evaluate.device))
     tags = data_version_tags(lock, data, pairs)
     if gate.kind is REAL:
         check_unchanged_since_scored(evaluation.get(REAL.set_tag), gate.digest)
@@ -46,25 +51,38 @@ def log_and_register_task(params: Params, model_dir: Path, history: Path, evalua
     commit = git_commit(PROJECT_DIR)
     if commit:
         tags["git_commit"] = commit
-    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
-    with mlflow.start_run(log_system_metrics=True, tags=tags) as run:
-        mlflow.log_params(flatten(params))
-        for row in pd.read_csv(history).itertuples():
-            mlflow.log_metrics({"train_loss": row.train_loss, "val_loss": row.val_loss, "val_psnr": row.val_psnr}, step=row.epoch)
-        metrics = flat_metrics(evaluation)
-        mlflow.log_metrics(metrics)
-        for path in files:
-            mlflow.log_artifact(str(path), artifact_path="evaluation")
-        if real_per_image is not None and any(Path(real_per_image).glob("*.csv")):
-            mlflow.log_artifacts(str(real_per_image), artifact_path="evaluation/real")
-        mlflow.log_image(read_rgb(grid), artifact_file="images/before_after.png")
-        if lock.is_file():  # the upstream stages' entries; this stage's own entry is written after it ends
-            mlflow.log_artifact(str(lock), artifact_path="dvc")
-        info = log_demoire_model(model_dir, params.infer)
+    if EXPERIMENT_NAME:
+        tags["dvc_experiment"] = EXPERIMENT_NAME
+    metrics = flat_metrics(evaluation)
+    flat_params = flatten(params)
+
+    def log_run(run_tags: dict[str, str]) -> tuple[str, str]:
+        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+        with mlflow.start_run(log_system_metrics=True, tags={**tags, **run_tags}) as run:
+            kill_point("register.run_started")
+            mlflow.log_params(flat_params)
+            for row in pd.read_csv(history).itertuples():
+                mlflow.log_metrics({"train_loss": row.train_loss, "val_loss": row.val_loss, "val_psnr": row.val_psnr},
+                                   step=row.epoch)
+            mlflow.log_metrics(metrics)
+            for path in files:
+                mlflow.log_artifact(str(path), artifact_path="evaluation")
+            if real_per_image is not None and any(Path(real_per_image).glob("*.csv")):
+                mlflow.log_artifacts(str(real_per_image), artifact_path="evaluation/real")
+            mlflow.log_image(read_rgb(grid), artifact_file="images/before_after.png")
+            if lock.is_file():  # the upstream stages' entries; this stage's own entry is written after it ends
+                mlflow.log_artifact(str(lock), artifact_path="dvc")
+            info = log_demoire_model(model_dir, params.infer)
+            mlflow.set_tag(MODEL_URI_TAG, info.model_uri)  # the model is complete: a rerun may register it
+            kill_point("register.model_logged")
+        return run.info.run_id, info.model_uri
+
     rule = GateRule(cfg.promotion_margin_db, cfg.ssim_tolerance)
-    version, decision = register_and_gate(MlflowClient(), cfg.model_name, info.model_uri, run.info.run_id,
-                                          metrics, tags, rule, gate.rescore, gate.kind)
-    return decision_record(version, decision, cfg.model_name, run.info.run_id, uri)
+    experiment_id = mlflow.get_experiment_by_name(cfg.experiment).experiment_id
+    key = registration_key(model_dir, evaluation, flat_params)
+    version, run_id, decision = register_run_once(MlflowClient(), cfg.model_name, experiment_id, key, log_run,
+                                                  {**metrics, **tags}, rule, gate.rescore, gate.kind)
+    return decision_record(version, decision, cfg.model_name, run_id, uri, EXPERIMENT_NAME)
 
 
 @flow(name="register")
@@ -74,6 +92,7 @@ def register_flow(params: Params, model_dir: Path, history: Path, metrics: Path,
     evaluation = json.loads(metrics.read_text())
     record = log_and_register_task(params, model_dir, history, evaluation, [metrics, per_image, grid, history],
                                    grid, lock, data, pairs, real_per_image)
+    kill_point("register.decided")
     write_json(out, record)
     verdict = "promoted to `champion`" if record["promote"] else "kept as `challenger`"
     create_markdown_artifact(

@@ -113,9 +113,10 @@ def predict(
     import statistics
 
     from pipeline.inference import check_tiling, restore_image, spatial_multiple
-    from pipeline.io import read_rgb, write_png
+    from pipeline.io import check_output_dir, read_rgb, write_png
 
     try:
+        check_output_dir(out, "-o")
         cfg = _infer_params(params, tile_size=tile, tile_overlap=overlap, max_pixels=max_pixels)
         net, torch_device = _load(model, device)
         check_tiling(cfg.tile_size, cfg.tile_overlap, cfg.tile_batch, spatial_multiple(net))
@@ -135,9 +136,14 @@ def predict(
         began = time.perf_counter()
         try:
             image = read_rgb(path, cfg.max_pixels)
-            write_png(target, restore_image(net, image, torch_device, cfg.tile_size, cfg.tile_overlap, cfg.tile_batch))
+            restored = restore_image(net, image, torch_device, cfg.tile_size, cfg.tile_overlap, cfg.tile_batch)
+            write_png(target, restored, overwrite)  # never over a file another run wrote meanwhile
         except InputDataError as exc:
             err.print(f"skipped {path}: {exc}", highlight=False)
+            failed += 1
+            continue
+        except OSError as exc:  # the disk filled up, the folder went away: this image is lost, the rest may not be
+            err.print(f"skipped {path}: cannot write {target} ({exc.strerror})", highlight=False)
             failed += 1
             continue
         written.add(target)
@@ -212,15 +218,17 @@ def _mean_std(mean: float | None, std: float | None, digits: int) -> str:
 def synth_report(
     pairs: list[Path] = typer.Option(..., help="paired folder (moire/ + clean/, or a dataset layout); repeat to compare"),
     labels: list[str] | None = typer.Option(None, "--label", help="name of each --pairs set, in order (default: folder name)"),
-    out: Path = typer.Option(..., help="folder for the plots, CSVs and summary.json (replaced as a whole)"),
+    out: Path = typer.Option(..., help="folder for the plots, CSVs and summary.json (other files in it are kept)"),
     as_json: bool = typer.Option(False, "--json", help="print summary.json as one JSON object"),
     max_pairs: int | None = typer.Option(None, help="at most this many pairs per set, evenly spread over the names"),
     max_side: int = typer.Option(512, help="shrink residuals to this longest side before the spectrum (0: never)"),
 ) -> None:
     """Input PSNR/SSIM and moiré residual spectra of paired sets side by side (synthetic vs real)."""
     from pipeline.evaluation.synth_report import compare_paired_sets, set_labels
+    from pipeline.io import check_output_dir, json_text
 
     try:
+        check_output_dir(out, "--out")
         names = set_labels(pairs, labels)
         with err.status("reading pairs") as status:
             summary = compare_paired_sets(
@@ -233,7 +241,7 @@ def synth_report(
         for skipped in paired_set["skipped_pairs"]:
             err.print(f"skipped {paired_set['label']}/{skipped['name']}: {skipped['reason']}", highlight=False)
     if as_json:
-        typer.echo(json.dumps(summary))
+        typer.echo(json_text(summary))
         return
     table = Table(title=f"input quality and residual spectra (max side {max_side})")
     for column in ("set", "pairs", "skipped", "PSNR dB (mean ± std)", "SSIM (mean ± std)"):
@@ -245,6 +253,9 @@ def synth_report(
     Console().print(table)
     typer.echo(f"plots: {out / 'input_psnr.png'}, {out / 'input_ssim.png'}, {out / 'residual_spectrum.png'}")
     typer.echo(f"data: {out / 'summary.json'}, {out / 'input_metrics.csv'}, {out / 'residual_spectrum.csv'}")
+
+
+SYNTHETIC_SET_ENTRIES = {"moire", "clean", "manifest.parquet", "summary.json"}
 
 
 @app.command()
@@ -261,12 +272,18 @@ def synthesize(
     """Render an ad-hoc synthetic set outside DVC (moiré and clean images with matching names)."""
     from pipeline.config import parse_params
     from pipeline.data.synthetic import local_shard_runner, synthesize_dataset
+    from pipeline.io import check_output_dir
 
     try:
         params = parse_params({"seed": seed, "synthesize": {"preset": preset, "n_pairs": n, "size": size, "workers": workers}},
                               source="options")
+        check_output_dir(out, "--out")
         if out.exists() and not overwrite:
             raise InputDataError(f"{out} exists; choose another --out or pass --overwrite")
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in SYNTHETIC_SET_ENTRIES) if out.is_dir() else []
+        if foreign:  # --overwrite replaces a synthetic set, never a folder holding anything else
+            raise InputDataError(f"{out} holds more than a synthetic set ({', '.join(foreign[:3])}); "
+                                 "--overwrite replaces only folders demoire synthesize wrote")
         start = time.perf_counter()
         with err.status(f"rendering {n} pairs"):
             runner = local_shard_runner(params.synthesize, params.seed, workers)
@@ -420,19 +437,30 @@ def promote(
     were scored on different sets are they re-scored on the local one (real sets relative to the
     params file's folder; the test split of --data, --pairs).
     """
+    from contextlib import ExitStack
+
     from pipeline.evaluation.gate import GateRule, gate_kind
     from pipeline.registry import apply_decision, compare_challenger, connect
+    from pipeline.registry.transaction import RegistryLock
 
-    try:
-        settings = _load_params(params)
-        cfg = settings.registration
-        name = model_name or cfg.model_name
-        client = connect(Path.cwd())
-        decision = compare_challenger(client, name, GateRule(cfg.promotion_margin_db, cfg.ssim_tolerance),
-                                      _local_gate(settings, params.parent, data, pairs, device),
-                                      gate_kind(settings.evaluate.real_sets))
-    except DemoireError as exc:
-        _fail(exc)
+    with ExitStack() as held:
+        try:
+            settings = _load_params(params)
+            cfg = settings.registration
+            name = model_name or cfg.model_name
+            client = connect(Path.cwd())
+            if not dry_run:  # read champion → decide → move it, with no registration in between
+                held.enter_context(RegistryLock(client, name))
+            decision = compare_challenger(client, name, GateRule(cfg.promotion_margin_db, cfg.ssim_tolerance),
+                                          _local_gate(settings, params.parent, data, pairs, device),
+                                          gate_kind(settings.evaluate.real_sets))
+        except DemoireError as exc:
+            _fail(exc)
+        _show_and_apply(client, name, decision, dry_run, apply_decision)
+
+
+def _show_and_apply(client, name: str, decision, dry_run: bool, apply_decision) -> None:
+    """Print the comparison and the decision of `demoire promote`; apply it unless a dry run."""
     Console().print(_comparison_table(decision))
     typer.echo(f"{'promote' if decision.promote else 'keep champion'}: {decision.reason}")
     champion = decision.champion.version if decision.champion else None
@@ -455,10 +483,13 @@ def rollback(
 ) -> None:
     """Move `champion` back to the version that held it before."""
     from pipeline.registry import connect, rollback_champion
+    from pipeline.registry.transaction import RegistryLock
 
     try:
         name = model_name or _load_params(params).registration.model_name
-        demoted, restored = rollback_champion(connect(Path.cwd()), name)
+        client = connect(Path.cwd())
+        with RegistryLock(client, name):
+            demoted, restored = rollback_champion(client, name)
     except DemoireError as exc:
         _fail(exc)
     typer.echo(f"champion: v{demoted} → v{restored}")
@@ -474,8 +505,10 @@ def report(
 ) -> None:
     """HTML report of the latest pipeline run: metrics, training curves, before/after pairs, registration."""
     from pipeline.evaluation.run_report import write_run_report
+    from pipeline.io import check_output_file
 
     try:
+        check_output_file(out, "-o")
         write_run_report(out, metrics, history, grid, registration)
     except DemoireError as exc:
         _fail(exc)

@@ -194,6 +194,9 @@ class ImportedDataset(Section):
     limit: int | None = Field(None, ge=1)  # the first `limit` pairs by name; None keeps all
 
 
+MAX_HELD_OUT = 0.8  # of the source images, for val and test together: at least a fifth is left to train on
+
+
 class PreprocessParams(Section):
     val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
@@ -203,7 +206,10 @@ class PreprocessParams(Section):
 
     @model_validator(mode="after")
     def _every_split_has_pairs(self) -> "PreprocessParams":
-        """Without synthetic pairs, the datasets must fill train, val and test themselves."""
+        """Val and test leave sources to train on; without synthetic pairs, the datasets fill every split."""
+        if self.val_fraction + self.test_fraction > MAX_HELD_OUT:
+            raise ValueError(f"val_fraction {self.val_fraction:g} + test_fraction {self.test_fraction:g} hold out more "
+                             f"than {MAX_HELD_OUT:g} of the source images, leaving too few to train on")
         if not self.synthetic:
             missing = sorted({"train", "val", "test"} - {d.split for d in self.datasets})
             if missing:
@@ -368,16 +374,60 @@ class Params(Section):
         return merged
 
 
-def load_params(path: Path | str = "params.yaml") -> Params:
-    """Read and validate params.yaml; raise ParamsError with one line on the first problem."""
+class _ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (DVC refuses such a
+    file too, while PyYAML would silently keep the last value)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ParamsError(f"line {key_node.start_mark.line + 1}: key {key!r} given twice in one section "
+                                  f"(first on line {seen[key] + 1}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+_ParamsLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _ParamsLoader.construct_mapping)
+
+
+def read_params_file(path: Path | str) -> dict:
+    """The raw mapping of a params file: ParamsError for a missing, unreadable, empty or non-mapping file and
+    for a key given twice."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError as exc:
-        raise ParamsError(f"{path}: file not found") from exc
+        text = path.read_text()
+        raw = yaml.load(text, Loader=_ParamsLoader)
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ParamsError(f"{path}: is a folder, not a params file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ParamsError(f"{path}: cannot read ({exc})") from None
+    except ParamsError as exc:
+        raise ParamsError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML ({_first_line(str(exc))})") from exc
-    return parse_params(raw, source=str(path))
+        raise ParamsError(f"{path}: not valid YAML ({_first_line(str(exc))})") from None
+    if raw is None:
+        raise ParamsError(f"{path}: empty; it needs the sections the stages read ({', '.join(_top_level_keys())}); "
+                          "`demoire check-params --show` prints every default")
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def _top_level_keys() -> list[str]:
+    return [field.alias or name for name, field in Params.model_fields.items()]
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Read and validate params.yaml; raise ParamsError with one line on the first problem.
+
+    The one validator: `demoire check-params`, every stage and every command reading params call it.
+    """
+    path = Path(path)
+    return parse_params(read_params_file(path), source=str(path))
 
 
 def parse_params(raw: Any, source: str = "params") -> Params:

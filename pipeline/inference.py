@@ -9,6 +9,7 @@ the neighbouring image) and cross-fading the rest of the overlap with a raised-c
 from __future__ import annotations
 
 from itertools import groupby
+from typing import Callable
 
 import numpy as np
 import torch
@@ -17,6 +18,10 @@ from torch import nn
 
 from pipeline.data.dataset import to_image, to_tensor
 from pipeline.errors import ParamsError
+
+
+class RestoreStopped(Exception):
+    """Tiled restoration stopped early because `should_stop` said so (a served request's time ran out)."""
 
 DEFAULT_TILE_SIZE, DEFAULT_TILE_OVERLAP, DEFAULT_TILE_BATCH = 512, 32, 1
 # Share of the overlap, at each tile's cut edge, that is dropped rather than blended: on the trained
@@ -113,8 +118,11 @@ def _batches(tiles: list[tuple[int, int]], rows: list[Span], cols: list[Span], s
 
 @torch.no_grad()
 def restore_tiled(model: nn.Module, image: np.ndarray, device: torch.device, tile_size: int = DEFAULT_TILE_SIZE,
-                  overlap: int = DEFAULT_TILE_OVERLAP, batch_size: int = DEFAULT_TILE_BATCH) -> np.ndarray:
-    """Restore an HxWx3 uint8 image tile by tile, blending the tiles into one HxWx3 uint8 image."""
+                  overlap: int = DEFAULT_TILE_OVERLAP, batch_size: int = DEFAULT_TILE_BATCH,
+                  should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+    """Restore an HxWx3 uint8 image tile by tile, blending the tiles into one HxWx3 uint8 image.
+
+    `should_stop` is asked before each batch of tiles; when it answers True, RestoreStopped is raised."""
     multiple = spatial_multiple(model)
     check_tiling(tile_size, overlap, batch_size, multiple)
     model.eval()
@@ -130,6 +138,8 @@ def restore_tiled(model: nn.Module, image: np.ndarray, device: torch.device, til
     restored = torch.zeros(3, height, width)
     tiles = [(r, c) for r in range(len(rows)) for c in range(len(cols))]
     for group in _batches(tiles, rows, cols, batch_size):
+        if should_stop is not None and should_stop():
+            raise RestoreStopped()
         # Tiles are converted from uint8 one by one, so no float copy of the whole image is made.
         batch = torch.stack([to_tensor(image[slice(*rows[r]), slice(*cols[c])]) for r, c in group])
         output = _forward(model, batch.to(device), multiple).float().cpu()
@@ -141,9 +151,10 @@ def restore_tiled(model: nn.Module, image: np.ndarray, device: torch.device, til
 
 def restore_image(model: nn.Module, image: np.ndarray, device: torch.device | str = "cpu",
                   tile_size: int = DEFAULT_TILE_SIZE, overlap: int = DEFAULT_TILE_OVERLAP,
-                  batch_size: int = DEFAULT_TILE_BATCH) -> np.ndarray:
-    """Restore one HxWx3 uint8 RGB image of any size; tiled when a side exceeds `tile_size`."""
+                  batch_size: int = DEFAULT_TILE_BATCH, should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+    """Restore one HxWx3 uint8 RGB image of any size; tiled when a side exceeds `tile_size` (see restore_tiled
+    for `should_stop`)."""
     device = torch.device(device)
     if max(image.shape[:2]) <= tile_size:
         return to_image(restore_tensor(model, to_tensor(image), device))
-    return restore_tiled(model, image, device, tile_size, overlap, batch_size)
+    return restore_tiled(model, image, device, tile_size, overlap, batch_size, should_stop)

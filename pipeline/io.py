@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
 import shutil
+import socket
 import tempfile
 import warnings
 from contextlib import contextmanager
@@ -14,9 +16,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-from PIL import Image
+import psutil
+from PIL import Image, ImageOps
 
 from pipeline.errors import InputDataError
+from pipeline.faults import kill_point
+
+log = logging.getLogger(__name__)
 
 # mkstemp/mkdtemp create owner-only entries; outputs get the permissions a plain open() would give.
 _UMASK = os.umask(0)
@@ -27,36 +33,149 @@ FILE_MODE, DIR_MODE = 0o666 & ~_UMASK, 0o777 & ~_UMASK
 Image.MAX_IMAGE_PIXELS = 200_000_000
 
 
+class OutputExistsError(InputDataError):
+    """An output file exists and may not be replaced (no --overwrite), perhaps written a moment ago by another run."""
+
+
+def _temp_prefix(name: str) -> str:
+    """Temp names say which process made them (`.NAME.HOST.PID-xxxx.tmp`), so a later run can clean a killed one's."""
+    return f".{name}.{socket.gethostname()}.{os.getpid()}-"
+
+
+def remove_stale_temps(folder: Path, name: str) -> list[Path]:
+    """Remove temp files and folders beside `folder/name` left by processes of this host that are gone (killed)."""
+    pattern = re.compile(rf"^\.{re.escape(name)}\.{re.escape(socket.gethostname())}\.(\d+)-[^/]*\.tmp$")
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match and not psutil.pid_exists(int(match[1])):
+            shutil.rmtree(entry.path, ignore_errors=True) if entry.is_dir() else Path(entry.path).unlink(missing_ok=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _publish_new(tmp: Path, path: Path) -> None:
+    """Rename `tmp` to `path` only if `path` does not exist, atomically (a hard link fails on an existing name)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise OutputExistsError(f"{path} exists (use --overwrite to replace it)") from None
+    except OSError:  # a filesystem without hard links: reserve the name exclusively, then replace it
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE))
+        except FileExistsError:
+            raise OutputExistsError(f"{path} exists (use --overwrite to replace it)") from None
+        os.replace(tmp, path)
+
+
 @contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp file beside `path`; rename it into place only if the block succeeds."""
+def atomic_path(path: Path, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temp file beside `path`; rename it into place only if the block succeeds.
+
+    `overwrite=False`: an existing `path` (even one another process wrote meanwhile) is never replaced;
+    OutputExistsError instead.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.chmod(tmp_path, FILE_MODE)
-        os.replace(tmp_path, path)
+        kill_point(f"before:{path.name}")
+        if overwrite:
+            os.replace(tmp_path, path)
+        else:
+            _publish_new(tmp_path, path)
+        kill_point(f"after:{path.name}")
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
 @contextmanager
-def atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield an empty temp folder beside `path`; it replaces `path` only if the block succeeds."""
+def atomic_dir(path: Path, whole: bool = False) -> Iterator[Path]:
+    """Yield an empty temp folder beside `path`; its files are moved into `path` only if the block succeeds.
+
+    Each file replaces the one of the same name; nothing else in `path` is touched, so a folder a user
+    named keeps whatever it held. `whole=True` is for folders the caller alone owns (a stage's declared
+    output): the temp folder then replaces `path` as a whole, stale files of an earlier run included.
+    Temp folders of killed runs beside `path` are removed first.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_temps(path.parent, path.name)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         os.chmod(tmp, DIR_MODE)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        kill_point(f"before:{path.name}")
+        if whole or not path.exists():
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        else:
+            _merge_into(tmp, path)
+        kill_point(f"after:{path.name}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _merge_into(staging: Path, target: Path) -> None:
+    """Move every file under `staging` to the same place under `target`, replacing only those."""
+    for root, _, files in os.walk(staging):
+        destination = target / Path(root).relative_to(staging)
+        destination.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            os.replace(Path(root) / name, destination / name)
+
+
+def check_output_dir(path: Path, option: str = "--out") -> None:
+    """Refuse, before any work, an output folder that cannot be one: a file, below a file, or not writable."""
+    _check_output(Path(path), option, folder=True)
+
+
+def check_output_file(path: Path, option: str = "--out") -> None:
+    """Refuse, before any work, an output file that cannot be written: a folder, below a file, or not writable."""
+    _check_output(Path(path), option, folder=False)
+
+
+def _check_output(path: Path, option: str, folder: bool) -> None:
+    if path.exists() and folder and not path.is_dir():
+        raise InputDataError(f"{option} {path} is a file, not a folder; name a folder")
+    if path.is_dir() and not folder:
+        raise InputDataError(f"{option} {path} is a folder; name a file")
+    existing = path if folder and path.is_dir() else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputDataError(f"{option} {path}: {existing} is a file, so nothing can be written below it")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=_temp_prefix("write-check"), suffix=".tmp", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputDataError(f"{option} {path}: cannot write in {existing} ({exc.strerror})") from None
+
+
+def check_free_space(path: Path, needed: int, what: str, fix: str) -> None:
+    """Refuse work whose output (`needed` bytes, estimated) would not fit on the filesystem of `path`."""
+    existing = Path(path)
+    while not existing.exists():
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if needed > free:
+        raise InputDataError(f"{what} needs about {_gigabytes(needed)} in {existing}, which has {_gigabytes(free)} "
+                             f"free; {fix}")
+
+
+def _gigabytes(size: int) -> str:
+    return f"{size / 1e9:,.1f} GB" if size >= 1e8 else f"{size / 1e6:,.1f} MB"
 
 
 def json_ready(data: Any) -> Any:
@@ -82,16 +201,20 @@ def write_json(path: Path, data: Any) -> None:
         tmp.write_text(json_text(data, indent=2, sort_keys=True) + "\n")
 
 
-def write_png(path: Path, image: np.ndarray) -> None:
-    """Write an RGB uint8 array as PNG, atomically and byte-reproducibly."""
-    with atomic_path(path) as tmp:
+def write_png(path: Path, image: np.ndarray, overwrite: bool = True) -> None:
+    """Write an RGB uint8 array as PNG, atomically and byte-reproducibly (never over an existing file unless `overwrite`)."""
+    with atomic_path(path, overwrite) as tmp:
         Image.fromarray(image).save(tmp, format="PNG", optimize=False, compress_level=6)
 
 
 def read_rgb(path: Path, max_pixels: int | None = None) -> np.ndarray:
-    """Read any image file as an RGB uint8 array, converting grayscale, palette, alpha and 16-bit.
+    """Read any image file as an HxWx3 uint8 RGB array, as a viewer shows it.
 
-    With `max_pixels`, an image whose header declares more pixels is refused before it is decoded.
+    EXIF orientation is applied (phone photos); 16-bit images are scaled by their bit depth, float
+    images from their [0, 1] range (others are refused: their scale is unknown); grayscale, palette
+    and alpha are converted; of a multi-frame file (animated GIF, multi-page TIFF) the first frame is
+    used, and a warning names the file. With `max_pixels`, an image whose header declares more pixels
+    is refused before it is decoded.
     """
     try:
         # PIL only warns between MAX_IMAGE_PIXELS and twice that, and a warning lets the bomb decode.
@@ -102,8 +225,11 @@ def read_rgb(path: Path, max_pixels: int | None = None) -> np.ndarray:
                 if max_pixels is not None and width * height > max_pixels:
                     raise InputDataError(f"image {path} is {width}x{height} = {width * height:,} pixels, "
                                          f"over the limit of {max_pixels:,} (infer.max_pixels)")
+                frames = getattr(im, "n_frames", 1)
+                if frames > 1:
+                    log.warning("%s has %d frames; using the first", path, frames)
                 im.load()
-                return to_rgb_uint8(im)
+                return to_rgb_uint8(ImageOps.exif_transpose(im), str(path))
     except FileNotFoundError as exc:
         raise InputDataError(f"image not found: {path}") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -111,19 +237,39 @@ def read_rgb(path: Path, max_pixels: int | None = None) -> np.ndarray:
         size = f"{int(declared[1]):,} pixels" if declared else "too many pixels"
         raise InputDataError(f"image {path} is {size}, over the decompression-bomb limit of "
                              f"{Image.MAX_IMAGE_PIXELS:,}") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SyntaxError) as exc:
         raise InputDataError(f"cannot read image {path}: {exc}") from exc
 
 
-def to_rgb_uint8(im: Image.Image) -> np.ndarray:
-    """Convert a PIL image of any mode to an HxWx3 uint8 array (alpha composited on white)."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(im, dtype=np.float64)
-        peak = 65535.0 if arr.max() > 255 else 255.0
-        gray = np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def to_rgb_uint8(im: Image.Image, name: str = "image") -> np.ndarray:
+    """Convert a PIL image of any mode to an HxWx3 uint8 array (alpha composited on white).
+
+    Integer images of more than 8 bits are scaled by their bit depth (a dark 16-bit image stays dark);
+    float images must hold values in [0, 1]; anything else raises InputDataError.
+    """
+    if im.mode in SIXTEEN_BIT_MODES or im.mode == "I":
+        arr = np.asarray(im).astype(np.float64)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise InputDataError(f"{name}: 32-bit integer pixels in [{arr.min():g}, {arr.max():g}]; "
+                                 "only 8- and 16-bit images are read")
+        # PIL reads 16-bit PNGs and TIFFs as I;16 or I: 16 bits either way, so the scale is 65535.
+        gray = np.clip(arr / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+    if im.mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        if arr.size and (not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1):
+            finite = arr[np.isfinite(arr)]
+            low, high = (finite.min(), finite.max()) if finite.size else (np.nan, np.nan)
+            raise InputDataError(f"{name}: float pixels in [{low:g}, {high:g}]"
+                                 f"{' with NaN or infinite values' if not np.isfinite(arr).all() else ''}; "
+                                 "float images are read only with values in [0, 1]")
+        gray = np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(canvas, rgba).convert("RGB"))
+        return np.array(Image.alpha_composite(canvas, rgba).convert("RGB"))
     return np.array(im.convert("RGB"))  # a writable copy: torch warns on read-only arrays

@@ -78,3 +78,96 @@ def test_json_outputs_write_null_for_nan_and_infinity(tmp_path):
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"psnr": None, "moire_removed_low": None, "real": {"a": {"ssim": 0.5, "x": [None, 1]}}}
     assert json_text({"a": math.nan}) == '{"a": null}'
+
+
+def test_dark_16_bit_image_is_scaled_by_bit_depth_not_by_its_maximum(tmp_path):
+    dark = np.full((4, 6), 4096, np.uint16)  # 1/16 of full scale
+    Image.fromarray(dark).save(tmp_path / "dark16.png")
+    assert Image.open(tmp_path / "dark16.png").mode in ("I;16", "I")
+    assert read_rgb(tmp_path / "dark16.png").max() == 16  # 4096 / 65535 * 255, not white
+
+
+def test_float_images_are_read_from_0_1_and_other_ranges_refused(tmp_path):
+    Image.fromarray(np.full((4, 6), 0.5, np.float32)).save(tmp_path / "half.tif")
+    assert read_rgb(tmp_path / "half.tif")[0, 0].tolist() == [128, 128, 128]
+    Image.fromarray(np.full((4, 6), 300.0, np.float32)).save(tmp_path / "hdr.tif")
+    with pytest.raises(InputDataError, match=r"hdr\.tif: float pixels in \[300, 300\]; float images are read only "
+                                             r"with values in \[0, 1\]"):
+        read_rgb(tmp_path / "hdr.tif")
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = np.zeros((20, 40, 3), np.uint8)
+    image[:, :20] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to view
+    Image.fromarray(image).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    shown = read_rgb(tmp_path / "phone.jpg")
+    assert shown.shape == (40, 20, 3)
+    assert shown[:18].mean() > 200 and shown[22:].mean() < 50  # the white half is now on top
+
+
+def test_multi_frame_files_use_the_first_frame_and_say_so(tmp_path, caplog):
+    frames = [Image.fromarray(np.full((8, 8, 3), value, np.uint8)) for value in (10, 200)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    with caplog.at_level("WARNING", logger="pipeline.io"):
+        first = read_rgb(tmp_path / "anim.gif")
+    assert first.mean() < 50
+    assert f"{tmp_path / 'anim.gif'} has 2 frames; using the first" in caplog.text
+
+
+def test_user_named_output_folder_keeps_what_it_did_not_write(tmp_path):
+    out = tmp_path / "reports"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "plot.png").write_text("old plot")
+    with atomic_dir(out) as staging:
+        (staging / "plot.png").write_text("new plot")
+    assert (out / "notes.txt").read_text() == "mine" and (out / "plot.png").read_text() == "new plot"
+    with atomic_dir(out, whole=True) as staging:  # a stage's own output folder is replaced as a whole
+        (staging / "plot.png").write_text("newer")
+    assert sorted(p.name for p in out.iterdir()) == ["plot.png"]
+
+
+def test_existing_outputs_are_never_replaced_without_overwrite_even_when_written_meanwhile(tmp_path):
+    from pipeline.io import OutputExistsError
+
+    target = tmp_path / "restored.png"
+    with pytest.raises(OutputExistsError, match="restored.png exists"):
+        with atomic_path(target, overwrite=False) as tmp:
+            tmp.write_text("ours")
+            target.write_text("another run's")  # written by a concurrent writer after any up-front check
+    assert target.read_text() == "another run's" and list(tmp_path.iterdir()) == [target]
+
+
+def test_temp_files_of_killed_runs_are_removed_on_the_next_write(tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    script = ("import sys; from pathlib import Path; from pipeline.io import atomic_dir\n"
+              "with atomic_dir(Path(sys.argv[1])) as staging:\n"
+              "    (staging / 'half.png').write_text('x'); print(staging, flush=True); input()\n")
+    child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "synthesize")], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    staging = child.stdout.readline().strip()
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert os.path.isdir(staging) and f".synthesize.{socket.gethostname()}.{child.pid}-" in staging
+    with atomic_dir(tmp_path / "synthesize") as fresh:
+        (fresh / "a.png").write_text("a")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthesize"]
+
+
+@pytest.mark.parametrize("case", ["file", "below_file"])
+def test_output_folders_that_cannot_be_folders_are_refused_up_front(tmp_path, case):
+    from pipeline.io import check_output_dir
+
+    (tmp_path / "taken").write_text("a file")
+    out = tmp_path / "taken" if case == "file" else tmp_path / "taken" / "sub"
+    message = "is a file, not a folder" if case == "file" else "is a file, so nothing can be written below it"
+    with pytest.raises(InputDataError, match=message):
+        check_output_dir(out, "-o")
+    check_output_dir(tmp_path / "new" / "deeper", "-o")  # not there yet: fine, created when written

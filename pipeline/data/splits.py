@@ -23,6 +23,10 @@ def split_by_source(
     order = np.random.default_rng([seed, SPLIT_STREAM]).permutation(len(sources))
     n_test = max(1, round(len(sources) * test_fraction))
     n_val = max(1, round(len(sources) * val_fraction))
+    if n_test + n_val >= len(sources):
+        raise InputDataError(
+            f"{len(sources)} source images leave none to train on after {n_test} for test and {n_val} for val "
+            f"(preprocess.test_fraction {test_fraction:g}, val_fraction {val_fraction:g}); lower them or add sources")
     labels = np.full(len(sources), "train", dtype=object)
     labels[order[:n_test]] = "test"
     labels[order[n_test : n_test + n_val]] = "val"

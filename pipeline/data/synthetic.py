@@ -16,7 +16,7 @@ import torch
 
 from pipeline.config import SynthesizeParams
 from pipeline.data.manifest import write_manifest
-from pipeline.io import atomic_dir, write_json, write_png
+from pipeline.io import atomic_dir, check_free_space, write_json, write_png
 from pipeline.moire.simulate import sample_capture_params, simulate_capture
 from pipeline.errors import InputDataError
 from pipeline.sources import SourceSpec, collect_sources, load_source
@@ -95,6 +95,16 @@ def shard_indices(n_pairs: int, n_shards: int) -> list[list[int]]:
     return [list(range(bounds[i], bounds[i + 1])) for i in range(n_shards)]
 
 
+# Bytes per pixel of a rendered PNG, measured on the default preset at 128² (about 2.3, noise and JPEG
+# blocks compress poorly), rounded up; the estimate is checked against free space before rendering.
+PNG_BYTES_PER_PIXEL = 3.0
+
+
+def estimated_bytes(cfg: SynthesizeParams) -> int:
+    """What a synthetic set takes on disk, about: two PNGs per pair, and a manifest row each."""
+    return int(cfg.n_pairs * (2 * PNG_BYTES_PER_PIXEL * cfg.size ** 2 + 1024))
+
+
 ShardRunner = Callable[[list[list[int]], list[SourceSpec], Path], list[list[dict]]]
 """Renders shards of pair indices into a staging folder (render_shard on each); returns their records."""
 
@@ -118,11 +128,13 @@ def synthesize_dataset(cfg: SynthesizeParams, seed: int, out_dir: Path, run_shar
     `out_dir` appears only once every pair is written. Returns counts of pairs and of usable and
     skipped sources; the caller chooses how shards run (processes here, Prefect tasks in the flow).
     """
+    check_free_space(out_dir, estimated_bytes(cfg), f"synthesizing {cfg.n_pairs:,} pairs of {cfg.size}²",
+                     "lower synthesize.n_pairs or size, or free some space")
     specs, skipped = collect_sources(cfg.sources.bundled, cfg.sources.procedural, cfg.sources.folders, cfg.sources.screen_kinds)
     if not specs:
         raise InputDataError("no usable source images: enable bundled or procedural sources, or add folders")
     shards = shard_indices(cfg.n_pairs, cfg.workers * SHARDS_PER_WORKER)
-    with atomic_dir(out_dir) as staging:
+    with atomic_dir(out_dir, whole=True) as staging:
         records = [record for shard in run_shards(shards, specs, staging) for record in shard]
         missing = [r["moire_path"] for r in records if not (staging / r["moire_path"]).is_file()]
         if missing:

@@ -69,13 +69,26 @@ def summarize(per_image: pd.DataFrame) -> dict[str, float | int]:
     return summary
 
 
+MIN_SIDE = 11  # SSIM's Gaussian window is 11×11
+
+
+def large_enough(named_pairs: Iterable[tuple[str, Pair]], skipped: list[tuple[str, str]]) -> Iterable[tuple[str, Pair]]:
+    """The pairs whose sides are at least SSIM's window; smaller ones are appended to `skipped` with the reason."""
+    for name, (moire, clean) in named_pairs:
+        height, width = moire.shape[:2]
+        if min(height, width) < MIN_SIDE:
+            skipped.append((name, f"{width}x{height} pixels, below the {MIN_SIDE}x{MIN_SIDE} SSIM window"))
+            continue
+        yield name, (moire, clean)
+
+
 def evaluate_found_pairs(
     restore: Callable[[torch.Tensor], torch.Tensor], found: PairList, root: Path
 ) -> tuple[pd.DataFrame, dict, list[tuple[str, str]]]:
     """Per-image scores, their summary (with `skipped`) and the skipped pairs as (name, reason) of the pairs found
     under `root`, decoded one at a time; unreadable pairs are skipped; InputDataError when none is readable."""
     skipped = [(item.name, item.reason) for item in found.skipped]
-    per_image = evaluate_named_pairs(restore, decoded_pairs(found.pairs, skipped))
+    per_image = evaluate_named_pairs(restore, large_enough(decoded_pairs(found.pairs, skipped), skipped))
     if per_image.empty:
         raise InputDataError(f"none of the {len(found.pairs)} selected pairs in {root} is readable "
                              f"({found.layout} layout, {len(skipped)} skipped)")

@@ -164,3 +164,18 @@ def test_pipeline_summary_names_the_real_sets_means():
                "real": {"fhdmi": {}, "tip": {}}, "real_mean": {"psnr": 21.5, "tone_psnr": 25.25, "ssim": 0.7, "mse": 0.02}}
     text = summary_markdown({"seconds": 5, "stale_stages": [], "trained_on": "here", "metrics": metrics, "registration": None})
     assert "- real sets (fhdmi, tip): PSNR 21.50 dB, tone-aligned PSNR 25.25 dB, SSIM 0.700 (means over sets)" in text
+
+
+@pytest.mark.slow
+def test_a_user_error_in_a_stage_is_one_line_without_a_prefect_traceback(tmp_path, tiny_raw, prefect_api):
+    import yaml
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_raw))
+    result = subprocess.run([sys.executable, "-m", "flows.preprocess", "--params", str(tmp_path / "params.yaml"),
+                             "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "pairs.parquet"),
+                             "--summary", str(tmp_path / "summary.json")], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in output, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "missing" in errors[0], output[-3000:]

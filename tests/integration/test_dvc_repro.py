@@ -107,6 +107,45 @@ def test_real_sets_become_dvc_metrics_and_the_gate_decides_on_them(project):
     assert "Data and pipelines are up to date" in second.stdout
 
 
+def test_a_temporary_experiment_registers_in_the_project_store(project):
+    repo, env = project
+    before = read_registry(repo, env)["versions"]
+    run(["dvc", "exp", "run", "--temp", "-n", "temp-lr", "-S", "train.epochs=1", "-S", "train.lr=0.002"], repo, env)
+    registry = read_registry(repo, env)
+    added = sorted(set(registry["versions"]) - set(before), key=int)
+    assert len(added) == 1 and registry["versions"][added[0]]["dvc_experiment"] == "temp-lr"
+    assert registry["versions"][added[0]]["promotion"] in ("promoted", "not_promoted")
+    assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))  # nothing written into the temporary copy
+
+
+# (stage, kill point, promotion margin): a stage killed there is finished by running the same command again.
+# The register kills follow a change of register.promotion_margin_db, as a rerun of a changed stage.
+STAGE_KILLS = [("preprocess", "before:pairs.parquet", None), ("evaluate", "before:metrics.json", None),
+               ("register", "register.decision_recorded", 0.06)]  # the other register points: test_registry_transaction
+
+
+def test_stages_killed_mid_write_are_finished_by_a_rerun(project):
+    repo, env = project
+    for stage, point, margin in STAGE_KILLS:
+        command = ["dvc", "repro", "-f", "-s", stage]
+        if margin is not None:
+            params = yaml.safe_load((repo / "params.yaml").read_text())
+            params["register"]["promotion_margin_db"] = margin
+            (repo / "params.yaml").write_text(yaml.safe_dump(params))
+            command = ["dvc", "repro"]
+        killed = subprocess.run(command, cwd=repo, env={**env, "DEMOIRE_KILL_AT": point}, capture_output=True,
+                                text=True, timeout=600)
+        assert killed.returncode != 0, (point, killed.stdout[-2000:])
+        versions = read_registry(repo, env)["versions"]
+        run(command, repo, env)
+        assert "Data and pipelines are up to date" in run(["dvc", "status"], repo, env).stdout, point
+        registry = read_registry(repo, env)
+        assert set(registry["versions"]) == set(versions), point  # the killed registration finished, none added
+        for number, tags in registry["versions"].items():  # every version decided, exactly one decision each
+            assert tags.get("promotion") in ("promoted", "not_promoted"), (point, number)
+        assert not list((repo / "data").rglob("*.tmp")), point  # temp outputs of the killed run are gone
+
+
 def _checkpoint_epoch(path: Path) -> int:
     """Epoch of the last checkpoint written (0 before the first); checkpoints are renamed into place whole."""
     import torch
@@ -146,12 +185,24 @@ def test_a_killed_training_resumes_on_the_next_repro(project):
     params_path.write_text(original)
 
 
-def test_invalid_params_stop_repro_with_one_line(project):
+def test_invalid_params_stop_repro_with_one_line_and_keep_the_outputs(project):
     repo, env = project
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    original = (repo / "params.yaml").read_text()
+    params = yaml.safe_load(original)
     params["synthesize"]["optics"] = {"distance_mm": [500.0, 300.0]}
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     result = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "synthesize.optics.distance_mm = [500.0, 300.0]: range minimum 500.0 is greater than its maximum 300.0" in result.stderr + result.stdout
-    assert not (repo / "data/synthesize").exists()
+    assert "Traceback" not in result.stderr + result.stdout
+    # persist outputs: the last good data set, its report and the model are still there
+    for rel in ("data/synthesize/manifest.parquet", "data/synth_report/summary.json", "data/train/model.pt"):
+        assert (repo / rel).is_file(), rel
+    params = yaml.safe_load(original)
+    params["train"]["epochs"] = 0
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "train.epochs = 0" in result.stderr + result.stdout
+    assert (repo / "data/train/model.pt").is_file() and (repo / "data/train/model.json").is_file()
+    (repo / "params.yaml").write_text(original)
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], repo, env).stdout

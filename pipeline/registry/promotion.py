@@ -1,32 +1,22 @@
-"""MLflow tracking and model registry: log a run, register a version, gate promotion to `champion`.
-
-The only module that talks to MLflow. The logged model is a pyfunc that rebuilds the architecture
-from its spec and loads a plain state dict (weights_only), so loading needs no pickled torch module.
-"""
+"""Registering a version and gating `champion`: the gate's scores on versions, the decision, champion history."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
 
-import mlflow
-import numpy as np
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import Schema, TensorSpec
 
-import pipeline
-from pipeline.config import InferParams
 from pipeline.errors import InputDataError, ModelNotFoundError
+from pipeline.faults import kill_point
 from pipeline.evaluation.gate import (GATE_KINDS, METRIC_LABELS, SYNTHETIC, GateKind, GateRule, GateScores,
                                      PromotionDecision, decide_promotion)
-from pipeline.models import SPEC_FILE, WEIGHTS_FILE
+from pipeline.registry.pyfunc import download_model_files
+from pipeline.registry.store import alias_version, resolve_alias, version_numbers
 
 log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -35,90 +25,11 @@ GATE_KIND_TAG = "gate.kind"  # version tag: which gate decided, `synthetic` (tes
 CHAMPION_HISTORY_TAG = "champion_history"  # registered-model tag: JSON list of champion versions, oldest first
 MAX_HISTORY = 200  # versions kept in the history; MLflow tag values hold at most 5000 characters
 Rescore = Callable[[Path], dict[str, float]]  # model folder (model.pt + model.json) → the gate kind's metrics on the gate set
-IMAGE_SIGNATURE = ModelSignature(
-    inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, 3))]),
-    outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, 3))]),
-)
-
-
-def default_tracking_uri(project_dir: Path) -> str:
-    """MLFLOW_TRACKING_URI when set, else an SQLite store inside the project."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(project_dir).resolve() / 'mlflow.db'}"
-
-
-def use_tracking_store(project_dir: Path, experiment: str) -> str:
-    """Point MLflow at the store and experiment; local stores keep artifacts in mlartifacts/."""
-    explicit = "MLFLOW_TRACKING_URI" in os.environ  # read first: mlflow.set_tracking_uri exports it
-    uri = default_tracking_uri(project_dir)
-    mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(experiment) is None and not explicit:
-        artifacts = (Path(project_dir).resolve() / "mlartifacts").as_uri()
-        mlflow.create_experiment(experiment, artifact_location=artifacts)
-    mlflow.set_experiment(experiment)
-    return uri
-
-
-class DemoirePyfunc(mlflow.pyfunc.PythonModel):
-    """Serves a demoiré model: HxWx3 uint8 RGB of any size in, restored HxWx3 uint8 RGB out, tiled inside.
-
-    Tile settings and device come from the logged model's `model_config` (see `serving_config`),
-    so a served model tiles without the project's params.yaml.
-    """
-
-    def load_context(self, context) -> None:
-        from pipeline.inference import check_tiling  # imported here: runs inside the serving process
-        from pipeline.models import load_model
-        from pipeline.training.device import resolve_device
-
-        config = {**serving_config(InferParams()), **(context.model_config or {})}
-        check_tiling(config["tile_size"], config["tile_overlap"], config["tile_batch"])
-        self.tiling = {"tile_size": config["tile_size"], "overlap": config["tile_overlap"],
-                       "batch_size": config["tile_batch"]}
-        self.device = resolve_device(config["device"])
-        self.model, self.spec = load_model(Path(context.artifacts["model_dir"]), self.device)
-
-    def predict(self, context, model_input, params=None) -> np.ndarray:
-        from pipeline.inference import restore_image
-
-        image = np.asarray(model_input, dtype=np.uint8)
-        return restore_image(self.model, image, self.device, **self.tiling)
-
-
-# Models from code: MLflow runs this file to build the pyfunc, so loading unpickles nothing.
-MODEL_CODE = """from mlflow.models import set_model
-
-from pipeline.registry import DemoirePyfunc
-
-set_model(DemoirePyfunc())
-"""
-
-
-def serving_config(infer: InferParams, device: str = "auto") -> dict:
-    """The logged model's `model_config`: tiling from params.yaml's infer section, and the device."""
-    return {"tile_size": infer.tile_size, "tile_overlap": infer.tile_overlap, "tile_batch": infer.tile_batch,
-            "device": device}
-
-
-def log_demoire_model(model_dir: Path, infer: InferParams | None = None):
-    """Log the trained model as a pyfunc under the active run, tiling as `infer` says; return its ModelInfo."""
-    example = np.full((32, 32, 3), 128, dtype=np.uint8)
-    with tempfile.TemporaryDirectory() as tmp:
-        bundle = Path(tmp) / "model"
-        bundle.mkdir()
-        for name in (WEIGHTS_FILE, SPEC_FILE):
-            shutil.copy2(Path(model_dir) / name, bundle / name)
-        entry = Path(tmp) / "demoire_model.py"
-        entry.write_text(MODEL_CODE)
-        return mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(entry),
-            artifacts={"model_dir": str(bundle)},
-            code_paths=[str(Path(pipeline.__file__).parent)],
-            signature=IMAGE_SIGNATURE,
-            input_example=example,
-            model_config=serving_config(infer or InferParams()),
-            pip_requirements=["torch==2.13.0", "numpy", "pillow", "pydantic", "pyyaml"],
-        )
+# Version tags of the decision, written in this order: the decision itself (JSON, before anything moves),
+# the comparison, `champion`, and last `promotion`, which marks the version decided. A registration
+# killed half-way is finished from the first of them instead of being decided again.
+DECISION_TAG = "promotion.decision"
+DECIDED_TAG = "promotion"
 
 
 def flat_metrics(evaluation: dict) -> dict[str, float]:
@@ -145,35 +56,34 @@ def register_and_gate(
     rescore: Rescore | None = None,
     kind: GateKind = SYNTHETIC,
 ) -> tuple[str, PromotionDecision]:
-    """Register a version as `challenger` tagged with its metrics and `tags`, and gate `champion`.
+    """Register the model of run `run_id` as `challenger` tagged with its metrics and `tags`, and gate `champion`.
 
     `metrics` must hold the gate kind's means (`test_psnr`, … or `real_psnr`, `real_tone_psnr`, …) and
     `tags` its gate set tag (`gate_set` or `real_gate_set`), the hash of the set they were computed on.
-    A champion scored on another gate set is re-scored on this one with `rescore` first.
+    A champion scored on another gate set is re-scored on this one with `rescore` first. It holds the
+    registry lock throughout, and is idempotent: called again for the same run (a retry) it finishes
+    that run's version instead of registering another.
     """
-    gate_set = tags[kind.set_tag]
-    champion = _alias_version(client, name, CHAMPION)
-    # scored before registering: a failed re-score must not leave a version without a decision
-    champion_scores = scores_on_gate_set(client, name, champion, gate_set, rescore, kind) if champion else None
-    version = str(mlflow.register_model(model_uri, name).version)
-    for key, value in {**metrics, **tags}.items():
-        client.set_model_version_tag(name, version, key, str(value))
-    client.set_registered_model_alias(name, CHALLENGER, version)
-    challenger = GateScores.from_means(version, {m: metrics[f"{kind.prefix}_{m}"] for m in kind.metrics}, gate_set, kind)
-    decision = decide_promotion(challenger, champion_scores, rule)
-    apply_decision(client, name, decision, f"run {run_id}")
-    log.info("registered %s v%s: %s", name, version, decision.reason)
+    from pipeline.registry.transaction import RegistryLock, register_version, settle_version
+
+    with RegistryLock(client, name) as lock:
+        version = register_version(client, name, model_uri, run_id, {**metrics, **tags})
+        decision = settle_version(client, name, version, rule, rescore, kind, f"run {run_id}", lock)
     return version, decision
 
 
-def connect(project_dir: Path) -> MlflowClient:
-    """A client on the project's store (MLFLOW_TRACKING_URI, else mlflow.db); a missing SQLite file is an error."""
-    uri = default_tracking_uri(project_dir)
-    store = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
-    if store is not None and not store.is_file():  # MLflow would silently create an empty store here
-        raise ModelNotFoundError(f"no MLflow store at {store}; `dvc repro` creates it (or set MLFLOW_TRACKING_URI)")
-    mlflow.set_tracking_uri(uri)
-    return MlflowClient()
+def version_decision(client: MlflowClient, name: str, version: str) -> PromotionDecision | None:
+    """The decision recorded on a version (also one not yet fully applied), None before any."""
+    recorded = client.get_model_version(name, version).tags.get(DECISION_TAG)
+    return decision_from_record(json.loads(recorded)) if recorded else None
+
+
+def decision_from_record(record: dict) -> PromotionDecision:
+    """A PromotionDecision back from its `record()`."""
+    champion = record["champion"]
+    return PromotionDecision(record["promote"], record["reason"], GateScores(**record["challenger"]),
+                             GateScores(**champion) if champion else None,
+                             GateRule(record["margin_db"], record["ssim_tolerance"]))
 
 
 def compare_challenger(
@@ -187,7 +97,7 @@ def compare_challenger(
     gate set's hash and a function scoring a model folder on it.
     """
     challenger = resolve_alias(name, CHALLENGER)
-    champion = _alias_version(client, name, CHAMPION)
+    champion = alias_version(client, name, CHAMPION)
     ours = recorded_scores(client, name, challenger, kind)
     theirs = recorded_scores(client, name, champion, kind) if champion else None
     if ours is not None and (champion is None or (theirs is not None and theirs.gate_set == ours.gate_set)):
@@ -196,14 +106,6 @@ def compare_challenger(
     ours = scores_on_gate_set(client, name, challenger, gate_set, rescore, kind)
     theirs = scores_on_gate_set(client, name, champion, gate_set, rescore, kind) if champion else None
     return decide_promotion(ours, theirs, rule)
-
-
-def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
-    """Version behind an alias, or None when the model or the alias does not exist."""
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
 
 
 def recorded_scores(client: MlflowClient, name: str, version: str, kind: GateKind = SYNTHETIC) -> GateScores | None:
@@ -237,8 +139,9 @@ def scores_on_gate_set(
 def apply_decision(client: MlflowClient, name: str, decision: PromotionDecision, source: str) -> None:
     """Write the comparison and decision on the challenger version; move `champion` if it won."""
     version, champion = decision.challenger.version, decision.champion
+    client.set_model_version_tag(name, version, DECISION_TAG, json.dumps(decision.record()))
+    kill_point("register.decision_recorded")
     tags = {
-        "promotion": "promoted" if decision.promote else "not_promoted",
         "promotion_reason": decision.reason,
         GATE_KIND_TAG: decision.challenger.kind,
         "gate.gate_set": decision.challenger.gate_set,
@@ -255,6 +158,8 @@ def apply_decision(client: MlflowClient, name: str, decision: PromotionDecision,
     client.update_model_version(name, version, description=comparison_markdown(decision, source))
     if decision.promote:
         move_champion(client, name, version)
+        kill_point("register.champion_moved")
+    client.set_model_version_tag(name, version, DECIDED_TAG, "promoted" if decision.promote else "not_promoted")
 
 
 def comparison_markdown(decision: PromotionDecision, source: str) -> str:
@@ -281,7 +186,7 @@ def champion_history(client: MlflowClient, name: str) -> list[str]:
     """Versions that held `champion`, oldest first, ending with the current one (even if moved by hand)."""
     model = client.get_registered_model(name)
     history = [str(v) for v in json.loads(model.tags.get(CHAMPION_HISTORY_TAG, "[]"))]
-    current = _alias_version(client, name, CHAMPION)
+    current = alias_version(client, name, CHAMPION)
     if current is not None and history[-1:] != [current]:
         history.append(current)
     return history
@@ -293,11 +198,14 @@ def _write_history(client: MlflowClient, name: str, history: list[str]) -> None:
 
 
 def move_champion(client: MlflowClient, name: str, version: str) -> None:
-    """Point `champion` at `version` and append it to the champion history."""
+    """Point `champion` at `version` and append it to the champion history; again, it changes nothing."""
+    stored = client.get_registered_model(name).tags.get(CHAMPION_HISTORY_TAG)
     history = champion_history(client, name)
-    client.set_registered_model_alias(name, CHAMPION, version)
     if history[-1:] != [version]:
-        _write_history(client, name, history + [version])
+        history.append(version)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    if stored != json.dumps(history[-MAX_HISTORY:]):
+        _write_history(client, name, history)
 
 
 def rollback_champion(client: MlflowClient, name: str) -> tuple[str, str]:
@@ -312,58 +220,16 @@ def rollback_champion(client: MlflowClient, name: str) -> tuple[str, str]:
         client.set_registered_model_alias(name, CHAMPION, restored)
     except MlflowException:
         raise ModelNotFoundError(f"previous champion {name} v{restored} no longer exists; "
-                                 f"versions: {', '.join(_versions(client, name)) or 'none'}") from None
+                                 f"versions: {', '.join(version_numbers(client, name)) or 'none'}") from None
     _write_history(client, name, history[:-1])
     client.set_model_version_tag(name, demoted, "rolled_back", f"champion moved back to v{restored}")
     return demoted, restored
 
 
-def _versions(client: MlflowClient, name: str) -> list[str]:
-    """Version numbers of a registered model, ascending."""
-    return sorted((str(v.version) for v in client.search_model_versions(f"name='{name}'")), key=int)
+def decision_record(version: str, decision: PromotionDecision, name: str, run_id: str, uri: str,
+                    experiment: str | None = None) -> dict:
+    """The register stage's output: what was registered and what was decided (and the DVC experiment, if any)."""
+    record = {"model_name": name, "version": version, "run_id": run_id, "tracking_uri": uri, **decision.record()}
+    return record | ({"dvc_experiment": experiment} if experiment else {})
 
 
-def resolve_alias(name: str, alias: str) -> str:
-    """Version number behind `models:/name@alias`, with an error listing the models or aliases that exist."""
-    client = MlflowClient()
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        pass
-    try:
-        aliases = client.get_registered_model(name).aliases
-    except MlflowException:
-        names = [m.name for m in client.search_registered_models()]
-        raise ModelNotFoundError(
-            f"no registered model {name!r} (models:/{name}@{alias}); registered models: {', '.join(names) or 'none'}"
-        ) from None
-    existing = ", ".join(f"{a} (v{v})" for a, v in sorted(aliases.items())) or "none"
-    raise ModelNotFoundError(f"no model version at models:/{name}@{alias}; aliases of {name}: {existing}")
-
-
-def decision_record(version: str, decision: PromotionDecision, name: str, run_id: str, uri: str) -> dict:
-    """The register stage's output: what was registered and what was decided."""
-    return {"model_name": name, "version": version, "run_id": run_id, "tracking_uri": uri, **decision.record()}
-
-
-def load_registered_model(uri: str, device):
-    """The torch module behind a `models:/name@alias` (or `models:/name/version`) URI."""
-    from pipeline.models import load_model
-
-    mlflow.set_tracking_uri(default_tracking_uri(Path.cwd()))
-    name, _, alias = uri.removeprefix("models:/").partition("@")
-    if alias:
-        resolve_alias(name, alias)
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            files = download_model_files(uri, Path(tmp))
-        except MlflowException as exc:
-            raise ModelNotFoundError(f"cannot load {uri}: {str(exc).splitlines()[0]}") from None
-        return load_model(files, device)[0]
-
-
-def download_model_files(uri: str, dst: Path) -> Path:
-    """Download a logged demoiré pyfunc into `dst`; return the folder holding its model.pt and model.json."""
-    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(dst)))
-    # They are the pyfunc artifact `model_dir`; its MLmodel says where in the model it was stored.
-    return local / Model.load(local).flavors["python_function"]["artifacts"]["model_dir"]["path"]

@@ -1,0 +1,34 @@
+"""Named kill points for fault-injection tests: `DEMOIRE_KILL_AT=<point>` makes the process SIGKILL itself there.
+
+A `kill -9` at a chosen instant, deterministic where an outside timer is not. Unset (always, outside the
+tests and benchmarks/fault_injection.py), a kill point costs one dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+# Files and folders are published through pipeline.io, which offers `before:<name>` (written to a temp
+# name, not yet renamed into place) and `after:<name>` (renamed) for every output; these are the ones
+# the fault-injection suite kills at, spread over every stage.
+KILL_POINTS = (
+    "before:synthesize",  # synthesize: every pair rendered into the temp folder, not yet renamed into place
+    "after:synthesize",  # synthesize: pairs in place, calibration report not written
+    "before:pairs.parquet",  # preprocess: pairs validated and split, index not written
+    "after:checkpoint.pt",  # train: first epoch's checkpoint written
+    "before:model.pt",  # train: trained, model not written
+    "before:metrics.json",  # evaluate: scored, metrics not written
+    "register.run_started",  # register: MLflow run started, nothing logged
+    "register.model_logged",  # register: model logged, run not ended
+    "register.version_created",  # register: version registered, no decision
+    "register.decision_recorded",  # register: decision recorded on the version, champion not moved
+    "register.champion_moved",  # register: champion moved, version not yet marked decided
+    "register.decided",  # register: decided, registration.json not written
+)
+
+
+def kill_point(name: str) -> None:
+    """SIGKILL this process when DEMOIRE_KILL_AT names this point (see KILL_POINTS)."""
+    if os.environ.get("DEMOIRE_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,152 @@
+"""The logged model: a pyfunc that rebuilds the architecture from its spec and loads a plain state dict
+(weights_only), so loading needs no pickled torch module; logging it, downloading and loading it back."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, REQUEST_LIMIT_EXCEEDED
+from mlflow.types.schema import Schema, TensorSpec
+
+import pipeline
+from pipeline.config import InferParams
+from pipeline.errors import ModelNotFoundError
+from pipeline.models import SPEC_FILE, WEIGHTS_FILE
+from pipeline.registry.store import default_tracking_uri, resolve_alias
+
+# No input schema: MLflow would cast a request's numbers to it before the model sees them (0.5 → 0, a
+# black image with 200 OK). The model checks its input itself (`checked_image`) and answers 400.
+IMAGE_SIGNATURE = ModelSignature(inputs=None, outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, 3))]))
+SERVE_MAX_PIXELS = 8_388_608  # 4096 x 2048, a 4K UHD frame fits; larger requests are refused (400)
+
+
+def _refuse(message: str) -> MlflowException:
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)  # HTTP 400 from a scoring server
+
+
+def checked_image(model_input, max_pixels: int) -> np.ndarray:
+    """The request as an HxWx3 uint8 array, refusing (MlflowException, 400) any other shape, a float, bool or
+    out-of-range value, or more than `max_pixels` pixels; never a silent cast."""
+    if not isinstance(model_input, (np.ndarray, list)):
+        raise _refuse(f"expected an HxWx3 array of integers 0-255 ({{\"inputs\": [[[r, g, b], ...], ...]}}), "
+                      f"got {type(model_input).__name__}")
+    try:
+        image = np.asarray(model_input)
+    except ValueError:
+        raise _refuse("expected an HxWx3 array of integers 0-255; rows of different lengths") from None
+    if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+        raise _refuse(f"expected an HxWx3 array of integers 0-255 (RGB), got shape {list(image.shape)}")
+    height, width = image.shape[:2]
+    if height * width > max_pixels:
+        raise _refuse(f"image of {width}x{height} = {height * width:,} pixels is over this model's limit of "
+                      f"{max_pixels:,} (max_pixels in its model_config)")
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype.kind not in "iu":
+        raise _refuse(f"expected integers 0-255, got {image.dtype} values; send 8-bit RGB, not floats or booleans")
+    low, high = int(image.min()), int(image.max())
+    if low < 0 or high > 255:
+        raise _refuse(f"expected integers 0-255, got values in [{low}, {high}]")
+    return image.astype(np.uint8)
+
+
+class DemoirePyfunc(mlflow.pyfunc.PythonModel):
+    """Serves a demoiré model: HxWx3 uint8 RGB of any size in, restored HxWx3 uint8 RGB out, tiled inside.
+
+    Tile settings and device come from the logged model's `model_config` (see `serving_config`),
+    so a served model tiles without the project's params.yaml.
+    """
+
+    def load_context(self, context) -> None:
+        from pipeline.inference import check_tiling  # imported here: runs inside the serving process
+        from pipeline.models import load_model
+        from pipeline.training.device import resolve_device
+
+        config = {**serving_config(InferParams()), **(context.model_config or {})}
+        check_tiling(config["tile_size"], config["tile_overlap"], config["tile_batch"])
+        self.tiling = {"tile_size": config["tile_size"], "overlap": config["tile_overlap"],
+                       "batch_size": config["tile_batch"]}
+        self.device = resolve_device(config["device"])
+        self.max_pixels = int(config.get("max_pixels", SERVE_MAX_PIXELS))
+        self.model, self.spec = load_model(Path(context.artifacts["model_dir"]), self.device)
+
+    def predict(self, context, model_input, params=None) -> np.ndarray:
+        """Restore one image; stops between tiles once the request's time is up or its client is gone."""
+        from pipeline.inference import RestoreStopped, restore_image
+        from pipeline.serving import request_stop
+
+        stop = request_stop()
+        stop.started.set()
+        try:
+            image = checked_image(model_input, self.max_pixels)
+            return restore_image(self.model, image, self.device, **self.tiling, should_stop=stop.is_set)
+        except RestoreStopped:
+            raise MlflowException(f"stopped: {stop.reason}", error_code=REQUEST_LIMIT_EXCEEDED) from None
+        finally:
+            stop.finished.set()
+
+
+# Models from code: MLflow runs this file to build the pyfunc, so loading unpickles nothing.
+MODEL_CODE = """from mlflow.models import set_model
+
+from pipeline.registry.pyfunc import DemoirePyfunc
+
+set_model(DemoirePyfunc())
+"""
+
+
+def serving_config(infer: InferParams, device: str = "auto") -> dict:
+    """The logged model's `model_config`: tiling from params.yaml's infer section, and the device."""
+    return {"tile_size": infer.tile_size, "tile_overlap": infer.tile_overlap, "tile_batch": infer.tile_batch,
+            "device": device, "max_pixels": min(infer.max_pixels, SERVE_MAX_PIXELS)}
+
+
+def log_demoire_model(model_dir: Path, infer: InferParams | None = None):
+    """Log the trained model as a pyfunc under the active run, tiling as `infer` says; return its ModelInfo."""
+    example = np.full((32, 32, 3), 128, dtype=np.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = Path(tmp) / "model"
+        bundle.mkdir()
+        for name in (WEIGHTS_FILE, SPEC_FILE):
+            shutil.copy2(Path(model_dir) / name, bundle / name)
+        entry = Path(tmp) / "demoire_model.py"
+        entry.write_text(MODEL_CODE)
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(entry),
+            artifacts={"model_dir": str(bundle)},
+            code_paths=[str(Path(pipeline.__file__).parent)],
+            signature=IMAGE_SIGNATURE,
+            input_example=example,
+            model_config=serving_config(infer or InferParams()),
+            pip_requirements=["torch==2.13.0", "numpy", "pillow", "pydantic", "pyyaml"],
+        )
+
+
+def load_registered_model(uri: str, device):
+    """The torch module behind a `models:/name@alias` (or `models:/name/version`) URI."""
+    from pipeline.models import load_model
+
+    mlflow.set_tracking_uri(default_tracking_uri(Path.cwd()))
+    name, _, alias = uri.removeprefix("models:/").partition("@")
+    if alias:
+        resolve_alias(name, alias)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            files = download_model_files(uri, Path(tmp))
+        except MlflowException as exc:
+            raise ModelNotFoundError(f"cannot load {uri}: {str(exc).splitlines()[0]}") from None
+        return load_model(files, device)[0]
+
+
+def download_model_files(uri: str, dst: Path) -> Path:
+    """Download a logged demoiré pyfunc into `dst`; return the folder holding its model.pt and model.json."""
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(dst)))
+    # They are the pyfunc artifact `model_dir`; its MLmodel says where in the model it was stored.
+    return local / Model.load(local).flavors["python_function"]["artifacts"]["model_dir"]["path"]

@@ -1,0 +1,121 @@
+"""The tracking store: which MLflow store a project uses, a client on it, and reading aliases.
+
+A project's own store is `mlflow.db` (SQLite) with artifacts in `mlartifacts/`, both in the project
+root; MLFLOW_TRACKING_URI points elsewhere, e.g. at a team tracking server (`make mlflow-server`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+from filelock import FileLock
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+from mlflow.tracking import MlflowClient
+
+from pipeline.errors import InputDataError, ModelNotFoundError
+
+# MLflow creates a new SQLite store's schema on first use; two processes doing it at once collide
+# ("table already exists", "duplicate column name"), so the first use is serialised by a file lock.
+STORE_INIT_TIMEOUT_S = 300
+
+
+def default_tracking_uri(project_dir: Path) -> str:
+    """MLFLOW_TRACKING_URI when set, else an SQLite store inside the project."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(project_dir).resolve() / 'mlflow.db'}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of an `sqlite:///` tracking URI, None for any other store."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def use_tracking_store(project_dir: Path, experiment: str) -> str:
+    """Point MLflow at the store and experiment; the project's own store keeps artifacts in its mlartifacts/.
+
+    MLflow records an experiment's artifact location as an absolute path (it resolves relative ones
+    when the experiment is created, and has no API to change it). A store copied or moved with its
+    checkout would therefore keep writing artifacts into the original's mlartifacts/; that is
+    refused with one line instead.
+    """
+    explicit = "MLFLOW_TRACKING_URI" in os.environ  # read first: mlflow.set_tracking_uri exports it
+    uri = default_tracking_uri(project_dir)
+    mlflow.set_tracking_uri(uri)
+    database = sqlite_path(uri)
+    if database is None:
+        _ensure_experiment(experiment, None)
+    else:
+        database.parent.mkdir(parents=True, exist_ok=True)
+        artifacts = None if explicit else (database.parent / "mlartifacts").as_uri()
+        with FileLock(f"{database}.lock", timeout=STORE_INIT_TIMEOUT_S):
+            _ensure_experiment(experiment, artifacts)
+    mlflow.set_experiment(experiment)
+    return uri
+
+
+def _ensure_experiment(name: str, artifacts: str | None) -> None:
+    """Create the experiment (artifacts in `artifacts` when given) unless it exists; check where it stores artifacts."""
+    existing = mlflow.get_experiment_by_name(name)
+    if existing is None:
+        try:
+            mlflow.create_experiment(name, artifact_location=artifacts)
+        except MlflowException as exc:  # another process created it first
+            if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+        return
+    if artifacts is not None and existing.artifact_location.rstrip("/") != artifacts.rstrip("/"):
+        raise InputDataError(
+            f"MLflow experiment {name!r} of this store writes artifacts to {existing.artifact_location}, not to "
+            f"this project's {artifacts} (mlflow.db was copied or moved from another checkout); set "
+            f"register.experiment to a new name, or MLFLOW_TRACKING_URI to another store")
+
+
+def connect(project_dir: Path) -> MlflowClient:
+    """A client on the project's store (MLFLOW_TRACKING_URI, else mlflow.db); a missing SQLite file is an error."""
+    uri = default_tracking_uri(project_dir)
+    store = sqlite_path(uri)
+    if store is not None and not store.is_file():  # MLflow would silently create an empty store here
+        raise ModelNotFoundError(f"no MLflow store at {store}; `dvc repro` creates it (or set MLFLOW_TRACKING_URI)")
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient()
+
+
+def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    """Version behind an alias, or None when the model or the alias does not exist."""
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def version_numbers(client: MlflowClient, name: str) -> list[str]:
+    """Version numbers of a registered model, ascending."""
+    return sorted((str(v.version) for v in client.search_model_versions(f"name='{name}'")), key=int)
+
+
+def resolve_alias(name: str, alias: str) -> str:
+    """Version number behind `models:/name@alias`, with an error listing the models or aliases that exist."""
+    client = MlflowClient()
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        pass
+    try:
+        aliases = client.get_registered_model(name).aliases
+    except MlflowException:
+        names = [m.name for m in client.search_registered_models() if not is_lock_name(m.name)]
+        raise ModelNotFoundError(
+            f"no registered model {name!r} (models:/{name}@{alias}); registered models: {', '.join(names) or 'none'}"
+        ) from None
+    existing = ", ".join(f"{a} (v{v})" for a, v in sorted(aliases.items())) or "none"
+    raise ModelNotFoundError(f"no model version at models:/{name}@{alias}; aliases of {name}: {existing}")
+
+
+LOCK_SUFFIX = ".registry-lock"
+
+
+def is_lock_name(name: str) -> bool:
+    """Whether a registered model name is a registry lock (pipeline.registry.transaction), not a model."""
+    return LOCK_SUFFIX in name
