@@ -348,6 +348,11 @@ def decision_record(version: str, decision: PromotionDecision, name: str, run_id
 
 def load_registered_model(uri: str, device):
     """The torch module behind a `models:/name@alias` (or `models:/name/version`) URI."""
+    return load_registered_model_and_spec(uri, device)[0]
+
+
+def load_registered_model_and_spec(uri: str, device):
+    """The torch module behind a `models:/` URI and its architecture spec."""
     from pipeline.models import load_model
 
     mlflow.set_tracking_uri(default_tracking_uri(Path.cwd()))
@@ -359,7 +364,33 @@ def load_registered_model(uri: str, device):
             files = download_model_files(uri, Path(tmp))
         except MlflowException as exc:
             raise ModelNotFoundError(f"cannot load {uri}: {str(exc).splitlines()[0]}") from None
-        return load_model(files, device)[0]
+        return load_model(files, device)
+
+
+def model_version_info(uri: str) -> dict:
+    """Name, version, alias, run and the metrics tagged on the version behind a `models:/name@alias` or
+    `models:/name/version` URI (what `demoire serve` answers on GET /model)."""
+    mlflow.set_tracking_uri(default_tracking_uri(Path.cwd()))
+    client = MlflowClient()
+    name, _, alias = uri.removeprefix("models:/").partition("@")
+    if alias:
+        version = client.get_model_version(name, resolve_alias(name, alias))
+    else:
+        name, _, number = name.partition("/")
+        try:
+            version = client.get_model_version(name, number)
+        except MlflowException:
+            raise ModelNotFoundError(f"no model version {uri}; versions of {name}: "
+                                     f"{', '.join(_versions(client, name)) or 'none'}") from None
+    metrics = {}
+    for key, value in sorted(version.tags.items()):
+        if key.startswith(("test_", "real_")):
+            try:
+                metrics[key] = float(value)
+            except ValueError:
+                pass
+    return {"name": name, "version": str(version.version), "alias": alias or None, "run_id": version.run_id,
+            "promotion": version.tags.get("promotion"), "metrics": metrics}
 
 
 def download_model_files(uri: str, dst: Path) -> Path:
