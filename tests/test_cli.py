@@ -170,7 +170,7 @@ def test_bench_rejects_a_malformed_size_and_an_unknown_model():
     bad_size = runner.invoke(app, ["bench", "infer", "--size", "4k"])
     assert bad_size.exit_code == 2 and "--size = '4k': give a side (256) or WIDTHxHEIGHT" in bad_size.output
     bad_model = runner.invoke(app, ["bench", "train", "--model", "esdnet", "--device", "cpu"])
-    assert bad_model.exit_code == 2 and "unknown model; choose one of simple, unet, mscale" in bad_model.output
+    assert bad_model.exit_code == 2 and "'esdnet' is not one of 'simple', 'unet', 'mscale'" in bad_model.output  # a choice
     bad_tile = runner.invoke(app, ["bench", "infer", "--model", "mscale", "--channels", "8", "--tile", "40",
                                     "--overlap", "16", "--device", "cpu", "--size", "64"])
     assert bad_tile.exit_code == 2 and "use a tile of at least 48" in bad_tile.output

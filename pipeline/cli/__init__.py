@@ -11,7 +11,8 @@ from pipeline.cli.common import app, err
 from pipeline.errors import DemoireError
 
 # Each import registers its commands on `app`; the order is the order of `demoire --help`.
-from pipeline.cli import params, predict, evaluate, synthesize, calibrate, train, registry, bench  # noqa: F401
+from pipeline.cli import (params, predict, evaluate, synthesize, calibrate, train, registry,  # noqa: F401
+                          serve, export, bench)
 
 __all__ = ["app", "main"]
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Callable
+from typing import Callable, Literal
 
 import typer
 
-from pipeline.cli.common import app, fail, infer_params
+from pipeline.cli.common import Architecture, Device, app, fail, infer_params
 from pipeline.errors import DemoireError
 
 
@@ -29,9 +29,9 @@ def bench_synth(
     size: int = typer.Option(512, help="side of each pair, pixels"),
     pairs: int = typer.Option(8, help="pairs per run (CPU)"),
     repeats: int = typer.Option(5, help="runs; the median is reported"),
-    device: str = typer.Option("cpu", help="cpu: one process on one core, end to end; cuda: the batched simulator"),
+    device: Literal["cpu", "cuda"] = typer.Option("cpu", help="cpu: one process on one core, end to end; cuda: the batched simulator"),
     batch: int = typer.Option(32, help="captures per batch (cuda)"),
-    preset: str = typer.Option("default", help="default | fine | coarse | document"),
+    preset: str = typer.Option("default", help="default | fine | coarse | document, or a preset file (.yaml)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Synthetic pairs per second at --size (goal on CPU: 50 pairs/s per core at 512²)."""
@@ -56,15 +56,15 @@ def _model_bench_options(result: dict) -> str:
 
 @bench_app.command("train")
 def bench_train(
-    model: str = typer.Option("unet", help="simple | unet | mscale"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    model: Architecture = typer.Option("unet", help="architecture"),
+    device: Device = typer.Option("auto", help="where the model runs"),
     size: str = typer.Option("256", help="patch side, or WIDTHxHEIGHT"),
     batch: int = typer.Option(None, help="images per step [default: 64 on CUDA, 8 on CPU]"),
     steps: int = typer.Option(3, help="steps per run"),
     repeats: int = typer.Option(3, help="runs; the median is reported"),
     channels: int = typer.Option(None, help="width [default: the architecture's]"),
     depth: int = typer.Option(None, help="depth [default: the architecture's]"),
-    amp: str = typer.Option("auto", help="auto (bf16 on CUDA) | bf16 | off"),
+    amp: Literal["auto", "bf16", "off"] = typer.Option("auto", help="auto: bf16 on CUDA"),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model first"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (images_per_s, achieved_tflops, …)"),
 ) -> None:
@@ -79,13 +79,13 @@ def bench_train(
 
 @bench_app.command("infer")
 def bench_infer(
-    model: str = typer.Option("unet", help="simple | unet | mscale"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    model: Architecture = typer.Option("unet", help="architecture"),
+    device: Device = typer.Option("auto", help="where the model runs"),
     size: str = typer.Option("3840x2160", help="frame WIDTHxHEIGHT, or a side"),
     repeats: int = typer.Option(3, help="runs; the median is reported"),
     channels: int = typer.Option(None, help="width [default: the architecture's]"),
     depth: int = typer.Option(None, help="depth [default: the architecture's]"),
-    amp: str = typer.Option("auto", help="auto (bf16 on CUDA) | bf16 | off"),
+    amp: Literal["auto", "bf16", "off"] = typer.Option("auto", help="auto: bf16 on CUDA"),
     tile: int | None = typer.Option(None, help="tile side, 0 for the whole frame at once [default: infer.tile_size]"),
     overlap: int | None = typer.Option(None, help="pixels shared by neighbouring tiles [default: infer.tile_overlap]"),
     tile_batch: int | None = typer.Option(None, help="tiles per forward pass [default: infer.tile_batch]"),

@@ -3,15 +3,78 @@ and the infer section."""
 
 from __future__ import annotations
 
+import logging
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.console import Console
 
 from pipeline.errors import DemoireError
 
-app = typer.Typer(help="Demoiré pipeline: synthetic moiré data, models, evaluation.", no_args_is_help=True)
-err = Console(stderr=True, soft_wrap=True)  # one message per line, never wrapped
+# Plain help (no rich markup): markup would eat bracketed text such as "[default: infer.tile_size]".
+app = typer.Typer(help="Demoiré pipeline: synthetic moiré data, models, evaluation.", no_args_is_help=True,
+                  rich_markup_mode=None)
+
+# Fixed choices as Literal types: typer turns them into click choices, checked and shell-completed.
+Device = Literal["auto", "cpu", "cuda"]
+Layout = Literal["auto", "uhdm", "fhdmi", "tip2018", "generic"]
+Architecture = Literal["simple", "unet", "mscale"]
+ImageFormat = Literal["png", "jpg", "webp"]
+
+
+class _Status(nullcontext):
+    """What `console.status` gives when notes are off: a context whose update() does nothing."""
+
+    def update(self, *args, **kwargs) -> None:
+        pass
+
+
+class StderrConsole(Console):
+    """stderr: errors and skipped inputs always; progress, spinners and summaries (notes) unless -q."""
+
+    notes = True
+
+    def status(self, *args, **kwargs):
+        return super().status(*args, **kwargs) if self.notes else _Status()
+
+    def note(self, text: str) -> None:
+        if self.notes:
+            self.print(text, highlight=False)
+
+
+err = StderrConsole(stderr=True, soft_wrap=True)  # one message per line, never wrapped
+
+
+def version_text() -> str:
+    """`demoire X.Y.Z` of the installed distribution (or `unknown` when run from a bare checkout)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"demoire {version('demoire')}"
+    except PackageNotFoundError:
+        return "demoire (version unknown: not installed)"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                 help="print the version and exit"),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="errors and skipped inputs only: no progress or summaries"),
+    verbose: int = typer.Option(0, "-v", "--verbose", count=True, help="log the libraries' INFO messages; -vv DEBUG"),
+) -> None:
+    """Demoiré pipeline: synthetic moiré data, models, evaluation."""
+    err.notes = not quiet
+    if verbose:
+        logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def fail(exc: DemoireError) -> None:
@@ -21,17 +84,10 @@ def fail(exc: DemoireError) -> None:
 
 
 def load_net(model: str, device: str):
-    """A model from a local directory (model.pt + model.json) or an MLflow `models:/` URI."""
-    from pipeline.training.device import resolve_device
+    """The model (folder, `models:/` URI or exported file) and its device: `pipeline.model_source.load_any_model`."""
+    from pipeline.model_source import load_any_model
 
-    torch_device = resolve_device(device)
-    if model.startswith("models:/"):
-        from pipeline.registry import load_registered_model
-
-        return load_registered_model(model, torch_device), torch_device
-    from pipeline.models import load_model
-
-    return load_model(Path(model), torch_device)[0], torch_device
+    return load_any_model(model, device)
 
 
 def infer_params(params: Path | None, **options: int | None):

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli.common import app, err, fail, infer_params, load_net
+from pipeline.cli.common import Device, Layout, app, err, fail, infer_params, load_net
 from pipeline.errors import DemoireError
 
 
@@ -17,12 +17,12 @@ from pipeline.errors import DemoireError
 def evaluate(
     model: str = typer.Option("data/train", help="model folder or models:/<name>@<alias>"),
     pairs: Path = typer.Option(..., help="dataset root: moire/ + clean/ of matching names, or UHDM, FHDMi, TIP2018"),
-    layout: str = typer.Option("auto", help="auto | uhdm | fhdmi | tip2018 | generic (moire/ + clean/)"),
-    split: str | None = typer.Option(None, help="train | val | test: only this split folder of the dataset"),
+    layout: Layout = typer.Option("auto", help="dataset layout; generic: moire/ + clean/"),
+    split: str | None = typer.Option(None, help="train | val | test: only this split folder of the dataset [default: every split]"),
     include: str = typer.Option("*", help="glob on pair names, e.g. 'fhdmi_*' (generic: the file name; "
                                            "datasets: <split>/<key>)"),
-    limit: int | None = typer.Option(None, help="only the first N matching pairs by name"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    limit: int | None = typer.Option(None, help="only the first N matching pairs by name [default: all]"),
+    device: Device = typer.Option("auto", help="where the model runs"),
     params: Path | None = typer.Option(None, help="params file whose infer section tiles [default: ./params.yaml if present]"),
     tile: int | None = typer.Option(None, help="tile side in pixels [default: infer.tile_size]"),
     overlap: int | None = typer.Option(None, help="pixels shared by neighbouring tiles [default: infer.tile_overlap]"),

@@ -14,6 +14,8 @@ from pipeline.errors import DemoireError
 def check_params(
     params: Path = typer.Option(Path("params.yaml"), help="params file to validate"),
     show: bool = typer.Option(False, help="print every value in effect, presets resolved, as YAML"),
+    as_json: bool = typer.Option(False, "--json", help='print one JSON object: {"params", "ok": true, "values"} '
+                                                       '(values: every value in effect)'),
 ) -> None:
     """Validate params.yaml and print OK, or one line naming the bad key."""
     from pipeline.config import load_params
@@ -22,6 +24,12 @@ def check_params(
         resolved = load_params(params)
     except DemoireError as exc:
         fail(exc)
+    if as_json:
+        from pipeline.io import json_text
+
+        typer.echo(json_text({"params": str(params), "ok": True,
+                              "values": resolved.model_dump(mode="json", by_alias=True)}))
+        return
     if show:
         import yaml
 

@@ -8,8 +8,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli.common import app, err, fail, params_or_defaults
+from pipeline.cli.common import Device, app, err, fail, params_or_defaults
 from pipeline.errors import DemoireError
+from pipeline.io import json_text
 
 
 def _local_gate(params, base: Path, data: Path, pairs: Path, device: str):
@@ -55,7 +56,9 @@ def promote(
     data: Path = typer.Option(Path("data/synthesize"), help="folder the pairs index points into (for re-scoring)"),
     pairs: Path = typer.Option(Path("data/preprocess/pairs.parquet"), help="pairs index whose test split is the gate set "
                                                                            "when params list no real sets"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda (for re-scoring)"),
+    device: Device = typer.Option("auto", help="where re-scoring runs"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object: the decision, both models' scores, "
+                                                       "the champion before and after"),
 ) -> None:
     """Compare `challenger` with `champion` on the same gate set and move `champion` if the rule says so.
 
@@ -77,25 +80,29 @@ def promote(
                                       gate_kind(settings.evaluate.real_sets))
     except DemoireError as exc:
         fail(exc)
-    Console().print(_comparison_table(decision))
-    typer.echo(f"{'promote' if decision.promote else 'keep champion'}: {decision.reason}")
     champion = decision.champion.version if decision.champion else None
-    if dry_run:
+    after = decision.challenger.version if decision.promote else champion
+    if not as_json:
+        Console().print(_comparison_table(decision))
+        typer.echo(f"{'promote' if decision.promote else 'keep champion'}: {decision.reason}")
+    if dry_run and not as_json:
         would = f"move to v{decision.challenger.version}" if decision.promote else (
             f"stay at v{champion}" if champion else "stay unset")
         typer.echo(f"dry run: champion would {would}; nothing changed")
-        return
-    if decision.challenger.version == champion:
-        return
-    apply_decision(client, name, decision, "demoire promote")
-    if decision.promote:
-        typer.echo(f"champion: {'v' + champion if champion else 'none'} → v{decision.challenger.version}")
+    if not dry_run and decision.challenger.version != champion:
+        apply_decision(client, name, decision, "demoire promote")
+        if decision.promote and not as_json:
+            typer.echo(f"champion: {'v' + champion if champion else 'none'} → v{decision.challenger.version}")
+    if as_json:
+        typer.echo(json_text({"model_name": name, "dry_run": dry_run, "champion_before": champion,
+                              "champion_after": champion if dry_run else after, **decision.record()}))
 
 
 @app.command()
 def rollback(
     model_name: str | None = typer.Option(None, help="registered model [default: register.model_name of --params]"),
     params: Path = typer.Option(Path("params.yaml"), help="gives the default model name"),
+    as_json: bool = typer.Option(False, "--json", help='print one JSON object: {"model_name", "demoted", "restored"}'),
 ) -> None:
     """Move `champion` back to the version that held it before."""
     from pipeline.registry import connect, rollback_champion
@@ -105,6 +112,9 @@ def rollback(
         demoted, restored = rollback_champion(connect(Path.cwd()), name)
     except DemoireError as exc:
         fail(exc)
+    if as_json:
+        typer.echo(json_text({"model_name": name, "demoted": demoted, "restored": restored}))
+        return
     typer.echo(f"champion: v{demoted} → v{restored}")
 
 
@@ -115,6 +125,7 @@ def report(
     history: Path = typer.Option(Path("data/train/history.csv"), help="the train stage's per-epoch history"),
     grid: Path = typer.Option(Path("data/evaluate/grid.png"), help="the evaluate stage's before/after grid"),
     registration: Path = typer.Option(Path("data/register/registration.json"), help="the register stage's decision"),
+    as_json: bool = typer.Option(False, "--json", help='print one JSON object: {"out", "bytes"}'),
 ) -> None:
     """HTML report of the latest pipeline run: metrics, training curves, before/after pairs, registration."""
     from pipeline.evaluation.run_report import write_run_report
@@ -123,4 +134,7 @@ def report(
         write_run_report(out, metrics, history, grid, registration)
     except DemoireError as exc:
         fail(exc)
+    if as_json:
+        typer.echo(json_text({"out": str(out), "bytes": out.stat().st_size}))
+        return
     typer.echo(f"wrote {out}")
