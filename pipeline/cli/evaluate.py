@@ -75,10 +75,10 @@ def _mean_std(mean: float | None, std: float | None, digits: int) -> str:
 @app.command("synth-report")
 def synth_report(
     pairs: list[Path] = typer.Option(..., help="paired folder (moire/ + clean/, or a dataset layout); repeat to compare"),
-    labels: list[str] | None = typer.Option(None, "--label", help="name of each --pairs set, in order (default: folder name)"),
+    labels: list[str] | None = typer.Option(None, "--label", help="name of each --pairs set, in order [default: the folder's name]"),
     out: Path = typer.Option(..., help="folder for the plots, CSVs and summary.json (replaced as a whole)"),
     as_json: bool = typer.Option(False, "--json", help="print summary.json as one JSON object"),
-    max_pairs: int | None = typer.Option(None, help="at most this many pairs per set, evenly spread over the names"),
+    max_pairs: int | None = typer.Option(None, help="at most this many pairs per set, evenly spread over the names [default: all]"),
     max_side: int = typer.Option(512, help="shrink residuals to this longest side before the spectrum (0: never)"),
 ) -> None:
     """Input PSNR/SSIM and moiré residual spectra of paired sets side by side (synthetic vs real)."""
