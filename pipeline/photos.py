@@ -57,7 +57,7 @@ def read_photo(source: Path | bytes, max_pixels: int | None = None, name: str | 
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as im:
                 if im.format not in INPUT_FORMATS:
-                    raise UnsupportedImageError(f"{name} is a {im.format} file; send a photo in one of "
+                    raise UnsupportedImageError(f"{name} is in {im.format} format; send a photo in one of "
                                          f"{', '.join(sorted(INPUT_FORMATS - {'MPO'}))}")
                 width, height = im.size
                 if max_pixels is not None and width * height > max_pixels:
