@@ -17,10 +17,23 @@ from pipeline.cli import (params, predict, evaluate, synthesize, calibrate, trai
 __all__ = ["app", "main"]
 
 
+# Modules of the optional extras (pyproject.toml), by the extra that installs them.
+EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "python_multipart": "serve", "onnx": "export",
+          "onnxruntime": "export", "dvc": "pipeline", "prefect": "pipeline", "prefect_dask": "pipeline",
+          "optuna": "pipeline"}
+
+
 def main() -> None:
-    """Entry point that never shows a traceback for user errors."""
+    """Entry point that never shows a traceback for user errors (nor for a missing optional extra)."""
     try:
         app()
     except DemoireError as exc:
         err.print(f"error: {exc}")
+        sys.exit(2)
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        err.print(f"error: this command needs {exc.name}, which is not installed: pip install 'demoire[{extra}]'",
+                  highlight=False)
         sys.exit(2)
