@@ -53,7 +53,7 @@ mlflow-server: $(STAMP)
 	$(BIN)/python deploy/mlflow_server.py --home .mlflow-server --host 0.0.0.0 --port $(MLFLOW_PORT) \
 		$(if $(MLFLOW_BACKEND_STORE_URI),--backend-store-uri $(MLFLOW_BACKEND_STORE_URI))
 
-# The champion over HTTP with bounds (pipeline/serving.py): body limit, one request at a time, time limit.
+# The champion over HTTP with bounds (pipeline/serving/bounded.py): body limit, one request at a time, time limit.
 SERVE_PORT ?= 5001
 serve-model: $(STAMP)
 	$(BIN)/python -m pipeline.serving -m models:/demoire@champion -p $(SERVE_PORT)

@@ -10,14 +10,16 @@ from pipeline.registry.promotion import (CHALLENGER, CHAMPION, CHAMPION_HISTORY_
                                          comparison_markdown, decision_record, flat_metrics, move_champion,
                                          recorded_scores, register_and_gate, rollback_champion, scores_on_gate_set)
 from pipeline.registry.pyfunc import (IMAGE_SIGNATURE, MODEL_CODE, DemoirePyfunc, download_model_files,
-                                      load_registered_model, log_demoire_model, serving_config)
+                                      load_registered_model, load_registered_model_and_spec, log_demoire_model,
+                                      model_version_info, serving_config)
 from pipeline.registry.store import connect, default_tracking_uri, resolve_alias, use_tracking_store
 
 __all__ = [
     "CHALLENGER", "CHAMPION", "CHAMPION_HISTORY_TAG", "GATE_KIND_TAG", "GATE_SET_TAG", "IMAGE_SIGNATURE", "MAX_HISTORY",
     "MODEL_CODE", "DemoirePyfunc", "Rescore", "apply_decision", "champion_history", "compare_challenger",
     "comparison_markdown", "connect", "decision_record", "default_tracking_uri", "download_model_files",
-    "flat_metrics", "load_registered_model", "log_demoire_model", "move_champion", "recorded_scores",
+    "flat_metrics", "load_registered_model", "load_registered_model_and_spec", "log_demoire_model",
+    "model_version_info", "move_champion", "recorded_scores",
     "register_and_gate", "resolve_alias", "rollback_champion", "scores_on_gate_set", "serving_config",
     "use_tracking_store",
 ]

@@ -231,5 +231,3 @@ def decision_record(version: str, decision: PromotionDecision, name: str, run_id
     """The register stage's output: what was registered and what was decided (and the DVC experiment, if any)."""
     record = {"model_name": name, "version": version, "run_id": run_id, "tracking_uri": uri, **decision.record()}
     return record | ({"dvc_experiment": experiment} if experiment else {})
-
-

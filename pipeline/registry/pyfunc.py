@@ -12,13 +12,14 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, REQUEST_LIMIT_EXCEEDED
+from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
 
 import pipeline
 from pipeline.config import InferParams
 from pipeline.errors import ModelNotFoundError
 from pipeline.models import SPEC_FILE, WEIGHTS_FILE
-from pipeline.registry.store import default_tracking_uri, resolve_alias
+from pipeline.registry.store import default_tracking_uri, resolve_alias, version_numbers
 
 # No input schema: MLflow would cast a request's numbers to it before the model sees them (0.5 → 0, a
 # black image with 200 OK). The model checks its input itself (`checked_image`) and answers 400.
@@ -79,7 +80,7 @@ class DemoirePyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None) -> np.ndarray:
         """Restore one image; stops between tiles once the request's time is up or its client is gone."""
         from pipeline.inference import RestoreStopped, restore_image
-        from pipeline.serving import request_stop
+        from pipeline.serving.bounded import request_stop
 
         stop = request_stop()
         stop.started.set()
@@ -131,6 +132,11 @@ def log_demoire_model(model_dir: Path, infer: InferParams | None = None):
 
 def load_registered_model(uri: str, device):
     """The torch module behind a `models:/name@alias` (or `models:/name/version`) URI."""
+    return load_registered_model_and_spec(uri, device)[0]
+
+
+def load_registered_model_and_spec(uri: str, device):
+    """The torch module behind a `models:/` URI and its architecture spec."""
     from pipeline.models import load_model
 
     mlflow.set_tracking_uri(default_tracking_uri(Path.cwd()))
@@ -142,7 +148,33 @@ def load_registered_model(uri: str, device):
             files = download_model_files(uri, Path(tmp))
         except MlflowException as exc:
             raise ModelNotFoundError(f"cannot load {uri}: {str(exc).splitlines()[0]}") from None
-        return load_model(files, device)[0]
+        return load_model(files, device)
+
+
+def model_version_info(uri: str) -> dict:
+    """Name, version, alias, run and the metrics tagged on the version behind a `models:/name@alias` or
+    `models:/name/version` URI (what `demoire serve` answers on GET /model)."""
+    mlflow.set_tracking_uri(default_tracking_uri(Path.cwd()))
+    client = MlflowClient()
+    name, _, alias = uri.removeprefix("models:/").partition("@")
+    if alias:
+        version = client.get_model_version(name, resolve_alias(name, alias))
+    else:
+        name, _, number = name.partition("/")
+        try:
+            version = client.get_model_version(name, number)
+        except MlflowException:
+            raise ModelNotFoundError(f"no model version {uri}; versions of {name}: "
+                                     f"{', '.join(version_numbers(client, name)) or 'none'}") from None
+    metrics = {}
+    for key, value in sorted(version.tags.items()):
+        if key.startswith(("test_", "real_")):
+            try:
+                metrics[key] = float(value)
+            except ValueError:
+                pass
+    return {"name": name, "version": str(version.version), "alias": alias or None, "run_id": version.run_id,
+            "promotion": version.tags.get("promotion"), "metrics": metrics}
 
 
 def download_model_files(uri: str, dst: Path) -> Path:

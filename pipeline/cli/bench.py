@@ -1,0 +1,109 @@
+"""`demoire bench synth|train|infer`: throughput benchmarks."""
+
+from __future__ import annotations
+
+import json
+from typing import Callable, Literal
+
+import typer
+
+from pipeline.cli.common import Architecture, Device, app, fail, infer_params
+from pipeline.errors import DemoireError
+
+
+bench_app = typer.Typer(help="Throughput benchmarks; medians of several runs, with the machine.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+def _report_bench(run: Callable[[], dict], as_json: bool, line: Callable[[dict], str]) -> None:
+    """Run a benchmark; print its result as one JSON object or one line; user errors exit 2."""
+    try:
+        result = run()
+    except DemoireError as exc:
+        fail(exc)
+    typer.echo(json.dumps(result) if as_json else line(result))
+
+
+@bench_app.command("synth")
+def bench_synth(
+    size: int = typer.Option(512, help="side of each pair, pixels"),
+    pairs: int = typer.Option(8, help="pairs per run (CPU)"),
+    repeats: int = typer.Option(5, help="runs; the median is reported"),
+    device: Literal["cpu", "cuda"] = typer.Option("cpu", help="cpu: one process on one core, end to end; cuda: the batched simulator"),
+    batch: int = typer.Option(32, help="captures per batch (cuda)"),
+    preset: str = typer.Option("default", help="default | fine | coarse | document, or a preset file (.yaml)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Synthetic pairs per second at --size (goal on CPU: 50 pairs/s per core at 512²)."""
+    from pipeline.bench import bench_synth_batched, bench_synth_cpu
+
+    def line(result: dict) -> str:
+        rate = result.get("pairs_per_s_per_core", result.get("pairs_per_s"))
+        unit = "pairs/s per core" if device == "cpu" else f"pairs/s (batch {batch})"
+        return f"{size}² on {device}: {rate:.2f} {unit} (median of {repeats}); {result['machine']}"
+
+    if device == "cpu":
+        _report_bench(lambda: bench_synth_cpu(size, pairs, repeats, preset), as_json, line)
+    else:
+        _report_bench(lambda: bench_synth_batched(size, batch, repeats, device, preset), as_json, line)
+
+
+def _model_bench_options(result: dict) -> str:
+    """The model and machine a model benchmark ran on, for the human-readable line."""
+    return (f"{result['model']} ({result['channels']} ch, depth {result['depth']}, {result['parameters']:,} params, "
+            f"{result['gmac_per_image']:.1f} GMAC/image) on {result['device']}; {result['machine']}")
+
+
+@bench_app.command("train")
+def bench_train(
+    model: Architecture = typer.Option("unet", help="architecture"),
+    device: Device = typer.Option("auto", help="where the model runs"),
+    size: str = typer.Option("256", help="patch side, or WIDTHxHEIGHT"),
+    batch: int = typer.Option(None, help="images per step [default: 64 on CUDA, 8 on CPU]"),
+    steps: int = typer.Option(3, help="steps per run"),
+    repeats: int = typer.Option(3, help="runs; the median is reported"),
+    channels: int = typer.Option(None, help="width [default: the architecture's]"),
+    depth: int = typer.Option(None, help="depth [default: the architecture's]"),
+    amp: Literal["auto", "bf16", "off"] = typer.Option("auto", help="auto: bf16 on CUDA"),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model first"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object (images_per_s, achieved_tflops, …)"),
+) -> None:
+    """Training throughput in images/s (goal for mscale on one H100: 1500 images/s at 256²)."""
+    from pipeline.bench import bench_train as run_bench
+
+    _report_bench(
+        lambda: run_bench(model, device, size, batch, steps, repeats, channels, depth, amp, compile_model), as_json,
+        lambda result: (f"train {result['size']}, batch {result['batch']}: {result['images_per_s']:.1f} images/s, "
+                        f"{result['achieved_tflops']:.2f} TFLOP/s (median of {repeats}); {_model_bench_options(result)}"))
+
+
+@bench_app.command("infer")
+def bench_infer(
+    model: Architecture = typer.Option("unet", help="architecture"),
+    device: Device = typer.Option("auto", help="where the model runs"),
+    size: str = typer.Option("3840x2160", help="frame WIDTHxHEIGHT, or a side"),
+    repeats: int = typer.Option(3, help="runs; the median is reported"),
+    channels: int = typer.Option(None, help="width [default: the architecture's]"),
+    depth: int = typer.Option(None, help="depth [default: the architecture's]"),
+    amp: Literal["auto", "bf16", "off"] = typer.Option("auto", help="auto: bf16 on CUDA"),
+    tile: int | None = typer.Option(None, help="tile side, 0 for the whole frame at once [default: infer.tile_size]"),
+    overlap: int | None = typer.Option(None, help="pixels shared by neighbouring tiles [default: infer.tile_overlap]"),
+    tile_batch: int | None = typer.Option(None, help="tiles per forward pass [default: infer.tile_batch]"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object (ms_per_frame, peak_memory_mb, …)"),
+) -> None:
+    """Latency of one whole frame, tiled as `predict` does (goal for the default model on one H100: 40 ms at 4K)."""
+    from pipeline.bench import bench_infer as run_bench
+
+    def run() -> dict:
+        if tile == 0:
+            return run_bench(model, device, size, repeats, channels, depth, amp)
+        cfg = infer_params(None, tile_size=tile, tile_overlap=overlap, tile_batch=tile_batch)
+        return run_bench(model, device, size, repeats, channels, depth, amp, cfg.tile_size, cfg.tile_overlap, cfg.tile_batch)
+
+    def line(result: dict) -> str:
+        tiling = (f"{result['tiles']} tiles of {result['tile_size']} (overlap {result['tile_overlap']})"
+                  if result["tile_size"] else "untiled")
+        return (f"infer {result['size']}, {tiling}: {result['ms_per_frame']:.1f} ms/frame, peak "
+                f"{result['peak_memory_mb']:.0f} MiB (median of {repeats}); {_model_bench_options(result)}")
+
+    _report_bench(run, as_json, line)

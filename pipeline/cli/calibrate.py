@@ -1,0 +1,61 @@
+"""`demoire calibrate`: fit the simulator's ranges to real photos."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from pipeline.cli.common import app, err, fail
+from pipeline.errors import DemoireError, InputDataError
+
+
+@app.command()
+def calibrate(
+    real: list[Path] = typer.Option(..., help="real moiré photos: a paired folder (any importer layout) or a folder of photos; repeat to pool"),
+    out: Path = typer.Option(..., help="preset file to write (.yaml); use it with synthesize.preset: OUT"),
+    report: Path | None = typer.Option(None, help="folder for summary.json and statistics.png [default: OUT's name + '-report']"),
+    layout: str = typer.Option("auto", help="auto | uhdm | fhdmi | tip2018 | generic, for paired folders"),
+    include: str = typer.Option("*", help="only photos or pairs whose file name matches this glob"),
+    base: str = typer.Option("default", help="preset the search starts from and keeps for every range it does not move"),
+    trials: int = typer.Option(40, help="Optuna trials; each renders the sample once"),
+    size: int = typer.Option(192, help="side of the synthetic sample's images, pixels"),
+    pairs: int = typer.Option(24, help="synthetic pairs rendered per trial"),
+    seed: int = typer.Option(0, help="same seed and inputs, same preset"),
+    overwrite: bool = typer.Option(False, help="replace an existing preset file"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON object"),
+) -> None:
+    """Fit the simulator's ranges to real photos' statistics (Optuna) and write a preset file and a report."""
+    from pipeline.calibration.real_sets import read_real_photos, real_statistics
+    from pipeline.calibration.report import write_calibration_report, write_preset
+    from pipeline.calibration.search import calibrate as run_calibration, summary
+
+    report = report or out.with_name(out.stem + "-report")
+    try:
+        if out.suffix not in (".yaml", ".yml"):
+            raise InputDataError(f"--out {out}: a preset file must end in .yaml or .yml")
+        if out.exists() and not overwrite:
+            raise InputDataError(f"{out} exists; choose another --out or pass --overwrite")
+        real_pairs, photos, skipped = read_real_photos(real, layout, include)
+        for name, reason in skipped:
+            err.print(f"skipped {name}: {reason}", highlight=False)
+        with err.status("measuring the real photos") as status:
+            target = real_statistics(real_pairs, photos)
+            status.update(f"searching: {trials} trials of {pairs} pairs at {size} px")
+            result = run_calibration(target, base, trials, size, pairs, seed,
+                                     on_trial=lambda n, d, best: status.update(f"trial {n + 1}/{trials}: {d:.4f} (best {best:.4f})"))
+        kind = "pairs" if real_pairs else "unpaired photos"
+        provenance = (f"written by demoire calibrate from {len(real_pairs) or len(photos)} real {kind} in "
+                      f"{', '.join(map(str, real))} (include {include!r}); base {base}, {trials} trials, seed {seed}\n"
+                      f"statistics distance to the real photos: base {result.distance_before:.4f}, "
+                      f"this preset {result.distance_after:.4f}")
+        write_preset(out, result, provenance)
+        files = write_calibration_report(report, result)
+    except DemoireError as exc:
+        fail(exc)
+    if as_json:
+        typer.echo(json.dumps(summary(result)))
+        return
+    typer.echo(f"distance to the real photos: base preset {result.distance_before:.4f} → calibrated {result.distance_after:.4f}")
+    typer.echo(f"wrote {out} (use it with synthesize.preset: {out}); report: {', '.join(map(str, files))}")

@@ -1,0 +1,109 @@
+"""What every command module shares: the typer app, the stderr console, user-error exits, loading a model
+and the infer section."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Literal
+
+import typer
+from rich.console import Console
+
+from pipeline.errors import DemoireError
+
+# Plain help (no rich markup): markup would eat bracketed text such as "[default: infer.tile_size]".
+app = typer.Typer(help="Demoiré pipeline: synthetic moiré data, models, evaluation.", no_args_is_help=True,
+                  rich_markup_mode=None)
+
+# Fixed choices as Literal types: typer turns them into click choices, checked and shell-completed.
+Device = Literal["auto", "cpu", "cuda"]
+Layout = Literal["auto", "uhdm", "fhdmi", "tip2018", "generic"]
+Architecture = Literal["simple", "unet", "mscale"]
+ImageFormat = Literal["png", "jpg", "webp"]
+
+
+class _Status(nullcontext):
+    """What `console.status` gives when notes are off: a context whose update() does nothing."""
+
+    def update(self, *args, **kwargs) -> None:
+        pass
+
+
+class StderrConsole(Console):
+    """stderr: errors and skipped inputs always; progress, spinners and summaries (notes) unless -q."""
+
+    notes = True
+
+    def status(self, *args, **kwargs):
+        return super().status(*args, **kwargs) if self.notes else _Status()
+
+    def note(self, text: str) -> None:
+        if self.notes:
+            self.print(text, highlight=False)
+
+
+err = StderrConsole(stderr=True, soft_wrap=True)  # one message per line, never wrapped
+
+
+def version_text() -> str:
+    """`demoire X.Y.Z` of the installed distribution (or `unknown` when run from a bare checkout)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"demoire {version('demoire')}"
+    except PackageNotFoundError:
+        return "demoire (version unknown: not installed)"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                 help="print the version and exit"),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="errors and skipped inputs only: no progress or summaries"),
+    verbose: int = typer.Option(0, "-v", "--verbose", count=True, help="log the libraries' INFO messages; -vv DEBUG"),
+) -> None:
+    """Demoiré pipeline: synthetic moiré data, models, evaluation."""
+    err.notes = not quiet
+    if verbose:
+        logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def fail(exc: DemoireError) -> None:
+    """Print a user error as one line and exit 2."""
+    err.print(f"[red]error:[/red] {exc}", highlight=False)
+    raise typer.Exit(2)
+
+
+def load_net(model: str, device: str):
+    """The model (folder, `models:/` URI or exported file) and its device: `pipeline.model_source.load_any_model`."""
+    from pipeline.model_source import load_any_model
+
+    return load_any_model(model, device)
+
+
+def infer_params(params: Path | None, **options: int | None):
+    """params' infer section (params.yaml when present, else defaults) with the options given on top."""
+    from pipeline.config import InferParams, load_params, parse_params
+
+    if params is None and Path("params.yaml").is_file():
+        params = Path("params.yaml")
+    base = load_params(params).infer if params is not None else InferParams()
+    given = {key: value for key, value in options.items() if value is not None}
+    return parse_params({"infer": {**base.model_dump(), **given}}, source="options").infer
+
+
+def params_or_defaults(params: Path):
+    """`params` validated (the defaults when the file does not exist)."""
+    from pipeline.config import Params, load_params
+
+    return load_params(params) if params.is_file() else Params()
+

@@ -1,0 +1,112 @@
+"""`demoire evaluate` and `demoire synth-report`: score models and compare paired sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.cli.common import Device, Layout, app, err, fail, infer_params, load_net
+from pipeline.errors import DemoireError
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Option("data/train", help="model folder or models:/<name>@<alias>"),
+    pairs: Path = typer.Option(..., help="dataset root: moire/ + clean/ of matching names, or UHDM, FHDMi, TIP2018"),
+    layout: Layout = typer.Option("auto", help="dataset layout; generic: moire/ + clean/"),
+    split: str | None = typer.Option(None, help="train | val | test: only this split folder of the dataset [default: every split]"),
+    include: str = typer.Option("*", help="glob on pair names, e.g. 'fhdmi_*' (generic: the file name; "
+                                           "datasets: <split>/<key>)"),
+    limit: int | None = typer.Option(None, help="only the first N matching pairs by name [default: all]"),
+    device: Device = typer.Option("auto", help="where the model runs"),
+    params: Path | None = typer.Option(None, help="params file whose infer section tiles [default: ./params.yaml if present]"),
+    tile: int | None = typer.Option(None, help="tile side in pixels [default: infer.tile_size]"),
+    overlap: int | None = typer.Option(None, help="pixels shared by neighbouring tiles [default: infer.tile_overlap]"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object with every mean (null where undefined)"),
+) -> None:
+    """Raw and tone-aligned PSNR / SSIM, MSE and the moiré removed per frequency band, of a model and of the
+    identity baseline, on a paired folder or published dataset; images are restored as the served model does
+    (tiled, uint8)."""
+    from pipeline.data.paired_folder import find_paired_folder
+    from pipeline.evaluation.evaluate import evaluate_found_pairs
+    from pipeline.evaluation.real_sets import served_restorer
+    from pipeline.evaluation.summary_tables import SUMMARY_HEADER, band_rows, summary_rows
+    from pipeline.io import json_text
+
+    try:
+        cfg = infer_params(params, tile_size=tile, tile_overlap=overlap)
+        net, torch_device = load_net(model, device)
+        found = find_paired_folder(pairs, layout, split, include, limit)
+        restore = served_restorer(net, torch_device, cfg)
+        with err.status(f"scoring {len(found.pairs)} pairs"):
+            _, summary, skipped = evaluate_found_pairs(restore, found, pairs)
+    except DemoireError as exc:
+        fail(exc)
+    for name, reason in skipped:
+        err.print(f"skipped {name}: {reason}", highlight=False)
+    if skipped:
+        err.print(f"skipped {len(skipped)} of {len(found.pairs) + len(found.skipped)} pairs", highlight=False)
+    if as_json:
+        typer.echo(json_text(summary))
+        return
+    selection = "" if include == "*" else f", {include}"
+    table = Table(title=f"{pairs} ({summary['count']} pairs{selection}; tiles of {cfg.tile_size})")
+    for column in SUMMARY_HEADER:
+        table.add_column(column)
+    for row in summary_rows(summary):
+        table.add_row(*row)
+    bands = Table(title="moiré removed (of the input's residual)")
+    for column in ("band", "removed"):
+        bands.add_column(column)
+    for row in band_rows(summary):
+        bands.add_row(*row)
+    Console().print(table, bands)
+
+
+def _mean_std(mean: float | None, std: float | None, digits: int) -> str:
+    """`mean ± std`, or `inf` where a moiré image equals its clean twin (infinite PSNR → null)."""
+    return "inf" if mean is None or std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+@app.command("synth-report")
+def synth_report(
+    pairs: list[Path] = typer.Option(..., help="paired folder (moire/ + clean/, or a dataset layout); repeat to compare"),
+    labels: list[str] | None = typer.Option(None, "--label", help="name of each --pairs set, in order [default: the folder's name]"),
+    out: Path = typer.Option(..., help="folder for the plots, CSVs and summary.json (other files in it are kept)"),
+    as_json: bool = typer.Option(False, "--json", help="print summary.json as one JSON object"),
+    max_pairs: int | None = typer.Option(None, help="at most this many pairs per set, evenly spread over the names [default: all]"),
+    max_side: int = typer.Option(512, help="shrink residuals to this longest side before the spectrum (0: never)"),
+) -> None:
+    """Input PSNR/SSIM and moiré residual spectra of paired sets side by side (synthetic vs real)."""
+    from pipeline.evaluation.synth_report import compare_paired_sets, set_labels
+    from pipeline.io import check_output_dir, json_text
+
+    try:
+        check_output_dir(out, "--out")
+        names = set_labels(pairs, labels)
+        with err.status("reading pairs") as status:
+            summary = compare_paired_sets(
+                list(zip(names, pairs)), out, max_pairs=max_pairs, max_side=max_side,
+                on_pair=lambda label, name: status.update(f"{label}: {name}"),
+            )
+    except DemoireError as exc:
+        fail(exc)
+    for paired_set in summary["sets"]:
+        for skipped in paired_set["skipped_pairs"]:
+            err.print(f"skipped {paired_set['label']}/{skipped['name']}: {skipped['reason']}", highlight=False)
+    if as_json:
+        typer.echo(json_text(summary))
+        return
+    table = Table(title=f"input quality and residual spectra (max side {max_side})")
+    for column in ("set", "pairs", "skipped", "PSNR dB (mean ± std)", "SSIM (mean ± std)"):
+        table.add_column(column)
+    for s in summary["sets"]:
+        table.add_row(s["label"], str(s["count"]), str(s["skipped"]),
+                      _mean_std(s["input_psnr_mean"], s["input_psnr_std"], 2),
+                      _mean_std(s["input_ssim_mean"], s["input_ssim_std"], 4))
+    Console().print(table)
+    typer.echo(f"plots: {out / 'input_psnr.png'}, {out / 'input_ssim.png'}, {out / 'residual_spectrum.png'}")
+    typer.echo(f"data: {out / 'summary.json'}, {out / 'input_metrics.csv'}, {out / 'residual_spectrum.csv'}")

@@ -1,0 +1,50 @@
+"""`demoire export`: a model as ONNX or TorchScript, checked against PyTorch before it is kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import typer
+
+from pipeline.cli.common import app, err, fail
+from pipeline.errors import DemoireError, ParamsError
+
+
+@app.command()
+def export(
+    model: str = typer.Option("data/train", help="model folder or models:/<name>@<alias>"),
+    export_format: Literal["onnx", "torchscript"] = typer.Option(..., "--format", help="onnx (runs under onnxruntime) "
+                                                                                       "or torchscript (torch.jit)"),
+    out: Path = typer.Option(..., "-o", "--out", help="file to write: .onnx, or .pt / .ts for TorchScript"),
+    overwrite: bool = typer.Option(False, help="replace an existing file"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object: file, format, opset, largest difference"),
+) -> None:
+    """Export with dynamic height and width (ONNX opset 17); the file is kept only if it matches PyTorch on odd sizes
+    within 1e-4. Use it with `demoire predict --model FILE` (same tiling) or any ONNX runtime."""
+    from pipeline.export import CHECK_SIZES, ONNX_OPSET, TOLERANCE, ExportedModel, export_model
+    from pipeline.inference import spatial_multiple
+    from pipeline.io import json_text
+    from pipeline.model_source import load_model_and_spec
+
+    try:
+        if out.exists() and not overwrite:
+            raise ParamsError(f"{out} exists; choose another -o or pass --overwrite")
+        net, _, spec = load_model_and_spec(model, "cpu")
+        if isinstance(net, ExportedModel):
+            raise ParamsError(f"--model {model} is already exported; export from a model folder or a models:/ URI")
+        with err.status(f"exporting {spec.name} to {export_format} and checking it"):
+            difference = export_model(net, spec, export_format, out, spatial_multiple(net))
+    except DemoireError as exc:
+        fail(exc)
+    sizes = ", ".join(f"{h}x{w}" for h, w in CHECK_SIZES)
+    result = {"file": str(out), "format": export_format, "opset": ONNX_OPSET if export_format == "onnx" else None,
+              "architecture": spec.name, "model": model,
+              "max_abs_difference": difference, "tolerance": TOLERANCE, "checked_sizes": [list(s) for s in CHECK_SIZES],
+              "bytes": out.stat().st_size}
+    if as_json:
+        typer.echo(json_text(result))
+        return
+    opset = f", opset {ONNX_OPSET}" if export_format == "onnx" else ""
+    typer.echo(f"wrote {out} ({export_format}{opset}, dynamic height and width, {result['bytes'] / 2**20:.1f} MiB); "
+               f"largest difference from PyTorch on {sizes}: {difference:.1e} (tolerance {TOLERANCE:g})")

@@ -1,0 +1,114 @@
+"""`demoire predict`: restore photos of any size, tiled, written as PNG, JPEG or WebP."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.progress import track
+
+from pipeline.cli.common import Device, ImageFormat, app, err, fail, infer_params, load_net
+from pipeline.errors import DemoireError, InputDataError
+
+
+def _input_images(inputs: list[str], out: Path, suffix: str = ".png") -> tuple[list[tuple[Path, Path]], list[str]]:
+    """(image, output file) pairs from files, folders (recursively, sub-paths kept) and globs; and problems.
+
+    Globs are expanded here too, since a quoted pattern (or a Windows shell) leaves them unexpanded.
+    """
+    import glob
+
+    from pipeline.sources.folders import IMAGE_SUFFIXES, image_files
+
+    pairs, problems = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            pairs += [(f, out / f.relative_to(path).with_suffix(suffix)) for f in image_files(path)]
+        elif path.is_file():
+            pairs.append((path, out / (path.stem + suffix)))
+        elif glob.has_magic(item):
+            matches = [Path(m) for m in sorted(glob.glob(item, recursive=True))]
+            matches = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
+            pairs += [(m, out / (m.stem + suffix)) for m in matches]
+            if not matches:
+                problems.append(f"no image matches {item}")
+        else:
+            problems.append(f"no such file or folder: {item}")
+    return pairs, problems
+
+
+@app.command()
+def predict(
+    inputs: list[str] = typer.Argument(..., help="image files, folders (recursively) or globs such as 'photos/*.jpg'"),
+    out: Path = typer.Option(..., "-o", "--out", help="output folder: NAME.FORMAT per input (sub-paths of folders kept)"),
+    model: str = typer.Option("data/train", help="model folder, models:/<name>@<alias>, or an exported .onnx / .pt file"),
+    device: Device = typer.Option("auto", help="where the model runs (.onnx files: onnxruntime on the CPU)"),
+    overwrite: bool = typer.Option(False, help="replace existing output files"),
+    image_format: ImageFormat = typer.Option("png", "--format", help="output format"),
+    quality: int = typer.Option(90, min=1, max=100, help="JPEG and WebP quality"),
+    keep_metadata: bool = typer.Option(False, help="copy each photo's EXIF (camera, date, GPS…) into its output; "
+                                                   "orientation reset, since outputs are upright"),
+    params: Path | None = typer.Option(None, help="params file whose infer section applies [default: ./params.yaml if present]"),
+    tile: int | None = typer.Option(None, help="tile side in pixels [default: infer.tile_size]"),
+    overlap: int | None = typer.Option(None, help="pixels shared by neighbouring tiles [default: infer.tile_overlap]"),
+    max_pixels: int | None = typer.Option(None, help="skip larger images, width x height [default: infer.max_pixels]"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object: restored and skipped inputs, times"),
+) -> None:
+    """Restore moiré photos of any size (tiled); unreadable, too large or existing outputs are skipped (exit 1 if any).
+
+    Photos are read upright (EXIF orientation) and converted to sRGB from their colour profile.
+    """
+    import statistics
+
+    from pipeline.inference import check_tiling, restore_image, spatial_multiple
+    from pipeline.io import check_output_dir, json_text
+    from pipeline.photos import read_photo, write_image
+
+    try:
+        check_output_dir(out, "-o")
+        cfg = infer_params(params, tile_size=tile, tile_overlap=overlap, max_pixels=max_pixels)
+        net, torch_device = load_net(model, device)
+        check_tiling(cfg.tile_size, cfg.tile_overlap, cfg.tile_batch, spatial_multiple(net))
+    except DemoireError as exc:
+        fail(exc)
+    pairs, problems = _input_images(inputs, out, "." + image_format)
+    skipped = [{"input": None, "reason": problem} for problem in problems]
+    for problem in problems:
+        err.print(f"skipped {problem}", highlight=False)
+    restored, written = [], set()
+    start = time.perf_counter()
+    for path, target in track(pairs, description="restoring", console=err, disable=not err.notes):
+        if target in written or (target.exists() and not overwrite):
+            reason = "written earlier in this run from another input" if target in written else "exists (use --overwrite)"
+            err.print(f"skipped {path}: {target} {reason}", highlight=False)
+            skipped.append({"input": str(path), "reason": f"{target} {reason}"})
+            continue
+        began = time.perf_counter()
+        try:
+            photo = read_photo(path, cfg.max_pixels)
+            result = restore_image(net, photo.rgb, torch_device, cfg.tile_size, cfg.tile_overlap, cfg.tile_batch)
+            # never over a file another run wrote meanwhile, unless --overwrite
+            write_image(target, result, image_format, quality, photo.exif if keep_metadata else None, overwrite)
+        except InputDataError as exc:
+            err.print(f"skipped {path}: {exc}", highlight=False)
+            skipped.append({"input": str(path), "reason": str(exc)})
+            continue
+        except OSError as exc:  # the disk filled up, the folder went away: this image is lost, the rest may not be
+            reason = f"cannot write {target} ({exc.strerror})"
+            err.print(f"skipped {path}: {reason}", highlight=False)
+            skipped.append({"input": str(path), "reason": reason})
+            continue
+        written.add(target)
+        restored.append({"input": str(path), "output": str(target), "seconds": time.perf_counter() - began,
+                         "width": int(result.shape[1]), "height": int(result.shape[0])})
+    seconds = [item["seconds"] for item in restored]
+    total = time.perf_counter() - start
+    if as_json:
+        typer.echo(json_text({"restored": restored, "skipped": skipped, "count": len(pairs) + len(problems),
+                              "seconds": total, "median_seconds": statistics.median(seconds) if seconds else None}))
+    median = f", median {statistics.median(seconds):.2f} s per image" if seconds else ""
+    err.note(f"restored {len(seconds)} of {len(pairs) + len(problems)} images in {total:.1f} s{median}")
+    if skipped:
+        raise typer.Exit(1)

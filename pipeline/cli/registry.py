@@ -1,0 +1,156 @@
+"""`demoire promote`, `rollback` and `report`: the registry's champion and the run report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.cli.common import Device, app, err, fail, params_or_defaults
+from pipeline.errors import DemoireError
+from pipeline.io import json_text
+
+
+def _local_gate(params, base: Path, data: Path, pairs: Path, device: str):
+    """A loader of the local gate set (the real sets of `params`, else the test split): (hash, a model-folder scorer)."""
+
+    def load():
+        from pipeline.evaluation.gate import local_gate
+        from pipeline.training.device import resolve_device
+
+        gate = local_gate(params, data, pairs, base, resolve_device(device))
+        err.print(f"re-scoring on the {gate.description}, gate set {gate.digest[:12]}", highlight=False)
+        return gate.digest, gate.rescore
+
+    return load
+
+
+def _comparison_table(decision) -> Table:
+    """Challenger and champion side by side on the gate set, with the rule each metric faces."""
+    from pipeline.evaluation.gate import GATE_KINDS
+
+    challenger, champion = decision.challenger, decision.champion
+    kind = GATE_KINDS[challenger.kind]
+    table = Table(title=f"gate set {challenger.gate_set[:12]} ({kind.label}; gate.kind {kind.name})")
+    for column in ("metric", f"challenger v{challenger.version}", f"champion v{champion.version}" if champion else "champion",
+                   "difference", "rule"):
+        table.add_column(column)
+    rules = {metric: f"≥ +{decision.rule.margin_db:g} dB" for metric in kind.margin_metrics}
+    rules |= {"ssim": f"≥ -{decision.rule.ssim_tolerance:g}", "mse": "shown"}
+    for metric in kind.metrics:
+        ours = getattr(challenger, metric)
+        theirs = getattr(champion, metric) if champion else None
+        table.add_row(kind.describe(metric), f"{ours:.4f}" + (" (re-scored)" if challenger.rescored else ""),
+                      "-" if theirs is None else f"{theirs:.4f}" + (" (re-scored)" if champion.rescored else ""),
+                      "-" if theirs is None else f"{ours - theirs:+.4f}", rules[metric])
+    return table
+
+
+@app.command()
+def promote(
+    model_name: str | None = typer.Option(None, help="registered model [default: register.model_name of --params]"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="show the comparison and the decision; change nothing"),
+    params: Path = typer.Option(Path("params.yaml"), help="gives the margin, SSIM tolerance and real sets (defaults if absent)"),
+    data: Path = typer.Option(Path("data/synthesize"), help="folder the pairs index points into (for re-scoring)"),
+    pairs: Path = typer.Option(Path("data/preprocess/pairs.parquet"), help="pairs index whose test split is the gate set "
+                                                                           "when params list no real sets"),
+    device: Device = typer.Option("auto", help="where re-scoring runs"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object: the decision, both models' scores, "
+                                                       "the champion before and after"),
+) -> None:
+    """Compare `challenger` with `champion` on the same gate set and move `champion` if the rule says so.
+
+    The gate set is the real sets of params' evaluate.real_sets (raw and tone-aligned PSNR must both
+    beat the margin), else the test split. Uses the scores recorded on the versions; only when they
+    were scored on different sets are they re-scored on the local one (real sets relative to the
+    params file's folder; the test split of --data, --pairs).
+    """
+    from contextlib import ExitStack
+
+    from pipeline.evaluation.gate import GateRule, gate_kind
+    from pipeline.registry import apply_decision, compare_challenger, connect
+    from pipeline.registry.transaction import RegistryLock
+
+    with ExitStack() as held:
+        try:
+            settings = params_or_defaults(params)
+            cfg = settings.registration
+            name = model_name or cfg.model_name
+            client = connect(Path.cwd())
+            if not dry_run:  # read champion → decide → move it, with no registration in between
+                held.enter_context(RegistryLock(client, name))
+            decision = compare_challenger(client, name, GateRule(cfg.promotion_margin_db, cfg.ssim_tolerance),
+                                          _local_gate(settings, params.parent, data, pairs, device),
+                                          gate_kind(settings.evaluate.real_sets))
+        except DemoireError as exc:
+            fail(exc)
+        champion = decision.champion.version if decision.champion else None
+        if not dry_run and decision.challenger.version != champion:
+            apply_decision(client, name, decision, "demoire promote")
+    _show_decision(name, decision, champion, dry_run, as_json)
+
+
+def _show_decision(name: str, decision, champion: str | None, dry_run: bool, as_json: bool) -> None:
+    """Print what `demoire promote` compared and decided, as a table and lines or as one JSON object."""
+    after = decision.challenger.version if decision.promote else champion
+    if as_json:
+        typer.echo(json_text({"model_name": name, "dry_run": dry_run, "champion_before": champion,
+                              "champion_after": champion if dry_run else after, **decision.record()}))
+        return
+    Console().print(_comparison_table(decision))
+    typer.echo(f"{'promote' if decision.promote else 'keep champion'}: {decision.reason}")
+    if dry_run:
+        would = f"move to v{decision.challenger.version}" if decision.promote else (
+            f"stay at v{champion}" if champion else "stay unset")
+        typer.echo(f"dry run: champion would {would}; nothing changed")
+    elif decision.promote and decision.challenger.version != champion:
+        typer.echo(f"champion: {'v' + champion if champion else 'none'} → v{decision.challenger.version}")
+
+
+@app.command()
+def rollback(
+    model_name: str | None = typer.Option(None, help="registered model [default: register.model_name of --params]"),
+    params: Path = typer.Option(Path("params.yaml"), help="gives the default model name"),
+    as_json: bool = typer.Option(False, "--json", help='print one JSON object: {"model_name", "demoted", "restored"}'),
+) -> None:
+    """Move `champion` back to the version that held it before."""
+    from pipeline.registry import connect, rollback_champion
+    from pipeline.registry.transaction import RegistryLock
+
+    try:
+        name = model_name or params_or_defaults(params).registration.model_name
+        client = connect(Path.cwd())
+        with RegistryLock(client, name):
+            demoted, restored = rollback_champion(client, name)
+    except DemoireError as exc:
+        fail(exc)
+    if as_json:
+        typer.echo(json_text({"model_name": name, "demoted": demoted, "restored": restored}))
+        return
+    typer.echo(f"champion: v{demoted} → v{restored}")
+
+
+@app.command()
+def report(
+    out: Path = typer.Option(Path("report.html"), "-o", "--out", help="HTML file to write (self-contained, offline)"),
+    metrics: Path = typer.Option(Path("data/evaluate/metrics.json"), help="the evaluate stage's means"),
+    history: Path = typer.Option(Path("data/train/history.csv"), help="the train stage's per-epoch history"),
+    grid: Path = typer.Option(Path("data/evaluate/grid.png"), help="the evaluate stage's before/after grid"),
+    registration: Path = typer.Option(Path("data/register/registration.json"), help="the register stage's decision"),
+    as_json: bool = typer.Option(False, "--json", help='print one JSON object: {"out", "bytes"}'),
+) -> None:
+    """HTML report of the latest pipeline run: metrics, training curves, before/after pairs, registration."""
+    from pipeline.evaluation.run_report import write_run_report
+    from pipeline.io import check_output_file
+
+    try:
+        check_output_file(out, "-o")
+        write_run_report(out, metrics, history, grid, registration)
+    except DemoireError as exc:
+        fail(exc)
+    if as_json:
+        typer.echo(json_text({"out": str(out), "bytes": out.stat().st_size}))
+        return
+    typer.echo(f"wrote {out}")

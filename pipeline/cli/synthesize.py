@@ -1,0 +1,60 @@
+"""`demoire synthesize`: an ad-hoc synthetic set outside DVC."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from pipeline.cli.common import app, err, fail
+from pipeline.errors import DemoireError, InputDataError
+
+
+SYNTHETIC_SET_ENTRIES = {"moire", "clean", "manifest.parquet", "summary.json"}
+
+
+@app.command()
+def synthesize(
+    out: Path = typer.Option(..., help="folder to write moire/, clean/ and manifest.parquet into"),
+    preset: str = typer.Option("default", help="default | fine | coarse | document, or a preset file (.yaml)"),
+    n: int = typer.Option(100, help="number of pairs"),
+    size: int = typer.Option(256, help="side of each pair, pixels"),
+    seed: int = typer.Option(0, help="same seed, same bytes"),
+    workers: int = typer.Option(1, help="processes (the bytes do not depend on it)"),
+    overwrite: bool = typer.Option(False, help="replace an existing output folder"),
+    gallery: int = typer.Option(0, help="also write OUT-gallery.png beside OUT: the first N pairs, moiré | clean"),
+) -> None:
+    """Render an ad-hoc synthetic set outside DVC (moiré and clean images with matching names)."""
+    from pipeline.config import parse_params
+    from pipeline.data.synthetic import local_shard_runner, synthesize_dataset
+    from pipeline.io import check_output_dir
+
+    try:
+        params = parse_params({"seed": seed, "synthesize": {"preset": preset, "n_pairs": n, "size": size, "workers": workers}},
+                              source="options")
+        check_output_dir(out, "--out")
+        if out.exists() and not overwrite:
+            raise InputDataError(f"{out} exists; choose another --out or pass --overwrite")
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in SYNTHETIC_SET_ENTRIES) if out.is_dir() else []
+        if foreign:  # --overwrite replaces a synthetic set, never a folder holding anything else
+            raise InputDataError(f"{out} holds more than a synthetic set ({', '.join(foreign[:3])}); "
+                                 "--overwrite replaces only folders demoire synthesize wrote")
+        start = time.perf_counter()
+        with err.status(f"rendering {n} pairs"):
+            runner = local_shard_runner(params.synthesize, params.seed, workers)
+            summary = synthesize_dataset(params.synthesize, params.seed, out, runner)
+    except DemoireError as exc:
+        fail(exc)
+    for item in summary["skipped"]:
+        err.print(f"skipped source {item['path']}: {item['reason']}", highlight=False)
+    err.print(f"wrote {summary['pairs']} pairs to {out} in {time.perf_counter() - start:.1f} s", highlight=False)
+    if gallery:
+        from pipeline.data.manifest import read_manifest, read_pair
+        from pipeline.evaluation.grid import labelled_grid
+        from pipeline.io import write_png
+
+        rows = [read_pair(out / r.moire_path, out / r.clean_path) for r in read_manifest(out / "manifest.parquet")[:gallery].itertuples()]
+        target = out.parent / f"{out.name}-gallery.png"
+        write_png(target, labelled_grid(rows, (f"moire ({preset} preset)", "clean target"), cell=size))
+        err.print(f"wrote {target}", highlight=False)

@@ -1,0 +1,156 @@
+"""Export a trained model to ONNX or TorchScript, check it against PyTorch, and run an exported file.
+
+The exported graph is the architecture's forward pass on an image whose sides are multiples of the
+model's size step (`multiple`); `ExportedModel` reflect-pads any other size to that step and crops
+the result, as the architectures do inside, so the same graph serves every height and width and the
+tiling of `pipeline.inference` runs on it unchanged. ONNX uses the TorchScript-based exporter
+(`dynamo=False`: no onnxscript needed) at opset `ONNX_OPSET`, with dynamic batch, height and width.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.errors import InputDataError, ModelNotFoundError, ParamsError
+from pipeline.io import atomic_path
+from pipeline.models import ModelSpec
+
+ONNX_OPSET = 17
+EXPORT_FORMATS = ("onnx", "torchscript")
+SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript"}
+METADATA_KEY = "demoire"  # ONNX metadata_props key / TorchScript extra file holding the spec and multiple
+# Largest |ONNX/TorchScript − PyTorch| allowed on [0, 1] outputs: float32 summation-order noise, far below
+# one uint8 level (1/255 ≈ 0.0039).
+TOLERANCE = 1e-4
+CHECK_SIZES = ((37, 53), (101, 67))  # odd sides, off the models' grids, one taller than wide
+
+
+def exported_format(path: Path) -> str | None:
+    """`onnx` or `torchscript` for an exported file's suffix, None for anything else (a model folder)."""
+    return SUFFIXES.get(Path(path).suffix.lower())
+
+
+def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Reflect-pad bottom and right to a multiple of `multiple`, as the architectures do."""
+    pad_h, pad_w = (-x.shape[-2]) % multiple, (-x.shape[-1]) % multiple
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else x
+
+
+def export_model(net: nn.Module, spec: ModelSpec, fmt: str, path: Path, multiple: int,
+                 sizes=CHECK_SIZES, tolerance: float = TOLERANCE) -> float:
+    """Write `net` as ONNX or TorchScript to `path` with its spec and size step embedded, check it against
+    PyTorch on `sizes` and return the largest difference; the file is renamed into place only if it passes."""
+    if fmt not in EXPORT_FORMATS:
+        raise ParamsError(f"format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
+    if exported_format(path) != fmt:
+        allowed = ", ".join(s for s, f in SUFFIXES.items() if f == fmt)
+        raise ParamsError(f"-o {path}: a {fmt} file must end in {allowed}")
+    net = net.cpu().eval()
+    side = max(multiple * 2, 32) // multiple * multiple
+    example = torch.rand(1, 3, side, side + multiple, generator=torch.Generator().manual_seed(0))
+    metadata = json.dumps({**asdict(spec), "multiple": multiple})
+    with atomic_path(path) as tmp:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer warns about the padding branch, never taken on the grid
+            if fmt == "onnx":
+                _export_onnx(net, example, tmp, metadata)
+            else:
+                traced = torch.jit.trace(net, example, check_trace=False)
+                torch.jit.save(traced, str(tmp), _extra_files={METADATA_KEY: metadata})
+        return check_export(net, ExportedModel(tmp, fmt=fmt), sizes, tolerance, name=path)
+
+
+def _export_onnx(net: nn.Module, example: torch.Tensor, path: Path, metadata: str) -> None:
+    """The ONNX graph with dynamic batch/height/width, and the metadata in its metadata_props."""
+    try:
+        import onnx
+    except ImportError:
+        raise ParamsError("ONNX export needs the onnx package: pip install 'demoire[export]'") from None
+    axes = {0: "batch", 2: "height", 3: "width"}
+    torch.onnx.export(net, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+                      input_names=["image"], output_names=["restored"],
+                      dynamic_axes={"image": axes, "restored": axes})
+    graph = onnx.load(str(path))
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, metadata
+    onnx.save(graph, str(path))
+
+
+class ExportedModel(nn.Module):
+    """An exported file as a module: N×3×H×W in [0, 1] of any size in, the restored batch out.
+
+    ONNX runs under onnxruntime on the CPU; TorchScript on the device it is loaded on.
+    """
+
+    def __init__(self, path: Path, device: torch.device | str = "cpu", fmt: str | None = None):
+        super().__init__()
+        self.path, self.format = Path(path), fmt or exported_format(path)
+        if self.format is None or not self.path.is_file():
+            raise ModelNotFoundError(f"no exported model at {path} (an .onnx file or a TorchScript .pt/.ts file)")
+        if self.format == "onnx":
+            self._session, metadata = _onnx_session(self.path)
+            self.device = torch.device("cpu")
+        else:
+            extra = {METADATA_KEY: ""}
+            try:
+                self._module = torch.jit.load(str(self.path), map_location=device, _extra_files=extra)
+            except RuntimeError as exc:
+                raise InputDataError(f"cannot load TorchScript model {path}: {str(exc).splitlines()[0]}") from None
+            self.device, metadata = torch.device(device), extra[METADATA_KEY]
+        try:
+            info = json.loads(metadata)
+            self.spec = ModelSpec(info["name"], info["channels"], info["depth"])
+            self.multiple = int(info["multiple"])
+        except (TypeError, ValueError, KeyError):
+            raise InputDataError(f"{path} was not written by demoire export (no {METADATA_KEY!r} metadata)") from None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        padded = _pad_to(x, self.multiple)
+        if self.format == "onnx":
+            array = padded.detach().float().cpu().numpy()
+            output = torch.from_numpy(self._session.run(None, {"image": array})[0]).to(x.device)
+        else:
+            output = self._module(padded.to(self.device)).to(x.device)
+        return output[..., :height, :width]
+
+
+def _onnx_session(path: Path):
+    """An onnxruntime CPU session on `path` and its demoire metadata."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ModelNotFoundError(f"running {path} needs onnxruntime: pip install 'demoire[export]'") from None
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    try:
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
+        raise InputDataError(f"cannot load ONNX model {path}: {str(exc).splitlines()[0]}") from None
+    return session, session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+
+
+def check_export(net: nn.Module, exported: ExportedModel, sizes=CHECK_SIZES, tolerance: float = TOLERANCE,
+                 name: Path | None = None) -> float:
+    """Largest |exported − PyTorch| on random images of `sizes` (H, W), both on the CPU; error above `tolerance`."""
+    from pipeline.inference import restore_tensor
+
+    generator = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for height, width in sizes:
+        image = torch.rand(3, height, width, generator=generator)
+        ours = restore_tensor(exported, image, torch.device("cpu"))
+        theirs = restore_tensor(net.cpu(), image, torch.device("cpu"))
+        worst = max(worst, float((ours - theirs).abs().max()))
+    if not np.isfinite(worst) or worst > tolerance:
+        raise InputDataError(f"{name or exported.path} differs from PyTorch by {worst:.2e} (> {tolerance:g}) on "
+                             f"{', '.join(f'{h}x{w}' for h, w in sizes)}; it was not kept")
+    return worst

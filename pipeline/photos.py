@@ -1,0 +1,137 @@
+"""Photos as people take them: upright by their EXIF orientation, colours in sRGB, written as PNG, JPEG or WebP.
+
+`read_photo` decodes a file or uploaded bytes the way a viewer shows it: rotated or mirrored as its EXIF
+orientation says, converted from its embedded ICC colour profile (Display P3, Adobe RGB, …) to sRGB,
+which is what the models were trained on and what a browser assumes of an untagged image. The EXIF block
+comes back too (orientation reset, since the pixels are upright now) for `--keep-metadata`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageCms, ImageOps
+
+from pipeline.errors import InputDataError, ParamsError
+from pipeline.io import atomic_path, to_rgb_uint8
+
+# Output formats by the name users type (and the file suffix): PIL format, MIME type.
+OUTPUT_FORMATS = {"png": ("PNG", "image/png"), "jpg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
+# Formats a photo may arrive in; anything else PIL could open (PDF, EPS, ICO, …) is refused.
+INPUT_FORMATS = {"JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF", "MPO"}  # MPO: some phones' JPEGs
+DEFAULT_QUALITY = 90
+EXIF_ORIENTATION = 0x0112
+_SRGB = ImageCms.createProfile("sRGB")
+log = logging.getLogger(__name__)
+
+
+class ImageTooLargeError(InputDataError):
+    """An image over the pixel limit (infer.max_pixels) or PIL's decompression-bomb limit."""
+
+
+class UnsupportedImageError(InputDataError):
+    """A file that is not a photo in a format accepted here."""
+
+
+@dataclass
+class Photo:
+    """An upright sRGB HxWx3 uint8 image, and the EXIF block to keep when asked (orientation set to 1)."""
+
+    rgb: np.ndarray
+    exif: bytes | None = None
+    converted_from: str | None = None  # the description of the ICC profile converted from, if any
+
+
+def read_photo(source: Path | bytes, max_pixels: int | None = None, name: str | None = None) -> Photo:
+    """Decode a file or encoded bytes as an upright sRGB photo; InputDataError names what is wrong.
+
+    With `max_pixels`, an image whose header declares more pixels is refused before it is decoded.
+    """
+    name = name or (str(source) if isinstance(source, Path) else "upload")
+    try:
+        with warnings.catch_warnings():  # PIL only warns below twice its bomb limit; the warning lets it decode
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as im:
+                if im.format not in INPUT_FORMATS:
+                    raise UnsupportedImageError(f"{name} is in {im.format} format; send a photo in one of "
+                                         f"{', '.join(sorted(INPUT_FORMATS - {'MPO'}))}")
+                width, height = im.size
+                if max_pixels is not None and width * height > max_pixels:
+                    raise ImageTooLargeError(f"image {name} is {width}x{height} = {width * height:,} pixels, "
+                                         f"over the limit of {max_pixels:,} (infer.max_pixels)")
+                frames = getattr(im, "n_frames", 1)
+                if frames > 1:
+                    log.warning("%s has %d frames; using the first", name, frames)
+                im.load()
+                exif = im.getexif()
+                upright = ImageOps.exif_transpose(im)
+                rgb, converted = _to_srgb(upright, im.info.get("icc_profile"), name)
+    except FileNotFoundError as exc:
+        raise InputDataError(f"image not found: {name}") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(declared[1]):,} pixels" if declared else "too many pixels"
+        raise ImageTooLargeError(f"image {name} is {size}, over the decompression-bomb limit of "
+                             f"{Image.MAX_IMAGE_PIXELS:,}") from None
+    except Image.UnidentifiedImageError:
+        raise UnsupportedImageError(f"cannot read image {name}: not a JPEG, PNG, WebP, TIFF, BMP or GIF file") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InputDataError(f"cannot read image {name}: {exc}") from exc
+    if len(exif):
+        exif[EXIF_ORIENTATION] = 1
+    return Photo(rgb, exif.tobytes() if len(exif) else None, converted)
+
+
+def _to_srgb(im: Image.Image, icc: bytes | None, name: str = "image") -> tuple[np.ndarray, str | None]:
+    """The image as sRGB uint8; an embedded ICC profile other than sRGB is converted from (perceptual intent)."""
+    rgb = to_rgb_uint8(im, name)
+    if not icc:
+        return rgb, None
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        description = ImageCms.getProfileDescription(profile).strip()
+    except (OSError, ImageCms.PyCMSError):
+        return rgb, None  # a broken profile: show the pixels as they are, as browsers do
+    if "srgb" in description.lower() or im.mode not in ("RGB", "RGBA", "P", "L", "LA"):
+        return rgb, None
+    try:
+        converted = ImageCms.profileToProfile(Image.fromarray(rgb), profile, _SRGB, outputMode="RGB",
+                                              renderingIntent=ImageCms.Intent.PERCEPTUAL)
+    except ImageCms.PyCMSError:
+        return rgb, None
+    return np.array(converted), description
+
+
+def check_output_format(fmt: str, quality: int) -> None:
+    """Refuse an output format or quality the writers do not take."""
+    if fmt not in OUTPUT_FORMATS:
+        raise ParamsError(f"format {fmt!r}: choose one of {', '.join(OUTPUT_FORMATS)}")
+    if not 1 <= quality <= 100:
+        raise ParamsError(f"quality {quality}: choose 1 to 100 (JPEG and WebP; PNG is lossless)")
+
+
+def encode_image(rgb: np.ndarray, fmt: str = "png", quality: int = DEFAULT_QUALITY, exif: bytes | None = None) -> bytes:
+    """An HxWx3 uint8 image encoded as png, jpg or webp; `exif` is embedded when given."""
+    check_output_format(fmt, quality)
+    options: dict = {"exif": exif} if exif else {}
+    if fmt == "png":
+        options |= {"optimize": False, "compress_level": 6}
+    else:
+        options |= {"quality": quality}
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format=OUTPUT_FORMATS[fmt][0], **options)
+    return buffer.getvalue()
+
+
+def write_image(path: Path, rgb: np.ndarray, fmt: str = "png", quality: int = DEFAULT_QUALITY,
+                exif: bytes | None = None, overwrite: bool = True) -> None:
+    """Write `encode_image`'s bytes atomically (never over an existing file unless `overwrite`)."""
+    data = encode_image(rgb, fmt, quality, exif)
+    with atomic_path(path, overwrite) as tmp:
+        tmp.write_bytes(data)

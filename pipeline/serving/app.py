@@ -1,0 +1,193 @@
+"""The web app of `demoire serve`: a page for people and `POST /restore` for programs.
+
+- `GET /` the page (drop photos, compare before/after, download); `GET /health`; `GET /model`.
+- `POST /restore`: the image as multipart field `file`, as JSON `{"image": "<base64>"}`, or as the raw
+  body (`Content-Type: image/…`); `format` (png | jpg | webp) and `quality` as query parameters, form
+  fields or JSON keys. Answers the restored image, tiled for any size, upright and in sRGB.
+- Limits answer 4xx with `{"error": "one line"}`: 413 for an upload over `max_upload_bytes` or an image
+  over `max_pixels`, 415 for what is not a JPEG/PNG/WebP/TIFF/BMP/GIF, 400 for an unreadable image or
+  body, 422 for a bad format or quality, 503 (with Retry-After) when `concurrency` restorations run and
+  `queue` more wait. Uploads are held in memory, never spooled to disk: the app writes no file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from typing import Callable
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from pipeline.errors import DemoireError, ParamsError
+from pipeline.photos import (DEFAULT_QUALITY, OUTPUT_FORMATS, ImageTooLargeError, UnsupportedImageError,
+                             check_output_format, encode_image, read_photo)
+
+log = logging.getLogger(__name__)
+Restore = Callable[[np.ndarray], np.ndarray]  # HxWx3 uint8 RGB in, restored HxWx3 uint8 out
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one server accepts; everything above is answered with a 4xx or 503, never a 500."""
+
+    max_upload_bytes: int = 50 * 2**20
+    max_pixels: int = 100_000_000
+    concurrency: int = 1  # restorations at once (one uses every core of a CPU already)
+    queue: int = 8  # requests waiting for a slot; more get 503
+
+    def __post_init__(self) -> None:
+        if self.max_upload_bytes < 1 or self.max_pixels < 1 or self.concurrency < 1 or self.queue < 0:
+            raise ParamsError(f"serve limits {self}: upload size, pixels and concurrency must be ≥ 1, queue ≥ 0")
+
+
+class RequestError(Exception):
+    """A bad request: its HTTP status and one-line message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _status_of(exc: DemoireError) -> int:
+    """413 for images over the pixel limits, 415 for what is not a photo, 422 for options, else 400."""
+    if isinstance(exc, ImageTooLargeError):
+        return 413
+    if isinstance(exc, UnsupportedImageError):
+        return 415
+    return 422 if isinstance(exc, ParamsError) else 400
+
+
+def create_app(restore: Restore, model_info: dict, limits: ServeLimits = ServeLimits()) -> FastAPI:
+    """The app around `restore`; `model_info` is what `GET /model` answers."""
+    app = FastAPI(title="demoire", docs_url=None, redoc_url=None, openapi_url=None)
+    slots = asyncio.Semaphore(limits.concurrency)
+    state = {"waiting": 0, "busy": 0}
+    page = resources.files("pipeline.serving").joinpath("page.html").read_text(encoding="utf-8")
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, exc: RequestError) -> JSONResponse:
+        headers = {"Retry-After": "5"} if exc.status == 503 else None
+        return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> str:
+        return page
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "busy": state["busy"], "waiting": state["waiting"]}
+
+    @app.get("/model")
+    async def model() -> dict:
+        limits_info = {"max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels,
+                       "concurrency": limits.concurrency, "queue": limits.queue, "formats": list(OUTPUT_FORMATS)}
+        return {**model_info, "limits": limits_info}
+
+    @app.post("/restore")
+    async def restore_endpoint(request: Request) -> Response:
+        data, options = await _read_upload(request, limits.max_upload_bytes)
+        fmt = str(options.get("format") or "png").lower().replace("jpeg", "jpg")
+        quality = options.get("quality", DEFAULT_QUALITY)
+        try:
+            quality = int(quality)
+            check_output_format(fmt, quality)
+        except ValueError:
+            raise RequestError(422, f"quality {quality!r}: choose a whole number from 1 to 100") from None
+        except ParamsError as exc:
+            raise RequestError(422, str(exc)) from None
+        if state["busy"] >= limits.concurrency and state["waiting"] >= limits.queue:
+            raise RequestError(503, f"busy: {state['busy']} restoring and {state['waiting']} waiting "
+                                    f"(limit {limits.concurrency} + {limits.queue}); retry later")
+        state["waiting"] += 1
+        try:
+            await slots.acquire()
+        finally:
+            state["waiting"] -= 1
+        state["busy"] += 1
+        try:
+            body = await run_in_threadpool(_restore_encoded, restore, data, limits.max_pixels, fmt, quality)
+        except DemoireError as exc:
+            raise RequestError(_status_of(exc), str(exc)) from None
+        finally:
+            state["busy"] -= 1
+            slots.release()
+        return Response(body, media_type=OUTPUT_FORMATS[fmt][1],
+                        headers={"Content-Disposition": f'inline; filename="restored.{fmt}"'})
+
+    return app
+
+
+def _restore_encoded(restore: Restore, data: bytes, max_pixels: int, fmt: str, quality: int) -> bytes:
+    """Decode (upright, sRGB), restore, encode: the work of one request, run in a worker thread."""
+    photo = read_photo(data, max_pixels, name="the upload")
+    return encode_image(restore(photo.rgb), fmt, quality)
+
+
+async def _read_upload(request: Request, limit: int) -> tuple[bytes, dict]:
+    """The image bytes and the options of a request, reading at most `limit` bytes of body."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"upload of {int(declared):,} bytes is over the limit of {limit:,} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"upload is over the limit of {limit:,} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    options = dict(request.query_params)
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "multipart/form-data":
+        data, fields = _multipart(request.headers.get("content-type", ""), body, limit)
+        return data, {**options, **fields}
+    if kind == "application/json":
+        try:
+            payload = json.loads(body)
+            encoded = payload["image"]
+            return base64.b64decode(encoded.split(",", 1)[-1], validate=True), {**options, **payload}
+        except (ValueError, TypeError, KeyError, AttributeError, binascii.Error):
+            raise RequestError(400, 'JSON body must be {"image": "<base64 of the image file>"} '
+                                    '(optional "format", "quality")') from None
+    if kind.startswith("image/") or kind == "application/octet-stream":
+        if not body:
+            raise RequestError(400, "empty body: send the image file's bytes")
+        return body, options
+    raise RequestError(415, f"content type {kind or 'none'!r}: send multipart/form-data with field 'file', "
+                            "application/json with base64 'image', or the image bytes as image/*")
+
+
+def _multipart(content_type: str, body: bytes, limit: int) -> tuple[bytes, dict]:
+    """Field `file`'s bytes and the other fields of a multipart body, parsed in memory."""
+    from python_multipart import create_form_parser
+    from python_multipart.exceptions import FormParserError
+
+    files, fields = {}, {}
+
+    def on_field(field) -> None:
+        fields[field.field_name.decode("utf-8", "replace")] = (field.value or b"").decode("utf-8", "replace")
+
+    def on_file(file) -> None:
+        file.file_object.seek(0)
+        files[file.field_name.decode("utf-8", "replace")] = file.file_object.read()
+
+    headers = {"Content-Type": content_type.encode("latin-1"), "Content-Length": str(len(body)).encode()}
+    try:
+        # MAX_MEMORY_FILE_SIZE above the upload limit: parts stay in memory, never spooled to disk
+        parser = create_form_parser(headers, on_field, on_file, config={"MAX_MEMORY_FILE_SIZE": limit + 1})
+        parser.write(body)
+        parser.finalize()
+    except (FormParserError, ValueError) as exc:
+        raise RequestError(400, f"unreadable multipart body: {exc}") from None
+    if "file" not in files:
+        raise RequestError(400, f"multipart body has no file field 'file' (fields: {', '.join(files) or 'none'})")
+    if not files["file"]:
+        raise RequestError(400, "the field 'file' is empty")
+    return files["file"], fields

@@ -1,0 +1,163 @@
+"""POST /restore, /health, /model and the limits, over real HTTP to a real uvicorn server on a free port."""
+
+from __future__ import annotations
+
+import base64
+import io
+import tempfile
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.inference import restore_image
+from pipeline.photos import encode_image
+from pipeline.serving.app import ServeLimits
+
+
+def _png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _decode(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def test_page_health_and_model(serve_app, client):
+    url = serve_app(ServeLimits(max_upload_bytes=10_000, max_pixels=5_000))
+    page = client.get(url + "/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'id="files"' in page.text and "restore?format=" in page.text
+    assert client.get(url + "/health").json() == {"status": "ok", "busy": 0, "waiting": 0}
+    model = client.get(url + "/model").json()
+    assert model["name"] == "tiny" and model["architecture"] == "unet"
+    assert model["limits"] == {"max_upload_bytes": 10_000, "max_pixels": 5_000, "concurrency": 1, "queue": 8,
+                               "formats": ["png", "jpg", "webp"]}
+
+
+def test_restore_takes_multipart_base64_json_and_raw_bytes_tiled_at_any_size(serve_app, client, tiny_net, rng):
+    url = serve_app()
+    image = rng.integers(0, 256, (97, 150, 3), dtype=np.uint8)  # over the 64-pixel tile: restored in tiles
+    expected = restore_image(tiny_net, image, "cpu", 64, 8)
+
+    multipart = client.post(url + "/restore", files={"file": ("photo.png", _png(image), "image/png")})
+    assert multipart.status_code == 200 and multipart.headers["content-type"] == "image/png"
+    np.testing.assert_array_equal(_decode(multipart.content), expected)
+
+    as_json = client.post(url + "/restore", json={"image": base64.b64encode(_png(image)).decode(), "format": "png"})
+    assert as_json.status_code == 200
+    np.testing.assert_array_equal(_decode(as_json.content), expected)
+
+    raw = client.post(url + "/restore?format=webp&quality=80", content=_png(image), headers={"Content-Type": "image/png"})
+    assert raw.status_code == 200 and raw.headers["content-type"] == "image/webp"
+    assert _decode(raw.content).shape == image.shape
+
+    # JPEG with quality: a form field or a query parameter; lower quality, fewer bytes
+    small, large = (client.post(url + "/restore", files={"file": ("p.png", _png(image))},
+                                data={"format": "jpg", "quality": str(q)}) for q in (20, 95))
+    assert small.headers["content-type"] == large.headers["content-type"] == "image/jpeg"
+    assert len(small.content) < len(large.content)
+    assert large.content == encode_image(expected, "jpg", 95)  # the restored image, encoded as asked
+
+
+def test_a_portrait_phone_photo_comes_back_upright(serve_app, client, rng):
+    url = serve_app()
+    landscape = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)  # stored 50 wide, 30 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display": the phone was held upright
+    buffer = io.BytesIO()
+    Image.fromarray(landscape).save(buffer, format="JPEG", exif=exif.tobytes())
+    result = client.post(url + "/restore", content=buffer.getvalue(), headers={"Content-Type": "image/jpeg"})
+    assert result.status_code == 200
+    assert _decode(result.content).shape == (50, 30, 3)
+
+
+def test_limits_and_bad_input_answer_4xx_with_one_line_never_500(serve_app, client, rng):
+    url = serve_app(ServeLimits(max_upload_bytes=20_000, max_pixels=2_500))
+    small = _png(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))  # 1,600 pixels
+    too_many_pixels = _png(np.zeros((60, 60, 3), dtype=np.uint8))  # 3,600 pixels, a few hundred bytes
+    too_many_bytes = _png(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)) * 4
+    icon = io.BytesIO()  # a format PIL reads, but no photo
+    Image.new("RGB", (16, 16)).save(icon, format="ICO")
+    cases = [
+        (dict(files={"file": ("big.png", too_many_bytes)}), 413, "over the limit of 20,000 bytes"),
+        (dict(content=iter([too_many_bytes]), headers={"Content-Type": "image/png"}), 413, "over the limit of 20,000 bytes"),
+        (dict(files={"file": ("wide.png", too_many_pixels)}), 413, "60x60 = 3,600 pixels, over the limit of 2,500"),
+        (dict(files={"file": ("notes.txt", b"hello, not an image")}), 415, "not a JPEG, PNG, WebP, TIFF, BMP or GIF"),
+        (dict(files={"file": ("favicon.ico", icon.getvalue())}), 415, "the upload is in ICO format; send a photo in one of"),
+        (dict(files={"file": ("cut.png", small[:200])}), 400, "cannot read image the upload"),
+        (dict(files={"other": ("a.png", small)}), 400, "no file field 'file' (fields: other)"),
+        (dict(files={"file": ("empty.png", b"")}), 400, "the field 'file' is empty"),
+        (dict(json={"picture": "x"}), 400, 'JSON body must be {"image"'),
+        (dict(json={"image": "not base64!"}), 400, 'JSON body must be {"image"'),
+        (dict(content=b"{nope", headers={"Content-Type": "application/json"}), 400, "JSON body must be"),
+        (dict(content=b"", headers={"Content-Type": "image/png"}), 400, "empty body"),
+        (dict(content=small, headers={"Content-Type": "text/plain"}), 415, "content type 'text/plain'"),
+        (dict(files={"file": ("a.png", small)}, data={"format": "gif"}), 422, "format 'gif': choose one of png, jpg, webp"),
+        (dict(files={"file": ("a.png", small)}, data={"quality": "0"}), 422, "quality 0: choose 1 to 100"),
+        (dict(files={"file": ("a.png", small)}, data={"quality": "high"}), 422, "quality 'high'"),
+    ]
+    for request, status, message in cases:
+        response = client.post(url + "/restore", **request)
+        assert response.status_code == status, (request, response.text)
+        error = response.json()["error"]
+        assert message in error and "\n" not in error, (message, error)
+    assert client.post(url + "/restore", files={"file": ("a.png", small)}).status_code == 200  # still serving
+
+
+def test_uploads_are_never_spooled_to_disk(serve_app, client, rng, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where python-multipart would spool a large part
+    url = serve_app(ServeLimits(max_upload_bytes=8 * 2**20))
+    image = rng.integers(0, 256, (700, 800, 3), dtype=np.uint8)
+    data = _png(image)
+    assert len(data) > 1.5 * 2**20  # above python-multipart's default in-memory size (1 MiB)
+    response = client.post(url + "/restore", files={"file": ("large.png", data)})
+    assert response.status_code == 200 and _decode(response.content).shape == image.shape
+    assert list(tmp_path.iterdir()) == []
+
+
+def _gated(release: threading.Event, started: threading.Event):
+    """A restorer that holds each request until `release` is set: the server's real restore, made to wait."""
+    def wrap(restore):
+        def held(image):
+            started.set()
+            release.wait(30)
+            return restore(image)
+        return held
+    return wrap
+
+
+@pytest.mark.parametrize("queue", [0, 1])
+def test_busy_server_queues_then_answers_503(serve_app, client, rng, queue):
+    release, started = threading.Event(), threading.Event()
+    url = serve_app(ServeLimits(concurrency=1, queue=queue), wrap=_gated(release, started))
+    photo = _png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    answers = {}
+
+    def send(key):
+        answers[key] = client.post(url + "/restore", files={"file": ("a.png", photo)}).status_code
+
+    first = threading.Thread(target=send, args=("first",))
+    first.start()
+    assert started.wait(30)
+    waiting = None
+    if queue:
+        waiting = threading.Thread(target=send, args=("queued",))
+        waiting.start()
+        deadline = time.monotonic() + 10
+        while client.get(url + "/health").json()["waiting"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert client.get(url + "/health").json() == {"status": "ok", "busy": 1, "waiting": queue}
+    busy = client.post(url + "/restore", files={"file": ("a.png", photo)})
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "5"
+    assert busy.json()["error"].startswith(f"busy: 1 restoring and {queue} waiting")
+    release.set()
+    first.join(30)
+    if waiting:
+        waiting.join(30)
+    assert answers == ({"first": 200, "queued": 200} if queue else {"first": 200})
+    assert client.get(url + "/health").json()["busy"] == 0

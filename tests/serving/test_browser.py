@@ -1,0 +1,90 @@
+"""A person's path through `demoire serve`: headless Chromium picks a photo on the page and sees it restored."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.models import ModelSpec, build_model, save_model
+from tests.serving.browser import Browser, chromium_paths
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(None in chromium_paths(), reason="needs Debian's chromium and chromium-driver "
+                                                        "(apt-get install chromium chromium-driver; .ci/run does)"),
+]
+
+
+def start_server(model, tmp_path, *options):
+    """`demoire serve` on a free port, as a user starts it; returns (process, base URL)."""
+    log = tmp_path / "serve.log"
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "serve", "--model", str(model), "--port", "0",
+                                "--device", "cpu", *options], stdout=subprocess.DEVNULL, stderr=open(log, "w"),
+                               cwd=tmp_path, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        found = re.search(r"at (http://127\.0\.0\.1:\d+/)", log.read_text())
+        if found:
+            return process, found[1]
+        if process.poll() is not None:
+            raise RuntimeError(f"demoire serve exited: {log.read_text()[-2000:]}")
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGTERM)
+    raise RuntimeError("demoire serve did not start within 90 s")
+
+
+def test_a_photo_dropped_on_the_page_comes_back_restored(tmp_path):
+    spec = ModelSpec("unet", 8, 2)
+    save_model(build_model(spec, seed=0), spec, tmp_path / "model")
+    rows = np.linspace(0, 255, 90)[:, None, None]
+    stripes = (127 + 100 * np.sin(np.arange(160) * 1.3))[None, :, None]
+    photo = np.clip(rows * 0.5 + stripes * np.array([1.0, 0.6, 0.3]), 0, 255).astype(np.uint8)  # 160x90, moiré-like
+    Image.fromarray(photo).save(tmp_path / "screen photo.png")
+    (tmp_path / "notes.txt").write_text("not a photo")
+
+    server, url = start_server(tmp_path / "model", tmp_path, "--tile", "64", "--overlap", "8")
+    browser = None
+    try:
+        browser = Browser(tmp_path / "chromium-profile", tmp_path / "chromedriver.log")
+        browser.open(url)
+        assert browser.wait_for("return document.getElementById('model').textContent.startsWith('model: model')")
+        browser.upload("#files", tmp_path / "screen photo.png")
+        browser.wait_for("return document.querySelector('.result[data-status]')")
+        state = browser.run("""
+            const card = document.querySelector('.result'), after = card.querySelector('img.after');
+            const link = card.querySelector('a.download');
+            return {status: card.dataset.status, text: card.querySelector('.status').textContent,
+                    width: after.naturalWidth, height: after.naturalHeight, visible: !after.hidden,
+                    download: link.hidden ? null : link.getAttribute('download'), href: link.href};""")
+        assert state["status"] == "done", state
+        assert (state["width"], state["height"], state["visible"]) == (160, 90, True)
+        assert state["download"] == "screen photo-restored.png" and state["href"].startswith("blob:")
+        assert re.fullmatch(r"restored 160×90 in [0-9.]+ s", state["text"])
+        # the slider uncovers the restored image; full resolution toggles
+        browser.run("const s = document.querySelector('.slider'); s.value = 20; s.dispatchEvent(new Event('input'));")
+        assert browser.run("return document.querySelector('img.after').style.clipPath") == "inset(0px 0px 0px 20%)"
+        browser.run("document.querySelector('.zoom').click();")
+        assert browser.run("return document.querySelector('.compare').classList.contains('full')")
+        browser.screenshot(tmp_path / "page.png")
+        assert Image.open(tmp_path / "page.png").size[0] > 0
+
+        # a file that is not a photo: the page says why, in one line, and the server stays up
+        browser.upload("#files", tmp_path / "notes.txt")
+        browser.wait_for("return document.querySelectorAll('.result[data-status]').length == 2")
+        text = browser.run("return document.querySelector('.result').querySelector('.status').textContent")
+        assert text == "not restored: cannot read image the upload: not a JPEG, PNG, WebP, TIFF, BMP or GIF file"
+    finally:
+        if browser is not None:
+            browser.close()
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [  # the server wrote nothing in its folder
+        "chromedriver.log", "chromium-profile", "model", "notes.txt", "page.png", "screen photo.png", "serve.log"]

@@ -1,0 +1,84 @@
+"""demoire export: ONNX under onnxruntime and TorchScript match PyTorch on odd sizes, and predict runs them tiled."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.export import ONNX_OPSET, TOLERANCE, ExportedModel
+from pipeline.inference import restore_image
+from pipeline.io import read_rgb, write_png
+from pipeline.models import ModelSpec, build_model, save_model
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    spec = ModelSpec("unet", 8, 2)
+    save_model(build_model(spec, seed=3), spec, tmp_path / "model")
+    return tmp_path / "model"
+
+
+@pytest.mark.parametrize("fmt, suffix", [("onnx", ".onnx"), ("torchscript", ".pt")])
+def test_export_matches_pytorch_on_odd_sizes_and_predict_runs_it_tiled(model_dir, tmp_path, rng, fmt, suffix):
+    out = tmp_path / f"model{suffix}"
+    result = runner.invoke(app, ["export", "--model", str(model_dir), "--format", fmt, "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["file"] == str(out) and report["format"] == fmt and report["architecture"] == "unet"
+    assert report["opset"] == (ONNX_OPSET if fmt == "onnx" else None)
+    assert 0 <= report["max_abs_difference"] <= TOLERANCE and report["checked_sizes"] == [[37, 53], [101, 67]]
+    if fmt == "onnx":
+        graph = onnx.load(str(out))
+        assert graph.opset_import[0].version == ONNX_OPSET
+        dims = [d.dim_param or d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim]
+        assert dims == ["batch", 3, "height", "width"]
+
+    # the exported file through predict, tiled (75x131 in tiles of 48): what PyTorch gives, within a level
+    image = rng.integers(0, 256, (75, 131, 3), dtype=np.uint8)
+    write_png(tmp_path / "in" / "odd.png", image)
+    tiling = ["--tile", "48", "--overlap", "8", "--device", "cpu"]
+    ran = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", str(out), *tiling])
+    assert ran.exit_code == 0, ran.output
+    from pipeline.models import load_model
+
+    expected = restore_image(load_model(model_dir)[0], image, "cpu", 48, 8)
+    assert np.abs(read_rgb(tmp_path / "out" / "odd.png").astype(int) - expected).max() <= 1
+    assert ExportedModel(out).spec == ModelSpec("unet", 8, 2) and ExportedModel(out).multiple == 4
+
+
+def test_mscale_exports_to_onnx(tmp_path):
+    spec = ModelSpec("mscale", 8, 1)
+    save_model(build_model(spec, seed=0), spec, tmp_path / "model")
+    result = runner.invoke(app, ["export", "--model", str(tmp_path / "model"), "--format", "onnx",
+                                 "-o", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 0, result.output
+    assert f"opset {ONNX_OPSET}, dynamic height and width" in result.output and "(tolerance 0.0001)" in result.output
+
+
+def test_export_refuses_in_one_line_and_keeps_nothing(model_dir, tmp_path):
+    def export(*args):
+        return runner.invoke(app, ["export", "--model", str(model_dir), *args])
+
+    wrong = export("--format", "onnx", "-o", str(tmp_path / "m.pt"))
+    assert wrong.exit_code == 2 and "-o " + str(tmp_path / "m.pt") + ": a onnx file must end in .onnx" in wrong.output
+    bad = export("--format", "tflite", "-o", str(tmp_path / "m.tflite"))
+    assert bad.exit_code == 2 and "'tflite' is not one of 'onnx', 'torchscript'" in bad.output
+    (tmp_path / "taken.onnx").write_text("keep me")
+    taken = export("--format", "onnx", "-o", str(tmp_path / "taken.onnx"))
+    assert taken.exit_code == 2 and "exists; choose another -o or pass --overwrite" in taken.output
+    assert (tmp_path / "taken.onnx").read_text() == "keep me"
+    assert export("--format", "onnx", "-o", str(tmp_path / "m.onnx")).exit_code == 0
+    again = runner.invoke(app, ["export", "--model", str(tmp_path / "m.onnx"), "--format", "onnx",
+                                "-o", str(tmp_path / "n.onnx")])
+    assert again.exit_code == 2 and "is already exported" in again.output
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    junk = runner.invoke(app, ["predict", str(model_dir), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "junk.onnx")])
+    assert junk.exit_code == 2 and f"cannot load ONNX model {tmp_path / 'junk.onnx'}" in junk.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.onnx", "m.onnx", "model", "taken.onnx"]
