@@ -47,7 +47,7 @@ class Section(BaseModel):
 
 class SourcesParams(Section):
     bundled: bool = True
-    procedural: int = Field(64, ge=0, le=100_000)
+    procedural: int = Field(96, ge=0, le=100_000)
     # Which procedural screen kinds to draw; all of them unless a preset narrows it.
     screen_kinds: Annotated[list[ScreenKind], Field(min_length=1)] = ["document", "code", "ui", "chart", "webpage", "scene"]
     folders: list[Path] = []
@@ -57,47 +57,49 @@ class DisplayParams(Section):
     # Sampled per pair from this list.
     subpixel_layouts: Annotated[list[Literal["rgb_stripe", "bgr_stripe", "pentile"]], Field(min_length=1)] = [
         "rgb_stripe", "bgr_stripe", "pentile"]
-    pixel_pitch_mm: Annotated[Range, _within(0.01, 5.0)] = (0.25, 0.28)
+    pixel_pitch_mm: Annotated[Range, _within(0.01, 5.0)] = (0.18, 0.30)  # laptops to 27" monitors
     fill_factor: Annotated[Range, _within(0.05, 1.0)] = (0.6, 0.9)
     gamma: Annotated[Range, _within(1.0, 3.0)] = (2.1, 2.4)
     gamut: Annotated[Range, _within(0.5, 1.5)] = (0.9, 1.1)
     white_point: Annotated[Range, _within(-0.5, 0.5)] = (-0.06, 0.06)
     brightness: Annotated[Range, _within(0.05, 1.0)] = (0.85, 1.0)
-    black_level: Annotated[Range, _within(0.0, 0.3)] = (0.0, 0.003)
+    black_level: Annotated[Range, _within(0.0, 0.3)] = (0.0, 0.004)
 
 
 class OpticsParams(Section):
-    distance_mm: Annotated[Range, _within(20.0, 10_000.0)] = (300.0, 500.0)
-    focal_length_mm: Annotated[Range, _within(1.0, 200.0)] = (4.3, 4.8)
+    distance_mm: Annotated[Range, _within(20.0, 10_000.0)] = (300.0, 800.0)
+    focal_length_mm: Annotated[Range, _within(1.0, 200.0)] = (4.2, 6.0)  # phone main cameras
     rotation_deg: Annotated[Range, _within(-45.0, 45.0)] = (-6.0, 6.0)
     tilt: Annotated[Range, _within(0.0, 0.3)] = (0.0, 0.12)
     radial_distortion: Annotated[Range, _within(-0.3, 0.3)] = (-0.04, 0.04)
-    blur_sigma: Annotated[Range, _within(0.0, 5.0)] = (0.2, 0.6)
+    blur_sigma: Annotated[Range, _within(0.0, 5.0)] = (0.3, 1.0)  # lens, camera pixels
     vignetting: Annotated[Range, _within(0.0, 0.9)] = (0.0, 0.35)
-    supersample: int = Field(2, ge=1, le=8)
+    # Sub-samples per camera pixel and axis; the subpixel layout is integrated analytically over each
+    # sample's footprint, so 1 suffices once the frame is rendered at the camera's resolution.
+    supersample: int = Field(1, ge=1, le=8)
     # Moiré datasets keep the shots whose moiré shows as bands. When set, each capture's distance
     # and rotation are chosen so the screen grid beats against the camera's (near display pitch 2/k
     # camera pixels, k in resonance_orders: 1 the colour moiré of the Bayer mosaic, 2 the luma
     # moiré of the full grid) with a period drawn log-uniform from this range, in output pixels.
-    beat_period_px: Annotated[Range, _within(2.0, 10_000.0)] | None = None
+    beat_period_px: Annotated[Range, _within(2.0, 10_000.0)] | None = (6.0, 120.0)
     resonance_orders: Annotated[list[Literal[1, 2, 3]], Field(min_length=1)] = [1, 2]
 
 
 class SensorParams(Section):
-    pixel_pitch_um: Annotated[Range, _within(0.5, 50.0)] = (2.9, 3.1)
+    pixel_pitch_um: Annotated[Range, _within(0.5, 50.0)] = (0.9, 1.5)  # 12–48 MP phone sensors
     # Light-sensitive fraction of the pixel pitch: below 1 the pixel integrates a narrower area,
     # which lets more of the display's subpixel frequency alias into moiré.
-    aperture: Annotated[Range, _within(0.05, 1.0)] = (0.65, 0.95)
+    aperture: Annotated[Range, _within(0.05, 1.0)] = (0.7, 1.0)
     # Display pixel pitch in dataset pixels. Real datasets are phone photos of 12–48 MP aligned to
     # the screen's content at its own resolution (about 1) or below it: the frame is rendered at
     # the camera's resolution and shrunk by pitch ratio / output_pitch (1 to max_downscale) to
     # `size`. null: render at `size` directly, no shrink.
-    output_pitch: Annotated[Range, _within(0.1, 8.0)] | None = None
+    output_pitch: Annotated[Range, _within(0.1, 8.0)] | None = (0.6, 1.15)
     max_downscale: float = Field(4.0, ge=1.0, le=8.0)
     # true: auto-exposure meters the content's own light (no built-in brightening), and exposure_ev
     # is the error around it; false: exposure_ev is relative to a fixed exposure of the panel's white.
-    auto_exposure: bool = False
-    exposure_ev: Annotated[Range, _within(-4.0, 2.0)] = (-0.5, 0.1)
+    auto_exposure: bool = True
+    exposure_ev: Annotated[Range, _within(-4.0, 2.0)] = (-0.4, 0.4)
     shot_noise: Annotated[Range, _within(0.0, 0.1)] = (0.0005, 0.004)
     read_noise: Annotated[Range, _within(0.0, 0.1)] = (0.001, 0.006)
 
@@ -105,15 +107,15 @@ class SensorParams(Section):
 class IspParams(Section):
     white_balance: Annotated[Range, _within(-0.5, 0.5)] = (-0.08, 0.08)
     # Black-level correction in linear light, against the panel's glare (display.black_level).
-    black_point: Annotated[Range, _within(0.0, 0.3)] = (0.0, 0.0)
+    black_point: Annotated[Range, _within(0.0, 0.3)] = (0.0, 0.004)
     # Gaussian sigma (camera pixels) of the chroma smoothing phone ISPs apply; 0 = none.
-    chroma_denoise: Annotated[Range, _within(0.0, 8.0)] = (0.0, 0.0)
+    chroma_denoise: Annotated[Range, _within(0.0, 8.0)] = (0.5, 2.5)
     # Gaussian sigma (output pixels) of the softness added after the shrink: real datasets register
     # and resize their photos onto the truth, and their photos are softer than the digital original.
-    output_blur: Annotated[Range, _within(0.0, 5.0)] = (0.0, 0.0)
-    gamma: Annotated[Range, _within(1.0, 3.0)] = (2.0, 2.4)
+    output_blur: Annotated[Range, _within(0.0, 5.0)] = (0.2, 1.0)
+    gamma: Annotated[Range, _within(1.0, 3.0)] = (2.1, 2.4)  # as the display's: no tone shift on average
     sharpen: Annotated[Range, _within(0.0, 3.0)] = (0.0, 0.8)
-    jpeg_quality: Annotated[Range, _within(1.0, 100.0)] = (70.0, 95.0)
+    jpeg_quality: Annotated[Range, _within(1.0, 100.0)] = (80.0, 97.0)
 
 
 class PatternParams(Section):
@@ -142,11 +144,11 @@ class SynthesizeParams(Section):
     # How the physics makes the moiré: `render` photographs the content itself through the subpixel
     # grid; `layer` photographs a plain white screen and lays the moiré it shows over the content's
     # light (a screen's moiré is a modulation of its light; no content edge then aliases).
-    moire_model: Literal["render", "layer"] = "render"
+    moire_model: Literal["render", "layer"] = "layer"
     # The clean target's colour: `source` is the source image's; `capture` is the camera's rendering
     # of the screen without moiré, blur, noise or compression, so a model learns to remove those and
     # leaves tone and colour, which differ from one real set to the next, alone.
-    target_tone: Literal["source", "capture"] = "source"
+    target_tone: Literal["source", "capture"] = "capture"
 
     @model_validator(mode="before")
     @classmethod

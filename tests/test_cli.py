@@ -126,7 +126,7 @@ def test_synthesize_rejects_unknown_preset_in_one_line(tmp_path):
     result = runner.invoke(app, ["synthesize", "--preset", "wavy", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2
     assert ("options: synthesize.preset = 'wavy': preset 'wavy' is neither a built-in preset (default, fine, coarse, "
-            "document) nor a preset file (.yaml or .yml)") in result.output
+            "document, classic) nor a preset file (.yaml or .yml)") in result.output
     assert not (tmp_path / "x").exists()
 
 

@@ -28,7 +28,7 @@ def test_repository_params_file_is_valid():
         ({"synthesize": {"display": {"pixel_pitch_mm": [-0.2, 0.3]}}},
          "params.yaml: synthesize.display.pixel_pitch_mm = [-0.2, 0.3]: range must lie within [0.01, 5], got [-0.2, 0.3]"),
         ({"synthesize": {"preset": "moire"}},
-         "params.yaml: synthesize.preset = 'moire': preset 'moire' is neither a built-in preset (default, fine, coarse, document) nor a preset file (.yaml or .yml)"),
+         "params.yaml: synthesize.preset = 'moire': preset 'moire' is neither a built-in preset (default, fine, coarse, document, classic) nor a preset file (.yaml or .yml)"),
         ({"synthesize": {"display": {"subpixel_layouts": ["delta"]}}},
          "params.yaml: synthesize.display.subpixel_layouts[0] = 'delta': "
          "Input should be 'rgb_stripe', 'bgr_stripe' or 'pentile'"),
@@ -86,7 +86,7 @@ def test_missing_and_malformed_files(tmp_path):
 def test_flatten_uses_dotted_section_names():
     flat = flatten(Params())
     assert flat["register.model_name"] == "demoire"
-    assert flat["synthesize.optics.distance_mm"] == "[300.0, 500.0]"
+    assert flat["synthesize.optics.distance_mm"] == "[300.0, 800.0]"
     assert flat["train.epochs"] == "30"
 
 

@@ -31,7 +31,7 @@ def bench_synth(
     repeats: int = typer.Option(5, help="runs; the median is reported"),
     device: Literal["cpu", "cuda"] = typer.Option("cpu", help="cpu: one process on one core, end to end; cuda: the batched simulator"),
     batch: int = typer.Option(32, help="captures per batch (cuda)"),
-    preset: str = typer.Option("default", help="default | fine | coarse | document, or a preset file (.yaml)"),
+    preset: str = typer.Option("default", help="default | fine | coarse | document | classic, or a preset file (.yaml)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Synthetic pairs per second at --size (goal on CPU: 50 pairs/s per core at 512²)."""

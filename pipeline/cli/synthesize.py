@@ -17,7 +17,7 @@ SYNTHETIC_SET_ENTRIES = {"moire", "clean", "manifest.parquet", "summary.json"}
 @app.command()
 def synthesize(
     out: Path = typer.Option(..., help="folder to write moire/, clean/ and manifest.parquet into"),
-    preset: str = typer.Option("default", help="default | fine | coarse | document, or a preset file (.yaml)"),
+    preset: str = typer.Option("default", help="default | fine | coarse | document | classic, or a preset file (.yaml)"),
     n: int = typer.Option(100, help="number of pairs"),
     size: int = typer.Option(256, help="side of each pair, pixels"),
     seed: int = typer.Option(0, help="same seed, same bytes"),

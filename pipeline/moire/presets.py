@@ -1,9 +1,10 @@
 """Named sets of synthesis ranges; params.yaml values given explicitly override a preset's.
 
-`default` is calibrated so its input PSNR (moiré vs clean) matches real photos of screens
-(see docs/benchmarks.md, "Calibration"); the others shift one property while keeping the rest.
-The pitch ratio follows from distance: with the default display, lens and sensor pitches it is
-about 405 / distance_mm, so 1.0 at 405 mm, where moiré bands are widest.
+`default` is the physics of docs/benchmarks.md ("Real photos"): a phone camera at its own
+resolution, shrunk to the dataset's size, auto-exposed, with the grids beating at periods drawn
+from a range, and a target that is the same photo without moiré. The others shift one property
+(`fine`, `coarse`, `document`) or reproduce the simulator before that work (`classic`). A preset
+file (`demoire calibrate` writes them) sets ranges on top of one of these.
 """
 
 from __future__ import annotations
@@ -13,22 +14,33 @@ from pathlib import Path
 import yaml
 
 PRESETS: dict[str, dict] = {
+    # A phone photographing a laptop or monitor, auto-exposed, the frame shrunk to the dataset's
+    # size; the grids beat at periods of 6–120 output pixels; the target is the same photo without
+    # moiré, blur, noise or compression (see pipeline/config.py for every range and why).
     "default": {},
-    # Display pitch well below the sensor's (ratio 0.54–0.90): many narrow, high-frequency bands.
-    "fine": {"optics": {"distance_mm": [520.0, 650.0], "blur_sigma": [0.1, 0.4]}},
-    # Ratio within 0.92–1.09 and little rotation: wide colour bands across the frame.
-    "coarse": {
-        "display": {"pixel_pitch_mm": [0.26, 0.27]},
-        "optics": {"distance_mm": [390.0, 420.0], "focal_length_mm": [4.5, 4.6], "rotation_deg": [-3.0, 3.0]},
-        "sensor": {"pixel_pitch_um": [2.95, 3.05]},
-    },
-    # Text, code, UI and web screens only (no photos or charts): what users most often photograph.
+    # Narrow, high-frequency moiré: periods of 3–12 output pixels.
+    "fine": {"optics": {"beat_period_px": [3.0, 12.0]}},
+    # Wide colour bands: periods of 40–250 output pixels, from the Bayer mosaic's colour aliasing.
+    "coarse": {"optics": {"beat_period_px": [40.0, 250.0], "resonance_orders": [1]}},
+    # Text, code, UI and web screens only (no photos, scenes or charts): what users most often photograph.
     "document": {"sources": {"bundled": False, "procedural": 96, "screen_kinds": ["document", "code", "ui", "webpage"]}},
+    # The simulator before issue 13, for comparison: captured at the dataset's resolution, a fixed
+    # exposure that darkens, pitch ratio from the distance alone, the source image as the target.
+    "classic": {
+        "sources": {"procedural": 64, "screen_kinds": ["document", "code", "ui", "chart", "webpage"]},
+        "display": {"pixel_pitch_mm": [0.25, 0.28], "black_level": [0.0, 0.003]},
+        "optics": {"distance_mm": [300.0, 500.0], "focal_length_mm": [4.3, 4.8], "blur_sigma": [0.2, 0.6],
+                   "supersample": 2, "beat_period_px": None},
+        "sensor": {"pixel_pitch_um": [2.9, 3.1], "aperture": [0.65, 0.95], "output_pitch": None,
+                   "auto_exposure": False, "exposure_ev": [-0.5, 0.1]},
+        "isp": {"black_point": [0.0, 0.0], "chroma_denoise": [0.0, 0.0], "output_blur": [0.0, 0.0],
+                "gamma": [2.0, 2.4], "jpeg_quality": [70.0, 95.0]},
+        "moire_model": "render", "target_tone": "source",
+    },
 }
-
 PRESET_FILE_SUFFIXES = (".yaml", ".yml")
 # What a preset may set: the physics and the sources, never the size or count of a dataset.
-PRESET_SECTIONS = ("display", "optics", "sensor", "isp", "patterns", "sources", "target_tone")
+PRESET_SECTIONS = ("display", "optics", "sensor", "isp", "patterns", "sources", "moire_model", "target_tone")
 
 
 def preset_values(preset: str) -> dict:

@@ -90,8 +90,15 @@ class CaptureParams:
 
 
 def pitch_ratio_bounds(cfg: SynthesizeParams) -> tuple[float, float]:
-    """Smallest and largest pitch ratio the configured display, distance, lens and sensor allow."""
+    """Smallest and largest pitch ratio the configured display, distance, lens and sensor allow.
+
+    Beat-directed captures (optics.beat_period_px) take their pitch from the beat instead: within a
+    beat frequency of the nearest resonance (order / 2 cycles per camera pixel).
+    """
     display, optics, sensor = cfg.display, cfg.optics, cfg.sensor
+    if optics.beat_period_px is not None:
+        beat = 1.0 / optics.beat_period_px[0]  # the camera period is at least the output period
+        return 2.0 / (max(optics.resonance_orders) + 2 * beat), 2.0 / max(min(optics.resonance_orders) - 2 * beat, 1e-3)
     low = pitch_ratio(display.pixel_pitch_mm[0], optics.distance_mm[1], optics.focal_length_mm[0], sensor.pixel_pitch_um[1])
     high = pitch_ratio(display.pixel_pitch_mm[1], optics.distance_mm[0], optics.focal_length_mm[1], sensor.pixel_pitch_um[0])
     return low, high

@@ -40,7 +40,9 @@ def test_manifest_records_source_and_every_sampled_parameter(tmp_path, tiny_para
     assert set(frame.generator) == {"screen"}
     lo, hi = pitch_ratio_bounds(tiny_params.synthesize)
     assert frame.pitch_ratio.between(lo, hi).all()
-    assert frame.distance_mm.between(*tiny_params.synthesize.optics.distance_mm).all()
+    # beat-directed captures (the default) derive the distance from the drawn beat period
+    assert frame.beat_period_px.between(*tiny_params.synthesize.optics.beat_period_px).all()
+    assert (frame.distance_mm > frame.focal_length_mm).all()
 
 
 def test_shards_cover_every_index_once():
