@@ -19,8 +19,8 @@ PROFILES: dict[str, dict[str, dict]] = {
         "train": {"model": "unet", "epochs": 30, "batch_size": 16, "patch_size": 64, "lr": 1e-3, "warmup_epochs": 1},
     },
     "cpu-long": {
-        "synthesize": {"n_pairs": 1600, "size": 192},
-        "train": {"model": "unet", "epochs": 40, "batch_size": 16, "patch_size": 128, "lr": 1e-3, "warmup_epochs": 2,
+        "synthesize": {"n_pairs": 1200, "size": 192},
+        "train": {"model": "unet", "epochs": 20, "batch_size": 8, "patch_size": 128, "lr": 1e-3, "warmup_epochs": 1,
                   "ema_decay": 0.999},
     },
     "gpu": {

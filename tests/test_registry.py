@@ -1,5 +1,6 @@
 """Real MLflow on an SQLite store in a temp folder."""
 
+import base64
 import json
 import os
 import subprocess
@@ -120,6 +121,33 @@ def test_pyfunc_tiles_with_the_logged_settings(champion):
     np.testing.assert_array_equal(pyfunc.predict(image), _expected(champion, image))
 
 
+def _png_bytes(image: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_pyfunc_takes_an_encoded_photo_as_bytes_or_base64_and_refuses_other_text(champion):
+    import base64
+
+    from mlflow.exceptions import MlflowException
+
+    pyfunc = mlflow.pyfunc.load_model("models:/demoire-test@champion")
+    image = np.random.default_rng(6).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    encoded = _png_bytes(image)
+    text = base64.b64encode(encoded).decode()
+    for request in (encoded, text, [text], f"data:image/png;base64,{text}"):
+        np.testing.assert_array_equal(pyfunc.predict(request), _expected(champion, image))
+    with pytest.raises(MlflowException, match="expected base64 of an image file"):
+        pyfunc.predict("not base64 !")
+    with pytest.raises(MlflowException, match="cannot read image the request's image"):
+        pyfunc.predict(base64.b64encode(b"plain text, no image").decode())
+
+
 FRESH_PROCESS = """
 import sys, mlflow, numpy as np
 model = mlflow.pyfunc.load_model("models:/demoire-test@champion")
@@ -185,6 +213,13 @@ def test_mlflow_models_serve_answers_with_the_restored_image(champion, tmp_path)
         restored = np.asarray(response.json()["predictions"])
         assert restored.shape == image.shape
         np.testing.assert_array_equal(restored, _expected(champion, image))
+        # A photo file as it is, base64 in JSON: no need to turn it into lists of numbers first.
+        photo = base64.b64encode(_png_bytes(image)).decode()
+        response = httpx.post(f"{url}/invocations", json={"inputs": photo}, timeout=120)
+        assert response.status_code == 200, response.text[:2000]
+        np.testing.assert_array_equal(np.asarray(response.json()["predictions"]), _expected(champion, image))
+        refused = httpx.post(f"{url}/invocations", json={"inputs": "not base64 !"}, timeout=60)
+        assert refused.status_code == 400 and "expected base64 of an image file" in refused.text
     finally:
         _stop_group(server)
         log.close()

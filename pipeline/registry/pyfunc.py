@@ -31,9 +31,45 @@ def _refuse(message: str) -> MlflowException:
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)  # HTTP 400 from a scoring server
 
 
+def encoded_photo(model_input) -> bytes | None:
+    """The encoded image file in a request, if it holds one: raw bytes, or base64 text (what JSON can carry,
+    e.g. `{"inputs": "<base64 of a JPEG>"}`), alone or as a one-element list or array; else None."""
+    import base64
+    import binascii
+
+    value = model_input
+    if isinstance(value, np.ndarray) and value.dtype.kind in "USO" and value.size == 1:
+        value = value.reshape(-1)[0]
+    elif isinstance(value, list) and len(value) == 1 and isinstance(value[0], (str, bytes)):
+        value = value[0]
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value.split(",", 1)[-1] if value.startswith("data:") else value, validate=True)
+        except (binascii.Error, ValueError):
+            raise _refuse("expected base64 of an image file (PNG, JPEG, WebP, ...) or an HxWx3 array") from None
+    return None
+
+
+def decoded_photo(data: bytes, max_pixels: int) -> np.ndarray:
+    """An encoded photo as upright sRGB HxWx3 uint8 (pipeline.photos), refusing what is not one with 400."""
+    from pipeline.errors import InputDataError
+    from pipeline.photos import read_photo
+
+    try:
+        return read_photo(data, max_pixels, name="the request's image").rgb
+    except InputDataError as exc:
+        raise _refuse(str(exc)) from None
+
+
 def checked_image(model_input, max_pixels: int) -> np.ndarray:
     """The request as an HxWx3 uint8 array, refusing (MlflowException, 400) any other shape, a float, bool or
-    out-of-range value, or more than `max_pixels` pixels; never a silent cast."""
+    out-of-range value, or more than `max_pixels` pixels; never a silent cast. An encoded image file
+    (bytes or base64 text) is decoded as `demoire predict` reads photos."""
+    encoded = encoded_photo(model_input)
+    if encoded is not None:
+        return decoded_photo(encoded, max_pixels)
     if not isinstance(model_input, (np.ndarray, list)):
         raise _refuse(f"expected an HxWx3 array of integers 0-255 ({{\"inputs\": [[[r, g, b], ...], ...]}}), "
                       f"got {type(model_input).__name__}")
