@@ -10,14 +10,13 @@ import re
 import shutil
 import socket
 import tempfile
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import psutil
-from PIL import Image, ImageOps
+from PIL import Image
 
 from pipeline.errors import InputDataError
 from pipeline.faults import kill_point
@@ -208,37 +207,17 @@ def write_png(path: Path, image: np.ndarray, overwrite: bool = True) -> None:
 
 
 def read_rgb(path: Path, max_pixels: int | None = None) -> np.ndarray:
-    """Read any image file as an HxWx3 uint8 RGB array, as a viewer shows it.
+    """Read an image file as an HxWx3 uint8 RGB array, as a viewer shows it (pipeline.photos.read_photo).
 
-    EXIF orientation is applied (phone photos); 16-bit images are scaled by their bit depth, float
-    images from their [0, 1] range (others are refused: their scale is unknown); grayscale, palette
-    and alpha are converted; of a multi-frame file (animated GIF, multi-page TIFF) the first frame is
-    used, and a warning names the file. With `max_pixels`, an image whose header declares more pixels
+    One decoder for everything that reads images (sources, stored pairs, real sets, predict, serving):
+    EXIF orientation applied, colour profiles converted to sRGB, 16-bit scaled by bit depth, float
+    images read from [0, 1] (others refused), the first frame of a multi-frame file (with a warning),
+    files that are not photos refused. With `max_pixels`, an image whose header declares more pixels
     is refused before it is decoded.
     """
-    try:
-        # PIL only warns between MAX_IMAGE_PIXELS and twice that, and a warning lets the bomb decode.
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                width, height = im.size
-                if max_pixels is not None and width * height > max_pixels:
-                    raise InputDataError(f"image {path} is {width}x{height} = {width * height:,} pixels, "
-                                         f"over the limit of {max_pixels:,} (infer.max_pixels)")
-                frames = getattr(im, "n_frames", 1)
-                if frames > 1:
-                    log.warning("%s has %d frames; using the first", path, frames)
-                im.load()
-                return to_rgb_uint8(ImageOps.exif_transpose(im), str(path))
-    except FileNotFoundError as exc:
-        raise InputDataError(f"image not found: {path}") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        declared = re.search(r"\((\d+) pixels\)", str(exc))
-        size = f"{int(declared[1]):,} pixels" if declared else "too many pixels"
-        raise InputDataError(f"image {path} is {size}, over the decompression-bomb limit of "
-                             f"{Image.MAX_IMAGE_PIXELS:,}") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise InputDataError(f"cannot read image {path}: {exc}") from exc
+    from pipeline.photos import read_photo  # pipeline.photos builds on this module
+
+    return read_photo(Path(path), max_pixels).rgb
 
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")

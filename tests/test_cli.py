@@ -143,7 +143,7 @@ def test_check_params_show_resolves_the_preset(tmp_path):
     params.write_text("synthesize:\n  preset: coarse\n")
     result = runner.invoke(app, ["check-params", "--params", str(params), "--show"])
     assert result.exit_code == 0
-    assert "distance_mm:\n    - 390.0\n    - 420.0" in result.stdout
+    assert "beat_period_px:\n    - 40.0\n    - 250.0" in result.stdout  # the coarse preset's periods
 
 
 @pytest.mark.parametrize("model", ["simple", "unet", "mscale"])

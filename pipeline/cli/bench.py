@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Callable, Literal
 
 import typer
 
 from pipeline.cli.common import Architecture, Device, app, fail, infer_params
+from pipeline.io import json_text
 from pipeline.errors import DemoireError
 
 
@@ -21,7 +21,7 @@ def _report_bench(run: Callable[[], dict], as_json: bool, line: Callable[[dict],
         result = run()
     except DemoireError as exc:
         fail(exc)
-    typer.echo(json.dumps(result) if as_json else line(result))
+    typer.echo(json_text(result) if as_json else line(result))
 
 
 @bench_app.command("synth")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -31,12 +30,16 @@ def calibrate(
     from pipeline.calibration.report import write_calibration_report, write_preset
     from pipeline.calibration.search import calibrate as run_calibration, summary
 
+    from pipeline.io import check_output_dir, check_output_file, json_text
+
     report = report or out.with_name(out.stem + "-report")
     try:
         if out.suffix not in (".yaml", ".yml"):
             raise InputDataError(f"--out {out}: a preset file must end in .yaml or .yml")
         if out.exists() and not overwrite:
             raise InputDataError(f"{out} exists; choose another --out or pass --overwrite")
+        check_output_file(out, "--out")  # before the search, not after it
+        check_output_dir(report, "--report")
         real_pairs, photos, skipped = read_real_photos(real, layout, include)
         for name, reason in skipped:
             err.print(f"skipped {name}: {reason}", highlight=False)
@@ -55,7 +58,7 @@ def calibrate(
     except DemoireError as exc:
         fail(exc)
     if as_json:
-        typer.echo(json.dumps(summary(result)))
+        typer.echo(json_text(summary(result)))
         return
     typer.echo(f"distance to the real photos: base preset {result.distance_before:.4f} → calibrated {result.distance_after:.4f}")
     typer.echo(f"wrote {out} (use it with synthesize.preset: {out}); report: {', '.join(map(str, files))}")

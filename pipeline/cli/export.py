@@ -24,10 +24,11 @@ def export(
     within 1e-4. Use it with `demoire predict --model FILE` (same tiling) or any ONNX runtime."""
     from pipeline.export import CHECK_SIZES, ONNX_OPSET, TOLERANCE, ExportedModel, export_model
     from pipeline.inference import spatial_multiple
-    from pipeline.io import json_text
+    from pipeline.io import check_output_file, json_text
     from pipeline.model_source import load_model_and_spec
 
     try:
+        check_output_file(out, "-o")
         if out.exists() and not overwrite:
             raise ParamsError(f"{out} exists; choose another -o or pass --overwrite")
         net, _, spec = load_model_and_spec(model, "cpu")
@@ -37,6 +38,8 @@ def export(
             difference = export_model(net, spec, export_format, out, spatial_multiple(net))
     except DemoireError as exc:
         fail(exc)
+    except OSError as exc:  # the disk filled up or the folder went away while writing
+        fail(ParamsError(f"cannot write {out}: {exc.strerror or exc}"))
     sizes = ", ".join(f"{h}x{w}" for h, w in CHECK_SIZES)
     result = {"file": str(out), "format": export_format, "opset": ONNX_OPSET if export_format == "onnx" else None,
               "architecture": spec.name, "model": model,

@@ -87,20 +87,24 @@ def promote(
         except DemoireError as exc:
             fail(exc)
         champion = decision.champion.version if decision.champion else None
+        if not as_json:
+            Console().print(_comparison_table(decision))
+            typer.echo(f"{'promote' if decision.promote else 'keep champion'}: {decision.reason}")
         if not dry_run and decision.challenger.version != champion:
-            apply_decision(client, name, decision, "demoire promote")
+            try:
+                apply_decision(client, name, decision, "demoire promote")
+            except DemoireError as exc:
+                fail(exc)
     _show_decision(name, decision, champion, dry_run, as_json)
 
 
 def _show_decision(name: str, decision, champion: str | None, dry_run: bool, as_json: bool) -> None:
-    """Print what `demoire promote` compared and decided, as a table and lines or as one JSON object."""
+    """Print what `demoire promote` decided (the table is shown before the decision is applied), or one JSON object."""
     after = decision.challenger.version if decision.promote else champion
     if as_json:
         typer.echo(json_text({"model_name": name, "dry_run": dry_run, "champion_before": champion,
                               "champion_after": champion if dry_run else after, **decision.record()}))
         return
-    Console().print(_comparison_table(decision))
-    typer.echo(f"{'promote' if decision.promote else 'keep champion'}: {decision.reason}")
     if dry_run:
         would = f"move to v{decision.challenger.version}" if decision.promote else (
             f"stay at v{champion}" if champion else "stay unset")

@@ -56,5 +56,8 @@ def synthesize(
 
         rows = [read_pair(out / r.moire_path, out / r.clean_path) for r in read_manifest(out / "manifest.parquet")[:gallery].itertuples()]
         target = out.parent / f"{out.name}-gallery.png"
-        write_png(target, labelled_grid(rows, (f"moire ({preset} preset)", "clean target"), cell=size))
+        try:
+            write_png(target, labelled_grid(rows, (f"moire ({preset} preset)", "clean target"), cell=size), overwrite)
+        except (DemoireError, OSError) as exc:
+            fail(exc if isinstance(exc, DemoireError) else InputDataError(f"cannot write {target}: {exc.strerror}"))
         err.print(f"wrote {target}", highlight=False)

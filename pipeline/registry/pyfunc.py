@@ -162,7 +162,7 @@ def log_demoire_model(model_dir: Path, infer: InferParams | None = None):
             signature=IMAGE_SIGNATURE,
             input_example=example,
             model_config=serving_config(infer or InferParams()),
-            pip_requirements=["torch==2.13.0", "numpy", "pillow", "pydantic", "pyyaml"],
+            pip_requirements=["torch==2.13.0", "numpy", "pillow", "pydantic", "pyyaml", "pandas", "psutil", "filelock"],
         )
 
 
