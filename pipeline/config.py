@@ -363,16 +363,23 @@ class Params(Section):
     @model_validator(mode="before")
     @classmethod
     def _apply_profile(cls, raw: Any) -> Any:
-        """Merge the profile's synthesize and train values under what the user wrote."""
-        from pipeline.profiles import PROFILES
+        """Merge the profile's synthesize and train values under what the user wrote.
+
+        A key some profile sets, written as null (as params.yaml writes them, so `dvc exp run -S
+        train.lr=…` finds the key), means "the profile's value" (the built-in default where the
+        selected profile leaves it).
+        """
+        from pipeline.profiles import PROFILES, profile_keys
 
         if not isinstance(raw, dict) or raw.get("profile", "quick") not in PROFILES:
             return raw  # the Literal check reports an unknown profile
         profile = PROFILES[raw.get("profile", "quick")]
         merged = dict(raw)
-        for section, values in profile.items():
+        for section, keys in profile_keys().items():
             written = raw.get(section, {})
-            merged[section] = deep_merge(values, written) if isinstance(written, dict) else written
+            if isinstance(written, dict):
+                written = {k: v for k, v in written.items() if not (k in keys and v is None)}
+                merged[section] = deep_merge(profile.get(section, {}), written)
         return merged
 
 

@@ -31,3 +31,12 @@ PROFILES: dict[str, dict[str, dict]] = {
     },
 }
 PROFILE_NAMES = tuple(PROFILES)
+
+
+def profile_keys() -> dict[str, set[str]]:
+    """Per section, every key some profile sets (params.yaml writes them as null: "from the profile")."""
+    keys: dict[str, set[str]] = {}
+    for profile in PROFILES.values():
+        for section, values in profile.items():
+            keys.setdefault(section, set()).update(values)
+    return keys

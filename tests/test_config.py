@@ -114,6 +114,12 @@ def test_profiles_fill_in_what_params_yaml_does_not_write():
     assert long.train.patch_size == PROFILES["cpu-long"]["train"]["patch_size"]
     assert long.synthesize.size == PROFILES["cpu-long"]["synthesize"]["size"]
     assert parse_params({}).profile == "quick"
+    # null (as params.yaml writes the profile's keys) is the profile's value, or the default it leaves
+    nulls = parse_params({"profile": "cpu-long", "train": {"lr": None, "ema_decay": None, "loss": None}})
+    assert (nulls.train.lr, nulls.train.ema_decay) == (PROFILES["cpu-long"]["train"]["lr"], 0.999)
+    assert parse_params({"train": {"ema_decay": None}}).train.ema_decay == 0.0  # quick leaves it at the default
+    shipped = load_params(ROOT / "params.yaml")
+    assert (shipped.train.epochs, shipped.synthesize.n_pairs) == (30, 480)  # quick, through the nulls
     with pytest.raises(ParamsError, match=r"profile = 'fast': Input should be 'quick', 'cpu-long' or 'gpu'"):
         parse_params({"profile": "fast"})
 
