@@ -183,6 +183,8 @@ def test_a_killed_training_resumes_on_the_next_repro(project):
     history = pd.read_csv(repo / "data/train/history.csv")
     assert list(history.epoch) == list(range(1, 81)) and _checkpoint_epoch(checkpoint) == 80
     params_path.write_text(original)
+    run(["dvc", "repro"], repo, env)  # leave the project as found: the run-cache brings the earlier model back
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], repo, env).stdout
 
 
 def test_invalid_params_stop_repro_with_one_line_and_keep_the_outputs(project):
