@@ -8,7 +8,8 @@ a markdown table of two-seed medians and writes every figure to a JSON file.
     python benchmarks/real_transfer.py --real ../shared/real-moire/paired --group fhdmi='fhdmi_*' \
         --group tip2018='tip2018_*' --profile quick --seeds 2024 7 --out reports/real_transfer.json
 
-`--lever NAME` (repeatable) runs only the named rows; `--list` prints them. Real photos are only
+`--lever NAME` (repeatable) runs only the named rows; `--list` prints them; `--preset FILE` adds a row
+for a preset file (e.g. one `demoire calibrate` fitted on one group, to check it on the others). Real photos are only
 ever scored, never trained on. Runs take minutes per row and seed on a 2-core CPU (the profile's
 training time); nothing is written under data/.
 """
@@ -138,8 +139,12 @@ def main() -> None:
     parser.add_argument("--lever", action="append", help="only these rows (repeatable); default: all")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "real_transfer.json")
+    parser.add_argument("--preset", type=Path, action="append", default=[],
+                        help="also a row for this preset file (e.g. one `demoire calibrate` wrote); repeatable")
     parser.add_argument("--list", action="store_true", help="print the levers and exit")
     args = parser.parse_args()
+    for preset in args.preset:
+        LEVERS[f"preset {preset.name}"] = (str(preset.resolve()), {})
     if args.list:
         print("\n".join(LEVERS))
         return
@@ -148,7 +153,7 @@ def main() -> None:
     groups = [group.split("=", 1) for group in args.group] or [[args.real.name, "*"]]
     real_sets = [RealSet(name=name, path=args.real.resolve(), include=glob) for name, glob in groups]
     base = yaml.safe_load(args.params.read_text()) or {}
-    chosen = args.lever or list(LEVERS)
+    chosen = (args.lever or []) + [f"preset {preset.name}" for preset in args.preset] or list(LEVERS)
     results: dict[str, list[dict]] = {}
     for lever in chosen:
         results[lever] = []

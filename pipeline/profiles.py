@@ -6,7 +6,7 @@ what is in effect. Real moiré bands run tens of pixels wide, so the longer reci
 pairs and patches; their figures are in docs/benchmarks.md.
 
 - `quick`: the CPU default; `make pipeline` in under 10 minutes on 2 cores.
-- `cpu-long`: under 60 minutes on 2 cores; the recipe levers are measured with.
+- `cpu-long`: about 20 minutes on 2 cores (docs/benchmarks.md); larger pairs and patches.
 - `gpu`: hours on one GPU worker: pairs rendered on the fly at 512² on the GPU, 256² crops, the
   multi-scale model, bf16 autocast and torch.compile.
 """
