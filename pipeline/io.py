@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import re
@@ -21,7 +20,6 @@ from PIL import Image
 from pipeline.errors import InputDataError
 from pipeline.faults import kill_point
 
-log = logging.getLogger(__name__)
 
 # mkstemp/mkdtemp create owner-only entries; outputs get the permissions a plain open() would give.
 _UMASK = os.umask(0)

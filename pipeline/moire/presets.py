@@ -1,8 +1,8 @@
 """Named sets of synthesis ranges; params.yaml values given explicitly override a preset's.
 
-`default` is the physics of docs/benchmarks.md ("Real photos"): a phone camera at its own
-resolution, shrunk to the dataset's size, auto-exposed, with the grids beating at periods drawn
-from a range, and a target that is the same photo without moiré. The others shift one property
+`default` is the physics of docs/benchmarks.md ("Captures that look like real ones"): a phone
+camera at its own resolution, shrunk to the dataset's size, auto-exposed, with the grids beating at
+periods drawn from a range, and a target that is the same photo without moiré. The others shift one property
 (`fine`, `coarse`, `document`) or reproduce the simulator before that work (`classic`). A preset
 file (`demoire calibrate` writes them) sets ranges on top of one of these.
 """
