@@ -32,7 +32,7 @@ def test_log_mode_writes_done_total_and_eta(caplog):
 
 
 def test_eta_ignores_units_done_before_a_resume(monkeypatch):
-    clock = iter([100.0, 112.0])
+    clock = iter([100.0, 100.0, 112.0])  # created, entered, asked
     monkeypatch.setattr("pipeline.progress.time.monotonic", lambda: next(clock))
     reporter = ProgressReporter("x", 100, mode="off", start=90)
     with reporter:
