@@ -105,7 +105,9 @@ def pip_source(wheelhouse: str | None) -> list[str]:
 
 def pip(python: str, arguments: list[str], timeout: float) -> None:
     """`python -m pip ARGUMENTS`; a failure raises with pip's last lines."""
-    result = run([python, "-m", "pip", "--disable-pip-version-check", *arguments], timeout)
+    # Few retries: offline without a wheelhouse, pip's default retries would spend minutes of the budget.
+    result = run([python, "-m", "pip", "--disable-pip-version-check", "--retries", "1", "--timeout", "20", *arguments],
+                 timeout)
     if result.returncode != 0:
         raise RuntimeError(f"pip {' '.join(arguments[:1])} failed:\n{tail(result.stderr or result.stdout)}")
 
@@ -289,10 +291,15 @@ def goal_of(name: str, figures: dict, device: str, tiny: bool) -> dict | None:
     return {"figure": figure, "target": target, "sense": sense, "value": value, "met": met}
 
 
+def shown(command: list[str]) -> str:
+    """A command as the report shows it: inline scripts (python -c) named, not written out."""
+    return " ".join("<script>" if "\n" in argument else argument for argument in command)
+
+
 def run_step(step: Step, env: dict, deadline: float) -> dict:
     """Run one step within its timeout and what is left of the budget; never raises."""
     started = time.monotonic()
-    record: dict = {"status": "passed", "commands": [" ".join(command)[:300] for command in step.commands]}
+    record: dict = {"status": "passed", "commands": [shown(command) for command in step.commands]}
     result = None
     if step.skip_reason or not all(path.exists() for path in step.requires):
         reason = step.skip_reason or f"needs {', '.join(str(p) for p in step.requires)}, which an earlier step did not write"
@@ -318,7 +325,7 @@ def run_step(step: Step, env: dict, deadline: float) -> dict:
 
 def fit_training(step: Step, wanted: float, deadline: float) -> None:
     """Shorten the on-the-fly training to what the budget has left, so the steps after it still run."""
-    seconds = max(5.0, min(wanted, deadline - time.monotonic() - TRAINING_RESERVE_S))
+    seconds = float(round(max(5.0, min(wanted, deadline - time.monotonic() - TRAINING_RESERVE_S))))
     command = step.commands[0]
     command[command.index("--seconds") + 1] = f"{seconds:.0f}"
     step.timeout = seconds + 180
