@@ -20,7 +20,7 @@ import sys
 import time
 import tomllib
 import xml.etree.ElementTree as ElementTree
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +35,14 @@ GOALS = {"bench_synth": ("pairs_per_s", "min", 2000.0), "bench_train": ("images_
 TRAINING_RESERVE_S = 150.0
 
 
+def last_json(stdout: str) -> dict:
+    """The JSON object a command printed last (on one line, or as the whole output)."""
+    try:
+        return json.loads(stdout)
+    except ValueError:
+        return json.loads(stdout.strip().splitlines()[-1])
+
+
 @dataclass
 class Step:
     """One measurement: commands run in order (the last one prints the figures), then parsed."""
@@ -42,17 +50,8 @@ class Step:
     name: str
     commands: list[list[str]]
     timeout: float
-    parse: Callable[[str], dict] = lambda stdout: last_json(stdout)
+    parse: Callable[[str], dict] = last_json
     skip_reason: str | None = None
-    requires: list[Path] = field(default_factory=list)
-
-
-def last_json(stdout: str) -> dict:
-    """The JSON object a command printed last (on one line, or as the whole output)."""
-    try:
-        return json.loads(stdout)
-    except ValueError:
-        return json.loads(stdout.strip().splitlines()[-1])
 
 
 def log(message: str) -> None:
@@ -181,8 +180,12 @@ if torch.cuda.is_available():
     props = torch.cuda.get_device_properties(0)
     info.update(device_name=props.name, capability=f"{props.major}.{props.minor}", gpu_count=torch.cuda.device_count(),
                 memory_gib=round(props.total_memory / 2**30, 1), multiprocessors=props.multi_processor_count,
-                cudnn=torch.backends.cudnn.version(), bf16=torch.cuda.is_bf16_supported(),
-                nccl=".".join(map(str, torch.cuda.nccl.version())))
+                cudnn=torch.backends.cudnn.version(), bf16=torch.cuda.is_bf16_supported())
+    try:
+        version = torch.cuda.nccl.version()
+        info["nccl"] = ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
+    except (AttributeError, RuntimeError) as exc:
+        info["nccl"] = f"unavailable: {exc}"
 else:
     info["device_name"] = platform.processor() or platform.machine()
 print(json.dumps(info))
@@ -197,6 +200,16 @@ width, height = int(sys.argv[1]), int(sys.argv[2])
 y, x = np.mgrid[0:height, 0:width]
 frame = np.stack([x * 255 // width, y * 255 // height, ((x // 24 + y // 12) % 2) * 200], axis=-1).astype(np.uint8)
 Image.fromarray(frame).save(sys.argv[3])
+"""
+
+# The default architecture with seeded, untrained weights: speed does not depend on what it learnt.
+DEFAULT_MODEL_WRITER = """
+import sys
+from pipeline.config import TrainParams
+from pipeline.models import build_model, model_spec, save_model
+sizes = [int(value) for value in sys.argv[2:]] or [None, None]
+spec = model_spec(TrainParams().model, *sizes)
+save_model(build_model(spec, seed=0), spec, sys.argv[1])
 """
 
 # One DDP process per GPU (NCCL) or one on the CPU (gloo): an all-reduce and a DDP training step.
@@ -248,7 +261,7 @@ def build_steps(python: str, device: str, tiny: bool, work: Path, train_seconds:
     model_size = ["--channels", "8", "--depth", "2"] if tiny else []
     junit = work / "gpu_tests.xml"
     frame_size = ("96", "64") if tiny else ("3840", "2160")
-    frame, model_dir, restored = work / "frame.png", work / "model_on_the_fly", work / "restored"
+    frame, default_model, restored = work / "frame.png", work / "default_model", work / "restored"
     return [
         Step("environment", [[python, "-c", ENVIRONMENT_PROBE]], 120),
         Step("gpu_tests", [[python, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", f"--junitxml={junit}",
@@ -268,12 +281,13 @@ def build_steps(python: str, device: str, tiny: bool, work: Path, train_seconds:
         Step("ddp", [[python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "gpu" if device == "cuda" else "1",
                       "--no-python", python, "-c", DDP_PROBE]], 150),
         Step("train_on_the_fly", [[*cli, "bench", "fly", "--profile", "gpu", "--device", device, "--json",
-                                   "--seconds", f"{train_seconds:.0f}", "--save", str(model_dir),
+                                   "--seconds", f"{train_seconds:.0f}",
                                    *(["--patch", "32", "--batch", "2", "--no-compile", *model_size] if tiny else [])]],
              train_seconds + 180),
         Step("predict_4k", [[python, "-c", FRAME_WRITER, *frame_size, str(frame)],
-                            [*cli, "predict", str(frame), "-o", str(restored), "--model", str(model_dir),
-                             "--device", device, "--overwrite", "--json"]], 180, requires=[model_dir / "model.pt"]),
+                            [python, "-c", DEFAULT_MODEL_WRITER, str(default_model), *(["8", "2"] if tiny else [])],
+                            [*cli, "predict", str(frame), "-o", str(restored), "--model", str(default_model),
+                             "--device", device, "--overwrite", "--json"]], 180),
         Step("bench_train_compiled", [[*cli, "bench", "train", "--model", "mscale", "--device", device, "--json",
                                        "--compile", "--size", "256", "--steps", "5", "--repeats", "3"]], 240,
              skip_reason=("torch.compile is rehearsed on CUDA only: on the CPU inductor takes minutes and fails "
@@ -301,9 +315,8 @@ def run_step(step: Step, env: dict, deadline: float) -> dict:
     started = time.monotonic()
     record: dict = {"status": "passed", "commands": [shown(command) for command in step.commands]}
     result = None
-    if step.skip_reason or not all(path.exists() for path in step.requires):
-        reason = step.skip_reason or f"needs {', '.join(str(p) for p in step.requires)}, which an earlier step did not write"
-        return {**record, "status": "skipped", "reason": reason, "seconds": 0.0}
+    if step.skip_reason:
+        return {**record, "status": "skipped", "reason": step.skip_reason, "seconds": 0.0}
     if deadline - started < 10:
         return {**record, "status": "skipped", "reason": "the overall budget is spent", "seconds": 0.0}
     try:
@@ -331,6 +344,18 @@ def fit_training(step: Step, wanted: float, deadline: float) -> None:
     step.timeout = seconds + 180
 
 
+def fresh_work_dir(path: Path) -> Path:
+    """An empty work folder: a previous check's is cleared, any other non-empty folder refused."""
+    marker = path / ".gpu-check-work"
+    if path.exists() and any(path.iterdir()):
+        if not marker.exists():
+            raise SystemExit(f"error: --work {path} is a non-empty folder the check did not make; name another")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    return path
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The options gpu_check.sh documents."""
     parser = argparse.ArgumentParser(description="GPU check (issue 14): all GPU figures in one JSON file")
@@ -351,9 +376,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     start = time.monotonic()
     deadline = start + args.budget
-    work = args.work.resolve()
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = fresh_work_dir(args.work.resolve())
     report: dict = {"check": "demoire GPU check (issue 14)", "started": datetime.datetime.now(datetime.UTC).isoformat(),
                     "device": args.device, "tiny": args.tiny, "budget_s": args.budget, "steps": {}}
     log(f"setting up ({'given interpreter' if args.python else 'probing ' + sys.executable})")

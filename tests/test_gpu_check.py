@@ -81,7 +81,7 @@ def test_a_failed_or_timed_out_step_is_recorded_and_the_next_one_still_runs(gpu_
     steps = [
         gpu_check.Step("broken", [[python, "-c", "import sys; print('bad input', file=sys.stderr); sys.exit(3)"]], 30),
         gpu_check.Step("slow", [[python, "-c", "import time; time.sleep(30)"]], 2),
-        gpu_check.Step("needs_model", [[python, "-c", "print('{}')"]], 30, requires=[tmp_path / "missing.pt"]),
+        gpu_check.Step("not_here", [[python, "-c", "print('{}')"]], 30, skip_reason="CUDA only"),
         gpu_check.Step("fine", [[python, "-c", "print('noise'); print('{\"pairs_per_s\": 2500.0}')"]], 30),
     ]
     monkeypatch.setattr(gpu_check, "build_steps", lambda *args: steps)
@@ -90,13 +90,24 @@ def test_a_failed_or_timed_out_step_is_recorded_and_the_next_one_still_runs(gpu_
     code = gpu_check.main(["--python", python, "--out", str(out), "--work", str(tmp_path / "work")])
     report = json.loads(out.read_text())
     assert code == 1 and report["passed"] is False
-    broken, slow, needs_model, fine = (report["steps"][name] for name in ("broken", "slow", "needs_model", "fine"))
+    broken, slow, not_here, fine = (report["steps"][name] for name in ("broken", "slow", "not_here", "fine"))
     assert broken["status"] == "failed" and broken["returncode"] == 3 and "bad input" in broken["error"]
     assert slow["status"] == "timeout" and "stopped after 2 s" in slow["error"]
-    assert needs_model["status"] == "skipped" and "missing.pt" in needs_model["reason"]
+    assert not_here["status"] == "skipped" and not_here["reason"] == "CUDA only"
     assert fine["status"] == "passed" and fine["figures"] == {"pairs_per_s": 2500.0}
     assert fine["goal"]["met"] is True and report["goals_met"] == {"fine": True}
     assert not list(tmp_path.glob(".gpu_check.json.*"))  # written through a temp file, renamed
+
+
+def test_the_work_folder_is_cleared_only_when_an_earlier_check_made_it(gpu_check, tmp_path):
+    (tmp_path / "mine" / "old.txt").parent.mkdir()
+    (tmp_path / "mine" / "old.txt").write_text("keep")
+    with pytest.raises(SystemExit, match="did not make"):
+        gpu_check.fresh_work_dir(tmp_path / "mine")
+    assert (tmp_path / "mine" / "old.txt").read_text() == "keep"
+    work = gpu_check.fresh_work_dir(tmp_path / "work")
+    (work / "frame.png").write_bytes(b"old")
+    assert list(gpu_check.fresh_work_dir(work).iterdir()) == [work / ".gpu-check-work"]
 
 
 def test_goals_are_judged_only_on_cuda_at_full_size(gpu_check):
