@@ -83,8 +83,8 @@ def run(command: list[str], timeout: float, env: dict | None = None) -> subproce
 def check_requirements() -> list[str]:
     """What the steps import: the project's dependencies (pyproject.toml) but torch and NOT_NEEDED, and pytest."""
     dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    names = {requirement: re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower() for requirement in dependencies}
-    return [req for req, name in names.items() if name != "torch" and name not in NOT_NEEDED] + ["pytest"]
+    return [requirement for requirement in dependencies
+            if requirement_name(requirement) not in NOT_NEEDED | {"torch"}] + ["pytest"]
 
 
 def torch_probe(python: str) -> dict | None:
@@ -111,21 +111,38 @@ def pip(python: str, arguments: list[str], timeout: float) -> None:
         raise RuntimeError(f"pip {' '.join(arguments[:1])} failed:\n{tail(result.stderr or result.stdout)}")
 
 
-def install_missing_beside(python: str, site: Path, wheelhouse: str | None, timeout: float) -> list[str]:
+def requirement_name(requirement: str) -> str:
+    """'pydantic>=2.7,<3' → 'pydantic'."""
+    return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower()
+
+
+def installed_versions(python: str, names: list[str]) -> dict[str, str | None]:
+    """The version of each distribution `python` has, None where it has none."""
+    code = ("import json, sys\nfrom importlib import metadata\nfound = {}\nfor name in sys.argv[1:]:\n"
+            "    try:\n        found[name] = metadata.version(name)\n"
+            "    except metadata.PackageNotFoundError:\n        found[name] = None\nprint(json.dumps(found))")
+    return json.loads(run([python, "-c", code, *names], 120).stdout)
+
+
+def install_missing_beside(python: str, site: Path, wheelhouse: str | None, timeout: float) -> tuple[dict, list[str]]:
     """Install what `python` lacks into `site` (put first on PYTHONPATH), leaving its own packages alone.
 
-    pip resolves against what `python` already has (a dry run), so only the missing distributions
-    are fetched, and those go in without their dependencies: a second numpy or torch beside the
-    machine's own would break its CUDA build.
+    A distribution it has is kept whatever its version (the machine's build is what is measured;
+    the report lists the versions). pip resolves the absent ones against what it has (a dry run),
+    so only missing distributions are fetched, and those go in without their dependencies: a
+    second numpy or torch beside the machine's own would break its CUDA build.
     """
+    requirements = check_requirements()
+    kept = installed_versions(python, [requirement_name(requirement) for requirement in requirements])
+    absent = [requirement for requirement in requirements if kept[requirement_name(requirement)] is None]
+    if not absent:
+        return kept, []
     report = site.parent / "pip-report.json"
-    pip(python, ["install", "--dry-run", "--quiet", "--report", str(report), *pip_source(wheelhouse),
-                 *check_requirements()], timeout)
+    pip(python, ["install", "--dry-run", "--quiet", "--report", str(report), *pip_source(wheelhouse), *absent], timeout)
     missing = [f"{item['metadata']['name']}=={item['metadata']['version']}"
                for item in json.loads(report.read_text()).get("install", [])]
-    if missing:
-        pip(python, ["install", "--quiet", "--no-deps", "--target", str(site), *pip_source(wheelhouse), *missing], timeout)
-    return missing
+    pip(python, ["install", "--quiet", "--no-deps", "--target", str(site), *pip_source(wheelhouse), *missing], timeout)
+    return {name: version for name, version in kept.items() if version}, missing
 
 
 def install_venv(base: str, venv: Path, torch_index: str, wheelhouse: str | None, timeout: float) -> str:
@@ -160,7 +177,8 @@ def prepare_python(args: argparse.Namespace, work: Path, deadline: float) -> tup
         if probe and (probe["cuda"] or args.device == "cpu"):
             record["mode"] = "reuse"
             site = work / "site"
-            record["installed"] = install_missing_beside(sys.executable, site, args.wheelhouse, deadline - time.monotonic())
+            record["kept"], record["installed"] = install_missing_beside(sys.executable, site, args.wheelhouse,
+                                                                        deadline - time.monotonic())
             env["PYTHONPATH"] = str(site)
         else:
             record["mode"] = "install"

@@ -164,3 +164,11 @@ def test_bench_synth_batched_runs_the_batched_simulator_on_the_cpu():
     assert result.exit_code == 0, result.output
     figures = json.loads(result.stdout)
     assert figures["pairs_per_s"] > 0 and (figures["device"], figures["batch"]) == ("cpu", 2)
+
+
+def test_packages_the_interpreter_has_are_kept_and_only_absent_ones_are_looked_for(gpu_check):
+    import pytest as installed_pytest
+
+    found = gpu_check.installed_versions(sys.executable, ["pytest", "no-such-distribution-here"])
+    assert found == {"pytest": installed_pytest.__version__, "no-such-distribution-here": None}
+    assert gpu_check.requirement_name("albumentations>=2.0.8,<3") == "albumentations"
