@@ -133,8 +133,9 @@ def install_missing_beside(python: str, site: Path, wheelhouse: str | None, time
     second numpy or torch beside the machine's own would break its CUDA build.
     """
     requirements = check_requirements()
-    kept = installed_versions(python, [requirement_name(requirement) for requirement in requirements])
-    absent = [requirement for requirement in requirements if kept[requirement_name(requirement)] is None]
+    versions = installed_versions(python, [requirement_name(requirement) for requirement in requirements])
+    kept = {name: version for name, version in versions.items() if version}
+    absent = [requirement for requirement in requirements if requirement_name(requirement) not in kept]
     if not absent:
         return kept, []
     report = site.parent / "pip-report.json"
@@ -142,7 +143,7 @@ def install_missing_beside(python: str, site: Path, wheelhouse: str | None, time
     missing = [f"{item['metadata']['name']}=={item['metadata']['version']}"
                for item in json.loads(report.read_text()).get("install", [])]
     pip(python, ["install", "--quiet", "--no-deps", "--target", str(site), *pip_source(wheelhouse), *missing], timeout)
-    return {name: version for name, version in kept.items() if version}, missing
+    return kept, missing
 
 
 def install_venv(base: str, venv: Path, torch_index: str, wheelhouse: str | None, timeout: float) -> str:
@@ -401,7 +402,7 @@ def main(argv: list[str]) -> int:
     try:
         python, extra_env, report["setup"] = prepare_python(args, work, deadline)
         report["setup"]["status"] = "passed"
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+    except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:  # ValueError: a probe printed no JSON
         report["setup"] = {"status": "failed", "error": str(exc), "seconds": time.monotonic() - start}
         report.update(passed=False, total_seconds=time.monotonic() - start)
         write_report(report, args.out)

@@ -172,3 +172,15 @@ def test_packages_the_interpreter_has_are_kept_and_only_absent_ones_are_looked_f
     found = gpu_check.installed_versions(sys.executable, ["pytest", "no-such-distribution-here"])
     assert found == {"pytest": installed_pytest.__version__, "no-such-distribution-here": None}
     assert gpu_check.requirement_name("albumentations>=2.0.8,<3") == "albumentations"
+
+
+def test_a_failed_setup_still_writes_the_report_saying_why(gpu_check, tmp_path, monkeypatch):
+    def offline(*args):
+        raise RuntimeError("pip install failed:\nERROR: No matching distribution found for pydantic")
+
+    monkeypatch.setattr(gpu_check, "prepare_python", offline)
+    out = tmp_path / "gpu_check.json"
+    assert gpu_check.main(["--out", str(out), "--work", str(tmp_path / "work")]) == 1
+    report = json.loads(out.read_text())
+    assert report["passed"] is False and report["steps"] == {}
+    assert report["setup"]["status"] == "failed" and "pydantic" in report["setup"]["error"]
