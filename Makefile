@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # commands say `python`, which the shell resolves from PATH, whatever python a user has there.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install pipeline test test-fast clean server deploy worker mlflow-server serve-model
+.PHONY: install pipeline test test-fast clean server deploy worker mlflow-server serve-model gpu-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ mlflow-server: $(STAMP)
 SERVE_PORT ?= 5001
 serve-model: $(STAMP)
 	$(BIN)/python -m pipeline.serving -m models:/demoire@champion -p $(SERVE_PORT)
+
+# On a CUDA machine, no .venv needed: prepares its own interpreter (benchmarks/gpu_check.sh says how), runs the
+# GPU tests and benchmarks within 8 minutes, writes reports/gpu_check.json (GPU_CHECK_ARGS='--out FILE' elsewhere).
+gpu-check:
+	benchmarks/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import statistics
 import time
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pipeline.config import SynthesizeParams, TrainParams, parse_params
 from pipeline.data.synthetic import render_pair, single_threaded, source_for_pair
 from pipeline.errors import ParamsError
-from pipeline.models import ModelSpec, build_model, count_parameters, model_spec
+from pipeline.models import ModelSpec, build_model, count_parameters, model_spec, save_model
 from pipeline.models.complexity import count_macs
 from pipeline.moire.simulate import content_batch, sample_capture_params, simulate_batch
 from pipeline.sources import collect_sources, load_source
+from pipeline.training.batches import SyntheticBatches
 from pipeline.training.device import resolve_device
 from pipeline.training.distributed import World
 from pipeline.training.loop import GRAD_CLIP_NORM, autocast, effective_amp, wrap_for_training
@@ -105,6 +110,11 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _input_layout(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """channels_last on CUDA, where the convolutions are faster in it (a no-op when already so)."""
+    return images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else images
+
+
 def _model_for_bench(name: str, channels: int | None, depth: int | None, device: torch.device) -> tuple[nn.Module, ModelSpec]:
     """The architecture with seeded weights on `device` (channels_last on CUDA, as in training)."""
     spec = model_spec(name, channels, depth)
@@ -120,6 +130,27 @@ def _describe(spec: ModelSpec, model: nn.Module, height: int, width: int) -> dic
             "parameters": count_parameters(model), "gmac_per_image": count_macs(model, height, width) / 1e9}
 
 
+def _training_step(model: nn.Module, cfg: TrainParams, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """One step as the training loop takes it (forward under autocast, loss with deep supervision,
+    backward, clip, AdamW), without scheduler or EMA; returns the loss, still on the device."""
+    net = wrap_for_training(model, cfg, World(), device)
+    loss_fn = weighted_loss(cfg.loss)
+    optimizer = make_optimizer(model, cfg)
+    net.train()
+
+    def step(moire: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        with autocast(device, cfg.amp):
+            outputs = net(_input_layout(moire, device))
+        loss = multiscale_loss([out.float() for out in outputs], clean, loss_fn, cfg.multiscale_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
 def bench_train(name: str, device_name: str, size: str = "256", batch: int | None = None, steps: int = 3,
                 repeats: int = 3, channels: int | None = None, depth: int | None = None, amp: str = "auto",
                 compile_model: bool = False) -> dict:
@@ -133,33 +164,19 @@ def bench_train(name: str, device_name: str, size: str = "256", batch: int | Non
     batch = batch or (64 if device.type == "cuda" else 8)
     model, spec = _model_for_bench(name, channels, depth, device)
     cfg = TrainParams(model=name, amp=amp, compile=compile_model, batch_size=batch)
-    net = wrap_for_training(model, cfg, World(), device)
-    loss_fn = weighted_loss(cfg.loss)
-    optimizer = make_optimizer(model, cfg)
+    train_step = _training_step(model, cfg, device)
     generator = torch.Generator().manual_seed(0)
-    moire = torch.rand(batch, 3, height, width, generator=generator).to(device)
+    moire = _input_layout(torch.rand(batch, 3, height, width, generator=generator).to(device), device)
     clean = torch.rand(batch, 3, height, width, generator=generator).to(device)
-    if device.type == "cuda":
-        moire = moire.contiguous(memory_format=torch.channels_last)
 
-    def step() -> None:
-        with autocast(device, cfg.amp):
-            outputs = net(moire)
-        loss = multiscale_loss([out.float() for out in outputs], clean, loss_fn, cfg.multiscale_weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
-        optimizer.step()
-
-    net.train()
     for _ in range(3 if compile_model else 1):  # warm-up: allocator, cuDNN autotuning, compilation
-        step()
+        train_step(moire, clean)
     rates = []
     for _ in range(repeats):
         _synchronize(device)
         start = time.perf_counter()
         for _ in range(steps):
-            step()
+            train_step(moire, clean)
         _synchronize(device)
         rates.append(batch * steps / (time.perf_counter() - start))
     info = _describe(spec, model, height, width)
@@ -168,6 +185,54 @@ def bench_train(name: str, device_name: str, size: str = "256", batch: int | Non
             "compile": compile_model, "threads": torch.get_num_threads(), "images_per_s": images_per_s,
             "achieved_tflops": 3 * 2 * info["gmac_per_image"] * 1e9 * images_per_s / 1e12,
             "runs": rates, "machine": machine()}
+
+
+def bench_train_on_the_fly(profile: str, device_name: str, seconds: float, patch_size: int | None = None,
+                           batch: int | None = None, channels: int | None = None, depth: int | None = None,
+                           compile_model: bool | None = None, save: Path | None = None) -> dict:
+    """A profile's on-the-fly training for about `seconds`: pairs rendered on the device, then a step.
+
+    Each step renders a fresh batch with the batched simulator (train.synthetic_pairs_per_epoch's
+    path) and trains on it as the loop does, EMA included when the profile sets it; the figure
+    is images per second after the first step, which pays for compilation and autotuning.
+    Validation, checkpoints and the learning-rate schedule are left out. `save` writes the model.
+    """
+    overrides = {"patch_size": patch_size, "batch_size": batch, "channels": channels, "depth": depth,
+                 "compile": compile_model}
+    params = parse_params({"profile": profile, "train": {k: v for k, v in overrides.items() if v is not None}})
+    cfg, device = params.train, resolve_device(device_name)
+    pairs_per_epoch = cfg.synthetic_pairs_per_epoch or cfg.batch_size * 64
+    batches = SyntheticBatches(params.synthesize, pairs_per_epoch, cfg.patch_size, cfg.batch_size, params.seed, device)
+    spec = model_spec(cfg.model, cfg.channels, cfg.depth)
+    model = build_model(spec, seed=params.seed).to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    train_step = _training_step(model, cfg, device)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) if cfg.ema_decay > 0 else None
+    losses: list[float] = []
+    start = time.perf_counter()
+    first_step_s = 0.0
+    for moire, clean in itertools.chain.from_iterable(batches.epoch(epoch) for epoch in itertools.count(1)):
+        losses.append(float(train_step(moire, clean)))  # .item() waits for the step, as the loop's does
+        if ema is not None:
+            ema.update_parameters(model)
+        if len(losses) == 1:
+            first_step_s = time.perf_counter() - start
+        if time.perf_counter() - start >= seconds:
+            break
+    elapsed = time.perf_counter() - start
+    if save is not None:
+        save_model(model.cpu(), spec, save)
+    window = max(1, len(losses) // 10)
+    timed_images = (len(losses) - 1) * cfg.batch_size
+    return {"profile": profile, "model": spec.name, "channels": spec.channels, "depth": spec.depth,
+            "parameters": count_parameters(model), "patch_size": cfg.patch_size, "batch": cfg.batch_size,
+            "device": str(device), "amp": effective_amp(device, cfg.amp), "compile": cfg.compile,
+            "ema": cfg.ema_decay > 0, "steps": len(losses), "images": len(losses) * cfg.batch_size,
+            "seconds": elapsed, "first_step_s": first_step_s,
+            "images_per_s": timed_images / (elapsed - first_step_s) if timed_images else None,
+            "loss_first": statistics.fmean(losses[:window]), "loss_last": statistics.fmean(losses[-window:]),
+            "threads": torch.get_num_threads(), "machine": machine()}
 
 
 def peak_rss_mb() -> float:
@@ -198,9 +263,7 @@ def bench_infer(name: str, device_name: str, size: str = "3840x2160", repeats: i
     if tile_size:
         image = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8).numpy()
     else:
-        frame = torch.rand(1, 3, height, width, generator=generator).to(device)
-        if device.type == "cuda":
-            frame = frame.contiguous(memory_format=torch.channels_last)
+        frame = _input_layout(torch.rand(1, 3, height, width, generator=generator).to(device), device)
 
     @torch.inference_mode()
     def run() -> None:

@@ -1,7 +1,8 @@
-"""`demoire bench synth|train|infer`: throughput benchmarks."""
+"""`demoire bench synth|train|infer|fly`: throughput benchmarks."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Literal
 
 import typer
@@ -30,7 +31,8 @@ def bench_synth(
     pairs: int = typer.Option(8, help="pairs per run (CPU)"),
     repeats: int = typer.Option(5, help="runs; the median is reported"),
     device: Literal["cpu", "cuda"] = typer.Option("cpu", help="cpu: one process on one core, end to end; cuda: the batched simulator"),
-    batch: int = typer.Option(32, help="captures per batch (cuda)"),
+    batch: int = typer.Option(32, help="captures per batch (cuda, or --batched)"),
+    batched: bool = typer.Option(False, "--batched", help="the batched simulator on the CPU too (as cuda always runs)"),
     preset: str = typer.Option("default", help="default | fine | coarse | document | classic, or a preset file (.yaml)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
@@ -39,10 +41,10 @@ def bench_synth(
 
     def line(result: dict) -> str:
         rate = result.get("pairs_per_s_per_core", result.get("pairs_per_s"))
-        unit = "pairs/s per core" if device == "cpu" else f"pairs/s (batch {batch})"
+        unit = f"pairs/s (batch {batch})" if "pairs_per_s" in result else "pairs/s per core"
         return f"{size}² on {device}: {rate:.2f} {unit} (median of {repeats}); {result['machine']}"
 
-    if device == "cpu":
+    if device == "cpu" and not batched:
         _report_bench(lambda: bench_synth_cpu(size, pairs, repeats, preset), as_json, line)
     else:
         _report_bench(lambda: bench_synth_batched(size, batch, repeats, device, preset), as_json, line)
@@ -107,3 +109,29 @@ def bench_infer(
                 f"{result['peak_memory_mb']:.0f} MiB (median of {repeats}); {_model_bench_options(result)}")
 
     _report_bench(run, as_json, line)
+
+
+@bench_app.command("fly")
+def bench_fly(
+    profile: str = typer.Option("gpu", help="the recipe (pipeline/profiles.py): model, patch, batch, loss, amp, compile"),
+    device: Device = typer.Option("auto", help="where pairs are rendered and the model trains"),
+    seconds: float = typer.Option(120.0, min=0.0, help="train for about this long (the first step included)"),
+    patch: int = typer.Option(None, help="patch side [default: the profile's train.patch_size]"),
+    batch: int = typer.Option(None, help="images per step [default: the profile's train.batch_size]"),
+    channels: int = typer.Option(None, help="width [default: the architecture's]"),
+    depth: int = typer.Option(None, help="depth [default: the architecture's]"),
+    compile_model: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile [default: the profile's]"),
+    save: Path = typer.Option(None, help="write the trained model to this folder (for `demoire predict --model`)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object (images_per_s, first_step_s, losses, …)"),
+) -> None:
+    """Training on pairs rendered on the fly for --seconds, with a profile's recipe, in images/s."""
+    from pipeline.bench import bench_train_on_the_fly
+
+    _report_bench(
+        lambda: bench_train_on_the_fly(profile, device, seconds, patch, batch, channels, depth, compile_model, save),
+        as_json,
+        lambda result: (f"on-the-fly training ({result['profile']}), {result['patch_size']}², batch {result['batch']}: "
+                        f"{result['steps']} steps in {result['seconds']:.1f} s (first {result['first_step_s']:.1f} s), "
+                        f"{result['images_per_s'] or 0:.1f} images/s after it; loss {result['loss_first']:.4f} → "
+                        f"{result['loss_last']:.4f}; {result['model']} ({result['parameters']:,} params) on {result['device']}, "
+                        f"amp {result['amp']}, compile {result['compile']}; {result['machine']}"))
