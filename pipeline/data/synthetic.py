@@ -278,6 +278,8 @@ def synthesize_dataset(cfg: SynthesizeParams, seed: int, out_dir: Path, run_shar
             f"{cfg.n_pairs - len(records)} of {cfg.n_pairs} rendered pairs are missing from {work}; workers on "
             "other machines (Dask) must write to a filesystem shared with this one")
     staging = work / SET_DIR
+    for leftover in staging.rglob(".*.tmp"):  # every pair is finished: these are temp files of killed writers
+        leftover.unlink()
     write_manifest(records, staging / "manifest.parquet")
     summary = {"pairs": len(records), "sources_used": len(specs), "sources_skipped": len(skipped),
                "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]}

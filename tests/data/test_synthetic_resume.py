@@ -87,6 +87,7 @@ def test_a_killed_synthesis_resumes_without_redoing_finished_shards_to_the_same_
     summary = _synthesize(tiny_params, out)
 
     assert summary["pairs"] == tiny_params.synthesize.n_pairs
+    assert sorted(_files(out)) == sorted(_files(whole))  # no temp file of a writer killed mid-PNG either
     assert _files(out) == _files(whole)  # every image, the manifest and the summary
     assert {path: (out / path).stat().st_mtime_ns for path in before} == before  # finished pairs not rendered again
     assert not work.exists()
@@ -120,3 +121,17 @@ def test_missing_rendered_pairs_are_an_error_naming_the_work_folder(tmp_path, ti
     with pytest.raises(InputDataError, match=r"12 of 12 rendered pairs are missing from .*partial-.*shared"):
         synthesize_dataset(tiny_params.synthesize, tiny_params.seed, tmp_path / "synthesize", lost)
     assert not (tmp_path / "synthesize").exists()
+
+
+def test_temp_files_of_writers_killed_mid_image_are_not_published(tmp_path, tiny_params):
+    import socket
+
+    out = tmp_path / "synthesize"
+    with pytest.raises(RuntimeError):
+        synthesize_dataset(tiny_params.synthesize, tiny_params.seed, out, _interrupted_runner(tiny_params, 1))
+    # A writer killed mid-PNG whose pid still shows (an unreaped zombie) leaves a temp file no later write removes.
+    stray = _work(tiny_params, out) / SET_DIR / "moire" / f".000011.png.{socket.gethostname()}.{os.getpid()}-x.tmp"
+    stray.write_bytes(b"half a png")
+    _synthesize(tiny_params, out)
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert len(list((out / "moire").iterdir())) == tiny_params.synthesize.n_pairs
