@@ -29,7 +29,7 @@ from pipeline.config import SynthesizeParams
 from pipeline.data.manifest import write_manifest
 from pipeline.errors import InputDataError
 from pipeline.faults import kill_point
-from pipeline.io import atomic_path, check_free_space, write_json, write_png
+from pipeline.io import atomic_path, check_free_space, remove_stale_temps, write_json, write_png
 from pipeline.moire.simulate import sample_capture_params, simulate_capture
 from pipeline.progress import ProgressReporter
 from pipeline.sources import SourceSpec, collect_sources, load_source
@@ -260,6 +260,7 @@ def synthesize_dataset(cfg: SynthesizeParams, seed: int, out_dir: Path, run_shar
         raise InputDataError("no usable source images: enable bundled or procedural sources, or add folders")
     work = work_folder(out_dir, synthesis_fingerprint(cfg, seed, specs))
     discard_stale_work(out_dir, keep=work)
+    remove_stale_temps(out_dir.parent, out_dir.name)  # temp folders of runs killed before sets were resumable
     done = finished_records(work)
     remaining = [index for index in range(cfg.n_pairs) if index not in done]
     check_free_space(out_dir, estimated_bytes(cfg, len(remaining)), f"synthesizing {len(remaining):,} pairs of {cfg.size}²",
