@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from prefect import flow, task, unmapped
 from prefect.artifacts import create_markdown_artifact
+from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from flows._entry import run_stage
 from pipeline.config import Params, SynthesizeParams, parse_params
-from pipeline.data.synthetic import render_shard, synthesize_dataset
+from pipeline.data.synthetic import render_shard_resumably, synthesize_dataset
 from pipeline.evaluation.synth_report import compare_paired_sets
 from pipeline.sources import SourceSpec
 
@@ -27,9 +29,9 @@ def task_runner(cfg: SynthesizeParams):
 
 
 @task(name="render-shard", retries=2, retry_delay_seconds=[1, 5])
-def render_shard_task(indices: list[int], specs: list[SourceSpec], params: Params, out_dir: Path) -> list[dict]:
-    """Render one shard of pairs into the staging folder."""
-    return render_shard(indices, specs, params.synthesize, params.seed, out_dir)
+def render_shard_task(indices: list[int], specs: list[SourceSpec], params: Params, work: Path) -> list[dict]:
+    """Render one shard of pairs into the resumable work folder and mark it finished."""
+    return render_shard_resumably(indices, specs, params.synthesize, params.seed, work)
 
 
 @task(name="synth-report")
@@ -40,13 +42,16 @@ def synth_report_task(data: Path, report: Path) -> dict:
 
 @flow(name="synthesize")
 def synthesize_flow(params: Params, out: Path, report: Path | None = None) -> dict:
-    """Render params.synthesize.n_pairs pairs into `out` (replaced only when all succeed), then report on them."""
+    """Render params.synthesize.n_pairs pairs into `out` (replaced only when all succeed; a killed run resumes), then report on them."""
     cfg = params.synthesize
     start = time.perf_counter()
 
-    def run_shards(shards: list[list[int]], specs: list[SourceSpec], staging: Path) -> list[list[dict]]:
-        futures = render_shard_task.map(shards, unmapped(specs), unmapped(params), unmapped(staging))
-        return [future.result() for future in futures]
+    def run_shards(shards: list[list[int]], specs: list[SourceSpec], work: Path) -> Iterator[list[dict]]:
+        if not shards:  # a resumed run with every shard finished
+            return
+        futures = render_shard_task.map(shards, unmapped(specs), unmapped(params), unmapped(work))
+        for future in as_completed(list(futures)):
+            yield future.result()
 
     summary = synthesize_dataset(cfg, params.seed, out, run_shards)
     psnr = ""

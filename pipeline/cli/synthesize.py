@@ -41,9 +41,9 @@ def synthesize(
             raise InputDataError(f"{out} holds more than a synthetic set ({', '.join(foreign[:3])}); "
                                  "--overwrite replaces only folders demoire synthesize wrote")
         start = time.perf_counter()
-        with err.status(f"rendering {n} pairs"):
-            runner = local_shard_runner(params.synthesize, params.seed, workers)
-            summary = synthesize_dataset(params.synthesize, params.seed, out, runner)
+        # synthesize_dataset shows its own progress bar (a status spinner around it would clash with it)
+        runner = local_shard_runner(params.synthesize, params.seed, workers)
+        summary = synthesize_dataset(params.synthesize, params.seed, out, runner)
     except DemoireError as exc:
         fail(exc)
     for item in summary["skipped"]:

@@ -1,7 +1,9 @@
-"""Torch datasets over in-memory (moiré, clean) pairs."""
+"""Torch datasets over (moiré, clean) pairs, in memory or read from disk as they are used."""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,10 +20,48 @@ if TYPE_CHECKING:  # only an annotation here; importing albumentations costs sta
 Pair = tuple[np.ndarray, np.ndarray]
 
 
+class StoredPairs(Sequence[Pair]):
+    """(moiré, clean) pairs stored as image files, decoded each time one is indexed.
+
+    Holds only paths, so a split larger than memory trains as well, and a DataLoader's spawned workers
+    receive paths (not pixels) and decode in parallel. A slice is again a StoredPairs.
+    """
+
+    def __init__(self, paths: list[tuple[Path, Path]]):
+        self.paths = paths
+
+    @classmethod
+    def listed_in(cls, frame: pd.DataFrame, root: Path) -> StoredPairs:
+        """The pairs a manifest frame lists (paths relative to `root`)."""
+        root = Path(root)
+        return cls([(root / r.moire_path, root / r.clean_path) for r in frame.itertuples()])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int | slice) -> Pair | StoredPairs:  # type: ignore[override]
+        if isinstance(index, slice):
+            return StoredPairs(self.paths[index])
+        moire_path, clean_path = self.paths[index]
+        return read_rgb(moire_path), read_rgb(clean_path)
+
+    def missing(self) -> list[Path]:
+        """Listed files that are not there."""
+        return [path for pair in self.paths for path in pair if not path.is_file()]
+
+    def digest(self) -> str:
+        """Digest of every file's bytes, in order (reading is several times faster than decoding)."""
+        digest = hashlib.sha256()
+        for pair in self.paths:
+            for path in pair:
+                with open(path, "rb") as file:
+                    digest.update(hashlib.file_digest(file, "sha256").digest())
+        return digest.hexdigest()
+
+
 def load_pairs(frame: pd.DataFrame, root: Path) -> list[Pair]:
-    """Read every (moiré, clean) pair listed in `frame` (paths relative to `root`)."""
-    root = Path(root)
-    return [(read_rgb(root / r.moire_path), read_rgb(root / r.clean_path)) for r in frame.itertuples()]
+    """Read every (moiré, clean) pair listed in `frame` (paths relative to `root`) into memory."""
+    return list(StoredPairs.listed_in(frame, root))
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -38,7 +78,7 @@ def to_image(tensor: torch.Tensor) -> np.ndarray:
 class PairDataset(Dataset):
     """(moiré, clean) tensors, optionally through a paired albumentations transform."""
 
-    def __init__(self, pairs: list[Pair], transform: A.Compose | None = None):
+    def __init__(self, pairs: Sequence[Pair], transform: A.Compose | None = None):
         self.pairs = pairs
         self.transform = transform
 

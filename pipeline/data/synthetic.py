@@ -1,14 +1,25 @@
 """Render a synthetic (moiré, clean) dataset: which source each pair uses, and one pair at a time.
 
 Every pair's randomness comes from (seed, stage, pair index) alone, so any sharding over any number
-of workers produces the same bytes.
+of workers produces the same bytes. A run renders into a resumable work folder beside the output,
+named by a fingerprint of everything the bytes depend on; each finished shard leaves a marker there,
+so a killed run started again renders only the shards it had not finished.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+import ctypes
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +27,14 @@ import torch
 
 from pipeline.config import SynthesizeParams
 from pipeline.data.manifest import write_manifest
-from pipeline.io import atomic_dir, check_free_space, write_json, write_png
-from pipeline.moire.simulate import sample_capture_params, simulate_capture
 from pipeline.errors import InputDataError
+from pipeline.faults import kill_point
+from pipeline.io import atomic_path, check_free_space, remove_stale_temps, write_json, write_png
+from pipeline.moire.simulate import sample_capture_params, simulate_capture
+from pipeline.progress import ProgressReporter
 from pipeline.sources import SourceSpec, collect_sources, load_source
+
+log = logging.getLogger(__name__)
 
 SYNTHESIZE_STREAM = 0x53594E54  # "SYNT": keeps this stage's random streams apart from others'
 MOIRE_DIR, CLEAN_DIR = "moire", "clean"
@@ -90,9 +105,14 @@ def render_shard(
 
 def shard_indices(n_pairs: int, n_shards: int) -> list[list[int]]:
     """Split pair indices 0..n-1 into at most n_shards contiguous, non-empty shards."""
-    n_shards = max(1, min(n_shards, n_pairs))
-    bounds = np.linspace(0, n_pairs, n_shards + 1).round().astype(int)
-    return [list(range(bounds[i], bounds[i + 1])) for i in range(n_shards)]
+    return split_into_shards(list(range(n_pairs)), n_shards)
+
+
+def split_into_shards(indices: list[int], n_shards: int) -> list[list[int]]:
+    """Split `indices` (in order) into at most n_shards consecutive, non-empty shards."""
+    n_shards = max(1, min(n_shards, len(indices)))
+    bounds = np.linspace(0, len(indices), n_shards + 1).round().astype(int)
+    return [indices[bounds[i]:bounds[i + 1]] for i in range(n_shards)]
 
 
 # Bytes per pixel of a rendered PNG, measured on the default preset at 128² (about 2.3, noise and JPEG
@@ -100,49 +120,171 @@ def shard_indices(n_pairs: int, n_shards: int) -> list[list[int]]:
 PNG_BYTES_PER_PIXEL = 3.0
 
 
-def estimated_bytes(cfg: SynthesizeParams) -> int:
-    """What a synthetic set takes on disk, about: two PNGs per pair, and a manifest row each."""
-    return int(cfg.n_pairs * (2 * PNG_BYTES_PER_PIXEL * cfg.size ** 2 + 1024))
+def estimated_bytes(cfg: SynthesizeParams, n_pairs: int | None = None) -> int:
+    """What `n_pairs` pairs (all of cfg.n_pairs by default) take on disk, about: two PNGs and a manifest row each."""
+    n_pairs = cfg.n_pairs if n_pairs is None else n_pairs
+    return int(n_pairs * (2 * PNG_BYTES_PER_PIXEL * cfg.size ** 2 + 1024))
 
 
-ShardRunner = Callable[[list[list[int]], list[SourceSpec], Path], list[list[dict]]]
-"""Renders shards of pair indices into a staging folder (render_shard on each); returns their records."""
+SET_DIR, SHARDS_DIR = "set", "shards"  # inside a work folder: the set being rendered, and finished-shard markers
+# Shards of at most this many pairs (about 10 s each at 512²): a kill loses little, and the bar moves often.
+MAX_SHARD_PAIRS = 32
+# The code and libraries that decide a pair's bytes: after an edit to them, no earlier shard is reused.
+RENDER_CODE = ("pipeline/moire", "pipeline/sources", "pipeline/data/synthetic.py")
+
+
+def renderer_digest() -> str:
+    """Digest of the rendering code (RENDER_CODE) and of the numpy, torch and Pillow versions."""
+    import PIL
+
+    root = Path(__file__).resolve().parents[2]
+    digest = hashlib.sha256(f"{np.__version__} {torch.__version__} {PIL.__version__}".encode())
+    for part in RENDER_CODE:
+        for file in sorted((root / part).rglob("*.py")) if (root / part).is_dir() else [root / part]:
+            digest.update(f"{file.relative_to(root)}\n".encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def source_stamp(spec: SourceSpec) -> list:
+    """A source as the fingerprint sees it: its spec, and the size and mtime of its file (an edited photo differs)."""
+    try:
+        stat = os.stat(spec.path) if spec.path else None
+    except OSError:
+        stat = None
+    return [asdict(spec), stat.st_size if stat else 0, stat.st_mtime_ns if stat else 0]
+
+
+def synthesis_fingerprint(cfg: SynthesizeParams, seed: int, specs: list[SourceSpec]) -> str:
+    """Everything the rendered bytes depend on: the params (not how many workers run them), seed, sources, code."""
+    settings = cfg.model_dump(mode="json", exclude={"workers", "dask_address"})
+    sources = [source_stamp(spec) for spec in specs]
+    return hashlib.sha256(json.dumps([settings, seed, sources, renderer_digest()], sort_keys=True).encode()).hexdigest()
+
+
+def work_folder(out_dir: Path, fingerprint: str) -> Path:
+    """The resumable work folder of a run writing `out_dir` (hidden, beside it)."""
+    return out_dir.parent / f".{out_dir.name}.partial-{fingerprint[:16]}"
+
+
+def discard_stale_work(out_dir: Path, keep: Path) -> None:
+    """Remove work folders beside `out_dir` other than `keep`: their params, seed, sources or code differ."""
+    for folder in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
+        if folder != keep:
+            log.info("discarding %s: rendered with other params, seed, sources or code", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def shard_marker(work: Path, indices: list[int]) -> Path:
+    """Where a finished shard's records are kept."""
+    return work / SHARDS_DIR / f"{indices[0]:08d}-{indices[-1]:08d}.json"
+
+
+def render_shard_resumably(
+    indices: list[int], specs: list[SourceSpec], cfg: SynthesizeParams, seed: int, work: Path
+) -> list[dict]:
+    """Render a shard into work/set, then mark it finished with its records; return them."""
+    records = render_shard(indices, specs, cfg, seed, Path(work) / SET_DIR)
+    with atomic_path(shard_marker(Path(work), indices)) as tmp:
+        tmp.write_text(json.dumps(records))  # NaN stays NaN: the manifest is built from these records
+    return records
+
+
+def finished_records(work: Path) -> dict[int, dict]:
+    """Manifest records, by pair index, of the pairs in finished shards whose images are in place."""
+    records: dict[int, dict] = {}
+    for marker in sorted((work / SHARDS_DIR).glob("*.json")):
+        shard = json.loads(marker.read_text())
+        if all((work / SET_DIR / r[key]).is_file() for r in shard for key in ("moire_path", "clean_path")):
+            records.update((r["pair_id"], r) for r in shard)
+    return records
+
+
+ShardRunner = Callable[[list[list[int]], list[SourceSpec], Path], Iterable[list[dict]]]
+"""Renders shards of pair indices into a work folder (render_shard_resumably on each); yields each
+shard's records as it finishes, in any order."""
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2) option: a signal the kernel sends a process when its parent dies
+
+
+def die_with_parent(parent: int) -> None:
+    """Pool worker initializer: end with the run that started it (orphaned by a kill, it would wait forever)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # no prctl (not Linux): an orphan then outlives its run
+        return
+    if os.getppid() != parent:  # the run died before the line above
+        os._exit(1)
 
 
 def local_shard_runner(cfg: SynthesizeParams, seed: int, workers: int) -> ShardRunner:
     """Render shards in this process (one worker) or in a pool of `workers` processes."""
 
-    def run(shards: list[list[int]], specs: list[SourceSpec], staging: Path) -> list[list[dict]]:
+    def run(shards: list[list[int]], specs: list[SourceSpec], work: Path) -> Iterator[list[dict]]:
         if workers == 1:
-            return [render_shard(shard, specs, cfg, seed, staging) for shard in shards]
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            jobs = [pool.submit(render_shard, shard, specs, cfg, seed, staging) for shard in shards]
-            return [job.result() for job in jobs]
+            for shard in shards:
+                yield render_shard_resumably(shard, specs, cfg, seed, work)
+            return
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),))
+        try:
+            jobs = [pool.submit(render_shard_resumably, shard, specs, cfg, seed, work) for shard in shards]
+            for job in as_completed(jobs):
+                yield job.result()
+        finally:  # on an error, shards not started yet are dropped rather than rendered first
+            pool.shutdown(wait=True, cancel_futures=True)
 
     return run
+
+
+def publish_set(staging: Path, out_dir: Path) -> None:
+    """Put the finished set in place of `out_dir`, whole (kill points as pipeline.io.atomic_dir offers)."""
+    kill_point(f"before:{out_dir.name}")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
+    kill_point(f"after:{out_dir.name}")
 
 
 def synthesize_dataset(cfg: SynthesizeParams, seed: int, out_dir: Path, run_shards: ShardRunner) -> dict:
     """Render cfg.n_pairs pairs into out_dir: moire/, clean/ (matching names), manifest.parquet.
 
-    `out_dir` appears only once every pair is written. Returns counts of pairs and of usable and
-    skipped sources; the caller chooses how shards run (processes here, Prefect tasks in the flow).
+    `out_dir` appears only once every pair is written. A run killed before then, started again with
+    the same params, seed, sources and code, renders only the shards it had not finished; the bytes
+    are those of an uninterrupted run. Returns counts of pairs and of usable and skipped sources;
+    the caller chooses how shards run (processes here, Prefect tasks in the flow).
     """
-    check_free_space(out_dir, estimated_bytes(cfg), f"synthesizing {cfg.n_pairs:,} pairs of {cfg.size}²",
-                     "lower synthesize.n_pairs or size, or free some space")
+    out_dir = Path(out_dir)
     specs, skipped = collect_sources(cfg.sources.bundled, cfg.sources.procedural, cfg.sources.folders, cfg.sources.screen_kinds)
     if not specs:
         raise InputDataError("no usable source images: enable bundled or procedural sources, or add folders")
-    shards = shard_indices(cfg.n_pairs, cfg.workers * SHARDS_PER_WORKER)
-    with atomic_dir(out_dir, whole=True) as staging:
-        records = [record for shard in run_shards(shards, specs, staging) for record in shard]
-        missing = [r["moire_path"] for r in records if not (staging / r["moire_path"]).is_file()]
-        if missing:
-            raise InputDataError(
-                f"{len(missing)} rendered pairs are missing from {staging} (first: {missing[0]}); workers on "
-                "other machines (Dask) must write to a filesystem shared with this one")
-        write_manifest(records, staging / "manifest.parquet")
-        summary = {"pairs": len(records), "sources_used": len(specs), "sources_skipped": len(skipped),
-                   "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]}
-        write_json(staging / "summary.json", summary)
+    work = work_folder(out_dir, synthesis_fingerprint(cfg, seed, specs))
+    discard_stale_work(out_dir, keep=work)
+    remove_stale_temps(out_dir.parent, out_dir.name)  # temp folders of runs killed before sets were resumable
+    done = finished_records(work)
+    remaining = [index for index in range(cfg.n_pairs) if index not in done]
+    check_free_space(out_dir, estimated_bytes(cfg, len(remaining)), f"synthesizing {len(remaining):,} pairs of {cfg.size}²",
+                     "lower synthesize.n_pairs or size, or free some space")
+    if done:
+        log.info("resuming from %s: %d of %d pairs already rendered", work, len(done), cfg.n_pairs)
+    n_shards = max(cfg.workers * SHARDS_PER_WORKER, math.ceil(len(remaining) / MAX_SHARD_PAIRS))
+    shards = split_into_shards(remaining, n_shards) if remaining else []
+    with ProgressReporter(f"synthesize {cfg.size}²", cfg.n_pairs, "pairs", start=len(done)) as progress:
+        for records in run_shards(shards, specs, work):
+            progress.advance(len(records))
+            kill_point("synthesize.shard_done")  # fault-injection tests: killed with finished shards on disk
+    records = list(finished_records(work).values())
+    if len(records) != cfg.n_pairs:
+        raise InputDataError(
+            f"{cfg.n_pairs - len(records)} of {cfg.n_pairs} rendered pairs are missing from {work}; workers on "
+            "other machines (Dask) must write to a filesystem shared with this one")
+    staging = work / SET_DIR
+    for leftover in staging.rglob(".*.tmp"):  # every pair is finished: these are temp files of killed writers
+        leftover.unlink()
+    write_manifest(records, staging / "manifest.parquet")
+    summary = {"pairs": len(records), "sources_used": len(specs), "sources_skipped": len(skipped),
+               "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]}
+    write_json(staging / "summary.json", summary)
+    publish_set(staging, out_dir)
+    shutil.rmtree(work, ignore_errors=True)
     return summary

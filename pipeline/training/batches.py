@@ -1,5 +1,8 @@
 """Training batches: stored pairs through one loader for the whole run, or pairs synthesised on the fly.
 
+Stored pairs are normally a StoredPairs (decoded as they are used, in the loader workers when there
+are any), so the train split need not fit in memory; an in-memory list gives the same batches.
+
 Stored pairs' order and crops depend only on (seed, epoch): each epoch's shuffle and every
 sample's augmentation seed are drawn in the main process by the sampler, so the batches are the
 same whatever the number of loader workers, across a resumed run, and across DDP ranks: rank r of
@@ -12,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -21,7 +24,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from pipeline.config import SynthesizeParams, TrainParams
 from pipeline.data.augment import paired_augmentation
-from pipeline.data.dataset import Pair, PairDataset, to_tensor
+from pipeline.data.dataset import Pair, PairDataset, StoredPairs, to_tensor
 from pipeline.data.on_the_fly import SyntheticPairStream
 from pipeline.training.distributed import World
 
@@ -61,7 +64,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
 class AugmentedPairs(PairDataset):
     """Pairs through the paired augmentation, each seeded by the key the sampler hands over."""
 
-    def __init__(self, pairs: list[Pair], patch_size: int):
+    def __init__(self, pairs: Sequence[Pair], patch_size: int):
         super().__init__(pairs, paired_augmentation(patch_size, seed=0))
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +78,7 @@ class AugmentedPairs(PairDataset):
 
 
 def make_train_loader(
-    pairs: list[Pair], patch_size: int, batch_size: int, seed: int, num_workers: int = 0,
+    pairs: Sequence[Pair], patch_size: int, batch_size: int, seed: int, num_workers: int = 0,
     pin_memory: bool = False, rank: int = 0, world_size: int = 1,
 ) -> DataLoader:
     """Loader of augmented patches over all epochs; call `loader.sampler.set_epoch(e)` before each.
@@ -113,7 +116,7 @@ class TrainingBatches(Protocol):
 class PairBatches:
     """Augmented patches of the stored training pairs (see make_train_loader)."""
 
-    def __init__(self, pairs: list[Pair], patch_size: int, batch_size: int, seed: int, num_workers: int = 0,
+    def __init__(self, pairs: Sequence[Pair], patch_size: int, batch_size: int, seed: int, num_workers: int = 0,
                  pin_memory: bool = False, rank: int = 0, world_size: int = 1):
         self.pairs = pairs
         self.loader = make_train_loader(pairs, patch_size, batch_size, seed, num_workers, pin_memory, rank, world_size)
@@ -125,7 +128,9 @@ class PairBatches:
         return self.loader
 
     def digest(self) -> str:
-        """Digest of every pair's pixels."""
+        """Digest of every pair's files when stored, else of every pair's pixels."""
+        if isinstance(self.pairs, StoredPairs):
+            return self.pairs.digest()
         digest = hashlib.sha256()
         for moire, clean in self.pairs:
             digest.update(moire.tobytes())
@@ -133,7 +138,7 @@ class PairBatches:
         return digest.hexdigest()
 
 
-def stored_pair_batches(pairs: list[Pair], cfg: TrainParams, seed: int, device: torch.device = torch.device("cpu"),
+def stored_pair_batches(pairs: Sequence[Pair], cfg: TrainParams, seed: int, device: torch.device = torch.device("cpu"),
                         world: World = World()) -> PairBatches:
     """Batches of `pairs` as `cfg` asks (patch and batch size, loader workers), for this rank."""
     return PairBatches(pairs, cfg.patch_size, cfg.batch_size, seed, cfg.num_workers,

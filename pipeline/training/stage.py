@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from pipeline.config import Params
-from pipeline.data.dataset import Pair, load_pairs
+from pipeline.data.dataset import StoredPairs
 from pipeline.errors import DemoireError, InputDataError
 from pipeline.io import atomic_path
 from pipeline.models import build_model, model_spec, save_model
@@ -29,12 +29,16 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
-def load_split(pairs_index: Path, data: Path, split: str) -> list[Pair]:
-    """Read one split's pairs into memory; an empty train or val split is an error."""
+def load_split(pairs_index: Path, data: Path, split: str) -> StoredPairs:
+    """One split's pairs, decoded as they are used; an empty split, or a listed file that is missing, is an error."""
     frame = pd.read_parquet(pairs_index)
-    pairs = load_pairs(frame[frame.split == split], data)
+    pairs = StoredPairs.listed_in(frame[frame.split == split], data)
     if not pairs:
         raise InputDataError(f"{pairs_index} lists no {split} pairs; check the preprocess fractions and datasets")
+    missing = pairs.missing()
+    if missing:  # found now, not hours into training when a loader reaches it
+        raise InputDataError(f"{len(missing)} {split} image(s) listed in {pairs_index} are missing (first: {missing[0]}); "
+                             "run the synthesize and preprocess stages again (dvc repro)")
     return pairs
 
 

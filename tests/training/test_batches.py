@@ -54,3 +54,37 @@ def test_sampler_drops_the_uneven_tail_so_ranks_agree():
     assert len(sampler) == len(list(sampler)) == 3
     indices = {i for r in range(2) for i, _ in EpochSampler(7, seed=1, rank=r, world_size=2)}
     assert len(indices) == 6
+
+
+def _stored(pairs, folder):
+    """`pairs` written as PNG files, and read back lazily."""
+    from pipeline.data.dataset import StoredPairs
+    from pipeline.io import write_png
+
+    paths = []
+    for i, (moire, clean) in enumerate(pairs):
+        paths.append((folder / "moire" / f"{i}.png", folder / "clean" / f"{i}.png"))
+        write_png(paths[-1][0], moire)
+        write_png(paths[-1][1], clean)
+    return StoredPairs(paths)
+
+
+def test_pairs_read_from_disk_in_the_workers_give_the_in_memory_batches(rng, tmp_path):
+    pairs = _pairs(rng)
+    in_memory = _epochs(make_train_loader(pairs, 16, 4, seed=3))
+    stored = _epochs(make_train_loader(_stored(pairs, tmp_path), 16, 4, seed=3, num_workers=2))
+    assert len(stored) == len(in_memory) == 4
+    for (a_moire, a_clean), (b_moire, b_clean) in zip(in_memory, stored):
+        assert torch.equal(a_moire, b_moire) and torch.equal(a_clean, b_clean)
+
+
+def test_stored_pairs_digest_follows_the_file_bytes(rng, tmp_path):
+    from pipeline.io import write_png
+    from pipeline.training.batches import PairBatches
+
+    pairs = _pairs(rng, n=3)
+    stored = _stored(pairs, tmp_path)
+    before = PairBatches(stored, 16, 2, seed=0).digest()
+    assert PairBatches(stored[:], 16, 2, seed=0).digest() == before
+    write_png(stored.paths[2][1], pairs[2][1] // 2)
+    assert PairBatches(stored, 16, 2, seed=0).digest() != before
