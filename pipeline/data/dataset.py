@@ -27,8 +27,20 @@ class StoredPairs(Sequence[Pair]):
     receive paths (not pixels) and decode in parallel. A slice is again a StoredPairs.
     """
 
-    def __init__(self, paths: list[tuple[Path, Path]]):
+    def __init__(self, paths: list[tuple[Path, Path]], kept: dict[tuple[Path, Path], Pair] | None = None):
         self.paths = paths
+        self.kept = kept  # decoded pairs kept after their first use (keep_decoded), shared with slices
+
+    def keep_decoded(self) -> StoredPairs:
+        """The same pairs, each decoded once and then kept in memory: for splits that fit, trained in one process."""
+        return StoredPairs(self.paths, {} if self.kept is None else self.kept)
+
+    def decoded_bytes(self) -> int:
+        """Memory the decoded split would take, from its first pair's size (pairs of a split share one size)."""
+        if not self.paths:
+            return 0
+        moire, clean = read_rgb(self.paths[0][0]), read_rgb(self.paths[0][1])
+        return (moire.nbytes + clean.nbytes) * len(self.paths)
 
     @classmethod
     def listed_in(cls, frame: pd.DataFrame, root: Path) -> StoredPairs:
@@ -41,9 +53,14 @@ class StoredPairs(Sequence[Pair]):
 
     def __getitem__(self, index: int | slice) -> Pair | StoredPairs:  # type: ignore[override]
         if isinstance(index, slice):
-            return StoredPairs(self.paths[index])
-        moire_path, clean_path = self.paths[index]
-        return read_rgb(moire_path), read_rgb(clean_path)
+            return StoredPairs(self.paths[index], self.kept)
+        paths = self.paths[index]
+        if self.kept is not None and paths in self.kept:
+            return self.kept[paths]
+        pair = read_rgb(paths[0]), read_rgb(paths[1])
+        if self.kept is not None:
+            self.kept[paths] = pair
+        return pair
 
     def missing(self) -> list[Path]:
         """Listed files that are not there."""
