@@ -286,7 +286,7 @@ def test_register_stage_tracks_provenance_and_rescores_a_champion_on_a_changed_g
 
     def register(model_dir, evaluation):
         write_json(metrics, evaluation)
-        return log_and_register_task.fn(params, model_dir, history, evaluation, [metrics, history], grid, lock, data, pairs)
+        return log_and_register_task.fn(params, model_dir, evaluation, [metrics, history], grid, lock, data, pairs)
 
     gate = load_gate_set(pairs, data)
     # the first model claims 99 dB: were it not re-scored, nothing could beat it
@@ -351,7 +351,7 @@ def test_register_stage_gates_on_real_sets_and_logs_every_set(tmp_path, monkeypa
 
     def register(params, model_dir, evaluation):
         write_json(metrics, evaluation)
-        return log_and_register_task.fn(params, model_dir, history, evaluation, [metrics, history], grid, lock, data,
+        return log_and_register_task.fn(params, model_dir, evaluation, [metrics, history], grid, lock, data,
                                         pairs, tmp_path / "per_set")
 
     record1 = register(synthetic, first, {"psnr": 20.0, "ssim": 0.5, "mse": 0.01, "count": 3})
