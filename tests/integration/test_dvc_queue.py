@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from tests.integration.project import GIT_IDENTITY, copy_project, read_registry, run
 
@@ -26,6 +27,19 @@ def _wait_for_queue(repo, env, timeout_s: float = 1200) -> str:
         if not busy or time.monotonic() > deadline:
             return status
         time.sleep(5)
+
+
+def _uncached_outputs(repo) -> list[str]:
+    """Outputs dvc.yaml marks `cache: false`, which DVC leaves to git. The project's .gitignore hides data/,
+    so uncommitted they would be missing from an experiment's temporary copy and rerun their stage there."""
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    paths = []
+    for stage in stages.values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                if isinstance(entry, dict):
+                    paths += [path for path, options in entry.items() if (options or {}).get("cache") is False]
+    return [path for path in paths if (repo / path).exists()]
 
 
 def _training_runs(repo, env) -> dict:
@@ -50,6 +64,7 @@ def test_two_queued_experiments_register_in_the_project_store(tmp_path):
         env.pop(name, None)
     run(["dvc", "repro"], repo, env)  # the baseline: queued experiments rerun train, evaluate and register only
     run(["git", "add", "-A"], repo, env)
+    run(["git", "add", "-f", *_uncached_outputs(repo)], repo, env)
     run(["git", "commit", "-qm", "baseline"], repo, env)
 
     for name, lr in EXPERIMENTS.items():
