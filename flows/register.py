@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 from mlflow.tracking import MlflowClient
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
@@ -24,6 +23,7 @@ from pipeline.provenance import data_version_tags, git_commit
 from pipeline.registry import GATE_SET_TAG, decision_record, flat_metrics, log_demoire_model, use_tracking_store
 from pipeline.registry.transaction import MODEL_URI_TAG, register_run_once, registration_key
 from pipeline.training.device import resolve_device
+from pipeline.training.telemetry import TRAINING_RUN_TAG, linked_training_run
 
 # The register stage's run lasts seconds; MLflow logs system metrics only after a full sampling
 # interval, so its 10 s default would log none at all.
@@ -31,9 +31,12 @@ SYSTEM_METRICS_INTERVAL_S = 0.5
 
 
 @task(name="log-and-register", retries=2, retry_delay_seconds=[2, 10])
-def log_and_register_task(params: Params, model_dir: Path, history: Path, evaluation: dict, files: list[Path],
+def log_and_register_task(params: Params, model_dir: Path, evaluation: dict, files: list[Path],
                           grid: Path, lock: Path, data: Path, pairs: Path, real_per_image: Path | None = None) -> dict:
     """One MLflow run with params, metrics, artifacts, provenance and the model; then register and gate.
+
+    The training curves are not logged again: the train stage streamed them live into its own run
+    (pipeline.training.telemetry), and this run is that run's child, tagged `training_run_id`, as is the version.
 
     Idempotent (pipeline.registry.transaction): a retry, or a rerun after the stage was killed, finishes
     the registration of these inputs instead of adding a version; concurrent pipelines take turns.
@@ -53,17 +56,20 @@ def log_and_register_task(params: Params, model_dir: Path, history: Path, evalua
         tags["git_commit"] = commit
     if EXPERIMENT_NAME:
         tags["dvc_experiment"] = EXPERIMENT_NAME
+    client = MlflowClient()
+    training_run = linked_training_run(client, model_dir)
+    if training_run is not None:
+        tags[TRAINING_RUN_TAG] = training_run
     metrics = flat_metrics(evaluation)
     flat_params = flatten(params)
 
     def log_run(run_tags: dict[str, str]) -> tuple[str, str]:
         mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
-        with mlflow.start_run(log_system_metrics=True, tags={**tags, **run_tags}) as run:
+        # a child of the training run: `mlflow ui` shows the registration under the curves it streamed
+        parent = {"mlflow.parentRunId": training_run} if training_run is not None else {}
+        with mlflow.start_run(log_system_metrics=True, tags={**tags, **parent, **run_tags}) as run:
             kill_point("register.run_started")
             mlflow.log_params(flat_params)
-            for row in pd.read_csv(history).itertuples():
-                mlflow.log_metrics({"train_loss": row.train_loss, "val_loss": row.val_loss, "val_psnr": row.val_psnr},
-                                   step=row.epoch)
             mlflow.log_metrics(metrics)
             for path in files:
                 mlflow.log_artifact(str(path), artifact_path="evaluation")
@@ -80,8 +86,10 @@ def log_and_register_task(params: Params, model_dir: Path, history: Path, evalua
     rule = GateRule(cfg.promotion_margin_db, cfg.ssim_tolerance)
     experiment_id = mlflow.get_experiment_by_name(cfg.experiment).experiment_id
     key = registration_key(model_dir, evaluation, flat_params)
-    version, run_id, decision = register_run_once(MlflowClient(), cfg.model_name, experiment_id, key, log_run,
+    version, run_id, decision = register_run_once(client, cfg.model_name, experiment_id, key, log_run,
                                                   {**metrics, **tags}, rule, gate.rescore, gate.kind)
+    if training_run is not None:  # and back: the training run names the version its model became
+        client.set_tag(training_run, "registered_version", f"{cfg.model_name}/{version}")
     return decision_record(version, decision, cfg.model_name, run_id, uri, EXPERIMENT_NAME)
 
 
@@ -90,7 +98,7 @@ def register_flow(params: Params, model_dir: Path, history: Path, metrics: Path,
                   out: Path, lock: Path, data: Path, pairs: Path, real_per_image: Path | None = None) -> dict:
     """Register this pipeline run's model and write the decision to `out`."""
     evaluation = json.loads(metrics.read_text())
-    record = log_and_register_task(params, model_dir, history, evaluation, [metrics, per_image, grid, history],
+    record = log_and_register_task(params, model_dir, evaluation, [metrics, per_image, grid, history],
                                    grid, lock, data, pairs, real_per_image)
     kill_point("register.decided")
     write_json(out, record)

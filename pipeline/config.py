@@ -247,6 +247,8 @@ class TrainParams(Section):
     # Data-parallel processes (torch DDP via torchrun): one per GPU; on CPU they share the cores (gloo).
     processes: int = Field(1, ge=1, le=1024)
     resume: bool = True  # continue from data/train/checkpoint.pt when it matches these params and data
+    # Live MLflow telemetry: the running train loss every this many steps (0: per-epoch metrics only).
+    log_every_steps: int = Field(50, ge=0, le=1_000_000)
 
     @field_validator("loss", mode="before")
     @classmethod

@@ -85,6 +85,21 @@ def test_predict_takes_tile_settings_from_a_params_file_and_rejects_bad_ones(tmp
     assert bad.exit_code == 2 and "tile_overlap 32 must be less than half of tile_size 64" in bad.output
 
 
+def test_predict_reports_progress_through_the_project_reporter_unless_quiet(tmp_path, rng, monkeypatch, caplog):
+    import logging
+
+    model = _model(tmp_path)
+    for name in ("a.png", "b.png"):
+        write_png(tmp_path / "in" / name, rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
+    monkeypatch.setenv("DEMOIRE_PROGRESS", "log")  # as off a terminal: log lines, not a bar
+    with caplog.at_level(logging.INFO, logger="pipeline.progress"):
+        quiet = runner.invoke(app, ["-q", "predict", str(tmp_path / "in"), "-o", str(tmp_path / "q"), "--model", model])
+        shown = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", model])
+    assert quiet.exit_code == 0 and shown.exit_code == 0, quiet.output + shown.output
+    lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.progress"]
+    assert len(lines) == 1 and lines[0].startswith("restoring: 2/2 images (100%)")
+
+
 def test_evaluate_json_on_paired_folder(tmp_path, rng):
     model = _model(tmp_path)
     for name in ("x.png", "y.png"):

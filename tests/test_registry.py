@@ -286,7 +286,7 @@ def test_register_stage_tracks_provenance_and_rescores_a_champion_on_a_changed_g
 
     def register(model_dir, evaluation):
         write_json(metrics, evaluation)
-        return log_and_register_task.fn(params, model_dir, history, evaluation, [metrics, history], grid, lock, data, pairs)
+        return log_and_register_task.fn(params, model_dir, evaluation, [metrics, history], grid, lock, data, pairs)
 
     gate = load_gate_set(pairs, data)
     # the first model claims 99 dB: were it not re-scored, nothing could beat it
@@ -326,6 +326,46 @@ def test_register_stage_tracks_provenance_and_rescores_a_champion_on_a_changed_g
     assert json.loads(client.get_registered_model("demoire-test").tags["champion_history"]) == ["1", "2"]
 
 
+def test_register_stage_links_the_version_to_the_live_training_run(tmp_path, monkeypatch, rng, tiny_params):
+    from flows.register import log_and_register_task
+    from pipeline.training.loop import EpochStats
+    from pipeline.training.telemetry import RUN_FILE, live_training_run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    data, pairs = _gate_data(tmp_path, rng)
+    history, grid, lock = _stage_inputs(tmp_path, rng)
+    trained, elsewhere = _model(tmp_path / "trained", seed=0), _model(tmp_path / "elsewhere", seed=1)
+    params = tiny_params.model_copy(update={"registration": tiny_params.registration.model_copy(
+        update={"model_name": "demoire-test"})})
+    with live_training_run(params, trained) as telemetry:  # what the train stage streamed
+        telemetry.system_metrics = False
+        telemetry.on_start([])
+        telemetry.on_epoch([EpochStats(1, 0.1, 0.09, 21.5, 2.0, 1e-3)])
+    training_run = telemetry.run_id
+    (elsewhere / RUN_FILE).write_text(json.dumps({"run_id": "f" * 32}))  # trained against another store
+    metrics = tmp_path / "metrics.json"
+
+    def register(model_dir, psnr):
+        evaluation = {"psnr": psnr, "ssim": 0.5, "mse": 0.01, "count": 3}
+        write_json(metrics, evaluation)
+        return log_and_register_task.fn(params, model_dir, evaluation, [metrics, history], grid, lock, data, pairs)
+
+    record = register(trained, 20.0)
+    client = MlflowClient()
+    run = client.get_run(record["run_id"])
+    assert run.data.tags["training_run_id"] == training_run and run.data.tags["mlflow.parentRunId"] == training_run
+    assert not {"train_loss", "val_loss", "val_psnr"} & set(run.data.metrics)  # history.csv is not replayed
+    assert client.get_model_version("demoire-test", record["version"]).tags["training_run_id"] == training_run
+    assert client.get_run(training_run).data.tags["registered_version"] == f"demoire-test/{record['version']}"
+    assert [m.value for m in client.get_metric_history(training_run, "val_psnr")] == [21.5]
+
+    again = register(trained, 20.0)  # a retry or rerun with the same inputs: the same version and run
+    assert (again["version"], again["run_id"]) == (record["version"], record["run_id"])
+    unlinked = register(elsewhere, 20.5)
+    assert "training_run_id" not in client.get_model_version("demoire-test", unlinked["version"]).tags
+
+
 def test_register_stage_gates_on_real_sets_and_logs_every_set(tmp_path, monkeypatch, rng, tiny_raw):
     from flows.register import log_and_register_task
     from pipeline.config import parse_params
@@ -351,7 +391,7 @@ def test_register_stage_gates_on_real_sets_and_logs_every_set(tmp_path, monkeypa
 
     def register(params, model_dir, evaluation):
         write_json(metrics, evaluation)
-        return log_and_register_task.fn(params, model_dir, history, evaluation, [metrics, history], grid, lock, data,
+        return log_and_register_task.fn(params, model_dir, evaluation, [metrics, history], grid, lock, data,
                                         pairs, tmp_path / "per_set")
 
     record1 = register(synthetic, first, {"psnr": 20.0, "ssim": 0.5, "mse": 0.01, "count": 3})

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 import typer
-from rich.progress import track
 
 from pipeline.cli.common import Device, ImageFormat, app, err, fail, infer_params, load_net
 from pipeline.errors import DemoireError, InputDataError
+from pipeline.progress import progress_mode, track_progress
 
 
 def _input_images(inputs: list[str], out: Path, suffix: str = ".png") -> tuple[list[tuple[Path, Path]], list[str]]:
@@ -37,6 +38,17 @@ def _input_images(inputs: list[str], out: Path, suffix: str = ".png") -> tuple[l
         else:
             problems.append(f"no such file or folder: {item}")
     return pairs, problems
+
+
+def _progress_mode(quiet: bool) -> str:
+    """`off` with -q; else pipeline.progress's choice (a bar on a terminal), its log lines shown even without -v."""
+    if quiet:
+        return "off"
+    mode = progress_mode()
+    if mode == "log" and not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("pipeline.progress").setLevel(logging.INFO)
+    return mode
 
 
 @app.command()
@@ -79,7 +91,7 @@ def predict(
         err.print(f"skipped {problem}", highlight=False)
     restored, written = [], set()
     start = time.perf_counter()
-    for path, target in track(pairs, description="restoring", console=err, disable=not err.notes):
+    for path, target in track_progress(pairs, "restoring", unit="images", mode=_progress_mode(not err.notes)):
         if target in written or (target.exists() and not overwrite):
             reason = "written earlier in this run from another input" if target in written else "exists (use --overwrite)"
             err.print(f"skipped {path}: {target} {reason}", highlight=False)

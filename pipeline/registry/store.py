@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import httpx
 import mlflow
 from filelock import FileLock
 from mlflow.exceptions import MlflowException
@@ -20,6 +21,7 @@ from pipeline.errors import InputDataError, ModelNotFoundError
 # MLflow creates a new SQLite store's schema on first use; two processes doing it at once collide
 # ("table already exists", "duplicate column name"), so the first use is serialised by a file lock.
 STORE_INIT_TIMEOUT_S = 300
+SERVER_PROBE_TIMEOUT_S = 5.0
 
 
 def default_tracking_uri(project_dir: Path) -> str:
@@ -42,6 +44,7 @@ def use_tracking_store(project_dir: Path, experiment: str) -> str:
     """
     explicit = "MLFLOW_TRACKING_URI" in os.environ  # read first: mlflow.set_tracking_uri exports it
     uri = default_tracking_uri(project_dir)
+    check_server_answers(uri)
     mlflow.set_tracking_uri(uri)
     database = sqlite_path(uri)
     if database is None:
@@ -53,6 +56,19 @@ def use_tracking_store(project_dir: Path, experiment: str) -> str:
             _ensure_experiment(experiment, artifacts)
     mlflow.set_experiment(experiment)
     return uri
+
+
+def check_server_answers(uri: str, timeout_s: float = SERVER_PROBE_TIMEOUT_S) -> None:
+    """One quick request to an http(s) tracking server: a dead one is a one-line error, not minutes of
+    MLflow's retries (any answer, even 401, means a server is there)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        httpx.get(f"{uri.rstrip('/')}/health", timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        raise InputDataError(
+            f"MLFLOW_TRACKING_URI={uri}: no MLflow server answers ({type(exc).__name__}); start it "
+            "(make mlflow-server) or unset MLFLOW_TRACKING_URI to use the project's mlflow.db") from None
 
 
 def _ensure_experiment(name: str, artifacts: str | None) -> None:

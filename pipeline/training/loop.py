@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import hashlib
 import json
 import logging
@@ -23,6 +24,7 @@ from pipeline.config import TrainParams
 from pipeline.data.dataset import Pair, PairDataset
 from pipeline.errors import DemoireError
 from pipeline.evaluation.metrics import batch_psnr
+from pipeline.progress import track_progress
 from pipeline.training.batches import TrainingBatches
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.training.distributed import World, sum_across
@@ -42,10 +44,26 @@ class EpochStats:
     val_loss: float
     val_psnr: float
     seconds: float
+    lr: float = math.nan  # at the epoch's end; NaN in checkpoints written before it was recorded
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """One optimiser step, as `train_model` reports it to an `on_step` hook."""
+
+    epoch: int
+    step: int  # 1-based within the epoch
+    steps_per_epoch: int
+    loss: float  # this step's loss, averaged over the ranks
+
+    @property
+    def global_step(self) -> int:
+        """Steps since the run began (1-based), a step axis that continues across epochs and resumes."""
+        return (self.epoch - 1) * self.steps_per_epoch + self.step
 
 
 # Settings that change how a run is executed but not what it computes: they may differ on resume.
-EXECUTION_ONLY = {"num_workers", "resume"}
+EXECUTION_ONLY = {"num_workers", "resume", "log_every_steps"}
 
 
 def training_fingerprint(cfg: TrainParams, seed: int, data_digest: str, world_size: int) -> str:
@@ -126,6 +144,15 @@ def validate(model: nn.Module, pairs: list[Pair], loss_fn: Loss, device: torch.d
     return loss_sum / count, psnr_sum / count
 
 
+def epoch_title(epoch: int, epochs: int, history: list[EpochStats]) -> str:
+    """`train epoch 3/30`, with the run's ETA once an epoch has been timed (the bar gives the epoch's own)."""
+    timed = [row.seconds for row in history if math.isfinite(row.seconds)]
+    if not timed:
+        return f"train epoch {epoch}/{epochs}"
+    left = datetime.timedelta(seconds=round(sum(timed) / len(timed) * (epochs - epoch + 1)))
+    return f"train epoch {epoch}/{epochs} (run ETA {left})"
+
+
 def train_model(
     model: nn.Module,
     batches: TrainingBatches,
@@ -136,6 +163,8 @@ def train_model(
     checkpoint_path: Path,
     on_epoch: Callable[[list[EpochStats]], None] | None = None,
     world: World = World(),
+    on_start: Callable[[list[EpochStats]], None] | None = None,
+    on_step: Callable[[StepStats], None] | None = None,
 ) -> list[EpochStats]:
     """Train `model` in place for cfg.epochs and return the history of every epoch.
 
@@ -143,7 +172,9 @@ def train_model(
     restarted with the same params and data (cfg.resume) continues where it stopped and ends with
     the same weights as an uninterrupted one. With EMA the final weights are the average; with
     early stopping they are those of the best validation epoch. Across DDP ranks, rank 0 alone
-    writes the checkpoint and calls `on_epoch` (with the history so far).
+    writes the checkpoint, shows progress and calls the hooks: `on_start` once with the history a
+    resumed checkpoint brought (empty for a fresh run), `on_step` after every optimiser step, and
+    `on_epoch` with the history so far after each epoch's checkpoint.
     """
     model.to(device)
     if device.type == "cuda":
@@ -171,6 +202,8 @@ def train_model(
             restore_rng(state["rng"], device)
         if world.is_main:
             log.info("resuming from %s after epoch %d", checkpoint_path, len(history))
+    if world.is_main and on_start is not None:
+        on_start(history)
 
     for epoch in range(len(history) + 1, cfg.epochs + 1):
         if cfg.early_stop_patience and epoch - best["epoch"] > cfg.early_stop_patience:
@@ -181,7 +214,10 @@ def train_model(
         start = time.perf_counter()
         net.train()
         total, count = 0.0, 0
-        for step, (moire, clean) in enumerate(batches.epoch(epoch)):
+        # rank 0 alone shows progress: a bar on a terminal, log lines elsewhere (pipeline.progress)
+        progress = track_progress(batches.epoch(epoch), epoch_title(epoch, cfg.epochs, history), steps, "steps",
+                                  None if world.is_main else "off")
+        for step, (moire, clean) in enumerate(progress):
             moire, clean = moire.to(device, non_blocking=True), clean.to(device, non_blocking=True)
             if device.type == "cuda":
                 moire = moire.contiguous(memory_format=torch.channels_last)
@@ -204,9 +240,12 @@ def train_model(
                 ema.update_parameters(model)
             total += step_loss * moire.shape[0]
             count += moire.shape[0] * world.size
+            if world.is_main and on_step is not None:
+                on_step(StepStats(epoch, step + 1, steps, step_loss / world.size))
         evaluated = ema.module if ema is not None else model
         val_loss, val_psnr = validate(evaluated, val_pairs, loss_fn, device, cfg.amp, world)
-        stats = EpochStats(epoch, total / count, val_loss, val_psnr, time.perf_counter() - start)
+        stats = EpochStats(epoch, total / count, val_loss, val_psnr, time.perf_counter() - start,
+                           schedule.get_last_lr()[0])
         history.append(stats)
         if val_psnr > best["val_psnr"]:
             weights = copy.deepcopy(evaluated.state_dict()) if cfg.early_stop_patience else None

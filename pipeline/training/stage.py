@@ -6,6 +6,7 @@ unless it already runs under it; rank 0 writes the history, checkpoint and model
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -24,6 +25,7 @@ from pipeline.training.device import resolve_device
 from pipeline.training.batches import SyntheticBatches, TrainingBatches, stored_pair_batches
 from pipeline.training.distributed import World, check_gpu_count, process_group, torchrun_command, world_from_env
 from pipeline.training.loop import EpochStats, train_model
+from pipeline.training.telemetry import live_training_run
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -77,11 +79,19 @@ def train_in_process(params: Params, data: Path, pairs_index: Path, out: Path, h
         val_pairs = kept_in_memory_if_it_fits(load_split(pairs_index, data, "val"), loader_workers=0)
         spec = model_spec(cfg.model, cfg.channels, cfg.depth)
         model = build_model(spec, seed=params.seed)
-        history = train_model(model, batches, val_pairs, cfg, params.seed, device, Path(out) / CHECKPOINT_FILE,
-                              lambda so_far: write_history(so_far, history_path), world)
-        if world.is_main:
-            write_history(history, history_path)  # also when a resumed run had no epoch left to run
-            save_model(model.cpu(), spec, out)
+        # rank 0 streams the run to MLflow (pipeline.training.telemetry) and ends it FINISHED or FAILED
+        with live_training_run(params, out) if world.is_main else contextlib.nullcontext() as telemetry:
+            def on_epoch(so_far: list[EpochStats]) -> None:
+                write_history(so_far, history_path)
+                if telemetry is not None:
+                    telemetry.on_epoch(so_far)
+
+            history = train_model(model, batches, val_pairs, cfg, params.seed, device, Path(out) / CHECKPOINT_FILE,
+                                  on_epoch, world, on_start=telemetry and telemetry.on_start,
+                                  on_step=telemetry and telemetry.on_step)
+            if world.is_main:
+                write_history(history, history_path)  # also when a resumed run had no epoch left to run
+                save_model(model.cpu(), spec, out)
 
 
 def run_training(params: Params, params_path: Path, data: Path, pairs_index: Path, out: Path, history_path: Path) -> None:

@@ -39,7 +39,9 @@ def _train(tmp_path, name, processes, batch_size):
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_train_like_one_process_with_their_combined_batch(tmp_path, rng):
+def test_two_gloo_processes_train_like_one_process_with_their_combined_batch(tmp_path, rng, monkeypatch):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # the live MLflow run goes to a store here, not the checkout's
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     _dataset(tmp_path / "data", rng)
     ddp = _train(tmp_path, "ddp", processes=2, batch_size=2)
     single = _train(tmp_path, "single", processes=1, batch_size=4)
@@ -54,3 +56,12 @@ def test_two_gloo_processes_train_like_one_process_with_their_combined_batch(tmp
     for (key, a), b in zip(ddp_model.state_dict().items(), single_model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=key)
     np.testing.assert_allclose(history.val_psnr, pd.read_csv(single / "history.csv").val_psnr, rtol=1e-4)
+
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.training.telemetry import recorded_run_id
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = recorded_run_id(ddp)  # rank 0 alone streamed: one run, each epoch once
+    assert [m.step for m in client.get_metric_history(run, "val_psnr")] == [1, 2]
+    assert len(client.search_runs([client.get_run(run).info.experiment_id])) == 2  # the ddp and single trainings

@@ -1,0 +1,95 @@
+"""Two tiny experiments queued with `dvc exp run --queue` and run two at a time by `dvc queue start -j 2`.
+
+DVC runs each in a temporary copy under .dvc/tmp/exps/ (deleted afterwards) with DVC_ROOT pointing at
+the project: the MLflow store, its artifacts and Prefect's state must land in the project, not the copy.
+"""
+
+import json
+import os
+import sys
+import time
+
+import pytest
+import yaml
+
+from tests.integration.project import GIT_IDENTITY, copy_project, read_registry, run
+
+pytestmark = pytest.mark.slow
+EXPERIMENTS = {"q-lr2": "0.002", "q-lr3": "0.003"}
+
+
+def _wait_for_queue(repo, env, timeout_s: float = 1200) -> str:
+    """Poll `dvc queue status` until nothing is queued or running; return its last output."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = run(["dvc", "queue", "status"], repo, env).stdout
+        busy = [line for line in status.splitlines() if " Queued " in f" {line} " or " Running " in f" {line} "]
+        if not busy or time.monotonic() > deadline:
+            return status
+        time.sleep(5)
+
+
+def _uncached_outputs(repo) -> list[str]:
+    """Outputs dvc.yaml marks `cache: false`, which DVC leaves to git. The project's .gitignore hides data/,
+    so uncommitted they would be missing from an experiment's temporary copy and rerun their stage there."""
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    paths = []
+    for stage in stages.values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                if isinstance(entry, dict):
+                    paths += [path for path, options in entry.items() if (options or {}).get("cache") is False]
+    return [path for path in paths if (repo / path).exists()]
+
+
+def _training_runs(repo, env) -> dict:
+    """The training runs of the project's store: {run id: (status, tags, val_psnr steps)}, read in a fresh process."""
+    script = (
+        "import json; from mlflow.tracking import MlflowClient; c = MlflowClient();"
+        "e = c.get_experiment_by_name('demoire').experiment_id;"
+        "rs = c.search_runs([e], filter_string=\"tags.`demoire.stage` = 'train'\");"
+        "print(json.dumps({r.info.run_id: [r.info.status, r.data.tags,"
+        " sorted(m.step for m in c.get_metric_history(r.info.run_id, 'val_psnr'))] for r in rs}))"
+    )
+    env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
+    return json.loads(run([sys.executable, "-c", script], repo, env).stdout.strip().splitlines()[-1])
+
+
+def test_two_queued_experiments_register_in_the_project_store(tmp_path):
+    repo = tmp_path / "project"
+    repo.mkdir()
+    copy_project(repo)
+    env = {**os.environ, **GIT_IDENTITY, "PATH": f"{sys.executable.rsplit('/', 1)[0]}:{os.environ['PATH']}"}
+    for name in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_HOME"):  # the project's own store and state
+        env.pop(name, None)
+    run(["dvc", "repro"], repo, env)  # the baseline: queued experiments rerun train, evaluate and register only
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "add", "-f", *_uncached_outputs(repo)], repo, env)
+    run(["git", "commit", "-qm", "baseline"], repo, env)
+
+    for name, lr in EXPERIMENTS.items():
+        run(["dvc", "exp", "run", "--queue", "-n", name, "-S", "train.epochs=1", "-S", f"train.lr={lr}"], repo, env)
+    run(["dvc", "queue", "start", "-j", "2"], repo, env)
+    status = _wait_for_queue(repo, env)
+    assert status.count("Success") == 2, status + run(["dvc", "queue", "logs", "q-lr2"], repo, env).stdout
+
+    registry = read_registry(repo, env)
+    by_experiment = {tags.get("dvc_experiment"): number for number, tags in registry["versions"].items()}
+    assert set(by_experiment) == {None, *EXPERIMENTS}  # the baseline's version and one per experiment
+    training = _training_runs(repo, env)
+    for name in EXPERIMENTS:
+        tags = registry["versions"][by_experiment[name]]
+        status, run_tags, epochs = training[tags["training_run_id"]]  # streamed live into the project's store
+        assert (status, run_tags["dvc_experiment"], epochs) == ("FINISHED", name, [1])
+    assert not [run_id for run_id, (status, *_) in training.items() if status == "RUNNING"]
+
+    # the registry's decisions: every version decided once; champion is the last one promoted
+    decisions = {number: tags["promotion"] for number, tags in registry["versions"].items()}
+    assert set(decisions.values()) <= {"promoted", "not_promoted"} and decisions["1"] == "promoted"
+    assert registry["aliases"]["champion"] == max((n for n, d in decisions.items() if d == "promoted"), key=int)
+
+    temporary = repo / ".dvc" / "tmp"
+    assert not list(temporary.rglob("mlflow.db")) and not list(temporary.rglob("mlartifacts"))
+    assert not list(temporary.rglob(".prefect"))
+    assert list((repo / ".prefect").glob("*.db"))  # the flows' state: in the project's PREFECT_HOME
+    assert list((repo / "mlartifacts").rglob("MLmodel"))
