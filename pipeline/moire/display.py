@@ -107,6 +107,19 @@ def subpixel_coverage(
     return torch.stack([2.0 * red_blue * red_pixel, green, 2.0 * red_blue * (1.0 - red_pixel)], dim=1)
 
 
+def on_panel(u: torch.Tensor, v: torch.Tensor, side: int) -> torch.Tensor:
+    """(B, 1, H, W) 1 where display coords (u, v) fall on a panel of `side` pixels, else 0 (black outside)."""
+    return ((u >= 0) & (u < side) & (v >= 0) & (v < side)).unsqueeze(1).to(u.dtype)
+
+
+def white_screen_light(u: torch.Tensor, v: torch.Tensor, coverage: torch.Tensor, side: int) -> torch.Tensor:
+    """`emitted_light` of a panel of `side` pixels showing full white: its coverage, where the panel is.
+
+    No pixel values to gather, which is most of `emitted_light`'s cost.
+    """
+    return coverage * on_panel(u, v, side)
+
+
 def emitted_light(
     panel: torch.Tensor, u: torch.Tensor, v: torch.Tensor, coverage: torch.Tensor
 ) -> torch.Tensor:

@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import SynthesizeParams
-from pipeline.moire.display import add_glare, decode_display_gamma, emitted_light, panel_colour, subpixel_coverage
+from pipeline.moire.display import (
+    add_glare, decode_display_gamma, emitted_light, panel_colour, subpixel_coverage, white_screen_light,
+)
 from pipeline.moire.isp import (
     demosaic, denoise_chroma, sharpen, shrink_to, subtract_black_point, to_uint8, tone_curve, white_balance,
 )
@@ -383,12 +385,11 @@ def moire_layer(captures: list[CaptureParams], p: dict[str, torch.Tensor], conte
     chroma smoothing make it; exposure, white balance and the tone curve only scale it, so they
     are left to the content's own rendering.
     """
-    white = torch.ones((len(captures), 3, content_side, content_side), device=p["gamut"].device)
-    homographies = _homographies(captures, content_side, frame_size, 1.0, white.device)
+    homographies = _homographies(captures, content_side, frame_size, 1.0, p["gamut"].device)
     u, v = sensor_samples_on_display(homographies, frame_size, supersample, p["radial_distortion"], p["sensor_aperture"])
     footprint = p["sensor_aperture"] / (p["pitch_ratio"] * supersample)
     coverage = _layout_coverage(u, v, footprint, p["fill_factor"], [c.subpixel_layout for c in captures])
-    light = lens_blur(emitted_light(white, u, v, coverage), p["blur_sigma"] * supersample)
+    light = lens_blur(white_screen_light(u, v, coverage, content_side), p["blur_sigma"] * supersample)
     linear = denoise_chroma(demosaic(bayer_mosaic(integrate_pixel_area(light, supersample))), p["chroma_denoise"])
     layer = shrink_to(linear, out_size) if frame_size != out_size else linear
     return layer / layer.mean(dim=(2, 3), keepdim=True).clamp(min=1e-6)
