@@ -26,7 +26,7 @@ from pipeline.moire.isp import (
 from pipeline.moire.jpeg import jpeg_compress
 from pipeline.moire.patterns import BandPattern, band_modulation, sample_band_pattern
 from pipeline.moire.optics import (
-    camera_homography, lens_blur, pitch_ratio, screen_margin, sensor_samples_on_display, vignetting,
+    blurred_mosaic, camera_homography, lens_blur, pitch_ratio, screen_margin, sensor_samples_on_display, vignetting,
 )
 from pipeline.moire.sensor import add_sensor_noise, bayer_mosaic, expose, integrate_pixel_area, metered_gain
 
@@ -389,8 +389,12 @@ def moire_layer(captures: list[CaptureParams], p: dict[str, torch.Tensor], conte
     u, v = sensor_samples_on_display(homographies, frame_size, supersample, p["radial_distortion"], p["sensor_aperture"])
     footprint = p["sensor_aperture"] / (p["pitch_ratio"] * supersample)
     coverage = _layout_coverage(u, v, footprint, p["fill_factor"], [c.subpixel_layout for c in captures])
-    light = lens_blur(white_screen_light(u, v, coverage, content_side), p["blur_sigma"] * supersample)
-    linear = denoise_chroma(demosaic(bayer_mosaic(integrate_pixel_area(light, supersample))), p["chroma_denoise"])
+    light = white_screen_light(u, v, coverage, content_side)
+    if supersample == 1:  # the pixel is one sample: blur only what the mosaic keeps
+        raw = blurred_mosaic(light, p["blur_sigma"])
+    else:
+        raw = bayer_mosaic(integrate_pixel_area(lens_blur(light, p["blur_sigma"] * supersample), supersample))
+    linear = denoise_chroma(demosaic(raw), p["chroma_denoise"])
     layer = shrink_to(linear, out_size) if frame_size != out_size else linear
     return layer / layer.mean(dim=(2, 3), keepdim=True).clamp(min=1e-6)
 
