@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pipeline.moire.optics import gaussian_kernels, separable_filter
+from pipeline.moire.optics import blur_radius, gaussian_kernels, separable_filter
 
 SHARPEN_SIGMA = 1.0  # radius of the unsharp mask, pixels: what phone ISPs use for detail
 
@@ -74,19 +74,24 @@ def tone_curve(linear: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     return linear.clamp(0.0, 1.0) ** (1.0 / gamma.reshape(-1, 1, 1, 1))
 
 
+CHROMA_LUMA = (0.299, 0.587, 0.114)  # BT.601, the luma a camera's ISP separates chroma from
+
+
 def denoise_chroma(rgb: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Blur colour differences (not luma) by a Gaussian of `sigma` pixels per capture.
 
     Phone ISPs smooth chroma far more than luma to hide colour noise; it also smooths the fine
     false colour that demosaicing makes of an aliased screen grid, leaving its wide colour bands.
+    The three colour differences weigh to zero against the luma weights, and blurring keeps that,
+    so only red's and blue's are blurred and green's follows from them.
     """
     if float(sigma.max()) <= 0:
         return rgb
-    weights = torch.tensor((0.299, 0.587, 0.114), dtype=rgb.dtype, device=rgb.device).reshape(1, 3, 1, 1)
-    luma = (rgb * weights).sum(dim=1, keepdim=True)
-    radius = max(1, int(torch.ceil(3 * sigma.max())))
-    chroma = separable_filter(rgb - luma, gaussian_kernels(sigma.to(rgb.dtype), radius))
-    return luma + chroma
+    red, green, blue = CHROMA_LUMA
+    luma = red * rgb[:, 0:1] + green * rgb[:, 1:2] + blue * rgb[:, 2:3]
+    red_blue = separable_filter(rgb[:, 0::2] - luma, gaussian_kernels(sigma.to(rgb.dtype), blur_radius(sigma)))
+    green_difference = (red * red_blue[:, :1] + blue * red_blue[:, 1:]) / -green
+    return torch.cat([red_blue[:, :1], green_difference, red_blue[:, 1:]], dim=1).add_(luma)
 
 
 def shrink_to(image: torch.Tensor, size: int) -> torch.Tensor:

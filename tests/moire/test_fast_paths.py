@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.moire.display import STRIPE_COLUMNS, subpixel_coverage
-from pipeline.moire.isp import demosaic
-from pipeline.moire.optics import blurred_mosaic, lens_blur
+from pipeline.moire.isp import CHROMA_LUMA, demosaic, denoise_chroma
+from pipeline.moire.optics import blur_radius, blurred_mosaic, gaussian_kernels, lens_blur, separable_filter
 from pipeline.moire.sensor import RGGB, bayer_mosaic
 
 
@@ -72,3 +72,13 @@ def test_blurred_mosaic_is_the_mosaic_of_the_blurred_light_to_the_bit(shape):
     sigma = torch.tensor([0.4, 1.3][: shape[0]])
     assert torch.equal(blurred_mosaic(light, sigma), bayer_mosaic(lens_blur(light, sigma)))
     assert torch.equal(blurred_mosaic(light, torch.zeros(shape[0])), bayer_mosaic(light))
+
+
+def test_chroma_denoise_equals_blurring_all_three_colour_differences():
+    rgb = torch.rand(2, 3, 12, 10, generator=torch.Generator().manual_seed(4))
+    sigma = torch.tensor([0.7, 2.0])
+    luma = (rgb * torch.tensor(CHROMA_LUMA).reshape(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+    direct = luma + separable_filter(rgb - luma, gaussian_kernels(sigma, blur_radius(sigma)))
+    got = denoise_chroma(rgb, sigma)
+    torch.testing.assert_close(got, direct, atol=1e-6, rtol=0)
+    assert (got - rgb).abs().max() > 0.05  # it does blur
