@@ -134,8 +134,13 @@ def on_panel(u: torch.Tensor, v: torch.Tensor, side: int) -> torch.Tensor:
 def white_screen_light(u: torch.Tensor, v: torch.Tensor, coverage: torch.Tensor, side: int) -> torch.Tensor:
     """`emitted_light` of a panel of `side` pixels showing full white: its coverage, where the panel is.
 
-    No pixel values to gather, which is most of `emitted_light`'s cost.
+    No pixel values to gather, which is most of `emitted_light`'s cost; and a frame that sees only
+    the panel, as the poses' margins make every frame, needs no mask either (two reductions are
+    cheaper than the mask's compares).
     """
+    (u_low, u_high), (v_low, v_high) = torch.aminmax(u), torch.aminmax(v)
+    if min(float(u_low), float(v_low)) >= 0 and max(float(u_high), float(v_high)) < side:
+        return coverage
     return coverage * on_panel(u, v, side)
 
 

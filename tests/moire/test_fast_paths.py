@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.moire.display import STRIPE_COLUMNS, subpixel_coverage
+from pipeline.moire.display import STRIPE_COLUMNS, subpixel_coverage, white_screen_light
 from pipeline.moire.isp import CHROMA_LUMA, demosaic, denoise_chroma
 from pipeline.moire.optics import blur_radius, blurred_mosaic, gaussian_kernels, lens_blur, separable_filter
 from pipeline.moire.sensor import RGGB, bayer_mosaic
@@ -82,3 +82,12 @@ def test_chroma_denoise_equals_blurring_all_three_colour_differences():
     got = denoise_chroma(rgb, sigma)
     torch.testing.assert_close(got, direct, atol=1e-6, rtol=0)
     assert (got - rgb).abs().max() > 0.05  # it does blur
+
+
+def test_a_white_screen_is_black_only_off_the_panel():
+    u = torch.tensor([[[-0.5, 0.5, 3.5, 4.0]]])
+    coverage = torch.full((1, 3, 1, 4), 2.0)
+    light = white_screen_light(u, torch.full_like(u, 1.0), coverage, side=4)
+    assert light[0, :, 0].tolist() == [[0.0, 2.0, 2.0, 0.0]] * 3
+    inside = white_screen_light(u[..., 1:3], torch.full_like(u[..., 1:3], 1.0), coverage[..., 1:3], side=4)
+    assert torch.equal(inside, coverage[..., 1:3])
