@@ -59,13 +59,10 @@ def camera_homography(
     return to_frame @ perspective @ rotate_scale @ centre_display
 
 
-def frame_offsets(out_size: int, supersample: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sub-sample centres of the frame as (x, y) offsets from its centre, in half-frame units."""
-    n = out_size * supersample
-    centres = (torch.arange(n, dtype=torch.float64, device=device) + 0.5) / supersample
-    offsets = (centres - out_size / 2) / (out_size / 2)
-    ys, xs = torch.meshgrid(offsets, offsets, indexing="ij")
-    return xs, ys
+def frame_offsets(out_size: int, supersample: int, device: torch.device) -> torch.Tensor:
+    """Sub-sample centres of the frame along one axis, as offsets from its centre in half-frame units."""
+    centres = (torch.arange(out_size * supersample, dtype=torch.float64, device=device) + 0.5) / supersample
+    return (centres - out_size / 2) / (out_size / 2)
 
 
 def sensor_samples_on_display(
@@ -83,23 +80,28 @@ def sensor_samples_on_display(
     pixel = (torch.arange(n, device=homographies.device) // supersample).to(torch.float64)
     offsets = aperture_offsets(supersample, aperture).repeat(1, out_size)  # (B, n)
     half = out_size / 2
-    along = ((pixel + 0.5 + offsets - half) / half).to(torch.float32)  # (B, n), half-frame units
+    along = (pixel + 0.5 + offsets - half) / half  # (B, n), half-frame units
     xs, ys = along.reshape(batch, 1, n), along.reshape(batch, n, 1)
-    k1 = radial_distortion.to(torch.float32).reshape(-1, 1, 1)
-    scale = 1.0 + k1 * (xs**2 + ys**2)
-    sensor_x, sensor_y = half + xs * scale * half, half + ys * scale * half
+    # With sensor coords s = half·(1 + x·scale), each row of the inverse map m is
+    # m·s = scale·(a·x + b·y) + c: per-axis terms in float64 on the (B, n) axes, then three
+    # broadcast passes per coordinate over the (B, n, n) grid.
+    m = torch.linalg.inv(homographies.to(torch.float64)).reshape(batch, 3, 3, 1, 1)
+    k1 = radial_distortion.to(torch.float64).reshape(-1, 1, 1)
+    scale = ((k1 * xs**2).to(torch.float32) + (1.0 + k1 * ys**2).to(torch.float32))
+
+    def mapped(row: int) -> torch.Tensor:
+        a, b, c = half * m[:, row, 0], half * m[:, row, 1], half * (m[:, row, 0] + m[:, row, 1]) + m[:, row, 2]
+        return ((a * xs).to(torch.float32) + (b * ys).to(torch.float32)).mul_(scale).add_(c.to(torch.float32))
+
     # float32 keeps display coordinates (< 10⁴) to ~10⁻³ px, far below anything the layout resolves.
-    m = torch.linalg.inv(homographies.to(torch.float64)).to(torch.float32).reshape(batch, 9, 1, 1)
-    w = m[:, 6] * sensor_x + m[:, 7] * sensor_y + m[:, 8]
-    u = (m[:, 0] * sensor_x + m[:, 1] * sensor_y + m[:, 2]) / w
-    v = (m[:, 3] * sensor_x + m[:, 4] * sensor_y + m[:, 5]) / w
-    return u, v
+    w = mapped(2)
+    return mapped(0).div_(w), mapped(1).div_(w)
 
 
 def vignetting(out_size: int, supersample: int, strength: torch.Tensor) -> torch.Tensor:
     """Relative illumination (B, 1, H, W): 1 at the centre, 1 − strength in the frame's corners."""
-    xs, ys = frame_offsets(out_size, supersample, strength.device)
-    radius_sq = ((xs**2 + ys**2) / 2.0).to(torch.float32)  # 1 in the corners
+    half_squares = frame_offsets(out_size, supersample, strength.device) ** 2 / 2.0
+    radius_sq = (half_squares[None, :] + half_squares[:, None]).to(torch.float32)  # 1 in the corners
     return 1.0 - strength.reshape(-1, 1, 1, 1) * radius_sq
 
 
