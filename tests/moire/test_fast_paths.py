@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.moire.display import STRIPE_COLUMNS, subpixel_coverage, white_screen_light
-from pipeline.moire.isp import CHROMA_LUMA, demosaic, denoise_chroma
+from pipeline.moire.isp import CHROMA_LUMA, demosaic, denoise_chroma, tone_curve
 from pipeline.moire.optics import blur_radius, blurred_mosaic, gaussian_kernels, lens_blur, separable_filter
 from pipeline.moire.sensor import RGGB, bayer_mosaic
 
@@ -91,3 +91,12 @@ def test_a_white_screen_is_black_only_off_the_panel():
     assert light[0, :, 0].tolist() == [[0.0, 2.0, 2.0, 0.0]] * 3
     inside = white_screen_light(u[..., 1:3], torch.full_like(u[..., 1:3], 1.0), coverage[..., 1:3], side=4)
     assert torch.equal(inside, coverage[..., 1:3])
+
+
+def test_tone_curve_is_the_power_law_to_float_precision():
+    linear = torch.cat([torch.tensor([0.0, 1e-7, 1.0, 1.5, -0.2]), torch.rand(995, generator=torch.Generator().manual_seed(5))])
+    linear = linear.reshape(1, 1, 1, -1).expand(2, 3, 1, -1)
+    gamma = torch.tensor([2.2, 1.8])
+    expected = linear.clamp(0, 1) ** (1 / gamma.reshape(-1, 1, 1, 1))
+    torch.testing.assert_close(tone_curve(linear, gamma), expected, rtol=1e-6, atol=0)
+    assert tone_curve(linear, gamma)[..., :5].flatten().tolist()[:5] == pytest.approx([0.0, 1e-7 ** (1 / 2.2), 1.0, 1.0, 0.0])
