@@ -66,7 +66,8 @@ def byte_differences(folder: Path, earlier: Path) -> dict[str, float]:
             now, before = (read_pair(root / kind / path.name, root / kind / path.name)[0].astype(np.int16)
                            for root in (folder, earlier))
             delta = np.abs(now - before)
-            differing, total, largest = differing + int((delta > 0).sum()), total + delta.size, max(largest, int(delta.max()))
+            differing, total = differing + int((delta > 0).sum()), total + delta.size
+            largest = max(largest, int(delta.max()))
     return {"bytes_differing": differing / total, "largest_difference": largest}
 
 
