@@ -28,6 +28,7 @@ from pipeline.config import parse_params  # noqa: E402
 from pipeline.data.manifest import read_pair  # noqa: E402
 from pipeline.data.synthetic import local_shard_runner, synthesize_dataset  # noqa: E402
 from pipeline.evaluation.synth_report import compare_paired_sets  # noqa: E402
+from pipeline.io import read_rgb  # noqa: E402
 
 # Residual spectrum bands, cycles per pixel: slow tone, wide bands, mid bands, fine bands, grid residue.
 BANDS = ((0.0, 0.02), (0.02, 0.05), (0.05, 0.15), (0.15, 0.3), (0.3, 0.5))
@@ -63,8 +64,7 @@ def byte_differences(folder: Path, earlier: Path) -> dict[str, float]:
     differing, total, largest = 0, 0, 0
     for path in sorted((folder / "moire").glob("*.png")):
         for kind in ("moire", "clean"):
-            now, before = (read_pair(root / kind / path.name, root / kind / path.name)[0].astype(np.int16)
-                           for root in (folder, earlier))
+            now, before = (read_rgb(root / kind / path.name).astype(np.int16) for root in (folder, earlier))
             delta = np.abs(now - before)
             differing, total = differing + int((delta > 0).sum()), total + delta.size
             largest = max(largest, int(delta.max()))
