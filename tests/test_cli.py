@@ -151,6 +151,7 @@ def test_bench_synth_json_reports_pairs_per_core():
     report = json.loads(result.stdout)
     assert report["pairs_per_s_per_core"] > 0 and len(report["runs"]) == 2 and report["size"] == 64
     assert report["pairs_per_s_per_core"] == statistics.median(report["runs"])
+    assert report["pairs_per_cpu_s"] == statistics.median(report["cpu_runs"]) and len(report["cpu_runs"]) == 2
 
 
 def test_check_params_show_resolves_the_preset(tmp_path):

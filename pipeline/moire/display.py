@@ -52,10 +52,29 @@ def add_glare(light: torch.Tensor, black_level: torch.Tensor) -> torch.Tensor:
     return light + _per_item(black_level)
 
 
-def _lit_length(x: torch.Tensor, start: float | torch.Tensor, length: float | torch.Tensor) -> torch.Tensor:
-    """Lit length in [0, x] of a pattern with period 1 lit on [start, start + length)."""
-    whole = torch.floor(x)
-    return whole * length + torch.minimum(torch.clamp(x - whole - start, min=0.0), torch.as_tensor(length))
+def footprint_edges(x: torch.Tensor, width: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For boxes of `width` centred at x: the whole periods (of 1) between their edges, and each edge's
+    place within its period, in [0, 1); what `lit_fraction` needs, shared by every stripe of a layout."""
+    high, low = x + width / 2, x - width / 2
+    whole_high, whole_low = torch.floor(high), torch.floor(low)
+    high.sub_(whole_high)
+    low.sub_(whole_low)
+    return whole_high.sub_(whole_low), high, low
+
+
+def lit_fraction(
+    edges: tuple[torch.Tensor, torch.Tensor, torch.Tensor], width: torch.Tensor, start: torch.Tensor,
+    length: torch.Tensor,
+) -> torch.Tensor:
+    """Fraction of each box (`footprint_edges`) that falls on [start, start+length) mod 1.
+
+    Whole periods count `length` each; the partial ones at the edges are clamped differences,
+    which is exact and needs no division per sample.
+    """
+    whole, high, low = edges
+    lit = (high - start).clamp_(min=0.0).clamp_(max=length)
+    lit.sub_((low - start).clamp_(min=0.0).clamp_(max=length))
+    return lit.addcmul_(whole, length).div_(width)
 
 
 def box_coverage(
@@ -66,9 +85,7 @@ def box_coverage(
     Integrating the layout over each sample's footprint (instead of point-sampling it) is what
     keeps a coarse sample grid free of aliasing that a real pixel would not see.
     """
-    high = _lit_length(x + width / 2, start, length)
-    low = _lit_length(x - width / 2, start, length)
-    return (high - low) / width
+    return lit_fraction(footprint_edges(x, width), width, start, length)
 
 
 def subpixel_coverage(
@@ -81,30 +98,50 @@ def subpixel_coverage(
     rest being black matrix. `pentile` (RGBG) gives every pixel a green subpixel and alternates red
     and blue between neighbouring pixels in a checkerboard, as OLED phone panels do.
     """
-    width = footprint.reshape(-1, 1, 1)
-    fill = fill_factor.reshape(-1, 1, 1)
-    rows = box_coverage(v, width, (1.0 - fill) / 2.0, fill) / fill
+    width = footprint.reshape(-1, 1, 1, 1)
+    fill = fill_factor.reshape(-1, 1, 1, 1)
+    u, v = u.unsqueeze(1), v.unsqueeze(1)
+    rows = box_coverage(v, width, (1.0 - fill) / 2.0, fill).div_(fill)  # (B, 1, H, W)
+    # Every stripe of a pixel is the same box pattern shifted: one broadcast over (B, stripes, H, W).
+    columns = footprint_edges(u, width)
     if layout in STRIPE_COLUMNS:
         stripe = fill / 3.0
-        channels = [
-            rows * box_coverage(u, width, (column + (1.0 - fill) / 2.0) / 3.0, stripe) / stripe
-            for column in STRIPE_COLUMNS[layout]
-        ]
-        return torch.stack(channels, dim=1)
+        starts = (torch.tensor(STRIPE_COLUMNS[layout], dtype=u.dtype, device=u.device).reshape(1, 3, 1, 1)
+                  + (1.0 - fill) / 2.0) / 3.0
+        return lit_fraction(columns, width, starts, stripe).mul_(rows / stripe)
     if layout != "pentile":
         raise ValueError(f"unknown subpixel layout {layout!r}; allowed: {', '.join(SUBPIXEL_LAYOUTS)}")
     half = fill / 2.0
-    left = rows * box_coverage(u, width, (1.0 - fill) / 4.0, half) / half
-    right = rows * box_coverage(u, width, 0.5 + (1.0 - fill) / 4.0, half) / half
-    column, row = torch.floor(u), torch.floor(v)
-    red_pixel = ((column + row) % 2 == 0).to(u.dtype)
+    starts = torch.tensor((0.0, 0.5), dtype=u.dtype, device=u.device).reshape(1, 2, 1, 1) + (1.0 - fill) / 4.0
+    left, right = lit_fraction(columns, width, starts, half).mul_(rows / half).unbind(1)
+    row = torch.floor(v[:, 0])
+    red_pixel = torch.remainder(torch.floor(u[:, 0]).add_(row), 2) == 0
     # Green sits right of red/blue on even rows and left on odd ones, so on average every colour
     # is centred on its pixel, as the clean target is.
-    even_row = (row % 2 == 0).to(u.dtype)
-    green = even_row * right + (1.0 - even_row) * left
-    red_blue = even_row * left + (1.0 - even_row) * right
+    even_row = torch.remainder(row, 2) == 0
     # Red and blue each light half of the pixels, so each counts double to keep its mean at 1.
-    return torch.stack([2.0 * red_blue * red_pixel, green, 2.0 * red_blue * (1.0 - red_pixel)], dim=1)
+    red_blue = torch.where(even_row, left, right).mul_(2.0)
+    zero = torch.zeros((), dtype=u.dtype, device=u.device)
+    return torch.stack([torch.where(red_pixel, red_blue, zero), torch.where(even_row, right, left),
+                        torch.where(red_pixel, zero, red_blue)], dim=1)
+
+
+def on_panel(u: torch.Tensor, v: torch.Tensor, side: int) -> torch.Tensor:
+    """(B, 1, H, W) 1 where display coords (u, v) fall on a panel of `side` pixels, else 0 (black outside)."""
+    return ((u >= 0) & (u < side) & (v >= 0) & (v < side)).unsqueeze(1).to(u.dtype)
+
+
+def white_screen_light(u: torch.Tensor, v: torch.Tensor, coverage: torch.Tensor, side: int) -> torch.Tensor:
+    """`emitted_light` of a panel of `side` pixels showing full white: its coverage, where the panel is.
+
+    No pixel values to gather, which is most of `emitted_light`'s cost; and a frame that sees only
+    the panel, as the poses' margins make every frame, needs no mask either (two reductions are
+    cheaper than the mask's compares).
+    """
+    (u_low, u_high), (v_low, v_high) = torch.aminmax(u), torch.aminmax(v)
+    if min(float(u_low), float(v_low)) >= 0 and max(float(u_high), float(v_high)) < side:
+        return coverage
+    return coverage * on_panel(u, v, side)
 
 
 def emitted_light(

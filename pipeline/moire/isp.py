@@ -5,41 +5,53 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pipeline.moire.optics import gaussian_kernels, separable_filter
-from pipeline.moire.sensor import RGGB
+from pipeline.moire.optics import blur_radius, gaussian_kernels, separable_filter
 
 SHARPEN_SIGMA = 1.0  # radius of the unsharp mask, pixels: what phone ISPs use for detail
 
 
-def cfa_masks(height: int, width: int, device: torch.device) -> torch.Tensor:
-    """(1, 3, H, W) 0/1 masks of which pixels of an RGGB mosaic recorded each colour."""
-    masks = torch.zeros(1, 3, height, width, device=device)
-    for dy in (0, 1):
-        for dx in (0, 1):
-            masks[0, RGGB[dy][dx], dy::2, dx::2] = 1.0
-    return masks
+def _next(plane: torch.Tensor, axis: int) -> torch.Tensor:
+    """Each value's neighbour one step further along `axis` of a colour plane, the last repeated."""
+    return torch.cat([plane.narrow(axis, 1, plane.shape[axis] - 1), plane.narrow(axis, -1, 1)], dim=axis)
+
+
+def _previous(plane: torch.Tensor, axis: int) -> torch.Tensor:
+    """Each value's neighbour one step back along `axis` of a colour plane, the first repeated."""
+    return torch.cat([plane.narrow(axis, 0, 1), plane.narrow(axis, 0, plane.shape[axis] - 1)], dim=axis)
 
 
 def demosaic(raw: torch.Tensor) -> torch.Tensor:
-    """Bilinear demosaic of an RGGB mosaic (B, 1, H, W) into (B, 3, H, W).
+    """Bilinear demosaic of an RGGB mosaic (B, 1, H, W) into (B, 3, H, W), reflect borders.
 
     Each missing value is the mean of its nearest recorded neighbours: red and blue from a
-    separable [½ 1 ½]² stencil, green from its four direct neighbours.
+    separable [½ 1 ½]² stencil, green from its four direct neighbours. Worked on the four
+    half-resolution planes of the 2×2 tile (a reflected neighbour across the frame's edge is the
+    plane's own edge value), so only missing values are computed, each from its two or four.
     """
     height, width = raw.shape[2:]
-    sparse = F.pad(raw * cfa_masks(height, width, raw.device).to(raw.dtype), (1, 1, 1, 1), mode="reflect")
-
-    def shifted(dy: int, dx: int, channels: slice) -> torch.Tensor:
-        return sparse[:, channels, 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
-
-    red_blue = slice(0, 3, 2)
-    above = 0.5 * shifted(-1, -1, red_blue) + shifted(-1, 0, red_blue) + 0.5 * shifted(-1, 1, red_blue)
-    middle = 0.5 * shifted(0, -1, red_blue) + shifted(0, 0, red_blue) + 0.5 * shifted(0, 1, red_blue)
-    below = 0.5 * shifted(1, -1, red_blue) + shifted(1, 0, red_blue) + 0.5 * shifted(1, 1, red_blue)
-    red_blue_full = 0.5 * above + middle + 0.5 * below
-    g = slice(1, 2)
-    green = shifted(0, 0, g) + 0.25 * (shifted(-1, 0, g) + shifted(1, 0, g) + shifted(0, -1, g) + shifted(0, 1, g))
-    return torch.cat([red_blue_full[:, :1], green, red_blue_full[:, 1:]], dim=1)
+    if height % 2 or width % 2:  # an even frame with the reflected row or column; cropped below
+        raw = F.pad(raw, (0, width % 2, 0, height % 2), mode="reflect")
+    rows, columns = -2, -1
+    red, green_red_rows = raw[:, 0, 0::2, 0::2], raw[:, 0, 0::2, 1::2]
+    green_blue_rows, blue = raw[:, 0, 1::2, 0::2], raw[:, 0, 1::2, 1::2]
+    rgb = torch.empty((raw.shape[0], 3, *raw.shape[2:]), dtype=raw.dtype, device=raw.device)
+    red_pairs = red + _next(red, columns)
+    rgb[:, 0, 0::2, 0::2] = red
+    rgb[:, 0, 0::2, 1::2] = 0.5 * red_pairs
+    rgb[:, 0, 1::2, 0::2] = 0.5 * (red + _next(red, rows))
+    rgb[:, 0, 1::2, 1::2] = 0.25 * (red_pairs + _next(red_pairs, rows))
+    rgb[:, 1, 0::2, 1::2] = green_red_rows
+    rgb[:, 1, 1::2, 0::2] = green_blue_rows
+    rgb[:, 1, 0::2, 0::2] = 0.25 * (_previous(green_blue_rows, rows) + green_blue_rows
+                                    + _previous(green_red_rows, columns) + green_red_rows)
+    rgb[:, 1, 1::2, 1::2] = 0.25 * (green_red_rows + _next(green_red_rows, rows)
+                                    + green_blue_rows + _next(green_blue_rows, columns))
+    blue_pairs = _previous(blue, columns) + blue
+    rgb[:, 2, 1::2, 1::2] = blue
+    rgb[:, 2, 1::2, 0::2] = 0.5 * blue_pairs
+    rgb[:, 2, 0::2, 1::2] = 0.5 * (_previous(blue, rows) + blue)
+    rgb[:, 2, 0::2, 0::2] = 0.25 * (_previous(blue_pairs, rows) + blue_pairs)
+    return rgb[:, :, :height, :width]
 
 
 def subtract_black_point(linear: torch.Tensor, black_point: torch.Tensor) -> torch.Tensor:
@@ -58,8 +70,15 @@ def white_balance(rgb: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
 
 
 def tone_curve(linear: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-    """Encode linear light with a power-law tone curve of each capture's gamma, to [0, 1]."""
-    return linear.clamp(0.0, 1.0) ** (1.0 / gamma.reshape(-1, 1, 1, 1))
+    """Encode linear light with a power-law tone curve of each capture's gamma, to [0, 1].
+
+    As exp(log(x) / gamma): on one CPU core a power with a per-capture exponent tensor took 3.4×
+    as long, and the two agree within 5e-7 relative (0 stays 0).
+    """
+    return torch.log(linear.clamp(0.0, 1.0)).div_(gamma.reshape(-1, 1, 1, 1)).exp_()
+
+
+CHROMA_LUMA = (0.299, 0.587, 0.114)  # BT.601, the luma a camera's ISP separates chroma from
 
 
 def denoise_chroma(rgb: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -67,14 +86,16 @@ def denoise_chroma(rgb: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
     Phone ISPs smooth chroma far more than luma to hide colour noise; it also smooths the fine
     false colour that demosaicing makes of an aliased screen grid, leaving its wide colour bands.
+    The three colour differences weigh to zero against the luma weights, and blurring keeps that,
+    so only red's and blue's are blurred and green's follows from them.
     """
     if float(sigma.max()) <= 0:
         return rgb
-    weights = torch.tensor((0.299, 0.587, 0.114), dtype=rgb.dtype, device=rgb.device).reshape(1, 3, 1, 1)
-    luma = (rgb * weights).sum(dim=1, keepdim=True)
-    radius = max(1, int(torch.ceil(3 * sigma.max())))
-    chroma = separable_filter(rgb - luma, gaussian_kernels(sigma.to(rgb.dtype), radius))
-    return luma + chroma
+    red, green, blue = CHROMA_LUMA
+    luma = red * rgb[:, 0:1] + green * rgb[:, 1:2] + blue * rgb[:, 2:3]
+    red_blue = separable_filter(rgb[:, 0::2] - luma, gaussian_kernels(sigma.to(rgb.dtype), blur_radius(sigma)))
+    green_difference = (red * red_blue[:, :1] + blue * red_blue[:, 1:]) / -green
+    return torch.cat([red_blue[:, :1], green_difference, red_blue[:, 1:]], dim=1).add_(luma)
 
 
 def shrink_to(image: torch.Tensor, size: int) -> torch.Tensor:

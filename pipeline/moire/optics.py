@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.moire.sensor import aperture_offsets
+from pipeline.moire.sensor import RGGB, aperture_offsets, bayer_mosaic
 
 
 def pitch_ratio(
@@ -59,13 +59,10 @@ def camera_homography(
     return to_frame @ perspective @ rotate_scale @ centre_display
 
 
-def frame_offsets(out_size: int, supersample: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sub-sample centres of the frame as (x, y) offsets from its centre, in half-frame units."""
-    n = out_size * supersample
-    centres = (torch.arange(n, dtype=torch.float64, device=device) + 0.5) / supersample
-    offsets = (centres - out_size / 2) / (out_size / 2)
-    ys, xs = torch.meshgrid(offsets, offsets, indexing="ij")
-    return xs, ys
+def frame_offsets(out_size: int, supersample: int, device: torch.device) -> torch.Tensor:
+    """Sub-sample centres of the frame along one axis, as offsets from its centre in half-frame units."""
+    centres = (torch.arange(out_size * supersample, dtype=torch.float64, device=device) + 0.5) / supersample
+    return (centres - out_size / 2) / (out_size / 2)
 
 
 def sensor_samples_on_display(
@@ -83,23 +80,28 @@ def sensor_samples_on_display(
     pixel = (torch.arange(n, device=homographies.device) // supersample).to(torch.float64)
     offsets = aperture_offsets(supersample, aperture).repeat(1, out_size)  # (B, n)
     half = out_size / 2
-    along = ((pixel + 0.5 + offsets - half) / half).to(torch.float32)  # (B, n), half-frame units
+    along = (pixel + 0.5 + offsets - half) / half  # (B, n), half-frame units
     xs, ys = along.reshape(batch, 1, n), along.reshape(batch, n, 1)
-    k1 = radial_distortion.to(torch.float32).reshape(-1, 1, 1)
-    scale = 1.0 + k1 * (xs**2 + ys**2)
-    sensor_x, sensor_y = half + xs * scale * half, half + ys * scale * half
+    # With sensor coords s = half·(1 + x·scale), each row of the inverse map m is
+    # m·s = scale·(a·x + b·y) + c: per-axis terms in float64 on the (B, n) axes, then three
+    # broadcast passes per coordinate over the (B, n, n) grid.
+    m = torch.linalg.inv(homographies.to(torch.float64)).reshape(batch, 3, 3, 1, 1)
+    k1 = radial_distortion.to(torch.float64).reshape(-1, 1, 1)
+    scale = ((k1 * xs**2).to(torch.float32) + (1.0 + k1 * ys**2).to(torch.float32))
+
+    def mapped(row: int) -> torch.Tensor:
+        a, b, c = half * m[:, row, 0], half * m[:, row, 1], half * (m[:, row, 0] + m[:, row, 1]) + m[:, row, 2]
+        return ((a * xs).to(torch.float32) + (b * ys).to(torch.float32)).mul_(scale).add_(c.to(torch.float32))
+
     # float32 keeps display coordinates (< 10⁴) to ~10⁻³ px, far below anything the layout resolves.
-    m = torch.linalg.inv(homographies.to(torch.float64)).to(torch.float32).reshape(batch, 9, 1, 1)
-    w = m[:, 6] * sensor_x + m[:, 7] * sensor_y + m[:, 8]
-    u = (m[:, 0] * sensor_x + m[:, 1] * sensor_y + m[:, 2]) / w
-    v = (m[:, 3] * sensor_x + m[:, 4] * sensor_y + m[:, 5]) / w
-    return u, v
+    w = mapped(2)
+    return mapped(0).div_(w), mapped(1).div_(w)
 
 
 def vignetting(out_size: int, supersample: int, strength: torch.Tensor) -> torch.Tensor:
     """Relative illumination (B, 1, H, W): 1 at the centre, 1 − strength in the frame's corners."""
-    xs, ys = frame_offsets(out_size, supersample, strength.device)
-    radius_sq = ((xs**2 + ys**2) / 2.0).to(torch.float32)  # 1 in the corners
+    half_squares = frame_offsets(out_size, supersample, strength.device) ** 2 / 2.0
+    radius_sq = (half_squares[None, :] + half_squares[:, None]).to(torch.float32)  # 1 in the corners
     return 1.0 - strength.reshape(-1, 1, 1, 1) * radius_sq
 
 
@@ -116,30 +118,73 @@ def gaussian_kernels(sigma: torch.Tensor, radius: int) -> torch.Tensor:
     return kernels / kernels.sum(dim=1, keepdim=True)
 
 
+def _filter_along(image: torch.Tensor, weights: torch.Tensor, axis: int, first: int = 0, step: int = 1) -> torch.Tensor:
+    """One 1-D pass of (B, 1, 1, 1, taps) `weights` along `axis` (-1: columns, -2: rows), reflect borders,
+    evaluated only at positions first, first + step, … of that axis."""
+    radius = weights.shape[-1] // 2
+    size = image.shape[axis]
+    count = len(range(first, size, step))
+    if axis == -2:
+        padded = F.pad(image, (0, 0, radius, radius), mode="reflect")
+
+        def tap(k: int) -> torch.Tensor:
+            return padded[..., k + first : k + size : step, :]
+    else:
+        # Strided reads along a row defeat vectorisation: split the columns into `step` contiguous
+        # phases once, so every tap is a contiguous slice of one of them.
+        padded = F.pad(image, (radius, radius, 0, 0), mode="reflect")
+        phases = [padded[..., phase::step].contiguous() for phase in range(step)] if step > 1 else [padded]
+
+        def tap(k: int) -> torch.Tensor:
+            start = (first + k) // step
+            return phases[(first + k) % step][..., start : start + count]
+
+    filtered = tap(0) * weights[..., 0]
+    for k in range(1, 2 * radius + 1):
+        filtered.addcmul_(tap(k), weights[..., k])
+    return filtered
+
+
+def _filter_weights(image: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """(B, taps) kernels shaped to weigh (B, C, H, W) slices."""
+    return kernels.to(image.dtype).reshape(kernels.shape[0], 1, 1, 1, -1)
+
+
 def separable_filter(image: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     """Filter each capture of (B, C, H, W) with its own 1-D kernel along both axes (reflect borders).
 
     In-place multiply-adds of shifted slices rather than a grouped conv2d: on one CPU core this
     was 9× faster than torch's depthwise convolution for the kernel sizes used here.
     """
-    radius = kernels.shape[1] // 2
-    weights = kernels.to(image.dtype).reshape(kernels.shape[0], 1, 1, 1, -1)
-    height, width = image.shape[2:]
-    padded = F.pad(image, (radius, radius, 0, 0), mode="reflect")
-    rows = padded[..., :width] * weights[..., 0]
-    for k in range(1, 2 * radius + 1):
-        rows.addcmul_(padded[..., k : k + width], weights[..., k])
-    padded = F.pad(rows, (0, 0, radius, radius), mode="reflect")
-    filtered = padded[..., :height, :] * weights[..., 0]
-    for k in range(1, 2 * radius + 1):
-        filtered.addcmul_(padded[..., k : k + height, :], weights[..., k])
-    return filtered
+    weights = _filter_weights(image, kernels)
+    return _filter_along(_filter_along(image, weights, -1), weights, -2)
+
+
+def blurred_mosaic(light: torch.Tensor, sigma_px: torch.Tensor) -> torch.Tensor:
+    """`bayer_mosaic(lens_blur(light, sigma_px))`, (B, 3, H, W) → (B, 1, H, W), the same numbers at half the work.
+
+    The mosaic keeps one colour of each pixel, so each colour is blurred only where it is kept:
+    the row pass at that colour's columns, the column pass at its pixels.
+    """
+    if float(sigma_px.max()) <= 0:
+        return bayer_mosaic(light)
+    weights = _filter_weights(light, gaussian_kernels(sigma_px, blur_radius(sigma_px)))
+    raw = torch.empty_like(light[:, :1])
+    for dy in (0, 1):
+        for dx in (0, 1):
+            channel = RGGB[dy][dx]
+            along_rows = _filter_along(light[:, channel : channel + 1], weights, -1, first=dx, step=2)
+            raw[:, :, dy::2, dx::2] = _filter_along(along_rows, weights, -2, first=dy, step=2)
+    return raw
+
+
+def blur_radius(sigma: torch.Tensor) -> int:
+    """Taps each side that hold the widest of these Gaussians out to 3σ."""
+    return max(1, int(torch.ceil(3 * sigma.max())))
 
 
 def lens_blur(image: torch.Tensor, sigma_px: torch.Tensor) -> torch.Tensor:
     """Gaussian defocus blur, sigma per capture in pixels of `image`'s own grid."""
-    largest = float(sigma_px.max())
-    if largest <= 0:
+    if float(sigma_px.max()) <= 0:
         return image
-    radius = max(1, int(torch.ceil(3 * sigma_px.max())))
-    return separable_filter(image, gaussian_kernels(sigma_px, radius))
+    return separable_filter(image, gaussian_kernels(sigma_px, blur_radius(sigma_px)))

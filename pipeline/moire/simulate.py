@@ -17,14 +17,16 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import SynthesizeParams
-from pipeline.moire.display import add_glare, decode_display_gamma, emitted_light, panel_colour, subpixel_coverage
+from pipeline.moire.display import (
+    add_glare, decode_display_gamma, emitted_light, panel_colour, subpixel_coverage, white_screen_light,
+)
 from pipeline.moire.isp import (
     demosaic, denoise_chroma, sharpen, shrink_to, subtract_black_point, to_uint8, tone_curve, white_balance,
 )
 from pipeline.moire.jpeg import jpeg_compress
 from pipeline.moire.patterns import BandPattern, band_modulation, sample_band_pattern
 from pipeline.moire.optics import (
-    camera_homography, lens_blur, pitch_ratio, screen_margin, sensor_samples_on_display, vignetting,
+    blurred_mosaic, camera_homography, lens_blur, pitch_ratio, screen_margin, sensor_samples_on_display, vignetting,
 )
 from pipeline.moire.sensor import add_sensor_noise, bayer_mosaic, expose, integrate_pixel_area, metered_gain
 
@@ -336,18 +338,25 @@ def camera_colour(irradiance: torch.Tensor, p: dict[str, torch.Tensor], gain: to
     return tone_curve(white_balance(subtract_black_point(exposed, p["black_point"]), gains), p["camera_gamma"])
 
 
-def capture_toned_target(content: torch.Tensor, grid: torch.Tensor, supersample: int, p: dict[str, torch.Tensor],
-                         gain: torch.Tensor) -> torch.Tensor:
-    """The same photo without moiré: the screen's and camera's colour, glare, vignetting and exposure, none of the
-    subpixel grid, blur, noise, mosaic or compression (encoded, output resolution).
+def screen_light(content: torch.Tensor, grid: torch.Tensor, supersample: int, p: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The light of the screen through the pose and lens, without its subpixel grid: the panel's colour,
+    glare and the lens's vignetting, averaged over each output pixel (linear, output resolution).
+
+    Both the moiré-free target and the layered photo start from it, so it is computed once.
+    """
+    out_size = grid.shape[1] // supersample
+    light = add_glare(_warp(screen_colour(content, p), grid, supersample), p["black_level"])
+    return light * integrate_pixel_area(vignetting(out_size, supersample, p["vignetting"]), supersample)
+
+
+def capture_toned_target(light: torch.Tensor, p: dict[str, torch.Tensor], gain: torch.Tensor) -> torch.Tensor:
+    """The same photo without moiré: the screen's `screen_light` in the camera's colour at exposure `gain`, none
+    of the subpixel grid, blur, noise, mosaic or compression (encoded, output resolution).
 
     Trained on it, a model learns to remove moiré and leaves colour and tone alone: how a camera
     renders a screen differs from one real set to the next, so what it would learn of it would
     not transfer.
     """
-    out_size = grid.shape[1] // supersample
-    light = add_glare(_warp(screen_colour(content, p), grid, supersample), p["black_level"])
-    light = light * integrate_pixel_area(vignetting(out_size, supersample, p["vignetting"]), supersample)
     return camera_colour(light, p, gain)
 
 
@@ -383,29 +392,29 @@ def moire_layer(captures: list[CaptureParams], p: dict[str, torch.Tensor], conte
     chroma smoothing make it; exposure, white balance and the tone curve only scale it, so they
     are left to the content's own rendering.
     """
-    white = torch.ones((len(captures), 3, content_side, content_side), device=p["gamut"].device)
-    homographies = _homographies(captures, content_side, frame_size, 1.0, white.device)
+    homographies = _homographies(captures, content_side, frame_size, 1.0, p["gamut"].device)
     u, v = sensor_samples_on_display(homographies, frame_size, supersample, p["radial_distortion"], p["sensor_aperture"])
     footprint = p["sensor_aperture"] / (p["pitch_ratio"] * supersample)
     coverage = _layout_coverage(u, v, footprint, p["fill_factor"], [c.subpixel_layout for c in captures])
-    light = lens_blur(emitted_light(white, u, v, coverage), p["blur_sigma"] * supersample)
-    linear = denoise_chroma(demosaic(bayer_mosaic(integrate_pixel_area(light, supersample))), p["chroma_denoise"])
+    light = white_screen_light(u, v, coverage, content_side)
+    if supersample == 1:  # the pixel is one sample: blur only what the mosaic keeps
+        raw = blurred_mosaic(light, p["blur_sigma"])
+    else:
+        raw = bayer_mosaic(integrate_pixel_area(lens_blur(light, p["blur_sigma"] * supersample), supersample))
+    linear = denoise_chroma(demosaic(raw), p["chroma_denoise"])
     layer = shrink_to(linear, out_size) if frame_size != out_size else linear
     return layer / layer.mean(dim=(2, 3), keepdim=True).clamp(min=1e-6)
 
 
-def photograph_layered(content: torch.Tensor, grid: torch.Tensor, captures: list[CaptureParams],
+def photograph_layered(light: torch.Tensor, content_side: int, captures: list[CaptureParams],
                        p: dict[str, torch.Tensor], frame_size: int, supersample: int,
                        reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The encoded photo (output resolution) of the screen's light times its moiré layer, and the exposure gain.
 
-    The content's light is the moiré-free capture's (`capture_toned_target`'s); noise (averaged over
-    the downscale² camera pixels of each output pixel), sharpening and JPEG follow.
+    `light` is the content's `screen_light` (the moiré-free capture's); noise (averaged over the
+    downscale² camera pixels of each output pixel), sharpening and JPEG follow.
     """
-    out_size = grid.shape[1] // supersample
-    layer = moire_layer(captures, p, content.shape[-1], frame_size, out_size, supersample)
-    light = add_glare(_warp(screen_colour(content, p), grid, supersample), p["black_level"])
-    light = light * integrate_pixel_area(vignetting(out_size, supersample, p["vignetting"]), supersample) * layer
+    light = light * moire_layer(captures, p, content_side, frame_size, light.shape[-1], supersample)
     gain = exposure_gain(light, reference, p)
     noisy = add_sensor_noise(light * gain.reshape(-1, 1, 1, 1), p["shot_noise"] / p["downscale"] ** 2,
                              p["read_noise"] / p["downscale"], [c.noise_seed for c in captures])
@@ -451,6 +460,10 @@ def simulate_batch(
     def rows_where(keep) -> torch.Tensor:
         return torch.tensor([i for i, c in enumerate(captures) if keep(c)], dtype=torch.long, device=content.device)
 
+    # The screen's light is shared by layered photos and capture-toned targets; per capture, so computing
+    # it for the whole batch when any capture needs it keeps each capture's result its own.
+    if any((c.moire_layer and c.pattern is None) or c.target_tone_of_capture for c in captures):
+        light = screen_light(content, grid, supersample, p)
     drawn = rows_where(lambda c: c.pattern is not None)
     if len(drawn):
         moire[drawn] = photograph_pattern(clean_linear[drawn], [captures[i] for i in drawn.tolist()],
@@ -462,7 +475,7 @@ def simulate_batch(
         group = {name: values[index] for name, values in p.items()}
         chosen = [captures[i] for i in index.tolist()]
         if layered:
-            moire[index], gain[index] = photograph_layered(content[index], grid[index], chosen, group, frame_size,
+            moire[index], gain[index] = photograph_layered(light[index], content.shape[-1], chosen, group, frame_size,
                                                            supersample, clean_linear[index])
         else:
             frame, gain[index] = photograph(content[index], chosen, group, frame_size, supersample, clean_linear[index])
@@ -473,7 +486,7 @@ def simulate_batch(
     if len(toned):
         physical = torch.tensor([captures[i].pattern is None for i in toned.tolist()], device=content.device)
         group = {name: values[toned] for name, values in p.items()}
-        screen = capture_toned_target(content[toned], grid[toned], supersample, group, gain[toned])
+        screen = capture_toned_target(light[toned], group, gain[toned])
         drawn_colour = camera_colour(clean_linear[toned], group, torch.exp2(group["exposure_ev"]))
         clean[toned] = torch.where(physical.reshape(-1, 1, 1, 1), screen, drawn_colour)
     return moire, clean
