@@ -121,7 +121,7 @@ def bench_fly(
     channels: int = typer.Option(None, help="width [default: the architecture's]"),
     depth: int = typer.Option(None, help="depth [default: the architecture's]"),
     compile_model: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile [default: the profile's]"),
-    save: Path = typer.Option(None, help="write the trained model to this folder (for `demoire predict --model`)"),
+    save: Path = typer.Option(None, help="write the trained model to this folder (for `demoire predict --model`) [default: not saved]"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (images_per_s, first_step_s, losses, …)"),
 ) -> None:
     """Training on pairs rendered on the fly for --seconds, with a profile's recipe, in images/s."""
