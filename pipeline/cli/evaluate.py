@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import typer
 from rich.console import Console
@@ -11,6 +12,11 @@ from rich.table import Table
 
 from pipeline.cli.common import Device, Layout, app, err, fail, infer_params, load_net
 from pipeline.errors import DemoireError
+
+if TYPE_CHECKING:  # annotations only: the CLI imports torch when a command runs, not at start-up
+    import torch
+
+    from pipeline.sources.paired_datasets import PairList
 
 
 @app.command()
@@ -69,7 +75,8 @@ def evaluate(
     Console().print(table, bands)
 
 
-def _score(restore, found, root: Path, csv: Path | None) -> tuple[dict, list[tuple[str, str]]]:
+def _score(restore: Callable[[torch.Tensor], torch.Tensor], found: PairList, root: Path,
+           csv: Path | None) -> tuple[dict, list[tuple[str, str]]]:
     """The summary and skipped pairs of `found`, scored one pair at a time; rows streamed to `csv` when given."""
     import torch
 
