@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import typer
 from rich.console import Console
@@ -10,6 +12,11 @@ from rich.table import Table
 
 from pipeline.cli.common import Device, Layout, app, err, fail, infer_params, load_net
 from pipeline.errors import DemoireError
+
+if TYPE_CHECKING:  # annotations only: the CLI imports torch when a command runs, not at start-up
+    import torch
+
+    from pipeline.sources.paired_datasets import PairList
 
 
 @app.command()
@@ -26,23 +33,25 @@ def evaluate(
     tile: int | None = typer.Option(None, help="tile side in pixels [default: infer.tile_size]"),
     overlap: int | None = typer.Option(None, help="pixels shared by neighbouring tiles [default: infer.tile_overlap]"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object with every mean (null where undefined)"),
+    csv: Path | None = typer.Option(None, help="also write the per-image scores here (CSV; rows are written as pairs "
+                                               "are scored, to a temp file renamed into place at the end)"),
 ) -> None:
     """Raw and tone-aligned PSNR / SSIM, MSE and the moiré removed per frequency band, of a model and of the
     identity baseline, on a paired folder or published dataset; images are restored as the served model does
-    (tiled, uint8)."""
+    (tiled, uint8), one pair at a time, with progress and ETA on stderr (none with -q)."""
     from pipeline.data.paired_folder import find_paired_folder
-    from pipeline.evaluation.evaluate import evaluate_found_pairs
     from pipeline.evaluation.real_sets import served_restorer
     from pipeline.evaluation.summary_tables import SUMMARY_HEADER, band_rows, summary_rows
-    from pipeline.io import json_text
+    from pipeline.io import check_output_file, json_text
 
     try:
+        if csv is not None:
+            check_output_file(csv, "--csv")
         cfg = infer_params(params, tile_size=tile, tile_overlap=overlap)
         net, torch_device = load_net(model, device)
         found = find_paired_folder(pairs, layout, split, include, limit)
         restore = served_restorer(net, torch_device, cfg)
-        with err.status(f"scoring {len(found.pairs)} pairs"):
-            _, summary, skipped = evaluate_found_pairs(restore, found, pairs)
+        summary, skipped = _score(restore, found, pairs, csv)
     except DemoireError as exc:
         fail(exc)
     for name, reason in skipped:
@@ -64,6 +73,21 @@ def evaluate(
     for row in band_rows(summary):
         bands.add_row(*row)
     Console().print(table, bands)
+
+
+def _score(restore: Callable[[torch.Tensor], torch.Tensor], found: PairList, root: Path,
+           csv: Path | None) -> tuple[dict, list[tuple[str, str]]]:
+    """The summary and skipped pairs of `found`, scored one pair at a time; rows streamed to `csv` when given."""
+    import torch
+
+    from pipeline.evaluation.evaluate import evaluate_found_pairs
+    from pipeline.io import atomic_path
+
+    progress = None if err.notes else "off"
+    with torch.inference_mode(), atomic_path(csv) if csv is not None else nullcontext() as tmp:
+        scores = evaluate_found_pairs(restore, found, root, tmp, description=f"scoring {root.name or root}",
+                                      progress=progress)
+    return scores.summary, scores.skipped
 
 
 def _mean_std(mean: float | None, std: float | None, digits: int) -> str:

@@ -4,26 +4,35 @@ Per image, for the model's output and for the input: PSNR / SSIM / MSE, their to
 SSIM (`pipeline.evaluation.tone`) and the energy of the tone-aligned residual in three frequency
 bands (`pipeline.evaluation.residual_bands`), from which the summary says how much of the moiré
 the model removed in each band.
+
+Pairs stream: each is decoded, restored, scored, its row appended to the per-image CSV and dropped,
+so memory stays that of one pair whatever the count (rows are a few hundred bytes; they are kept for
+the summary). Only the first `grid_count` pairs are kept, as grid thumbnails.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import IO, Callable, Iterable, Iterator
 
 import pandas as pd
 import torch
 
-from pipeline.data.dataset import Pair, to_tensor
+from pipeline.data.dataset import Pair, to_image, to_tensor
 from pipeline.data.paired_folder import decoded_pairs
 from pipeline.errors import InputDataError
-from pipeline.sources.paired_datasets import PairList
+from pipeline.evaluation.grid import GridRow, grid_cell
 from pipeline.evaluation.metrics import image_metrics
 from pipeline.evaluation.residual_bands import BANDS, band_energies, removed_fraction
 from pipeline.evaluation.tone import align_tone
+from pipeline.progress import ProgressReporter
+from pipeline.sources.paired_datasets import DatasetPair, PairList
 
 METRICS = ("psnr", "ssim", "mse")
 TONE_METRICS = ("tone_psnr", "tone_ssim")
+CSV_FLOAT_FORMAT = "%.6f"  # per-image CSVs: 6 decimals, as metrics are compared at 1e-6
 
 
 def image_scores(image: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
@@ -35,24 +44,74 @@ def image_scores(image: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
             **{f"residual_{band}": energy for band, energy in energies.items()}}
 
 
-def evaluate_pairs(
-    restore: Callable[[torch.Tensor], torch.Tensor], pairs: list[Pair], names: list[str]
-) -> pd.DataFrame:
-    """Per-image scores of the model (`psnr`, `tone_psnr`, `residual_low`, …) and of the input (`identity_…`)."""
-    return evaluate_named_pairs(restore, zip(names, pairs))
+def pair_row(name: str, restored: torch.Tensor, moire: torch.Tensor, clean: torch.Tensor) -> dict[str, float | str]:
+    """One pair's per-image row: its name, the model's scores and the input's (`identity_…`)."""
+    identity = image_scores(moire, clean)
+    return {"image": name, **image_scores(restored, clean), **{f"identity_{k}": v for k, v in identity.items()}}
+
+
+class PerImageCsv:
+    """A per-image CSV written row by row (header with the first), each row flushed as soon as it is scored."""
+
+    def __init__(self, handle: IO[str]) -> None:
+        self.handle, self.rows = handle, 0
+
+    def append(self, row: dict) -> None:
+        """Write one row; formatted as DataFrame.to_csv formats the whole table (same bytes)."""
+        pd.DataFrame([row]).to_csv(self.handle, header=self.rows == 0, index=False, float_format=CSV_FLOAT_FORMAT)
+        self.handle.flush()
+        self.rows += 1
+
+
+def write_per_image(per_image: pd.DataFrame, path: Path) -> None:
+    """The whole per-image table as a CSV, formatted as PerImageCsv writes it row by row."""
+    per_image.to_csv(path, index=False, float_format=CSV_FLOAT_FORMAT)
+
+
+@dataclass
+class PairScores:
+    """Per-image scores, their summary (summarize's keys and `skipped`), the skipped pairs as (name, reason),
+    and the first pairs as before/after grid rows of thumbnails."""
+
+    per_image: pd.DataFrame
+    summary: dict
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    shown: list[GridRow] = field(default_factory=list)
+
+
+def score_named_pairs(
+    restore: Callable[[torch.Tensor], torch.Tensor], named_pairs: Iterable[tuple[str, Pair]], csv: Path | None = None,
+    grid_count: int = 0,
+) -> tuple[pd.DataFrame, list[GridRow]]:
+    """Per-image scores of (name, pair) items consumed one at a time, each row appended to `csv` as it is scored,
+    and the first `grid_count` pairs as (moiré, restored, clean) grid thumbnails."""
+    rows, shown = [], []
+    with open(csv, "w", newline="") if csv is not None else nullcontext() as handle:
+        writer = PerImageCsv(handle) if handle is not None else None
+        for name, (moire, clean) in named_pairs:
+            x, y = to_tensor(moire), to_tensor(clean)
+            restored = restore(x)
+            row = pair_row(name, restored, x, y)
+            rows.append(row)
+            if writer is not None:
+                writer.append(row)
+            if len(shown) < grid_count:
+                shown.append((grid_cell(moire), grid_cell(to_image(restored)), grid_cell(clean)))
+    return pd.DataFrame(rows), shown
 
 
 def evaluate_named_pairs(
     restore: Callable[[torch.Tensor], torch.Tensor], named_pairs: Iterable[tuple[str, Pair]]
 ) -> pd.DataFrame:
-    """evaluate_pairs over (name, pair) items, consumed one at a time (a lazy reader keeps one pair in memory)."""
-    rows = []
-    for name, (moire, clean) in named_pairs:
-        x, y = to_tensor(moire), to_tensor(clean)
-        model_scores = image_scores(restore(x), y)
-        identity_scores = image_scores(x, y)
-        rows.append({"image": name, **model_scores, **{f"identity_{k}": v for k, v in identity_scores.items()}})
-    return pd.DataFrame(rows)
+    """Per-image scores (`psnr`, `tone_psnr`, `residual_low`, …, `identity_…`) of (name, pair) items, one at a time."""
+    return score_named_pairs(restore, named_pairs)[0]
+
+
+def evaluate_pairs(
+    restore: Callable[[torch.Tensor], torch.Tensor], pairs: list[Pair], names: list[str]
+) -> pd.DataFrame:
+    """Per-image scores of the model (`psnr`, `tone_psnr`, `residual_low`, …) and of the input (`identity_…`)."""
+    return evaluate_named_pairs(restore, zip(names, pairs))
 
 
 def summarize(per_image: pd.DataFrame) -> dict[str, float | int]:
@@ -82,14 +141,32 @@ def large_enough(named_pairs: Iterable[tuple[str, Pair]], skipped: list[tuple[st
         yield name, (moire, clean)
 
 
+def indexed_pairs(frame: pd.DataFrame, root: Path) -> PairList:
+    """The pairs of a pairs-index frame (paths relative to `root`, or absolute) as a PairList named by moiré file name."""
+    root = Path(root)
+    return PairList("pairs index", [DatasetPair(Path(row.moire_path).name, str(getattr(row, "split", "")),
+                                          root / row.moire_path, root / row.clean_path) for row in frame.itertuples()])
+
+
+def _advancing(items: Iterable, reporter: ProgressReporter) -> Iterator:
+    """Yield `items`, counting each one done when the next is asked for (its pair then decoded, scored or skipped)."""
+    for item in items:
+        yield item
+        reporter.advance()
+
+
 def evaluate_found_pairs(
-    restore: Callable[[torch.Tensor], torch.Tensor], found: PairList, root: Path
-) -> tuple[pd.DataFrame, dict, list[tuple[str, str]]]:
-    """Per-image scores, their summary (with `skipped`) and the skipped pairs as (name, reason) of the pairs found
-    under `root`, decoded one at a time; unreadable pairs are skipped; InputDataError when none is readable."""
+    restore: Callable[[torch.Tensor], torch.Tensor], found: PairList, root: Path, csv: Path | None = None,
+    grid_count: int = 0, description: str = "scoring", progress: str | None = None,
+) -> PairScores:
+    """Scores of the pairs found under `root`, decoded one at a time (rows appended to `csv` as they are scored,
+    with progress and ETA per pipeline.progress, `progress` forcing its mode); unreadable or too small pairs are
+    skipped; InputDataError when none is readable."""
     skipped = [(item.name, item.reason) for item in found.skipped]
-    per_image = evaluate_named_pairs(restore, large_enough(decoded_pairs(found.pairs, skipped), skipped))
+    with ProgressReporter(description, len(found.pairs), "pairs", progress) as reporter:
+        readable = large_enough(decoded_pairs(_advancing(found.pairs, reporter), skipped), skipped)
+        per_image, shown = score_named_pairs(restore, readable, csv, grid_count)
     if per_image.empty:
         raise InputDataError(f"none of the {len(found.pairs)} selected pairs in {root} is readable "
                              f"({found.layout} layout, {len(skipped)} skipped)")
-    return per_image, {**summarize(per_image), "skipped": len(skipped)}, skipped
+    return PairScores(per_image, {**summarize(per_image), "skipped": len(skipped)}, skipped, shown)

@@ -23,6 +23,7 @@ from typing import Callable, Iterable
 import pandas as pd
 import torch
 
+from pipeline.config import InferParams
 from pipeline.errors import InputDataError
 
 GATE_METRICS = ("psnr", "ssim", "mse")
@@ -158,25 +159,26 @@ def load_gate_set(pairs_index: Path, data: Path) -> GateSet:
     return GateSet(test, Path(data), gate_set_hash(test, data))
 
 
-def score_on_gate(model: torch.nn.Module, gate: GateSet, device: torch.device) -> dict[str, float]:
-    """Mean PSNR / SSIM / MSE of a model on the gate set, scored as the evaluate stage scores."""
-    from pipeline.data.dataset import load_pairs
-    from pipeline.evaluation.evaluate import evaluate_pairs, summarize
-    from pipeline.inference import restore_tensor
+def score_on_gate(model: torch.nn.Module, gate: GateSet, device: torch.device,
+                  infer: InferParams | None = None) -> dict[str, float]:
+    """Mean PSNR / SSIM / MSE of a model on the gate set, scored as the evaluate stage scores: pairs decoded one
+    at a time, restored as served with `infer`'s tiles (the infer section's defaults when None)."""
+    from pipeline.evaluation.evaluate import evaluate_found_pairs, indexed_pairs
+    from pipeline.evaluation.real_sets import served_restorer
 
-    pairs = load_pairs(gate.frame, gate.root)
+    restore = served_restorer(model, device, infer or InferParams())
     with torch.inference_mode():
-        per_image = evaluate_pairs(lambda x: restore_tensor(model, x, device), pairs,
-                                   [Path(p).name for p in gate.frame.moire_path])
-    summary = summarize(per_image)
-    return {metric: summary[metric] for metric in GATE_METRICS}
+        scores = evaluate_found_pairs(restore, indexed_pairs(gate.frame, gate.root), gate.root,
+                                      description="re-scoring on the test split")
+    return {metric: scores.summary[metric] for metric in GATE_METRICS}
 
 
-def model_dir_scorer(gate: GateSet, device: torch.device) -> Callable[[Path], dict[str, float]]:
+def model_dir_scorer(gate: GateSet, device: torch.device,
+                     infer: InferParams | None = None) -> Callable[[Path], dict[str, float]]:
     """A function scoring a saved model folder (model.pt + model.json) on the gate set: how champions are re-scored."""
     from pipeline.models import load_model
 
-    return lambda model_dir: score_on_gate(load_model(model_dir, device)[0], gate, device)
+    return lambda model_dir: score_on_gate(load_model(model_dir, device)[0], gate, device, infer)
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,8 @@ def local_gate(params, data: Path, pairs_index: Path, base: Path, device: torch.
         return LocalGate(REAL, real_gate_hash(sets), f"real sets ({counts} pairs)",
                          real_sets_scorer(sets, device, params.infer))
     gate = load_gate_set(pairs_index, data)
-    return LocalGate(SYNTHETIC, gate.digest, f"local test split ({len(gate.frame)} pairs)", model_dir_scorer(gate, device))
+    return LocalGate(SYNTHETIC, gate.digest, f"local test split ({len(gate.frame)} pairs)",
+                     model_dir_scorer(gate, device, params.infer))
 
 
 def decide_promotion(challenger: GateScores, champion: GateScores | None, rule: GateRule) -> PromotionDecision:

@@ -96,16 +96,19 @@ def served_restorer(model: nn.Module, device: torch.device, infer: InferParams) 
     return restore
 
 
-def score_real_set(restore: Callable[[torch.Tensor], torch.Tensor], real: RealSetPairs) -> RealSetScores:
-    """Per-image scores and their summary (summarize's keys, `skipped`, `hash`); pairs are decoded one at a time,
-    unreadable ones skipped, logged and counted; InputDataError naming the entry when none is readable."""
+def score_real_set(restore: Callable[[torch.Tensor], torch.Tensor], real: RealSetPairs, csv: Path | None = None,
+                   progress: str | None = None) -> RealSetScores:
+    """Per-image scores (each row appended to `csv` as it is scored) and their summary (summarize's keys, `skipped`,
+    `hash`); pairs are decoded one at a time, unreadable ones skipped, logged and counted; InputDataError naming
+    the entry when none is readable."""
     try:
-        per_image, summary, skipped = evaluate_found_pairs(restore, real.found, real.root)
+        scores = evaluate_found_pairs(restore, real.found, real.root, csv, description=f"scoring real set {real.name}",
+                                      progress=progress)
     except InputDataError as exc:
         raise InputDataError(f"{real.key} ({real.name}): {exc}") from None
-    for name, reason in skipped:
+    for name, reason in scores.skipped:
         log.warning("real set %s: skipped %s: %s", real.name, name, reason)
-    return RealSetScores(per_image, {**summary, "hash": real.digest}, skipped)
+    return RealSetScores(scores.per_image, {**scores.summary, "hash": real.digest}, scores.skipped)
 
 
 def real_means(summaries: dict[str, dict]) -> dict[str, float]:

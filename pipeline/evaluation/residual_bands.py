@@ -27,13 +27,16 @@ def band_energies(residual: torch.Tensor, bands: dict[str, tuple[float, float]] 
     borders do not leak into the low band. Energies are per pixel (divided by Σ window²), so images
     of different sizes add up fairly.
     """
-    plane = residual.double() if residual.dim() == 3 else residual.double()[None]
-    height, width = plane.shape[-2:]
+    planes = residual if residual.dim() == 3 else residual[None]
+    height, width = planes.shape[-2:]
     window = _hann(height)[:, None] * _hann(width)[None, :]
     weight = window.sum().clamp(min=1e-12)
-    centred = plane - (plane * window).sum(dim=(-2, -1), keepdim=True) / weight
-    power = torch.fft.fft2(centred * window).abs() ** 2 / (window**2).sum().clamp(min=1e-12)
-    power = power.sum(dim=0) / (height * width)
+    power = torch.zeros(height, width, dtype=torch.float64)
+    for channel in planes:  # one channel at a time: a 4K float64 FFT of all three would need over 1 GB
+        plane = channel.double()
+        centred = plane - (plane * window).sum() / weight
+        power += torch.fft.fft2(centred * window).abs() ** 2 / (window**2).sum().clamp(min=1e-12)
+    power /= height * width
     radius = torch.hypot(torch.fft.fftfreq(height, dtype=torch.float64)[:, None],
                          torch.fft.fftfreq(width, dtype=torch.float64)[None, :])
     return {name: float(power[(radius > 0) & (radius >= low) & (radius < high)].sum())

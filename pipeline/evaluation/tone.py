@@ -18,11 +18,15 @@ FLAT_VARIANCE = 1e-10
 
 def align_tone(image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """`image` (3×H×W in [0, 1]) after the per-channel gain + offset that best fits it to `target`."""
-    x = image.double().flatten(1)
-    y = target.double().flatten(1)
-    x_mean, y_mean = x.mean(dim=1, keepdim=True), y.mean(dim=1, keepdim=True)
-    variance = ((x - x_mean) ** 2).mean(dim=1, keepdim=True)
-    covariance = ((x - x_mean) * (y - y_mean)).mean(dim=1, keepdim=True)
-    gain = torch.where(variance > FLAT_VARIANCE, covariance / variance.clamp(min=FLAT_VARIANCE), torch.zeros_like(variance))
-    fitted = gain * (x - x_mean) + y_mean
-    return fitted.clamp(0.0, 1.0).reshape(image.shape).to(image.dtype)
+    # one channel at a time in float64: all three at once would hold ~8 float64 copies (1.6 GB at 4K)
+    return torch.stack([_align_channel(x, y) for x, y in zip(image, target)]).to(image.dtype)
+
+
+def _align_channel(image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """One H×W channel after the gain + offset (least squares, in float64) that best fits it to `target`."""
+    x, y = image.double(), target.double()
+    x_mean, y_mean = x.mean(), y.mean()
+    variance = ((x - x_mean) ** 2).mean()
+    covariance = ((x - x_mean) * (y - y_mean)).mean()
+    gain = covariance / variance.clamp(min=FLAT_VARIANCE) if variance > FLAT_VARIANCE else torch.zeros_like(variance)
+    return (gain * (x - x_mean) + y_mean).clamp(0.0, 1.0).to(image.dtype)

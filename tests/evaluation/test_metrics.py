@@ -80,3 +80,38 @@ def test_summary_reports_tone_aligned_gain_and_moire_removed_per_band():
 
 def to_chw_uint8(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(image).permute(2, 0, 1).float() / 255
+
+
+def test_ssim_over_strips_equals_torchmetrics_on_the_whole_image(rng):
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    from pipeline.evaluation.metrics import batch_ssim
+
+    clean = torch.from_numpy(rng.uniform(0, 1, (2, 3, 67, 45))).float()
+    noisy = (clean + torch.from_numpy(rng.normal(0, 0.1, clean.shape)).float()).clamp(0, 1)
+    whole = structural_similarity_index_measure(noisy, clean, data_range=1.0, reduction="none")
+    for rows in (1, 4, 20, 66):  # strips of these many rows: top, inner and bottom strips, some shorter than the halo
+        strips = batch_ssim(noisy, clean, strip_values=rows * 2 * 3 * 45)
+        assert torch.allclose(strips, whole, rtol=0, atol=1e-6), rows
+    assert torch.equal(batch_ssim(noisy, clean), whole)  # fits one strip: torchmetrics' own value
+
+
+def test_tone_alignment_and_band_energies_keep_their_values_channel_by_channel(rng):
+    from pipeline.evaluation.residual_bands import band_energies
+    from pipeline.evaluation.tone import align_tone
+
+    image = torch.from_numpy(rng.uniform(0, 1, (3, 40, 56))).float()
+    target = torch.from_numpy(rng.uniform(0, 1, (3, 40, 56))).float()
+    # the all-channels-at-once forms these functions had before they went channel by channel
+    x, y = image.double().flatten(1), target.double().flatten(1)
+    xm, ym = x.mean(dim=1, keepdim=True), y.mean(dim=1, keepdim=True)
+    gain = ((x - xm) * (y - ym)).mean(dim=1, keepdim=True) / ((x - xm) ** 2).mean(dim=1, keepdim=True)
+    assert torch.allclose(align_tone(image, target), (gain * (x - xm) + ym).clamp(0, 1).reshape(3, 40, 56).float(),
+                          rtol=0, atol=1e-7)
+    plane = (image - target).double()
+    window = torch.hann_window(40, periodic=False, dtype=torch.float64)[:, None] * torch.hann_window(
+        56, periodic=False, dtype=torch.float64)[None, :]
+    centred = plane - (plane * window).sum(dim=(-2, -1), keepdim=True) / window.sum()
+    power = (torch.fft.fft2(centred * window).abs() ** 2 / (window**2).sum()).sum(dim=0) / (40 * 56)
+    assert sum(band_energies(image - target).values()) == pytest.approx(float(power[1:, :].sum() + power[0, 1:].sum()),
+                                                                          rel=1e-12)

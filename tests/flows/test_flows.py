@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from flows.preprocess import preprocess_flow
@@ -143,6 +144,23 @@ def test_evaluate_flow_scores_the_test_split_and_every_real_set(tmp_path, tiny_r
                                          limit=1)[0]
     assert "## Real sets" in artifact.data and "| fhdmi | 2 | 1 |" in artifact.data and "| tip | 1 | 0 |" in artifact.data
     assert "skipped fhdmi/fhdmi_3.png: cannot read image" in artifact.data
+    # the test split is scored as served, and as the register stage re-scores a champion on it
+    from pipeline.evaluation.gate import load_gate_set, score_on_gate
+    from pipeline.models import load_model
+
+    cpu = torch.device("cpu")
+    rescored = score_on_gate(load_model(tmp_path / "model", cpu)[0], load_gate_set(pairs, data), cpu, params.infer)
+    assert rescored == {metric: metrics[metric] for metric in ("psnr", "ssim", "mse")}
+    assert len(pd.read_csv(out / "per_image.csv")) == 3 and metrics["skipped"] == 0
+
+    # A set none of whose pairs is readable fails after the test split was scored: no CSV is replaced.
+    before_csv = (out / "per_image.csv").read_bytes()
+    (tmp_path / "real" / "moire" / "tip_1.png").write_bytes(b"")
+    with pytest.raises(InputDataError, match=r"^evaluate.real_sets\[1\] \(tip\): none of the 1 selected pairs"):
+        evaluate_flow(params, **paths, project_dir=tmp_path)
+    assert (out / "per_image.csv").read_bytes() == before_csv and sorted(p.name for p in out.iterdir()) == [
+        "grid.png", "metrics.json", "per_image.csv", "real"]
+    real_looking_pairs(tmp_path / "real", rng, ["tip_1.png"])
 
     # A set that matches nothing stops the stage before any scoring, and leaves the outputs as they were.
     before = (out / "metrics.json").read_bytes()

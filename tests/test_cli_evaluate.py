@@ -1,0 +1,45 @@
+"""`demoire evaluate` at scale: per-image CSV written as pairs are scored, progress with ETA unless -q."""
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.models import ModelSpec, build_model, save_model
+from tests.evaluation.test_real_sets import real_looking_pairs
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def args(tmp_path, rng):
+    spec = ModelSpec("unet", 8, 2)
+    save_model(build_model(spec, seed=0), spec, tmp_path / "model")
+    pairs = real_looking_pairs(tmp_path / "pairs", rng, ["a.png", "b.png", "c.png"])
+    return ["evaluate", "--model", str(tmp_path / "model"), "--pairs", str(pairs), "--device", "cpu",
+            "--tile", "32", "--overlap", "8"]
+
+
+def test_csv_holds_one_row_per_pair_and_the_means_printed(args, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEMOIRE_PROGRESS", "bar")
+    out = tmp_path / "scores" / "per_image.csv"
+    result = runner.invoke(app, [*args, "--csv", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    per_image = pd.read_csv(out)
+    assert list(per_image.image) == ["a.png", "b.png", "c.png"] and summary["count"] == 3
+    for metric in ("psnr", "tone_psnr", "ssim", "identity_psnr"):
+        assert per_image[metric].mean() == pytest.approx(summary[metric], abs=1e-6)  # CSV: 6 decimals
+    assert sorted(p.name for p in out.parent.iterdir()) == ["per_image.csv"]  # no temp file left
+    assert "scoring pairs" in result.stderr and "3/3" in result.stderr and "ETA" in result.stderr
+
+
+def test_quiet_shows_no_progress_and_a_folder_as_csv_is_one_error(args, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEMOIRE_PROGRESS", "bar")
+    quiet = runner.invoke(app, ["-q", *args, "--json"])
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.stderr == ""
+    bad = runner.invoke(app, [*args, "--csv", str(tmp_path)])
+    assert bad.exit_code == 2 and bad.output.strip() == f"error: --csv {tmp_path} is a folder; name a file"
