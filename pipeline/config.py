@@ -149,6 +149,11 @@ class SynthesizeParams(Section):
     # of the screen without moiré, blur, noise or compression, so a model learns to remove those and
     # leaves tone and colour, which differ from one real set to the next, alone.
     target_tone: Literal["source", "capture"] = "capture"
+    # The clean target's detail: `source` is as sharp as the screen's pixels; `capture` carries the
+    # photo's own blur and sharpening, so a model learns to remove moiré, noise and compression and
+    # does not re-sharpen: how sharp a real set's ground truth is, and how well it is aligned, differs
+    # from one set to the next.
+    target_detail: Literal["source", "capture"] = "source"
 
     @model_validator(mode="before")
     @classmethod

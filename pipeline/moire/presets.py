@@ -40,7 +40,8 @@ PRESETS: dict[str, dict] = {
 }
 PRESET_FILE_SUFFIXES = (".yaml", ".yml")
 # What a preset may set: the physics and the sources, never the size or count of a dataset.
-PRESET_SECTIONS = ("display", "optics", "sensor", "isp", "patterns", "sources", "moire_model", "target_tone")
+PRESET_SECTIONS = ("display", "optics", "sensor", "isp", "patterns", "sources", "moire_model", "target_tone",
+                   "target_detail")
 
 
 def preset_values(preset: str) -> dict:

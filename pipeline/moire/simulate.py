@@ -78,6 +78,7 @@ class CaptureParams:
     crop_side: int
     noise_seed: int
     target_tone_of_capture: bool = False  # the clean target is the camera's rendering without moiré
+    target_detail_of_capture: bool = False  # the clean target carries the photo's blur and sharpening
     moire_layer: bool = False  # the moiré of a white screen laid over the content's light
     pattern: BandPattern | None = None  # a drawn band pattern replaces the physical moiré
 
@@ -216,6 +217,7 @@ def sample_capture_params(
         crop_side=crop_side,
         noise_seed=int(rng.integers(0, 2**62)),
         target_tone_of_capture=cfg.target_tone == "capture",
+        target_detail_of_capture=cfg.target_detail == "capture",
         moire_layer=cfg.moire_model == "layer",
         pattern=(sample_band_pattern(rng, cfg.patterns.period_px, cfg.patterns.amplitude)
                  if cfg.patterns.fraction > 0 and rng.random() < cfg.patterns.fraction else None),
@@ -489,7 +491,22 @@ def simulate_batch(
         screen = capture_toned_target(light[toned], group, gain[toned])
         drawn_colour = camera_colour(clean_linear[toned], group, torch.exp2(group["exposure_ev"]))
         clean[toned] = torch.where(physical.reshape(-1, 1, 1, 1), screen, drawn_colour)
+    softened = rows_where(lambda c: c.target_detail_of_capture)
+    if len(softened):
+        group = {name: values[softened] for name, values in p.items()}
+        sigma = content_blur_sigma([captures[i] for i in softened.tolist()], group)
+        clean[softened] = lens_blur(sharpen(clean[softened], group["sharpen"]), sigma).clamp(0.0, 1.0)
     return moire, clean
+
+
+def content_blur_sigma(captures: list[CaptureParams], p: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B,) output-pixel sigma of the blur each capture's content went through: the lens (where its path blurs
+    the content: at camera resolution when rendered, at output resolution when drawn; the layered path blurs
+    only its moiré) and the output softness, combined in quadrature."""
+    rendered = torch.tensor([c.pattern is None and not c.moire_layer for c in captures], device=p["gamut"].device)
+    drawn = torch.tensor([c.pattern is not None for c in captures], device=p["gamut"].device)
+    lens = torch.where(rendered, p["blur_sigma"] / p["downscale"], torch.where(drawn, p["blur_sigma"], 0.0))
+    return torch.sqrt(lens**2 + p["output_blur"] ** 2)
 
 
 def simulate_capture(

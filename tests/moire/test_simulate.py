@@ -412,3 +412,19 @@ def test_a_layered_capture_is_its_target_times_a_white_screens_moire():
     bands = power[(radius > 1 / 32) & (radius < 1 / 8)].sum()
     assert bands > power[radius > 1 / 4].sum()  # the moiré sits in the bands, not in the finest pixels
     assert abs(moire.mean() - clean.mean()) < 3  # no tone shift between the capture and its target
+
+
+def test_capture_detailed_target_carries_the_photos_blur_and_sharpening_and_nothing_else():
+    from pipeline.moire.isp import sharpen
+    from pipeline.moire.optics import lens_blur
+
+    layered = {"preset": "default", "isp": {"output_blur": [0.8, 0.8], "sharpen": [0.5, 0.5]}}
+    (moire, sharp_target), _ = _capture(6, size=64, **layered)
+    (same_moire, soft_target), capture = _capture(6, size=64, target_detail="capture", **layered)
+    assert capture.target_detail_of_capture and not _capture(6, size=64, **layered)[1].target_detail_of_capture
+    assert same_moire.tobytes() == moire.tobytes()  # only the target changes
+    expected = lens_blur(sharpen(torch.from_numpy(sharp_target).permute(2, 0, 1)[None].float() / 255, torch.tensor([0.5])),
+                         torch.tensor([0.8]))
+    assert np.abs(soft_target.astype(float) - expected[0].permute(1, 2, 0).numpy() * 255).max() <= 1.5  # both rounded to uint8
+    # the moiré image now differs from its target by its moiré, noise and compression, not by edges
+    assert _psnr(moire, soft_target) > _psnr(moire, sharp_target)
