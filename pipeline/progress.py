@@ -21,10 +21,21 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MODES = ("bar", "log", "off")
 LOG_EVERY_S = 30.0  # a log line at most this often (and always at the end)
+_override: str | None = None  # set by the command line for the command it runs (-q: off)
+
+
+def set_progress_override(mode: str | None) -> None:
+    """Force every reporter's mode in this process (None: back to the environment and the terminal)."""
+    global _override
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"progress mode {mode!r}: expected one of {', '.join(MODES)}")
+    _override = mode
 
 
 def progress_mode() -> str:
-    """`DEMOIRE_PROGRESS` when set to bar | log | off; otherwise bar on a terminal, log elsewhere."""
+    """The override, else `DEMOIRE_PROGRESS` when set to bar | log | off, else bar on a terminal, log elsewhere."""
+    if _override is not None:
+        return _override
     mode = os.environ.get("DEMOIRE_PROGRESS", "").strip().lower()
     if mode in MODES:
         return mode

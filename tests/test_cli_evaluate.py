@@ -43,3 +43,11 @@ def test_quiet_shows_no_progress_and_a_folder_as_csv_is_one_error(args, tmp_path
     assert quiet.stderr == ""
     bad = runner.invoke(app, [*args, "--csv", str(tmp_path)])
     assert bad.exit_code == 2 and bad.output.strip() == f"error: --csv {tmp_path} is a folder; name a file"
+
+
+def test_off_a_terminal_progress_comes_as_log_lines_without_verbose(args, monkeypatch):
+    monkeypatch.setenv("DEMOIRE_PROGRESS", "log")
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    assert "scoring pairs: 3/3 pairs (100%)" in result.stderr  # the final line, whatever the interval
+    assert runner.invoke(app, ["-q", *args, "--json"]).stderr == ""

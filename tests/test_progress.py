@@ -51,3 +51,17 @@ def test_track_progress_yields_every_item_in_order_and_off_logs_nothing(caplog):
 def test_bar_mode_draws_on_stderr(capsys):
     assert list(track_progress([1, 2, 3], "restoring", mode="bar")) == [1, 2, 3]
     assert "restoring" in capsys.readouterr().err
+
+
+def test_the_command_lines_override_wins_until_cleared(monkeypatch):
+    from pipeline.progress import set_progress_override
+
+    monkeypatch.setenv("DEMOIRE_PROGRESS", "bar")
+    set_progress_override("off")
+    try:
+        assert progress_mode() == "off"
+    finally:
+        set_progress_override(None)
+    assert progress_mode() == "bar"
+    with pytest.raises(ValueError, match="expected one of bar, log, off"):
+        set_progress_override("loud")

@@ -4,6 +4,7 @@ and the infer section."""
 from __future__ import annotations
 
 import logging
+import sys
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal
@@ -12,6 +13,7 @@ import typer
 from rich.console import Console
 
 from pipeline.errors import DemoireError
+from pipeline.progress import set_progress_override
 
 # Plain help (no rich markup): markup would eat bracketed text such as "[default: infer.tile_size]".
 app = typer.Typer(help="Demoiré pipeline: synthetic moiré data, models, evaluation.", no_args_is_help=True,
@@ -72,9 +74,37 @@ def main_options(
 ) -> None:
     """Demoiré pipeline: synthetic moiré data, models, evaluation."""
     err.notes = not quiet
+    # -q silences every progress reporter of this command, wherever it runs (re-scoring in promote, too)
+    set_progress_override("off" if quiet else None)
     if verbose:
         logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    else:  # off a terminal, progress comes as log lines: shown without -v, as a bar would be
+        show_progress_lines()
+
+
+class _CurrentStderr(logging.StreamHandler):
+    """A handler writing to whatever sys.stderr is when a record comes (test runners swap it per command)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def show_progress_lines() -> None:
+    """Print pipeline.progress's INFO lines on stderr (once), whatever the root logger's level."""
+    progress_log = logging.getLogger("pipeline.progress")
+    if not any(getattr(handler, "demoire_progress", False) for handler in progress_log.handlers):
+        handler = _CurrentStderr()
+        handler.demoire_progress = True
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        progress_log.addHandler(handler)
+        progress_log.setLevel(logging.INFO)
+        progress_log.propagate = False
 
 
 def fail(exc: DemoireError) -> None:
