@@ -1,0 +1,123 @@
+"""What a paired set's tone-aligned error is made of: blur, global tone curve, colour mixing, and the rest.
+
+For each pair, the tone-aligned MSE of the untouched input (per-channel gain + offset fitted to the
+truth, as the evaluation does), then how much of it each explanation removes when fitted per image
+with the truth in hand (upper bounds, not something a model can learn unless it is the same from one
+image to the next):
+- blur: the truth blurred by the Gaussian (sigma from a grid) that best matches the input;
+- tone curve: a per-channel cubic instead of the affine fit;
+- colour mixing: a 3×3 matrix + offset instead of the per-channel fit (its saturation factor says
+  whether the photo is duller or more vivid than the truth);
+- band shares: the luma residual's power below 0.005 cycles/px (vignetting, tone, the widest bands)
+  and in 0.05–0.5 (the screen-grid moiré).
+Prints one row per group (median over its pairs) and, with --per-image, every pair.
+
+    python benchmarks/real_residuals.py ../shared/real-moire/paired --group fhdmi='fhdmi_*' \
+        --group tip2018='tip2018_*' [--group synthetic=... --root data/synthesize]
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.data.dataset import to_tensor  # noqa: E402
+from pipeline.data.paired_folder import find_paired_folder  # noqa: E402
+from pipeline.evaluation.tone import align_tone  # noqa: E402
+from pipeline.io import read_rgb  # noqa: E402
+from pipeline.moire.optics import lens_blur  # noqa: E402
+
+BLUR_SIGMAS = (0.0, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
+LUMA = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
+
+
+def mse(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean squared error."""
+    return float(((a - b) ** 2).mean())
+
+
+def best_blur(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(tone-aligned MSE of x against the truth blurred to match it, that sigma)."""
+    def blurred(sigma: float) -> torch.Tensor:
+        return lens_blur(y[None].float(), torch.tensor([sigma]))[0].double() if sigma else y
+    return min((mse(align_tone(x, blurred(s)), blurred(s)), s) for s in BLUR_SIGMAS)
+
+
+def cubic_fit(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x through the per-channel cubic that best fits it to y."""
+    out = torch.empty_like(x)
+    for c in range(3):
+        coefficients = np.polyfit(x[c].flatten().numpy(), y[c].flatten().numpy(), 3)
+        out[c] = torch.from_numpy(np.polyval(coefficients, x[c].numpy()))
+    return out.clamp(0, 1)
+
+
+def colour_fit(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """x through the 3×3 matrix + offset that best fits it to y, and the matrix's saturation factor."""
+    design = torch.cat([x.flatten(1), torch.ones(1, x[0].numel(), dtype=x.dtype)]).T
+    solution = torch.linalg.lstsq(design, y.flatten(1).T).solution
+    matrix = solution[:3].T
+    diagonal, off = float(matrix.diagonal().mean()), float((matrix.sum() - matrix.trace()) / 6)
+    return (design @ solution).T.reshape(x.shape).clamp(0, 1), (diagonal - off) / float(matrix.sum(1).mean())
+
+
+def band_shares(residual: torch.Tensor) -> tuple[float, float]:
+    """Shares of the luma residual's power below 0.005 and within 0.05–0.5 cycles/px."""
+    luma = torch.einsum("c,chw->hw", LUMA, residual)
+    power = torch.fft.fft2(luma).abs() ** 2
+    f = torch.sqrt(torch.fft.fftfreq(luma.shape[0])[:, None] ** 2 + torch.fft.fftfreq(luma.shape[1])[None, :] ** 2)
+    total = float(power.sum())
+    return float(power[f < 0.005].sum()) / total, float(power[(f >= 0.05) & (f < 0.5)].sum()) / total
+
+
+def gain_db(before: float, after: float) -> float:
+    """PSNR gain of an MSE change."""
+    return float(10 * np.log10(before / after))
+
+
+def analyse_pair(moire: Path, clean: Path) -> dict[str, float]:
+    """Every figure of one pair."""
+    x, y = (to_tensor(read_rgb(path)).double() for path in (moire, clean))
+    aligned = align_tone(x, y)
+    base = mse(aligned, y)
+    blur_mse, sigma = best_blur(x, y)
+    coloured, saturation = colour_fit(x, y)
+    low, mid = band_shares(aligned - y)
+    return {"tone_psnr": float(-10 * np.log10(base)), "blur_share": 1 - blur_mse / base, "blur_sigma": sigma,
+            "cubic_db": gain_db(base, mse(cubic_fit(x, y), y)), "colour_db": gain_db(base, mse(coloured, y)),
+            "saturation": saturation, "luma_below_0.005": low, "luma_0.05_0.5": mid}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", type=Path, help="a paired folder (any importer layout)")
+    parser.add_argument("--group", action="append", default=[], help="NAME=GLOB on pair names; repeatable")
+    parser.add_argument("--per-image", action="store_true")
+    args = parser.parse_args()
+    groups = dict(g.split("=", 1) for g in args.group) or {"all": "*"}
+    found = find_paired_folder(args.root)
+    for name, glob in groups.items():
+        rows = []
+        for pair in found.pairs:
+            if fnmatch.fnmatch(pair.name, glob):
+                rows.append(analyse_pair(pair.moire_path, pair.clean_path))
+                if args.per_image:
+                    print(pair.name, {k: round(v, 3) for k, v in rows[-1].items()})
+        if rows:
+            medians = {key: round(float(statistics.median(row[key] for row in rows)), 3) for key in rows[0]}
+            ranges = {key: (round(min(r[key] for r in rows), 2), round(max(r[key] for r in rows), 2))
+                      for key in ("saturation",)}
+            print(f"{name} ({len(rows)} pairs): medians {medians}; saturation range {ranges['saturation']}")
+
+
+if __name__ == "__main__":
+    main()
