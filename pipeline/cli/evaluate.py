@@ -34,7 +34,8 @@ def evaluate(
     overlap: int | None = typer.Option(None, help="pixels shared by neighbouring tiles [default: infer.tile_overlap]"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object with every mean (null where undefined)"),
     csv: Path | None = typer.Option(None, help="also write the per-image scores here (CSV; rows are written as pairs "
-                                               "are scored, to a temp file renamed into place at the end)"),
+                                               "are scored, to a temp file renamed into place at the end) "
+                                               "[default: not written]"),
 ) -> None:
     """Raw and tone-aligned PSNR / SSIM, MSE and the moiré removed per frequency band, of a model and of the
     identity baseline, on a paired folder or published dataset; images are restored as the served model does

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import httpx
 import mlflow
+import requests  # MLflow's own HTTP client: installed wherever MLflow is
 from filelock import FileLock
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
@@ -64,8 +64,8 @@ def check_server_answers(uri: str, timeout_s: float = SERVER_PROBE_TIMEOUT_S) ->
     if not uri.startswith(("http://", "https://")):
         return
     try:
-        httpx.get(f"{uri.rstrip('/')}/health", timeout=timeout_s)
-    except httpx.HTTPError as exc:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s)
+    except requests.RequestException as exc:
         raise InputDataError(
             f"MLFLOW_TRACKING_URI={uri}: no MLflow server answers ({type(exc).__name__}); start it "
             "(make mlflow-server) or unset MLFLOW_TRACKING_URI to use the project's mlflow.db") from None
