@@ -61,5 +61,12 @@ def read_registry(repo: Path, env: dict[str, str]) -> dict:
         "print(json.dumps({'aliases': {a: str(c.get_model_version_by_alias('demoire', a).version) for a in ('champion', 'challenger')},"
         "'versions': {str(v.version): v.tags for v in vs}}))"
     )
+    return query_store(repo, env, script)
+
+
+def query_store(repo: Path, env: dict[str, str], script: str):
+    """The JSON a Python `script` prints last, run in a fresh process against the project's SQLite MLflow store."""
+    import json
+
     env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
     return json.loads(run([sys.executable, "-c", script], repo, env).stdout.strip().splitlines()[-1])

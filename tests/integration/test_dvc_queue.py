@@ -4,7 +4,6 @@ DVC runs each in a temporary copy under .dvc/tmp/exps/ (deleted afterwards) with
 the project: the MLflow store, its artifacts and Prefect's state must land in the project, not the copy.
 """
 
-import json
 import os
 import sys
 import time
@@ -12,7 +11,7 @@ import time
 import pytest
 import yaml
 
-from tests.integration.project import GIT_IDENTITY, copy_project, read_registry, run
+from tests.integration.project import GIT_IDENTITY, copy_project, query_store, read_registry, run
 
 pytestmark = pytest.mark.slow
 EXPERIMENTS = {"q-lr2": "0.002", "q-lr3": "0.003"}
@@ -51,8 +50,7 @@ def _training_runs(repo, env) -> dict:
         "print(json.dumps({r.info.run_id: [r.info.status, r.data.tags,"
         " sorted(m.step for m in c.get_metric_history(r.info.run_id, 'val_psnr'))] for r in rs}))"
     )
-    env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
-    return json.loads(run([sys.executable, "-c", script], repo, env).stdout.strip().splitlines()[-1])
+    return query_store(repo, env, script)
 
 
 def test_two_queued_experiments_register_in_the_project_store(tmp_path):
