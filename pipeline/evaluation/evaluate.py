@@ -15,7 +15,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Iterable, Iterator
+from typing import IO, Callable, Iterable
 
 import pandas as pd
 import torch
@@ -27,7 +27,7 @@ from pipeline.evaluation.grid import GridRow, grid_cell
 from pipeline.evaluation.metrics import image_metrics
 from pipeline.evaluation.residual_bands import BANDS, band_energies, removed_fraction
 from pipeline.evaluation.tone import align_tone
-from pipeline.progress import ProgressReporter
+from pipeline.progress import track_progress
 from pipeline.sources.paired_datasets import DatasetPair, PairList
 
 METRICS = ("psnr", "ssim", "mse")
@@ -148,13 +148,6 @@ def indexed_pairs(frame: pd.DataFrame, root: Path) -> PairList:
                                           root / row.moire_path, root / row.clean_path) for row in frame.itertuples()])
 
 
-def _advancing(items: Iterable, reporter: ProgressReporter) -> Iterator:
-    """Yield `items`, counting each one done when the next is asked for (its pair then decoded, scored or skipped)."""
-    for item in items:
-        yield item
-        reporter.advance()
-
-
 def evaluate_found_pairs(
     restore: Callable[[torch.Tensor], torch.Tensor], found: PairList, root: Path, csv: Path | None = None,
     grid_count: int = 0, description: str = "scoring", progress: str | None = None,
@@ -163,9 +156,9 @@ def evaluate_found_pairs(
     with progress and ETA per pipeline.progress, `progress` forcing its mode); unreadable or too small pairs are
     skipped; InputDataError when none is readable."""
     skipped = [(item.name, item.reason) for item in found.skipped]
-    with ProgressReporter(description, len(found.pairs), "pairs", progress) as reporter:
-        readable = large_enough(decoded_pairs(_advancing(found.pairs, reporter), skipped), skipped)
-        per_image, shown = score_named_pairs(restore, readable, csv, grid_count)
+    # a pair counts as done when the next is asked for: it has then been decoded and scored, or skipped
+    tracked = track_progress(found.pairs, description, unit="pairs", mode=progress)
+    per_image, shown = score_named_pairs(restore, large_enough(decoded_pairs(tracked, skipped), skipped), csv, grid_count)
     if per_image.empty:
         raise InputDataError(f"none of the {len(found.pairs)} selected pairs in {root} is readable "
                              f"({found.layout} layout, {len(skipped)} skipped)")
