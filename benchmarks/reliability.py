@@ -96,8 +96,8 @@ def serve_figures() -> dict:
             "peak_rss_mb": round(peak[0] / 2**20), "healthy_after": healthy, "exit_code_after_sigterm": exited}
 
 
-STAGE_OF = {"before:synthesize": "synthesize", "after:synthesize": "synthesize", "before:pairs.parquet": "preprocess",
-            "after:checkpoint.pt": "train", "before:model.pt": "train", "before:metrics.json": "evaluate"}
+STAGE_OF = {"synthesize.shard_done": "synthesize", "before:synthesize": "synthesize", "after:synthesize": "synthesize",
+            "before:pairs.parquet": "preprocess", "after:checkpoint.pt": "train", "before:model.pt": "train", "before:metrics.json": "evaluate"}
 
 
 def kill_all_figures() -> dict:

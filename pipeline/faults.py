@@ -13,6 +13,7 @@ import signal
 # name, not yet renamed into place) and `after:<name>` (renamed) for every output; these are the ones
 # the fault-injection suite kills at, spread over every stage.
 KILL_POINTS = (
+    "synthesize.shard_done",  # synthesize: the first shard's pairs and done-file written, the rest not rendered
     "before:synthesize",  # synthesize: every pair rendered into the temp folder, not yet renamed into place
     "after:synthesize",  # synthesize: pairs in place, calibration report not written
     "before:pairs.parquet",  # preprocess: pairs validated and split, index not written
