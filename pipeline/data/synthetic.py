@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 
 from pipeline.config import SynthesizeParams
 from pipeline.data.manifest import write_manifest
@@ -32,7 +33,7 @@ from pipeline.faults import kill_point
 from pipeline.io import atomic_path, check_free_space, remove_stale_temps, write_json, write_png
 from pipeline.moire.simulate import sample_capture_params, simulate_capture
 from pipeline.progress import ProgressReporter
-from pipeline.sources import SourceSpec, collect_sources, load_source
+from pipeline.sources import SkippedSource, SourceSpec, collect_sources, load_source
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,26 @@ def discard_stale_work(out_dir: Path, keep: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+@contextmanager
+def sole_writer(out_dir: Path) -> Iterator[None]:
+    """Hold the lock of the runs writing `out_dir`; InputDataError at once when another run holds it.
+
+    Two runs into one folder would each discard the other's work folder (different params) or
+    render the same shards twice (same params); the kernel releases the lock of a killed run.
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(out_dir.parent / f".{out_dir.name}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise InputDataError(f"another synthesize run is writing {out_dir} (it holds {lock.lock_file}): "
+                             "wait for it to finish, or stop it") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def shard_marker(work: Path, indices: list[int]) -> Path:
     """Where a finished shard's records are kept."""
     return work / SHARDS_DIR / f"{indices[0]:08d}-{indices[-1]:08d}.json"
@@ -251,13 +272,21 @@ def synthesize_dataset(cfg: SynthesizeParams, seed: int, out_dir: Path, run_shar
 
     `out_dir` appears only once every pair is written. A run killed before then, started again with
     the same params, seed, sources and code, renders only the shards it had not finished; the bytes
-    are those of an uninterrupted run. Returns counts of pairs and of usable and skipped sources;
+    are those of an uninterrupted run; a second run into `out_dir` while one is running stops at once
+    (InputDataError). Returns counts of pairs and of usable and skipped sources;
     the caller chooses how shards run (processes here, Prefect tasks in the flow).
     """
     out_dir = Path(out_dir)
     specs, skipped = collect_sources(cfg.sources.bundled, cfg.sources.procedural, cfg.sources.folders, cfg.sources.screen_kinds)
     if not specs:
         raise InputDataError("no usable source images: enable bundled or procedural sources, or add folders")
+    with sole_writer(out_dir):
+        return render_and_publish(cfg, seed, out_dir, run_shards, specs, skipped)
+
+
+def render_and_publish(cfg: SynthesizeParams, seed: int, out_dir: Path, run_shards: ShardRunner,
+                       specs: list[SourceSpec], skipped: list[SkippedSource]) -> dict:
+    """synthesize_dataset's work once it holds the output folder's lock."""
     work = work_folder(out_dir, synthesis_fingerprint(cfg, seed, specs))
     discard_stale_work(out_dir, keep=work)
     remove_stale_temps(out_dir.parent, out_dir.name)  # temp folders of runs killed before sets were resumable

@@ -91,7 +91,7 @@ def test_a_killed_synthesis_resumes_without_redoing_finished_shards_to_the_same_
     assert _files(out) == _files(whole)  # every image, the manifest and the summary
     assert {path: (out / path).stat().st_mtime_ns for path in before} == before  # finished pairs not rendered again
     assert not work.exists()
-    assert [p.name for p in out.parent.iterdir()] == ["synthesize"]
+    assert sorted(p.name for p in out.parent.iterdir()) == [".synthesize.lock", "synthesize"]  # the lock file stays, unlocked
 
 
 def test_a_params_change_discards_the_stale_shards(tmp_path, tiny_raw, tiny_params):
@@ -111,7 +111,7 @@ def test_a_params_change_discards_the_stale_shards(tmp_path, tiny_raw, tiny_para
 
     assert not stale.exists()
     assert _files(out) == _files(fresh)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "synthesize"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".synthesize.lock", "fresh", "synthesize"]
 
 
 def test_missing_rendered_pairs_are_an_error_naming_the_work_folder(tmp_path, tiny_params):
@@ -135,3 +135,22 @@ def test_temp_files_of_writers_killed_mid_image_are_not_published(tmp_path, tiny
     _synthesize(tiny_params, out)
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     assert len(list((out / "moire").iterdir())) == tiny_params.synthesize.n_pairs
+
+
+def test_a_second_run_into_the_same_folder_stops_at_once_and_leaves_the_first_ones_work(tmp_path, tiny_raw, tiny_params):
+    out = tmp_path / "synthesize"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from filelock import FileLock; "
+                               "lock = FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(60)",
+                               str(tmp_path / ".synthesize.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        stale = tmp_path / ".synthesize.partial-0123456789abcdef"  # the first run's work, other params
+        stale.mkdir()
+        with pytest.raises(InputDataError, match=r"another synthesize run is writing .*synthesize .*wait for it"):
+            _synthesize(tiny_params, out)
+        assert stale.is_dir() and not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    _synthesize(tiny_params, out)  # the kernel released the killed holder's lock
+    assert not stale.exists() and len(list((out / "moire").iterdir())) == tiny_params.synthesize.n_pairs
