@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,18 +15,21 @@ from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from flows._entry import run_stage
 from pipeline.config import Params, SynthesizeParams, parse_params
-from pipeline.data.synthetic import render_shard_resumably, synthesize_dataset
+from pipeline.data.synthetic import die_with_parent, render_shard_resumably, synthesize_dataset
 from pipeline.evaluation.synth_report import compare_paired_sets
 from pipeline.sources import SourceSpec
 
 
 def task_runner(cfg: SynthesizeParams):
-    """A Dask cluster when one is configured, else a local process pool (threads for one worker)."""
+    """A Dask cluster when one is configured, else a local process pool (threads for one worker) whose workers
+    end with this process: a killed stage would otherwise leave them rendering (or waiting) as orphans."""
     if cfg.dask_address:
         from prefect_dask import DaskTaskRunner
 
         return DaskTaskRunner(address=cfg.dask_address)
-    return ProcessPoolTaskRunner(max_workers=cfg.workers) if cfg.workers > 1 else ThreadPoolTaskRunner(max_workers=1)
+    if cfg.workers == 1:
+        return ThreadPoolTaskRunner(max_workers=1)
+    return ProcessPoolTaskRunner(max_workers=cfg.workers, initializer=die_with_parent, initargs=(os.getpid(),))
 
 
 @task(name="render-shard", retries=2, retry_delay_seconds=[1, 5])

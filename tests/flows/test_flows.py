@@ -1,7 +1,9 @@
 """Flows against a real Prefect server."""
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +54,40 @@ def test_invalid_params_fail_fast_with_one_line_and_write_nothing(tmp_path):
     assert result.stderr.strip() == (
         f"error: {params}: synthesize.n_pairs = -5: Input should be greater than or equal to 1")
     assert not out.exists() and not (tmp_path / "report").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_synthesize_stage_leaves_no_process_pool_worker_behind(tmp_path, tiny_raw, prefect_api):
+    import psutil
+    import yaml
+
+    tiny_raw["synthesize"]["workers"] = 2
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_raw))
+    out = tmp_path / "out"
+    marker = f"{os.getpid()}-{time.time_ns()}"  # inherited by every process the stage starts
+    killed = subprocess.run([sys.executable, "-m", "flows.synthesize", "--params", str(params), "--out", str(out),
+                             "--report", str(tmp_path / "report")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=180,
+                            env={**os.environ, "DEMOIRE_KILL_AT": "synthesize.shard_done", "KILLED_STAGE": marker})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+
+    def left_behind() -> list[str]:
+        """Command lines of the processes the killed stage started (pool workers and their helpers) still alive."""
+        found = []
+        for process in psutil.process_iter(["cmdline"]):
+            try:
+                if process.environ().get("KILLED_STAGE") == marker:
+                    found.append(" ".join(process.info["cmdline"] or []))
+            except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue
+        return found
+
+    deadline = time.monotonic() + 20
+    while left_behind() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left_behind() == [], "process pool workers outlived the killed stage"
+    assert not out.exists()
 
 
 @pytest.mark.slow
