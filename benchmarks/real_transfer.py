@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -55,15 +56,20 @@ SUMMARY_KEYS = ("psnr_gain_over_identity", "tone_psnr_gain_over_identity", "ssim
                 "moire_removed_low", "moire_removed_mid", "moire_removed_high")
 
 
-def lever_params(base: dict, profile: str, lever: tuple[str, dict], seed: int) -> Params:
-    """params.yaml's values, the profile, the lever's preset and synthesize keys, and the seed."""
+def lever_params(base: dict, profile: str, lever: tuple[str, dict], seed: int, overrides: dict | None = None) -> Params:
+    """params.yaml's values, the profile, the lever's preset and synthesize keys, the seed, then `overrides`."""
     preset, synthesize = lever
     raw = {key: value for key, value in base.items() if key not in ("profile",)}
     raw["profile"] = profile
     raw["seed"] = seed
     kept = {k: v for k, v in raw.get("synthesize", {}).items() if k in ("n_pairs", "size", "workers")}
     raw["synthesize"] = deep_merge(kept | {"preset": preset}, synthesize)
-    return parse_params(raw, source="lever")
+    return parse_params(deep_merge(raw, overrides or {}), source="lever")
+
+
+def nested(keys: list[str], value: object) -> dict:
+    """{"a": {"b": value}} for keys ["a", "b"]."""
+    return {keys[0]: nested(keys[1:], value) if len(keys) > 1 else value}
 
 
 def run_lever(params: Params, real_sets: list[RealSet], work: Path) -> dict:
@@ -78,6 +84,8 @@ def run_lever(params: Params, real_sets: list[RealSet], work: Path) -> dict:
     from pipeline.models import load_model
     from pipeline.training.stage import train_in_process
 
+    # the training run's live telemetry goes to a store in the work folder, not the project's mlflow.db
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
     started = time.perf_counter()
     data = work / "data"
     synthesize_dataset(params.synthesize, params.seed, data,
@@ -141,6 +149,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "real_transfer.json")
     parser.add_argument("--preset", type=Path, action="append", default=[],
                         help="also a row for this preset file (e.g. one `demoire calibrate` wrote); repeatable")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a param for every row, as `dvc exp run -S` takes it (e.g. train.loss=l1); repeatable")
     parser.add_argument("--list", action="store_true", help="print the levers and exit")
     args = parser.parse_args()
     for preset in args.preset:
@@ -153,12 +163,16 @@ def main() -> None:
     groups = [group.split("=", 1) for group in args.group] or [[args.real.name, "*"]]
     real_sets = [RealSet(name=name, path=args.real.resolve(), include=glob) for name, glob in groups]
     base = yaml.safe_load(args.params.read_text()) or {}
+    overrides: dict = {}
+    for assignment in args.set:
+        key, _, value = assignment.partition("=")
+        overrides = deep_merge(overrides, nested(key.split("."), yaml.safe_load(value)))
     chosen = (args.lever or []) + [f"preset {preset.name}" for preset in args.preset] or list(LEVERS)
     results: dict[str, list[dict]] = {}
     for lever in chosen:
         results[lever] = []
         for seed in args.seeds:
-            params = lever_params(base, args.profile, LEVERS[lever], seed)
+            params = lever_params(base, args.profile, LEVERS[lever], seed, overrides)
             with tempfile.TemporaryDirectory(prefix="lever-") as work:
                 run = run_lever(params, real_sets, Path(work))
             run["seed"] = seed
@@ -167,7 +181,7 @@ def main() -> None:
     names = [name for name, _ in groups]
     rows = {lever: median_row(runs, names) for lever, runs in results.items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"profile": args.profile, "seeds": args.seeds, "levers": LEVERS,
+    args.out.write_text(json.dumps({"profile": args.profile, "seeds": args.seeds, "set": args.set, "levers": LEVERS,
                                     "runs": results, "medians": rows}, indent=1))
     print(markdown(rows, names))
 
