@@ -11,7 +11,7 @@ from pydantic_core import PydanticCustomError
 
 from pipeline.errors import ParamsError
 
-LossName = Literal["mse", "l1", "charbonnier", "fft"]  # pipeline.training.losses.LOSSES; a test keeps them equal
+LossName = Literal["mse", "l1", "charbonnier", "fft", "psnr"]  # pipeline.training.losses.LOSSES; a test keeps them equal
 # The procedural screen kinds (pipeline.sources.procedural.SCREEN_KINDS; a test keeps them equal).
 ScreenKind = Literal["document", "code", "ui", "chart", "webpage", "scene"]
 
@@ -83,6 +83,9 @@ class OpticsParams(Section):
     # moiré of the full grid) with a period drawn log-uniform from this range, in output pixels.
     beat_period_px: Annotated[Range, _within(2.0, 10_000.0)] | None = (6.0, 120.0)
     resonance_orders: Annotated[list[Literal[1, 2, 3]], Field(min_length=1)] = [1, 2]
+    # RMS contrast of the moiré layer (moire_model: layer), drawn per pair: the layer's deviation
+    # from 1 is scaled to it. null keeps the contrast the grid, lens, sensor and ISP make.
+    moire_contrast: Annotated[Range, _within(0.0, 2.0)] | None = None
 
 
 class SensorParams(Section):

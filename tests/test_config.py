@@ -33,7 +33,7 @@ def test_repository_params_file_is_valid():
          "params.yaml: synthesize.display.subpixel_layouts[0] = 'delta': "
          "Input should be 'rgb_stripe', 'bgr_stripe' or 'pentile'"),
         ({"train": {"loss": "ssim"}},
-         "params.yaml: train.loss = 'ssim': Input should be 'mse', 'l1', 'charbonnier' or 'fft'"),
+         "params.yaml: train.loss = 'ssim': Input should be 'mse', 'l1', 'charbonnier', 'fft' or 'psnr'"),
         ({"train": {"device": "tpu"}}, "params.yaml: train.device = 'tpu': Input should be 'auto', 'cpu' or 'cuda'"),
         ({"infer": {"tile_size": 64, "tile_overlap": 32}},
          "params.yaml: infer = {'tile_size': 64, 'tile_overlap': 32}: tile_overlap 32 must be less than half of tile_size 64"),

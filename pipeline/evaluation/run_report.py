@@ -51,7 +51,8 @@ def training_curves_png(history: pd.DataFrame) -> bytes:
     loss, psnr = figure.subplots(1, 2)
     loss.plot(history.epoch, history.train_loss, marker=".", label="train")
     loss.plot(history.epoch, history.val_loss, marker=".", label="val")
-    loss.set_yscale("log")
+    if (history.train_loss > 0).all() and (history.val_loss > 0).all():  # the psnr loss is in −dB
+        loss.set_yscale("log")
     loss.set_xlabel("epoch")
     loss.set_ylabel("loss")
     loss.legend()

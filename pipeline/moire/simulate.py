@@ -80,6 +80,7 @@ class CaptureParams:
     target_tone_of_capture: bool = False  # the clean target is the camera's rendering without moiré
     target_detail_of_capture: bool = False  # the clean target carries the photo's blur and sharpening
     moire_layer: bool = False  # the moiré of a white screen laid over the content's light
+    moire_contrast: float = math.nan  # the layer's RMS contrast is set to this; NaN keeps the physics' own
     pattern: BandPattern | None = None  # a drawn band pattern replaces the physical moiré
 
     def as_record(self) -> dict[str, float | int | str]:
@@ -221,6 +222,8 @@ def sample_capture_params(
         moire_layer=cfg.moire_model == "layer",
         pattern=(sample_band_pattern(rng, cfg.patterns.period_px, cfg.patterns.amplitude)
                  if cfg.patterns.fraction > 0 and rng.random() < cfg.patterns.fraction else None),
+        # drawn last and only when set, so every other draw is that of a config without it
+        moire_contrast=uniform(optics.moire_contrast) if optics.moire_contrast is not None else math.nan,
     )
 
 
@@ -405,7 +408,19 @@ def moire_layer(captures: list[CaptureParams], p: dict[str, torch.Tensor], conte
         raw = bayer_mosaic(integrate_pixel_area(lens_blur(light, p["blur_sigma"] * supersample), supersample))
     linear = denoise_chroma(demosaic(raw), p["chroma_denoise"])
     layer = shrink_to(linear, out_size) if frame_size != out_size else linear
-    return layer / layer.mean(dim=(2, 3), keepdim=True).clamp(min=1e-6)
+    return with_contrast(layer / layer.mean(dim=(2, 3), keepdim=True).clamp(min=1e-6), p["moire_contrast"])
+
+
+def with_contrast(layer: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
+    """(B, 3, S, S) moiré layers of mean 1 scaled about 1 to RMS contrast `contrast` (B,); NaN leaves one as it is.
+
+    How strongly a screen's grid aliases depends on focus, the sensor's anti-aliasing and the panel
+    more than the simulator models; setting the contrast directly spans what real photos show.
+    """
+    deviation = layer - 1.0
+    rms = deviation.square().mean(dim=(1, 2, 3)).sqrt().clamp(min=1e-6)
+    scale = torch.where(torch.isnan(contrast), torch.ones_like(contrast), contrast / rms).reshape(-1, 1, 1, 1)
+    return (1.0 + deviation * scale).clamp(min=0.0)  # light is never negative
 
 
 def photograph_layered(light: torch.Tensor, content_side: int, captures: list[CaptureParams],

@@ -428,3 +428,33 @@ def test_capture_detailed_target_carries_the_photos_blur_and_sharpening_and_noth
     assert np.abs(soft_target.astype(float) - expected[0].permute(1, 2, 0).numpy() * 255).max() <= 1.5  # both rounded to uint8
     # the moiré image now differs from its target by its moiré, noise and compression, not by edges
     assert _psnr(moire, soft_target) > _psnr(moire, sharp_target)
+
+
+def test_with_contrast_sets_each_layers_rms_contrast_and_nan_keeps_it():
+    from pipeline.moire.simulate import with_contrast
+
+    generator = torch.Generator().manual_seed(0)
+    layers = 1.0 + 0.05 * torch.randn(2, 3, 16, 16, generator=generator)
+    scaled = with_contrast(layers, torch.tensor([0.2, float("nan")]))
+    deviation = scaled[0] - 1.0
+    assert deviation.square().mean().sqrt().item() == pytest.approx(0.2, rel=1e-4)
+    assert torch.allclose(deviation / 4, (layers[0] - 1.0) * 0.2 / 4 / (layers[0] - 1.0).square().mean().sqrt())
+    assert torch.equal(scaled[1], layers[1])
+    assert with_contrast(layers, torch.tensor([5.0, 5.0])).min() == 0.0  # never negative light
+
+
+def test_moire_contrast_draws_each_pairs_contrast_and_leaves_the_other_draws_alone():
+    layered = {"moire_model": "layer", "target_tone": "capture",
+               "optics": {"beat_period_px": [16.0, 16.0], "blur_sigma": [0.3, 0.3]},
+               "sensor": {"output_pitch": [0.9, 0.9], "pixel_pitch_um": [1.2, 1.2], "shot_noise": [0, 0], "read_noise": [0, 0]},
+               "isp": {"jpeg_quality": [100, 100], "sharpen": [0, 0]}}
+    (physical, clean), capture = _capture(2, size=96, **layered)
+    assert np.isnan(capture.moire_contrast)
+    stronger = {**layered, "optics": {**layered["optics"], "moire_contrast": [0.4, 0.4]}}
+    weaker = {**layered, "optics": {**layered["optics"], "moire_contrast": [0.02, 0.02]}}
+    (strong, strong_clean), strong_capture = _capture(2, size=96, **stronger)
+    (weak, weak_clean), _ = _capture(2, size=96, **weaker)
+    assert strong_capture.moire_contrast == pytest.approx(0.4)
+    assert strong_clean.tobytes() == clean.tobytes() == weak_clean.tobytes()  # the target does not change
+    assert _psnr(strong, clean) < _psnr(physical, clean) < _psnr(weak, clean)
+    assert abs(strong.mean() - clean.mean()) < 4 and abs(weak.mean() - clean.mean()) < 3  # no tone shift either way

@@ -205,3 +205,18 @@ def test_compiled_training_matches_eager_training(tmp_path, rng):
     assert [h.val_psnr for h in compiled] == pytest.approx([h.val_psnr for h in eager], abs=0.05)
     for key, value in eager_weights.items():
         torch.testing.assert_close(compiled_weights[key], value, rtol=1e-3, atol=1e-4, msg=key)
+
+
+def test_psnr_loss_is_minus_the_mean_psnr_and_counts_every_image_alike():
+    from pipeline.training.losses import negative_psnr
+
+    target = torch.full((2, 3, 8, 8), 0.5)
+    pred = target.clone()
+    pred[0] += 0.1  # MSE 1e-2: 20 dB
+    pred[1] += 0.01  # MSE 1e-4: 40 dB
+    assert float(negative_psnr(pred, target)) == pytest.approx(-30.0, abs=1e-3)
+    pred.requires_grad_(True)
+    negative_psnr(pred, target).backward()
+    # Mean MSE would push the 20 dB image's pixels 10× harder; in dB the 40 dB image's pixels get 10× the push,
+    # each image's total effect on its own PSNR being the same.
+    assert float(pred.grad[1].abs().mean() / pred.grad[0].abs().mean()) == pytest.approx(10.0, rel=1e-3)
