@@ -9,7 +9,8 @@ a markdown table of two-seed medians and writes every figure to a JSON file.
         --group tip2018='tip2018_*' --profile quick --seeds 2024 7 --out reports/real_transfer.json
 
 `--lever NAME` (repeatable) runs only the named rows; `--list` prints them; `--preset FILE` adds a row
-for a preset file (e.g. one `demoire calibrate` fitted on one group, to check it on the others). Real photos are only
+for a preset file (e.g. one `demoire calibrate` fitted on one group, to check it on the others); `--set KEY=VALUE`
+changes a param in every row (`--set train.loss=psnr`); `--keep DIR` keeps each trained model. Real photos are only
 ever scored, never trained on. Runs take minutes per row and seed on a 2-core CPU (the profile's
 training time); nothing is written under data/.
 """
@@ -19,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -65,6 +68,11 @@ def lever_params(base: dict, profile: str, lever: tuple[str, dict], seed: int, o
     kept = {k: v for k, v in raw.get("synthesize", {}).items() if k in ("n_pairs", "size", "workers")}
     raw["synthesize"] = deep_merge(kept | {"preset": preset}, synthesize)
     return parse_params(deep_merge(raw, overrides or {}), source="lever")
+
+
+def slug(name: str) -> str:
+    """A row's name as a folder name."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
 
 
 def nested(keys: list[str], value: object) -> dict:
@@ -151,6 +159,7 @@ def main() -> None:
                         help="also a row for this preset file (e.g. one `demoire calibrate` wrote); repeatable")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a param for every row, as `dvc exp run -S` takes it (e.g. train.loss=l1); repeatable")
+    parser.add_argument("--keep", type=Path, help="copy each trained model folder to KEEP/<row>-<seed> (for galleries)")
     parser.add_argument("--list", action="store_true", help="print the levers and exit")
     args = parser.parse_args()
     for preset in args.preset:
@@ -175,6 +184,8 @@ def main() -> None:
             params = lever_params(base, args.profile, LEVERS[lever], seed, overrides)
             with tempfile.TemporaryDirectory(prefix="lever-") as work:
                 run = run_lever(params, real_sets, Path(work))
+                if args.keep:
+                    shutil.copytree(Path(work) / "model", args.keep / f"{slug(lever)}-{seed}", dirs_exist_ok=True)
             run["seed"] = seed
             results[lever].append(run)
             print(f"{lever} (seed {seed}): " + json.dumps(run), flush=True)
