@@ -233,6 +233,9 @@ class TrainParams(Section):
     # null: the architecture's own default (pipeline/models: ARCHITECTURE_DEFAULTS).
     channels: int | None = Field(None, ge=4, le=512)
     depth: int | None = Field(None, ge=1, le=64)
+    # What the network may change: `full` its whole correction; `chroma` only the correction's colour
+    # (its luma removed: pipeline/models/correction.py), so each photo's tone and detail stay its own.
+    correction: Literal["full", "chroma"] = "full"
     epochs: int = Field(30, ge=1, le=100_000)
     batch_size: int = Field(16, ge=1, le=4096)
     patch_size: int = Field(64, ge=16, le=2048)

@@ -107,7 +107,7 @@ class ExportedModel(nn.Module):
             self.device, metadata = torch.device(device), extra[METADATA_KEY]
         try:
             info = json.loads(metadata)
-            self.spec = ModelSpec(info["name"], info["channels"], info["depth"])
+            self.spec = ModelSpec(info["name"], info["channels"], info["depth"], info.get("correction", "full"))
             self.multiple = int(info["multiple"])
         except (TypeError, ValueError, KeyError):
             raise InputDataError(f"{path} was not written by demoire export (no {METADATA_KEY!r} metadata)") from None

@@ -37,7 +37,7 @@ def spatial_multiple(model: nn.Module) -> int:
 
     if isinstance(model, MultiScaleDemoireNet):
         return MULTIPLE
-    return int(getattr(model, "multiple", 1))  # SmallUNet.multiple; SimpleCNN has none
+    return int(getattr(model, "multiple", 1))  # SmallUNet.multiple, ChromaCorrection.multiple; SimpleCNN has none
 
 
 def _forward(model: nn.Module, batch: torch.Tensor, multiple: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ from torch import nn
 
 from pipeline.errors import ModelNotFoundError, ParamsError
 from pipeline.io import atomic_path
+from pipeline.models.correction import CORRECTIONS, with_correction
 from pipeline.models.mscale import MultiScaleDemoireNet
 from pipeline.models.simple import SimpleCNN
 from pipeline.models.unet import SmallUNet
@@ -33,25 +34,30 @@ class ModelSpec:
     name: str
     channels: int
     depth: int
+    correction: str = "full"  # pipeline.models.correction: a spec written before it existed is `full`
 
 
-def model_spec(name: str, channels: int | None = None, depth: int | None = None) -> ModelSpec:
+def model_spec(name: str, channels: int | None = None, depth: int | None = None, correction: str = "full") -> ModelSpec:
     """The spec of architecture `name`, its own defaults filling a channels or depth left as None."""
     if name not in MODEL_BUILDERS:
         raise ParamsError(f"train.model = {name!r}: unknown model; choose one of {', '.join(MODEL_BUILDERS)}")
+    if correction not in CORRECTIONS:
+        raise ParamsError(f"train.correction = {correction!r}: choose one of {', '.join(CORRECTIONS)}")
     default_channels, default_depth = ARCHITECTURE_DEFAULTS[name]
-    return ModelSpec(name, channels or default_channels, depth or default_depth)
+    return ModelSpec(name, channels or default_channels, depth or default_depth, correction)
 
 
 def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
     """Instantiate the architecture `spec` names; with `seed`, its initial weights depend on it alone."""
     if spec.name not in MODEL_BUILDERS:
         raise ParamsError(f"train.model = {spec.name!r}: unknown model; choose one of {', '.join(MODEL_BUILDERS)}")
+    if spec.correction not in CORRECTIONS:
+        raise ParamsError(f"correction {spec.correction!r}: choose one of {', '.join(CORRECTIONS)}")
     if seed is None:
-        return MODEL_BUILDERS[spec.name](spec.channels, spec.depth)
+        return with_correction(MODEL_BUILDERS[spec.name](spec.channels, spec.depth), spec.correction)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return MODEL_BUILDERS[spec.name](spec.channels, spec.depth)
+        return with_correction(MODEL_BUILDERS[spec.name](spec.channels, spec.depth), spec.correction)
 
 
 def count_parameters(model: nn.Module) -> int:
