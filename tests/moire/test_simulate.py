@@ -399,11 +399,15 @@ def test_beat_directed_captures_beat_at_the_drawn_period():
     assert capture.pitch_ratio == pytest.approx(2.0, abs=2 / 30 * 2)
 
 
+# A layered capture beating at 16 px, without noise, sharpening or compression.
+LAYERED_16PX = {"moire_model": "layer", "target_tone": "capture",
+                "optics": {"beat_period_px": [16.0, 16.0], "blur_sigma": [0.3, 0.3]},
+                "sensor": {"output_pitch": [0.9, 0.9], "pixel_pitch_um": [1.2, 1.2], "shot_noise": [0, 0], "read_noise": [0, 0]},
+                "isp": {"jpeg_quality": [100, 100], "sharpen": [0, 0]}}
+
+
 def test_a_layered_capture_is_its_target_times_a_white_screens_moire():
-    layered = {"moire_model": "layer", "target_tone": "capture",
-               "optics": {"beat_period_px": [16.0, 16.0], "blur_sigma": [0.3, 0.3]},
-               "sensor": {"output_pitch": [0.9, 0.9], "pixel_pitch_um": [1.2, 1.2], "shot_noise": [0, 0], "read_noise": [0, 0]},
-               "isp": {"jpeg_quality": [100, 100], "sharpen": [0, 0]}}
+    layered = LAYERED_16PX
     (moire, clean), capture = _capture(2, size=96, **layered)
     assert capture.moire_layer and _psnr(moire, clean) < 30  # visible bands
     residual = moire.astype(float).mean(axis=2) - clean.astype(float).mean(axis=2)
@@ -444,10 +448,7 @@ def test_with_contrast_sets_each_layers_rms_contrast_and_nan_keeps_it():
 
 
 def test_moire_contrast_draws_each_pairs_contrast_and_leaves_the_other_draws_alone():
-    layered = {"moire_model": "layer", "target_tone": "capture",
-               "optics": {"beat_period_px": [16.0, 16.0], "blur_sigma": [0.3, 0.3]},
-               "sensor": {"output_pitch": [0.9, 0.9], "pixel_pitch_um": [1.2, 1.2], "shot_noise": [0, 0], "read_noise": [0, 0]},
-               "isp": {"jpeg_quality": [100, 100], "sharpen": [0, 0]}}
+    layered = LAYERED_16PX
     (physical, clean), capture = _capture(2, size=96, **layered)
     assert np.isnan(capture.moire_contrast)
     stronger = {**layered, "optics": {**layered["optics"], "moire_contrast": [0.4, 0.4]}}
