@@ -97,7 +97,8 @@ def serve_figures() -> dict:
 
 
 STAGE_OF = {"synthesize.shard_done": "synthesize", "before:synthesize": "synthesize", "after:synthesize": "synthesize",
-            "before:pairs.parquet": "preprocess", "after:checkpoint.pt": "train", "before:model.pt": "train", "before:metrics.json": "evaluate"}
+            "before:pairs.parquet": "preprocess", "after:checkpoint.pt": "train", "before:model.pt": "train",
+            "before:metrics.json": "evaluate"}
 
 
 def kill_all_figures() -> dict:

@@ -5,7 +5,8 @@ fill in the physics: a key written explicitly always wins, and `demoire check-pa
 what is in effect. Real moiré bands run tens of pixels wide, so the longer recipes train on larger
 pairs and patches; their figures are in docs/benchmarks.md.
 
-- `quick`: the CPU default; `make pipeline` in under 10 minutes on 2 cores; trained on each image's PSNR (`psnr` loss), changing only colour (`correction: chroma`).
+- `quick`: the CPU default; `make pipeline` in under 10 minutes on 2 cores; trained on each image's
+  PSNR (`psnr` loss), changing only colour (`correction: chroma`).
 - `cpu-long`: about 20 minutes on 2 cores (docs/benchmarks.md); larger pairs and patches.
 - `gpu`: hours on one GPU worker: pairs rendered on the fly at 512² on the GPU, 256² crops, the
   multi-scale model, bf16 autocast and torch.compile.

@@ -51,8 +51,6 @@ def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
     """Instantiate the architecture `spec` names; with `seed`, its initial weights depend on it alone."""
     if spec.name not in MODEL_BUILDERS:
         raise ParamsError(f"train.model = {spec.name!r}: unknown model; choose one of {', '.join(MODEL_BUILDERS)}")
-    if spec.correction not in CORRECTIONS:
-        raise ParamsError(f"correction {spec.correction!r}: choose one of {', '.join(CORRECTIONS)}")
     if seed is None:
         return with_correction(MODEL_BUILDERS[spec.name](spec.channels, spec.depth), spec.correction)
     with torch.random.fork_rng(devices=[]):

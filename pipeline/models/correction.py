@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.models.mscale import MULTIPLE, MultiScaleDemoireNet, image_pyramid
+from pipeline.errors import ParamsError
+from pipeline.models.mscale import image_pyramid
 
 CORRECTIONS = ("full", "chroma")
 # ITU-R BT.601 luma and colour differences of (gamma-encoded) RGB, as JPEG defines YCbCr.
@@ -31,8 +32,10 @@ class ChromaCorrection(nn.Module):
 
     def __init__(self, net: nn.Module):
         super().__init__()
+        from pipeline.inference import spatial_multiple
+
         self.net = net
-        self.multiple = MULTIPLE if isinstance(net, MultiScaleDemoireNet) else int(getattr(net, "multiple", 1))
+        self.multiple = spatial_multiple(net)  # tiles and padding follow the wrapped net's grid
         # a 1×1 convolution: pointwise, so tiles and exports see the same map; not part of the weights
         self.register_buffer("projection", chroma_projection()[:, :, None, None], persistent=False)
 
@@ -58,4 +61,4 @@ def with_correction(net: nn.Module, correction: str) -> nn.Module:
         return net
     if correction == "chroma":
         return MultiScaleChromaCorrection(net) if hasattr(net, "forward_multiscale") else ChromaCorrection(net)
-    raise ValueError(f"unknown correction {correction!r}; choose one of {', '.join(CORRECTIONS)}")
+    raise ParamsError(f"correction {correction!r}: choose one of {', '.join(CORRECTIONS)}")
