@@ -392,7 +392,9 @@ class Params(Section):
             written = raw.get(section, {})
             if isinstance(written, dict):
                 written = {k: v for k, v in written.items() if not (k in keys and v is None)}
-                merged[section] = deep_merge(profile.get(section, {}), written)
+                # key by key, not deeper: a written value replaces the profile's whole (a written
+                # `loss: {mse: 1.0}` is that loss alone, not added to the profile's)
+                merged[section] = {**profile.get(section, {}), **written}
         return merged
 
 

@@ -118,6 +118,9 @@ def test_profiles_fill_in_what_params_yaml_does_not_write():
     nulls = parse_params({"profile": "cpu-long", "train": {"lr": None, "ema_decay": None, "loss": None}})
     assert (nulls.train.lr, nulls.train.ema_decay) == (PROFILES["cpu-long"]["train"]["lr"], 0.999)
     assert parse_params({"train": {"ema_decay": None}}).train.ema_decay == 0.0  # quick leaves it at the default
+    assert parse_params({}).train.loss == {"psnr": 1.0}  # quick's
+    assert parse_params({"train": {"loss": {"mse": 1.0}}}).train.loss == {"mse": 1.0}  # replaces it, not added to it
+    assert parse_params({"profile": "gpu", "train": {"loss": {"l1": 1.0}}}).train.loss == {"l1": 1.0}
     shipped = load_params(ROOT / "params.yaml")
     assert (shipped.train.epochs, shipped.synthesize.n_pairs) == (30, 480)  # quick, through the nulls
     with pytest.raises(ParamsError, match=r"profile = 'fast': Input should be 'quick', 'cpu-long' or 'gpu'"):
