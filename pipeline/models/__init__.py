@@ -66,8 +66,10 @@ def count_parameters(model: nn.Module) -> int:
 def save_model(model: nn.Module, spec: ModelSpec, directory: Path) -> None:
     """Write the state dict (loadable with weights_only=True) and the spec, atomically."""
     directory = Path(directory)
-    with atomic_path(directory / WEIGHTS_FILE) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    with atomic_path(directory / WEIGHTS_FILE) as tmp, open(tmp, "wb") as handle:
+        # to a handle, not a path: torch names the archive inside after a path, here the temp file's
+        # random name, so the same weights would give other bytes every time
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, handle)
     with atomic_path(directory / SPEC_FILE) as tmp:
         tmp.write_text(json.dumps(asdict(spec), indent=2) + "\n")
 

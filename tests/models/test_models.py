@@ -119,3 +119,11 @@ def test_count_macs_of_mscale_scales_with_pixels_up_to_its_constant_attention_co
     small, large = count_macs(model, 64, 64), count_macs(model, 128, 256)
     assert large == pytest.approx(8 * small, rel=1e-3)
     assert large != 8 * small
+
+
+def test_the_same_weights_saved_twice_are_the_same_bytes(tmp_path):
+    spec = ModelSpec("unet", 8, 2)
+    model = build_model(spec, seed=0)
+    save_model(model, spec, tmp_path / "one")
+    save_model(model, spec, tmp_path / "two")
+    assert (tmp_path / "one" / "model.pt").read_bytes() == (tmp_path / "two" / "model.pt").read_bytes()
