@@ -192,6 +192,18 @@ def json_text(data: Any, **options: Any) -> str:
     return json.dumps(json_ready(data), allow_nan=False, **options)
 
 
+def write_torch(path: Path, data: Any) -> None:
+    """torch.save `data` to `path` atomically, the same bytes for the same data.
+
+    Saved through a handle, not a path: torch names the archive inside after a path, here the temp
+    file's random name, so the same tensors would give other bytes every time.
+    """
+    import torch  # here, so the rest of this module stays light
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(data, handle)
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write `data` as indented, strict JSON (non-finite floats as null), atomically."""
     with atomic_path(path) as tmp:

@@ -171,3 +171,15 @@ def test_output_folders_that_cannot_be_folders_are_refused_up_front(tmp_path, ca
     with pytest.raises(InputDataError, match=message):
         check_output_dir(out, "-o")
     check_output_dir(tmp_path / "new" / "deeper", "-o")  # not there yet: fine, created when written
+
+
+def test_write_torch_gives_the_same_bytes_for_the_same_tensors(tmp_path):
+    import torch
+
+    from pipeline.io import write_torch
+
+    state = {"weights": torch.arange(6.0).reshape(2, 3), "epoch": 3}
+    write_torch(tmp_path / "one.pt", state)
+    write_torch(tmp_path / "two.pt", state)
+    assert (tmp_path / "one.pt").read_bytes() == (tmp_path / "two.pt").read_bytes()
+    assert torch.equal(torch.load(tmp_path / "one.pt", weights_only=True)["weights"], state["weights"])

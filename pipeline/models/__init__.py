@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import ModelNotFoundError, ParamsError
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, write_torch
 from pipeline.models.correction import CORRECTIONS, with_correction
 from pipeline.models.mscale import MultiScaleDemoireNet
 from pipeline.models.simple import SimpleCNN
@@ -66,10 +66,7 @@ def count_parameters(model: nn.Module) -> int:
 def save_model(model: nn.Module, spec: ModelSpec, directory: Path) -> None:
     """Write the state dict (loadable with weights_only=True) and the spec, atomically."""
     directory = Path(directory)
-    with atomic_path(directory / WEIGHTS_FILE) as tmp, open(tmp, "wb") as handle:
-        # to a handle, not a path: torch names the archive inside after a path, here the temp file's
-        # random name, so the same weights would give other bytes every time
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, handle)
+    write_torch(directory / WEIGHTS_FILE, {k: v.detach().cpu() for k, v in model.state_dict().items()})
     with atomic_path(directory / SPEC_FILE) as tmp:
         tmp.write_text(json.dumps(asdict(spec), indent=2) + "\n")
 

@@ -7,13 +7,12 @@ from typing import Any
 
 import torch
 
-from pipeline.io import atomic_path
+from pipeline.io import write_torch
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write a training state (tensors, numbers, strings, lists and dicts of them)."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    write_torch(path, state)
 
 
 def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
