@@ -8,8 +8,14 @@ image to the next):
 - tone curve: a per-channel cubic instead of the affine fit;
 - colour mixing: a 3×3 matrix + offset instead of the per-channel fit (its saturation factor says
   whether the photo is duller or more vivid than the truth);
+- light field: the per-channel fit's gain varying smoothly over the frame (a bowl in the distance r
+  from the centre, r = 1 in the corners, and a tilt in x and y) instead of one gain; its bowl is the
+  capture's falloff towards the corners (vignetting, and a screen's light fading with viewing angle),
+  reported as k: the capture is 1 − k·r² as bright as the truth would put it;
 - band shares: the luma residual's power below 0.005 cycles/px (vignetting, tone, the widest bands)
   and in 0.05–0.5 (the screen-grid moiré).
+With --flat-field K…, also what a fixed correction of that falloff gains, the same for every photo
+(the input times 1 / (1 − K·r²), scaled to keep its mean): mean raw and tone-aligned PSNR gains.
 Prints one row per group (median over its pairs) and, with --per-image, every pair.
 
     python benchmarks/real_residuals.py ../shared/real-moire/paired --group fhdmi='fhdmi_*' \
@@ -70,6 +76,34 @@ def colour_fit(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
     return (design @ solution).T.reshape(x.shape).clamp(0, 1), (diagonal - off) / float(matrix.sum(1).mean())
 
 
+def light_field_fit(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """x through the per-channel gain a + b·r² + c·u + d·v (and offset) that best fits it to y, and the
+    falloff k = b/a towards the corners (u, v in [−1, 1]; r² = 1 in the corners), averaged over channels."""
+    height, width = x.shape[-2:]
+    r2, u, v = corner_distance_sq(height, width, x.dtype)
+    out, falloffs = torch.empty_like(x), []
+    for c in range(3):
+        design = torch.stack([x[c], x[c] * r2, x[c] * u, x[c] * v, torch.ones_like(r2)]).flatten(1).T
+        solution = torch.linalg.lstsq(design, y[c].flatten()[:, None]).solution[:, 0]
+        out[c] = (design @ solution).reshape(height, width)
+        falloffs.append(float(solution[1] / solution[0]))
+    # y = a·x·(1 + (b/a)·r²): the capture is 1/(1 + (b/a)·r²) ≈ 1 − (b/a)·r² of the truth's level.
+    return out.clamp(0, 1), float(np.mean(falloffs))
+
+
+def corner_distance_sq(height: int, width: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, ...]:
+    """(r², u, v) over an image: u, v from −1 to 1 across it, r² the squared distance from the centre, 1 in the corners."""
+    v, u = torch.meshgrid(torch.linspace(-1, 1, height, dtype=dtype), torch.linspace(-1, 1, width, dtype=dtype),
+                          indexing="ij")
+    return (u ** 2 * width ** 2 + v ** 2 * height ** 2) / (width ** 2 + height ** 2), u, v
+
+
+def flat_fielded(x: torch.Tensor, falloff: float) -> torch.Tensor:
+    """x with a falloff of 1 − falloff·r² undone, scaled so its mean stays, quantised to 8 bits as served."""
+    field = 1 / (1 - falloff * corner_distance_sq(*x.shape[-2:], x.dtype)[0])
+    return (x * field / field.mean()).clamp(0, 1).mul(255).round().div(255)
+
+
 def band_shares(residual: torch.Tensor) -> tuple[float, float]:
     """Shares of the luma residual's power below 0.005 and within 0.05–0.5 cycles/px."""
     luma = torch.einsum("c,chw->hw", LUMA, residual)
@@ -84,17 +118,29 @@ def gain_db(before: float, after: float) -> float:
     return float(10 * np.log10(before / after))
 
 
-def analyse_pair(moire: Path, clean: Path) -> dict[str, float]:
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of images in [0, 1]."""
+    return float(-10 * np.log10(mse(a, b)))
+
+
+def analyse_pair(moire: Path, clean: Path, falloffs: list[float]) -> dict[str, float]:
     """Every figure of one pair."""
     x, y = (to_tensor(read_rgb(path)).double() for path in (moire, clean))
     aligned = align_tone(x, y)
     base = mse(aligned, y)
     blur_mse, sigma = best_blur(x, y)
     coloured, saturation = colour_fit(x, y)
+    lit, falloff = light_field_fit(x, y)
     low, mid = band_shares(aligned - y)
-    return {"tone_psnr": float(-10 * np.log10(base)), "blur_share": 1 - blur_mse / base, "blur_sigma": sigma,
-            "cubic_db": gain_db(base, mse(cubic_fit(x, y), y)), "colour_db": gain_db(base, mse(coloured, y)),
-            "saturation": saturation, "luma_below_0.005": low, "luma_0.05_0.5": mid}
+    figures = {"tone_psnr": float(-10 * np.log10(base)), "blur_share": 1 - blur_mse / base, "blur_sigma": sigma,
+               "cubic_db": gain_db(base, mse(cubic_fit(x, y), y)), "colour_db": gain_db(base, mse(coloured, y)),
+               "saturation": saturation, "light_field_db": gain_db(base, mse(lit, y)), "falloff_k": falloff,
+               "luma_below_0.005": low, "luma_0.05_0.5": mid}
+    for k in falloffs:
+        fielded = flat_fielded(x, k)
+        figures[f"flat_{k}_raw_db"] = psnr(fielded, y) - psnr(x, y)
+        figures[f"flat_{k}_tone_db"] = psnr(align_tone(fielded, y), y) - psnr(aligned, y)
+    return figures
 
 
 def main() -> None:
@@ -102,6 +148,8 @@ def main() -> None:
     parser.add_argument("root", type=Path, help="a paired folder (any importer layout)")
     parser.add_argument("--group", action="append", default=[], help="NAME=GLOB on pair names; repeatable")
     parser.add_argument("--per-image", action="store_true")
+    parser.add_argument("--flat-field", type=float, nargs="+", default=[], metavar="K",
+                        help="also score a fixed correction of each falloff K (0 < K < 1)")
     args = parser.parse_args()
     groups = dict(g.split("=", 1) for g in args.group) or {"all": "*"}
     found = find_paired_folder(args.root)
@@ -109,14 +157,18 @@ def main() -> None:
         rows = []
         for pair in found.pairs:
             if fnmatch.fnmatch(pair.name, glob):
-                rows.append(analyse_pair(pair.moire_path, pair.clean_path))
+                rows.append(analyse_pair(pair.moire_path, pair.clean_path, args.flat_field))
                 if args.per_image:
                     print(pair.name, {k: round(v, 3) for k, v in rows[-1].items()})
         if rows:
             medians = {key: round(float(statistics.median(row[key] for row in rows)), 3) for key in rows[0]}
             ranges = {key: (round(min(r[key] for r in rows), 2), round(max(r[key] for r in rows), 2))
-                      for key in ("saturation",)}
-            print(f"{name} ({len(rows)} pairs): medians {medians}; saturation range {ranges['saturation']}")
+                      for key in ("saturation", "falloff_k")}
+            print(f"{name} ({len(rows)} pairs): medians {medians}; saturation range {ranges['saturation']}; "
+                  f"falloff range {ranges['falloff_k']}")
+            for k in args.flat_field:
+                raw, tone = (round(float(np.mean([r[f"flat_{k}_{m}_db"] for r in rows])), 3) for m in ("raw", "tone"))
+                print(f"{name}: a fixed flat field of falloff {k}: mean gain raw {raw:+} dB, tone-aligned {tone:+} dB")
 
 
 if __name__ == "__main__":
