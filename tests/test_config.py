@@ -117,6 +117,8 @@ def test_profiles_fill_in_what_params_yaml_does_not_write():
     # null (as params.yaml writes the profile's keys) is the profile's value, or the default it leaves
     nulls = parse_params({"profile": "cpu-long", "train": {"lr": None, "ema_decay": None, "loss": None}})
     assert (nulls.train.lr, nulls.train.ema_decay) == (PROFILES["cpu-long"]["train"]["lr"], 0.999)
+    assert (nulls.train.loss, nulls.train.correction) == ({"psnr": 1.0}, "chroma")
+    assert parse_params({"profile": "gpu"}).train.correction == "full"  # unmeasured on real photos: left as it was
     assert parse_params({"train": {"ema_decay": None}}).train.ema_decay == 0.0  # quick leaves it at the default
     assert parse_params({}).train.loss == {"psnr": 1.0}  # quick's
     assert parse_params({"train": {"loss": {"mse": 1.0}}}).train.loss == {"mse": 1.0}  # replaces it, not added to it
