@@ -76,6 +76,13 @@ def colour_fit(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
     return (design @ solution).T.reshape(x.shape).clamp(0, 1), (diagonal - off) / float(matrix.sum(1).mean())
 
 
+def corner_distance_sq(height: int, width: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, ...]:
+    """(r², u, v) over an image: u, v from −1 to 1 across it, r² the squared distance from the centre, 1 in the corners."""
+    v, u = torch.meshgrid(torch.linspace(-1, 1, height, dtype=dtype), torch.linspace(-1, 1, width, dtype=dtype),
+                          indexing="ij")
+    return (u ** 2 * width ** 2 + v ** 2 * height ** 2) / (width ** 2 + height ** 2), u, v
+
+
 def light_field_fit(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
     """x through the per-channel gain a + b·r² + c·u + d·v (and offset) that best fits it to y, and the
     falloff k = b/a towards the corners (u, v in [−1, 1]; r² = 1 in the corners), averaged over channels."""
@@ -89,13 +96,6 @@ def light_field_fit(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, flo
         falloffs.append(float(solution[1] / solution[0]))
     # y = a·x·(1 + (b/a)·r²): the capture is 1/(1 + (b/a)·r²) ≈ 1 − (b/a)·r² of the truth's level.
     return out.clamp(0, 1), float(np.mean(falloffs))
-
-
-def corner_distance_sq(height: int, width: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, ...]:
-    """(r², u, v) over an image: u, v from −1 to 1 across it, r² the squared distance from the centre, 1 in the corners."""
-    v, u = torch.meshgrid(torch.linspace(-1, 1, height, dtype=dtype), torch.linspace(-1, 1, width, dtype=dtype),
-                          indexing="ij")
-    return (u ** 2 * width ** 2 + v ** 2 * height ** 2) / (width ** 2 + height ** 2), u, v
 
 
 def flat_fielded(x: torch.Tensor, falloff: float) -> torch.Tensor:
