@@ -118,11 +118,6 @@ def gain_db(before: float, after: float) -> float:
     return float(10 * np.log10(before / after))
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of images in [0, 1]."""
-    return float(-10 * np.log10(mse(a, b)))
-
-
 def analyse_pair(moire: Path, clean: Path, falloffs: list[float]) -> dict[str, float]:
     """Every figure of one pair."""
     x, y = (to_tensor(read_rgb(path)).double() for path in (moire, clean))
@@ -138,8 +133,8 @@ def analyse_pair(moire: Path, clean: Path, falloffs: list[float]) -> dict[str, f
                "luma_below_0.005": low, "luma_0.05_0.5": mid}
     for k in falloffs:
         fielded = flat_fielded(x, k)
-        figures[f"flat_{k}_raw_db"] = psnr(fielded, y) - psnr(x, y)
-        figures[f"flat_{k}_tone_db"] = psnr(align_tone(fielded, y), y) - psnr(aligned, y)
+        figures[f"flat_{k}_raw_db"] = gain_db(mse(x, y), mse(fielded, y))
+        figures[f"flat_{k}_tone_db"] = gain_db(base, mse(align_tone(fielded, y), y))
     return figures
 
 
