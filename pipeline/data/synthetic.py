@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from filelock import FileLock, Timeout
 
+from pipeline.allocator import reuse_freed_memory
 from pipeline.config import SynthesizeParams
 from pipeline.data.manifest import write_manifest
 from pipeline.errors import InputDataError
@@ -67,6 +68,7 @@ def render_pair(
     index: int, spec: SourceSpec, cfg: SynthesizeParams, seed: int
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Simulate pair `index` from `spec`; return (moiré, clean, manifest record)."""
+    reuse_freed_memory()  # whichever process renders: pool worker, flow task, Dask worker, bench
     rng = pair_generator(seed, index)
     source = load_source(spec, seed)
     capture = sample_capture_params(cfg, source.shape[:2], rng)
