@@ -30,4 +30,5 @@ def reuse_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return all(mallopt(parameter, value) == 1 for parameter, value in SETTINGS)  # musl's stub returns 0
+    taken = [mallopt(parameter, value) == 1 for parameter, value in SETTINGS]  # each, even if one is refused
+    return all(taken)  # musl's stub returns 0
