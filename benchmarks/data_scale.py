@@ -94,7 +94,8 @@ def synth(args: argparse.Namespace) -> dict:
         written = {kind: sum(1 for _ in (resumed / kind).iterdir()) for kind in ("moire", "clean")}
         leftovers = sorted(p.name for p in resumed.parent.iterdir() if p.name != "set")
     return {"pairs": args.n, "size": args.size, "workers": args.workers, "preset": args.preset,
-            "uninterrupted_s": None if uninterrupted is None else round(uninterrupted, 1), "killed_after_s": round(killed_after, 1),
+            "uninterrupted_s": None if uninterrupted is None else round(uninterrupted, 1),
+            "killed_after_s": round(killed_after, 1),
             "pairs_finished_when_killed": finished, "resume_s": round(resume, 1),
             "killed_plus_resume_s": round(killed_after + resume, 1), "bytes_identical": identical,
             "images_written": written, "set_mb": round(size / 1e6, 1), "mb_per_pair": round(size / 1e6 / args.n, 3),

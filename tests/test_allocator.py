@@ -28,7 +28,8 @@ print(digest.hexdigest(), reuse_freed_memory.cache_info().currsize)
 
 def rendered(mode: str) -> list[str]:
     """(digest of the pairs, entries in reuse_freed_memory's cache) from a fresh process."""
-    return subprocess.run([sys.executable, "-c", RENDER, mode], check=True, capture_output=True, text=True).stdout.split()
+    done = subprocess.run([sys.executable, "-c", RENDER, mode], check=True, capture_output=True, text=True)
+    return done.stdout.split()
 
 
 def test_synthesis_bytes_do_not_depend_on_keeping_freed_memory():
