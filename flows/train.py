@@ -28,7 +28,7 @@ def train_flow(params: Params, params_path: Path, data: Path, pairs_index: Path,
     """Fit the model and publish a summary artifact."""
     rows = fit_task(params, params_path, data, pairs_index, out, history)
     cfg = params.train
-    spec = model_spec(cfg.model, cfg.channels, cfg.depth, cfg.correction)
+    spec = model_spec(cfg.model, cfg.channels, cfg.depth, cfg.correction, cfg.correction_width)
     last = rows[-1]
     create_markdown_artifact(
         key="train-summary",

@@ -207,7 +207,7 @@ def bench_train_on_the_fly(profile: str, device_name: str, seconds: float, patch
     cfg, device = params.train, resolve_device(device_name)
     pairs_per_epoch = cfg.synthetic_pairs_per_epoch or cfg.batch_size * 64
     batches = SyntheticBatches(params.synthesize, pairs_per_epoch, cfg.patch_size, cfg.batch_size, params.seed, device)
-    spec = model_spec(cfg.model, cfg.channels, cfg.depth, cfg.correction)
+    spec = model_spec(cfg.model, cfg.channels, cfg.depth, cfg.correction, cfg.correction_width)
     model = build_model(spec, seed=params.seed).to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)

@@ -236,6 +236,10 @@ class TrainParams(Section):
     # What the network may change: `full` its whole correction; `chroma` only the correction's colour
     # (its luma removed: pipeline/models/correction.py), so each photo's tone and detail stay its own.
     correction: Literal["full", "chroma"] = "full"
+    # σ in pixels: the part of the correction wider than a Gaussian of σ is removed and its mean over the image
+    # kept (pipeline/models/correction.py): the network removes moiré narrower than that and shifts the colour
+    # of the image as a whole, not its wider structure, which its patches never showed it whole. 0: off.
+    correction_width: float = Field(0.0, ge=0.0, le=1024.0)
     epochs: int = Field(30, ge=1, le=100_000)
     batch_size: int = Field(16, ge=1, le=4096)
     patch_size: int = Field(64, ge=16, le=2048)

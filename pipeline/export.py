@@ -3,7 +3,10 @@
 The exported graph is the architecture's forward pass on an image whose sides are multiples of the
 model's size step (`multiple`); `ExportedModel` reflect-pads any other size to that step and crops
 the result, as the architectures do inside, so the same graph serves every height and width and the
-tiling of `pipeline.inference` runs on it unchanged. ONNX uses the TorchScript-based exporter
+tiling of `pipeline.inference` runs on it unchanged. A model with a `correction_width` exports the part a
+tile computes alone; the narrowing of its correction over the whole image (pipeline.models.correction)
+is a fixed map of the image, not of weights, and `ExportedModel` applies it from the spec in the file's
+metadata, as a runtime of one's own would have to. ONNX uses the TorchScript-based exporter
 (`dynamo=False`: no onnxscript needed) at opset `ONNX_OPSET`, with dynamic batch, height and width.
 """
 
@@ -22,6 +25,7 @@ from torch import nn
 from pipeline.errors import InputDataError, ModelNotFoundError, ParamsError
 from pipeline.io import atomic_path
 from pipeline.models import ModelSpec
+from pipeline.models.correction import Narrowing
 
 ONNX_OPSET = 17
 EXPORT_FORMATS = ("onnx", "torchscript")
@@ -54,6 +58,7 @@ def export_model(net: nn.Module, spec: ModelSpec, fmt: str, path: Path, multiple
         allowed = ", ".join(s for s, f in SUFFIXES.items() if f == fmt)
         raise ParamsError(f"-o {path}: a {fmt} file must end in {allowed}")
     net = net.cpu().eval()
+    graph = _Pointwise(net) if hasattr(net, "pointwise") else net
     side = max(multiple * 2, 32) // multiple * multiple
     example = torch.rand(1, 3, side, side + multiple, generator=torch.Generator().manual_seed(0))
     metadata = json.dumps({**asdict(spec), "multiple": multiple})
@@ -61,11 +66,22 @@ def export_model(net: nn.Module, spec: ModelSpec, fmt: str, path: Path, multiple
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer warns about the padding branch, never taken on the grid
             if fmt == "onnx":
-                _export_onnx(net, example, tmp, metadata)
+                _export_onnx(graph, example, tmp, metadata)
             else:
-                traced = torch.jit.trace(net, example, check_trace=False)
+                traced = torch.jit.trace(graph, example, check_trace=False)
                 torch.jit.save(traced, str(tmp), _extra_files={METADATA_KEY: metadata})
         return check_export(net, ExportedModel(tmp, fmt=fmt), sizes, tolerance, name=path)
+
+
+class _Pointwise(nn.Module):
+    """What a restricted model's export holds: the part a tile computes alone (pipeline.models.correction)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.pointwise(x)
 
 
 def _export_onnx(net: nn.Module, example: torch.Tensor, path: Path, metadata: str) -> None:
@@ -107,12 +123,18 @@ class ExportedModel(nn.Module):
             self.device, metadata = torch.device(device), extra[METADATA_KEY]
         try:
             info = json.loads(metadata)
-            self.spec = ModelSpec(info["name"], info["channels"], info["depth"], info.get("correction", "full"))
+            self.spec = ModelSpec(info["name"], info["channels"], info["depth"], info.get("correction", "full"),
+                                  float(info.get("correction_width", 0.0)))
             self.multiple = int(info["multiple"])
         except (TypeError, ValueError, KeyError):
             raise InputDataError(f"{path} was not written by demoire export (no {METADATA_KEY!r} metadata)") from None
+        self.narrowing = Narrowing(self.spec.correction_width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.narrowing(self.pointwise(x), x)
+
+    def pointwise(self, x: torch.Tensor) -> torch.Tensor:
+        """The exported graph on `x`: the whole restoration, but for the narrowing of a `correction_width`."""
         height, width = x.shape[-2:]
         padded = _pad_to(x, self.multiple)
         if self.format == "onnx":

@@ -37,7 +37,7 @@ def spatial_multiple(model: nn.Module) -> int:
 
     if isinstance(model, MultiScaleDemoireNet):
         return MULTIPLE
-    return int(getattr(model, "multiple", 1))  # SmallUNet.multiple, ChromaCorrection.multiple; SimpleCNN has none
+    return int(getattr(model, "multiple", 1))  # SmallUNet.multiple, RestrictedCorrection.multiple; SimpleCNN has none
 
 
 def _forward(model: nn.Module, batch: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -126,6 +126,9 @@ def restore_tiled(model: nn.Module, image: np.ndarray, device: torch.device, til
     multiple = spatial_multiple(model)
     check_tiling(tile_size, overlap, batch_size, multiple)
     model.eval()
+    # A restricted correction (pipeline.models.correction) is restored tile by tile up to its pointwise part;
+    # its narrowing, which needs the whole image, runs once on the blended result.
+    pointwise, narrowing = getattr(model, "pointwise", model), getattr(model, "narrowing", None)
     height, width = image.shape[:2]
     rows, cols = tile_spans(height, tile_size, overlap, multiple), tile_spans(width, tile_size, overlap, multiple)
     row_weights, col_weights = blend_weights(rows, overlap), blend_weights(cols, overlap)
@@ -142,10 +145,16 @@ def restore_tiled(model: nn.Module, image: np.ndarray, device: torch.device, til
             raise RestoreStopped()
         # Tiles are converted from uint8 one by one, so no float copy of the whole image is made.
         batch = torch.stack([to_tensor(image[slice(*rows[r]), slice(*cols[c])]) for r, c in group])
-        output = _forward(model, batch.to(device), multiple).float().cpu()
+        output = _forward(pointwise, batch.to(device), multiple).float().cpu()
         for (r, c), tile in zip(group, output):
             restored[:, slice(*rows[r]), slice(*cols[c])] += tile * torch.from_numpy(np.outer(row_weights[r], col_weights[c]))
     restored /= torch.from_numpy(np.outer(row_sum, col_sum))
+    if narrowing is not None and narrowing.width:
+        # the part of the correction that needs the whole image, on the device, one channel at a time (33 MB at 4K)
+        for channel in range(3):
+            one = slice(channel, channel + 1)
+            narrowed = narrowing(restored[None, one].to(device), to_tensor(image[..., one])[None].to(device))
+            restored[channel] = narrowed[0, 0].clamp(0, 1).cpu()
     return to_image(restored)
 
 

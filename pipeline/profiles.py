@@ -6,7 +6,8 @@ what is in effect. Real moiré bands run tens of pixels wide, so the longer reci
 pairs and patches; their figures are in docs/benchmarks.md.
 
 - `quick`: the CPU default; `make pipeline` in under 10 minutes on 2 cores; trained on each image's
-  PSNR (`psnr` loss), changing only colour (`correction: chroma`).
+  PSNR (`psnr` loss), changing only colour (`correction: chroma`), and of that only what is narrower than
+  its 64-pixel patches show whole, plus a colour shift of the whole image (`correction_width: 16`).
 - `cpu-long`: about 20 minutes on 2 cores (docs/benchmarks.md); larger pairs and patches, the same
   loss and correction (better on real photos at two seeds than its earlier mse loss and full correction).
 - `gpu`: hours on one GPU worker: pairs rendered on the fly at 512² on the GPU, 256² crops, the
@@ -19,7 +20,7 @@ PROFILES: dict[str, dict[str, dict]] = {
     "quick": {
         "synthesize": {"n_pairs": 480, "size": 128},
         "train": {"model": "unet", "epochs": 30, "batch_size": 16, "patch_size": 64, "lr": 1e-3, "warmup_epochs": 1,
-                  "loss": {"psnr": 1.0}, "correction": "chroma"},
+                  "loss": {"psnr": 1.0}, "correction": "chroma", "correction_width": 16.0},
     },
     "cpu-long": {
         "synthesize": {"n_pairs": 1200, "size": 192},

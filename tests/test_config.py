@@ -35,6 +35,8 @@ def test_repository_params_file_is_valid():
         ({"train": {"loss": "ssim"}},
          "params.yaml: train.loss = 'ssim': Input should be 'mse', 'l1', 'charbonnier', 'fft' or 'psnr'"),
         ({"train": {"device": "tpu"}}, "params.yaml: train.device = 'tpu': Input should be 'auto', 'cpu' or 'cuda'"),
+        ({"train": {"correction_width": -4}},
+         "params.yaml: train.correction_width = -4: Input should be greater than or equal to 0"),
         ({"infer": {"tile_size": 64, "tile_overlap": 32}},
          "params.yaml: infer = {'tile_size': 64, 'tile_overlap': 32}: tile_overlap 32 must be less than half of tile_size 64"),
         ({"infer": {"max_pixels": 300_000_000}},
@@ -119,6 +121,8 @@ def test_profiles_fill_in_what_params_yaml_does_not_write():
     assert (nulls.train.lr, nulls.train.ema_decay) == (PROFILES["cpu-long"]["train"]["lr"], 0.999)
     assert (nulls.train.loss, nulls.train.correction) == ({"psnr": 1.0}, "chroma")
     assert parse_params({"profile": "gpu"}).train.correction == "full"  # unmeasured on real photos: left as it was
+    assert parse_params({"train": {"correction_width": None}}).train.correction_width == 16.0  # quick's
+    assert parse_params({"profile": "gpu", "train": {"correction_width": None}}).train.correction_width == 0.0
     assert parse_params({"train": {"ema_decay": None}}).train.ema_decay == 0.0  # quick leaves it at the default
     assert parse_params({}).train.loss == {"psnr": 1.0}  # quick's
     assert parse_params({"train": {"loss": {"mse": 1.0}}}).train.loss == {"mse": 1.0}  # replaces it, not added to it

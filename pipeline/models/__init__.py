@@ -35,16 +35,20 @@ class ModelSpec:
     channels: int
     depth: int
     correction: str = "full"  # pipeline.models.correction: a spec written before it existed is `full`
+    correction_width: float = 0.0  # σ in pixels (pipeline.models.correction); 0: off, as in specs written before it
 
 
-def model_spec(name: str, channels: int | None = None, depth: int | None = None, correction: str = "full") -> ModelSpec:
+def model_spec(name: str, channels: int | None = None, depth: int | None = None, correction: str = "full",
+               correction_width: float = 0.0) -> ModelSpec:
     """The spec of architecture `name`, its own defaults filling a channels or depth left as None."""
     if name not in MODEL_BUILDERS:
         raise ParamsError(f"train.model = {name!r}: unknown model; choose one of {', '.join(MODEL_BUILDERS)}")
     if correction not in CORRECTIONS:
         raise ParamsError(f"train.correction = {correction!r}: choose one of {', '.join(CORRECTIONS)}")
+    if not correction_width >= 0:
+        raise ParamsError(f"train.correction_width = {correction_width!r}: must be ≥ 0 (pixels; 0: off)")
     default_channels, default_depth = ARCHITECTURE_DEFAULTS[name]
-    return ModelSpec(name, channels or default_channels, depth or default_depth, correction)
+    return ModelSpec(name, channels or default_channels, depth or default_depth, correction, float(correction_width))
 
 
 def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
@@ -52,10 +56,12 @@ def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
     if spec.name not in MODEL_BUILDERS:
         raise ParamsError(f"train.model = {spec.name!r}: unknown model; choose one of {', '.join(MODEL_BUILDERS)}")
     if seed is None:
-        return with_correction(MODEL_BUILDERS[spec.name](spec.channels, spec.depth), spec.correction)
+        return with_correction(MODEL_BUILDERS[spec.name](spec.channels, spec.depth), spec.correction,
+                               spec.correction_width)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return with_correction(MODEL_BUILDERS[spec.name](spec.channels, spec.depth), spec.correction)
+        return with_correction(MODEL_BUILDERS[spec.name](spec.channels, spec.depth), spec.correction,
+                               spec.correction_width)
 
 
 def count_parameters(model: nn.Module) -> int:

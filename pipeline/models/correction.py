@@ -1,12 +1,22 @@
-"""What a restorer may change: its whole correction, or only the correction's colour (chroma).
+"""What a restorer may change: its whole correction, only the correction's colour (chroma), and only its
+detail and its mean (`width`).
 
 Screen moiré in phone photos is mostly colour: the camera's colour mosaic aliases the screen's
 subpixel grid into colour bands, while its luma is what the photo's tone, blur and alignment
 shape too — and those differ from one real set to the next. A model that may change only the
 chroma of its input keeps every photo's luma (tone and detail) as it is and removes the colour bands.
+
+A network trained on small patches never sees structure much wider than a patch: what its correction
+holds at those widths is a guess of the photo's colour cast made patch by patch, which varies over the
+frame and follows the content. With a `width` σ, the part of the correction wider than a Gaussian of σ
+pixels is removed and the correction's mean over the image (over each tile, when tiled) is kept: the
+model removes moiré narrower than that and shifts the image's colour as a whole, no wider structure
+in between (measured on real photos: docs/benchmarks.md).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -27,38 +37,106 @@ def chroma_projection() -> torch.Tensor:
     return (torch.linalg.inv(RGB_TO_YCBCR) @ keep_chroma @ RGB_TO_YCBCR).float()
 
 
-class ChromaCorrection(nn.Module):
-    """`net`'s output with the luma of its correction removed: x + P (net(x) − x), P = chroma_projection()."""
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """A normalised 1-D Gaussian of σ pixels, 3σ each side."""
+    radius = max(1, math.ceil(3 * sigma))
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-taps**2 / (2 * sigma**2))
+    return (kernel / kernel.sum()).float()
 
-    def __init__(self, net: nn.Module):
+
+class GaussianBlur(nn.Module):
+    """A Gaussian blur of σ pixels of any N×C×H×W batch, each channel alone, edges repeated.
+
+    A blur this wide holds next to nothing finer than σ / 4 pixels, so it is computed on the image box-averaged
+    by that factor and interpolated back: at σ = 16 on a 4K channel 19× faster than at full resolution, and
+    within 3 % of it (rms) away from the edges (tests/models/test_correction.py).
+    """
+
+    def __init__(self, sigma: float):
+        super().__init__()
+        self.factor = max(1, int(sigma // 4))
+        kernel = gaussian_kernel(sigma / self.factor)
+        self.radius = kernel.numel() // 2
+        self.register_buffer("kernel", kernel, persistent=False)  # a fixed map, not part of the weights
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        small = F.avg_pool2d(image, self.factor, ceil_mode=True) if self.factor > 1 else image
+        channels, kernel = small.shape[1], self.kernel.to(small)
+        padded = F.pad(small, (self.radius,) * 4, mode="replicate")
+        rows = F.conv2d(padded, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+        blurred = F.conv2d(rows, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+        if self.factor == 1:
+            return blurred
+        return F.interpolate(blurred, size=(height, width), mode="bilinear", align_corners=False)
+
+
+class Narrowing(nn.Module):
+    """Keeps the part of a correction narrower than a Gaussian of `width` σ pixels, and its mean over the image."""
+
+    def __init__(self, width: float = 0.0):
+        super().__init__()
+        self.width = float(width)
+        # the Gaussian of each output scale (σ, σ/2, σ/4 for the coarser outputs of multi-scale nets)
+        self.blurs = nn.ModuleList([GaussianBlur(self.width / 2**level) for level in range(3)] if self.width else [])
+
+    def forward(self, restored: torch.Tensor, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+        """`x` plus the narrow part and the mean of `restored − x`, each channel alone; `restored` if no width."""
+        if not self.width:
+            return restored
+        wide = self.blurs[level](restored - x)
+        return restored - wide + wide.mean(dim=(-2, -1), keepdim=True)  # the correction's mean stays exactly
+
+
+class RestrictedCorrection(nn.Module):
+    """`net`'s output with its correction restricted: to its chroma (`chroma`), and, with `width` σ > 0, to its
+    part narrower than a Gaussian of σ pixels plus its mean over the image.
+
+    The first is pointwise, so tiles can apply it; the second needs the whole image, so a tiled restoration
+    (pipeline.inference) runs `pointwise` on each tile and `narrowing` once on the blended image, and an export
+    holds `pointwise` alone, `ExportedModel` applying the narrowing (pipeline.export).
+    """
+
+    def __init__(self, net: nn.Module, chroma: bool, width: float = 0.0):
         super().__init__()
         from pipeline.inference import spatial_multiple
 
-        self.net = net
+        self.net, self.chroma = net, chroma
         self.multiple = spatial_multiple(net)  # tiles and padding follow the wrapped net's grid
-        # a 1×1 convolution: pointwise, so tiles and exports see the same map; not part of the weights
+        # a 1×1 convolution (pointwise, so tiles and exports see the same map); not part of the weights
         self.register_buffer("projection", chroma_projection()[:, :, None, None], persistent=False)
+        self.narrowing = Narrowing(width)
 
-    def chroma_of(self, restored: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """`x` plus the chroma of `restored − x`."""
+    def restricted_pointwise(self, restored: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """`x` plus `restored − x`, only its chroma when `chroma`."""
+        if not self.chroma:
+            return restored
         return x + F.conv2d(restored - x, self.projection.to(restored.dtype))
 
+    def pointwise(self, x: torch.Tensor) -> torch.Tensor:
+        """The restoration a tile can compute alone: the net, its correction restricted to chroma when `chroma`."""
+        return self.restricted_pointwise(self.net(x), x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.chroma_of(self.net(x), x)
+        return self.narrowing(self.pointwise(x), x)
 
 
-class MultiScaleChromaCorrection(ChromaCorrection):
-    """ChromaCorrection of a multi-scale net, its coarser outputs too (for deep supervision)."""
+class MultiScaleRestrictedCorrection(RestrictedCorrection):
+    """RestrictedCorrection of a multi-scale net, its coarser outputs too (for deep supervision)."""
 
     def forward_multiscale(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The net's [full, 1/2, 1/4] outputs, each with only the chroma of its correction of the input at that scale."""
-        return [self.chroma_of(output, scaled) for output, scaled in zip(self.net.forward_multiscale(x), image_pyramid(x))]
+        """The net's [full, 1/2, 1/4] outputs, each restricted as the full one is, at its own scale."""
+        return [self.narrowing(self.restricted_pointwise(output, scaled), scaled, level)
+                for level, (output, scaled) in enumerate(zip(self.net.forward_multiscale(x), image_pyramid(x)))]
 
 
-def with_correction(net: nn.Module, correction: str) -> nn.Module:
-    """`net` as it is (`full`) or wrapped so only the chroma of its correction reaches the output (`chroma`)."""
-    if correction == "full":
+def with_correction(net: nn.Module, correction: str, width: float = 0.0) -> nn.Module:
+    """`net` as it is (`full`, no `width`), or wrapped so only the chroma of its correction (`chroma`) and/or
+    only its detail and mean (`width` > 0) reach the output."""
+    if correction not in CORRECTIONS:
+        raise ParamsError(f"correction {correction!r}: choose one of {', '.join(CORRECTIONS)}")
+    if correction == "full" and not width:
         return net
-    if correction == "chroma":
-        return MultiScaleChromaCorrection(net) if hasattr(net, "forward_multiscale") else ChromaCorrection(net)
-    raise ParamsError(f"correction {correction!r}: choose one of {', '.join(CORRECTIONS)}")
+    wrapper = MultiScaleRestrictedCorrection if hasattr(net, "forward_multiscale") else RestrictedCorrection
+    return wrapper(net, chroma=correction == "chroma", width=width)

@@ -77,7 +77,7 @@ def train_in_process(params: Params, data: Path, pairs_index: Path, out: Path, h
     with process_group(resolve_device(cfg.device)) as (world, device):
         batches = training_batches(params, pairs_index, data, device, world)
         val_pairs = kept_in_memory_if_it_fits(load_split(pairs_index, data, "val"), loader_workers=0)
-        spec = model_spec(cfg.model, cfg.channels, cfg.depth, cfg.correction)
+        spec = model_spec(cfg.model, cfg.channels, cfg.depth, cfg.correction, cfg.correction_width)
         model = build_model(spec, seed=params.seed)
         # rank 0 streams the run to MLflow (pipeline.training.telemetry) and ends it FINISHED or FAILED
         with live_training_run(params, out) if world.is_main else contextlib.nullcontext() as telemetry:
