@@ -40,8 +40,8 @@ def spatial_multiple(model: nn.Module) -> int:
     return int(getattr(model, "multiple", 1))  # SmallUNet.multiple, RestrictedCorrection.multiple; SimpleCNN has none
 
 
-def _forward(model: nn.Module, batch: torch.Tensor, multiple: int) -> torch.Tensor:
-    """The model on a B×3×H×W batch, clamped; sides below `multiple` are edge-padded first.
+def _forward(model: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, multiple: int) -> torch.Tensor:
+    """The model (or its pointwise part) on a B×3×H×W batch, clamped; sides below `multiple` are edge-padded first.
 
     The models reflect-pad to their multiple, which needs the image side larger than the pad.
     """

@@ -9,9 +9,9 @@ chroma of its input keeps every photo's luma (tone and detail) as it is and remo
 A network trained on small patches never sees structure much wider than a patch: what its correction
 holds at those widths is a guess of the photo's colour cast made patch by patch, which varies over the
 frame and follows the content. With a `width` σ, the part of the correction wider than a Gaussian of σ
-pixels is removed and the correction's mean over the image (over each tile, when tiled) is kept: the
-model removes moiré narrower than that and shifts the image's colour as a whole, no wider structure
-in between (measured on real photos: docs/benchmarks.md).
+pixels is removed but for its mean over the whole image (also when the image is restored in tiles):
+the model removes moiré narrower than that and shifts the image's colour as a whole, with no wider
+structure in between (measured on real photos: docs/benchmarks.md).
 """
 
 from __future__ import annotations
