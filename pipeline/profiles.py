@@ -9,7 +9,8 @@ pairs and patches; their figures are in docs/benchmarks.md.
   PSNR (`psnr` loss), changing only colour (`correction: chroma`), and of that only what is narrower than
   its 64-pixel patches show whole, plus a colour shift of the whole image (`correction_width: 16`).
 - `cpu-long`: about 20 minutes on 2 cores (docs/benchmarks.md); larger pairs and patches, the same
-  loss and correction (better on real photos at two seeds than its earlier mse loss and full correction).
+  loss and correction (better on real photos at two seeds than its earlier mse loss and full correction)
+  and the same `correction_width` (better on both real groups at the seed trained with it).
 - `gpu`: hours on one GPU worker: pairs rendered on the fly at 512² on the GPU, 256² crops, the
   multi-scale model, bf16 autocast and torch.compile.
 """
@@ -25,7 +26,7 @@ PROFILES: dict[str, dict[str, dict]] = {
     "cpu-long": {
         "synthesize": {"n_pairs": 1200, "size": 192},
         "train": {"model": "unet", "epochs": 20, "batch_size": 8, "patch_size": 128, "lr": 1e-3, "warmup_epochs": 1,
-                  "ema_decay": 0.999, "loss": {"psnr": 1.0}, "correction": "chroma"},
+                  "ema_decay": 0.999, "loss": {"psnr": 1.0}, "correction": "chroma", "correction_width": 16.0},
     },
     "gpu": {
         "synthesize": {"n_pairs": 2000, "size": 512},

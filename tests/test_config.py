@@ -122,6 +122,7 @@ def test_profiles_fill_in_what_params_yaml_does_not_write():
     assert (nulls.train.loss, nulls.train.correction) == ({"psnr": 1.0}, "chroma")
     assert parse_params({"profile": "gpu"}).train.correction == "full"  # unmeasured on real photos: left as it was
     assert parse_params({"train": {"correction_width": None}}).train.correction_width == 16.0  # quick's
+    assert parse_params({"profile": "cpu-long"}).train.correction_width == 16.0
     assert parse_params({"profile": "gpu", "train": {"correction_width": None}}).train.correction_width == 0.0
     assert parse_params({"train": {"ema_decay": None}}).train.ema_decay == 0.0  # quick leaves it at the default
     assert parse_params({}).train.loss == {"psnr": 1.0}  # quick's
