@@ -10,7 +10,7 @@ pairs and patches; their figures are in docs/benchmarks.md.
   its 64-pixel patches show whole, plus a colour shift of the whole image (`correction_width: 16`).
 - `cpu-long`: about 20 minutes on 2 cores (docs/benchmarks.md); larger pairs and patches, the same
   loss and correction (better on real photos at two seeds than its earlier mse loss and full correction)
-  and the same `correction_width` (better on both real groups at the seed trained with it).
+  and the same `correction_width` (better on both real groups at both seeds trained with it).
 - `gpu`: hours on one GPU worker: pairs rendered on the fly at 512² on the GPU, 256² crops, the
   multi-scale model, bf16 autocast and torch.compile.
 """
