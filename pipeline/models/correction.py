@@ -16,14 +16,13 @@ structure in between (measured on real photos: docs/benchmarks.md).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import ParamsError
 from pipeline.models.mscale import image_pyramid
+from pipeline.moire.optics import blur_radius, gaussian_kernels
 
 CORRECTIONS = ("full", "chroma")
 # ITU-R BT.601 luma and colour differences of (gamma-encoded) RGB, as JPEG defines YCbCr.
@@ -37,14 +36,6 @@ def chroma_projection() -> torch.Tensor:
     return (torch.linalg.inv(RGB_TO_YCBCR) @ keep_chroma @ RGB_TO_YCBCR).float()
 
 
-def gaussian_kernel(sigma: float) -> torch.Tensor:
-    """A normalised 1-D Gaussian of σ pixels, 3σ each side."""
-    radius = max(1, math.ceil(3 * sigma))
-    taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    kernel = torch.exp(-taps**2 / (2 * sigma**2))
-    return (kernel / kernel.sum()).float()
-
-
 class GaussianBlur(nn.Module):
     """A Gaussian blur of σ pixels of any N×C×H×W batch, each channel alone, edges repeated.
 
@@ -56,7 +47,8 @@ class GaussianBlur(nn.Module):
     def __init__(self, sigma: float):
         super().__init__()
         self.factor = max(1, int(sigma // 4))
-        kernel = gaussian_kernel(sigma / self.factor)
+        small_sigma = torch.tensor([sigma / self.factor], dtype=torch.float64)
+        kernel = gaussian_kernels(small_sigma, blur_radius(small_sigma))[0].float()  # the lens blur's, 3σ each side
         self.radius = kernel.numel() // 2
         self.register_buffer("kernel", kernel, persistent=False)  # a fixed map, not part of the weights
 
