@@ -16,6 +16,10 @@ image to the next):
   and in 0.05–0.5 (the screen-grid moiré).
 With --flat-field K…, also what a fixed correction of that falloff gains, the same for every photo
 (the input times 1 / (1 − K·r²), scaled to keep its mean): mean raw and tone-aligned PSNR gains.
+With --split σ…, where the tone-aligned error lies: the gain of removing exactly its chroma (the
+residual minus its mean over R, G, B) or its luma (that mean), each finer than a Gaussian of σ px (the
+Gaussian of `train.correction_width`), and all of each: upper bounds of what a colour-only or a
+luma-only correction of that width could gain (mean over the group).
 Prints one row per group (median over its pairs) and, with --per-image, every pair.
 
     python benchmarks/real_residuals.py ../shared/real-moire/paired --group fhdmi='fhdmi_*' \
@@ -40,6 +44,7 @@ from pipeline.data.dataset import to_tensor  # noqa: E402
 from pipeline.data.paired_folder import find_paired_folder  # noqa: E402
 from pipeline.evaluation.tone import align_tone  # noqa: E402
 from pipeline.io import read_rgb  # noqa: E402
+from pipeline.models.correction import GaussianBlur  # noqa: E402
 from pipeline.moire.optics import lens_blur  # noqa: E402
 
 BLUR_SIGMAS = (0.0, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
@@ -113,12 +118,26 @@ def band_shares(residual: torch.Tensor) -> tuple[float, float]:
     return float(power[f < 0.005].sum()) / total, float(power[(f >= 0.05) & (f < 0.5)].sum()) / total
 
 
+def split_gains(aligned: torch.Tensor, y: torch.Tensor, widths: list[float]) -> dict[str, float]:
+    """Tone-aligned gains of removing the residual's chroma or luma, all of it and finer than each σ."""
+    residual = aligned - y
+    luma = residual.mean(dim=0, keepdim=True).expand_as(residual)
+    chroma = residual - luma
+    base, gains = mse(aligned, y), {}
+    for name, part in (("chroma", chroma), ("luma", luma)):
+        gains[f"{name}_all_db"] = gain_db(base, mse(aligned - part, y))
+        for sigma in widths:
+            finer = part - GaussianBlur(sigma)(part[None].float())[0].double()
+            gains[f"{name}_finer_{sigma:g}_db"] = gain_db(base, mse(aligned - finer, y))
+    return gains
+
+
 def gain_db(before: float, after: float) -> float:
     """PSNR gain of an MSE change."""
     return float(10 * np.log10(before / after))
 
 
-def analyse_pair(moire: Path, clean: Path, falloffs: list[float]) -> dict[str, float]:
+def analyse_pair(moire: Path, clean: Path, falloffs: list[float], widths: list[float]) -> dict[str, float]:
     """Every figure of one pair."""
     x, y = (to_tensor(read_rgb(path)).double() for path in (moire, clean))
     aligned = align_tone(x, y)
@@ -135,7 +154,7 @@ def analyse_pair(moire: Path, clean: Path, falloffs: list[float]) -> dict[str, f
         fielded = flat_fielded(x, k)
         figures[f"flat_{k}_raw_db"] = gain_db(mse(x, y), mse(fielded, y))
         figures[f"flat_{k}_tone_db"] = gain_db(base, mse(align_tone(fielded, y), y))
-    return figures
+    return {**figures, **split_gains(aligned, y, widths)}
 
 
 def main() -> None:
@@ -145,6 +164,8 @@ def main() -> None:
     parser.add_argument("--per-image", action="store_true")
     parser.add_argument("--flat-field", type=float, nargs="+", default=[], metavar="K",
                         help="also score a fixed correction of each falloff K (0 < K < 1)")
+    parser.add_argument("--split", type=float, nargs="+", default=[], metavar="SIGMA",
+                        help="also the gains of removing the chroma or luma residual finer than each SIGMA px")
     args = parser.parse_args()
     groups = dict(g.split("=", 1) for g in args.group) or {"all": "*"}
     found = find_paired_folder(args.root)
@@ -152,7 +173,7 @@ def main() -> None:
         rows = []
         for pair in found.pairs:
             if fnmatch.fnmatch(pair.name, glob):
-                rows.append(analyse_pair(pair.moire_path, pair.clean_path, args.flat_field))
+                rows.append(analyse_pair(pair.moire_path, pair.clean_path, args.flat_field, args.split))
                 if args.per_image:
                     print(pair.name, {k: round(v, 3) for k, v in rows[-1].items()})
         if rows:
@@ -164,6 +185,10 @@ def main() -> None:
             for k in args.flat_field:
                 raw, tone = (round(float(np.mean([r[f"flat_{k}_{m}_db"] for r in rows])), 3) for m in ("raw", "tone"))
                 print(f"{name}: a fixed flat field of falloff {k}: mean gain raw {raw:+} dB, tone-aligned {tone:+} dB")
+            split = [key for key in rows[0] if key.startswith(("chroma_", "luma_")) and key.endswith("_db")]
+            if split:
+                means = {key[:-3]: round(float(np.mean([r[key] for r in rows])), 2) for key in split}
+                print(f"{name}: mean tone-aligned gain of removing exactly (dB): {means}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""benchmarks/real_residuals.py's light-field fit: the falloff it reports is the one a photo was given."""
+"""benchmarks/real_residuals.py: the falloff its light-field fit reports is the one a photo was given, and its split
+puts colour stripes in the chroma and a wide ramp in the luma."""
 
 import importlib.util
 from pathlib import Path
@@ -34,3 +35,18 @@ def test_a_photo_darkened_towards_its_corners_reports_that_falloff_and_a_flat_fi
                                   residuals.mse(residuals.align_tone(fielded, truth), truth))
     assert tone_gain > 10  # only 8-bit rounding is left
     assert residuals.mse(residuals.flat_fielded(truth, 0.1), truth) > 1e-4  # and a flat photo is harmed by it
+
+
+def test_the_split_finds_fine_colour_stripes_in_the_chroma_and_a_wide_ramp_in_the_luma(residuals):
+    generator = torch.Generator().manual_seed(1)
+    truth = 0.2 + 0.6 * torch.rand(3, 64, 96, generator=generator, dtype=torch.float64)
+    x = torch.arange(96, dtype=torch.float64)
+    stripes = 0.05 * torch.sin(2 * torch.pi * x / 6) * torch.tensor([1.0, -1.0, 0.0])[:, None, None]  # no luma
+    ramp = 0.1 * x / 96  # the same in every channel: luma only, wider than any σ below
+    photo = (truth + stripes + ramp).clamp(0, 1)
+
+    gains = residuals.split_gains(residuals.align_tone(photo, truth), truth, [16.0])
+    assert gains["chroma_all_db"] > 2 and gains["luma_all_db"] > 2  # each about half the error
+    assert gains["chroma_finer_16_db"] == pytest.approx(gains["chroma_all_db"], abs=0.3)  # stripes of 6 px: all fine
+    # the ramp is wide: only its ends (where the blur repeats the edge) are finer than σ = 16
+    assert gains["luma_finer_16_db"] < gains["luma_all_db"] / 4
