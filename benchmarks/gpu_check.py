@@ -274,8 +274,10 @@ def gpu_test_files() -> list[str]:
                   if "mark.gpu" in path.read_text())
 
 
-def build_steps(python: str, device: str, tiny: bool, work: Path, train_seconds: float) -> list[Step]:
-    """Every step, at full size or (tiny) at sizes a 2-core CPU runs in seconds."""
+def build_steps(python: str, device: str, tiny: bool, work: Path, train_seconds: float,
+                trained_model: Path) -> list[Step]:
+    """Every step, at full size or (tiny) at sizes a 2-core CPU runs in seconds; the on-the-fly training saves
+    its model to `trained_model`."""
     cli = [python, "-m", "pipeline.cli"]
     model_size = ["--channels", "8", "--depth", "2"] if tiny else []
     junit = work / "gpu_tests.xml"
@@ -300,7 +302,7 @@ def build_steps(python: str, device: str, tiny: bool, work: Path, train_seconds:
         Step("ddp", [[python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "gpu" if device == "cuda" else "1",
                       "--no-python", python, "-c", DDP_PROBE]], 150),
         Step("train_on_the_fly", [[*cli, "bench", "fly", "--profile", "gpu", "--device", device, "--json",
-                                   "--seconds", f"{train_seconds:.0f}",
+                                   "--seconds", f"{train_seconds:.0f}", "--save", str(trained_model),
                                    *(["--patch", "32", "--batch", "2", "--no-compile", *model_size] if tiny else [])]],
              train_seconds + 180),
         Step("predict_4k", [[python, "-c", FRAME_WRITER, *frame_size, str(frame)],
@@ -363,6 +365,14 @@ def fit_training(step: Step, wanted: float, deadline: float) -> None:
     step.timeout = seconds + 180
 
 
+def trained_model_dir(out: Path) -> Path:
+    """Where the on-the-fly training's model goes: beside the report, so it comes back with it (a previous one removed)."""
+    path = out.resolve().with_name(out.stem + "-model")
+    if path.is_dir() and (path / "model.json").is_file():
+        shutil.rmtree(path)
+    return path
+
+
 def fresh_work_dir(path: Path) -> Path:
     """An empty work folder: a previous check's is cleared, any other non-empty folder refused."""
     marker = path / ".gpu-check-work"
@@ -411,7 +421,8 @@ def main(argv: list[str]) -> int:
     env = {**os.environ, **extra_env, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg", "GPU_CHECK_DEVICE": args.device,
            "PYTHONPATH": os.pathsep.join(filter(None, [extra_env.get("PYTHONPATH"), str(ROOT)]))}
     train_seconds = args.train_seconds if args.train_seconds is not None else (8.0 if args.tiny else 120.0)
-    for step in build_steps(python, args.device, args.tiny, work, train_seconds):
+    trained_model = trained_model_dir(args.out)
+    for step in build_steps(python, args.device, args.tiny, work, train_seconds, trained_model):
         if step.name == "train_on_the_fly":
             fit_training(step, train_seconds, deadline)
         log(f"{step.name} …")
@@ -422,6 +433,9 @@ def main(argv: list[str]) -> int:
             goal = goal_of(step.name, record["figures"], args.device, args.tiny)
             if goal is not None:
                 record["goal"] = goal
+        if step.name == "train_on_the_fly" and (trained_model / "model.json").is_file():
+            # scored on real photos where they are (not on the GPU machine): `demoire evaluate --model` this folder
+            record["trained_model"] = str(trained_model)
         report["steps"][step.name] = record
         if step.name == "environment" and "figures" in record:
             report["machine"] = record["figures"]

@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.models import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = ["environment", "gpu_tests", "bench_synth", "bench_train", "bench_infer_tiled", "bench_infer_whole", "ddp",
@@ -70,6 +71,10 @@ def test_cpu_rehearsal_runs_every_step_in_a_bare_copy_of_the_tree(tmp_path):
     assert figures["bench_infer_whole"]["tiles"] == 1 and figures["bench_infer_whole"]["ms_per_frame"] > 0
     assert figures["ddp"] == {**figures["ddp"], "backend": "gloo", "world_size": 1, "all_reduce_sum": 1.0}
     assert figures["train_on_the_fly"]["profile"] == "gpu" and figures["train_on_the_fly"]["steps"] >= 1
+    # its model comes back beside the report (the device's $OUT), to be scored on real photos where they are
+    trained = Path(steps["train_on_the_fly"]["trained_model"])
+    assert trained == out.parent / "gpu_check-model"
+    assert load_model(trained)[1].name == "mscale"
     (restored,) = figures["predict_4k"]["restored"]
     assert (restored["width"], restored["height"]) == (96, 64) and Path(restored["output"]).is_file()
     assert steps["bench_train_compiled"]["status"] == "skipped" and "CUDA only" in steps["bench_train_compiled"]["reason"]
@@ -123,7 +128,8 @@ def test_training_is_shortened_to_leave_the_later_steps_their_share_of_the_budge
     import time
 
     def fly_step():
-        (step,) = [s for s in gpu_check.build_steps("python", "cuda", False, tmp_path, 120.0) if s.name == "train_on_the_fly"]
+        (step,) = [s for s in gpu_check.build_steps("python", "cuda", False, tmp_path, 120.0,
+                                                          tmp_path / "model") if s.name == "train_on_the_fly"]
         return step
 
     roomy, tight = fly_step(), fly_step()
