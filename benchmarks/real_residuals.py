@@ -154,7 +154,7 @@ def analyse_pair(moire: Path, clean: Path, falloffs: list[float], widths: list[f
         fielded = flat_fielded(x, k)
         figures[f"flat_{k}_raw_db"] = gain_db(mse(x, y), mse(fielded, y))
         figures[f"flat_{k}_tone_db"] = gain_db(base, mse(align_tone(fielded, y), y))
-    return {**figures, **split_gains(aligned, y, widths)}
+    return {**figures, **(split_gains(aligned, y, widths) if widths else {})}
 
 
 def main() -> None:
