@@ -121,7 +121,7 @@ def band_shares(residual: torch.Tensor) -> tuple[float, float]:
 def split_gains(aligned: torch.Tensor, y: torch.Tensor, widths: list[float]) -> dict[str, float]:
     """Tone-aligned gains of removing the residual's chroma or luma, all of it and finer than each σ."""
     residual = aligned - y
-    luma = residual.mean(dim=0, keepdim=True).expand_as(residual)
+    luma = residual.mean(dim=0, keepdim=True)  # one plane, blurred once; it broadcasts over R, G, B
     chroma = residual - luma
     base, gains = mse(aligned, y), {}
     for name, part in (("chroma", chroma), ("luma", luma)):
