@@ -9,9 +9,12 @@ sinusoidal moiré; generation is timed apart, as it is not what is measured). Th
 `demoire -q evaluate --limit N --json --csv …` runs in its own process on the first N of them, with the
 model given (default: a freshly initialised U-Net of the default size, scored as served with
 params.yaml's infer tiles). Reported per count: wall time, time to the first scored pair (start-up and
-model load), the median seconds between consecutive per-image rows appearing in the CSV's temp file,
+model load), the median seconds between consecutive per-image rows appearing in the CSV's partial file,
 and peak RSS of the evaluating process (wait4's ru_maxrss), beside its RSS when the first and the last
-rows appeared, and the load average (the machine may be shared). `--workdir` keeps the pairs for another run (existing ones are not written again).
+rows appeared, and the load average (the machine may be shared). `--workdir` keeps the pairs for another
+run (existing ones are not written again). A run killed from outside resumes when the same command is run
+again with the same `--workdir` (`demoire evaluate --csv` keeps the rows already scored): only its new rows
+are timed, and `progress-N.log` keeps the figures of every run, the killed one's included.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 POLL_S = 0.05
+LOG_EVERY_ROWS = 50
 
 
 def synthetic_pair(index: int, width: int, height: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -77,25 +81,31 @@ def default_model(folder: Path) -> Path:
 
 
 def rows_in(folder: Path, name: str) -> int:
-    """Per-image rows in the temp CSV `demoire evaluate --csv folder/name` is writing (0 before it exists)."""
-    for temp in folder.glob(f".{name}.*.tmp"):
+    """Per-image rows in the partial CSV `demoire evaluate --csv folder/name` is writing (0 before it exists)."""
+    for partial in folder.glob(f".{name}.partial-*"):
         try:
-            return max(temp.read_bytes().count(b"\n") - 1, 0)  # the header line is not a row
-        except OSError:  # renamed into place between the glob and the read
+            return max(partial.read_bytes().count(b"\n") - 1, 0)  # the header line is not a row
+        except OSError:  # removed between the glob and the read: every row is in the CSV by then
             pass
     return 0
 
 
 def evaluate_run(model: Path, pairs: Path, count: int, workdir: Path) -> dict:
-    """One `demoire evaluate` process on the first `count` pairs, watched until it exits."""
+    """One `demoire evaluate` process on the first `count` pairs, watched until it exits; when a killed run of the
+    same command left scored rows, it resumes after them (`resumed_rows`) and only the new rows are timed. Every
+    LOG_EVERY_ROWS rows a line (seconds, rows, RSS, load) goes to `progress-<count>.log`, so a run killed from
+    outside still leaves its figures."""
     csv = workdir / f"per_image_{count}.csv"
+    resumed_rows = rows_in(workdir, csv.name)
+    progress_log = (workdir / f"progress-{count}.log").open("a")
+    progress_log.write(f"# started {time.strftime('%Y-%m-%d %H:%M:%S')}, {resumed_rows} rows already scored\n")
     command = [sys.executable, "-m", "pipeline.cli", "-q", "evaluate", "--model", str(model), "--pairs", str(pairs),
                "--limit", str(count), "--device", "cpu", "--json", "--csv", str(csv)]
     began = time.perf_counter()
     with (workdir / "stdout.txt").open("wb") as stdout, (workdir / "stderr.txt").open("wb") as stderr:
         process = subprocess.Popen(command, cwd=ROOT, stdout=stdout, stderr=stderr)
     watched = psutil.Process(process.pid)
-    seen, appeared, rss_at_row = 0, [], []
+    seen, appeared, rss_at_row = resumed_rows, [], []
     while True:  # wait4 rather than Popen.poll: it gives the exited process's own peak RSS
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)
         if pid:
@@ -104,15 +114,21 @@ def evaluate_run(model: Path, pairs: Path, count: int, workdir: Path) -> dict:
         if rows > seen:
             appeared += [time.perf_counter() - began] * (rows - seen)
             rss_at_row += [watched.memory_info().rss] * (rows - seen)
+            if rows // LOG_EVERY_ROWS > seen // LOG_EVERY_ROWS:
+                progress_log.write(f"{appeared[-1]:.1f} s, {rows} rows, RSS {rss_at_row[-1] / 2**20:.0f} MB "
+                                   f"(max sampled {max(rss_at_row) / 2**20:.0f}), load {os.getloadavg()[0]:.1f}\n")
+                progress_log.flush()
             seen = rows
         time.sleep(POLL_S)
     wall = time.perf_counter() - began
+    progress_log.write(f"# exited after {wall:.1f} s, peak RSS {usage.ru_maxrss / 1024:.0f} MB\n")
+    progress_log.close()
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise SystemExit(f"demoire evaluate failed:\n{(workdir / 'stderr.txt').read_text()[-2000:]}")
     summary = json.loads((workdir / "stdout.txt").read_text().strip().splitlines()[-1])
     between = np.diff(appeared) if len(appeared) > 1 else np.array([np.nan])
-    return {"count": count, "scored": summary["count"], "wall_s": wall,
+    return {"count": count, "scored": summary["count"], "resumed_rows": resumed_rows, "wall_s": wall,
             "first_row_s": appeared[0] if appeared else float("nan"),
             "per_pair_median_s": float(statistics.median(between)),
             "peak_rss_mb": usage.ru_maxrss / 1024,  # KiB on Linux
@@ -136,13 +152,13 @@ def main() -> None:
         generated = write_pairs(pairs, max(args.n), width, height)
         print(f"generation: {max(args.n)} pairs of {width}x{height} in {generated:.1f} s (not part of the runs)")
         model = args.model or (workdir / "model" if (workdir / "model").is_dir() else default_model(workdir / "model"))
-        print("| pairs | size | wall s | first row s | s/pair (median) | peak RSS MB | RSS at 1st / last row MB | "
-              "load avg (1 min, at the end) |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| pairs | size | resumed after | wall s | first row s | s/pair (median) | peak RSS MB | "
+              "RSS at 1st / last row MB | load avg (1 min, at the end) |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for count in args.n:
             run = evaluate_run(model, pairs, count, workdir)
             assert run["scored"] == run["csv_rows"] == count, run
-            print(f"| {count} | {width}x{height} | {run['wall_s']:.1f} | {run['first_row_s']:.1f} | "
+            print(f"| {count} | {width}x{height} | {run['resumed_rows']} | {run['wall_s']:.1f} | {run['first_row_s']:.1f} | "
                   f"{run['per_pair_median_s']:.2f} | {run['peak_rss_mb']:.0f} | "
                   f"{run['rss_first_row_mb']:.0f} / {run['rss_last_row_mb']:.0f} | {os.getloadavg()[0]:.1f} |",
                   flush=True)

@@ -27,6 +27,8 @@ KILL_POINTS = (
     "register.champion_moved",  # register: champion moved, version not yet marked decided
     "register.decided",  # register: decided, registration.json not written
 )
+# Not a stage's: `evaluate.row_<n>`, an evaluation's per-image CSV with its n-th row written and flushed (the
+# resumed `demoire evaluate --csv` is tested with it).
 
 
 def kill_point(name: str) -> None:

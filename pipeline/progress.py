@@ -119,11 +119,11 @@ class ProgressReporter:
 
 
 def track_progress(items: Iterable[T], description: str, total: int | None = None, unit: str = "items",
-                   mode: str | None = None) -> Iterator[T]:
-    """Yield `items`, reporting progress (total: len(items) when it has one)."""
+                   mode: str | None = None, start: int = 0) -> Iterator[T]:
+    """Yield `items`, reporting progress (total: len(items) when it has one; `start` units done before them)."""
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
-    with ProgressReporter(description, total, unit, mode) as reporter:
+    with ProgressReporter(description, total, unit, mode, start=start) as reporter:
         for item in items:
             yield item
             reporter.advance()

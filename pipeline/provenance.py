@@ -1,7 +1,9 @@
-"""Where a run came from: the git commit of the project and the DVC hashes of its data, read from dvc.lock."""
+"""Where a run came from: the git commit of the project, the DVC hashes of its data (read from dvc.lock), and
+digests of the code whose output a resumable run keeps."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from pathlib import Path
 
@@ -17,6 +19,21 @@ def git_commit(project_dir: Path) -> str | None:
         return None
     commit = result.stdout.strip()
     return commit if result.returncode == 0 and commit else None
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def code_digest(parts: tuple[str, ...], versions: str) -> str:
+    """Digest of the project's source files under `parts` (folders or files, relative to the project root) and of
+    `versions` (the library versions their output depends on)."""
+    digest = hashlib.sha256(versions.encode())
+    for part in parts:
+        path = PROJECT_ROOT / part
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(f"{file.relative_to(PROJECT_ROOT)}\n".encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
 
 
 def locked_out_hash(lock_file: Path, out: str) -> str | None:

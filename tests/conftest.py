@@ -36,6 +36,17 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
+@pytest.fixture(autouse=True)
+def cli_output_settings_reset():
+    """A CLI call's `-q` sets process-wide progress and note settings; no test inherits another's."""
+    yield
+    from pipeline.cli.common import err
+    from pipeline.progress import set_progress_override
+
+    set_progress_override(None)
+    err.notes = True
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip `gpu` tests when CUDA is absent."""
     if torch.cuda.is_available():

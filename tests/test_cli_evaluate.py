@@ -1,6 +1,11 @@
 """`demoire evaluate` at scale: per-image CSV written as pairs are scored, progress with ETA unless -q."""
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -32,7 +37,8 @@ def test_csv_holds_one_row_per_pair_and_the_means_printed(args, tmp_path, monkey
     assert list(per_image.image) == ["a.png", "b.png", "c.png"] and summary["count"] == 3
     for metric in ("psnr", "tone_psnr", "ssim", "identity_psnr"):
         assert per_image[metric].mean() == pytest.approx(summary[metric], abs=1e-6)  # CSV: 6 decimals
-    assert sorted(p.name for p in out.parent.iterdir()) == ["per_image.csv"]  # no temp file left
+    # no temp or partial file left; the lock file stays, empty, as synthesize's does
+    assert sorted(p.name for p in out.parent.iterdir()) == [".per_image.csv.lock", "per_image.csv"]
     assert "scoring pairs" in result.stderr and "3/3" in result.stderr and "ETA" in result.stderr
 
 
@@ -51,3 +57,25 @@ def test_off_a_terminal_progress_comes_as_log_lines_without_verbose(args, monkey
     assert result.exit_code == 0, result.output
     assert "scoring pairs: 3/3 pairs (100%)" in result.stderr  # the final line, whatever the interval
     assert runner.invoke(app, ["-q", *args, "--json"]).stderr == ""
+
+
+def test_the_same_command_after_a_kill_scores_only_the_pairs_left(args, tmp_path):
+    """SIGKILL once two rows are on disk (a real kill, in a child process), then the same command: the third pair
+    alone is scored, and the CSV and means are an uninterrupted run's."""
+    def demoire(csv, kill_at=None):
+        env = {**os.environ, "DEMOIRE_PROGRESS": "log", **({"DEMOIRE_KILL_AT": kill_at} if kill_at else {})}
+        return subprocess.run([sys.executable, "-m", "pipeline.cli", *args, "--csv", str(csv), "--json"],
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    whole = demoire(tmp_path / "whole.csv")
+    assert whole.returncode == 0, whole.stderr
+    csv = tmp_path / "scores" / "per_image.csv"
+    killed = demoire(csv, kill_at="evaluate.row_2")
+    assert killed.returncode == -signal.SIGKILL and not csv.exists()
+    resumed = demoire(csv)
+    assert resumed.returncode == 0, resumed.stderr
+    assert re.search(r"resuming: 2 of 3 pairs already scored in .*\.per_image\.csv\.partial-[0-9a-f]{16}", resumed.stderr)
+    assert "scoring pairs: 3/3 pairs (100%)" in resumed.stderr
+    assert csv.read_bytes() == (tmp_path / "whole.csv").read_bytes()
+    assert json.loads(resumed.stdout.splitlines()[-1]) == json.loads(whole.stdout.splitlines()[-1])
+    assert sorted(p.name for p in csv.parent.iterdir()) == [".per_image.csv.lock", "per_image.csv"]

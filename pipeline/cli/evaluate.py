@@ -34,7 +34,8 @@ def evaluate(
     overlap: int | None = typer.Option(None, help="pixels shared by neighbouring tiles [default: infer.tile_overlap]"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object with every mean (null where undefined)"),
     csv: Path | None = typer.Option(None, help="also write the per-image scores here (CSV; rows are written as pairs "
-                                               "are scored, to a temp file renamed into place at the end) "
+                                               "are scored, to a hidden partial file renamed into place at the end; "
+                                               "the same command after a kill scores only the pairs not in it yet) "
                                                "[default: not written]"),
 ) -> None:
     """Raw and tone-aligned PSNR / SSIM, MSE and the moiré removed per frequency band, of a model and of the
@@ -42,6 +43,7 @@ def evaluate(
     (tiled, uint8), one pair at a time, with progress and ETA on stderr (none with -q)."""
     from pipeline.data.paired_folder import find_paired_folder
     from pipeline.evaluation.real_sets import served_restorer
+    from pipeline.evaluation.resume import scoring_digest
     from pipeline.evaluation.summary_tables import SUMMARY_HEADER, band_rows, summary_rows
     from pipeline.io import check_output_file, json_text
 
@@ -52,7 +54,8 @@ def evaluate(
         net, torch_device = load_net(model, device)
         found = find_paired_folder(pairs, layout, split, include, limit)
         restore = served_restorer(net, torch_device, cfg)
-        summary, skipped = _score(restore, found, pairs, csv)
+        digest = scoring_digest(net, found, {"infer": cfg.model_dump(), "device": str(torch_device)})
+        summary, skipped = _score(restore, found, pairs, csv, digest)
     except DemoireError as exc:
         fail(exc)
     for name, reason in skipped:
@@ -77,17 +80,22 @@ def evaluate(
 
 
 def _score(restore: Callable[[torch.Tensor], torch.Tensor], found: PairList, root: Path,
-           csv: Path | None) -> tuple[dict, list[tuple[str, str]]]:
-    """The summary and skipped pairs of `found`, scored one pair at a time; rows streamed to `csv` when given."""
+           csv: Path | None, digest: str) -> tuple[dict, list[tuple[str, str]]]:
+    """The summary and skipped pairs of `found`, scored one pair at a time; rows streamed to `csv` when given,
+    resuming the rows a killed run with the same `digest` (pipeline.evaluation.resume) left."""
     import torch
 
     from pipeline.evaluation.evaluate import evaluate_found_pairs
-    from pipeline.io import atomic_path
+    from pipeline.evaluation.resume import PARTIAL_FLOAT_FORMAT, resumable_csv
 
     progress = None if err.notes else "off"
-    with torch.inference_mode(), atomic_path(csv) if csv is not None else nullcontext() as tmp:
-        scores = evaluate_found_pairs(restore, found, root, tmp, description=f"scoring {root.name or root}",
-                                      progress=progress)
+    with torch.inference_mode(), resumable_csv(csv, digest) if csv is not None else nullcontext() as resumed:
+        if resumed is not None and len(resumed.done):
+            err.note(f"resuming: {len(resumed.done)} of {len(found.pairs)} pairs already scored in {resumed.path}")
+        scores = evaluate_found_pairs(restore, found, root, resumed and resumed.path, progress=progress,
+                                      description=f"scoring {root.name or root}",
+                                      done=resumed.done if resumed is not None else None,
+                                      float_format=PARTIAL_FLOAT_FORMAT)
     return scores.summary, scores.skipped
 
 

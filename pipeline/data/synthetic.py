@@ -34,6 +34,7 @@ from pipeline.faults import kill_point
 from pipeline.io import atomic_path, check_free_space, remove_stale_temps, write_json, write_png
 from pipeline.moire.simulate import sample_capture_params, simulate_capture
 from pipeline.progress import ProgressReporter
+from pipeline.provenance import code_digest
 from pipeline.sources import SkippedSource, SourceSpec, collect_sources, load_source
 
 log = logging.getLogger(__name__)
@@ -140,13 +141,7 @@ def renderer_digest() -> str:
     """Digest of the rendering code (RENDER_CODE) and of the numpy, torch and Pillow versions."""
     import PIL
 
-    root = Path(__file__).resolve().parents[2]
-    digest = hashlib.sha256(f"{np.__version__} {torch.__version__} {PIL.__version__}".encode())
-    for part in RENDER_CODE:
-        for file in sorted((root / part).rglob("*.py")) if (root / part).is_dir() else [root / part]:
-            digest.update(f"{file.relative_to(root)}\n".encode())
-            digest.update(file.read_bytes())
-    return digest.hexdigest()
+    return code_digest(RENDER_CODE, f"{np.__version__} {torch.__version__} {PIL.__version__}")
 
 
 def source_stamp(spec: SourceSpec) -> list:

@@ -23,6 +23,7 @@ import torch
 from pipeline.data.dataset import Pair, to_image, to_tensor
 from pipeline.data.paired_folder import decoded_pairs
 from pipeline.errors import InputDataError
+from pipeline.faults import kill_point
 from pipeline.evaluation.grid import GridRow, grid_cell
 from pipeline.evaluation.metrics import image_metrics
 from pipeline.evaluation.residual_bands import BANDS, band_energies, removed_fraction
@@ -53,12 +54,13 @@ def pair_row(name: str, restored: torch.Tensor, moire: torch.Tensor, clean: torc
 class PerImageCsv:
     """A per-image CSV written row by row (header with the first), each row flushed as soon as it is scored."""
 
-    def __init__(self, handle: IO[str]) -> None:
-        self.handle, self.rows = handle, 0
+    def __init__(self, handle: IO[str], rows: int = 0, float_format: str | None = CSV_FLOAT_FORMAT) -> None:
+        self.handle, self.rows = handle, rows  # rows already in the file (a resumed run): no second header
+        self.float_format = float_format
 
     def append(self, row: dict) -> None:
         """Write one row; formatted as DataFrame.to_csv formats the whole table (same bytes)."""
-        pd.DataFrame([row]).to_csv(self.handle, header=self.rows == 0, index=False, float_format=CSV_FLOAT_FORMAT)
+        pd.DataFrame([row]).to_csv(self.handle, header=self.rows == 0, index=False, float_format=self.float_format)
         self.handle.flush()
         self.rows += 1
 
@@ -81,13 +83,14 @@ class PairScores:
 
 def score_named_pairs(
     restore: Callable[[torch.Tensor], torch.Tensor], named_pairs: Iterable[tuple[str, Pair]], csv: Path | None = None,
-    grid_count: int = 0,
+    grid_count: int = 0, rows_before: int = 0, float_format: str | None = CSV_FLOAT_FORMAT,
 ) -> tuple[pd.DataFrame, list[GridRow]]:
-    """Per-image scores of (name, pair) items consumed one at a time, each row appended to `csv` as it is scored,
-    and the first `grid_count` pairs as (moiré, restored, clean) grid thumbnails."""
+    """Per-image scores of (name, pair) items consumed one at a time, each row appended to `csv` as it is scored
+    (after the `rows_before` rows a resumed run already has there; `float_format` None: exact), and the first
+    `grid_count` pairs as (moiré, restored, clean) grid thumbnails."""
     rows, shown = [], []
-    with open(csv, "w", newline="") if csv is not None else nullcontext() as handle:
-        writer = PerImageCsv(handle) if handle is not None else None
+    with open(csv, "a" if rows_before else "w", newline="") if csv is not None else nullcontext() as handle:
+        writer = PerImageCsv(handle, rows_before, float_format) if handle is not None else None
         for name, (moire, clean) in named_pairs:
             x, y = to_tensor(moire), to_tensor(clean)
             restored = restore(x)
@@ -95,6 +98,7 @@ def score_named_pairs(
             rows.append(row)
             if writer is not None:
                 writer.append(row)
+                kill_point(f"evaluate.row_{writer.rows}")  # fault injection: killed with n rows on disk
             if len(shown) < grid_count:
                 shown.append((grid_cell(moire), grid_cell(to_image(restored)), grid_cell(clean)))
     return pd.DataFrame(rows), shown
@@ -151,14 +155,23 @@ def indexed_pairs(frame: pd.DataFrame, root: Path) -> PairList:
 def evaluate_found_pairs(
     restore: Callable[[torch.Tensor], torch.Tensor], found: PairList, root: Path, csv: Path | None = None,
     grid_count: int = 0, description: str = "scoring", progress: str | None = None,
+    done: pd.DataFrame | None = None, float_format: str | None = CSV_FLOAT_FORMAT,
 ) -> PairScores:
-    """Scores of the pairs found under `root`, decoded one at a time (rows appended to `csv` as they are scored,
-    with progress and ETA per pipeline.progress, `progress` forcing its mode); unreadable or too small pairs are
-    skipped; InputDataError when none is readable."""
+    """Scores of the pairs found under `root`, decoded one at a time (rows appended to `csv` in `float_format` as
+    they are scored, with progress and ETA per pipeline.progress, `progress` forcing its mode); unreadable or too
+    small pairs are skipped; InputDataError when none is readable. `done`: rows a killed run already wrote to
+    `csv` (see pipeline.evaluation.resume); their pairs are not scored again."""
+    done = pd.DataFrame() if done is None else done
+    scored = set(done["image"]) if len(done) else set()
+    remaining = [pair for pair in found.pairs if pair.name not in scored]
     skipped = [(item.name, item.reason) for item in found.skipped]
     # a pair counts as done when the next is asked for: it has then been decoded and scored, or skipped
-    tracked = track_progress(found.pairs, description, unit="pairs", mode=progress)
-    per_image, shown = score_named_pairs(restore, large_enough(decoded_pairs(tracked, skipped), skipped), csv, grid_count)
+    tracked = track_progress(remaining, description, total=len(found.pairs), unit="pairs", mode=progress,
+                             start=len(found.pairs) - len(remaining))
+    per_image, shown = score_named_pairs(restore, large_enough(decoded_pairs(tracked, skipped), skipped), csv,
+                                         grid_count, rows_before=len(done), float_format=float_format)
+    if len(done):
+        per_image = pd.concat([done, per_image], ignore_index=True)
     if per_image.empty:
         raise InputDataError(f"none of the {len(found.pairs)} selected pairs in {root} is readable "
                              f"({found.layout} layout, {len(skipped)} skipped)")
