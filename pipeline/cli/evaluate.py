@@ -92,8 +92,8 @@ def _score(restore: Callable[[torch.Tensor], torch.Tensor], found: PairList, roo
     with torch.inference_mode(), resumable_csv(csv, digest) if csv is not None else nullcontext() as resumed:
         if resumed is not None and len(resumed.done):
             err.note(f"resuming: {len(resumed.done)} of {len(found.pairs)} pairs already scored in {resumed.path}")
-        scores = evaluate_found_pairs(restore, found, root, resumed and resumed.path, progress=progress,
-                                      description=f"scoring {root.name or root}",
+        scores = evaluate_found_pairs(restore, found, root, resumed.path if resumed is not None else None,
+                                      description=f"scoring {root.name or root}", progress=progress,
                                       done=resumed.done if resumed is not None else None,
                                       float_format=PARTIAL_FLOAT_FORMAT)
     return scores.summary, scores.skipped

@@ -23,11 +23,11 @@ import torch
 from pipeline.data.dataset import Pair, to_image, to_tensor
 from pipeline.data.paired_folder import decoded_pairs
 from pipeline.errors import InputDataError
-from pipeline.faults import kill_point
 from pipeline.evaluation.grid import GridRow, grid_cell
 from pipeline.evaluation.metrics import image_metrics
 from pipeline.evaluation.residual_bands import BANDS, band_energies, removed_fraction
 from pipeline.evaluation.tone import align_tone
+from pipeline.faults import kill_point
 from pipeline.progress import track_progress
 from pipeline.sources.paired_datasets import DatasetPair, PairList
 

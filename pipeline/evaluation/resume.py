@@ -5,9 +5,9 @@ a hidden partial file beside the CSV whose name carries a digest of everything t
 (the model's weights, the selected pairs' names, sizes and modification times, the tiling, the
 device, the code that decodes, restores and scores, and library versions), as `demoire synthesize`
 names its work folder. Rows there keep every digit (the CSV rounds to 6), so a resumed run's summary
-is the uninterrupted run's. A run with the same digest keeps the rows already there and scores only the other pairs; a
-partial file of any other run is removed. Once every pair is scored, the rows are written to the CSV
-as an uninterrupted run writes them (same bytes) and the partial file is removed.
+is the uninterrupted run's. A run with the same digest keeps the rows already there and scores only
+the other pairs; a partial file of any other run is removed. Once every pair is scored, the rows are
+written to the CSV as an uninterrupted run writes them (same bytes) and the partial file is removed.
 """
 
 from __future__ import annotations
@@ -104,11 +104,6 @@ class ResumedRows:
 
     path: Path
     done: pd.DataFrame
-
-    @property
-    def names(self) -> set[str]:
-        """Names of the pairs already scored."""
-        return set(self.done["image"]) if "image" in self.done else set()
 
 
 def read_complete_rows(path: Path) -> pd.DataFrame:
