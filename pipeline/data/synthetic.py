@@ -134,7 +134,7 @@ SET_DIR, SHARDS_DIR = "set", "shards"  # inside a work folder: the set being ren
 # Shards of at most this many pairs (about 10 s each at 512²): a kill loses little, and the bar moves often.
 MAX_SHARD_PAIRS = 32
 # The code and libraries that decide a pair's bytes: after an edit to them, no earlier shard is reused.
-RENDER_CODE = ("pipeline/moire", "pipeline/sources", "pipeline/data/synthetic.py")
+RENDER_CODE = ("pipeline/__init__.py", "pipeline/moire", "pipeline/sources", "pipeline/data/synthetic.py")
 
 
 def renderer_digest() -> str:
