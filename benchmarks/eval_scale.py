@@ -20,6 +20,7 @@ are timed, and `progress-N.log` keeps the figures of every run, the killed one's
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import shutil
@@ -81,13 +82,21 @@ def default_model(folder: Path) -> Path:
 
 
 def rows_in(folder: Path, name: str) -> int:
-    """Per-image rows in the partial CSV `demoire evaluate --csv folder/name` is writing (0 before it exists)."""
-    for partial in folder.glob(f".{name}.partial-*"):
+    """Per-image rows in the partial CSV `demoire evaluate --csv folder/name` is writing (0 before it exists; the
+    newest when an earlier run with other settings left another)."""
+    partials = sorted(folder.glob(f".{glob.escape(name)}.partial-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for partial in partials:
         try:
             return max(partial.read_bytes().count(b"\n") - 1, 0)  # the header line is not a row
         except OSError:  # removed between the glob and the read: every row is in the CSV by then
             pass
     return 0
+
+
+def log_progress(path: Path, line: str) -> None:
+    """Append one line to the progress log, on disk at once (a run killed from outside keeps it)."""
+    with path.open("a") as handle:
+        handle.write(line + "\n")
 
 
 def evaluate_run(model: Path, pairs: Path, count: int, workdir: Path) -> dict:
@@ -97,8 +106,8 @@ def evaluate_run(model: Path, pairs: Path, count: int, workdir: Path) -> dict:
     outside still leaves its figures."""
     csv = workdir / f"per_image_{count}.csv"
     resumed_rows = rows_in(workdir, csv.name)
-    progress_log = (workdir / f"progress-{count}.log").open("a")
-    progress_log.write(f"# started {time.strftime('%Y-%m-%d %H:%M:%S')}, {resumed_rows} rows already scored\n")
+    progress_log = workdir / f"progress-{count}.log"
+    log_progress(progress_log, f"# started {time.strftime('%Y-%m-%d %H:%M:%S')}, {resumed_rows} rows already scored")
     command = [sys.executable, "-m", "pipeline.cli", "-q", "evaluate", "--model", str(model), "--pairs", str(pairs),
                "--limit", str(count), "--device", "cpu", "--json", "--csv", str(csv)]
     began = time.perf_counter()
@@ -115,14 +124,12 @@ def evaluate_run(model: Path, pairs: Path, count: int, workdir: Path) -> dict:
             appeared += [time.perf_counter() - began] * (rows - seen)
             rss_at_row += [watched.memory_info().rss] * (rows - seen)
             if rows // LOG_EVERY_ROWS > seen // LOG_EVERY_ROWS:
-                progress_log.write(f"{appeared[-1]:.1f} s, {rows} rows, RSS {rss_at_row[-1] / 2**20:.0f} MB "
-                                   f"(max sampled {max(rss_at_row) / 2**20:.0f}), load {os.getloadavg()[0]:.1f}\n")
-                progress_log.flush()
+                rss = f"RSS {rss_at_row[-1] / 2**20:.0f} MB (max sampled {max(rss_at_row) / 2**20:.0f})"
+                log_progress(progress_log, f"{appeared[-1]:.1f} s, {rows} rows, {rss}, load {os.getloadavg()[0]:.1f}")
             seen = rows
         time.sleep(POLL_S)
     wall = time.perf_counter() - began
-    progress_log.write(f"# exited after {wall:.1f} s, peak RSS {usage.ru_maxrss / 1024:.0f} MB\n")
-    progress_log.close()
+    log_progress(progress_log, f"# exited after {wall:.1f} s, peak RSS {usage.ru_maxrss / 1024:.0f} MB")
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise SystemExit(f"demoire evaluate failed:\n{(workdir / 'stderr.txt').read_text()[-2000:]}")
@@ -158,7 +165,8 @@ def main() -> None:
         for count in args.n:
             run = evaluate_run(model, pairs, count, workdir)
             assert run["scored"] == run["csv_rows"] == count, run
-            print(f"| {count} | {width}x{height} | {run['resumed_rows']} | {run['wall_s']:.1f} | {run['first_row_s']:.1f} | "
+            print(f"| {count} | {width}x{height} | {run['resumed_rows']} | {run['wall_s']:.1f} | "
+                  f"{run['first_row_s']:.1f} | "
                   f"{run['per_pair_median_s']:.2f} | {run['peak_rss_mb']:.0f} | "
                   f"{run['rss_first_row_mb']:.0f} / {run['rss_last_row_mb']:.0f} | {os.getloadavg()[0]:.1f} |",
                   flush=True)

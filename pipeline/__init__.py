@@ -5,8 +5,10 @@ Nothing here imports Prefect or DVC; every function takes plain arguments.
 
 import os
 
-# The same bytes on every x86-64 CPU with AVX2. Intel MKL (torch's BLAS on x86) otherwise picks its kernels
-# by CPU: with AVX-512 a matrix product's float sums differ in the last bit, and the simulated JPEG's
-# quantisation turns such bits into pixels (measured: 195 of the default set's 960 images differ between an
-# AVX-512 and an AVX2 machine). Read by MKL at its first call, so set on import; a user's own value is kept.
+# The same rendered bytes on Intel CPUs with AVX2, with or without AVX-512 (what MKL's conditional numerical
+# reproducibility promises; other vendors' CPUs may still differ). Intel MKL (torch's BLAS on x86) otherwise
+# picks its kernels by CPU, and with AVX-512 a matrix product's float sums differ in the last bit, which the
+# simulated JPEG's quantisation turns into whole levels (195 of the default set's 960 images differed when
+# MKL was capped at AVX2 on an AVX-512 machine). MKL reads it at its first call, so it is set on import: a
+# process that multiplied matrices before importing pipeline keeps MKL's own choice. A user's value is kept.
 os.environ.setdefault("MKL_CBWR", "AVX2")

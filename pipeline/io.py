@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import psutil
+from filelock import FileLock, Timeout
 from PIL import Image
 
 from pipeline.errors import InputDataError
@@ -93,6 +94,24 @@ def atomic_path(path: Path, overwrite: bool = True) -> Iterator[Path]:
         kill_point(f"after:{path.name}")
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextmanager
+def sole_writer(path: Path, what: str) -> Iterator[None]:
+    """Hold the lock of the runs writing `path` (`.NAME.lock` beside it, left in place, empty); InputDataError at
+    once, naming `what` runs, when another run holds it. The kernel releases the lock of a killed run."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path.parent / f".{path.name}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise InputDataError(f"another {what} is writing {path} (it holds {lock.lock_file}): "
+                             "wait for it to finish, or stop it") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @contextmanager

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
@@ -37,7 +39,7 @@ def rng() -> np.random.Generator:
 
 
 @pytest.fixture(autouse=True)
-def cli_output_settings_reset():
+def cli_output_settings_reset() -> Iterator[None]:
     """A CLI call's `-q` sets process-wide progress and note settings; no test inherits another's."""
     yield
     from pipeline.cli.common import err

@@ -74,7 +74,8 @@ def test_the_same_command_after_a_kill_scores_only_the_pairs_left(args, tmp_path
     assert killed.returncode == -signal.SIGKILL and not csv.exists()
     resumed = demoire(csv)
     assert resumed.returncode == 0, resumed.stderr
-    assert re.search(r"resuming: 2 of 3 pairs already scored in .*\.per_image\.csv\.partial-[0-9a-f]{16}", resumed.stderr)
+    partial = r"\.per_image\.csv\.partial-[0-9a-f]{16}"
+    assert re.search(rf"resuming: 2 of 3 pairs already scored in .*{partial}", resumed.stderr)
     assert "scoring pairs: 3/3 pairs (100%)" in resumed.stderr
     assert csv.read_bytes() == (tmp_path / "whole.csv").read_bytes()
     assert json.loads(resumed.stdout.splitlines()[-1]) == json.loads(whole.stdout.splitlines()[-1])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -10,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli.common import Device, Layout, app, err, fail, infer_params, load_net
+from pipeline.cli.common import Device, Layout, app, err, fail, infer_params
 from pipeline.errors import DemoireError
 
 if TYPE_CHECKING:  # annotations only: the CLI imports torch when a command runs, not at start-up
@@ -44,6 +43,7 @@ def evaluate(
     from pipeline.data.paired_folder import find_paired_folder
     from pipeline.evaluation.real_sets import served_restorer
     from pipeline.evaluation.resume import scoring_digest
+    from pipeline.model_source import load_model_and_spec
     from pipeline.evaluation.summary_tables import SUMMARY_HEADER, band_rows, summary_rows
     from pipeline.io import check_output_file, json_text
 
@@ -51,11 +51,12 @@ def evaluate(
         if csv is not None:
             check_output_file(csv, "--csv")
         cfg = infer_params(params, tile_size=tile, tile_overlap=overlap)
-        net, torch_device = load_net(model, device)
+        net, torch_device, spec = load_model_and_spec(model, device)
         found = find_paired_folder(pairs, layout, split, include, limit)
         restore = served_restorer(net, torch_device, cfg)
-        digest = scoring_digest(net, found, {"infer": cfg.model_dump(), "device": str(torch_device)})
-        summary, skipped = _score(restore, found, pairs, csv, digest)
+        resume = (csv, scoring_digest(net, spec, found, {"infer": cfg.model_dump(), "device": str(torch_device)})
+                  ) if csv is not None else None
+        summary, skipped = _score(restore, found, pairs, resume)
     except DemoireError as exc:
         fail(exc)
     for name, reason in skipped:
@@ -80,22 +81,25 @@ def evaluate(
 
 
 def _score(restore: Callable[[torch.Tensor], torch.Tensor], found: PairList, root: Path,
-           csv: Path | None, digest: str) -> tuple[dict, list[tuple[str, str]]]:
-    """The summary and skipped pairs of `found`, scored one pair at a time; rows streamed to `csv` when given,
-    resuming the rows a killed run with the same `digest` (pipeline.evaluation.resume) left."""
+           resume: tuple[Path, str] | None) -> tuple[dict, list[tuple[str, str]]]:
+    """The summary and skipped pairs of `found`, scored one pair at a time; with `resume` (CSV, digest), rows are
+    streamed towards that CSV, after those a killed run with the same digest left (pipeline.evaluation.resume)."""
     import torch
 
     from pipeline.evaluation.evaluate import evaluate_found_pairs
     from pipeline.evaluation.resume import PARTIAL_FLOAT_FORMAT, resumable_csv
 
-    progress = None if err.notes else "off"
-    with torch.inference_mode(), resumable_csv(csv, digest) if csv is not None else nullcontext() as resumed:
-        if resumed is not None and len(resumed.done):
-            err.note(f"resuming: {len(resumed.done)} of {len(found.pairs)} pairs already scored in {resumed.path}")
-        scores = evaluate_found_pairs(restore, found, root, resumed.path if resumed is not None else None,
-                                      description=f"scoring {root.name or root}", progress=progress,
-                                      done=resumed.done if resumed is not None else None,
-                                      float_format=PARTIAL_FLOAT_FORMAT)
+    progress, description = None if err.notes else "off", f"scoring {root.name or root}"
+    with torch.inference_mode():
+        if resume is None:
+            scores = evaluate_found_pairs(restore, found, root, description=description, progress=progress)
+            return scores.summary, scores.skipped
+        with resumable_csv(*resume) as resumed:
+            if len(resumed.done):
+                err.note(f"resuming: {len(resumed.done)} of {len(found.pairs)} pairs already scored in {resumed.path}")
+            scores = evaluate_found_pairs(restore, found, root, resumed.path, description=description,
+                                          progress=progress, done=resumed.done, float_format=PARTIAL_FLOAT_FORMAT)
+            resumed.publish(scores.per_image)
     return scores.summary, scores.skipped
 
 

@@ -9,6 +9,7 @@ so a killed run started again renders only the shards it had not finished.
 from __future__ import annotations
 
 import ctypes
+import glob
 import hashlib
 import json
 import logging
@@ -24,14 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from filelock import FileLock, Timeout
 
 from pipeline.allocator import reuse_freed_memory
 from pipeline.config import SynthesizeParams
 from pipeline.data.manifest import write_manifest
 from pipeline.errors import InputDataError
 from pipeline.faults import kill_point
-from pipeline.io import atomic_path, check_free_space, remove_stale_temps, write_json, write_png
+from pipeline.io import atomic_path, check_free_space, remove_stale_temps, sole_writer, write_json, write_png
 from pipeline.moire.simulate import sample_capture_params, simulate_capture
 from pipeline.progress import ProgressReporter
 from pipeline.provenance import code_digest
@@ -167,30 +167,10 @@ def work_folder(out_dir: Path, fingerprint: str) -> Path:
 
 def discard_stale_work(out_dir: Path, keep: Path) -> None:
     """Remove work folders beside `out_dir` other than `keep`: their params, seed, sources or code differ."""
-    for folder in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
+    for folder in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.partial-*"):
         if folder != keep:
             log.info("discarding %s: rendered with other params, seed, sources or code", folder)
             shutil.rmtree(folder, ignore_errors=True)
-
-
-@contextmanager
-def sole_writer(out_dir: Path) -> Iterator[None]:
-    """Hold the lock of the runs writing `out_dir`; InputDataError at once when another run holds it.
-
-    Two runs into one folder would each discard the other's work folder (different params) or
-    render the same shards twice (same params); the kernel releases the lock of a killed run.
-    """
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(out_dir.parent / f".{out_dir.name}.lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise InputDataError(f"another synthesize run is writing {out_dir} (it holds {lock.lock_file}): "
-                             "wait for it to finish, or stop it") from None
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def shard_marker(work: Path, indices: list[int]) -> Path:
@@ -277,7 +257,9 @@ def synthesize_dataset(cfg: SynthesizeParams, seed: int, out_dir: Path, run_shar
     specs, skipped = collect_sources(cfg.sources.bundled, cfg.sources.procedural, cfg.sources.folders, cfg.sources.screen_kinds)
     if not specs:
         raise InputDataError("no usable source images: enable bundled or procedural sources, or add folders")
-    with sole_writer(out_dir):
+    # Two runs into one folder would each discard the other's work folder (different params) or render the
+    # same shards twice (same params): the second stops at once.
+    with sole_writer(out_dir, "synthesize run"):
         return render_and_publish(cfg, seed, out_dir, run_shards, specs, skipped)
 
 

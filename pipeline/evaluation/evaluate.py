@@ -89,7 +89,8 @@ def score_named_pairs(
     (after the `rows_before` rows a resumed run already has there; `float_format` None: exact), and the first
     `grid_count` pairs as (moiré, restored, clean) grid thumbnails."""
     rows, shown = [], []
-    with open(csv, "a" if rows_before else "w", newline="") if csv is not None else nullcontext() as handle:
+    with open(csv, "a" if rows_before else "w", newline="", encoding="utf-8") if csv is not None else nullcontext() \
+            as handle:
         writer = PerImageCsv(handle, rows_before, float_format) if handle is not None else None
         for name, (moire, clean) in named_pairs:
             x, y = to_tensor(moire), to_tensor(clean)
@@ -170,8 +171,10 @@ def evaluate_found_pairs(
                              start=len(found.pairs) - len(remaining))
     per_image, shown = score_named_pairs(restore, large_enough(decoded_pairs(tracked, skipped), skipped), csv,
                                          grid_count, rows_before=len(done), float_format=float_format)
-    if len(done):
+    if len(done):  # in the pairs' order, as an uninterrupted run has them (a pair unreadable before may be read now)
+        position = {pair.name: index for index, pair in enumerate(found.pairs)}
         per_image = pd.concat([done, per_image], ignore_index=True)
+        per_image = per_image.iloc[per_image["image"].map(position).argsort(kind="stable")].reset_index(drop=True)
     if per_image.empty:
         raise InputDataError(f"none of the {len(found.pairs)} selected pairs in {root} is readable "
                              f"({found.layout} layout, {len(skipped)} skipped)")

@@ -2,45 +2,57 @@
 
 Scoring 2000 pairs of 1080p takes hours on a CPU. Rows are appended, each flushed as it is scored, to
 a hidden partial file beside the CSV whose name carries a digest of everything the scores depend on
-(the model's weights, the selected pairs' names, sizes and modification times, the tiling, the
-device, the code that decodes, restores and scores, and library versions), as `demoire synthesize`
-names its work folder. Rows there keep every digit (the CSV rounds to 6), so a resumed run's summary
-is the uninterrupted run's. A run with the same digest keeps the rows already there and scores only
-the other pairs; a partial file of any other run is removed. Once every pair is scored, the rows are
-written to the CSV as an uninterrupted run writes them (same bytes) and the partial file is removed.
+(the model's weights and spec, the selected pairs' names, sizes and modification times, the tiling,
+the device, the code that decodes, restores and scores, and library versions), as `demoire
+synthesize` names its work folder. Rows there keep every digit (the CSV rounds to 6). A run with the
+same digest keeps the rows already there and scores only the other pairs; once every pair is scored,
+the rows are written to the CSV in the pairs' order, as an uninterrupted run writes them (same bytes,
+same means), and every partial file of the CSV is removed. Partial files of other digests stay until
+then, so a run with a mistaken option does not throw away the rows of the one it interrupted.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
 import pandas as pd
 import torch
-from filelock import FileLock, Timeout
 from torch import nn
 
-from pipeline.errors import InputDataError
 from pipeline.evaluation.evaluate import write_per_image
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, sole_writer
+from pipeline.models import ModelSpec
 from pipeline.provenance import code_digest
 from pipeline.sources.paired_datasets import PairList
 
 log = logging.getLogger(__name__)
 
+PARTIAL_FLOAT_FORMAT = None  # pandas' shortest repr: read back, every float is the one written
+PARTIAL_ENCODING = "utf-8"  # written and read alike, whatever the locale
 
-def model_digest(model: nn.Module) -> str:
-    """Digest of a model's weights (its parameters and buffers), or of its file when it is an exported one."""
-    digest = hashlib.sha256()
-    path = getattr(model, "path", None)  # pipeline.export.ExportedModel: the weights are in the file
-    if isinstance(path, Path):
-        with path.open("rb") as handle:
+# The code a per-image row depends on: decoding a pair, restoring it as served (the network, its correction
+# and the narrowing's Gaussian), scoring it. A change anywhere else (the CLI, training) leaves rows valid.
+SCORING_CODE = ("pipeline/io.py", "pipeline/photos.py", "pipeline/data/manifest.py", "pipeline/data/dataset.py",
+                "pipeline/data/paired_folder.py", "pipeline/inference.py", "pipeline/models",
+                "pipeline/moire/optics.py", "pipeline/export.py", "pipeline/evaluation")
+
+
+def model_digest(model: nn.Module, spec: ModelSpec) -> str:
+    """Digest of a model: its spec and its weights (persistent parameters and buffers), or the bytes of its file
+    when it is an exported one."""
+    from pipeline.export import ExportedModel
+
+    digest = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode())
+    if isinstance(model, ExportedModel):
+        with model.path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         return digest.hexdigest()
@@ -66,31 +78,27 @@ def pairs_stamp(found: PairList) -> list[list]:
     return stamp
 
 
-# The code a per-image row depends on: decoding a pair, restoring it as served, scoring it. A change anywhere
-# else (the CLI, the simulator, training) leaves finished rows valid.
-SCORING_CODE = ("pipeline/io.py", "pipeline/photos.py", "pipeline/data/manifest.py", "pipeline/data/dataset.py",
-                "pipeline/inference.py", "pipeline/models", "pipeline/export.py", "pipeline/evaluation")
-
-
-def scoring_code_digest() -> str:
-    """Digest of SCORING_CODE and of the numpy, Pillow, torch and torchmetrics versions."""
+def library_versions() -> str:
+    """The versions of the libraries that decode, restore and score (onnxruntime where installed)."""
     import numpy
     import PIL
     import torchmetrics
 
-    return code_digest(SCORING_CODE, f"{numpy.__version__} {PIL.__version__} {torch.__version__} "
-                                     f"{torchmetrics.__version__}")
+    versions = f"numpy {numpy.__version__} Pillow {PIL.__version__} torch {torch.__version__} " \
+               f"torchmetrics {torchmetrics.__version__}"
+    try:
+        import onnxruntime
+    except ImportError:
+        return versions
+    return f"{versions} onnxruntime {onnxruntime.__version__}"
 
 
-def scoring_digest(model: nn.Module, found: PairList, settings: dict) -> str:
-    """Digest of what a run's per-image scores depend on: model weights, selected pairs, `settings` (tiling,
-    device) and code."""
-    text = json.dumps([model_digest(model), pairs_stamp(found), settings, scoring_code_digest()], sort_keys=True,
-                      default=str)
+def scoring_digest(model: nn.Module, spec: ModelSpec, found: PairList, settings: dict) -> str:
+    """Digest of what a run's per-image scores depend on: model, selected pairs, `settings` (tiling, device),
+    SCORING_CODE and library versions."""
+    text = json.dumps([model_digest(model, spec), pairs_stamp(found), settings,
+                       code_digest(SCORING_CODE, library_versions())], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-PARTIAL_FLOAT_FORMAT = None  # pandas' shortest repr: read back, every float is the one written
 
 
 def partial_csv(csv: Path, digest: str) -> Path:
@@ -98,12 +106,9 @@ def partial_csv(csv: Path, digest: str) -> Path:
     return csv.parent / f".{csv.name}.partial-{digest[:16]}"
 
 
-@dataclass
-class ResumedRows:
-    """Where a run appends its rows, and the rows an earlier run with the same digest already scored."""
-
-    path: Path
-    done: pd.DataFrame
+def partial_csvs(csv: Path) -> list[Path]:
+    """Every partial file beside `csv`, whatever its digest."""
+    return sorted(csv.parent.glob(f".{glob.escape(csv.name)}.partial-*"))
 
 
 def read_complete_rows(path: Path) -> pd.DataFrame:
@@ -117,34 +122,53 @@ def read_complete_rows(path: Path) -> pd.DataFrame:
         path.write_bytes(b"")
         return pd.DataFrame()
     # names stay text ("001.png", "NA"); an empty field is a missing value, as to_csv wrote it
-    return pd.read_csv(path, dtype={"image": str}, keep_default_na=False, na_values=[""])
+    return pd.read_csv(path, dtype={"image": str}, keep_default_na=False, na_values=[""], encoding=PARTIAL_ENCODING,
+                       float_precision="round_trip")
+
+
+def resumed_rows(path: Path) -> pd.DataFrame:
+    """The rows already in `path` (none when it is absent); a file that cannot be read back is removed."""
+    if not path.is_file():
+        return pd.DataFrame()
+    try:
+        return read_complete_rows(path)
+    except (ValueError, UnicodeDecodeError) as exc:  # pandas' ParserError is a ValueError
+        log.warning("scoring every pair again: %s cannot be read back (%s)", path, str(exc).splitlines()[0])
+        path.unlink()
+        return pd.DataFrame()
+
+
+@dataclass
+class ResumedRows:
+    """Where a run appends its rows, the rows an earlier run with the same digest already scored, and the CSV
+    they end in."""
+
+    path: Path
+    done: pd.DataFrame
+    csv: Path
+
+    def publish(self, per_image: pd.DataFrame) -> None:
+        """Write the whole per-image table (exact, in the pairs' order) to the CSV; remove every partial file."""
+        with atomic_path(self.csv) as tmp:
+            write_per_image(per_image, tmp)
+        for partial in partial_csvs(self.csv):
+            partial.unlink(missing_ok=True)
 
 
 @contextmanager
 def resumable_csv(csv: Path, digest: str) -> Iterator[ResumedRows]:
-    """Hold `csv`'s lock and yield the partial file to append rows to (in PARTIAL_FLOAT_FORMAT), with the rows
-    already in it; on success its rows are written to `csv` as write_per_image writes them and it is removed.
-    Partial files of other digests are removed; InputDataError when another run holds the lock."""
+    """Hold `csv`'s lock (pipeline.io.sole_writer; InputDataError when another run holds it) and yield where to
+    append rows (in PARTIAL_FLOAT_FORMAT), with the rows a killed run with this digest left; the caller publishes
+    the finished table. A partial file still without rows when the run fails is removed."""
     csv = Path(csv)
-    csv.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(csv.parent / f".{csv.name}.lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise InputDataError(f"another evaluation is writing {csv} (it holds {lock.lock_file}): "
-                             "wait for it to finish, or stop it") from None
-    try:
+    with sole_writer(csv, "evaluation"):
         path = partial_csv(csv, digest)
-        for stale in csv.parent.glob(f".{csv.name}.partial-*"):
-            if stale != path:
-                log.info("discarding %s: scored with another model, pairs or settings", stale)
-                stale.unlink(missing_ok=True)
-        done = read_complete_rows(path) if path.is_file() else pd.DataFrame()
+        done = resumed_rows(path)
         if len(done):
             log.info("resuming from %s: %d pairs already scored", path, len(done))
-        yield ResumedRows(path, done)
-        with atomic_path(csv) as tmp:
-            write_per_image(read_complete_rows(path), tmp)
-        path.unlink()
-    finally:
-        lock.release()
+        try:
+            yield ResumedRows(path, done, csv)
+        except BaseException:
+            if path.is_file() and path.stat().st_size == 0:
+                path.unlink()
+            raise

@@ -1,5 +1,5 @@
 """A killed evaluation that writes a per-image CSV resumes: only the pairs not in its partial file are scored again,
-and the finished CSV has the bytes of an uninterrupted run."""
+and the finished CSV and means are an uninterrupted run's."""
 
 import logging
 import os
@@ -12,7 +12,10 @@ from filelock import FileLock
 from pipeline.data.paired_folder import find_paired_folder
 from pipeline.errors import InputDataError
 from pipeline.evaluation.evaluate import evaluate_found_pairs
-from pipeline.evaluation.resume import PARTIAL_FLOAT_FORMAT, model_digest, partial_csv, resumable_csv, scoring_digest
+from pipeline.evaluation.resume import (PARTIAL_FLOAT_FORMAT, model_digest, partial_csv, partial_csvs, resumable_csv,
+                                        scoring_digest)
+from pipeline.export import ExportedModel, export_model
+from pipeline.inference import spatial_multiple
 from pipeline.models import ModelSpec, build_model
 from tests.evaluation.test_real_sets import real_looking_pairs
 
@@ -25,9 +28,17 @@ def pairs(tmp_path, rng):
     return real_looking_pairs(tmp_path / "pairs", rng, NAMES)
 
 
+SPEC = ModelSpec("unet", 8, 2)
+
+
 @pytest.fixture
 def model():
-    return build_model(ModelSpec("unet", 8, 2), seed=0).eval()
+    return build_model(SPEC, seed=0).eval()
+
+
+def digest_of(model, pairs, spec=SPEC, **settings):
+    """The scoring digest of `model` on every pair under `pairs`."""
+    return scoring_digest(model, spec, find_paired_folder(pairs), {**SETTINGS, **settings})
 
 
 class Restorer:
@@ -48,12 +59,14 @@ def scored(restore, pairs, csv, digest):
     """One evaluation writing `csv` resumably (as `demoire evaluate --csv` does)."""
     found = find_paired_folder(pairs)
     with resumable_csv(csv, digest) as resumed:
-        return evaluate_found_pairs(restore, found, pairs, resumed.path, progress="off", done=resumed.done,
-                                    float_format=PARTIAL_FLOAT_FORMAT)
+        scores = evaluate_found_pairs(restore, found, pairs, resumed.path, progress="off", done=resumed.done,
+                                      float_format=PARTIAL_FLOAT_FORMAT)
+        resumed.publish(scores.per_image)
+    return scores
 
 
 def test_a_killed_run_resumes_with_the_bytes_and_summary_of_an_uninterrupted_one(pairs, model, tmp_path):
-    digest = scoring_digest(model, find_paired_folder(pairs), SETTINGS)
+    digest = digest_of(model, pairs)
     whole = scored(Restorer(model), pairs, tmp_path / "whole" / "scores.csv", digest)
     csv = tmp_path / "resumed" / "scores.csv"
     with pytest.raises(KeyboardInterrupt):
@@ -69,7 +82,7 @@ def test_a_killed_run_resumes_with_the_bytes_and_summary_of_an_uninterrupted_one
 
 
 def test_an_unfinished_last_line_is_dropped_and_its_pair_scored_again(pairs, model, tmp_path):
-    digest = scoring_digest(model, find_paired_folder(pairs), SETTINGS)
+    digest = digest_of(model, pairs)
     scored(Restorer(model), pairs, tmp_path / "whole.csv", digest)
     csv = tmp_path / "scores.csv"
     with pytest.raises(KeyboardInterrupt):
@@ -82,24 +95,57 @@ def test_an_unfinished_last_line_is_dropped_and_its_pair_scored_again(pairs, mod
     assert again.calls == 2 and csv.read_bytes() == (tmp_path / "whole.csv").read_bytes()
 
 
-def test_a_partial_file_of_another_model_or_changed_pairs_is_discarded(pairs, model, tmp_path, caplog):
+def test_the_digest_follows_weights_spec_pairs_and_device(pairs, model, tmp_path):
+    digest = digest_of(model, pairs)
+    assert digest_of(build_model(SPEC, seed=0), pairs) == digest
+    assert digest_of(build_model(SPEC, seed=1), pairs) != digest
+    assert digest_of(model, pairs, spec=ModelSpec("unet", 8, 2, "chroma", 16.0)) != digest  # same weights
+    assert digest_of(model, pairs, device="cuda:0") != digest
+    os.utime(pairs / "clean" / "a.png", ns=(1, 1))  # a pair rewritten since
+    assert digest_of(model, pairs) != digest
+    exported = tmp_path / "model.pt"
+    export_model(model, SPEC, "torchscript", exported, spatial_multiple(model), sizes=((32, 32),))
+    assert model_digest(ExportedModel(exported), SPEC) == model_digest(ExportedModel(exported), SPEC)
+    assert model_digest(ExportedModel(exported), SPEC) != model_digest(model, SPEC)  # the file's bytes, not weights
+
+
+def test_a_run_with_other_settings_keeps_the_killed_runs_rows_until_one_finishes(pairs, model, tmp_path):
     csv = tmp_path / "scores.csv"
-    digest = scoring_digest(model, find_paired_folder(pairs), SETTINGS)
+    digest, other = digest_of(model, pairs), digest_of(model, pairs, device="cuda:0")
     with pytest.raises(KeyboardInterrupt):
         scored(Restorer(model, fail_on=3), pairs, csv, digest)
-    other = build_model(ModelSpec("unet", 8, 2), seed=1).eval()
-    assert model_digest(other) != model_digest(model)
-    assert model_digest(build_model(ModelSpec("unet", 8, 2), seed=0)) == model_digest(model)
-    assert scoring_digest(other, find_paired_folder(pairs), SETTINGS) != digest
-    assert scoring_digest(model, find_paired_folder(pairs), {**SETTINGS, "device": "cuda:0"}) != digest
-    os.utime(pairs / "clean" / "a.png", ns=(1, 1))  # a pair rewritten since
-    changed = scoring_digest(model, find_paired_folder(pairs), SETTINGS)
-    assert changed != digest
-    caplog.set_level(logging.INFO, logger="pipeline.evaluation.resume")
+    with pytest.raises(KeyboardInterrupt):  # a mistaken option, stopped
+        scored(Restorer(model, fail_on=2), pairs, csv, other)
+    assert partial_csvs(csv) == sorted([partial_csv(csv, digest), partial_csv(csv, other)])
     again = Restorer(model)
-    scored(again, pairs, csv, changed)
-    assert again.calls == 4 and "discarding" in caplog.text
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".scores.csv.partial")) == []
+    scored(again, pairs, csv, digest)
+    assert again.calls == 2 and partial_csvs(csv) == []  # resumed; every partial of the CSV gone once it is written
+
+
+def test_a_partial_that_cannot_be_read_back_is_scored_again(pairs, model, tmp_path, caplog):
+    csv = tmp_path / "scores.csv"
+    digest = digest_of(model, pairs)
+    partial_csv(csv, digest).write_bytes(b"image,psnr\n\xff\xfe,1\n")  # not UTF-8
+    caplog.set_level(logging.WARNING, logger="pipeline.evaluation.resume")
+    again = Restorer(model)
+    scores = scored(again, pairs, csv, digest)
+    assert again.calls == 4 and list(scores.per_image.image) == NAMES and "cannot be read back" in caplog.text
+
+
+def test_rows_come_in_the_pairs_order_whatever_was_scored_first(pairs, model):
+    found = find_paired_folder(pairs)
+    whole = evaluate_found_pairs(Restorer(model), found, pairs, progress="off")
+    done = whole.per_image[whole.per_image.image.isin(["a.png", "c.png"])]  # b.png was unreadable then
+    resumed = evaluate_found_pairs(Restorer(model), found, pairs, progress="off", done=done)
+    pd.testing.assert_frame_equal(resumed.per_image, whole.per_image)
+    assert resumed.summary == whole.summary
+
+
+def test_a_run_that_fails_before_its_first_row_leaves_no_partial_file(pairs, model, tmp_path):
+    csv = tmp_path / "scores.csv"
+    with pytest.raises(KeyboardInterrupt):
+        scored(Restorer(model, fail_on=1), pairs, csv, digest_of(model, pairs))
+    assert partial_csvs(csv) == [] and not csv.exists()
 
 
 def test_a_second_run_writing_the_same_csv_stops_at_once(pairs, model, tmp_path):
