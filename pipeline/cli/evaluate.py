@@ -43,9 +43,9 @@ def evaluate(
     from pipeline.data.paired_folder import find_paired_folder
     from pipeline.evaluation.real_sets import served_restorer
     from pipeline.evaluation.resume import scoring_digest
-    from pipeline.model_source import load_model_and_spec
     from pipeline.evaluation.summary_tables import SUMMARY_HEADER, band_rows, summary_rows
     from pipeline.io import check_output_file, json_text
+    from pipeline.model_source import load_model_and_spec
 
     try:
         if csv is not None:
