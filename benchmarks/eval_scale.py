@@ -81,16 +81,24 @@ def default_model(folder: Path) -> Path:
     return folder
 
 
-def rows_in(folder: Path, name: str) -> int:
-    """Per-image rows in the partial CSV `demoire evaluate --csv folder/name` is writing (0 before it exists; the
-    newest when an earlier run with other settings left another)."""
-    partials = sorted(folder.glob(f".{glob.escape(name)}.partial-*"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for partial in partials:
+def partial_rows(folder: Path, name: str) -> dict[Path, int]:
+    """Per-image rows in each partial CSV beside `folder/name` (`demoire evaluate --csv` writes one per digest)."""
+    found = {}
+    for partial in folder.glob(f".{glob.escape(name)}.partial-*"):
         try:
-            return max(partial.read_bytes().count(b"\n") - 1, 0)  # the header line is not a row
-        except OSError:  # removed between the glob and the read: every row is in the CSV by then
+            found[partial] = max(partial.read_bytes().count(b"\n") - 1, 0)  # the header line is not a row
+        except OSError:  # removed between the glob and the read: the run has published its CSV
             pass
-    return 0
+    return found
+
+
+def this_runs_rows(before: dict[Path, int], now: dict[Path, int]) -> tuple[int, int] | None:
+    """(rows a killed run had left, rows now) of the partial file this run writes: the one that grew since
+    `before` (another digest's partial, left by an earlier run, does not grow); None before its first row."""
+    for partial, rows in now.items():
+        if rows > before.get(partial, 0):
+            return before.get(partial, 0), rows
+    return None
 
 
 def log_progress(path: Path, line: str) -> None:
@@ -105,21 +113,28 @@ def evaluate_run(model: Path, pairs: Path, count: int, workdir: Path) -> dict:
     LOG_EVERY_ROWS rows a line (seconds, rows, RSS, load) goes to `progress-<count>.log`, so a run killed from
     outside still leaves its figures."""
     csv = workdir / f"per_image_{count}.csv"
-    resumed_rows = rows_in(workdir, csv.name)
+    before = partial_rows(workdir, csv.name)
     progress_log = workdir / f"progress-{count}.log"
-    log_progress(progress_log, f"# started {time.strftime('%Y-%m-%d %H:%M:%S')}, {resumed_rows} rows already scored")
+    log_progress(progress_log, f"# started {time.strftime('%Y-%m-%d %H:%M:%S')}, partial files: "
+                               f"{ {p.name: rows for p, rows in before.items()} }")
     command = [sys.executable, "-m", "pipeline.cli", "-q", "evaluate", "--model", str(model), "--pairs", str(pairs),
                "--limit", str(count), "--device", "cpu", "--json", "--csv", str(csv)]
     began = time.perf_counter()
     with (workdir / "stdout.txt").open("wb") as stdout, (workdir / "stderr.txt").open("wb") as stderr:
         process = subprocess.Popen(command, cwd=ROOT, stdout=stdout, stderr=stderr)
     watched = psutil.Process(process.pid)
-    seen, appeared, rss_at_row = resumed_rows, [], []
+    resumed_rows, seen, appeared, rss_at_row = None, 0, [], []
     while True:  # wait4 rather than Popen.poll: it gives the exited process's own peak RSS
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)
         if pid:
             break
-        rows = rows_in(workdir, csv.name)
+        counts = this_runs_rows(before, partial_rows(workdir, csv.name))
+        if counts is None:
+            time.sleep(POLL_S)
+            continue
+        if resumed_rows is None:
+            resumed_rows = seen = counts[0]
+        rows = counts[1]
         if rows > seen:
             appeared += [time.perf_counter() - began] * (rows - seen)
             rss_at_row += [watched.memory_info().rss] * (rows - seen)
@@ -135,7 +150,7 @@ def evaluate_run(model: Path, pairs: Path, count: int, workdir: Path) -> dict:
         raise SystemExit(f"demoire evaluate failed:\n{(workdir / 'stderr.txt').read_text()[-2000:]}")
     summary = json.loads((workdir / "stdout.txt").read_text().strip().splitlines()[-1])
     between = np.diff(appeared) if len(appeared) > 1 else np.array([np.nan])
-    return {"count": count, "scored": summary["count"], "resumed_rows": resumed_rows, "wall_s": wall,
+    return {"count": count, "scored": summary["count"], "resumed_rows": resumed_rows or 0, "wall_s": wall,
             "first_row_s": appeared[0] if appeared else float("nan"),
             "per_pair_median_s": float(statistics.median(between)),
             "peak_rss_mb": usage.ru_maxrss / 1024,  # KiB on Linux

@@ -33,8 +33,9 @@ def evaluate(
     overlap: int | None = typer.Option(None, help="pixels shared by neighbouring tiles [default: infer.tile_overlap]"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object with every mean (null where undefined)"),
     csv: Path | None = typer.Option(None, help="also write the per-image scores here (CSV; rows are written as pairs "
-                                               "are scored, to a hidden partial file renamed into place at the end; "
-                                               "the same command after a kill scores only the pairs not in it yet) "
+                                               "are scored, to a hidden partial file; the CSV is written from them "
+                                               "once every pair is scored; the same command after a kill scores only "
+                                               "the pairs not in it yet) "
                                                "[default: not written]"),
 ) -> None:
     """Raw and tone-aligned PSNR / SSIM, MSE and the moiré removed per frequency band, of a model and of the

@@ -37,10 +37,13 @@ log = logging.getLogger(__name__)
 
 PARTIAL_FLOAT_FORMAT = None  # pandas' shortest repr: read back, every float is the one written
 PARTIAL_ENCODING = "utf-8"  # written and read alike, whatever the locale
+# pandas 3 parses floats exactly by default and deprecates the option; pandas 2's default parser may be a bit off
+EXACT_FLOATS = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
 
 # The code a per-image row depends on: decoding a pair, restoring it as served (the network, its correction
-# and the narrowing's Gaussian), scoring it. A change anywhere else (the CLI, training) leaves rows valid.
-SCORING_CODE = ("pipeline/io.py", "pipeline/photos.py", "pipeline/data/manifest.py", "pipeline/data/dataset.py",
+# and the narrowing's Gaussian), scoring it, and the MKL setting of pipeline/__init__.py. A change anywhere
+# else (the CLI, training) leaves rows valid.
+SCORING_CODE = ("pipeline/__init__.py", "pipeline/io.py", "pipeline/photos.py", "pipeline/data/manifest.py", "pipeline/data/dataset.py",
                 "pipeline/data/paired_folder.py", "pipeline/inference.py", "pipeline/models",
                 "pipeline/moire/optics.py", "pipeline/export.py", "pipeline/evaluation")
 
@@ -79,24 +82,22 @@ def pairs_stamp(found: PairList) -> list[list]:
 
 
 def library_versions() -> str:
-    """The versions of the libraries that decode, restore and score (onnxruntime where installed)."""
-    import numpy
-    import PIL
-    import torchmetrics
+    """The versions of the libraries that decode, restore and score (onnxruntime's where installed)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    versions = f"numpy {numpy.__version__} Pillow {PIL.__version__} torch {torch.__version__} " \
-               f"torchmetrics {torchmetrics.__version__}"
-    try:
-        import onnxruntime
-    except ImportError:
-        return versions
-    return f"{versions} onnxruntime {onnxruntime.__version__}"
+    found = []
+    for package in ("numpy", "pillow", "torch", "torchmetrics", "onnxruntime"):
+        try:
+            found.append(f"{package} {version(package)}")
+        except PackageNotFoundError:  # onnxruntime is optional: only exported ONNX models need it
+            found.append(f"{package} absent")
+    return " ".join(found)
 
 
 def scoring_digest(model: nn.Module, spec: ModelSpec, found: PairList, settings: dict) -> str:
     """Digest of what a run's per-image scores depend on: model, selected pairs, `settings` (tiling, device),
-    SCORING_CODE and library versions."""
-    text = json.dumps([model_digest(model, spec), pairs_stamp(found), settings,
+    MKL's reproducibility setting, SCORING_CODE and library versions."""
+    text = json.dumps([model_digest(model, spec), pairs_stamp(found), settings, os.environ.get("MKL_CBWR"),
                        code_digest(SCORING_CODE, library_versions())], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -123,7 +124,7 @@ def read_complete_rows(path: Path) -> pd.DataFrame:
         return pd.DataFrame()
     # names stay text ("001.png", "NA"); an empty field is a missing value, as to_csv wrote it
     return pd.read_csv(path, dtype={"image": str}, keep_default_na=False, na_values=[""], encoding=PARTIAL_ENCODING,
-                       float_precision="round_trip")
+                       **EXACT_FLOATS)
 
 
 def resumed_rows(path: Path) -> pd.DataFrame:
