@@ -43,9 +43,9 @@ EXACT_FLOATS = {"float_precision": "round_trip"} if int(pd.__version__.split("."
 # The code a per-image row depends on: decoding a pair, restoring it as served (the network, its correction
 # and the narrowing's Gaussian), scoring it, and the MKL setting of pipeline/__init__.py. A change anywhere
 # else (the CLI, training) leaves rows valid.
-SCORING_CODE = ("pipeline/__init__.py", "pipeline/io.py", "pipeline/photos.py", "pipeline/data/manifest.py", "pipeline/data/dataset.py",
-                "pipeline/data/paired_folder.py", "pipeline/inference.py", "pipeline/models",
-                "pipeline/moire/optics.py", "pipeline/export.py", "pipeline/evaluation")
+SCORING_CODE = ("pipeline/__init__.py", "pipeline/io.py", "pipeline/photos.py", "pipeline/data/manifest.py",
+                "pipeline/data/dataset.py", "pipeline/data/paired_folder.py", "pipeline/inference.py",
+                "pipeline/models", "pipeline/moire/optics.py", "pipeline/export.py", "pipeline/evaluation")
 
 
 def model_digest(model: nn.Module, spec: ModelSpec) -> str:
