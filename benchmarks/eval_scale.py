@@ -20,7 +20,6 @@ are timed, and `progress-N.log` keeps the figures of every run, the killed one's
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import shutil
@@ -83,8 +82,10 @@ def default_model(folder: Path) -> Path:
 
 def partial_rows(folder: Path, name: str) -> dict[Path, int]:
     """Per-image rows in each partial CSV beside `folder/name` (`demoire evaluate --csv` writes one per digest)."""
+    from pipeline.evaluation.resume import partial_csvs
+
     found = {}
-    for partial in folder.glob(f".{glob.escape(name)}.partial-*"):
+    for partial in partial_csvs(folder / name):
         try:
             found[partial] = max(partial.read_bytes().count(b"\n") - 1, 0)  # the header line is not a row
         except OSError:  # removed between the glob and the read: the run has published its CSV
