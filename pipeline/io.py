@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -94,6 +95,16 @@ def atomic_path(path: Path, overwrite: bool = True) -> Iterator[Path]:
         kill_point(f"after:{path.name}")
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def partial_beside(path: Path, digest: str) -> Path:
+    """The hidden work of a resumable run writing `path` (`.NAME.partial-<digest[:16]>` beside it): file or folder."""
+    return path.parent / f".{path.name}.partial-{digest[:16]}"
+
+
+def partials_beside(path: Path) -> list[Path]:
+    """Every `partial_beside` of `path`, whatever its digest."""
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.partial-*"))
 
 
 @contextmanager

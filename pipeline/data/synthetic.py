@@ -9,7 +9,6 @@ so a killed run started again renders only the shards it had not finished.
 from __future__ import annotations
 
 import ctypes
-import glob
 import hashlib
 import json
 import logging
@@ -31,7 +30,9 @@ from pipeline.config import SynthesizeParams
 from pipeline.data.manifest import write_manifest
 from pipeline.errors import InputDataError
 from pipeline.faults import kill_point
-from pipeline.io import atomic_path, check_free_space, remove_stale_temps, sole_writer, write_json, write_png
+from pipeline.io import (
+    atomic_path, check_free_space, partial_beside, partials_beside, remove_stale_temps, sole_writer, write_json, write_png,
+)
 from pipeline.moire.simulate import sample_capture_params, simulate_capture
 from pipeline.progress import ProgressReporter
 from pipeline.provenance import code_digest
@@ -162,12 +163,12 @@ def synthesis_fingerprint(cfg: SynthesizeParams, seed: int, specs: list[SourceSp
 
 def work_folder(out_dir: Path, fingerprint: str) -> Path:
     """The resumable work folder of a run writing `out_dir` (hidden, beside it)."""
-    return out_dir.parent / f".{out_dir.name}.partial-{fingerprint[:16]}"
+    return partial_beside(out_dir, fingerprint)
 
 
 def discard_stale_work(out_dir: Path, keep: Path) -> None:
     """Remove work folders beside `out_dir` other than `keep`: their params, seed, sources or code differ."""
-    for folder in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.partial-*"):
+    for folder in partials_beside(out_dir):
         if folder != keep:
             log.info("discarding %s: rendered with other params, seed, sources or code", folder)
             shutil.rmtree(folder, ignore_errors=True)

@@ -13,7 +13,6 @@ then, so a run with a mistaken option does not throw away the rows of the one it
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
@@ -28,7 +27,7 @@ import torch
 from torch import nn
 
 from pipeline.evaluation.evaluate import write_per_image
-from pipeline.io import atomic_path, sole_writer
+from pipeline.io import atomic_path, partial_beside, partials_beside, sole_writer
 from pipeline.models import ModelSpec
 from pipeline.provenance import code_digest
 from pipeline.sources.paired_datasets import PairList
@@ -104,12 +103,12 @@ def scoring_digest(model: nn.Module, spec: ModelSpec, found: PairList, settings:
 
 def partial_csv(csv: Path, digest: str) -> Path:
     """The hidden file a run with this digest appends its rows to, beside `csv`."""
-    return csv.parent / f".{csv.name}.partial-{digest[:16]}"
+    return partial_beside(csv, digest)
 
 
 def partial_csvs(csv: Path) -> list[Path]:
     """Every partial file beside `csv`, whatever its digest."""
-    return sorted(csv.parent.glob(f".{glob.escape(csv.name)}.partial-*"))
+    return partials_beside(csv)
 
 
 def read_complete_rows(path: Path) -> pd.DataFrame:
