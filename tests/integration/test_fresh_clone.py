@@ -2,6 +2,7 @@
 holds some other `python` first, and nothing of this project installed anywhere."""
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -31,7 +32,7 @@ def user_environment(tmp_path: Path) -> dict[str, str]:
     kept = [d for d in os.environ["PATH"].split(os.pathsep) if d and d != venv_bin]
     env = {key: value for key, value in os.environ.items()
            if key not in {"VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PREFECT_API_URL", "MLFLOW_TRACKING_URI",
-                          "PREFECT_HOME"}}
+                          "PREFECT_HOME", "PYTHONDONTWRITEBYTECODE"}}  # a user's Python writes __pycache__
     env["PATH"] = os.pathsep.join([str(foreign), *kept])
     assert run(["sh", "-c", "python; echo $?"], tmp_path, env).stdout.strip() == "97"
     return env
@@ -60,3 +61,8 @@ def test_make_pipeline_in_a_fresh_clone_with_a_foreign_python(tmp_path):
     shown = run(["bash", "-c", activated], repo, env, timeout=600)
     assert "Data and pipelines are up to date" in shown.stdout
     assert Image.open(tmp_path / "restored" / "photo.png").size == (56, 40)
+
+    # Against the committed dvc.lock, the code the stages ran is the code it records (no bytecode counted).
+    run(["git", "checkout", "dvc.lock"], repo, env)
+    status = run(["bash", "-c", ". .venv/bin/activate && dvc status"], repo, env).stdout
+    assert not re.search(r"modified:\s+(pipeline|flows)/", status), status
