@@ -74,13 +74,14 @@ def byte_differences(folder: Path, earlier: Path) -> dict[str, float]:
 def measure(args: argparse.Namespace, folder: Path) -> dict:
     """Render the set into `folder` and measure it."""
     cfg = parse_params({"synthesize": {"size": args.size, "n_pairs": args.pairs, "preset": args.preset,
-                                       "workers": args.workers}}).synthesize
+                                       "workers": args.workers, "moire_layer_bank": args.layer_bank}}).synthesize
     synthesize_dataset(cfg, args.seed, folder, local_shard_runner(cfg, args.seed, args.workers))
     report = compare_paired_sets([("synthetic", folder)], folder.parent / f"{folder.name}-report")["sets"][0]
     stats = {"input_psnr_mean": report["input_psnr_mean"], "input_psnr_std": report["input_psnr_std"],
              "input_ssim_mean": report["input_ssim_mean"], **tone_statistics(folder),
              "band_power": band_powers(report["spectrum"]["frequency"], report["spectrum"]["power"])}
-    return {"size": args.size, "pairs": args.pairs, "seed": args.seed, "preset": args.preset, "bands": BANDS,
+    return {"size": args.size, "pairs": args.pairs, "seed": args.seed, "preset": args.preset,
+            "layer_bank": args.layer_bank, "bands": BANDS,
             "statistics": stats}
 
 
@@ -103,6 +104,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--preset", default="default")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--layer-bank", type=int, help="synthesize.moire_layer_bank (default: none)")
     parser.add_argument("--keep", type=Path, help="render into this (new) folder and keep it")
     parser.add_argument("--against", type=Path, help="statistics JSON of an earlier run to compare with")
     parser.add_argument("--images-of", type=Path, help="an earlier --keep folder to compare bytes with")

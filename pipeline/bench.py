@@ -20,6 +20,7 @@ from pipeline.data.synthetic import render_pair, single_threaded, source_for_pai
 from pipeline.errors import ParamsError
 from pipeline.models import ModelSpec, build_model, count_parameters, model_spec, save_model
 from pipeline.models.complexity import count_macs
+from pipeline.moire.layer_bank import process_bank
 from pipeline.moire.simulate import content_batch, sample_capture_params, simulate_batch
 from pipeline.sources import collect_sources, load_source
 from pipeline.training.batches import SyntheticBatches
@@ -39,24 +40,38 @@ def machine() -> dict:
     return info
 
 
-def _synth_config(size: int, preset: str) -> SynthesizeParams:
+def _synth_config(size: int, preset: str, layer_bank: int | None = None) -> SynthesizeParams:
     """Synthesis params at `size` with the preset's ranges and procedural plus bundled sources."""
-    return parse_params({"synthesize": {"size": size, "preset": preset}}).synthesize
+    return parse_params({"synthesize": {"size": size, "preset": preset, "moire_layer_bank": layer_bank}}).synthesize
 
 
-def bench_synth_cpu(size: int, pairs: int, repeats: int, preset: str = "default", seed: int = 0) -> dict:
+def _fill_bank(cfg: SynthesizeParams, seed: int, device: torch.device) -> dict:
+    """Render the whole layer bank of (cfg, seed) before timing; its one-off cost, or {} without a bank."""
+    bank = process_bank(cfg, seed)
+    if bank is None:
+        return {}
+    start = time.perf_counter()
+    bank.fill(cfg.size, cfg.optics.supersample, device)
+    _synchronize(device)
+    return {"layer_bank": bank.slots, "layer_bank_s": time.perf_counter() - start}
+
+
+def bench_synth_cpu(size: int, pairs: int, repeats: int, preset: str = "default", seed: int = 0,
+                    layer_bank: int | None = None) -> dict:
     """Pairs per second of one process on one core, end to end per pair as the stage renders them.
 
     Includes decoding or drawing each source once per run of pairs that share it, with the
     default stage's ratio of pairs to sources; excludes PNG encoding and disk writes. Also reports
     pairs per second of this process's CPU time, which other work on a shared machine disturbs far
-    less than the wall clock.
+    less than the wall clock. With `layer_bank`, the bank is rendered first and its time reported
+    apart (`layer_bank_s`): a dataset pays it once per process, whatever its size.
     """
-    cfg = _synth_config(size, preset)
+    cfg = _synth_config(size, preset, layer_bank)
     specs, _ = collect_sources(cfg.sources.bundled, cfg.sources.procedural, [], cfg.sources.screen_kinds)
     stage_pairs = SynthesizeParams().n_pairs
     rates, cpu_rates = [], []
     with single_threaded():
+        bank = _fill_bank(cfg, seed, torch.device("cpu"))
         render_pair(0, specs[0], cfg, seed)  # warm-up: first-call allocations
         for run in range(repeats):
             start, cpu_start = time.perf_counter(), time.process_time()
@@ -66,23 +81,28 @@ def bench_synth_cpu(size: int, pairs: int, repeats: int, preset: str = "default"
             cpu_rates.append(pairs / (time.process_time() - cpu_start))
     return {"size": size, "device": "cpu", "threads": 1, "pairs": pairs, "repeats": repeats,
             "pairs_per_s_per_core": statistics.median(rates), "runs": rates,
-            "pairs_per_cpu_s": statistics.median(cpu_rates), "cpu_runs": cpu_rates, "machine": machine()}
+            "pairs_per_cpu_s": statistics.median(cpu_rates), "cpu_runs": cpu_rates, **bank, "machine": machine()}
 
 
 def bench_synth_batched(
-    size: int, batch: int, repeats: int, device: str, preset: str = "default", seed: int = 0
+    size: int, batch: int, repeats: int, device: str, preset: str = "default", seed: int = 0,
+    layer_bank: int | None = None,
 ) -> dict:
-    """Pairs per second of the batched simulator on `device`, content prepared beforehand."""
-    cfg = _synth_config(size, preset)
+    """Pairs per second of the batched simulator on `device`, content (and any layer bank) prepared beforehand."""
+    cfg = _synth_config(size, preset, layer_bank)
     specs, _ = collect_sources(cfg.sources.bundled, cfg.sources.procedural, [], cfg.sources.screen_kinds)
     rng = np.random.default_rng(seed)
     sources = [load_source(specs[index % len(specs)], seed) for index in range(batch)]
     captures = [sample_capture_params(cfg, source.shape[:2], rng) for source in sources]
     torch_device = torch.device(device)
+    filled = _fill_bank(cfg, seed, torch_device)
+    bank = process_bank(cfg, seed)
+    if bank is not None:
+        captures = [bank.assign(c, source.shape[:2], rng) for c, source in zip(captures, sources)]
     stacked = content_batch(sources, captures).to(torch_device)
 
     def run() -> None:
-        simulate_batch(stacked, captures, size, cfg.optics.supersample)
+        simulate_batch(stacked, captures, size, cfg.optics.supersample, bank)
         if torch_device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -93,7 +113,7 @@ def bench_synth_batched(
         run()
         rates.append(batch / (time.perf_counter() - start))
     return {"size": size, "device": device, "threads": torch.get_num_threads(), "batch": batch,
-            "repeats": repeats, "pairs_per_s": statistics.median(rates), "runs": rates, "machine": machine()}
+            "repeats": repeats, "pairs_per_s": statistics.median(rates), "runs": rates, **filled, "machine": machine()}
 
 
 def parse_size(text: str) -> tuple[int, int]:

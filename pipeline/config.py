@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from pipeline.errors import ParamsError
@@ -157,6 +159,20 @@ class SynthesizeParams(Section):
     # does not re-sharpen: how sharp a real set's ground truth is, and how well it is aligned, differs
     # from one set to the next.
     target_detail: Literal["source", "capture"] = "source"
+    # N: the moiré layers come from a bank of N slots, each rendered once from a geometry drawn from the
+    # seed and the slot, and reused by many pairs in one of 8 orientations (pipeline/moire/layer_bank.py):
+    # about twice the pairs per second, the layers less varied. null: every pair renders its own.
+    moire_layer_bank: int | None = Field(None, ge=1, le=65_536)
+
+    @field_validator("moire_layer_bank")
+    @classmethod
+    def _bank_needs_layers(cls, slots: int | None, info: ValidationInfo) -> int | None:
+        """A layer bank reuses moiré layers, which only the `layer` moiré model has (declared above it)."""
+        model = info.data.get("moire_model")
+        if slots is not None and model != "layer":
+            raise ValueError(f"a layer bank needs moire_model: layer (it reuses moiré layers; moire_model {model} "
+                             f"renders none); set it to null or moire_model to layer")
+        return slots
 
     @model_validator(mode="before")
     @classmethod

@@ -137,6 +137,19 @@ def test_synthesize_writes_matching_pairs_whatever_the_worker_count(tmp_path):
     assert again.exit_code == 2 and "exists; choose another --out or pass --overwrite" in again.output
 
 
+def test_synthesize_with_a_layer_bank_writes_the_same_bytes_whatever_the_worker_count(tmp_path):
+    args = ["synthesize", "--n", "6", "--size", "48", "--seed", "3", "--layer-bank", "2"]
+    one = runner.invoke(app, [*args, "--out", str(tmp_path / "one")])
+    two = runner.invoke(app, [*args, "--out", str(tmp_path / "two"), "--workers", "2"])
+    assert one.exit_code == 0 and two.exit_code == 0, one.output + two.output
+    for sub in ("moire", "clean"):
+        for path in sorted((tmp_path / "one" / sub).iterdir()):
+            assert path.read_bytes() == (tmp_path / "two" / sub / path.name).read_bytes()
+    manifest = pd.read_parquet(tmp_path / "one" / "manifest.parquet")
+    assert set(manifest.layer_slot) <= {0, 1} and manifest.layer_orientation.between(0, 7).all()
+    assert manifest.groupby("layer_slot").rotation_deg.nunique().eq(1).all()  # a slot is one geometry
+
+
 def test_synthesize_rejects_unknown_preset_in_one_line(tmp_path):
     result = runner.invoke(app, ["synthesize", "--preset", "wavy", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2

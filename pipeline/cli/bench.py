@@ -34,6 +34,9 @@ def bench_synth(
     batch: int = typer.Option(32, help="captures per batch (cuda, or --batched)"),
     batched: bool = typer.Option(False, "--batched", help="the batched simulator on the CPU too (as cuda always runs)"),
     preset: str = typer.Option("default", help="default | fine | coarse | document | classic, or a preset file (.yaml)"),
+    layer_bank: int = typer.Option(None, "--layer-bank", min=1,
+                                   help="synthesize.moire_layer_bank: reuse N moiré layers (rendered first, timed apart) "
+                                        "[default: none, each pair its own]"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Synthetic pairs per second at --size (goal on CPU: 50 pairs/s per core at 512²)."""
@@ -42,12 +45,14 @@ def bench_synth(
     def line(result: dict) -> str:
         rate = result.get("pairs_per_s_per_core", result.get("pairs_per_s"))
         unit = f"pairs/s (batch {batch})" if "pairs_per_s" in result else "pairs/s per core"
-        return f"{size}² on {device}: {rate:.2f} {unit} (median of {repeats}); {result['machine']}"
+        bank = f", a bank of {layer_bank} layers rendered first in {result['layer_bank_s']:.1f} s" if layer_bank else ""
+        return f"{size}² on {device}: {rate:.2f} {unit} (median of {repeats}{bank}); {result['machine']}"
 
     if device == "cpu" and not batched:
-        _report_bench(lambda: bench_synth_cpu(size, pairs, repeats, preset), as_json, line)
+        _report_bench(lambda: bench_synth_cpu(size, pairs, repeats, preset, layer_bank=layer_bank), as_json, line)
     else:
-        _report_bench(lambda: bench_synth_batched(size, batch, repeats, device, preset), as_json, line)
+        _report_bench(lambda: bench_synth_batched(size, batch, repeats, device, preset, layer_bank=layer_bank),
+                      as_json, line)
 
 
 def _model_bench_options(result: dict) -> str:

@@ -10,6 +10,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.config import SynthesizeParams
 from pipeline.errors import InputDataError
+from pipeline.moire.layer_bank import process_bank
 from pipeline.moire.simulate import content_batch, sample_capture_params, simulate_batch
 from pipeline.sources import collect_sources, load_source
 
@@ -42,8 +43,11 @@ class SyntheticPairStream(IterableDataset):
             raise InputDataError("no usable source images: enable synthesize.sources.bundled or procedural, or add folders")
         worker = get_worker_info()
         rng = np.random.default_rng([self.seed, ON_THE_FLY_STREAM, self.rank, self.epoch, worker.id if worker else 0])
+        bank = process_bank(cfg, self.seed)  # kept across epochs: its slots do not depend on them
         while True:
             sources = [load_source(specs[int(rng.integers(len(specs)))], self.seed) for _ in range(self.batch_size)]
             captures = [sample_capture_params(cfg, source.shape[:2], rng) for source in sources]
+            if bank is not None:
+                captures = [bank.assign(c, source.shape[:2], rng) for c, source in zip(captures, sources)]
             batch = content_batch(sources, captures).to(self.device, non_blocking=True)
-            yield simulate_batch(batch, captures, cfg.size, cfg.optics.supersample)
+            yield simulate_batch(batch, captures, cfg.size, cfg.optics.supersample, bank)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import get_type_hints
+from typing import TYPE_CHECKING, get_type_hints
 
 import cv2
 import numpy as np
@@ -29,6 +29,9 @@ from pipeline.moire.optics import (
     blurred_mosaic, camera_homography, lens_blur, pitch_ratio, screen_margin, sensor_samples_on_display, vignetting,
 )
 from pipeline.moire.sensor import add_sensor_noise, bayer_mosaic, expose, integrate_pixel_area, metered_gain
+
+if TYPE_CHECKING:  # layer_bank builds on this module
+    from pipeline.moire.layer_bank import LayerBank
 
 # Source images are sRGB-like; the clean target is averaged over pixel areas in linear light.
 SOURCE_GAMMA = 2.2
@@ -82,10 +85,16 @@ class CaptureParams:
     moire_layer: bool = False  # the moiré of a white screen laid over the content's light
     moire_contrast: float = math.nan  # the layer's RMS contrast is set to this; NaN keeps the physics' own
     pattern: BandPattern | None = None  # a drawn band pattern replaces the physical moiré
+    layer_slot: int | None = None  # the layer bank's slot whose layer (and geometry) this capture takes
+    layer_orientation: int | None = None  # that layer's quarter turns, mirrored when ≥ 4 (layer_bank.orient)
 
     def as_record(self) -> dict[str, float | int | str]:
-        """Flat dict for the manifest (the pattern's fields prefixed `pattern_`, absent ones NaN)."""
+        """Flat dict for the manifest (the pattern's fields prefixed `pattern_`, absent ones NaN; the layer
+        bank's columns only when a bank is in use, so a dataset without one keeps its manifest)."""
         record = asdict(self)
+        for name in ("layer_slot", "layer_orientation"):
+            if record[name] is None:
+                del record[name]
         pattern = record.pop("pattern")
         record["generator"] = "screen" if pattern is None else "bands"
         for name in BandPattern.__dataclass_fields__:
@@ -425,13 +434,16 @@ def with_contrast(layer: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
 
 def photograph_layered(light: torch.Tensor, content_side: int, captures: list[CaptureParams],
                        p: dict[str, torch.Tensor], frame_size: int, supersample: int,
-                       reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                       reference: torch.Tensor, layer: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The encoded photo (output resolution) of the screen's light times its moiré layer, and the exposure gain.
 
-    `light` is the content's `screen_light` (the moiré-free capture's); noise (averaged over the
-    downscale² camera pixels of each output pixel), sharpening and JPEG follow.
+    `light` is the content's `screen_light` (the moiré-free capture's); `layer` is rendered here unless
+    given (a layer bank's); noise (averaged over the downscale² camera pixels of each output pixel),
+    sharpening and JPEG follow.
     """
-    light = light * moire_layer(captures, p, content_side, frame_size, light.shape[-1], supersample)
+    if layer is None:
+        layer = moire_layer(captures, p, content_side, frame_size, light.shape[-1], supersample)
+    light = light * layer
     gain = exposure_gain(light, reference, p)
     noisy = add_sensor_noise(light * gain.reshape(-1, 1, 1, 1), p["shot_noise"] / p["downscale"] ** 2,
                              p["read_noise"] / p["downscale"], [c.noise_seed for c in captures])
@@ -456,7 +468,8 @@ def photograph_pattern(clean_linear: torch.Tensor, captures: list[CaptureParams]
 
 
 def simulate_batch(
-    content: torch.Tensor, captures: list[CaptureParams], out_size: int, supersample: int
+    content: torch.Tensor, captures: list[CaptureParams], out_size: int, supersample: int,
+    bank: LayerBank | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Photograph a batch of screens: (B, 3, N, N) uint8 content → (moiré, clean) in [0, 1], (B, 3, S, S).
 
@@ -466,8 +479,10 @@ def simulate_batch(
     are rendered group by group. Captures with a band pattern take the procedural path instead.
     The clean image is the content through the same pose and lens distortion, averaged over each
     output pixel, in the source's colours (`clean_target`) or, for `target_tone: capture`, in the
-    camera's (`capture_toned_target`).
+    camera's (`capture_toned_target`). Captures with a `layer_slot` take their layer from `bank`.
     """
+    if bank is None and any(c.layer_slot is not None for c in captures):
+        raise ValueError("captures assigned to a layer bank's slots need that bank (simulate_batch's `bank`)")
     p = capture_tensors(captures, content.device)
     grid = _output_samples(content, captures, out_size, supersample, p["radial_distortion"])
     clean_linear = clean_target(content, grid, supersample)
@@ -485,15 +500,17 @@ def simulate_batch(
     if len(drawn):
         moire[drawn] = photograph_pattern(clean_linear[drawn], [captures[i] for i in drawn.tolist()],
                                           {name: values[drawn] for name, values in p.items()})
-    frames = {(sensor_side(out_size, c.downscale), c.moire_layer) for c in captures if c.pattern is None}
-    for frame_size, layered in sorted(frames):
+    frames = {(sensor_side(out_size, c.downscale), c.moire_layer, c.layer_slot is not None)
+              for c in captures if c.pattern is None}
+    for frame_size, layered, banked in sorted(frames):
         index = rows_where(lambda c: c.pattern is None and sensor_side(out_size, c.downscale) == frame_size
-                           and c.moire_layer == layered)
+                           and c.moire_layer == layered and (c.layer_slot is not None) == banked)
         group = {name: values[index] for name, values in p.items()}
         chosen = [captures[i] for i in index.tolist()]
         if layered:
+            layer = bank.layers(chosen, out_size, supersample, content.device) if banked else None
             moire[index], gain[index] = photograph_layered(light[index], content.shape[-1], chosen, group, frame_size,
-                                                           supersample, clean_linear[index])
+                                                           supersample, clean_linear[index], layer)
         else:
             frame, gain[index] = photograph(content[index], chosen, group, frame_size, supersample, clean_linear[index])
             moire[index] = shrink_to(frame, out_size)
@@ -525,8 +542,8 @@ def content_blur_sigma(captures: list[CaptureParams], p: dict[str, torch.Tensor]
 
 
 def simulate_capture(
-    source: np.ndarray, capture: CaptureParams, out_size: int, supersample: int
+    source: np.ndarray, capture: CaptureParams, out_size: int, supersample: int, bank: LayerBank | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Photograph `source` on a screen: pixel-aligned (moiré, clean) RGB uint8 images (HxWx3)."""
-    moire, clean = simulate_batch(content_batch([source], [capture]), [capture], out_size, supersample)
+    moire, clean = simulate_batch(content_batch([source], [capture]), [capture], out_size, supersample, bank)
     return tuple(to_uint8(image[0]).permute(1, 2, 0).numpy() for image in (moire, clean))

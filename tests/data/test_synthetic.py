@@ -33,7 +33,9 @@ def test_manifest_records_source_and_every_sampled_parameter(tmp_path, tiny_para
     from pipeline.moire.patterns import BandPattern
     from pipeline.moire.simulate import CaptureParams, pitch_ratio_bounds
 
-    captured = [f.name for f in fields(CaptureParams) if f.name != "pattern"]
+    bank_only = {"layer_slot", "layer_orientation"}  # columns of a dataset with synthesize.moire_layer_bank
+    captured = [f.name for f in fields(CaptureParams) if f.name != "pattern" and f.name not in bank_only]
+    assert not bank_only & set(frame.columns)
     drawn = [f"pattern_{f.name}" for f in fields(BandPattern)]  # NaN where the physics made the moiré
     for column in ["source_id", "generator", *captured, *drawn]:
         assert column in frame.columns, column
