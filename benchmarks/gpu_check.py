@@ -290,6 +290,10 @@ def build_steps(python: str, device: str, tiny: bool, work: Path, train_seconds:
         Step("bench_synth", [[*cli, "bench", "synth", "--device", device, "--batched", "--json",
                               *(["--size", "64", "--batch", "2", "--repeats", "2"] if tiny else
                                 ["--size", "512", "--batch", "64", "--repeats", "5"])]], 150),
+        # The same with a bank of moiré layers (synthesize.moire_layer_bank): 2× on one CPU core; unmeasured on CUDA.
+        Step("bench_synth_bank", [[*cli, "bench", "synth", "--device", device, "--batched", "--json",
+                                   *(["--size", "64", "--batch", "2", "--repeats", "2", "--layer-bank", "2"] if tiny else
+                                     ["--size", "512", "--batch", "64", "--repeats", "5", "--layer-bank", "32"])]], 150),
         Step("bench_train", [[*cli, "bench", "train", "--model", "mscale", "--device", device, "--json", *model_size,
                               *(["--size", "32", "--batch", "2", "--steps", "1", "--repeats", "2"] if tiny else
                                 ["--size", "256", "--steps", "5", "--repeats", "3"])]], 150),

@@ -20,7 +20,7 @@ from pipeline.data.synthetic import render_pair, single_threaded, source_for_pai
 from pipeline.errors import ParamsError
 from pipeline.models import ModelSpec, build_model, count_parameters, model_spec, save_model
 from pipeline.models.complexity import count_macs
-from pipeline.moire.layer_bank import process_bank
+from pipeline.moire.layer_bank import shared_layer_bank
 from pipeline.moire.simulate import content_batch, sample_capture_params, simulate_batch
 from pipeline.sources import collect_sources, load_source
 from pipeline.training.batches import SyntheticBatches
@@ -47,7 +47,7 @@ def _synth_config(size: int, preset: str, layer_bank: int | None = None) -> Synt
 
 def _fill_bank(cfg: SynthesizeParams, seed: int, device: torch.device) -> dict:
     """Render the whole layer bank of (cfg, seed) before timing; its one-off cost, or {} without a bank."""
-    bank = process_bank(cfg, seed)
+    bank = shared_layer_bank(cfg, seed)
     if bank is None:
         return {}
     start = time.perf_counter()
@@ -96,7 +96,7 @@ def bench_synth_batched(
     captures = [sample_capture_params(cfg, source.shape[:2], rng) for source in sources]
     torch_device = torch.device(device)
     filled = _fill_bank(cfg, seed, torch_device)
-    bank = process_bank(cfg, seed)
+    bank = shared_layer_bank(cfg, seed)
     if bank is not None:
         captures = [bank.assign(c, source.shape[:2], rng) for c, source in zip(captures, sources)]
     stacked = content_batch(sources, captures).to(torch_device)

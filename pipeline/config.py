@@ -161,17 +161,23 @@ class SynthesizeParams(Section):
     target_detail: Literal["source", "capture"] = "source"
     # N: the moiré layers come from a bank of N slots, each rendered once from a geometry drawn from the
     # seed and the slot, and reused by many pairs in one of 8 orientations (pipeline/moire/layer_bank.py):
-    # about twice the pairs per second, the layers less varied. null: every pair renders its own.
-    moire_layer_bank: int | None = Field(None, ge=1, le=65_536)
+    # about twice the pairs per second, the layers less varied; each process holds N × 12 × size² bytes
+    # (32 at 512²: 100 MB). null: every pair renders its own.
+    moire_layer_bank: int | None = Field(None, ge=1, le=1024)
 
     @field_validator("moire_layer_bank")
     @classmethod
     def _bank_needs_layers(cls, slots: int | None, info: ValidationInfo) -> int | None:
-        """A layer bank reuses moiré layers, which only the `layer` moiré model has (declared above it)."""
-        model = info.data.get("moire_model")
-        if slots is not None and model != "layer":
-            raise ValueError(f"a layer bank needs moire_model: layer (it reuses moiré layers; moire_model {model} "
-                             f"renders none); set it to null or moire_model to layer")
+        """A layer bank reuses moiré layers: the `layer` moiré model's, for pairs that are not all drawn patterns."""
+        if slots is None or "moire_model" not in info.data:  # a bad moire_model is reported on its own
+            return slots
+        if info.data["moire_model"] != "layer":
+            raise ValueError(f"a layer bank needs moire_model: layer (it reuses moiré layers; moire_model "
+                             f"{info.data['moire_model']} renders none); set it to null or moire_model to layer")
+        patterns = info.data.get("patterns")
+        if patterns is not None and patterns.fraction >= 1.0:
+            raise ValueError("a layer bank needs physical moiré: with patterns.fraction 1 every pair's moiré is a "
+                             "drawn pattern; set it to null or patterns.fraction below 1")
         return slots
 
     @model_validator(mode="before")

@@ -147,7 +147,7 @@ def test_synthesize_with_a_layer_bank_writes_the_same_bytes_whatever_the_worker_
             assert path.read_bytes() == (tmp_path / "two" / sub / path.name).read_bytes()
     manifest = pd.read_parquet(tmp_path / "one" / "manifest.parquet")
     assert set(manifest.layer_slot) <= {0, 1} and manifest.layer_orientation.between(0, 7).all()
-    assert manifest.groupby("layer_slot").rotation_deg.nunique().eq(1).all()  # a slot is one geometry
+    assert manifest.groupby("layer_slot").distance_mm.nunique().eq(1).all()  # a slot is one geometry
 
 
 def test_synthesize_rejects_unknown_preset_in_one_line(tmp_path):

@@ -16,7 +16,7 @@ from pipeline.cli import app
 from pipeline.models import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ["environment", "gpu_tests", "bench_synth", "bench_train", "bench_infer_tiled", "bench_infer_whole", "ddp",
+STEPS = ["environment", "gpu_tests", "bench_synth", "bench_synth_bank", "bench_train", "bench_infer_tiled", "bench_infer_whole", "ddp",
          "train_on_the_fly", "predict_4k", "bench_train_compiled"]
 runner = CliRunner()
 
@@ -66,6 +66,7 @@ def test_cpu_rehearsal_runs_every_step_in_a_bare_copy_of_the_tree(tmp_path):
     tests = figures["gpu_tests"]
     assert tests["tests"] >= 2 and tests["skipped"] == tests["tests"] and tests["failures"] == tests["errors"] == 0
     assert figures["bench_synth"]["pairs_per_s"] > 0 and figures["bench_synth"]["batch"] == 2
+    assert figures["bench_synth_bank"]["pairs_per_s"] > 0 and figures["bench_synth_bank"]["layer_bank"] == 2
     assert figures["bench_train"]["images_per_s"] > 0 and figures["bench_train"]["model"] == "mscale"
     assert figures["bench_infer_tiled"]["tiles"] > 1 and figures["bench_infer_tiled"]["ms_per_frame"] > 0
     assert figures["bench_infer_whole"]["tiles"] == 1 and figures["bench_infer_whole"]["ms_per_frame"] > 0

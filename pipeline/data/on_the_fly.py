@@ -10,7 +10,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.config import SynthesizeParams
 from pipeline.errors import InputDataError
-from pipeline.moire.layer_bank import process_bank
+from pipeline.moire.layer_bank import shared_layer_bank
 from pipeline.moire.simulate import content_batch, sample_capture_params, simulate_batch
 from pipeline.sources import collect_sources, load_source
 
@@ -43,7 +43,7 @@ class SyntheticPairStream(IterableDataset):
             raise InputDataError("no usable source images: enable synthesize.sources.bundled or procedural, or add folders")
         worker = get_worker_info()
         rng = np.random.default_rng([self.seed, ON_THE_FLY_STREAM, self.rank, self.epoch, worker.id if worker else 0])
-        bank = process_bank(cfg, self.seed)  # kept across epochs: its slots do not depend on them
+        bank = shared_layer_bank(cfg, self.seed)  # kept across epochs: its slots do not depend on them
         while True:
             sources = [load_source(specs[int(rng.integers(len(specs)))], self.seed) for _ in range(self.batch_size)]
             captures = [sample_capture_params(cfg, source.shape[:2], rng) for source in sources]

@@ -33,7 +33,7 @@ from pipeline.faults import kill_point
 from pipeline.io import (
     atomic_path, check_free_space, partial_beside, partials_beside, remove_stale_temps, sole_writer, write_json, write_png,
 )
-from pipeline.moire.layer_bank import process_bank
+from pipeline.moire.layer_bank import shared_layer_bank
 from pipeline.moire.simulate import sample_capture_params, simulate_capture
 from pipeline.progress import ProgressReporter
 from pipeline.provenance import code_digest
@@ -75,7 +75,7 @@ def render_pair(
     rng = pair_generator(seed, index)
     source = load_source(spec, seed)
     capture = sample_capture_params(cfg, source.shape[:2], rng)
-    bank = process_bank(cfg, seed)
+    bank = shared_layer_bank(cfg, seed)
     if bank is not None:
         capture = bank.assign(capture, source.shape[:2], rng)
     with single_threaded():

@@ -45,6 +45,19 @@ def orient(layer: torch.Tensor, orientation: int) -> torch.Tensor:
     return torch.flip(turned, dims=(-1,)) if orientation >= 4 else turned
 
 
+def oriented_pose(rotation_deg: float, tilt_direction_deg: float, orientation: int) -> tuple[float, float]:
+    """(rotation, tilt direction) of the pose whose perspective an `orient`ed layer shows, for the content's warp.
+
+    A quarter turn (rows towards columns) moves a direction in the frame by −90° and leaves a rotation
+    as it is (a square grid turned by 90° is the same grid); mirroring left–right takes a direction φ
+    to 180° − φ and a rotation θ to −θ.
+    """
+    direction = (tilt_direction_deg - 90.0 * (orientation % 4)) % 360.0
+    if orientation >= 4:
+        return -rotation_deg, (180.0 - direction) % 360.0
+    return rotation_deg, direction
+
+
 class LayerBank:
     """The slots of one dataset's bank (params and seed), each rendered on first use and kept."""
 
@@ -53,7 +66,7 @@ class LayerBank:
             raise ValueError("synthesize.moire_layer_bank is not set")
         self.cfg, self.seed, self.slots = cfg, seed, cfg.moire_layer_bank
         self._geometry: dict[int, CaptureParams] = {}
-        self._layers: dict[tuple[int, str], torch.Tensor] = {}
+        self._layers: dict[tuple[int, int, int, str], torch.Tensor] = {}
 
     def geometry(self, slot: int) -> CaptureParams:
         """The capture geometry of `slot`."""
@@ -62,21 +75,23 @@ class LayerBank:
         return self._geometry[slot]
 
     def assign(self, capture: CaptureParams, source_shape: tuple[int, int], rng: np.random.Generator) -> CaptureParams:
-        """`capture` (of a source of `source_shape`) with a slot and orientation drawn from `rng` and the slot's
-        geometry in place of its own.
+        """`capture` (of a source of `source_shape`) with a slot, an orientation and the slot's geometry.
 
-        Only physical layered captures use the bank (a drawn band pattern has no layer); the others are
-        returned as they are. The crop keeps its source pixels per display pixel at the slot's display size.
+        The pose is the one the oriented layer shows (`oriented_pose`), so the content is warped as its
+        moiré was made. Only physical layered captures use the bank (a drawn band pattern has no layer);
+        the others are returned as they are. The crop keeps its source pixels per display pixel at the
+        slot's display size, at a place drawn anew where it fits.
         """
         if not capture.moire_layer or capture.pattern is not None:
             return capture
         slot, orientation = int(rng.integers(self.slots)), int(rng.integers(ORIENTATIONS))
         geometry = self.geometry(slot)
+        rotation, direction = oriented_pose(geometry.rotation_deg, geometry.tilt_direction_deg, orientation)
         height, width = source_shape
         side = min(height, width, max(1, round(capture.crop_side * geometry.display_size / capture.display_size)))
-        return replace(capture, **{name: getattr(geometry, name) for name in SLOT_FIELDS}, crop_side=side,
-                       crop_x=min(capture.crop_x, width - side), crop_y=min(capture.crop_y, height - side),
-                       layer_slot=slot, layer_orientation=orientation)
+        slot_fields = {name: getattr(geometry, name) for name in SLOT_FIELDS}
+        return replace(capture, **(slot_fields | {"rotation_deg": rotation, "tilt_direction_deg": direction}), crop_side=side, crop_x=int(rng.integers(0, width - side + 1)),
+                       crop_y=int(rng.integers(0, height - side + 1)), layer_slot=slot, layer_orientation=orientation)
 
     def layers(self, captures: list[CaptureParams], out_size: int, supersample: int, device: torch.device) -> torch.Tensor:
         """(B, 3, S, S) each capture's slot layer, in its orientation, on `device`."""
@@ -90,7 +105,7 @@ class LayerBank:
 
     def _layer(self, slot: int, out_size: int, supersample: int, device: torch.device) -> torch.Tensor:
         """`slot`'s layer at `out_size`, rendered the first time it is asked for on `device`."""
-        key = (slot, str(device))
+        key = (slot, out_size, supersample, str(device))
         if key not in self._layers:
             geometry = self.geometry(slot)
             p = capture_tensors([geometry], device)
@@ -102,9 +117,11 @@ class LayerBank:
 _banks: dict[str, LayerBank] = {}
 
 
-def process_bank(cfg: SynthesizeParams, seed: int) -> LayerBank | None:
-    """This process's bank for (cfg, seed), kept between pairs (None when cfg has none); one bank at a time,
-    so a process that renders several datasets holds only the current one's layers."""
+def shared_layer_bank(cfg: SynthesizeParams, seed: int) -> LayerBank | None:
+    """The bank of (cfg, seed) this process keeps between pairs; None when cfg has none.
+
+    One bank at a time, so a process that renders several datasets holds only the current one's layers.
+    """
     if not cfg.moire_layer_bank:
         return None
     key = f"{seed} {cfg.model_dump_json(exclude={'workers', 'dask_address'})}"

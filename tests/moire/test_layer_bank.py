@@ -11,8 +11,9 @@ import pipeline.moire.layer_bank as layer_bank
 from pipeline.config import ParamsError, parse_params
 from pipeline.data.on_the_fly import SyntheticPairStream
 from pipeline.data.synthetic import render_pair, source_for_pair
-from pipeline.moire.layer_bank import SLOT_FIELDS, LayerBank, orient
-from pipeline.moire.simulate import sample_capture_params, simulate_capture
+from pipeline.moire.layer_bank import SLOT_FIELDS, LayerBank, orient, oriented_pose
+from pipeline.moire.optics import camera_homography
+from pipeline.moire.simulate import content_batch, sample_capture_params, simulate_batch, simulate_capture
 from pipeline.sources import collect_sources, load_source
 
 
@@ -49,14 +50,17 @@ def test_pairs_take_their_slots_geometry_and_share_few_layers(banked, monkeypatc
     real = layer_bank.moire_layer
     monkeypatch.setattr(layer_bank, "moire_layer", lambda *a, **k: rendered.append(1) or real(*a, **k))
     pairs = _render(banked, range(8))
-    assert len(rendered) <= 3  # each slot's layer is rendered once, however many pairs use it
     bank = LayerBank(banked.synthesize, banked.seed)
     records = [record for _, _, record in pairs.values()]
-    assert {r["layer_slot"] for r in records} <= {0, 1, 2}
+    used = {r["layer_slot"] for r in records}
+    assert used <= {0, 1, 2} and len(rendered) == len(used) < len(records)  # one render a slot, however many use it
     assert all(0 <= r["layer_orientation"] < 8 for r in records)
     for record in records:
         slot = bank.geometry(record["layer_slot"])
-        assert all(_same(record[name], getattr(slot, name)) for name in SLOT_FIELDS)
+        pose = ("rotation_deg", "tilt_direction_deg")
+        assert all(_same(record[name], getattr(slot, name)) for name in SLOT_FIELDS if name not in pose)
+        expected = oriented_pose(slot.rotation_deg, slot.tilt_direction_deg, record["layer_orientation"])
+        assert (record["rotation_deg"], record["tilt_direction_deg"]) == pytest.approx(expected)
     moires = [moire for moire, _, _ in pairs.values()]
     assert len({m.tobytes() for m in moires}) == 8  # content and noise stay each pair's own
 
@@ -76,8 +80,10 @@ def test_an_upright_slot_layer_is_the_layer_the_capture_would_render_itself(bank
     source = load_source(_specs(cfg)[0], banked.seed)
     rng = np.random.default_rng(3)
     bank = LayerBank(cfg, banked.seed)
-    capture = replace(bank.assign(sample_capture_params(cfg, source.shape[:2], rng), source.shape[:2], rng),
-                      layer_orientation=0)
+    capture = bank.assign(sample_capture_params(cfg, source.shape[:2], rng), source.shape[:2], rng)
+    slot = bank.geometry(capture.layer_slot)
+    capture = replace(capture, layer_orientation=0, rotation_deg=slot.rotation_deg,
+                      tilt_direction_deg=slot.tilt_direction_deg)
     with_bank = simulate_capture(source, capture, cfg.size, cfg.optics.supersample, bank)
     own = simulate_capture(source, replace(capture, layer_slot=None, layer_orientation=None), cfg.size,
                            cfg.optics.supersample)
@@ -93,6 +99,63 @@ def test_orientations_are_the_eight_symmetries_of_the_square():
     assert torch.equal(oriented[0], layer)
     assert torch.equal(oriented[1], torch.rot90(layer, 1, dims=(-2, -1)))
     assert torch.equal(oriented[4], torch.flip(layer, dims=(-1,)))
+
+
+@pytest.mark.parametrize("orientation", range(8))
+def test_the_oriented_pose_warps_the_content_as_the_oriented_layer_shows_the_screen(orientation):
+    """G·H(θ, φ) = H(θ', φ')·G in centred coordinates, G the map of the frame `orient` applies: the turned layer is
+    the layer of the screen (turned alike: a square grid's symmetry) seen with the oriented pose."""
+    centred = np.stack(np.meshgrid(np.arange(3) - 1.0, np.arange(3) - 1.0, indexing="xy"))  # (x, y) of each pixel
+    moved = orient(torch.from_numpy(centred), orientation).numpy()  # at each new place, where it came from
+    inverse = np.stack([moved[:, 1, 2], moved[:, 2, 1]], axis=1)  # images of the new unit vectors x and y
+    frame_map = np.eye(3)
+    frame_map[:2, :2] = np.linalg.inv(inverse)
+
+    def pose_map(rotation: float, direction: float) -> np.ndarray:
+        """The display → frame homography without its centring translations."""
+        side, frame = 40, 64
+        to_frame = np.array([[1, 0, frame / 2], [0, 1, frame / 2], [0, 0, 1]])
+        from_display = np.array([[1, 0, side / 2], [0, 1, side / 2], [0, 0, 1]])
+        return np.linalg.inv(to_frame) @ camera_homography(side, frame, 0.9, rotation, 0.12, direction) @ from_display
+
+    rotation, direction = oriented_pose(17.0, 40.0, orientation)
+    assert np.allclose(frame_map @ pose_map(17.0, 40.0), pose_map(rotation, direction) @ frame_map)
+
+
+def test_crops_stay_inside_their_source_and_keep_their_scale(banked):
+    cfg = banked.synthesize
+    bank = LayerBank(cfg, banked.seed)
+    rng = np.random.default_rng(1)
+    for shape in [(300, 200), (90, 400), (1200, 1200)]:
+        for _ in range(50):
+            capture = sample_capture_params(cfg, shape, rng)
+            assigned = bank.assign(capture, shape, rng)
+            assert 0 <= assigned.crop_x <= shape[1] - assigned.crop_side
+            assert 0 <= assigned.crop_y <= shape[0] - assigned.crop_side
+            if assigned.crop_side < min(shape):  # unless the source runs out, the source-to-display scale stays
+                scale = capture.crop_side / capture.display_size
+                assert assigned.crop_side / assigned.display_size == pytest.approx(scale, rel=0.02, abs=1 / assigned.display_size)
+
+
+def test_a_batch_mixing_drawn_patterns_banked_layers_and_sizes_renders_each_capture_as_alone(tiny_raw):
+    tiny_raw["synthesize"].update(moire_layer_bank=2, patterns={"fraction": 0.5})
+    params = parse_params(tiny_raw)
+    cfg = params.synthesize
+    bank = LayerBank(cfg, params.seed)
+    specs = _specs(cfg)
+    rng = np.random.default_rng(5)
+    sources, captures = [], []
+    while len({c.pattern is None for c in captures}) < 2 or len(captures) < 4:
+        source = load_source(specs[len(captures) % len(specs)], params.seed)
+        sources.append(source)
+        captures.append(bank.assign(sample_capture_params(cfg, source.shape[:2], rng), source.shape[:2], rng))
+    assert {c.layer_slot is None for c in captures} == {True, False}  # drawn patterns take no slot
+    together = simulate_batch(content_batch(sources, captures), captures, cfg.size, cfg.optics.supersample, bank)
+    for i, (source, capture) in enumerate(zip(sources, captures)):
+        alone = simulate_batch(content_batch([source], [capture]), [capture], cfg.size, cfg.optics.supersample, bank)
+        # Content padded to the batch's largest display and float reassociation move a rare value by far less than a level.
+        assert (together[0][i] - alone[0][0]).abs().max() <= 1 / 255 + 1e-6
+        assert torch.allclose(together[1][i], alone[1][0], atol=1e-4)
 
 
 def test_on_the_fly_batches_use_the_bank_reproducibly(banked):
