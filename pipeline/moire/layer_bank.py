@@ -89,8 +89,9 @@ class LayerBank:
         rotation, direction = oriented_pose(geometry.rotation_deg, geometry.tilt_direction_deg, orientation)
         height, width = source_shape
         side = min(height, width, max(1, round(capture.crop_side * geometry.display_size / capture.display_size)))
-        slot_fields = {name: getattr(geometry, name) for name in SLOT_FIELDS}
-        return replace(capture, **(slot_fields | {"rotation_deg": rotation, "tilt_direction_deg": direction}), crop_side=side, crop_x=int(rng.integers(0, width - side + 1)),
+        taken = {name: getattr(geometry, name) for name in SLOT_FIELDS} | {"rotation_deg": rotation,
+                                                                         "tilt_direction_deg": direction}
+        return replace(capture, **taken, crop_side=side, crop_x=int(rng.integers(0, width - side + 1)),
                        crop_y=int(rng.integers(0, height - side + 1)), layer_slot=slot, layer_orientation=orientation)
 
     def layers(self, captures: list[CaptureParams], out_size: int, supersample: int, device: torch.device) -> torch.Tensor:
