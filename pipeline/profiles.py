@@ -8,7 +8,7 @@ pairs and patches; their figures are in docs/benchmarks.md.
 - `quick`: the CPU default; `make pipeline` in under 10 minutes on 2 cores; trained on each image's
   PSNR (`psnr` loss), changing only colour (`correction: chroma`), and of that only what is narrower than
   its 64-pixel patches show whole, plus a colour shift of the whole image (`correction_width: 16`).
-- `cpu-long`: about 20 minutes on 2 cores (docs/benchmarks.md); larger pairs and patches, the same
+- `cpu-long`: about 10 minutes on 2 cores (docs/benchmarks.md); larger pairs and patches, the same
   loss and correction (better on real photos at two seeds than its earlier mse loss and full correction)
   and the same `correction_width` (better on both real groups at both seeds trained with it).
 - `gpu`: hours on one GPU worker: pairs rendered on the fly at 512² on the GPU, 256² crops, the
