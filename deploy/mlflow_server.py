@@ -36,9 +36,19 @@ def postgres_bin(tool: str) -> str:
     return candidates[-1] if candidates else found
 
 
+def runuser() -> str:
+    """util-linux's runuser: on PATH, else where Debian puts it (a root shell's PATH may lack the sbin folders)."""
+    found = shutil.which("runuser") or next((path for path in ("/usr/sbin/runuser", "/sbin/runuser")
+                                             if os.access(path, os.X_OK)), None)
+    if found is None:
+        raise SystemExit("error: runuser not found; as root the PostgreSQL cluster is run as the postgres user "
+                         "through util-linux's runuser, or pass --backend-store-uri")
+    return found
+
+
 def as_postgres_user(command: list[str]) -> list[str]:
     """Root cannot run PostgreSQL: run its programs as the `postgres` user then."""
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+    return [runuser(), "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
 
 
 def cluster_dir(home: Path) -> Path:
