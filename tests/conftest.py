@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
 
 from pipeline.config import Params, parse_params
+
+PROJECT = Path(__file__).resolve().parents[1]
 
 TINY = {
     "seed": 7,
@@ -119,3 +125,16 @@ def prefect_api(prefect_server, monkeypatch):
     yield prefect_server
     monkeypatch.delenv("PREFECT_API_URL")
     refresh_global_settings_context()
+
+
+def load_script(relative: str) -> ModuleType:
+    """A script of the project that is no package's module (benchmarks/, deploy/), imported by its path.
+
+    Registered in sys.modules under its name (dataclasses and type hints look their module up there).
+    """
+    path = PROJECT / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_script
 
 
-def _deploy_module():
-    spec = importlib.util.spec_from_file_location("mlflow_server", ROOT / "deploy" / "mlflow_server.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_runuser_is_found_outside_path(monkeypatch):
-    deploy = _deploy_module()
+    deploy = load_script("deploy/mlflow_server.py")
     installed = next((path for path in ("/usr/sbin/runuser", "/sbin/runuser") if os.access(path, os.X_OK)), None)
     if installed is None:
         pytest.skip("util-linux's runuser is not installed here")
@@ -33,7 +26,7 @@ def test_runuser_is_found_outside_path(monkeypatch):
 
 
 def test_missing_runuser_is_one_clear_line(monkeypatch):
-    deploy = _deploy_module()
+    deploy = load_script("deploy/mlflow_server.py")
     monkeypatch.setattr(deploy.shutil, "which", lambda name: None)
     monkeypatch.setattr(deploy.os, "access", lambda path, mode: False)
     with pytest.raises(SystemExit, match="runuser not found.*--backend-store-uri"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -14,6 +13,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.models import load_model
+from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = ["environment", "gpu_tests", "bench_synth", "bench_synth_bank", "bench_train", "bench_infer_tiled", "bench_infer_whole", "ddp",
@@ -24,12 +24,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def gpu_check():
     """benchmarks/gpu_check.py as a module (benchmarks/ is no package)."""
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules["gpu_check"]
+    return load_script("benchmarks/gpu_check.py")
 
 
 def _tree_copy(target: Path) -> Path:

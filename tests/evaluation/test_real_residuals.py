@@ -1,21 +1,15 @@
 """benchmarks/real_residuals.py: the falloff its light-field fit reports is the one a photo was given, and its split
 puts colour stripes in the chroma and a wide ramp in the luma."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def residuals():
-    spec = importlib.util.spec_from_file_location("real_residuals", ROOT / "benchmarks" / "real_residuals.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/real_residuals.py")
 
 
 def test_a_photo_darkened_towards_its_corners_reports_that_falloff_and_a_flat_field_undoes_it(residuals):

@@ -3,7 +3,6 @@ real PostgreSQL cluster with served artifacts, and 3 processes registering again
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import signal
 import subprocess
@@ -14,23 +13,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import _free_port
+from tests.conftest import _free_port, load_script
 from tests.test_registry_transaction import check_invariants, registry_state, start_worker
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _deploy_module():
-    spec = importlib.util.spec_from_file_location("mlflow_server", ROOT / "deploy" / "mlflow_server.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def team_server(tmp_path_factory):
-    deploy = _deploy_module()
+    deploy = load_script("deploy/mlflow_server.py")
     try:
         deploy.postgres_bin("initdb")
     except SystemExit:
