@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 DATABASE = "mlflow"
+RUNUSER_PLACES = ("/usr/sbin/runuser", "/sbin/runuser")  # Debian's, off a root shell's PATH when sbin is left out
 
 
 def postgres_bin(tool: str) -> str:
@@ -38,8 +39,7 @@ def postgres_bin(tool: str) -> str:
 
 def runuser() -> str:
     """util-linux's runuser: on PATH, else where Debian puts it (a root shell's PATH may lack the sbin folders)."""
-    found = shutil.which("runuser") or next((path for path in ("/usr/sbin/runuser", "/sbin/runuser")
-                                             if os.access(path, os.X_OK)), None)
+    found = shutil.which("runuser") or next((path for path in RUNUSER_PLACES if os.access(path, os.X_OK)), None)
     if found is None:
         raise SystemExit("error: runuser not found; as root the PostgreSQL cluster is run as the postgres user "
                          "through util-linux's runuser, or pass --backend-store-uri")

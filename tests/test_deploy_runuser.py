@@ -9,11 +9,9 @@ import pytest
 from tests.conftest import load_script
 
 
-
-
 def test_runuser_is_found_outside_path(monkeypatch):
     deploy = load_script("deploy/mlflow_server.py")
-    installed = next((path for path in ("/usr/sbin/runuser", "/sbin/runuser") if os.access(path, os.X_OK)), None)
+    installed = next((path for path in deploy.RUNUSER_PLACES if os.access(path, os.X_OK)), None)
     if installed is None:
         pytest.skip("util-linux's runuser is not installed here")
     monkeypatch.setenv("PATH", "/usr/local/bin:/usr/bin:/bin")  # a root shell without the sbin folders
