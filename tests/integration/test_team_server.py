@@ -20,8 +20,6 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-
-
 @pytest.fixture(scope="module")
 def team_server(tmp_path_factory):
     deploy = load_script("deploy/mlflow_server.py")
