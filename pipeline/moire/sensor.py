@@ -35,7 +35,34 @@ METER_WEIGHTS = (0.2126, 0.7152, 0.0722)
 METER_GAIN_LIMITS = (0.25, 4.0)  # a real meter's range: ±2 stops around the fixed exposure
 METER_GAMMA = 2.2  # brightness as the encoded image shows it
 METER_HIGHLIGHT_QUANTILE = 0.995  # the brightness the meter keeps from clipping
-METER_STRIDE = 7  # the meter reads every 7th pixel: quantiles of a whole frame cost a sort
+METER_STRIDE = 7  # the meter reads every 7th pixel, as a phone's meter reads a coarse grid: brightness and
+                  # highlights of a whole frame at full resolution cost more than the rest of the meter
+
+
+def power_law(light: torch.Tensor, exponent: torch.Tensor | float, ceiling: float | None = None) -> torch.Tensor:
+    """light ** exponent for light ≥ 0 (negatives count as 0; above `ceiling`, as `ceiling`), as
+    exp(exponent · log(light)), a new tensor.
+
+    On one CPU core a power took 3–9× as long, and the two agree within 5e-7 relative. Black is
+    floored at float32's smallest normal number first: a log of exact zeros took 16 µs per
+    thousand zeros here (a frame half black: 8 ms instead of 0.2), so black comes out as about
+    1e-17 instead of 0, far below any 8-bit level.
+    """
+    return light.clamp(min=torch.finfo(light.dtype).tiny, max=ceiling).log_().mul_(exponent).exp_()
+
+
+def upper_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """(B,) `torch.quantile(values, q, dim=1)` of (B, N) values, the same numbers, for q near 1.
+
+    torch.quantile sorts all N values (2.3 ms for a 512² frame's meter samples on one core); only
+    the two around rank q·(N − 1) matter, and a partial sort of the top ones finds them 7× faster.
+    """
+    count = values.shape[1]
+    rank = torch.tensor(q, dtype=values.dtype) * (count - 1)  # as torch.quantile computes it
+    below = int(rank)
+    top = torch.topk(values, count - below, dim=1, sorted=True).values  # descending: ranks N−1 … below
+    above = top[:, -2] if count - below > 1 else top[:, -1]
+    return torch.lerp(top[:, -1], above, (rank - below).to(values.device))
 
 
 def metered_gain(irradiance: torch.Tensor, reference: torch.Tensor, exposure_ev: torch.Tensor,
@@ -49,17 +76,20 @@ def metered_gain(irradiance: torch.Tensor, reference: torch.Tensor, exposure_ev:
     darkening. Brightness is compared as it will be seen: the luma-weighted mean of the channels
     encoded with `gamma`; a power law scales exactly, so the gain is closed-form. Exposure errors are then sampled on both sides of it.
     """
-    weights = torch.tensor(METER_WEIGHTS, dtype=irradiance.dtype, device=irradiance.device).reshape(1, 3, 1, 1)
+    weights = torch.tensor(METER_WEIGHTS, dtype=irradiance.dtype, device=irradiance.device).reshape(1, 3, 1)
+
+    def metered(light: torch.Tensor) -> torch.Tensor:
+        return light.to(irradiance.dtype).flatten(2)[..., ::METER_STRIDE]
 
     def brightness(light: torch.Tensor) -> torch.Tensor:
         # each channel encoded on its own, as the image stores it: colour moiré must not read as light
-        return (light.to(irradiance.dtype).clamp(min=0.0) ** (1.0 / gamma) * weights).sum(dim=1).mean(dim=(1, 2))
+        return (power_law(metered(light), 1.0 / gamma) * weights).sum(dim=1).mean(dim=1)
 
     ratio = brightness(reference) / brightness(irradiance).clamp(min=1e-6)
     # Highlight protection: no more than a sliver of the frame may clip, as a phone's meter keeps
     # a white page below full scale; strong moiré on white would otherwise be clipped flat.
-    luma = (irradiance * weights).sum(dim=1).flatten(1)[:, ::METER_STRIDE]
-    highlight = 1.0 / torch.quantile(luma.float(), METER_HIGHLIGHT_QUANTILE, dim=1).to(irradiance.dtype).clamp(min=1e-6)
+    luma = (metered(irradiance) * weights).sum(dim=1)
+    highlight = 1.0 / upper_quantile(luma.float(), METER_HIGHLIGHT_QUANTILE).to(irradiance.dtype).clamp(min=1e-6)
     wanted = ratio**gamma * torch.exp2(exposure_ev.to(irradiance.dtype))
     return torch.minimum(wanted, highlight).clamp(*METER_GAIN_LIMITS)
 
@@ -83,10 +113,8 @@ def add_sensor_noise(
     """
     shot = shot_noise.reshape(-1, 1, 1, 1)
     read = read_noise.reshape(-1, 1, 1, 1)
-    std = torch.sqrt(shot * raw.clamp(min=0.0) + read**2)
-    noise = torch.stack([
-        torch.randn(raw.shape[1:], generator=torch.Generator(device=raw.device).manual_seed(seed),
-                    device=raw.device, dtype=raw.dtype)
-        for seed in noise_seeds
-    ])
-    return (raw + noise * std).clamp(0.0, 1.0)
+    std = raw.clamp(min=0.0).mul_(shot).add_(read**2).sqrt_()
+    noise = torch.empty_like(raw)
+    for item, seed in zip(noise, noise_seeds):  # drawn in place: randn's numbers without a copy of each
+        item.normal_(generator=torch.Generator(device=raw.device).manual_seed(seed))
+    return noise.mul_(std).add_(raw).clamp_(0.0, 1.0)

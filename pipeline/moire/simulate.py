@@ -346,10 +346,15 @@ def exposure_gain(irradiance: torch.Tensor, reference: torch.Tensor, p: dict[str
 
 
 def camera_colour(irradiance: torch.Tensor, p: dict[str, torch.Tensor], gain: torch.Tensor) -> torch.Tensor:
-    """Irradiance → encoded colour as the camera renders it: exposure `gain`, black point, white balance, tone curve."""
-    exposed = irradiance * gain.reshape(-1, 1, 1, 1)
-    gains = torch.stack([p["wb_gain_r"], torch.ones_like(p["gamut"]), p["wb_gain_b"]], dim=1)
-    return tone_curve(white_balance(subtract_black_point(exposed, p["black_point"]), gains), p["camera_gamma"])
+    """Irradiance → encoded colour as the camera renders it: exposure `gain`, black point, white balance, tone curve.
+
+    The first three are one affine map per channel, (gain·x − b)·wb / (1 − b), applied in one pass.
+    """
+    wb = torch.stack([p["wb_gain_r"], torch.ones_like(p["gamut"]), p["wb_gain_b"]], dim=1)
+    per_black = wb / (1.0 - p["black_point"]).reshape(-1, 1)
+    scale = (gain.reshape(-1, 1) * per_black).reshape(-1, 3, 1, 1)
+    offset = (-p["black_point"].reshape(-1, 1) * per_black).reshape(-1, 3, 1, 1)
+    return tone_curve(torch.addcmul(offset, irradiance, scale), p["camera_gamma"])
 
 
 def screen_light(content: torch.Tensor, grid: torch.Tensor, supersample: int, p: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -514,15 +519,21 @@ def simulate_batch(
         else:
             frame, gain[index] = photograph(content[index], chosen, group, frame_size, supersample, clean_linear[index])
             moire[index] = shrink_to(frame, out_size)
-    moire = lens_blur(moire, p["output_blur"]).clamp(0.0, 1.0)
-    clean = tone_curve(clean_linear, torch.full_like(p["gamut"], SOURCE_GAMMA))
-    toned = rows_where(lambda c: c.target_tone_of_capture)
-    if len(toned):
-        physical = torch.tensor([captures[i].pattern is None for i in toned.tolist()], device=content.device)
-        group = {name: values[toned] for name, values in p.items()}
-        screen = capture_toned_target(light[toned], group, gain[toned])
-        drawn_colour = camera_colour(clean_linear[toned], group, torch.exp2(group["exposure_ev"]))
-        clean[toned] = torch.where(physical.reshape(-1, 1, 1, 1), screen, drawn_colour)
+    moire = lens_blur(moire, p["output_blur"]).clamp_(0.0, 1.0)
+    # Each target in its tone, each computed only for the captures that take it.
+    clean = torch.empty_like(clean_linear)
+    source_toned = rows_where(lambda c: not c.target_tone_of_capture)
+    if len(source_toned):
+        clean[source_toned] = tone_curve(clean_linear[source_toned], torch.full_like(source_toned, SOURCE_GAMMA,
+                                                                                        dtype=clean.dtype))
+    screen_toned = rows_where(lambda c: c.target_tone_of_capture and c.pattern is None)
+    if len(screen_toned):
+        group = {name: values[screen_toned] for name, values in p.items()}
+        clean[screen_toned] = capture_toned_target(light[screen_toned], group, gain[screen_toned])
+    drawn_toned = rows_where(lambda c: c.target_tone_of_capture and c.pattern is not None)
+    if len(drawn_toned):
+        group = {name: values[drawn_toned] for name, values in p.items()}
+        clean[drawn_toned] = camera_colour(clean_linear[drawn_toned], group, torch.exp2(group["exposure_ev"]))
     softened = rows_where(lambda c: c.target_detail_of_capture)
     if len(softened):
         group = {name: values[softened] for name, values in p.items()}

@@ -4,10 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.moire.display import STRIPE_COLUMNS, subpixel_coverage, white_screen_light
+from pipeline.moire.display import LUMA, STRIPE_COLUMNS, panel_colour, subpixel_coverage, white_screen_light
 from pipeline.moire.isp import CHROMA_LUMA, demosaic, denoise_chroma, tone_curve
+from pipeline.moire.jpeg import RGB_TO_YCBCR, dct_matrix, jpeg_compress, quantisation_tables
 from pipeline.moire.optics import blur_radius, blurred_mosaic, gaussian_kernels, lens_blur, separable_filter
-from pipeline.moire.sensor import RGGB, bayer_mosaic
+from pipeline.moire.sensor import (
+    METER_GAMMA, METER_HIGHLIGHT_QUANTILE, METER_WEIGHTS, RGGB, bayer_mosaic, metered_gain, upper_quantile,
+)
 
 
 def _lit_length(x: torch.Tensor, start: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
@@ -99,6 +102,72 @@ def test_tone_curve_is_the_power_law_to_float_precision():
     linear = linear.reshape(1, 1, 1, -1).expand(2, 3, 1, -1)
     gamma = torch.tensor([2.2, 1.8])
     expected = linear.clamp(0, 1) ** (1 / gamma.reshape(-1, 1, 1, 1))
-    torch.testing.assert_close(tone_curve(linear, gamma), expected, rtol=1e-6, atol=0)
+    # black is floored at float32's smallest normal number (a log of zeros is slow): it comes out
+    # below 1e-15, twelve orders under half an 8-bit level
+    torch.testing.assert_close(tone_curve(linear, gamma), expected, rtol=1e-6, atol=1e-15)
     first = tone_curve(linear, gamma)[0, 0, 0, :5].tolist()
-    assert first == pytest.approx([0.0, 1e-7 ** (1 / 2.2), 1.0, 1.0, 0.0])
+    assert first == pytest.approx([0.0, 1e-7 ** (1 / 2.2), 1.0, 1.0, 0.0], rel=1e-6, abs=1e-15)
+    assert 0.0 < first[0] < 1e-15
+
+
+@pytest.mark.parametrize("count", [1, 2, 7, 1000, 37450, 37451])
+def test_upper_quantile_is_torch_quantile_to_the_bit(count):
+    values = torch.rand(3, count, generator=torch.Generator().manual_seed(count))
+    values[0, : count // 2] = 0.25  # ties
+    for q in (METER_HIGHLIGHT_QUANTILE, 0.9, 1.0):
+        assert torch.equal(upper_quantile(values, q), torch.quantile(values, q, dim=1))
+
+
+def test_panel_colour_is_saturation_about_luma_then_the_gains_clamped_at_black():
+    linear = torch.rand(2, 3, 9, 11, generator=torch.Generator().manual_seed(6))
+    gamut, white_point, brightness = torch.tensor([1.4, 0.6]), torch.tensor([[1.1, 1.0, 0.9], [0.95, 1.0, 1.05]]), torch.tensor([0.8, 1.0])
+    grey = (linear * torch.tensor(LUMA).reshape(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+    direct = (grey + gamut.reshape(-1, 1, 1, 1) * (linear - grey)).clamp(min=0.0) * white_point.reshape(-1, 3, 1, 1) \
+        * brightness.reshape(-1, 1, 1, 1)
+    got = panel_colour(linear, gamut, white_point, brightness)
+    torch.testing.assert_close(got, direct, atol=1e-6, rtol=0)
+    assert int((got[0] == 0).sum()) > 0  # a gamut beyond the source's clips its saturated colours at black
+
+
+def _direct_jpeg(rgb: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+    """JPEG's lossy steps written out: each 8×8 block as D·X·Dᵀ, 4:2:0 by average pooling."""
+    d = dct_matrix(rgb.device)
+    to_ycbcr = torch.tensor(RGB_TO_YCBCR)
+    ycbcr = torch.einsum("ij,bjhw->bihw", to_ycbcr, rgb.clamp(0, 1) * 255.0)
+    ycbcr[:, 1:] += 128.0
+
+    def plane(values, table):
+        b, h, w = values.shape
+        blocks = (values - 128.0).reshape(b, h // 8, 8, w // 8, 8).permute(0, 1, 3, 2, 4)
+        table = table.reshape(b, 1, 1, 8, 8)
+        restored = d.T @ (torch.round((d @ blocks @ d.T) / table) * table) @ d
+        return restored.permute(0, 1, 3, 2, 4).reshape(b, h, w) + 128.0
+
+    luma_table, chroma_table = quantisation_tables(quality, rgb.device)
+    chroma = F.avg_pool2d(ycbcr[:, 1:], 2)
+    chroma = torch.stack([plane(chroma[:, c], chroma_table) for c in (0, 1)], dim=1)
+    chroma = F.interpolate(chroma, scale_factor=2, mode="bilinear", align_corners=False)
+    decoded = torch.cat([plane(ycbcr[:, 0], luma_table)[:, None], chroma - 128.0], dim=1)
+    return (torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_ycbcr), decoded).round().clamp(0, 255) / 255.0)
+
+
+def test_jpeg_is_its_blockwise_form_to_an_8_bit_level_in_rare_pixels():
+    rgb = torch.rand(2, 3, 64, 48, generator=torch.Generator().manual_seed(7))
+    quality = torch.tensor([30.0, 92.0])
+    levels = ((jpeg_compress(rgb, quality) - _direct_jpeg(rgb, quality)).abs() * 255).round()
+    assert float(levels.max()) <= 1.0  # a float sum in another order can tip a rounding by one level
+    assert float((levels > 0).float().mean()) < 1e-3
+
+
+def test_the_meter_reading_every_seventh_pixel_reads_the_whole_frame():
+    # a bright page with fine colour stripes: reading a sparse grid of it must see the same light
+    x = torch.arange(96, dtype=torch.float32)
+    stripes = 0.6 + 0.3 * torch.stack([torch.cos(2 * torch.pi * (x / 9.0 + shift)) for shift in (0, 1 / 3, 2 / 3)])
+    frame = stripes[:, None, :].expand(3, 96, 96)[None].contiguous()
+    reference = torch.full_like(frame, 0.5)
+    gain = metered_gain(frame, reference, torch.zeros(1))
+    luma = (frame * torch.tensor(METER_WEIGHTS).reshape(1, 3, 1, 1)).sum(dim=1).flatten(1)
+    whole_frame = ((reference ** (1 / METER_GAMMA) * torch.tensor(METER_WEIGHTS).reshape(1, 3, 1, 1)).sum(dim=1).mean()
+                   / (frame ** (1 / METER_GAMMA) * torch.tensor(METER_WEIGHTS).reshape(1, 3, 1, 1)).sum(dim=1).mean()) ** METER_GAMMA
+    expected = min(float(whole_frame), 1.0 / float(torch.quantile(luma, METER_HIGHLIGHT_QUANTILE)))
+    assert float(gain) == pytest.approx(expected, rel=0.01)
