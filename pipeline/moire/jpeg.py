@@ -54,8 +54,8 @@ def _quantise_plane(plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """DCT, quantise with (B, 8, 8) tables, and invert one (B, H, W) plane; H, W multiples of 8.
 
     Each 8×8 block's 2-D DCT is one 64×64 matrix (the Kronecker product of the 1-D one with itself)
-    on the block's 64 values in a row, so a plane's blocks transform as one matrix product, about
-    4× faster on one CPU core than pairs of batched 8×8 products.
+    on the block's 64 values in a row, so a plane's blocks transform as one matrix product (on one CPU
+    core 1.23 ms for a 512² plane against 1.31 for pairs of batched 8×8 products).
     """
     batch, height, width = plane.shape
     d = dct_matrix(plane.device)

@@ -43,7 +43,7 @@ def power_law(light: torch.Tensor, exponent: torch.Tensor | float, ceiling: floa
     """light ** exponent for light ≥ 0 (negatives count as 0; above `ceiling`, as `ceiling`), as
     exp(exponent · log(light)), a new tensor.
 
-    On one CPU core a power took 3–9× as long, and the two agree within 5e-7 relative. Black is
+    On one CPU core a power took 2.4× as long (512²×3 values), and the two agree within 5e-7 relative. Black is
     floored at float32's smallest normal number first: a log of exact zeros took 16 µs per
     thousand zeros here (a frame half black: 8 ms instead of 0.2), so black comes out as about
     1e-17 instead of 0, far below any 8-bit level.
@@ -55,7 +55,7 @@ def upper_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
     """(B,) `torch.quantile(values, q, dim=1)` of (B, N) values, the same numbers, for q near 1.
 
     torch.quantile sorts all N values (2.3 ms for a 512² frame's meter samples on one core); only
-    the two around rank q·(N − 1) matter, and a partial sort of the top ones finds them 7× faster.
+    the two around rank q·(N − 1) matter, and a partial sort of the top ones finds them in 0.12 ms.
     """
     count = values.shape[1]
     rank = torch.tensor(q, dtype=values.dtype) * (count - 1)  # as torch.quantile computes it
