@@ -497,20 +497,22 @@ def simulate_batch(
     def rows_where(keep) -> torch.Tensor:
         return torch.tensor([i for i, c in enumerate(captures) if keep(c)], dtype=torch.long, device=content.device)
 
+    def params_of(rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: values[rows] for name, values in p.items()}
+
     # The screen's light is shared by layered photos and capture-toned targets; per capture, so computing
     # it for the whole batch when any capture needs it keeps each capture's result its own.
     if any((c.moire_layer and c.pattern is None) or c.target_tone_of_capture for c in captures):
         light = screen_light(content, grid, supersample, p)
     drawn = rows_where(lambda c: c.pattern is not None)
     if len(drawn):
-        moire[drawn] = photograph_pattern(clean_linear[drawn], [captures[i] for i in drawn.tolist()],
-                                          {name: values[drawn] for name, values in p.items()})
+        moire[drawn] = photograph_pattern(clean_linear[drawn], [captures[i] for i in drawn.tolist()], params_of(drawn))
     frames = {(sensor_side(out_size, c.downscale), c.moire_layer, c.layer_slot is not None)
               for c in captures if c.pattern is None}
     for frame_size, layered, banked in sorted(frames):
         index = rows_where(lambda c: c.pattern is None and sensor_side(out_size, c.downscale) == frame_size
                            and c.moire_layer == layered and (c.layer_slot is not None) == banked)
-        group = {name: values[index] for name, values in p.items()}
+        group = params_of(index)
         chosen = [captures[i] for i in index.tolist()]
         if layered:
             layer = bank.layers(chosen, out_size, supersample, content.device) if banked else None
@@ -528,15 +530,15 @@ def simulate_batch(
                                                                                         dtype=clean.dtype))
     screen_toned = rows_where(lambda c: c.target_tone_of_capture and c.pattern is None)
     if len(screen_toned):
-        group = {name: values[screen_toned] for name, values in p.items()}
+        group = params_of(screen_toned)
         clean[screen_toned] = capture_toned_target(light[screen_toned], group, gain[screen_toned])
     drawn_toned = rows_where(lambda c: c.target_tone_of_capture and c.pattern is not None)
     if len(drawn_toned):
-        group = {name: values[drawn_toned] for name, values in p.items()}
+        group = params_of(drawn_toned)
         clean[drawn_toned] = camera_colour(clean_linear[drawn_toned], group, torch.exp2(group["exposure_ev"]))
     softened = rows_where(lambda c: c.target_detail_of_capture)
     if len(softened):
-        group = {name: values[softened] for name, values in p.items()}
+        group = params_of(softened)
         sigma = content_blur_sigma([captures[i] for i in softened.tolist()], group)
         clean[softened] = lens_blur(sharpen(clean[softened], group["sharpen"]), sigma).clamp(0.0, 1.0)
     return moire, clean
