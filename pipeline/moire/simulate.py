@@ -21,7 +21,8 @@ from pipeline.moire.display import (
     add_glare, decode_display_gamma, emitted_light, panel_colour, subpixel_coverage, white_screen_light,
 )
 from pipeline.moire.isp import (
-    demosaic, denoise_chroma, sharpen, shrink_to, subtract_black_point, to_uint8, tone_curve, white_balance,
+    demosaic, denoise_chroma, sharpen, shrink_denoised, shrink_to, subtract_black_point, to_uint8, tone_curve,
+    white_balance,
 )
 from pipeline.moire.jpeg import jpeg_compress
 from pipeline.moire.patterns import BandPattern, band_modulation, sample_band_pattern
@@ -420,8 +421,7 @@ def moire_layer(captures: list[CaptureParams], p: dict[str, torch.Tensor], conte
         raw = blurred_mosaic(light, p["blur_sigma"])
     else:
         raw = bayer_mosaic(integrate_pixel_area(lens_blur(light, p["blur_sigma"] * supersample), supersample))
-    linear = denoise_chroma(demosaic(raw), p["chroma_denoise"])
-    layer = shrink_to(linear, out_size) if frame_size != out_size else linear
+    layer = shrink_denoised(demosaic(raw), p["chroma_denoise"], out_size)
     return with_contrast(layer / layer.mean(dim=(2, 3), keepdim=True).clamp(min=1e-6), p["moire_contrast"])
 
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.moire.display import LUMA, STRIPE_COLUMNS, panel_colour, subpixel_coverage, white_screen_light
-from pipeline.moire.isp import CHROMA_LUMA, demosaic, denoise_chroma, tone_curve
+from pipeline.moire.isp import CHROMA_LUMA, demosaic, denoise_chroma, shrink_denoised, shrink_to, tone_curve
 from pipeline.moire.jpeg import RGB_TO_YCBCR, dct_matrix, jpeg_compress, quantisation_tables
 from pipeline.moire.optics import blur_radius, blurred_mosaic, gaussian_kernels, lens_blur, separable_filter
 from pipeline.moire.sensor import (
@@ -85,6 +85,16 @@ def test_chroma_denoise_equals_blurring_all_three_colour_differences():
     got = denoise_chroma(rgb, sigma)
     torch.testing.assert_close(got, direct, atol=1e-6, rtol=0)
     assert (got - rgb).abs().max() > 0.05  # it does blur
+
+
+@pytest.mark.parametrize("sigma", [[0.0, 0.0], [0.6, 2.5]])
+def test_shrinking_with_chroma_smoothing_equals_smoothing_then_shrinking(sigma):
+    rgb = torch.rand(2, 3, 70, 70, generator=torch.Generator().manual_seed(5))
+    sigma = torch.tensor(sigma)
+    got = shrink_denoised(rgb, sigma, 32)
+    torch.testing.assert_close(got, shrink_to(denoise_chroma(rgb, sigma), 32), atol=1e-6, rtol=0)
+    assert got.shape == (2, 3, 32, 32)
+    assert torch.equal(shrink_denoised(rgb, sigma, 70), denoise_chroma(rgb, sigma))  # nothing to shrink
 
 
 def test_a_white_screen_is_black_only_off_the_panel():
