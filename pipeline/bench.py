@@ -20,6 +20,8 @@ from pipeline.data.synthetic import render_pair, single_threaded, source_for_pai
 from pipeline.errors import ParamsError
 from pipeline.models import ModelSpec, build_model, count_parameters, model_spec, save_model
 from pipeline.models.complexity import count_macs
+from pipeline.moire.display import SUBPIXEL_LAYOUTS, fused_subpixel_coverage
+from pipeline.moire.fused import wants_compiled
 from pipeline.moire.layer_bank import shared_layer_bank
 from pipeline.moire.simulate import content_batch, sample_capture_params, simulate_batch
 from pipeline.sources import collect_sources, load_source
@@ -56,6 +58,18 @@ def _fill_bank(cfg: SynthesizeParams, seed: int, device: torch.device) -> dict:
     return {"layer_bank": bank.slots, "layer_bank_s": time.perf_counter() - start}
 
 
+def _compile_coverage(device: torch.device) -> dict:
+    """Compile the fused subpixel coverage for every layout before timing, as a long run pays it once per
+    process; its time, or {} where it runs eagerly (`pipeline.moire.fused`)."""
+    probe = torch.zeros(1, 1024, 1024, device=device)  # a frame large enough to compile for
+    if not wants_compiled(probe):
+        return {}
+    start = time.perf_counter()
+    for layout in SUBPIXEL_LAYOUTS:  # distinct tensors: an aliased pair would compile a graph of its own
+        fused_subpixel_coverage(probe, probe.clone(), torch.ones(1, device=device), layout, torch.ones(1, device=device))
+    return {"compile_s": time.perf_counter() - start}
+
+
 def bench_synth_cpu(size: int, pairs: int, repeats: int, preset: str = "default", seed: int = 0,
                     layer_bank: int | None = None) -> dict:
     """Pairs per second of one process on one core, end to end per pair as the stage renders them.
@@ -64,13 +78,15 @@ def bench_synth_cpu(size: int, pairs: int, repeats: int, preset: str = "default"
     default stage's ratio of pairs to sources; excludes PNG encoding and disk writes. Also reports
     pairs per second of this process's CPU time, which other work on a shared machine disturbs far
     less than the wall clock. With `layer_bank`, the bank is rendered first and its time reported
-    apart (`layer_bank_s`): a dataset pays it once per process, whatever its size.
+    apart (`layer_bank_s`): a dataset pays it once per process, whatever its size; so is compiling
+    the fused coverage (`compile_s`), where it is compiled.
     """
     cfg = _synth_config(size, preset, layer_bank)
     specs, _ = collect_sources(cfg.sources.bundled, cfg.sources.procedural, [], cfg.sources.screen_kinds)
     stage_pairs = SynthesizeParams().n_pairs
     rates, cpu_rates = [], []
     with single_threaded():
+        compiled = _compile_coverage(torch.device("cpu"))
         bank = _fill_bank(cfg, seed, torch.device("cpu"))
         render_pair(0, specs[0], cfg, seed)  # warm-up: first-call allocations
         for run in range(repeats):
@@ -81,7 +97,7 @@ def bench_synth_cpu(size: int, pairs: int, repeats: int, preset: str = "default"
             cpu_rates.append(pairs / (time.process_time() - cpu_start))
     return {"size": size, "device": "cpu", "threads": 1, "pairs": pairs, "repeats": repeats,
             "pairs_per_s_per_core": statistics.median(rates), "runs": rates,
-            "pairs_per_cpu_s": statistics.median(cpu_rates), "cpu_runs": cpu_rates, **bank, "machine": machine()}
+            "pairs_per_cpu_s": statistics.median(cpu_rates), "cpu_runs": cpu_rates, **compiled, **bank, "machine": machine()}
 
 
 def bench_synth_batched(

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from pipeline.config import SynthesizeParams
 from pipeline.moire.display import (
-    add_glare, decode_display_gamma, emitted_light, panel_colour, subpixel_coverage, white_screen_light,
+    add_glare, decode_display_gamma, emitted_light, fused_subpixel_coverage, panel_colour, white_screen_light,
 )
 from pipeline.moire.isp import (
     demosaic, denoise_chroma, sharpen, shrink_denoised, shrink_to, subtract_black_point, to_uint8, tone_curve,
@@ -288,7 +288,7 @@ def _layout_coverage(
     coverage = torch.empty((u.shape[0], 3, *u.shape[1:]), dtype=u.dtype, device=u.device)
     for layout in sorted(set(layouts)):
         rows = torch.tensor([i for i, name in enumerate(layouts) if name == layout], device=u.device)
-        coverage[rows] = subpixel_coverage(u[rows], v[rows], footprint[rows], layout, fill[rows])
+        coverage[rows] = fused_subpixel_coverage(u[rows], v[rows], footprint[rows], layout, fill[rows])
     return coverage
 
 
