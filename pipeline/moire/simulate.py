@@ -285,6 +285,8 @@ def _layout_coverage(
     u: torch.Tensor, v: torch.Tensor, footprint: torch.Tensor, fill: torch.Tensor, layouts: list[str]
 ) -> torch.Tensor:
     """Subpixel coverage for a batch whose captures may use different layouts."""
+    if len(set(layouts)) == 1:  # one layout (every single capture): no copies in and out of the batch
+        return fused_subpixel_coverage(u, v, footprint, layouts[0], fill)
     coverage = torch.empty((u.shape[0], 3, *u.shape[1:]), dtype=u.dtype, device=u.device)
     for layout in sorted(set(layouts)):
         rows = torch.tensor([i for i, name in enumerate(layouts) if name == layout], device=u.device)
