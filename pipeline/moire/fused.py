@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 from typing import Any, Callable, TypeVar
 
@@ -47,7 +48,7 @@ def wants_compiled(first: torch.Tensor) -> bool:
     mode = compile_mode()
     if mode == "0" or first.device.type != "cpu":  # CUDA is unmeasured here (issue 14's GPU check)
         return False
-    return mode == "1" or first.shape[-2] * first.shape[-1] > MIN_FRAME_PIXELS
+    return mode == "1" or math.prod(first.shape[-2:]) > MIN_FRAME_PIXELS
 
 
 def fused(function: Function) -> Function:

@@ -94,7 +94,7 @@ def denoise_chroma(rgb: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 def shrink_denoised(rgb: torch.Tensor, sigma: torch.Tensor, size: int) -> torch.Tensor:
-    """`shrink_to(denoise_chroma(rgb, sigma), size)`, the same to float rounding at about half the work.
+    """`shrink_to(denoise_chroma(rgb, sigma), size)`, the same to float rounding and 5–25 % faster (measured).
 
     Both are linear and separable, and the shrink resamples rows before columns: so the chroma's
     column pass runs after the shrink's row pass, on a frame `size` wide instead of the camera's,

@@ -38,6 +38,7 @@ def test_an_unknown_mode_names_the_variable_the_value_and_the_allowed_ones(monke
 def test_small_inputs_and_mode_0_run_eagerly(monkeypatch):
     monkeypatch.delenv(COMPILE_ENV, raising=False)
     assert float(fused(_traced)(torch.zeros(4, 4)).max()) == 0.0
+    assert float(fused(_traced)(torch.zeros(5)).max()) == 0.0  # fewer than two sides: its length counts
     monkeypatch.setenv(COMPILE_ENV, "0")
     assert float(fused(_traced)(torch.zeros(1, 600, 600)).max()) == 0.0
 
