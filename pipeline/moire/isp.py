@@ -104,9 +104,13 @@ def shrink_denoised(rgb: torch.Tensor, sigma: torch.Tensor, size: int) -> torch.
         return shrink_to(denoise_chroma(rgb, sigma), size)
     luma = _luma(rgb)
     kernels = _chroma_kernels(rgb, sigma)
-    planes = torch.cat([luma, filter_rows(rgb[:, 0::2] - luma, kernels)], dim=1)
-    narrow = F.interpolate(planes, size=(rgb.shape[-2], size), mode="bicubic", antialias=True, align_corners=False)
-    narrow = torch.cat([narrow[:, :1], filter_columns(narrow[:, 1:], kernels)], dim=1)
+
+    def shrink_rows(planes: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(planes, size=(rgb.shape[-2], size), mode="bicubic", antialias=True, align_corners=False)
+
+    # luma and colour shrunk apart: joining them at the camera's size would copy three full frames
+    red_blue = filter_columns(shrink_rows(filter_rows(rgb[:, 0::2] - luma, kernels)), kernels)
+    narrow = torch.cat([shrink_rows(luma), red_blue], dim=1)
     small = F.interpolate(narrow, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
     return _from_luma_and_red_blue(small[:, :1], small[:, 1:]).clamp_(0.0, 1.0)
 
