@@ -21,7 +21,7 @@ from pipeline.errors import ParamsError
 from pipeline.models import ModelSpec, build_model, count_parameters, model_spec, save_model
 from pipeline.models.complexity import count_macs
 from pipeline.moire.display import SUBPIXEL_LAYOUTS, fused_subpixel_coverage
-from pipeline.moire.fused import wants_compiled
+from pipeline.moire.fused import compile_mode
 from pipeline.moire.layer_bank import shared_layer_bank
 from pipeline.moire.simulate import content_batch, sample_capture_params, simulate_batch
 from pipeline.sources import collect_sources, load_source
@@ -59,14 +59,15 @@ def _fill_bank(cfg: SynthesizeParams, seed: int, device: torch.device) -> dict:
 
 
 def _compile_coverage(device: torch.device) -> dict:
-    """Compile the fused subpixel coverage for every layout before timing, as a long run pays it once per
+    """Compile the fused subpixel coverage for every layout before timing, as a long run does once per
     process; its time, or {} where it runs eagerly (`pipeline.moire.fused`)."""
-    probe = torch.zeros(1, 1024, 1024, device=device)  # a frame large enough to compile for
-    if not wants_compiled(probe):
+    if compile_mode() == "0" or device.type != "cpu":
         return {}
+    probe = torch.zeros(1, 1024, 1024, device=device)
     start = time.perf_counter()
     for layout in SUBPIXEL_LAYOUTS:  # distinct tensors: an aliased pair would compile a graph of its own
-        fused_subpixel_coverage(probe, probe.clone(), torch.ones(1, device=device), layout, torch.ones(1, device=device))
+        fused_subpixel_coverage.run_compiled(probe, probe.clone(), torch.ones(1, device=device), layout,
+                                             torch.ones(1, device=device))
     return {"compile_s": time.perf_counter() - start}
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.moire.fused import fused
+from pipeline.moire.fused import Fused
 
 SUBPIXEL_LAYOUTS = ("rgb_stripe", "bgr_stripe", "pentile")
 # Horizontal position (0, 1, 2 of three stripes) of the R, G and B subpixels in the stripe layouts.
@@ -135,8 +135,9 @@ def subpixel_coverage(
                         torch.where(red_pixel, zero, red_blue)], dim=1)
 
 
-# The same coverage compiled for camera-sized frames (pipeline.moire.fused): the same bits, 5–7× faster there.
-fused_subpixel_coverage = fused(subpixel_coverage)
+# The same coverage, compiled in long runs of camera-sized frames (pipeline.moire.fused): the same bits,
+# 5–7× faster there.
+fused_subpixel_coverage = Fused(subpixel_coverage)
 
 
 def on_panel(u: torch.Tensor, v: torch.Tensor, side: int) -> torch.Tensor:
