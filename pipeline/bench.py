@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import platform
@@ -18,6 +19,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from pipeline.config import SynthesizeParams, TrainParams, parse_params
 from pipeline.data.synthetic import render_pair, single_threaded, source_for_pair
 from pipeline.errors import ParamsError
+from pipeline.io import save_png
 from pipeline.models import ModelSpec, build_model, count_parameters, model_spec, save_model
 from pipeline.models.complexity import count_macs
 from pipeline.moire.display import SUBPIXEL_LAYOUTS, fused_subpixel_coverage
@@ -72,11 +74,12 @@ def _compile_coverage(device: torch.device) -> dict:
 
 
 def bench_synth_cpu(size: int, pairs: int, repeats: int, preset: str = "default", seed: int = 0,
-                    layer_bank: int | None = None) -> dict:
+                    layer_bank: int | None = None, encode: bool = False) -> dict:
     """Pairs per second of one process on one core, end to end per pair as the stage renders them.
 
     Includes decoding or drawing each source once per run of pairs that share it, with the
-    default stage's ratio of pairs to sources; excludes PNG encoding and disk writes. Also reports
+    default stage's ratio of pairs to sources; excludes disk writes, and PNG encoding unless `encode`
+    (both images encoded in memory as the stage writes them, `pipeline.io.save_png`). Also reports
     pairs per second of this process's CPU time, which other work on a shared machine disturbs far
     less than the wall clock. With `layer_bank`, the bank is rendered first and its time reported
     apart (`layer_bank_s`): a dataset pays it once per process, whatever its size; so is compiling
@@ -93,10 +96,13 @@ def bench_synth_cpu(size: int, pairs: int, repeats: int, preset: str = "default"
         for run in range(repeats):
             start, cpu_start = time.perf_counter(), time.process_time()
             for index in range(run * pairs, (run + 1) * pairs):
-                render_pair(index, specs[source_for_pair(index, stage_pairs, len(specs))], cfg, seed)
+                moire, clean, _ = render_pair(index, specs[source_for_pair(index, stage_pairs, len(specs))], cfg, seed)
+                if encode:
+                    for image in (moire, clean):
+                        save_png(image, io.BytesIO())
             rates.append(pairs / (time.perf_counter() - start))
             cpu_rates.append(pairs / (time.process_time() - cpu_start))
-    return {"size": size, "device": "cpu", "threads": 1, "pairs": pairs, "repeats": repeats,
+    return {"size": size, "device": "cpu", "threads": 1, "pairs": pairs, "repeats": repeats, "png_encoding": encode,
             "pairs_per_s_per_core": statistics.median(rates), "runs": rates,
             "pairs_per_cpu_s": statistics.median(cpu_rates), "cpu_runs": cpu_rates, **compiled, **bank, "machine": machine()}
 

@@ -12,7 +12,7 @@ import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 import numpy as np
 import psutil
@@ -246,10 +246,15 @@ def write_json(path: Path, data: Any) -> None:
 PNG_COMPRESS_LEVEL = 1
 
 
+def save_png(image: np.ndarray, target: Path | IO[bytes]) -> None:
+    """Encode an RGB uint8 array as PNG (PNG_COMPRESS_LEVEL) into a path or a binary file object."""
+    Image.fromarray(image).save(target, format="PNG", optimize=False, compress_level=PNG_COMPRESS_LEVEL)
+
+
 def write_png(path: Path, image: np.ndarray, overwrite: bool = True) -> None:
     """Write an RGB uint8 array as PNG, atomically and byte-reproducibly (never over an existing file unless `overwrite`)."""
     with atomic_path(path, overwrite) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG", optimize=False, compress_level=PNG_COMPRESS_LEVEL)
+        save_png(image, tmp)
 
 
 def read_rgb(path: Path, max_pixels: int | None = None) -> np.ndarray:

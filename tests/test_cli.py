@@ -165,6 +165,18 @@ def test_bench_synth_json_reports_pairs_per_core():
     assert report["pairs_per_s_per_core"] > 0 and len(report["runs"]) == 2 and report["size"] == 64
     assert report["pairs_per_s_per_core"] == statistics.median(report["runs"])
     assert report["pairs_per_cpu_s"] == statistics.median(report["cpu_runs"]) and len(report["cpu_runs"]) == 2
+    assert report["png_encoding"] is False
+
+
+def test_bench_synth_encode_encodes_both_images_of_every_pair(monkeypatch):
+    import pipeline.bench
+
+    encoded = []
+    monkeypatch.setattr(pipeline.bench, "save_png", lambda image, target: encoded.append(image.shape))
+    result = runner.invoke(app, ["bench", "synth", "--size", "48", "--pairs", "2", "--repeats", "2", "--encode"])
+    assert result.exit_code == 0, result.output
+    assert encoded == [(48, 48, 3)] * 8  # 2 runs × 2 pairs × (moiré, clean); the warm-up pair is not encoded
+    assert "PNGs encoded" in result.stdout
 
 
 def test_check_params_show_resolves_the_preset(tmp_path):

@@ -37,6 +37,7 @@ def bench_synth(
     layer_bank: int = typer.Option(None, "--layer-bank", min=1,
                                    help="synthesize.moire_layer_bank: reuse N moiré layers (rendered first, timed apart) "
                                         "[default: none, each pair its own]"),
+    encode: bool = typer.Option(False, "--encode", help="encode both images as the stage's PNGs too (CPU, in memory)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Synthetic pairs per second at --size (goal on CPU: 50 pairs/s per core at 512²)."""
@@ -46,10 +47,12 @@ def bench_synth(
         rate = result.get("pairs_per_s_per_core", result.get("pairs_per_s"))
         unit = f"pairs/s (batch {batch})" if "pairs_per_s" in result else "pairs/s per core"
         bank = f", a bank of {layer_bank} layers rendered first in {result['layer_bank_s']:.1f} s" if layer_bank else ""
-        return f"{size}² on {device}: {rate:.2f} {unit} (median of {repeats}{bank}); {result['machine']}"
+        png = ", PNGs encoded" if result.get("png_encoding") else ""
+        return f"{size}² on {device}: {rate:.2f} {unit} (median of {repeats}{bank}{png}); {result['machine']}"
 
     if device == "cpu" and not batched:
-        _report_bench(lambda: bench_synth_cpu(size, pairs, repeats, preset, layer_bank=layer_bank), as_json, line)
+        _report_bench(lambda: bench_synth_cpu(size, pairs, repeats, preset, layer_bank=layer_bank, encode=encode),
+                      as_json, line)
     else:
         _report_bench(lambda: bench_synth_batched(size, batch, repeats, device, preset, layer_bank=layer_bank),
                       as_json, line)
