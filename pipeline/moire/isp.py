@@ -104,14 +104,10 @@ def shrink_denoised(rgb: torch.Tensor, sigma: torch.Tensor, size: int) -> torch.
         return shrink_to(denoise_chroma(rgb, sigma), size)
     luma = _luma(rgb)
     kernels = _chroma_kernels(rgb, sigma)
-
-    def shrink_rows(planes: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(planes, size=(rgb.shape[-2], size), mode="bicubic", antialias=True, align_corners=False)
-
+    height = rgb.shape[-2]
     # luma and colour shrunk apart: joining them at the camera's size would copy three full frames
-    red_blue = filter_columns(shrink_rows(filter_rows(rgb[:, 0::2] - luma, kernels)), kernels)
-    narrow = torch.cat([shrink_rows(luma), red_blue], dim=1)
-    small = F.interpolate(narrow, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    red_blue = filter_columns(_resampled(filter_rows(rgb[:, 0::2] - luma, kernels), height, size), kernels)
+    small = _resampled(torch.cat([_resampled(luma, height, size), red_blue], dim=1), size, size)
     return _from_luma_and_red_blue(small[:, :1], small[:, 1:]).clamp_(0.0, 1.0)
 
 
@@ -141,7 +137,12 @@ def shrink_to(image: torch.Tensor, size: int) -> torch.Tensor:
     """
     if image.shape[-1] == size and image.shape[-2] == size:
         return image
-    return F.interpolate(image, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(0.0, 1.0)
+    return _resampled(image, size, size).clamp(0.0, 1.0)
+
+
+def _resampled(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """`image` resampled to height × width by the shrink's anti-aliasing bicubic filter (rows first, then columns)."""
+    return F.interpolate(image, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
 
 
 def sharpen(image: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
