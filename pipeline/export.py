@@ -124,11 +124,12 @@ class ExportedModel(nn.Module):
         try:
             info = json.loads(metadata)
             self.spec = ModelSpec(info["name"], info["channels"], info["depth"], info.get("correction", "full"),
-                                  float(info.get("correction_width", 0.0)))
+                                  float(info.get("correction_width", 0.0)), info.get("correction_cast", "offset"))
             self.multiple = int(info["multiple"])
         except (TypeError, ValueError, KeyError):
             raise InputDataError(f"{path} was not written by demoire export (no {METADATA_KEY!r} metadata)") from None
-        self.narrowing = Narrowing(self.spec.correction_width)
+        spec = self.spec
+        self.narrowing = Narrowing(spec.correction_width, spec.correction_cast, spec.correction == "chroma")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.narrowing(self.pointwise(x), x)

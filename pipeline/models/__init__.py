@@ -12,7 +12,7 @@ from torch import nn
 
 from pipeline.errors import ModelNotFoundError, ParamsError
 from pipeline.io import atomic_path, write_torch
-from pipeline.models.correction import CORRECTIONS, with_correction
+from pipeline.models.correction import CASTS, CORRECTIONS, with_correction
 from pipeline.models.mscale import MultiScaleDemoireNet
 from pipeline.models.simple import SimpleCNN
 from pipeline.models.unet import SmallUNet
@@ -36,10 +36,12 @@ class ModelSpec:
     depth: int
     correction: str = "full"  # pipeline.models.correction: a spec written before it existed is `full`
     correction_width: float = 0.0  # σ in pixels (pipeline.models.correction); 0: off, as in specs written before it
+    # how that correction's mean over the image is applied: `gain` for models trained since it existed, `offset` before
+    correction_cast: str = "offset"
 
 
 def model_spec(name: str, channels: int | None = None, depth: int | None = None, correction: str = "full",
-               correction_width: float = 0.0) -> ModelSpec:
+               correction_width: float = 0.0, correction_cast: str = "gain") -> ModelSpec:
     """The spec of architecture `name`, its own defaults filling a channels or depth left as None."""
     if name not in MODEL_BUILDERS:
         raise ParamsError(f"train.model = {name!r}: unknown model; choose one of {', '.join(MODEL_BUILDERS)}")
@@ -47,8 +49,11 @@ def model_spec(name: str, channels: int | None = None, depth: int | None = None,
         raise ParamsError(f"train.correction = {correction!r}: choose one of {', '.join(CORRECTIONS)}")
     if not correction_width >= 0:
         raise ParamsError(f"train.correction_width = {correction_width!r}: must be ≥ 0 (pixels; 0: off)")
+    if correction_cast not in CASTS:
+        raise ParamsError(f"correction_cast = {correction_cast!r}: choose one of {', '.join(CASTS)}")
     default_channels, default_depth = ARCHITECTURE_DEFAULTS[name]
-    return ModelSpec(name, channels or default_channels, depth or default_depth, correction, float(correction_width))
+    return ModelSpec(name, channels or default_channels, depth or default_depth, correction, float(correction_width),
+                     correction_cast)
 
 
 def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
@@ -57,11 +62,11 @@ def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
         raise ParamsError(f"train.model = {spec.name!r}: unknown model; choose one of {', '.join(MODEL_BUILDERS)}")
     if seed is None:
         return with_correction(MODEL_BUILDERS[spec.name](spec.channels, spec.depth), spec.correction,
-                               spec.correction_width)
+                               spec.correction_width, spec.correction_cast)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return with_correction(MODEL_BUILDERS[spec.name](spec.channels, spec.depth), spec.correction,
-                               spec.correction_width)
+                               spec.correction_width, spec.correction_cast)
 
 
 def count_parameters(model: nn.Module) -> int:

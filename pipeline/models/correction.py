@@ -12,6 +12,11 @@ frame and follows the content. With a `width` σ, the part of the correction wid
 pixels is removed but for its mean over the whole image (also when the image is restored in tiles):
 the model removes moiré narrower than that and shifts the image's colour as a whole, with no wider
 structure in between (measured on real photos: docs/benchmarks.md).
+
+That shift of the whole image is applied as a gain of each channel (`cast: gain`), as a white balance
+is, not added to every pixel alike (`offset`, the form of models trained before `gain`): an offset lifts
+black — a photo's black bars, a screen's dark background — where a real colour cast does not reach, and
+SSIM there falls with a level or two (measured: docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pipeline.models.mscale import image_pyramid
 from pipeline.moire.optics import blur_radius, gaussian_kernels
 
 CORRECTIONS = ("full", "chroma")
+CASTS = ("gain", "offset")  # how the correction's mean over the image reaches each pixel (Narrowing)
 # ITU-R BT.601 luma and colour differences of (gamma-encoded) RGB, as JPEG defines YCbCr.
 RGB_TO_YCBCR = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]],
                             dtype=torch.float64)
@@ -65,20 +71,40 @@ class GaussianBlur(nn.Module):
 
 
 class Narrowing(nn.Module):
-    """Keeps the part of a correction narrower than a Gaussian of `width` σ pixels, and its mean over the image."""
+    """Keeps the part of a correction narrower than a Gaussian of `width` σ pixels, and its mean over the image:
+    as a gain of each input channel (`gain`; projected to chroma with `chroma`, so the mean is all it adds to
+    a chroma correction) or added to every pixel alike (`offset`)."""
 
-    def __init__(self, width: float = 0.0):
+    def __init__(self, width: float = 0.0, cast: str = "offset", chroma: bool = False):
         super().__init__()
-        self.width = float(width)
+        if cast not in CASTS:
+            raise ParamsError(f"correction cast {cast!r}: choose one of {', '.join(CASTS)}")
+        self.width, self.cast = float(width), cast
         # the Gaussian of each output scale (σ, σ/2, σ/4 for the coarser outputs of multi-scale nets)
         self.blurs = nn.ModuleList([GaussianBlur(self.width / 2**level) for level in range(3)] if self.width else [])
+        self.register_buffer("projection", chroma_projection() if chroma else torch.eye(3), persistent=False)
+
+    def wide(self, correction: torch.Tensor, level: int = 0) -> torch.Tensor:
+        """The part of `correction` wider than the Gaussian of `level`'s σ, each channel alone."""
+        return self.blurs[level](correction)
+
+    def mean_as_map(self, wide_mean: torch.Tensor, x_mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, b), N×3×3 and N×3, with A·x + b at each pixel the wide correction's mean (`wide_mean`, N×3) applied to
+        an input whose mean is `x_mean` (N×3): A·x_mean + b = wide_mean either way."""
+        if self.cast == "offset":
+            return torch.zeros(*wide_mean.shape, 3, dtype=wide_mean.dtype, device=wide_mean.device), wide_mean
+        # 1/255: a black channel's gain stays bounded (and what it scales is next to zero)
+        gain = wide_mean / x_mean.clamp_min(1 / 255)
+        return self.projection.to(gain) @ torch.diag_embed(gain), torch.zeros_like(wide_mean)
 
     def forward(self, restored: torch.Tensor, x: torch.Tensor, level: int = 0) -> torch.Tensor:
-        """`x` plus the narrow part and the mean of `restored − x`, each channel alone; `restored` if no width."""
+        """`x` plus the narrow part and the mean of `restored − x`; `restored` if no width."""
         if not self.width:
             return restored
-        wide = self.blurs[level](restored - x)
-        return restored - wide + wide.mean(dim=(-2, -1), keepdim=True)  # the correction's mean stays exactly
+        wide = self.wide(restored - x, level)
+        matrix, offset = self.mean_as_map(wide.mean(dim=(-2, -1)), x.mean(dim=(-2, -1)))
+        # the correction's mean stays exactly (to rounding): A·mean(x) + b = mean(wide)
+        return restored - wide + torch.einsum("nck,nkhw->nchw", matrix, x) + offset[..., None, None]
 
 
 class RestrictedCorrection(nn.Module):
@@ -90,7 +116,7 @@ class RestrictedCorrection(nn.Module):
     holds `pointwise` alone, `ExportedModel` applying the narrowing (pipeline.export).
     """
 
-    def __init__(self, net: nn.Module, chroma: bool, width: float = 0.0):
+    def __init__(self, net: nn.Module, chroma: bool, width: float = 0.0, cast: str = "offset"):
         super().__init__()
         from pipeline.inference import spatial_multiple
 
@@ -98,7 +124,7 @@ class RestrictedCorrection(nn.Module):
         self.multiple = spatial_multiple(net)  # tiles and padding follow the wrapped net's grid
         # a 1×1 convolution (pointwise, so tiles and exports see the same map); not part of the weights
         self.register_buffer("projection", chroma_projection()[:, :, None, None], persistent=False)
-        self.narrowing = Narrowing(width)
+        self.narrowing = Narrowing(width, cast, chroma)
 
     def restricted_pointwise(self, restored: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """`x` plus `restored − x`, only its chroma when `chroma`."""
@@ -123,12 +149,12 @@ class MultiScaleRestrictedCorrection(RestrictedCorrection):
                 for level, (output, scaled) in enumerate(zip(self.net.forward_multiscale(x), image_pyramid(x)))]
 
 
-def with_correction(net: nn.Module, correction: str, width: float = 0.0) -> nn.Module:
+def with_correction(net: nn.Module, correction: str, width: float = 0.0, cast: str = "offset") -> nn.Module:
     """`net` as it is (`full`, no `width`), or wrapped so only the chroma of its correction (`chroma`) and/or
-    only its detail and mean (`width` > 0) reach the output."""
+    only its detail and mean (`width` > 0, the mean applied as `cast`) reach the output."""
     if correction not in CORRECTIONS:
         raise ParamsError(f"correction {correction!r}: choose one of {', '.join(CORRECTIONS)}")
     if correction == "full" and not width:
         return net
     wrapper = MultiScaleRestrictedCorrection if hasattr(net, "forward_multiscale") else RestrictedCorrection
-    return wrapper(net, chroma=correction == "chroma", width=width)
+    return wrapper(net, chroma=correction == "chroma", width=width, cast=cast)

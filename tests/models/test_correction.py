@@ -148,9 +148,10 @@ def test_a_width_drops_a_smooth_colour_ramp_but_keeps_its_mean_and_fine_stripes(
     assert (_restricted_correction(ramp + stripes, 0.0) - (ramp + stripes)).abs().max() < 1e-6
 
 
-def test_a_chroma_model_with_a_width_changes_neither_luma_nor_wide_colour():
+@pytest.mark.parametrize("cast", ["gain", "offset"])
+def test_a_chroma_model_with_a_width_changes_neither_luma_nor_wide_colour(cast):
     x = torch.rand(1, 3, 96, 96)
-    model = build_model(ModelSpec("unet", 8, 2, "chroma", 8.0), seed=3).eval()
+    model = build_model(ModelSpec("unet", 8, 2, "chroma", 8.0, cast), seed=3).eval()
     with torch.no_grad():
         correction = model(x) - x
     assert _luma(correction).abs().max() < 1e-5
@@ -159,6 +160,36 @@ def test_a_chroma_model_with_a_width_changes_neither_luma_nor_wide_colour():
 
     wide = GaussianBlur(8.0)(correction) - correction.mean(dim=(-2, -1), keepdim=True)
     assert wide.abs().max() < 0.1 * correction.abs().max()
+
+
+@pytest.mark.parametrize("chroma", [False, True])
+def test_a_gain_cast_leaves_black_black_and_keeps_the_corrections_mean(chroma):
+    """A colour cast is a gain, as a white balance is: black bars stay black, brighter pixels take more of it."""
+    from pipeline.models.correction import RestrictedCorrection
+
+    x = torch.zeros(1, 3, 64, 96)
+    x[..., 48:] = torch.tensor([0.6, 0.4, 0.2])[:, None, None]  # a black half, then a warm colour
+    cast = torch.tensor([0.03, 0.0, -0.02])[:, None, None].expand(3, 64, 96)  # a wide, uniform correction
+    corrections = {}
+    for kind in ("gain", "offset"):
+        model = RestrictedCorrection(_Adds(cast), chroma=chroma, width=8.0, cast=kind)
+        with torch.no_grad():
+            corrections[kind] = (model(x) - x)[0]
+    expected_mean = chroma_projection() @ cast[:, 0, 0] if chroma else cast[:, 0, 0]
+    for kind, correction in corrections.items():
+        torch.testing.assert_close(correction.mean(dim=(1, 2)), expected_mean, atol=1e-6, rtol=0)
+    gain = corrections["gain"]
+    assert gain[..., :48].abs().max() < 1e-7  # black stays black
+    if chroma:
+        assert _luma(gain[None]).abs().max() < 1e-6
+    else:  # the lit half takes twice the mean: its gain is the mean over half the image's light
+        torch.testing.assert_close(gain[:, 32, 60], 2 * cast[:, 0, 0], atol=1e-6, rtol=0)
+    assert corrections["offset"][..., :48].abs().amax(dim=(1, 2)).max() > 0.01  # an offset lifts black
+
+
+def test_an_unknown_cast_is_a_params_error():
+    with pytest.raises(ParamsError, match="correction_cast = 'scale': choose one of gain, offset"):
+        model_spec("unet", correction_cast="scale")
 
 
 def test_an_mscale_with_a_width_restricts_every_scale_at_its_own_sigma():
@@ -182,12 +213,16 @@ def test_a_width_round_trips_and_an_older_spec_loads_without_one(tmp_path):
     model = build_model(spec, seed=0)
     save_model(model, spec, tmp_path / "m")
     loaded, loaded_spec = load_model(tmp_path / "m")
-    assert loaded_spec == spec and json.loads((tmp_path / "m" / "model.json").read_text())["correction_width"] == 16.0
+    written = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert loaded_spec == spec and written["correction_width"] == 16.0 and written["correction_cast"] == "gain"
     image = (torch.rand(70, 90, 3) * 255).to(torch.uint8).numpy()
     assert (restore_image(loaded, image, "cpu", 48, 8) == restore_image(model.eval(), image, "cpu", 48, 8)).all()
     (tmp_path / "m" / "model.json").write_text(json.dumps({"name": "unet", "channels": 8, "depth": 2,
                                                            "correction": "chroma"}))
-    assert load_model(tmp_path / "m")[1] == ModelSpec("unet", 8, 2, "chroma", 0.0)
+    assert load_model(tmp_path / "m")[1] == ModelSpec("unet", 8, 2, "chroma", 0.0, "offset")
+    del written["correction_cast"]  # a spec written before the gain: its mean applied as an offset, as trained
+    (tmp_path / "m" / "model.json").write_text(json.dumps(written))
+    assert load_model(tmp_path / "m")[1] == ModelSpec("unet", 8, 2, "chroma", 16.0, "offset")
 
 
 def test_a_negative_width_is_a_params_error():
@@ -213,18 +248,21 @@ class _PerTile(torch.nn.Module):
         return self.model(x)
 
 
-def test_a_tiled_restoration_narrows_the_whole_image_once_as_an_untiled_one_does():
+@pytest.mark.parametrize("chroma, cast", [(False, "offset"), (False, "gain"), (True, "gain")])
+def test_a_tiled_restoration_narrows_the_whole_image_once_as_an_untiled_one_does(chroma, cast):
     """The mean and the wide part are the whole image's, not each tile's: tiles give the untiled result."""
     from pipeline.models.correction import RestrictedCorrection
 
     rows, columns = torch.meshgrid(torch.arange(120.0), torch.arange(200.0), indexing="ij")
-    # content brighter to the right (so is the correction: its mean differs from tile to tile) with fine stripes
+    # content brighter to the right (so is the correction: its mean differs from tile to tile) with fine stripes,
+    # each channel its own share of it (so a chroma correction has colour to change)
     content = 0.2 + 0.5 * columns / 199 + 0.1 * torch.sin(2 * torch.pi * (columns + rows) / 6)
-    image = (content[..., None].expand(120, 200, 3) * 255).round().to(torch.uint8).numpy()
-    model = RestrictedCorrection(_Brightens(), chroma=False, width=8.0).eval()
+    image = (content[..., None] * torch.tensor([1.0, 0.8, 0.5]) * 255).round().to(torch.uint8).numpy()
+    model = RestrictedCorrection(_Brightens(), chroma=chroma, width=8.0, cast=cast).eval()
 
     whole = restore_image(model, image, "cpu", 256, 16).astype(int)
     tiled = restore_image(model, image, "cpu", 64, 16).astype(int)
     per_tile = restore_image(_PerTile(model), image, "cpu", 64, 16).astype(int)
     assert np.abs(tiled - whole).max() <= 1  # uint8 rounding
-    assert np.abs(per_tile - whole).max() > 5  # what the whole-image narrowing avoids
+    if not chroma:  # (this correction's colour follows the content, as a gain does: per tile it comes out alike)
+        assert np.abs(per_tile - whole).max() > 5  # what the whole-image narrowing avoids
