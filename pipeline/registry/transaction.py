@@ -109,7 +109,7 @@ class RegistryLock:
         return {"token": self.token, "owner": str(self.owner), "expires": f"{time.time() + self.lease_s:.3f}"}
 
     def acquire(self) -> None:
-        deadline = time.monotonic() + self.timeout_s
+        deadline, attempt = time.monotonic() + self.timeout_s, 0
         while True:
             try:
                 self.client.create_registered_model(
@@ -127,7 +127,10 @@ class RegistryLock:
                 who = holder.get("owner", "?") if holder else "?"
                 raise RegistryBusyError(f"the registry lock {self.name} is held by {who} for longer than "
                                         f"{self.timeout_s:.0f} s (DEMOIRE_REGISTRY_LOCK_TIMEOUT_S); is a registration hung?")
-            time.sleep(random.uniform(0.2, 0.6))
+            # back off to a few seconds between polls, so that waiters do not crowd a busy tracking server
+            # that the holder's heartbeat needs
+            time.sleep(random.uniform(0.5, 1.0) * min(4.0, 0.4 * 1.5 ** attempt))
+            attempt += 1
         self._heartbeat = threading.Thread(target=self._renew, name="registry-lock-heartbeat", daemon=True)
         self._heartbeat.start()
         self._clean_tombstones()
@@ -171,7 +174,8 @@ class RegistryLock:
     def _renew(self) -> None:
         while not self._stop.wait(self.lease_s / 4):
             try:
-                if self._holder() is None or self._holder().get("token") != self.token:
+                holder = self._holder()
+                if holder is None or holder.get("token") != self.token:
                     self.lost = True
                     return
                 self.client.set_registered_model_tag(self.name, "expires", f"{time.time() + self.lease_s:.3f}")
