@@ -119,7 +119,11 @@ def test_profiles_fill_in_what_params_yaml_does_not_write():
     # null (as params.yaml writes the profile's keys) is the profile's value, or the default it leaves
     nulls = parse_params({"profile": "cpu-long", "train": {"lr": None, "ema_decay": None, "loss": None}})
     assert (nulls.train.lr, nulls.train.ema_decay) == (PROFILES["cpu-long"]["train"]["lr"], 0.999)
-    assert (nulls.train.loss, nulls.train.correction) == ({"psnr": 1.0}, "chroma")
+    assert (nulls.train.loss, nulls.train.correction) == ({"psnr": 1.0}, "full")
+    assert (nulls.synthesize.moire_model, parse_params({}).synthesize.moire_model) == ("render", "layer")
+    written = {"profile": "cpu-long", "synthesize": {"moire_model": "layer"}, "train": {"correction": "chroma"}}
+    assert (parse_params(written).synthesize.moire_model, parse_params(written).train.correction) == ("layer", "chroma")
+    assert parse_params({"profile": "cpu-long", "synthesize": {"preset": "classic"}}).synthesize.target_tone == "source"
     assert parse_params({"profile": "gpu"}).train.correction == "full"  # unmeasured on real photos: left as it was
     assert parse_params({"train": {"correction_width": None}}).train.correction_width == 16.0  # quick's
     assert parse_params({"profile": "cpu-long"}).train.correction_width == 16.0
