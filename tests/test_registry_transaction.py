@@ -59,7 +59,8 @@ def start_worker(store: Path, seed: int, psnr: float, kill_at: str | None = None
     """A registering process (WORKER) on the SQLite store in `store`, or on the store at `tracking_uri`."""
     # the default lease (120 s): a killed holder on this host is seen gone at once, and a shorter lease lapsed
     # under load (three workers and the tracking server on a 2-core CI machine)
-    env = {key: value for key, value in os.environ.items() if key != "DEMOIRE_REGISTRY_LEASE_S"}
+    env = dict(os.environ)
+    env.pop("DEMOIRE_REGISTRY_LEASE_S", None)
     env.pop("MLFLOW_TRACKING_URI", None)
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
