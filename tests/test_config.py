@@ -124,7 +124,8 @@ def test_profiles_fill_in_what_params_yaml_does_not_write():
     written = {"profile": "cpu-long", "synthesize": {"moire_model": "layer"}, "train": {"correction": "chroma"}}
     assert (parse_params(written).synthesize.moire_model, parse_params(written).train.correction) == ("layer", "chroma")
     assert parse_params({"profile": "cpu-long", "synthesize": {"preset": "classic"}}).synthesize.target_tone == "source"
-    assert parse_params({"profile": "gpu"}).train.correction == "full"  # unmeasured on real photos: left as it was
+    gpu = parse_params({"profile": "gpu"})
+    assert (gpu.train.correction, gpu.synthesize.moire_model) == ("full", "render")  # cpu-long's physics
     assert parse_params({"train": {"correction_width": None}}).train.correction_width == 16.0  # quick's
     assert parse_params({"profile": "cpu-long"}).train.correction_width == 16.0
     assert parse_params({"profile": "gpu", "train": {"correction_width": None}}).train.correction_width == 0.0
