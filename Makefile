@@ -21,8 +21,10 @@ install: $(STAMP)
 pipeline: $(STAMP)
 	$(BIN)/dvc repro
 
+# Three test processes on two cores: the slow tests mostly wait on the subprocesses and servers they start.
+TEST_WORKERS ?= 3
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

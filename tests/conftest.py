@@ -56,7 +56,10 @@ def cli_output_settings_reset() -> Iterator[None]:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip `gpu` tests when CUDA is absent."""
+    """Run `slow` tests first and skip `gpu` tests when CUDA is absent."""
+    # Under `-n` (make test), xdist hands tests out in this order: the minutes-long ones start at once,
+    # side by side, instead of leaving one worker busy with them after the others have finished.
+    items.sort(key=lambda item: "slow" not in item.keywords)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
