@@ -22,9 +22,11 @@ pipeline: $(STAMP)
 	$(BIN)/dvc repro
 
 # Three test processes on two cores: the slow tests mostly wait on the subprocesses and servers they start.
+# One test at a time to each (--maxschedchunk 1), slowest first (tests/conftest.py): no process is left
+# with a queue of minutes-long tests while the others idle.
 TEST_WORKERS ?= 3
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --maxschedchunk 1
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -57,8 +57,8 @@ def cli_output_settings_reset() -> Iterator[None]:
 
 def pytest_collection_modifyitems(config, items):
     """Run `slow` tests first and skip `gpu` tests when CUDA is absent."""
-    # Under `-n` (make test), xdist hands tests out in this order: the minutes-long ones start at once,
-    # side by side, instead of leaving one worker busy with them after the others have finished.
+    # Under `-n` (make test), xdist hands tests out one by one in this order: the minutes-long ones start
+    # first, side by side, and the short ones fill the gaps, instead of one long test starting last.
     items.sort(key=lambda item: "slow" not in item.keywords)
     if torch.cuda.is_available():
         return
