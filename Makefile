@@ -22,11 +22,12 @@ pipeline: $(STAMP)
 	$(BIN)/dvc repro
 
 # Three test processes on two cores: the slow tests mostly wait on the subprocesses and servers they start.
-# One test at a time to each (--maxschedchunk 1), slowest first (tests/conftest.py): no process is left
-# with a queue of minutes-long tests while the others idle.
+# A module marked xdist_group runs whole in one process (its tests share a fixture's state); every other
+# test is handed out on its own, slow ones first (tests/conftest.py), so no process is left with a queue of
+# minutes-long tests while the others idle.
 TEST_WORKERS ?= 3
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --maxschedchunk 1
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -10,7 +10,9 @@ import pytest
 
 from tests.integration.project import make_project, read_registry, run
 
-pytestmark = pytest.mark.slow
+# One xdist process runs the whole module (make test: --dist loadgroup): its tests share one module-scoped
+# fixture and build on what the earlier ones left in it.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_deployments")]
 PREFECT = [sys.executable, "-m", "prefect"]
 
 

@@ -16,7 +16,9 @@ import pytest
 from tests.conftest import _free_port, load_script
 from tests.test_registry_transaction import check_invariants, registry_state, start_worker
 
-pytestmark = pytest.mark.slow
+# One xdist process runs the whole module (make test: --dist loadgroup): its tests share one module-scoped
+# fixture and build on what the earlier ones left in it.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_team_server")]
 ROOT = Path(__file__).resolve().parents[2]
 
 
