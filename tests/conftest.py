@@ -57,9 +57,9 @@ def cli_output_settings_reset() -> Iterator[None]:
 
 def pytest_collection_modifyitems(config, items):
     """Run `slow` tests first and skip `gpu` tests when CUDA is absent."""
-    # Under `-n` (make test), xdist hands tests out in this order (a grouped module whole, before the
-    # rest): the minutes-long ones start first, side by side, and the short ones fill the gaps, instead
-    # of one long test starting last.
+    # Under `-n` (make test), xdist hands whole modules out in the order their first test comes here:
+    # the modules with minutes-long tests start first, side by side, and the short ones fill the gaps,
+    # instead of one long test starting last.
     items.sort(key=lambda item: "slow" not in item.keywords)
     if torch.cuda.is_available():
         return

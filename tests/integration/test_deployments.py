@@ -10,9 +10,9 @@ import pytest
 
 from tests.integration.project import make_project, read_registry, run
 
-# One xdist process runs the whole module (make test: --dist loadgroup): its tests share one module-scoped
-# fixture and build on what the earlier ones left in it.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_deployments")]
+# Its tests share one module-scoped fixture and build on what the earlier ones left in it: `make test`
+# (--dist loadfile) runs the whole module in one xdist process.
+pytestmark = pytest.mark.slow
 PREFECT = [sys.executable, "-m", "prefect"]
 
 

@@ -16,9 +16,9 @@ import pytest
 from tests.conftest import _free_port, load_script
 from tests.test_registry_transaction import check_invariants, registry_state, start_worker
 
-# One xdist process runs the whole module (make test: --dist loadgroup): its tests share one module-scoped
-# fixture and build on what the earlier ones left in it.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_team_server")]
+# Its tests share one module-scoped fixture and build on what the earlier ones left in it: `make test`
+# (--dist loadfile) runs the whole module in one xdist process.
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
