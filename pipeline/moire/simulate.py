@@ -187,12 +187,12 @@ def sample_capture_params(
         pitches["distance_mm"] = distance_for_pitch(pitch, **{k: v for k, v in pitches.items() if k != "distance_mm"})
     pitch = pitch_ratio(**pitches)
     downscale = camera_downscale(pitch, output_pitch, sensor.max_downscale) if output_pitch else 1.0
-    # Only the part of the screen the frame sees is rendered; sources are shown near their native
-    # scale (0.8–2 source pixels per display pixel) there, so screen content stays crisp.
+    # Only the part of the screen the frame sees is rendered; sources are shown at `display.content_scale`
+    # source pixels per display pixel (by default 0.8–2: near their native scale, so content stays crisp).
     n = visible_display_side(sensor_side(cfg.size, downscale), pitch, pose["rotation_deg"], pose["tilt"],
                              pose["radial_distortion"])
     height, width = source_shape
-    crop_side = int(min(height, width, round(n * rng.uniform(0.8, 2.0))))
+    crop_side = int(min(height, width, round(n * uniform(display.content_scale))))
     return CaptureParams(
         subpixel_layout=str(display.subpixel_layouts[int(rng.integers(len(display.subpixel_layouts)))]),
         fill_factor=uniform(display.fill_factor),

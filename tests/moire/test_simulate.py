@@ -249,6 +249,22 @@ def test_clean_target_is_pixel_aligned_with_moire(seed):
     assert _shift_of_best_match(a, b) == (0, 0)
 
 
+@pytest.mark.parametrize("scale", [0.25, 0.5, 1.5])
+def test_content_scale_sets_source_pixels_per_display_pixel(scale):
+    cfg = parse_params({"synthesize": {"size": 64, "display": {"content_scale": [scale, scale]}}}).synthesize
+    for seed in range(4):
+        capture = sample_capture_params(cfg, (2048, 2048), np.random.default_rng(seed))
+        assert capture.crop_side == round(capture.display_size * scale)
+
+
+def test_content_scale_default_draws_what_the_sampler_always_drew():
+    """The default range takes the draw the sampler took before it was a param, so default datasets keep their bytes."""
+    cfg = parse_params({"synthesize": {"size": 64}}).synthesize
+    captures = [sample_capture_params(cfg, (2048, 2048), np.random.default_rng(seed)) for seed in range(4)]
+    # (display side, crop side) as the sampler drew them with 0.8–2 written into its code
+    assert [(c.display_size, c.crop_side) for c in captures] == [(92, 168), (81, 97), (103, 136), (73, 96)]
+
+
 def test_batch_renders_each_capture_as_alone():
     cfg = parse_params({"synthesize": {"size": 48}}).synthesize
     source = render_screen_content("ui", np.random.default_rng(2))
