@@ -68,7 +68,7 @@ class DisplayParams(Section):
     black_level: Annotated[Range, _within(0.0, 0.3)] = (0.0, 0.004)
     # Source pixels per display pixel: how large the screen shows its content. Below 1 the content is
     # magnified (a photo or page zoomed to fill the screen), above 1 shrunk.
-    content_scale: Annotated[Range, _within(0.05, 8.0)] = (0.8, 2.0)
+    content_scale: Annotated[Range, _within(0.1, 8.0)] = (0.8, 2.0)
 
 
 class OpticsParams(Section):

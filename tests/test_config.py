@@ -26,7 +26,7 @@ def test_repository_params_file_is_valid():
         ({"synthesize": {"isp": {"jpeg_quality": [0, 90]}}},
          "params.yaml: synthesize.isp.jpeg_quality = [0, 90]: range must lie within [1, 100], got [0.0, 90.0]"),
         ({"synthesize": {"display": {"content_scale": [0.0, 2.0]}}},
-         "params.yaml: synthesize.display.content_scale = [0.0, 2.0]: range must lie within [0.05, 8], got [0.0, 2.0]"),
+         "params.yaml: synthesize.display.content_scale = [0.0, 2.0]: range must lie within [0.1, 8], got [0.0, 2.0]"),
         ({"synthesize": {"display": {"pixel_pitch_mm": [-0.2, 0.3]}}},
          "params.yaml: synthesize.display.pixel_pitch_mm = [-0.2, 0.3]: range must lie within [0.01, 5], got [-0.2, 0.3]"),
         ({"synthesize": {"preset": "moire"}},

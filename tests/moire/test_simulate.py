@@ -257,6 +257,16 @@ def test_content_scale_sets_source_pixels_per_display_pixel(scale):
         assert capture.crop_side == round(capture.display_size * scale)
 
 
+def test_the_most_magnified_content_of_the_smallest_pairs_renders():
+    cfg = parse_params({"synthesize": {"size": 32, "display": {"content_scale": [0.1, 0.1]}}}).synthesize
+    source = render_screen_content("document", np.random.default_rng(1))
+    for seed in range(4):
+        capture = sample_capture_params(cfg, source.shape[:2], np.random.default_rng(seed))
+        assert capture.crop_side >= 1
+        moire, clean = simulate_capture(source, capture, 32, cfg.optics.supersample)
+        assert moire.shape == clean.shape == (32, 32, 3)
+
+
 def test_content_scale_default_draws_what_the_sampler_always_drew():
     """The default range takes the draw the sampler took before it was a param, so default datasets keep their bytes."""
     cfg = parse_params({"synthesize": {"size": 64}}).synthesize
