@@ -4,6 +4,13 @@ The lossy part of JPEG is colour conversion, 4:2:0 chroma subsampling and quanti
 DCT blocks with the standard tables scaled by quality (IJG convention); entropy coding is lossless
 and is skipped. Doing it in torch lets training synthesise pairs on the GPU without a round trip
 through an image codec.
+
+The arithmetic runs in float64. Quantisation rounds every DCT coefficient and the decoder every
+level, so a float32 sum's last bit, which BLAS libraries order differently on different CPUs (Intel
+MKL picks its kernels by CPU model and instruction set), turns into whole levels: 45 of 960 images of
+the default set differed between MKL's default and its `MKL_CBWR=COMPATIBLE` path in float32, none in
+float64 (docs/benchmarks.md). A float64 sum's order moves it by ~1e-13 of a level, which tips a rounding
+only for a value that close to a half.
 """
 
 from __future__ import annotations
@@ -41,10 +48,10 @@ def quantisation_tables(quality: torch.Tensor, device: torch.device) -> tuple[to
     return tables[0], tables[1]
 
 
-def dct_matrix(device: torch.device) -> torch.Tensor:
+def dct_matrix(device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The orthonormal 8-point DCT-II matrix."""
-    k = torch.arange(8, dtype=torch.float32, device=device).reshape(-1, 1)
-    n = torch.arange(8, dtype=torch.float32, device=device).reshape(1, -1)
+    k = torch.arange(8, dtype=dtype, device=device).reshape(-1, 1)
+    n = torch.arange(8, dtype=dtype, device=device).reshape(1, -1)
     matrix = torch.cos((2 * n + 1) * k * math.pi / 16) * math.sqrt(2 / 8)
     matrix[0] /= math.sqrt(2)
     return matrix
@@ -58,11 +65,11 @@ def _quantise_plane(plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     core 1.23 ms for a 512² plane against 1.31 for pairs of batched 8×8 products).
     """
     batch, height, width = plane.shape
-    d = dct_matrix(plane.device)
+    d = dct_matrix(plane.device, plane.dtype)
     basis = torch.kron(d, d)
     blocks = (plane - 128.0).reshape(batch, height // 8, 8, width // 8, 8).permute(0, 1, 3, 2, 4)
     coefficients = blocks.reshape(batch, -1, 64) @ basis.T
-    table = table.reshape(batch, 1, 64)
+    table = table.to(plane.dtype).reshape(batch, 1, 64)
     restored = coefficients.div_(table).round_().mul_(table) @ basis
     return restored.reshape(batch, height // 8, width // 8, 8, 8).permute(0, 1, 3, 2, 4).reshape(batch, height, width) + 128.0
 
@@ -71,7 +78,7 @@ def jpeg_compress(rgb: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     """Compress and decompress (B, 3, H, W) images in [0, 1] at each image's quality; same shape out."""
     batch, _, height, width = rgb.shape
     pad_h, pad_w = (-height) % 16, (-width) % 16  # whole 16×16 macroblocks, as encoders pad
-    pixels = rgb.clamp(0, 1)
+    pixels = rgb.to(torch.float64).clamp(0, 1)  # float64: the same roundings on any CPU (module docstring)
     if pad_h or pad_w:
         pixels = F.pad(pixels, (0, pad_w, 0, pad_h), mode="replicate")
     to_ycbcr = torch.tensor(RGB_TO_YCBCR, dtype=pixels.dtype, device=pixels.device)
@@ -87,4 +94,4 @@ def jpeg_compress(rgb: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     decoded = torch.cat([luma.unsqueeze(1), chroma.sub_(128.0)], dim=1)
     restored = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_ycbcr), decoded)
     # Decoders round to 8-bit; keep that step so bytes match what a camera file would hold.
-    return restored.round_().clamp_(0, 255).div_(255.0)[:, :, :height, :width]
+    return restored.round_().clamp_(0, 255).div_(255.0)[:, :, :height, :width].to(rgb.dtype)
