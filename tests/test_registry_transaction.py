@@ -137,3 +137,35 @@ def test_a_registration_killed_at_any_point_is_finished_by_its_rerun(tmp_path):
         state = registry_state(f"sqlite:///{tmp_path / 'mlflow.db'}")
         assert sorted(state["versions"], key=int) == [str(v) for v in range(1, attempt + 1)], point  # none added
         check_invariants(state)
+
+
+def test_a_lock_released_while_mlflow_reports_it_taken_is_acquired(tmp_path):
+    # MLflow's store answers a taken name by looking the model up; when the holder releases the lock between
+    # the failed insert and that lookup, `create_registered_model` raises "not found" (CI, three processes)
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.registry.transaction import RegistryLock
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    holder = RegistryLock(client, "demoire")
+    holder.acquire()
+    waiter = RegistryLock(client, "demoire", timeout_s=60)
+    create, calls = client.create_registered_model, []
+
+    def create_during_the_release(name, **kwargs):
+        calls.append(name)
+        if len(calls) == 1:
+            holder.release()
+            raise MlflowException(f"Registered Model with name={name} not found", error_code=RESOURCE_DOES_NOT_EXIST)
+        return create(name, **kwargs)
+
+    client.create_registered_model = create_during_the_release
+    waiter.acquire()
+    try:
+        assert len(calls) == 2
+        assert dict(client.get_registered_model(waiter.name).tags)["token"] == waiter.token
+    finally:
+        waiter.release()
+    assert client.search_registered_models(f"name = '{waiter.name}'") == []

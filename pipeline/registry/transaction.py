@@ -117,7 +117,9 @@ class RegistryLock:
                     description=f"lock: {self.model_name} is being registered or promoted by {self.owner}")
                 break
             except MlflowException as exc:
-                if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                # "does not exist": MLflow's store found the lock taken, then looked it up to report it, and
+                # its holder had released it in between (seen on SQLite with three registering processes)
+                if exc.error_code not in (ErrorCode.Name(RESOURCE_ALREADY_EXISTS), ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)):
                     raise
             holder = self._holder()
             if holder is not None and self._stale(holder):
