@@ -33,10 +33,11 @@ from pipeline.data.paired_folder import find_paired_folder  # noqa: E402
 from pipeline.evaluation.metrics import image_metrics  # noqa: E402
 from pipeline.evaluation.tone import align_tone  # noqa: E402
 from pipeline.io import read_rgb  # noqa: E402
+from pipeline.moire.jpeg import RGB_TO_YCBCR as JPEG_RGB_TO_YCBCR  # noqa: E402
 
 DEFAULT_FILTERS = ("chroma_blur:1", "chroma_blur:2", "chroma_blur:4", "guided:2:0.001", "guided:4:0.001",
                    "guided:4:0.0001", "guided:8:0.001")
-RGB_TO_YCBCR = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+RGB_TO_YCBCR = np.array(JPEG_RGB_TO_YCBCR)  # JFIF's, as the simulated camera's JPEG uses
 
 
 def guided_filter(guide: np.ndarray, plane: np.ndarray, radius: int, eps: float) -> np.ndarray:
@@ -91,6 +92,8 @@ def main() -> None:
     args = parser.parse_args()
     groups = dict(g.split("=", 1) for g in args.group) or {"all": "*"}
     filters = args.filter or list(DEFAULT_FILTERS)
+    for spec in filters:  # a misspelt filter stops here, before any photo is read
+        apply_filter(spec, np.zeros((8, 8, 3), np.uint8))
     found = find_paired_folder(args.root)
     results = {}
     for name, pattern in groups.items():
