@@ -30,14 +30,15 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.data.dataset import to_tensor  # noqa: E402
 from pipeline.data.paired_folder import find_paired_folder  # noqa: E402
-from pipeline.evaluation.metrics import image_metrics  # noqa: E402
-from pipeline.evaluation.tone import align_tone  # noqa: E402
+from pipeline.evaluation.evaluate import image_scores  # noqa: E402
 from pipeline.io import read_rgb  # noqa: E402
 from pipeline.moire.jpeg import RGB_TO_YCBCR as JPEG_RGB_TO_YCBCR  # noqa: E402
 
 DEFAULT_FILTERS = ("chroma_blur:1", "chroma_blur:2", "chroma_blur:4", "guided:2:0.001", "guided:4:0.001",
                    "guided:4:0.0001", "guided:8:0.001")
 RGB_TO_YCBCR = np.array(JPEG_RGB_TO_YCBCR)  # JFIF's, as the simulated camera's JPEG uses
+YCBCR_TO_RGB = np.linalg.inv(RGB_TO_YCBCR)
+SCORES = ("psnr", "ssim", "tone_psnr", "tone_ssim")  # of `demoire evaluate`'s per-image scores
 
 
 def guided_filter(guide: np.ndarray, plane: np.ndarray, radius: int, eps: float) -> np.ndarray:
@@ -61,14 +62,13 @@ def apply_filter(spec: str, rgb: np.ndarray) -> np.ndarray:
             ycbcr[..., c] = guided_filter(ycbcr[..., 0], ycbcr[..., c], int(args[0]), float(args[1]))
         else:
             raise SystemExit(f"--filter {spec!r}: the kind must be chroma_blur or guided")
-    return np.clip(np.rint(ycbcr @ np.linalg.inv(RGB_TO_YCBCR).T * 255.0), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(ycbcr @ YCBCR_TO_RGB.T * 255.0), 0, 255).astype(np.uint8)
 
 
 def scores(image: np.ndarray, truth_tensor) -> dict[str, float]:
-    """Raw and tone-aligned PSNR / SSIM of an uint8 image against its truth."""
-    x = to_tensor(image)
-    raw, tone = image_metrics(x, truth_tensor), image_metrics(align_tone(x, truth_tensor), truth_tensor)
-    return {"psnr": raw["psnr"], "ssim": raw["ssim"], "tone_psnr": tone["psnr"], "tone_ssim": tone["ssim"]}
+    """Raw and tone-aligned PSNR / SSIM of an uint8 image against its truth, as `demoire evaluate` scores it."""
+    every = image_scores(to_tensor(image), truth_tensor)
+    return {key: every[key] for key in SCORES}
 
 
 def group_table(pairs: list, filters: list[str]) -> dict[str, dict[str, float]]:

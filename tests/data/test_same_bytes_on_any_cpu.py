@@ -44,10 +44,14 @@ sys.stdout.write(hashlib.sha256((blocks @ basis.T).numpy().tobytes()).hexdigest(
 """
 
 
+def with_mkl(**env: str) -> dict[str, str]:
+    """This process's environment without its MKL settings, and `env`'s."""
+    return {**{k: v for k, v in os.environ.items() if k not in ("MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS")}, **env}
+
+
 def float32_product(**env: str) -> str:
     """Digest of a float32 matrix product the size of a 512² plane's DCT, computed in a fresh process with `env`."""
-    base = {k: v for k, v in os.environ.items() if k not in ("MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS")}
-    result = subprocess.run([sys.executable, "-c", PRODUCT], cwd=ROOT, env={**base, **env}, capture_output=True,
+    result = subprocess.run([sys.executable, "-c", PRODUCT], cwd=ROOT, env=with_mkl(**env), capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -58,8 +62,7 @@ def rendered_bytes(out: Path, **env: str) -> dict[str, bytes]:
     no MKL setting of the caller's)."""
     command = [sys.executable, "-m", "pipeline.cli", "-q", "synthesize", "--out", str(out), "--n", "24",
                "--size", "96", "--seed", "3", "--workers", "1"]
-    base = {k: v for k, v in os.environ.items() if k not in ("MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS")}
-    result = subprocess.run(command, cwd=ROOT, env={**base, **env}, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=ROOT, env=with_mkl(**env), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.png"))}
 
