@@ -51,10 +51,15 @@ def guided_filter(guide: np.ndarray, plane: np.ndarray, radius: int, eps: float)
     return box(a) * guide + box(b)
 
 
+def to_ycbcr(rgb: np.ndarray) -> np.ndarray:
+    """An H×W×3 uint8 image as float64 Y, Cb, Cr on [0, 1] values (Cb and Cr centred on 0)."""
+    return (rgb.astype(np.float64) / 255.0) @ RGB_TO_YCBCR.T
+
+
 def apply_filter(spec: str, rgb: np.ndarray) -> np.ndarray:
     """An H×W×3 uint8 image through the filter `spec` (module docstring), as uint8."""
     kind, *args = spec.split(":")
-    ycbcr = (rgb.astype(np.float64) / 255.0) @ RGB_TO_YCBCR.T
+    ycbcr = to_ycbcr(rgb)
     for c in (1, 2):
         if kind == "chroma_blur":
             ycbcr[..., c] = cv2.GaussianBlur(ycbcr[..., c], (0, 0), float(args[0]), borderType=cv2.BORDER_REFLECT)

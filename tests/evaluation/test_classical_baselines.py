@@ -15,17 +15,13 @@ def baselines():
     return load_script("benchmarks/classical_baselines.py")
 
 
-def ycbcr(baselines, rgb: np.ndarray) -> np.ndarray:
-    return (rgb.astype(np.float64) / 255.0) @ baselines.RGB_TO_YCBCR.T
-
-
 def test_colour_stripes_on_flat_luma_are_smoothed_and_a_colour_edge_on_a_luma_edge_is_kept(baselines):
     x = np.arange(96)
     grey = np.full((64, 96, 3), 128.0)
     stripes = grey + 20.0 * np.sin(2 * np.pi * x / 6)[None, :, None] * np.array([1.0, -0.5, -1.0])  # colour, little luma
     striped = np.clip(stripes, 0, 255).astype(np.uint8)
     filtered = baselines.apply_filter("guided:4:0.001", striped)
-    assert np.abs(ycbcr(baselines, filtered)[..., 1:]).std() < 0.2 * np.abs(ycbcr(baselines, striped)[..., 1:]).std()
+    assert np.abs(baselines.to_ycbcr(filtered)[..., 1:]).std() < 0.2 * np.abs(baselines.to_ycbcr(striped)[..., 1:]).std()
 
     edge = np.where(x[None, :, None] < 48, np.array([200.0, 40.0, 40.0]), np.array([30.0, 30.0, 160.0]))
     edge = np.broadcast_to(edge, (64, 96, 3)).astype(np.uint8)  # red to dark blue: luma and colour change together
