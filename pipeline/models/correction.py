@@ -27,13 +27,13 @@ from torch import nn
 
 from pipeline.errors import ParamsError
 from pipeline.models.mscale import image_pyramid
+from pipeline.moire.jpeg import RGB_TO_YCBCR as JPEG_RGB_TO_YCBCR
 from pipeline.moire.optics import blur_radius, gaussian_kernels
 
 CORRECTIONS = ("full", "chroma")
 CASTS = ("gain", "offset")  # how the correction's mean over the image reaches each pixel (Narrowing)
-# ITU-R BT.601 luma and colour differences of (gamma-encoded) RGB, as JPEG defines YCbCr.
-RGB_TO_YCBCR = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]],
-                            dtype=torch.float64)
+# Luma and colour differences as the simulated camera's JPEG defines them (BT.601 on gamma-encoded RGB).
+RGB_TO_YCBCR = torch.tensor(JPEG_RGB_TO_YCBCR, dtype=torch.float64)
 
 
 def chroma_projection() -> torch.Tensor:
