@@ -20,6 +20,12 @@ With --split σ…, where the tone-aligned error lies: the gain of removing exac
 residual minus its mean over R, G, B) or its luma (that mean), each finer than a Gaussian of σ px (the
 Gaussian of `train.correction_width`), and all of each: upper bounds of what a colour-only or a
 luma-only correction of that width could gain (mean over the group).
+With --spatial TILE, how unevenly the moiré's strength spreads over the frame: the tone-aligned residual
+over the local brightness (the truth's luma blurred at σ 16 px, so a dark area's weaker light does not
+count as weaker moiré), band-passed between Gaussians of σ 1 and 16 px, its RMS in TILE² tiles of the
+flattest half of the frame (by the truth's own band-passed luma: there the residual is not the content's
+edges); the ratio of the 90th to the 10th percentile of those RMS, for its chroma and its luma. With
+--window SIDE, within SIDE² windows of the frame (the median over them), to compare frames of other sizes.
 Prints one row per group (median over its pairs) and, with --per-image, every pair.
 
     python benchmarks/real_residuals.py ../shared/real-moire/paired --group fhdmi='fhdmi_*' \
@@ -132,12 +138,50 @@ def split_gains(aligned: torch.Tensor, y: torch.Tensor, widths: list[float]) -> 
     return gains
 
 
+def bandpass(plane: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) between Gaussians of σ 1 and 16 px: the moiré's periods, without noise or tone."""
+    return (GaussianBlur(1.0)(plane[None].float()) - GaussianBlur(16.0)(plane[None].float()))[0].double()
+
+
+def tile_rms(plane: torch.Tensor, tile: int) -> torch.Tensor:
+    """RMS over the channels and pixels of each whole TILE² tile of (C, H, W), flattened."""
+    rows, cols = plane.shape[1] // tile, plane.shape[2] // tile
+    tiles = plane[:, : rows * tile, : cols * tile].reshape(plane.shape[0], rows, tile, cols, tile)
+    return tiles.square().mean(dim=(0, 2, 4)).sqrt().flatten()
+
+
+def spatial_spread(aligned: torch.Tensor, y: torch.Tensor, tile: int) -> dict[str, float]:
+    """p90 / p10 of the moiré's local strength over the flattest half of the tiles, chroma and luma."""
+    luma_y = y.mean(dim=0, keepdim=True)
+    relative = (aligned - y) / (GaussianBlur(16.0)(luma_y[None].float())[0].double() + 0.05)
+    content = tile_rms(bandpass(luma_y), tile)
+    flat = content <= content.median()
+    luma = relative.mean(dim=0, keepdim=True)
+    spread = {}
+    for name, part in (("chroma", relative - luma), ("luma", luma)):
+        strength = tile_rms(bandpass(part), tile)[flat].numpy()
+        spread[f"{name}_spread"] = float(np.percentile(strength, 90) / max(np.percentile(strength, 10), 1e-12))
+    return spread
+
+
+def windowed_spread(aligned: torch.Tensor, y: torch.Tensor, tile: int, window: int | None) -> dict[str, float]:
+    """`spatial_spread` of the whole frame, or its median over non-overlapping WINDOW² windows."""
+    height, width = y.shape[-2:]
+    if window is None or window > min(height, width):
+        return spatial_spread(aligned, y, tile)
+    spreads = [spatial_spread(align_tone(aligned[:, t : t + window, s : s + window], y[:, t : t + window, s : s + window]),
+                              y[:, t : t + window, s : s + window], tile)
+               for t in range(0, height - window + 1, window) for s in range(0, width - window + 1, window)]
+    return {key: float(statistics.median(spread[key] for spread in spreads)) for key in spreads[0]}
+
+
 def gain_db(before: float, after: float) -> float:
     """PSNR gain of an MSE change."""
     return float(10 * np.log10(before / after))
 
 
-def analyse_pair(moire: Path, clean: Path, falloffs: list[float], widths: list[float]) -> dict[str, float]:
+def analyse_pair(moire: Path, clean: Path, falloffs: list[float], widths: list[float], tile: int | None = None,
+                 window: int | None = None) -> dict[str, float]:
     """Every figure of one pair."""
     x, y = (to_tensor(read_rgb(path)).double() for path in (moire, clean))
     aligned = align_tone(x, y)
@@ -154,6 +198,8 @@ def analyse_pair(moire: Path, clean: Path, falloffs: list[float], widths: list[f
         fielded = flat_fielded(x, k)
         figures[f"flat_{k}_raw_db"] = gain_db(mse(x, y), mse(fielded, y))
         figures[f"flat_{k}_tone_db"] = gain_db(base, mse(align_tone(fielded, y), y))
+    if tile:
+        figures.update(windowed_spread(aligned, y, tile, window))
     return {**figures, **(split_gains(aligned, y, widths) if widths else {})}
 
 
@@ -166,6 +212,10 @@ def main() -> None:
                         help="also score a fixed correction of each falloff K (0 < K < 1)")
     parser.add_argument("--split", type=float, nargs="+", default=[], metavar="SIGMA",
                         help="also the gains of removing the chroma or luma residual finer than each SIGMA px")
+    parser.add_argument("--spatial", type=int, default=None, metavar="TILE",
+                        help="also how unevenly the moiré's strength spreads over the frame, in TILE² tiles")
+    parser.add_argument("--window", type=int, default=None, metavar="SIDE",
+                        help="with --spatial: within SIDE² windows of each frame (their median)")
     args = parser.parse_args()
     groups = dict(g.split("=", 1) for g in args.group) or {"all": "*"}
     found = find_paired_folder(args.root)
@@ -173,7 +223,8 @@ def main() -> None:
         rows = []
         for pair in found.pairs:
             if fnmatch.fnmatch(pair.name, glob):
-                rows.append(analyse_pair(pair.moire_path, pair.clean_path, args.flat_field, args.split))
+                rows.append(analyse_pair(pair.moire_path, pair.clean_path, args.flat_field, args.split, args.spatial,
+                                         args.window))
                 if args.per_image:
                     print(pair.name, {k: round(v, 3) for k, v in rows[-1].items()})
         if rows:

@@ -91,6 +91,10 @@ class OpticsParams(Section):
     # RMS contrast of the moiré layer (moire_model: layer), drawn per pair: the layer's deviation
     # from 1 is scaled to it. null keeps the contrast the grid, lens, sensor and ISP make.
     moire_contrast: Annotated[Range, _within(0.0, 2.0)] | None = None
+    # A screen at a tilt is in focus along one line only: the lens blur grows away from it, by this
+    # much (camera pixels, drawn per pair) a half-frame from it and beyond, so the moiré fades across
+    # the frame as in real photos (docs/benchmarks.md). null: one blur over the whole frame.
+    defocus_spread: Annotated[Range, _within(0.0, 5.0)] | None = None
 
 
 class SensorParams(Section):

@@ -105,6 +105,18 @@ def vignetting(out_size: int, supersample: int, strength: torch.Tensor) -> torch
     return 1.0 - strength.reshape(-1, 1, 1, 1) * radius_sq
 
 
+def focus_weight(out_size: int, supersample: int, position: torch.Tensor, direction_deg: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) how far each sample lies from the capture's focus line, 0 on it to 1 a half-frame away or more.
+
+    A tilted screen's depth changes along the tilt's direction; the line in focus crosses that
+    direction at `position` half-frames from the centre.
+    """
+    offsets = frame_offsets(out_size, supersample, position.device).to(torch.float32)
+    angle = torch.deg2rad(direction_deg).reshape(-1, 1, 1, 1)
+    along = torch.cos(angle) * offsets.reshape(1, 1, 1, -1) + torch.sin(angle) * offsets.reshape(1, 1, -1, 1)
+    return (along - position.reshape(-1, 1, 1, 1)).abs().clamp(max=1.0)
+
+
 def gaussian_kernels(sigma: torch.Tensor, radius: int) -> torch.Tensor:
     """(B, 2·radius+1) normalised 1-D Gaussians, each cut at its own ⌈3σ⌉; sigma 0 gives the identity.
 

@@ -8,6 +8,7 @@ is what on-the-fly synthesis during training uses.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, get_type_hints
 
@@ -27,7 +28,8 @@ from pipeline.moire.isp import (
 from pipeline.moire.jpeg import jpeg_compress
 from pipeline.moire.patterns import BandPattern, band_modulation, sample_band_pattern
 from pipeline.moire.optics import (
-    blurred_mosaic, camera_homography, lens_blur, pitch_ratio, screen_margin, sensor_samples_on_display, vignetting,
+    blurred_mosaic, camera_homography, focus_weight, lens_blur, pitch_ratio, screen_margin, sensor_samples_on_display,
+    vignetting,
 )
 from pipeline.moire.sensor import add_sensor_noise, bayer_mosaic, expose, integrate_pixel_area, metered_gain
 
@@ -85,17 +87,21 @@ class CaptureParams:
     target_detail_of_capture: bool = False  # the clean target carries the photo's blur and sharpening
     moire_layer: bool = False  # the moiré of a white screen laid over the content's light
     moire_contrast: float = math.nan  # the layer's RMS contrast is set to this; NaN keeps the physics' own
+    defocus_spread: float = 0.0  # extra lens blur (camera px) a half-frame or more from the focus line
+    focus_position: float = 0.0  # where the focus line crosses the tilt direction, in half-frames from the centre
     pattern: BandPattern | None = None  # a drawn band pattern replaces the physical moiré
     layer_slot: int | None = None  # the layer bank's slot whose layer (and geometry) this capture takes
     layer_orientation: int | None = None  # that layer's quarter turns, mirrored when ≥ 4 (layer_bank.orient)
 
     def as_record(self) -> dict[str, float | int | str]:
         """Flat dict for the manifest (the pattern's fields prefixed `pattern_`, absent ones NaN; the layer
-        bank's columns only when a bank is in use, so a dataset without one keeps its manifest)."""
+        bank's and the defocus's columns only when in use, so a dataset without them keeps its manifest)."""
         record = asdict(self)
         for name in ("layer_slot", "layer_orientation"):
             if record[name] is None:
                 del record[name]
+        if self.defocus_spread == 0.0 and self.focus_position == 0.0:  # optics.defocus_spread not set
+            del record["defocus_spread"], record["focus_position"]
         pattern = record.pop("pattern")
         record["generator"] = "screen" if pattern is None else "bands"
         for name in BandPattern.__dataclass_fields__:
@@ -234,6 +240,8 @@ def sample_capture_params(
                  if cfg.patterns.fraction > 0 and rng.random() < cfg.patterns.fraction else None),
         # drawn last and only when set, so every other draw is that of a config without it
         moire_contrast=uniform(optics.moire_contrast) if optics.moire_contrast is not None else math.nan,
+        **(dict(defocus_spread=uniform(optics.defocus_spread), focus_position=uniform((-1.0, 1.0)))
+           if optics.defocus_spread is not None else {}),
     )
 
 
@@ -395,7 +403,7 @@ def photograph(content: torch.Tensor, captures: list[CaptureParams], p: dict[str
     footprint = p["sensor_aperture"] / (p["pitch_ratio"] * supersample)
     coverage = _layout_coverage(u, v, footprint, p["fill_factor"], [c.subpixel_layout for c in captures])
     light = add_glare(emitted_light(screen_colour(content, p), u, v, coverage), p["black_level"])
-    light = lens_blur(light * vignetting(frame_size, supersample, p["vignetting"]), p["blur_sigma"] * supersample)
+    light = defocus(lens_blur, light * vignetting(frame_size, supersample, p["vignetting"]), p, frame_size, supersample)
     irradiance = integrate_pixel_area(light, supersample)
     gain = exposure_gain(irradiance, reference, p)
     exposed = irradiance * gain.reshape(-1, 1, 1, 1)
@@ -404,6 +412,21 @@ def photograph(content: torch.Tensor, captures: list[CaptureParams], p: dict[str
     linear = denoise_chroma(white_balance(subtract_black_point(demosaic(raw), p["black_point"]), gains), p["chroma_denoise"])
     encoded = sharpen(tone_curve(linear, p["camera_gamma"]), p["sharpen"])
     return jpeg_compress(encoded, p["jpeg_quality"]), gain
+
+
+def defocus(blur: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], light: torch.Tensor,
+            p: dict[str, torch.Tensor], frame_size: int, supersample: int) -> torch.Tensor:
+    """`blur(light, σ)` with each capture's lens blur, grown across the frame by its defocus spread.
+
+    The blur at each point is a blend of the focus line's σ and σ + spread, weighted by the distance
+    from that line (`focus_weight`); with no spread it is the one blur.
+    """
+    sigma = p["blur_sigma"] * supersample
+    if float(p["defocus_spread"].max()) <= 0:
+        return blur(light, sigma)
+    weight = focus_weight(frame_size, supersample, p["focus_position"], p["tilt_direction_deg"])
+    sharp, soft = blur(light, sigma), blur(light, sigma + p["defocus_spread"] * supersample)
+    return sharp + weight * (soft - sharp)
 
 
 def moire_layer(captures: list[CaptureParams], p: dict[str, torch.Tensor], content_side: int, frame_size: int,
@@ -420,9 +443,9 @@ def moire_layer(captures: list[CaptureParams], p: dict[str, torch.Tensor], conte
     coverage = _layout_coverage(u, v, footprint, p["fill_factor"], [c.subpixel_layout for c in captures])
     light = white_screen_light(u, v, coverage, content_side)
     if supersample == 1:  # the pixel is one sample: blur only what the mosaic keeps
-        raw = blurred_mosaic(light, p["blur_sigma"])
+        raw = defocus(blurred_mosaic, light, p, frame_size, 1)
     else:
-        raw = bayer_mosaic(integrate_pixel_area(lens_blur(light, p["blur_sigma"] * supersample), supersample))
+        raw = bayer_mosaic(integrate_pixel_area(defocus(lens_blur, light, p, frame_size, supersample), supersample))
     layer = shrink_denoised(demosaic(raw), p["chroma_denoise"], out_size)
     return with_contrast(layer / layer.mean(dim=(2, 3), keepdim=True).clamp(min=1e-6), p["moire_contrast"])
 

@@ -33,9 +33,10 @@ def test_manifest_records_source_and_every_sampled_parameter(tmp_path, tiny_para
     from pipeline.moire.patterns import BandPattern
     from pipeline.moire.simulate import CaptureParams, pitch_ratio_bounds
 
-    bank_only = {"layer_slot", "layer_orientation"}  # columns of a dataset with synthesize.moire_layer_bank
-    captured = [f.name for f in fields(CaptureParams) if f.name != "pattern" and f.name not in bank_only]
-    assert not bank_only & set(frame.columns)
+    optional = {"layer_slot", "layer_orientation",  # columns of a dataset with synthesize.moire_layer_bank
+                "defocus_spread", "focus_position"}  # ...and with optics.defocus_spread
+    captured = [f.name for f in fields(CaptureParams) if f.name != "pattern" and f.name not in optional]
+    assert not optional & set(frame.columns)
     drawn = [f"pattern_{f.name}" for f in fields(BandPattern)]  # NaN where the physics made the moiré
     for column in ["source_id", "generator", *captured, *drawn]:
         assert column in frame.columns, column

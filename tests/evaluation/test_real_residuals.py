@@ -44,3 +44,20 @@ def test_the_split_finds_fine_colour_stripes_in_the_chroma_and_a_wide_ramp_in_th
     assert gains["chroma_finer_16_db"] == pytest.approx(gains["chroma_all_db"], abs=0.3)  # stripes of 6 px: all fine
     # the ramp is wide: only its ends (where the blur repeats the edge) are finer than σ = 16
     assert gains["luma_finer_16_db"] < gains["luma_all_db"] / 4
+
+
+def test_the_spatial_spread_of_moire_that_fades_across_the_frame_is_larger_than_of_even_moire(residuals):
+    x = torch.arange(256, dtype=torch.float64)
+    truth = (0.3 + 0.4 * x / 255)[None, None, :].expand(3, 256, 256)  # a ramp: flat to the band-pass, not to tone
+    stripes = 0.05 * torch.sin(2 * torch.pi * x[:, None] / 8) * torch.tensor([1.0, -1.0, 0.0])[:, None, None]
+    even, fading = truth + stripes, truth + stripes * torch.linspace(1.0, 0.05, 256, dtype=torch.float64)[None, :]
+    generator = torch.Generator().manual_seed(2)
+    noise = 0.002 * torch.randn(3, 256, 256, generator=generator, dtype=torch.float64)  # a floor, as a photo has
+
+    def spread(photo):
+        return residuals.spatial_spread(residuals.align_tone(photo + noise, truth), truth, 32)
+
+    assert spread(even)["chroma_spread"] < 1.5
+    assert spread(fading)["chroma_spread"] > 2 * spread(even)["chroma_spread"]
+    windows = residuals.windowed_spread(residuals.align_tone(fading + noise, truth), truth, 32, 128)
+    assert spread(even)["chroma_spread"] < windows["chroma_spread"] < spread(fading)["chroma_spread"]  # part of the fade

@@ -485,3 +485,56 @@ def test_moire_contrast_draws_each_pairs_contrast_and_leaves_the_other_draws_alo
     assert strong_clean.tobytes() == clean.tobytes() == weak_clean.tobytes()  # the target does not change
     assert _psnr(strong, clean) < _psnr(physical, clean) < _psnr(weak, clean)
     assert abs(strong.mean() - clean.mean()) < 4 and abs(weak.mean() - clean.mean()) < 3  # no tone shift either way
+
+
+def test_focus_weight_is_zero_on_the_focus_line_and_one_a_half_frame_away():
+    from pipeline.moire.optics import focus_weight
+
+    weight = focus_weight(8, 1, torch.tensor([0.0, -0.75]), torch.tensor([0.0, 90.0]))
+    # columns at -0.875 … 0.875 half-frames; direction 0° runs along x, 90° along y
+    torch.testing.assert_close(weight[0, 0, 3], torch.tensor([0.875, 0.625, 0.375, 0.125, 0.125, 0.375, 0.625, 0.875]))
+    assert torch.equal(weight[0, 0, :, 2], weight[0, 0, 0, 2].expand(8))  # constant along the focus line
+    torch.testing.assert_close(weight[1, 0, :, 0], torch.tensor([0.125, 0.125, 0.375, 0.625, 0.875, 1.0, 1.0, 1.0]))
+
+
+def test_no_defocus_spread_renders_the_same_bytes_and_draws():
+    (moire, clean), capture = _capture(2, size=96, **LAYERED_16PX)
+    flat = {**LAYERED_16PX, "optics": {**LAYERED_16PX["optics"], "defocus_spread": [0.0, 0.0]}}
+    (flat_moire, flat_clean), flat_capture = _capture(2, size=96, **flat)
+    assert flat_moire.tobytes() == moire.tobytes() and flat_clean.tobytes() == clean.tobytes()
+    assert flat_capture.focus_position != 0.0 and flat_capture.defocus_spread == 0.0
+    assert {"defocus_spread", "focus_position"} <= set(flat_capture.as_record())
+    assert not {"defocus_spread", "focus_position"} & set(capture.as_record())  # null: the manifest keeps its columns
+    drawn = {k: v for k, v in vars(flat_capture).items() if k not in ("defocus_spread", "focus_position")}
+    assert drawn == {k: v for k, v in vars(capture).items() if k not in ("defocus_spread", "focus_position")}
+
+
+def _defocused_pair(moire_model: str):
+    """A capture without and with a defocus spread of 3 camera px, the target, and masks near / far from focus."""
+    from pipeline.moire.optics import focus_weight
+
+    base = {**LAYERED_16PX, "moire_model": moire_model}
+    spread = {**base, "optics": {**base["optics"], "defocus_spread": [3.0, 3.0]}}
+    (moire, clean), _ = _capture(2, size=96, **base)
+    (faded, faded_clean), capture = _capture(2, size=96, **spread)
+    assert faded_clean.tobytes() == clean.tobytes()  # the target does not change
+    weight = focus_weight(96, 1, torch.tensor([capture.focus_position]), torch.tensor([capture.tilt_direction_deg]))[0, 0]
+    near, far = (weight < 0.15).numpy(), (weight > 0.9).numpy()
+    assert near.sum() > 300 and far.sum() > 300, (near.sum(), far.sum())
+    return moire.astype(float), faded.astype(float), clean.astype(float), near, far
+
+
+def test_a_defocus_spread_fades_the_layers_moire_away_from_the_focus_line():
+    moire, faded, clean, near, far = _defocused_pair("layer")
+
+    def strength(image: np.ndarray, where: np.ndarray) -> float:
+        return float(np.sqrt(((image - clean) ** 2)[where].mean()))
+
+    assert strength(faded, near) > 0.8 * strength(moire, near)  # kept where the screen is in focus
+    assert strength(faded, far) < 0.5 * strength(moire, far)  # mostly gone where it is not
+
+
+def test_a_defocus_spread_blurs_a_rendered_capture_only_away_from_the_focus_line():
+    moire, faded, _, near, far = _defocused_pair("render")  # the content is photographed through the lens too
+    change_near, change_far = np.abs(faded - moire)[near].mean(), np.abs(faded - moire)[far].mean()
+    assert change_far > 5 * change_near, (change_near, change_far)
