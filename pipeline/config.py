@@ -128,6 +128,9 @@ class IspParams(Section):
     gamma: Annotated[Range, _within(1.0, 3.0)] = (2.1, 2.4)  # as the display's: no tone shift on average
     sharpen: Annotated[Range, _within(0.0, 3.0)] = (0.0, 0.8)
     jpeg_quality: Annotated[Range, _within(1.0, 100.0)] = (80.0, 97.0)
+    # Demosaics drawn from per pair: bilinear, or gradient (Malvar–He–Cutler: sharper, less colour
+    # fringing, nearer what phone ISPs do). null: bilinear for every pair, nothing drawn.
+    demosaic: Annotated[list[Literal["bilinear", "gradient"]], Field(min_length=1)] | None = None
 
 
 class PatternParams(Section):

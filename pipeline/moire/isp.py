@@ -55,6 +55,60 @@ def demosaic(raw: torch.Tensor) -> torch.Tensor:
     return rgb[:, :, :height, :width]
 
 
+def gradient_demosaic(raw: torch.Tensor) -> torch.Tensor:
+    """Malvar–He–Cutler demosaic of an RGGB mosaic (B, 1, H, W) into (B, 3, H, W), reflect borders, light ≥ 0.
+
+    Gradient-corrected linear interpolation (ICASSP 2004): the bilinear estimate of each missing colour
+    plus a fixed share of the Laplacian of the colour its pixel did record, so colours share their
+    detail as natural images' do; sharper and with less colour fringing than bilinear, nearer what phone
+    ISPs do. The corrections are worked on the 2×2 tile's four planes of the mosaic reflected by two
+    pixels (which keeps its pattern), the same numbers as its 5×5 filters.
+    """
+    height, width = raw.shape[2:]
+    if height % 2 or width % 2:  # an even frame with the reflected row or column; cropped below
+        raw = F.pad(raw, (0, width % 2, 0, height % 2), mode="reflect")
+    rgb = demosaic(raw)  # its borders already are the reflected mosaic's: each missing value's neighbours are one step away
+    padded = F.pad(raw, (2, 2, 2, 2), mode="reflect")[:, 0]
+    planes = {(row, column): padded[:, row::2, column::2].contiguous() for row in (0, 1) for column in (0, 1)}
+    h, w = raw.shape[2] // 2, raw.shape[3] // 2
+
+    def at(site: tuple[int, int], dy: int, dx: int) -> torch.Tensor:
+        """The plane of tile position `site`, shifted by (dy, dx) tiles (its reflected margin is one tile)."""
+        return planes[site][:, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+
+    for site, other in (((0, 0), 2), ((1, 1), 0)):  # red and blue sites: the Laplacian of their own colour
+        around = at(site, 0, -1) + at(site, 0, 1)
+        around += at(site, -1, 0)
+        around += at(site, 1, 0)
+        laplacian = torch.add(at(site, 0, 0), around, alpha=-0.25)
+        rgb[:, 1, site[0]::2, site[1]::2] += 0.5 * laplacian
+        rgb[:, other, site[0]::2, site[1]::2] += 0.75 * laplacian
+    # green sites: in red's rows (0, 1), red left and right, blue above and below; in blue's rows (1, 0), the reverse
+    for site, (along_row, along_column), diagonal in (((0, 1), (0, 2), ((-1, 0), (-1, 1), (0, 0), (0, 1))),
+                                                      ((1, 0), (2, 0), ((0, -1), (0, 0), (1, -1), (1, 0)))):
+        sideways = at(site, 0, -1) + at(site, 0, 1)
+        vertical = at(site, -1, 0) + at(site, 1, 0)
+        opposite = (1 - site[0], 1 - site[1])
+        base = at(site, 0, 0) * 5
+        for dy, dx in diagonal:
+            base -= at(opposite, dy, dx)
+        rgb[:, along_row, site[0]::2, site[1]::2] += (base - sideways).add_(vertical, alpha=0.5).mul_(0.125)
+        rgb[:, along_column, site[0]::2, site[1]::2] += base.sub_(vertical).add_(sideways, alpha=0.5).mul_(0.125)
+    return rgb[:, :, :height, :width].clamp_(min=0.0)
+
+
+def demosaic_each(raw: torch.Tensor, methods: list[str | None]) -> torch.Tensor:
+    """Each capture's mosaic demosaiced by its own method (None or "bilinear": `demosaic`; "gradient")."""
+    if all(method in (None, "bilinear") for method in methods):
+        return demosaic(raw)
+    if all(method == "gradient" for method in methods):
+        return gradient_demosaic(raw)
+    rows = torch.tensor([i for i, method in enumerate(methods) if method == "gradient"], device=raw.device)
+    rgb = demosaic(raw)
+    rgb[rows] = gradient_demosaic(raw[rows])
+    return rgb
+
+
 def subtract_black_point(linear: torch.Tensor, black_point: torch.Tensor) -> torch.Tensor:
     """The ISP's black-level correction: (x − b) / (1 − b), b per capture, in linear light.
 

@@ -31,7 +31,7 @@ SLOT_FIELDS = (
     "subpixel_layout", "fill_factor", "display_pitch_mm", "distance_mm", "focal_length_mm", "sensor_pitch_um",
     "pitch_ratio", "downscale", "beat_period_px", "rotation_deg", "tilt", "tilt_direction_deg",
     "radial_distortion", "blur_sigma", "defocus_spread", "focus_position", "sensor_aperture", "chroma_denoise",
-    "moire_contrast", "display_size",
+    "moire_contrast", "display_size", "demosaic",
 )
 
 

@@ -22,7 +22,7 @@ from pipeline.moire.display import (
     add_glare, decode_display_gamma, emitted_light, fused_subpixel_coverage, panel_colour, white_screen_light,
 )
 from pipeline.moire.isp import (
-    demosaic, denoise_chroma, sharpen, shrink_denoised, shrink_to, subtract_black_point, to_uint8, tone_curve,
+    demosaic_each, denoise_chroma, sharpen, shrink_denoised, shrink_to, subtract_black_point, to_uint8, tone_curve,
     white_balance,
 )
 from pipeline.moire.jpeg import jpeg_compress
@@ -89,6 +89,7 @@ class CaptureParams:
     moire_contrast: float = math.nan  # the layer's RMS contrast is set to this; NaN keeps the physics' own
     defocus_spread: float = 0.0  # extra lens blur (camera px) a half-frame or more from the focus line
     focus_position: float = 0.0  # where the focus line crosses the tilt direction, in half-frames from the centre
+    demosaic: str | None = None  # the ISP's demosaic (isp.demosaic); None: bilinear, not drawn
     pattern: BandPattern | None = None  # a drawn band pattern replaces the physical moiré
     layer_slot: int | None = None  # the layer bank's slot whose layer (and geometry) this capture takes
     layer_orientation: int | None = None  # that layer's quarter turns, mirrored when ≥ 4 (layer_bank.orient)
@@ -102,6 +103,8 @@ class CaptureParams:
                 del record[name]
         if self.defocus_spread == 0.0 and self.focus_position == 0.0:  # optics.defocus_spread not set
             del record["defocus_spread"], record["focus_position"]
+        if self.demosaic is None:  # isp.demosaic not set
+            del record["demosaic"]
         pattern = record.pop("pattern")
         record["generator"] = "screen" if pattern is None else "bands"
         for name in BandPattern.__dataclass_fields__:
@@ -242,6 +245,7 @@ def sample_capture_params(
         moire_contrast=uniform(optics.moire_contrast) if optics.moire_contrast is not None else math.nan,
         **(dict(defocus_spread=uniform(optics.defocus_spread), focus_position=uniform((-1.0, 1.0)))
            if optics.defocus_spread is not None else {}),
+        **({"demosaic": str(isp.demosaic[int(rng.integers(len(isp.demosaic)))])} if isp.demosaic is not None else {}),
     )
 
 
@@ -409,7 +413,8 @@ def photograph(content: torch.Tensor, captures: list[CaptureParams], p: dict[str
     exposed = irradiance * gain.reshape(-1, 1, 1, 1)
     raw = add_sensor_noise(bayer_mosaic(exposed), p["shot_noise"], p["read_noise"], [c.noise_seed for c in captures])
     gains = torch.stack([p["wb_gain_r"], ones, p["wb_gain_b"]], dim=1)
-    linear = denoise_chroma(white_balance(subtract_black_point(demosaic(raw), p["black_point"]), gains), p["chroma_denoise"])
+    rgb = demosaic_each(raw, [c.demosaic for c in captures])
+    linear = denoise_chroma(white_balance(subtract_black_point(rgb, p["black_point"]), gains), p["chroma_denoise"])
     encoded = sharpen(tone_curve(linear, p["camera_gamma"]), p["sharpen"])
     return jpeg_compress(encoded, p["jpeg_quality"]), gain
 
@@ -446,7 +451,7 @@ def moire_layer(captures: list[CaptureParams], p: dict[str, torch.Tensor], conte
         raw = defocus(blurred_mosaic, light, p, frame_size, 1)
     else:
         raw = bayer_mosaic(integrate_pixel_area(defocus(lens_blur, light, p, frame_size, supersample), supersample))
-    layer = shrink_denoised(demosaic(raw), p["chroma_denoise"], out_size)
+    layer = shrink_denoised(demosaic_each(raw, [c.demosaic for c in captures]), p["chroma_denoise"], out_size)
     return with_contrast(layer / layer.mean(dim=(2, 3), keepdim=True).clamp(min=1e-6), p["moire_contrast"])
 
 

@@ -13,7 +13,9 @@ from pipeline.data.on_the_fly import SyntheticPairStream
 from pipeline.data.synthetic import render_pair, source_for_pair
 from pipeline.moire.layer_bank import SLOT_FIELDS, LayerBank, orient, oriented_pose
 from pipeline.moire.optics import camera_homography
-from pipeline.moire.simulate import content_batch, sample_capture_params, simulate_batch, simulate_capture
+from pipeline.moire.simulate import (
+    CaptureParams, content_batch, sample_capture_params, simulate_batch, simulate_capture,
+)
 from pipeline.sources import collect_sources, load_source
 
 
@@ -58,8 +60,9 @@ def test_pairs_take_their_slots_geometry_and_share_few_layers(banked, monkeypatc
     for record in records:
         slot = bank.geometry(record["layer_slot"])
         pose = ("rotation_deg", "tilt_direction_deg")
-        # (the defocus columns are absent when optics.defocus_spread is off, as the slot's 0.0 says)
-        assert all(_same(record.get(name, 0.0), getattr(slot, name)) for name in SLOT_FIELDS if name not in pose)
+        # (the defocus and demosaic columns are absent when not configured: the slot holds their defaults)
+        assert all(_same(record.get(name, getattr(CaptureParams, name, None)), getattr(slot, name))
+                   for name in SLOT_FIELDS if name not in pose)
         expected = oriented_pose(slot.rotation_deg, slot.tilt_direction_deg, record["layer_orientation"])
         assert (record["rotation_deg"], record["tilt_direction_deg"]) == pytest.approx(expected)
     moires = [moire for moire, _, _ in pairs.values()]

@@ -179,6 +179,68 @@ def test_demosaic_restores_flat_colour():
     torch.testing.assert_close(demosaic(bayer_mosaic(rgb)), rgb)
 
 
+def _malvar_he_cutler(raw: torch.Tensor) -> torch.Tensor:
+    """The paper's four 5×5 filters (in eighths) over the reflected mosaic, each pixel taking its colours' ones."""
+    green = [[0, 0, -1, 0, 0], [0, 0, 2, 0, 0], [-1, 2, 4, 2, -1], [0, 0, 2, 0, 0], [0, 0, -1, 0, 0]]
+    row = [[0, 0, 0.5, 0, 0], [0, -1, 0, -1, 0], [-1, 4, 5, 4, -1], [0, -1, 0, -1, 0], [0, 0, 0.5, 0, 0]]
+    diagonal = [[0, 0, -1.5, 0, 0], [0, 2, 0, 2, 0], [-1.5, 0, 6, 0, -1.5], [0, 2, 0, 2, 0], [0, 0, -1.5, 0, 0]]
+    kernels = torch.tensor([green, row, [list(c) for c in zip(*row)], diagonal], dtype=raw.dtype)[:, None] / 8
+    g, r, c, d = torch.nn.functional.conv2d(torch.nn.functional.pad(raw, (2, 2, 2, 2), mode="reflect"), kernels).unbind(1)
+    m = raw[:, 0]
+    rgb = torch.empty(raw.shape[0], 3, *raw.shape[2:], dtype=raw.dtype)
+    for channel, estimates in ((0, (m, r, c, d)), (1, (g, m, m, g)), (2, (d, c, r, m))):  # RGGB
+        for (dy, dx), estimate in zip(((0, 0), (0, 1), (1, 0), (1, 1)), estimates):
+            rgb[:, channel, dy::2, dx::2] = estimate[:, dy::2, dx::2]
+    return rgb.clamp(min=0.0)
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (10, 14), (9, 7)])
+def test_gradient_demosaic_is_the_papers_filters_at_every_pixel_and_border(shape):
+    from pipeline.moire.isp import gradient_demosaic
+
+    raw = torch.rand(2, 1, *shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    even = [size + size % 2 for size in shape]  # an odd frame is the even one with its reflected row or column
+    reference = _malvar_he_cutler(torch.nn.functional.pad(raw, (0, even[1] - shape[1], 0, even[0] - shape[0]),
+                                                          mode="reflect"))[..., : shape[0], : shape[1]]
+    torch.testing.assert_close(gradient_demosaic(raw), reference, rtol=0, atol=1e-12)
+
+
+def test_gradient_demosaic_restores_flat_colour_and_a_smooth_image_better_than_bilinear():
+    from pipeline.moire.isp import gradient_demosaic
+
+    rgb = _image(0.8, 0.4, 0.1)
+    torch.testing.assert_close(gradient_demosaic(bayer_mosaic(rgb)), rgb)
+    y, x = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
+    # the colours share their detail, as natural images' do (the correction borrows it across channels)
+    detail = 0.5 + 0.3 * torch.sin(x / 2 + y / 3) * torch.cos(x / 5 - y / 4)
+    smooth = (torch.tensor([0.9, 0.7, 0.5])[:, None, None] * detail + torch.tensor([0.05, 0.1, 0.2])[:, None, None])[None]
+    inner = (..., slice(4, -4), slice(4, -4))  # away from the reflected borders
+    error = {name: (f(bayer_mosaic(smooth)) - smooth)[inner].abs().mean() for name, f in
+             (("bilinear", demosaic), ("gradient", gradient_demosaic))}
+    assert error["gradient"] < 0.7 * error["bilinear"], error
+
+
+def test_each_capture_takes_its_own_demosaic():
+    from pipeline.moire.isp import demosaic_each, gradient_demosaic
+
+    raw = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    mixed = demosaic_each(raw, ["gradient", None, "bilinear"])
+    torch.testing.assert_close(mixed[:1], gradient_demosaic(raw[:1]))
+    assert torch.equal(mixed[1:], demosaic(raw[1:]))
+    assert torch.equal(demosaic_each(raw, [None, None, None]), demosaic(raw))
+
+
+def test_isp_demosaic_draws_last_and_only_when_set():
+    (moire, clean), capture = _capture(2, size=96, **LAYERED_16PX)
+    assert capture.demosaic is None and "demosaic" not in capture.as_record()
+    gradient = {**LAYERED_16PX, "isp": {**LAYERED_16PX["isp"], "demosaic": ["gradient"]}}
+    (sharp, sharp_clean), sharp_capture = _capture(2, size=96, **gradient)
+    assert sharp_capture.demosaic == "gradient" and sharp_capture.as_record()["demosaic"] == "gradient"
+    assert {k: v for k, v in vars(sharp_capture).items() if k != "demosaic"} == {
+        k: v for k, v in vars(capture).items() if k != "demosaic"}
+    assert sharp_clean.tobytes() == clean.tobytes() and sharp.tobytes() != moire.tobytes()
+
+
 def test_white_balance_and_sharpening():
     torch.testing.assert_close(white_balance(_image(0.5, 0.5, 0.5), torch.tensor([[1.2, 1.0, 0.8]]))[0, :, 0, 0],
                                torch.tensor([0.6, 0.5, 0.4]))
