@@ -79,13 +79,20 @@ def test_bytes_do_not_depend_on_which_pair_renders_a_slot_first(banked):
         assert all(_same(forward[i][2][key], backward[i][2][key]) for key in forward[i][2])
 
 
-def test_an_upright_slot_layer_is_the_layer_the_capture_would_render_itself(banked):
+@pytest.mark.parametrize("physics", [{}, {"optics": {"defocus_spread": [1.0, 2.0]}, "isp": {"demosaic": ["gradient"]}}])
+def test_an_upright_slot_layer_is_the_layer_the_capture_would_render_itself(tiny_raw, physics):
+    tiny_raw["synthesize"]["moire_layer_bank"] = 3
+    for section, values in physics.items():  # a slot carries its defocus and demosaic like the rest of its geometry
+        tiny_raw["synthesize"].setdefault(section, {}).update(values)
+    banked = parse_params(tiny_raw)
     cfg = banked.synthesize
     source = load_source(_specs(cfg)[0], banked.seed)
     rng = np.random.default_rng(3)
     bank = LayerBank(cfg, banked.seed)
     capture = bank.assign(sample_capture_params(cfg, source.shape[:2], rng), source.shape[:2], rng)
     slot = bank.geometry(capture.layer_slot)
+    assert (capture.defocus_spread, capture.demosaic) == (slot.defocus_spread, slot.demosaic)
+    assert capture.demosaic == physics.get("isp", {}).get("demosaic", [None])[0]  # the physics is in effect
     capture = replace(capture, layer_orientation=0, rotation_deg=slot.rotation_deg,
                       tilt_direction_deg=slot.tilt_direction_deg)
     with_bank = simulate_capture(source, capture, cfg.size, cfg.optics.supersample, bank)
