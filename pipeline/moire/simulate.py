@@ -96,7 +96,8 @@ class CaptureParams:
 
     def as_record(self) -> dict[str, float | int | str]:
         """Flat dict for the manifest (the pattern's fields prefixed `pattern_`, absent ones NaN; the layer
-        bank's and the defocus's columns only when in use, so a dataset without them keeps its manifest)."""
+        bank's, the defocus's and the demosaic's columns only when in use, so a dataset without them keeps its
+        manifest)."""
         record = asdict(self)
         for name in ("layer_slot", "layer_orientation"):
             if record[name] is None:
