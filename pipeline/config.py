@@ -174,6 +174,10 @@ class SynthesizeParams(Section):
     # about twice the pairs per second, the layers less varied; each process holds N × 12 × size² bytes
     # (32 at 512²: 100 MB). null: every pair renders its own.
     moire_layer_bank: int | None = Field(None, ge=1, le=1024)
+    # Share of pairs photographed without moiré: the same capture (exposure, noise, sharpening, JPEG) with
+    # the screen's grid unresolved, so a model sees content it must leave alone. Real moiré comes and goes
+    # across a frame, and a model that has only seen moiré everywhere takes real colour texture for it.
+    moire_free_fraction: float = Field(0.0, ge=0.0, le=1.0)
 
     @field_validator("moire_layer_bank")
     @classmethod

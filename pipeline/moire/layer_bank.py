@@ -79,11 +79,11 @@ class LayerBank:
         """`capture` (of a source of `source_shape`) with a slot, an orientation and the slot's geometry.
 
         The pose is the one the oriented layer shows (`oriented_pose`), so the content is warped as its
-        moiré was made. Only physical layered captures use the bank (a drawn band pattern has no layer);
-        the others are returned as they are. The crop keeps its source pixels per display pixel at the
+        moiré was made. Only physical layered captures use the bank (a drawn band pattern or a moiré-free
+        capture has no layer); the others are returned as they are. The crop keeps its source pixels per display pixel at the
         slot's display size, at a place drawn anew where it fits.
         """
-        if not capture.moire_layer or capture.pattern is not None:
+        if not capture.moire_layer or capture.pattern is not None or capture.moire_free:
             return capture
         slot, orientation = int(rng.integers(self.slots)), int(rng.integers(ORIENTATIONS))
         geometry = self.geometry(slot)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, get_type_hints
 
 import cv2
@@ -90,6 +90,7 @@ class CaptureParams:
     defocus_spread: float = 0.0  # extra lens blur (camera px) a half-frame or more from the focus line
     focus_position: float = 0.0  # where the focus line crosses the tilt direction, in half-frames from the centre
     demosaic: str | None = None  # the ISP's demosaic (isp.demosaic); None: bilinear, not drawn
+    moire_free: bool | None = None  # photographed without moiré (synthesize.moire_free_fraction); None: not drawn
     pattern: BandPattern | None = None  # a drawn band pattern replaces the physical moiré
     layer_slot: int | None = None  # the layer bank's slot whose layer (and geometry) this capture takes
     layer_orientation: int | None = None  # that layer's quarter turns, mirrored when ≥ 4 (layer_bank.orient)
@@ -106,6 +107,8 @@ class CaptureParams:
             del record["defocus_spread"], record["focus_position"]
         if self.demosaic is None:  # isp.demosaic not set
             del record["demosaic"]
+        if self.moire_free is None:  # synthesize.moire_free_fraction not set
+            del record["moire_free"]
         pattern = record.pop("pattern")
         record["generator"] = "screen" if pattern is None else "bands"
         for name in BandPattern.__dataclass_fields__:
@@ -203,7 +206,7 @@ def sample_capture_params(
                              pose["radial_distortion"])
     height, width = source_shape
     crop_side = int(min(height, width, round(n * uniform(display.content_scale))))
-    return CaptureParams(
+    capture = CaptureParams(
         subpixel_layout=str(display.subpixel_layouts[int(rng.integers(len(display.subpixel_layouts)))]),
         fill_factor=uniform(display.fill_factor),
         display_gamma=uniform(display.gamma),
@@ -248,6 +251,10 @@ def sample_capture_params(
            if optics.defocus_spread is not None else {}),
         **({"demosaic": str(isp.demosaic[int(rng.integers(len(isp.demosaic)))])} if isp.demosaic is not None else {}),
     )
+    if cfg.moire_free_fraction > 0:  # drawn after every other draw, so they stay a config's without it
+        free = bool(rng.random() < cfg.moire_free_fraction)
+        capture = replace(capture, moire_free=free, pattern=None if free else capture.pattern)
+    return capture
 
 
 def screen_content(source: np.ndarray, capture: CaptureParams) -> np.ndarray:
@@ -487,6 +494,15 @@ def photograph_layered(light: torch.Tensor, content_side: int, captures: list[Ca
     return jpeg_compress(encoded, p["jpeg_quality"]), gain
 
 
+def photograph_moire_free(light: torch.Tensor, captures: list[CaptureParams], p: dict[str, torch.Tensor],
+                          reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoded photo of the screen's `light` with no moiré, and its exposure gain: the layered photo of a
+    flat layer, the content through the lens first where the capture's moiré model photographs it (`render`)."""
+    rendered = torch.tensor([not c.moire_layer for c in captures], device=light.device)
+    light = lens_blur(light, torch.where(rendered, p["blur_sigma"] / p["downscale"], 0.0))
+    return photograph_layered(light, 0, captures, p, 0, 1, reference, torch.ones_like(light))
+
+
 def photograph_pattern(clean_linear: torch.Tensor, captures: list[CaptureParams], p: dict[str, torch.Tensor]) -> torch.Tensor:
     """The encoded frame of captures whose moiré is a drawn band pattern, at output resolution.
 
@@ -512,7 +528,8 @@ def simulate_batch(
     Each capture's result depends only on its own content and parameters (noise included, drawn
     from its `noise_seed`), not on the rest of the batch. The camera renders its frame at its own
     resolution (`downscale` × S), which is then shrunk to S; captures with different frame sizes
-    are rendered group by group. Captures with a band pattern take the procedural path instead.
+    are rendered group by group. Captures with a band pattern take the procedural path instead, moiré-free ones
+    (`moire_free`) the layered path with a flat layer.
     The clean image is the content through the same pose and lens distortion, averaged over each
     output pixel, in the source's colours (`clean_target`) or, for `target_tone: capture`, in the
     camera's (`capture_toned_target`). Captures with a `layer_slot` take their layer from `bank`.
@@ -533,15 +550,20 @@ def simulate_batch(
 
     # The screen's light is shared by layered photos and capture-toned targets; per capture, so computing
     # it for the whole batch when any capture needs it keeps each capture's result its own.
-    if any((c.moire_layer and c.pattern is None) or c.target_tone_of_capture for c in captures):
+    if any((c.moire_layer and c.pattern is None) or c.target_tone_of_capture or c.moire_free for c in captures):
         light = screen_light(content, grid, supersample, p)
     drawn = rows_where(lambda c: c.pattern is not None)
     if len(drawn):
         moire[drawn] = photograph_pattern(clean_linear[drawn], [captures[i] for i in drawn.tolist()], params_of(drawn))
+    free = rows_where(lambda c: c.moire_free)
+    if len(free):
+        moire[free], gain[free] = photograph_moire_free(light[free], [captures[i] for i in free.tolist()],
+                                                        params_of(free), clean_linear[free])
     frames = {(sensor_side(out_size, c.downscale), c.moire_layer, c.layer_slot is not None)
-              for c in captures if c.pattern is None}
+              for c in captures if c.pattern is None and not c.moire_free}
     for frame_size, layered, banked in sorted(frames):
-        index = rows_where(lambda c: c.pattern is None and sensor_side(out_size, c.downscale) == frame_size
+        index = rows_where(lambda c: c.pattern is None and not c.moire_free
+                           and sensor_side(out_size, c.downscale) == frame_size
                            and c.moire_layer == layered and (c.layer_slot is not None) == banked)
         group = params_of(index)
         chosen = [captures[i] for i in index.tolist()]

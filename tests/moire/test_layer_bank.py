@@ -79,6 +79,15 @@ def test_bytes_do_not_depend_on_which_pair_renders_a_slot_first(banked):
         assert all(_same(forward[i][2][key], backward[i][2][key]) for key in forward[i][2])
 
 
+def test_moire_free_captures_take_no_slot(tiny_raw):
+    tiny_raw["synthesize"].update(moire_layer_bank=3, moire_free_fraction=0.5)
+    cfg = parse_params(tiny_raw).synthesize
+    bank, rng = LayerBank(cfg, 0), np.random.default_rng(3)
+    captures = [bank.assign(sample_capture_params(cfg, (256, 256), rng), (256, 256), rng) for _ in range(16)]
+    assert {c.moire_free for c in captures} == {True, False}
+    assert all((c.layer_slot is None) == c.moire_free for c in captures)
+
+
 @pytest.mark.parametrize("physics", [{}, {"optics": {"defocus_spread": [1.0, 2.0]}, "isp": {"demosaic": ["gradient"]}}])
 def test_an_upright_slot_layer_is_the_layer_the_capture_would_render_itself(tiny_raw, physics):
     tiny_raw["synthesize"]["moire_layer_bank"] = 3

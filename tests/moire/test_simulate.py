@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -547,6 +549,52 @@ def test_moire_contrast_draws_each_pairs_contrast_and_leaves_the_other_draws_alo
     assert strong_clean.tobytes() == clean.tobytes() == weak_clean.tobytes()  # the target does not change
     assert _psnr(strong, clean) < _psnr(physical, clean) < _psnr(weak, clean)
     assert abs(strong.mean() - clean.mean()) < 4 and abs(weak.mean() - clean.mean()) < 3  # no tone shift either way
+
+
+def _with(physics: dict, **synthesize) -> dict:
+    """`physics` (the keyword arguments of `_capture`) with `synthesize` keys merged in, a section's into its own."""
+    merged = {**physics}
+    for key, value in synthesize.items():
+        merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
+    return merged
+
+
+def test_a_moire_free_fraction_is_drawn_last_and_leaves_the_other_draws_alone():
+    _, capture = _capture(2, size=96, **LAYERED_16PX)
+    assert capture.moire_free is None and "moire_free" not in capture.as_record()  # unset: the manifest keeps its columns
+    frees = set()
+    for seed in range(12):
+        _, plain = _capture(seed, size=96, **LAYERED_16PX)
+        _, drawn = _capture(seed, size=96, **_with(LAYERED_16PX, moire_free_fraction=0.5))
+        assert replace(drawn, moire_free=None) == plain
+        assert drawn.as_record()["moire_free"] is drawn.moire_free
+        frees.add(drawn.moire_free)
+    assert frees == {True, False}
+
+
+def test_a_moire_free_layered_capture_is_the_photo_of_a_flat_layer():
+    (flat, flat_clean), _ = _capture(2, size=96, **_with(LAYERED_16PX, optics={"moire_contrast": [0.0, 0.0]}))
+    (free, free_clean), capture = _capture(2, size=96, **_with(LAYERED_16PX, moire_free_fraction=1.0))
+    (moire, _), _ = _capture(2, size=96, **LAYERED_16PX)
+    assert capture.moire_free
+    assert free.tobytes() == flat.tobytes() and free_clean.tobytes() == flat_clean.tobytes()
+    assert _psnr(free, free_clean) > _psnr(moire, free_clean) + 3  # the grid's moiré is what it lacks
+
+
+def test_a_moire_free_rendered_capture_is_the_content_through_the_lens_without_the_grid():
+    free = _with(LAYERED_16PX, moire_free_fraction=1.0, optics={"blur_sigma": [1.0, 1.0]})
+    (layered, clean), _ = _capture(2, size=96, **free)
+    (rendered, rendered_clean), capture = _capture(2, size=96, **{**free, "moire_model": "render"})
+    (moire, moire_clean), _ = _capture(2, size=96, **{**free, "moire_free_fraction": 0.0, "moire_model": "render"})
+    assert capture.moire_free and not capture.moire_layer
+    assert rendered_clean.tobytes() == clean.tobytes()
+
+    def detail(image: np.ndarray) -> float:
+        return float(np.abs(np.diff(image.astype(float), axis=1)).mean())
+
+    assert detail(rendered) < 0.9 * detail(layered)  # the render model's lens blurs the content too...
+    assert detail(rendered) == pytest.approx(detail(moire), rel=0.1)  # ...as much as its photo with moiré
+    assert _psnr(rendered, clean) > _psnr(moire, moire_clean) + 2
 
 
 def test_focus_weight_is_zero_on_the_focus_line_and_one_a_half_frame_away():
