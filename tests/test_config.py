@@ -19,6 +19,8 @@ def test_repository_params_file_is_valid():
     [
         ({"train": {"epochs": 0}}, "params.yaml: train.epochs = 0: Input should be greater than or equal to 1"),
         ({"train": {"model": "resnet"}}, "params.yaml: train.model = 'resnet': Input should be 'simple', 'unet' or 'mscale'"),
+        ({"synthesize": {"moire_free_fraction": 1.5}},
+         "params.yaml: synthesize.moire_free_fraction = 1.5: Input should be less than or equal to 1"),
         ({"synthesize": {"optics": {"tilt": [0.3, 0.1]}}},
          "params.yaml: synthesize.optics.tilt = [0.3, 0.1]: range minimum 0.3 is greater than its maximum 0.1"),
         ({"synthesize": {"display": {"fill_factor": [0.5, 1.5]}}},
