@@ -112,6 +112,11 @@ class SensorParams(Section):
     # is the error around it; false: exposure_ev is relative to a fixed exposure of the panel's white.
     auto_exposure: bool = True
     exposure_ev: Annotated[Range, _within(-4.0, 2.0)] = (-0.4, 0.4)
+    # Share of each other primary's light a pixel's colour filter passes (drawn per pair); the ISP's colour
+    # matrix undoes the mixing, so flat colours keep their hue, while a grid that aliases differently at the
+    # red, green and blue sites gets its differences amplified into false colour across the channels, as a
+    # phone's colour matrix does (diagonal 1.2–2.1 for 0.1–0.4). null: filters pass their own primary only.
+    crosstalk: Annotated[Range, _within(0.0, 0.45)] | None = None
     shot_noise: Annotated[Range, _within(0.0, 0.1)] = (0.0005, 0.004)
     read_noise: Annotated[Range, _within(0.0, 0.1)] = (0.001, 0.006)
 

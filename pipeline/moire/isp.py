@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.moire.optics import blur_radius, filter_columns, filter_rows, gaussian_kernels, separable_filter
-from pipeline.moire.sensor import power_law
+from pipeline.moire.sensor import crosstalk_weights, power_law
 
 SHARPEN_SIGMA = 1.0  # radius of the unsharp mask, pixels: what phone ISPs use for detail
 
@@ -107,6 +107,19 @@ def demosaic_each(raw: torch.Tensor, methods: list[str | None]) -> torch.Tensor:
     rgb = demosaic(raw)
     rgb[rows] = gradient_demosaic(raw[rows])
     return rgb
+
+
+def colour_matrix(rgb: torch.Tensor, crosstalk: torch.Tensor) -> torch.Tensor:
+    """The ISP's colour matrix: demosaiced (B, 3, H, W) camera colour back to the primaries, undoing `mix_crosstalk`.
+
+    The inverse of a·I + b·J is (I − b·J) / a (a + 3b = 1), so flat colours come back exactly; where the
+    channels were sampled at different phases of a grid, their differences come back amplified. Light is
+    never negative: what the matrix pushes below zero is clipped, as an ISP clips it.
+    """
+    if torch.isnan(crosstalk).all():
+        return rgb
+    a, b = crosstalk_weights(crosstalk)
+    return ((rgb - b * rgb.sum(dim=1, keepdim=True)) / a).clamp_(min=0.0)
 
 
 def subtract_black_point(linear: torch.Tensor, black_point: torch.Tensor) -> torch.Tensor:

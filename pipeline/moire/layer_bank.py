@@ -25,13 +25,13 @@ ORIENTATIONS = 8  # four quarter turns, each plain or mirrored
 # keeps the draws after them (the layer's contrast) independent of any pair's source.
 SLOT_SOURCE_SHAPE = (4096, 4096)
 # What a capture's layer depends on, and so what a pair takes from its slot: the screen's grid, the
-# camera's distance, pose and lens, its pixels and the ISP's chroma smoothing. The content is warped
-# with the same pose, so the pair's photo and its target stay one geometry.
+# camera's distance, pose and lens, its pixels and filters, and the ISP's colour matrix and chroma
+# smoothing. The content is warped with the same pose, so the pair's photo and its target stay one geometry.
 SLOT_FIELDS = (
     "subpixel_layout", "fill_factor", "display_pitch_mm", "distance_mm", "focal_length_mm", "sensor_pitch_um",
     "pitch_ratio", "downscale", "beat_period_px", "rotation_deg", "tilt", "tilt_direction_deg",
     "radial_distortion", "blur_sigma", "defocus_spread", "focus_position", "sensor_aperture", "chroma_denoise",
-    "moire_contrast", "display_size", "demosaic",
+    "moire_contrast", "display_size", "demosaic", "crosstalk",
 )
 
 

@@ -94,6 +94,24 @@ def metered_gain(irradiance: torch.Tensor, reference: torch.Tensor, exposure_ev:
     return torch.minimum(wanted, highlight).clamp(*METER_GAIN_LIMITS)
 
 
+def crosstalk_weights(crosstalk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, b), each (B, 1, 1, 1), of the filters' response a·I + b·J (J all ones) for each capture's crosstalk c.
+
+    A filter passes its own primary and a share c of each other one, normalised so white stays white:
+    own 1 / (1 + 2c), each other c / (1 + 2c). NaN (not drawn) is no crosstalk.
+    """
+    c = torch.nan_to_num(crosstalk, nan=0.0).reshape(-1, 1, 1, 1)
+    return (1.0 - c) / (1.0 + 2.0 * c), c / (1.0 + 2.0 * c)
+
+
+def mix_crosstalk(light: torch.Tensor, crosstalk: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) light as each colour filter passes it: its own primary and a share of the others."""
+    if torch.isnan(crosstalk).all():
+        return light
+    a, b = crosstalk_weights(crosstalk)
+    return a * light + b * light.sum(dim=1, keepdim=True)
+
+
 def bayer_mosaic(rgb: torch.Tensor) -> torch.Tensor:
     """Keep one colour per pixel following the RGGB pattern: (B, 3, H, W) → (B, 1, H, W)."""
     raw = torch.empty_like(rgb[:, :1])

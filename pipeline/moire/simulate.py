@@ -22,7 +22,7 @@ from pipeline.moire.display import (
     add_glare, decode_display_gamma, emitted_light, fused_subpixel_coverage, panel_colour, white_screen_light,
 )
 from pipeline.moire.isp import (
-    demosaic_each, denoise_chroma, sharpen, shrink_denoised, shrink_to, subtract_black_point, to_uint8, tone_curve,
+    colour_matrix, demosaic_each, denoise_chroma, sharpen, shrink_denoised, shrink_to, subtract_black_point, to_uint8, tone_curve,
     white_balance,
 )
 from pipeline.moire.jpeg import jpeg_compress
@@ -31,7 +31,9 @@ from pipeline.moire.optics import (
     blurred_mosaic, camera_homography, focus_weight, lens_blur, pitch_ratio, screen_margin, sensor_samples_on_display,
     vignetting,
 )
-from pipeline.moire.sensor import add_sensor_noise, bayer_mosaic, expose, integrate_pixel_area, metered_gain
+from pipeline.moire.sensor import (
+    add_sensor_noise, bayer_mosaic, expose, integrate_pixel_area, metered_gain, mix_crosstalk,
+)
 
 if TYPE_CHECKING:  # layer_bank builds on this module
     from pipeline.moire.layer_bank import LayerBank
@@ -91,6 +93,7 @@ class CaptureParams:
     focus_position: float = 0.0  # where the focus line crosses the tilt direction, in half-frames from the centre
     demosaic: str | None = None  # the ISP's demosaic (isp.demosaic); None: bilinear, not drawn
     moire_free: bool | None = None  # photographed without moiré (synthesize.moire_free_fraction); None: not drawn
+    crosstalk: float = math.nan  # share of the other primaries each colour filter passes (sensor.crosstalk); NaN: none
     pattern: BandPattern | None = None  # a drawn band pattern replaces the physical moiré
     layer_slot: int | None = None  # the layer bank's slot whose layer (and geometry) this capture takes
     layer_orientation: int | None = None  # that layer's quarter turns, mirrored when ≥ 4 (layer_bank.orient)
@@ -109,6 +112,8 @@ class CaptureParams:
             del record["demosaic"]
         if self.moire_free is None:  # synthesize.moire_free_fraction not set
             del record["moire_free"]
+        if math.isnan(self.crosstalk):  # sensor.crosstalk not set
+            del record["crosstalk"]
         pattern = record.pop("pattern")
         record["generator"] = "screen" if pattern is None else "bands"
         for name in BandPattern.__dataclass_fields__:
@@ -250,6 +255,7 @@ def sample_capture_params(
         **(dict(defocus_spread=uniform(optics.defocus_spread), focus_position=uniform((-1.0, 1.0)))
            if optics.defocus_spread is not None else {}),
         **({"demosaic": str(isp.demosaic[int(rng.integers(len(isp.demosaic)))])} if isp.demosaic is not None else {}),
+        **({"crosstalk": uniform(sensor.crosstalk)} if sensor.crosstalk is not None else {}),
     )
     if cfg.moire_free_fraction > 0:  # drawn after every other draw, so they stay a config's without it
         free = bool(rng.random() < cfg.moire_free_fraction)
@@ -419,9 +425,10 @@ def photograph(content: torch.Tensor, captures: list[CaptureParams], p: dict[str
     irradiance = integrate_pixel_area(light, supersample)
     gain = exposure_gain(irradiance, reference, p)
     exposed = irradiance * gain.reshape(-1, 1, 1, 1)
-    raw = add_sensor_noise(bayer_mosaic(exposed), p["shot_noise"], p["read_noise"], [c.noise_seed for c in captures])
+    raw = add_sensor_noise(bayer_mosaic(mix_crosstalk(exposed, p["crosstalk"])), p["shot_noise"], p["read_noise"],
+                           [c.noise_seed for c in captures])
     gains = torch.stack([p["wb_gain_r"], ones, p["wb_gain_b"]], dim=1)
-    rgb = demosaic_each(raw, [c.demosaic for c in captures])
+    rgb = colour_matrix(demosaic_each(raw, [c.demosaic for c in captures]), p["crosstalk"])
     linear = denoise_chroma(white_balance(subtract_black_point(rgb, p["black_point"]), gains), p["chroma_denoise"])
     encoded = sharpen(tone_curve(linear, p["camera_gamma"]), p["sharpen"])
     return jpeg_compress(encoded, p["jpeg_quality"]), gain
@@ -454,12 +461,14 @@ def moire_layer(captures: list[CaptureParams], p: dict[str, torch.Tensor], conte
     u, v = sensor_samples_on_display(homographies, frame_size, supersample, p["radial_distortion"], p["sensor_aperture"])
     footprint = p["sensor_aperture"] / (p["pitch_ratio"] * supersample)
     coverage = _layout_coverage(u, v, footprint, p["fill_factor"], [c.subpixel_layout for c in captures])
-    light = white_screen_light(u, v, coverage, content_side)
+    # The filters' crosstalk mixes the light per pixel, which commutes with the blur: mixed first, blurred once.
+    light = mix_crosstalk(white_screen_light(u, v, coverage, content_side), p["crosstalk"])
     if supersample == 1:  # the pixel is one sample: blur only what the mosaic keeps
         raw = defocus(blurred_mosaic, light, p, frame_size, 1)
     else:
         raw = bayer_mosaic(integrate_pixel_area(defocus(lens_blur, light, p, frame_size, supersample), supersample))
-    layer = shrink_denoised(demosaic_each(raw, [c.demosaic for c in captures]), p["chroma_denoise"], out_size)
+    rgb = colour_matrix(demosaic_each(raw, [c.demosaic for c in captures]), p["crosstalk"])
+    layer = shrink_denoised(rgb, p["chroma_denoise"], out_size)
     return with_contrast(layer / layer.mean(dim=(2, 3), keepdim=True).clamp(min=1e-6), p["moire_contrast"])
 
 

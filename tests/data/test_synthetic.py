@@ -35,7 +35,7 @@ def test_manifest_records_source_and_every_sampled_parameter(tmp_path, tiny_para
 
     optional = {"layer_slot", "layer_orientation",  # columns of a dataset with synthesize.moire_layer_bank
                 "defocus_spread", "focus_position", "demosaic",  # ...with optics.defocus_spread, isp.demosaic
-                "moire_free"}  # ...with synthesize.moire_free_fraction
+                "moire_free", "crosstalk"}  # ...with synthesize.moire_free_fraction, sensor.crosstalk
     captured = [f.name for f in fields(CaptureParams) if f.name != "pattern" and f.name not in optional]
     assert not optional & set(frame.columns)
     drawn = [f"pattern_{f.name}" for f in fields(BandPattern)]  # NaN where the physics made the moiré

@@ -88,10 +88,11 @@ def test_moire_free_captures_take_no_slot(tiny_raw):
     assert all((c.layer_slot is None) == c.moire_free for c in captures)
 
 
-@pytest.mark.parametrize("physics", [{}, {"optics": {"defocus_spread": [1.0, 2.0]}, "isp": {"demosaic": ["gradient"]}}])
+@pytest.mark.parametrize("physics", [{}, {"optics": {"defocus_spread": [1.0, 2.0]}, "isp": {"demosaic": ["gradient"]},
+                                      "sensor": {"crosstalk": [0.1, 0.3]}}])
 def test_an_upright_slot_layer_is_the_layer_the_capture_would_render_itself(tiny_raw, physics):
     tiny_raw["synthesize"]["moire_layer_bank"] = 3
-    for section, values in physics.items():  # a slot carries its defocus and demosaic like the rest of its geometry
+    for section, values in physics.items():  # a slot carries its defocus, demosaic and crosstalk like its geometry
         tiny_raw["synthesize"].setdefault(section, {}).update(values)
     banked = parse_params(tiny_raw)
     cfg = banked.synthesize
@@ -101,6 +102,7 @@ def test_an_upright_slot_layer_is_the_layer_the_capture_would_render_itself(tiny
     capture = bank.assign(sample_capture_params(cfg, source.shape[:2], rng), source.shape[:2], rng)
     slot = bank.geometry(capture.layer_slot)
     assert (capture.defocus_spread, capture.demosaic) == (slot.defocus_spread, slot.demosaic)
+    assert capture.crosstalk == slot.crosstalk or np.isnan(slot.crosstalk) and np.isnan(capture.crosstalk)
     assert capture.demosaic == physics.get("isp", {}).get("demosaic", [None])[0]  # the physics is in effect
     capture = replace(capture, layer_orientation=0, rotation_deg=slot.rotation_deg,
                       tilt_direction_deg=slot.tilt_direction_deg)

@@ -597,6 +597,50 @@ def test_a_moire_free_rendered_capture_is_the_content_through_the_lens_without_t
     assert _psnr(rendered, clean) > _psnr(moire, moire_clean) + 2
 
 
+def test_the_colour_matrix_undoes_the_filters_crosstalk_for_flat_colours():
+    from pipeline.moire.isp import colour_matrix
+    from pipeline.moire.sensor import mix_crosstalk
+
+    light = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    crosstalk = torch.tensor([0.1, 0.25, 0.4])
+    mixed = mix_crosstalk(light, crosstalk)
+    own, others = light[1, :, 0, 0], light[1, :, 0, 0].sum() - light[1, :, 0, 0]
+    torch.testing.assert_close(mixed[1, :, 0, 0], (own + 0.25 * others) / 1.5)  # its own primary, a quarter of each other
+    torch.testing.assert_close(mix_crosstalk(torch.ones(3, 3, 2, 2), crosstalk), torch.ones(3, 3, 2, 2))  # white stays
+    torch.testing.assert_close(colour_matrix(mixed, crosstalk), light)
+    unset = torch.full((3,), float("nan"))
+    assert mix_crosstalk(light, unset) is light and colour_matrix(light, unset) is light
+
+
+@pytest.mark.parametrize("moire_model", ["layer", "render"])
+def test_no_crosstalk_draws_nothing_and_none_renders_the_same_bytes(moire_model):
+    physics = {**LAYERED_16PX, "moire_model": moire_model}
+    (moire, clean), capture = _capture(2, size=96, **physics)
+    (none, none_clean), none_capture = _capture(2, size=96, **_with(physics, sensor={"crosstalk": [0.0, 0.0]}))
+    assert np.isnan(capture.crosstalk) and "crosstalk" not in capture.as_record()  # null: the manifest keeps its columns
+    assert none_capture.crosstalk == 0.0
+    assert {k: v for k, v in vars(none_capture).items() if k != "crosstalk"} == {
+        k: v for k, v in vars(capture).items() if k != "crosstalk"}  # drawn last: every other draw is the same
+    assert none.tobytes() == moire.tobytes() and none_clean.tobytes() == clean.tobytes()
+
+
+def test_crosstalk_turns_a_saturated_screens_moire_into_false_colour_in_the_other_channels():
+    blue = np.zeros((256, 256, 3), np.uint8)
+    blue[..., 2] = 230
+
+    def photo(crosstalk):
+        cfg = parse_params({"synthesize": {"size": 96, "moire_model": "render",
+                                           "sensor": {"crosstalk": crosstalk}}}).synthesize
+        capture = sample_capture_params(cfg, blue.shape[:2], np.random.default_rng(2))
+        return simulate_capture(blue, capture, 96, 1)
+
+    (plain, clean), (crossed, crossed_clean) = photo(None), photo([0.3, 0.3])
+    assert crossed_clean.tobytes() == clean.tobytes()  # the target does not change
+    red, crossed_red = plain[..., 0].astype(float), crossed[..., 0].astype(float)
+    assert crossed_red.std() > 4 * red.std()  # blue's grid now stripes the red channel too
+    assert _psnr(crossed, clean) < _psnr(plain, clean) - 3
+
+
 def test_focus_weight_is_zero_on_the_focus_line_and_one_a_half_frame_away():
     from pipeline.moire.optics import focus_weight
 
