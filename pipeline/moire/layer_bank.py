@@ -80,8 +80,8 @@ class LayerBank:
 
         The pose is the one the oriented layer shows (`oriented_pose`), so the content is warped as its
         moiré was made. Only physical layered captures use the bank (a drawn band pattern or a moiré-free
-        capture has no layer); the others are returned as they are. The crop keeps its source pixels per display pixel at the
-        slot's display size, at a place drawn anew where it fits.
+        capture has no layer); the others are returned as they are. The crop keeps its source pixels per
+        display pixel at the slot's display size, at a place drawn anew where it fits.
         """
         if not capture.moire_layer or capture.pattern is not None or capture.moire_free:
             return capture

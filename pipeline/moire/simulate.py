@@ -22,8 +22,8 @@ from pipeline.moire.display import (
     add_glare, decode_display_gamma, emitted_light, fused_subpixel_coverage, panel_colour, white_screen_light,
 )
 from pipeline.moire.isp import (
-    colour_matrix, demosaic_each, denoise_chroma, sharpen, shrink_denoised, shrink_to, subtract_black_point, to_uint8, tone_curve,
-    white_balance,
+    colour_matrix, demosaic_each, denoise_chroma, sharpen, shrink_denoised, shrink_to, subtract_black_point, to_uint8,
+    tone_curve, white_balance,
 )
 from pipeline.moire.jpeg import jpeg_compress
 from pipeline.moire.patterns import BandPattern, band_modulation, sample_band_pattern
@@ -509,7 +509,9 @@ def photograph_moire_free(light: torch.Tensor, captures: list[CaptureParams], p:
     flat layer, the content through the lens first where the capture's moiré model photographs it (`render`)."""
     rendered = torch.tensor([not c.moire_layer for c in captures], device=light.device)
     light = lens_blur(light, torch.where(rendered, p["blur_sigma"] / p["downscale"], 0.0))
-    return photograph_layered(light, 0, captures, p, 0, 1, reference, torch.ones_like(light))
+    # With the layer given, the sizes that would render one are not read.
+    return photograph_layered(light, content_side=0, captures=captures, p=p, frame_size=0, supersample=1,
+                              reference=reference, layer=torch.ones_like(light))
 
 
 def photograph_pattern(clean_linear: torch.Tensor, captures: list[CaptureParams], p: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -537,8 +539,8 @@ def simulate_batch(
     Each capture's result depends only on its own content and parameters (noise included, drawn
     from its `noise_seed`), not on the rest of the batch. The camera renders its frame at its own
     resolution (`downscale` × S), which is then shrunk to S; captures with different frame sizes
-    are rendered group by group. Captures with a band pattern take the procedural path instead, moiré-free ones
-    (`moire_free`) the layered path with a flat layer.
+    are rendered group by group. Captures with a band pattern take the procedural path instead,
+    moiré-free ones (`moire_free`) the layered path with a flat layer.
     The clean image is the content through the same pose and lens distortion, averaged over each
     output pixel, in the source's colours (`clean_target`) or, for `target_tone: capture`, in the
     camera's (`capture_toned_target`). Captures with a `layer_slot` take their layer from `bank`.

@@ -561,7 +561,7 @@ def _with(physics: dict, **synthesize) -> dict:
 
 def test_a_moire_free_fraction_is_drawn_last_and_leaves_the_other_draws_alone():
     _, capture = _capture(2, size=96, **LAYERED_16PX)
-    assert capture.moire_free is None and "moire_free" not in capture.as_record()  # unset: the manifest keeps its columns
+    assert capture.moire_free is None and "moire_free" not in capture.as_record()  # unset: the same manifest
     frees = set()
     for seed in range(12):
         _, plain = _capture(seed, size=96, **LAYERED_16PX)
@@ -605,7 +605,7 @@ def test_the_colour_matrix_undoes_the_filters_crosstalk_for_flat_colours():
     crosstalk = torch.tensor([0.1, 0.25, 0.4])
     mixed = mix_crosstalk(light, crosstalk)
     own, others = light[1, :, 0, 0], light[1, :, 0, 0].sum() - light[1, :, 0, 0]
-    torch.testing.assert_close(mixed[1, :, 0, 0], (own + 0.25 * others) / 1.5)  # its own primary, a quarter of each other
+    torch.testing.assert_close(mixed[1, :, 0, 0], (own + 0.25 * others) / 1.5)  # its own, a quarter of the others
     torch.testing.assert_close(mix_crosstalk(torch.ones(3, 3, 2, 2), crosstalk), torch.ones(3, 3, 2, 2))  # white stays
     torch.testing.assert_close(colour_matrix(mixed, crosstalk), light)
     unset = torch.full((3,), float("nan"))
@@ -617,7 +617,7 @@ def test_no_crosstalk_draws_nothing_and_none_renders_the_same_bytes(moire_model)
     physics = {**LAYERED_16PX, "moire_model": moire_model}
     (moire, clean), capture = _capture(2, size=96, **physics)
     (none, none_clean), none_capture = _capture(2, size=96, **_with(physics, sensor={"crosstalk": [0.0, 0.0]}))
-    assert np.isnan(capture.crosstalk) and "crosstalk" not in capture.as_record()  # null: the manifest keeps its columns
+    assert np.isnan(capture.crosstalk) and "crosstalk" not in capture.as_record()  # null: the same manifest
     assert none_capture.crosstalk == 0.0
     assert {k: v for k, v in vars(none_capture).items() if k != "crosstalk"} == {
         k: v for k, v in vars(capture).items() if k != "crosstalk"}  # drawn last: every other draw is the same
