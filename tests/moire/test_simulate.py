@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import SynthesizeParams, parse_params
+from pipeline.config import SynthesizeParams, deep_merge, parse_params
 from pipeline.moire.display import add_glare, box_coverage, panel_colour, subpixel_coverage
 from pipeline.moire.isp import demosaic, sharpen, white_balance
 from pipeline.moire.jpeg import jpeg_compress, quantisation_tables
@@ -551,21 +551,13 @@ def test_moire_contrast_draws_each_pairs_contrast_and_leaves_the_other_draws_alo
     assert abs(strong.mean() - clean.mean()) < 4 and abs(weak.mean() - clean.mean()) < 3  # no tone shift either way
 
 
-def _with(physics: dict, **synthesize) -> dict:
-    """`physics` (the keyword arguments of `_capture`) with `synthesize` keys merged in, a section's into its own."""
-    merged = {**physics}
-    for key, value in synthesize.items():
-        merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
-    return merged
-
-
 def test_a_moire_free_fraction_is_drawn_last_and_leaves_the_other_draws_alone():
     _, capture = _capture(2, size=96, **LAYERED_16PX)
     assert capture.moire_free is None and "moire_free" not in capture.as_record()  # unset: the same manifest
     frees = set()
     for seed in range(12):
         _, plain = _capture(seed, size=96, **LAYERED_16PX)
-        _, drawn = _capture(seed, size=96, **_with(LAYERED_16PX, moire_free_fraction=0.5))
+        _, drawn = _capture(seed, size=96, **deep_merge(LAYERED_16PX, {"moire_free_fraction": 0.5}))
         assert replace(drawn, moire_free=None) == plain
         assert drawn.as_record()["moire_free"] is drawn.moire_free
         frees.add(drawn.moire_free)
@@ -573,8 +565,8 @@ def test_a_moire_free_fraction_is_drawn_last_and_leaves_the_other_draws_alone():
 
 
 def test_a_moire_free_layered_capture_is_the_photo_of_a_flat_layer():
-    (flat, flat_clean), _ = _capture(2, size=96, **_with(LAYERED_16PX, optics={"moire_contrast": [0.0, 0.0]}))
-    (free, free_clean), capture = _capture(2, size=96, **_with(LAYERED_16PX, moire_free_fraction=1.0))
+    (flat, flat_clean), _ = _capture(2, size=96, **deep_merge(LAYERED_16PX, {"optics": {"moire_contrast": [0.0, 0.0]}}))
+    (free, free_clean), capture = _capture(2, size=96, **deep_merge(LAYERED_16PX, {"moire_free_fraction": 1.0}))
     (moire, _), _ = _capture(2, size=96, **LAYERED_16PX)
     assert capture.moire_free
     assert free.tobytes() == flat.tobytes() and free_clean.tobytes() == flat_clean.tobytes()
@@ -582,7 +574,7 @@ def test_a_moire_free_layered_capture_is_the_photo_of_a_flat_layer():
 
 
 def test_a_moire_free_rendered_capture_is_the_content_through_the_lens_without_the_grid():
-    free = _with(LAYERED_16PX, moire_free_fraction=1.0, optics={"blur_sigma": [1.0, 1.0]})
+    free = deep_merge(LAYERED_16PX, {"moire_free_fraction": 1.0, "optics": {"blur_sigma": [1.0, 1.0]}})
     (layered, clean), _ = _capture(2, size=96, **free)
     (rendered, rendered_clean), capture = _capture(2, size=96, **{**free, "moire_model": "render"})
     (moire, moire_clean), _ = _capture(2, size=96, **{**free, "moire_free_fraction": 0.0, "moire_model": "render"})
@@ -616,7 +608,8 @@ def test_the_colour_matrix_undoes_the_filters_crosstalk_for_flat_colours():
 def test_no_crosstalk_draws_nothing_and_none_renders_the_same_bytes(moire_model):
     physics = {**LAYERED_16PX, "moire_model": moire_model}
     (moire, clean), capture = _capture(2, size=96, **physics)
-    (none, none_clean), none_capture = _capture(2, size=96, **_with(physics, sensor={"crosstalk": [0.0, 0.0]}))
+    none_physics = deep_merge(physics, {"sensor": {"crosstalk": [0.0, 0.0]}})
+    (none, none_clean), none_capture = _capture(2, size=96, **none_physics)
     assert np.isnan(capture.crosstalk) and "crosstalk" not in capture.as_record()  # null: the same manifest
     assert none_capture.crosstalk == 0.0
     assert {k: v for k, v in vars(none_capture).items() if k != "crosstalk"} == {
