@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -53,13 +54,15 @@ def pair_generator(seed: int, index: int) -> np.random.Generator:
 
 @contextmanager
 def single_threaded() -> Iterator[None]:
-    """Run torch on one thread: one process per core scales better, and bytes never depend on it."""
-    previous = torch.get_num_threads()
+    """Run torch and OpenCV on one thread: one process per core scales better, and bytes never depend on it."""
+    previous, previous_opencv = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(1)
+    cv2.setNumThreads(1)
     try:
         yield
     finally:
         torch.set_num_threads(previous)
+        cv2.setNumThreads(previous_opencv)
 
 
 def pair_filename(index: int) -> str:

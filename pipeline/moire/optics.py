@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -165,20 +166,60 @@ def _filter_weights(image: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
 def separable_filter(image: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     """Filter each capture of (B, C, H, W) with its own 1-D kernel along both axes (reflect borders).
 
-    In-place multiply-adds of shifted slices rather than a grouped conv2d: on one CPU core this
-    was 9× faster than torch's depthwise convolution for the kernel sizes used here.
+    On CPU in float32, OpenCV's separable filter (`_opencv_filter`); elsewhere in-place multiply-adds
+    of shifted slices rather than a grouped conv2d, which on one CPU core was 9× faster than torch's
+    depthwise convolution for the kernel sizes used here.
     """
+    if _opencv_applies(image):
+        return _opencv_filter(image, kernels, rows=True, columns=True)
     return filter_columns(filter_rows(image, kernels), kernels)
 
 
 def filter_rows(image: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     """`separable_filter`'s first half: each row of (B, C, H, W) filtered with its capture's (B, taps) kernel."""
+    if _opencv_applies(image):
+        return _opencv_filter(image, kernels, rows=True, columns=False)
     return _filter_along(image, _filter_weights(image, kernels), -1)
 
 
 def filter_columns(image: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     """`separable_filter`'s second half: each column filtered with its capture's kernel."""
+    if _opencv_applies(image):
+        return _opencv_filter(image, kernels, rows=False, columns=True)
     return _filter_along(image, _filter_weights(image, kernels), -2)
+
+
+def _opencv_applies(image: torch.Tensor) -> bool:
+    """Whether `_opencv_filter` can take (B, C, H, W) `image`: float32 on the CPU, no gradient to keep."""
+    return image.device.type == "cpu" and image.dtype == torch.float32 and not image.requires_grad
+
+
+def _opencv_filter(image: torch.Tensor, kernels: torch.Tensor, rows: bool, columns: bool) -> torch.Tensor:
+    """Each capture's planes through OpenCV's `sepFilter2D` with its own (B, taps) kernel along rows, columns
+    or both; borders reflected as `F.pad`'s "reflect" does (OpenCV's REFLECT_101).
+
+    One pass of OpenCV's vectorised rows-then-columns filter instead of a multiply-add per tap over the
+    whole frame: 4× faster on one core for 5–13 taps at 1200² (measured); the sums' order differs, so
+    results differ from `_filter_along`'s in the last bit.
+    """
+    source = image.contiguous().numpy()
+    filtered = np.empty_like(source)
+    identity = np.ones(1, dtype=np.float32)
+    for capture, kernel in enumerate(kernels.to(torch.float32).numpy()):
+        kernel = _trimmed(kernel)
+        along_rows, along_columns = (kernel if rows else identity), (kernel if columns else identity)
+        for plane in range(source.shape[1]):
+            cv2.sepFilter2D(source[capture, plane], cv2.CV_32F, along_rows, along_columns,
+                            dst=filtered[capture, plane], borderType=cv2.BORDER_REFLECT_101)
+    return torch.from_numpy(filtered)
+
+
+def _trimmed(kernel: np.ndarray) -> np.ndarray:
+    """A centred 1-D kernel without the zero taps at its ends (a capture's own 3σ cut inside the batch's radius)."""
+    nonzero = np.flatnonzero(kernel)
+    radius = max(len(kernel) // 2 - int(nonzero[0]), int(nonzero[-1]) - len(kernel) // 2)
+    centre = len(kernel) // 2
+    return np.ascontiguousarray(kernel[centre - radius : centre + radius + 1])
 
 
 def blurred_mosaic(light: torch.Tensor, sigma_px: torch.Tensor) -> torch.Tensor:
@@ -189,6 +230,8 @@ def blurred_mosaic(light: torch.Tensor, sigma_px: torch.Tensor) -> torch.Tensor:
     """
     if float(sigma_px.max()) <= 0:
         return bayer_mosaic(light)
+    if _opencv_applies(light):  # OpenCV's whole-frame filter is still faster than a tap loop at the kept pixels
+        return bayer_mosaic(_opencv_filter(light, gaussian_kernels(sigma_px, blur_radius(sigma_px)), True, True))
     weights = _filter_weights(light, gaussian_kernels(sigma_px, blur_radius(sigma_px)))
     raw = torch.empty_like(light[:, :1])
     for dy in (0, 1):

@@ -25,7 +25,7 @@ from pipeline.moire.isp import (
     colour_matrix, demosaic_each, denoise_chroma, sharpen, shrink_denoised, shrink_to, subtract_black_point, to_uint8,
     tone_curve, white_balance,
 )
-from pipeline.moire.jpeg import jpeg_compress
+from pipeline.moire.jpeg import camera_jpeg
 from pipeline.moire.patterns import BandPattern, band_modulation, sample_band_pattern
 from pipeline.moire.optics import (
     blurred_mosaic, camera_homography, focus_weight, lens_blur, pitch_ratio, screen_margin, sensor_samples_on_display,
@@ -431,7 +431,7 @@ def photograph(content: torch.Tensor, captures: list[CaptureParams], p: dict[str
     rgb = colour_matrix(demosaic_each(raw, [c.demosaic for c in captures]), p["crosstalk"])
     linear = denoise_chroma(white_balance(subtract_black_point(rgb, p["black_point"]), gains), p["chroma_denoise"])
     encoded = sharpen(tone_curve(linear, p["camera_gamma"]), p["sharpen"])
-    return jpeg_compress(encoded, p["jpeg_quality"]), gain
+    return camera_jpeg(encoded, p["jpeg_quality"]), gain
 
 
 def defocus(blur: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], light: torch.Tensor,
@@ -500,7 +500,7 @@ def photograph_layered(light: torch.Tensor, content_side: int, captures: list[Ca
     noisy = add_sensor_noise(light * gain.reshape(-1, 1, 1, 1), p["shot_noise"] / p["downscale"] ** 2,
                              p["read_noise"] / p["downscale"], [c.noise_seed for c in captures])
     encoded = sharpen(camera_colour(noisy, p, torch.ones_like(gain)), p["sharpen"])
-    return jpeg_compress(encoded, p["jpeg_quality"]), gain
+    return camera_jpeg(encoded, p["jpeg_quality"]), gain
 
 
 def photograph_moire_free(light: torch.Tensor, captures: list[CaptureParams], p: dict[str, torch.Tensor],
@@ -527,7 +527,7 @@ def photograph_pattern(clean_linear: torch.Tensor, captures: list[CaptureParams]
     light = add_sensor_noise(light, p["shot_noise"] / p["downscale"] ** 2, p["read_noise"] / p["downscale"],
                              [c.noise_seed for c in captures])
     encoded = sharpen(camera_colour(light, p, torch.exp2(p["exposure_ev"])), p["sharpen"])
-    return jpeg_compress(encoded, p["jpeg_quality"])
+    return camera_jpeg(encoded, p["jpeg_quality"])
 
 
 def simulate_batch(

@@ -6,8 +6,11 @@ import torch.nn.functional as F
 
 from pipeline.moire.display import LUMA, STRIPE_COLUMNS, panel_colour, subpixel_coverage, white_screen_light
 from pipeline.moire.isp import CHROMA_LUMA, demosaic, denoise_chroma, shrink_denoised, shrink_to, tone_curve
-from pipeline.moire.jpeg import RGB_TO_YCBCR, dct_matrix, jpeg_compress, quantisation_tables
-from pipeline.moire.optics import blur_radius, blurred_mosaic, gaussian_kernels, lens_blur, separable_filter
+from pipeline.moire.jpeg import RGB_TO_YCBCR, camera_jpeg, dct_matrix, jpeg_compress, quantisation_tables
+from pipeline.moire.optics import (
+    _filter_along, _filter_weights, blur_radius, blurred_mosaic, filter_columns, filter_rows, gaussian_kernels,
+    lens_blur, separable_filter,
+)
 from pipeline.moire.sensor import (
     METER_GAMMA, METER_HIGHLIGHT_QUANTILE, METER_WEIGHTS, RGGB, bayer_mosaic, metered_gain, upper_quantile,
 )
@@ -75,6 +78,22 @@ def test_blurred_mosaic_is_the_mosaic_of_the_blurred_light_to_the_bit(shape):
     sigma = torch.tensor([0.4, 1.3][: shape[0]])
     assert torch.equal(blurred_mosaic(light, sigma), bayer_mosaic(lens_blur(light, sigma)))
     assert torch.equal(blurred_mosaic(light, torch.zeros(shape[0])), bayer_mosaic(light))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 40, 33), (1, 2, 9, 14)])
+def test_opencvs_filter_is_the_tap_loop_to_float_rounding(shape):
+    image = torch.rand(*shape, generator=torch.Generator().manual_seed(11))
+    sigma = torch.tensor([0.45, 2.2][: shape[0]])  # each capture its own kernel, cut at its own 3σ
+    kernels = gaussian_kernels(sigma, blur_radius(sigma))
+    weights = _filter_weights(image, kernels)
+    rows, columns = _filter_along(image, weights, -1), _filter_along(image, weights, -2)
+    torch.testing.assert_close(filter_rows(image, kernels), rows, atol=1e-6, rtol=0)
+    torch.testing.assert_close(filter_columns(image, kernels), columns, atol=1e-6, rtol=0)
+    torch.testing.assert_close(separable_filter(image, kernels), _filter_along(rows, weights, -2), atol=1e-6, rtol=0)
+    assert (separable_filter(image, kernels) - image).abs().max() > 0.1  # it does blur
+    # the tap loop stays the path for float64 (and CUDA): the same filter in full precision
+    torch.testing.assert_close(separable_filter(image.double(), kernels.double()).float(),
+                               separable_filter(image, kernels), atol=1e-6, rtol=0)
 
 
 def test_chroma_denoise_equals_blurring_all_three_colour_differences():
@@ -167,6 +186,23 @@ def test_jpeg_is_its_blockwise_form_to_an_8_bit_level_in_rare_pixels():
     levels = ((jpeg_compress(rgb, quality) - _direct_jpeg(rgb, quality)).abs() * 255).round()
     assert float(levels.max()) <= 1.0  # a float sum in another order can tip a rounding by one level
     assert float((levels > 0).float().mean()) < 1e-3
+
+
+def test_libjpeg_on_the_cpu_compresses_as_much_as_the_torch_model():
+    # a smooth image with fine detail, as a camera frame is
+    rgb = F.avg_pool2d(torch.rand(2, 3, 96, 80, generator=torch.Generator().manual_seed(8)), 3, 1, 1)
+    quality = torch.tensor([60, 95])
+    got = camera_jpeg(rgb, quality)
+    assert got.shape == rgb.shape and got.dtype == rgb.dtype
+    assert torch.equal((got * 255).round() / 255, got)  # 8-bit levels, as a decoder writes them
+    model = jpeg_compress(rgb, quality)
+    for image in range(2):
+        error, model_error = ((got[image] - rgb[image]) ** 2).mean(), ((model[image] - rgb[image]) ** 2).mean()
+        assert float(error / model_error) == pytest.approx(1.0, abs=0.1)
+    low, high = ((got - rgb) ** 2).flatten(1).mean(1)
+    assert low > 2 * high  # quality 60 loses more than 95
+    assert torch.equal(camera_jpeg(rgb[1:], quality[1:]), got[1:])  # an image in a batch as alone
+    assert camera_jpeg(torch.rand(1, 3, 21, 30), torch.tensor([90])).shape == (1, 3, 21, 30)
 
 
 def test_the_meter_reading_every_seventh_pixel_reads_the_whole_frame():
