@@ -3,10 +3,10 @@
 Intel MKL (torch's BLAS on x86) picks its kernels by CPU, and a float32 matrix product's last bit with them.
 Two ways to make one machine take other kernels: `MKL_CBWR=COMPATIBLE` (MKL's portable path, the one it
 documents for the same results on any x86 vendor) on any x86 CPU, and `MKL_ENABLE_INSTRUCTIONS=AVX2` on an
-Intel CPU with AVX-512. The simulated JPEG computes in float64 so that its roundings do not see those last
-bits; each test's control shows the kernels do differ here in float32 (where they do not, it could not fail:
-skipped). OpenCV (the separable blurs, libjpeg) picks its kernels by instruction set too: without AVX-512 it
-must render the same bytes.
+Intel CPU with AVX-512. The camera's JPEG, which rounds every coefficient and level, runs through libjpeg in
+integers so that its roundings do not see those last bits; each test's control shows the kernels do differ
+here in float32 (where they do not, it could not fail: skipped). OpenCV (the separable blurs, libjpeg) picks
+its kernels by instruction set too: without AVX-512 it must render the same bytes.
 """
 
 import os
@@ -88,7 +88,7 @@ def test_mkl_s_portable_path_renders_the_same_bytes(tmp_path):
 def test_a_cpu_without_avx512_renders_the_same_bytes(tmp_path):
     # the control: MKL's own choice of kernels multiplies otherwise without AVX-512
     assert float32_product(MKL_CBWR="AUTO", MKL_ENABLE_INSTRUCTIONS="AVX2") != float32_product(MKL_CBWR="AUTO")
-    here = rendered_bytes(tmp_path / "here")  # `pipeline`'s MKL_CBWR=AVX2 as well as the float64 JPEG
+    here = rendered_bytes(tmp_path / "here")  # `pipeline`'s MKL_CBWR=AVX2 as well as libjpeg's integer JPEG
     assert len(here) == 48
     assert rendered_bytes(tmp_path / "avx2", MKL_ENABLE_INSTRUCTIONS="AVX2") == here
 
