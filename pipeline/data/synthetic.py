@@ -146,10 +146,11 @@ RENDER_CODE = ("pipeline/__init__.py", "pipeline/moire", "pipeline/sources", "pi
 
 
 def renderer_digest() -> str:
-    """Digest of the rendering code (RENDER_CODE) and of the numpy, torch and Pillow versions."""
+    """Digest of the rendering code (RENDER_CODE) and of the numpy, torch, Pillow and OpenCV versions (OpenCV
+    blurs the frames and carries the libjpeg that compresses them)."""
     import PIL
 
-    return code_digest(RENDER_CODE, f"{np.__version__} {torch.__version__} {PIL.__version__}")
+    return code_digest(RENDER_CODE, f"{np.__version__} {torch.__version__} {PIL.__version__} {cv2.__version__}")
 
 
 def source_stamp(spec: SourceSpec) -> list:

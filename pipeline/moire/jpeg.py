@@ -2,8 +2,8 @@
 
 On the CPU a frame goes through libjpeg itself (`camera_jpeg`: OpenCV's libjpeg-turbo, the codec
 behind most camera and phone JPEGs): 8-bit levels in, the accurate integer DCT, 4:2:0, the IJG
-tables scaled by quality, fancy upsampling out. It computes in integers (the same bytes with its SIMD
-paths forced off, checked) and is 3× faster than the torch model on one core at 512² (docs/benchmarks.md).
+tables scaled by quality, fancy upsampling out. It computes in integers, so no CPU can reorder a float
+sum in it, and is 3× faster than the torch model on one core at 512² (docs/benchmarks.md).
 
 On other devices, `jpeg_compress` models the lossy part in torch: colour conversion, 4:2:0 chroma
 subsampling and quantisation of 8×8 DCT blocks with the same tables; entropy coding is lossless and
@@ -109,9 +109,10 @@ def camera_jpeg(rgb: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     `jpeg_compress` elsewhere; same shape and dtype out, on 8-bit levels."""
     if rgb.device.type != "cpu":
         return jpeg_compress(rgb, quality)
+    qualities = quality.reshape(-1).expand(rgb.shape[0]).tolist()  # one for all, or one per image
     levels = rgb.detach().clamp(0, 1).mul(255.0).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    decoded = np.stack([_libjpeg_roundtrip(image, int(q)) for image, q in zip(levels, quality.tolist())])
-    return torch.from_numpy(decoded).permute(0, 3, 1, 2).to(rgb.dtype).div_(255.0)
+    decoded = np.stack([_libjpeg_roundtrip(image, int(q)) for image, q in zip(levels, qualities)])
+    return torch.from_numpy(decoded).permute(0, 3, 1, 2).contiguous().to(rgb.dtype).div_(255.0)
 
 
 def _libjpeg_roundtrip(rgb: np.ndarray, quality: int) -> np.ndarray:

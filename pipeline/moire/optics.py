@@ -170,28 +170,30 @@ def separable_filter(image: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor
     of shifted slices rather than a grouped conv2d, which on one CPU core was 9× faster than torch's
     depthwise convolution for the kernel sizes used here.
     """
-    if _opencv_applies(image):
+    if _opencv_applies(image, kernels):
         return _opencv_filter(image, kernels, rows=True, columns=True)
     return filter_columns(filter_rows(image, kernels), kernels)
 
 
 def filter_rows(image: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     """`separable_filter`'s first half: each row of (B, C, H, W) filtered with its capture's (B, taps) kernel."""
-    if _opencv_applies(image):
+    if _opencv_applies(image, kernels):
         return _opencv_filter(image, kernels, rows=True, columns=False)
     return _filter_along(image, _filter_weights(image, kernels), -1)
 
 
 def filter_columns(image: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     """`separable_filter`'s second half: each column filtered with its capture's kernel."""
-    if _opencv_applies(image):
+    if _opencv_applies(image, kernels):
         return _opencv_filter(image, kernels, rows=False, columns=True)
     return _filter_along(image, _filter_weights(image, kernels), -2)
 
 
-def _opencv_applies(image: torch.Tensor) -> bool:
-    """Whether `_opencv_filter` can take (B, C, H, W) `image`: float32 on the CPU, no gradient to keep."""
-    return image.device.type == "cpu" and image.dtype == torch.float32 and not image.requires_grad
+def _opencv_applies(image: torch.Tensor, kernels: torch.Tensor) -> bool:
+    """Whether `_opencv_filter` can take (B, C, H, W) `image` and its (B, taps) `kernels`: float32 on the CPU,
+    no gradient to keep."""
+    return (image.device.type == "cpu" and image.dtype == torch.float32
+            and not image.requires_grad and not kernels.requires_grad)
 
 
 def _opencv_filter(image: torch.Tensor, kernels: torch.Tensor, rows: bool, columns: bool) -> torch.Tensor:
@@ -205,7 +207,9 @@ def _opencv_filter(image: torch.Tensor, kernels: torch.Tensor, rows: bool, colum
     source = image.contiguous().numpy()
     filtered = np.empty_like(source)
     identity = np.ones(1, dtype=np.float32)
-    for capture, kernel in enumerate(kernels.to(torch.float32).numpy()):
+    # one kernel for the whole batch, as the tap loop's broadcasting allows
+    kernels = kernels.to(torch.float32).expand(image.shape[0], -1).numpy()
+    for capture, kernel in enumerate(kernels):
         kernel = _trimmed(kernel)
         along_rows, along_columns = (kernel if rows else identity), (kernel if columns else identity)
         for plane in range(source.shape[1]):
@@ -223,16 +227,19 @@ def _trimmed(kernel: np.ndarray) -> np.ndarray:
 
 
 def blurred_mosaic(light: torch.Tensor, sigma_px: torch.Tensor) -> torch.Tensor:
-    """`bayer_mosaic(lens_blur(light, sigma_px))`, (B, 3, H, W) → (B, 1, H, W), the same numbers at half the work.
+    """`bayer_mosaic(lens_blur(light, sigma_px))`, (B, 3, H, W) → (B, 1, H, W), the same numbers.
 
-    The mosaic keeps one colour of each pixel, so each colour is blurred only where it is kept:
-    the row pass at that colour's columns, the column pass at its pixels.
+    On the CPU in float32, OpenCV blurs whole frames and the mosaic keeps one colour of each pixel: its
+    vectorised filter is faster than a tap loop over the kept pixels alone. Elsewhere each colour is
+    blurred only where the mosaic keeps it (the row pass at that colour's columns, the column pass at its
+    pixels), half the work of blurring all of it.
     """
     if float(sigma_px.max()) <= 0:
         return bayer_mosaic(light)
-    if _opencv_applies(light):  # OpenCV's whole-frame filter is still faster than a tap loop at the kept pixels
-        return bayer_mosaic(_opencv_filter(light, gaussian_kernels(sigma_px, blur_radius(sigma_px)), True, True))
-    weights = _filter_weights(light, gaussian_kernels(sigma_px, blur_radius(sigma_px)))
+    kernels = gaussian_kernels(sigma_px, blur_radius(sigma_px))
+    if _opencv_applies(light, kernels):  # OpenCV's whole-frame filter is still faster than a tap loop at the kept pixels
+        return bayer_mosaic(_opencv_filter(light, kernels, True, True))
+    weights = _filter_weights(light, kernels)
     raw = torch.empty_like(light[:, :1])
     for dy in (0, 1):
         for dx in (0, 1):

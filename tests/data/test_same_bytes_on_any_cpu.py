@@ -5,8 +5,7 @@ Two ways to make one machine take other kernels: `MKL_CBWR=COMPATIBLE` (MKL's po
 documents for the same results on any x86 vendor) on any x86 CPU, and `MKL_ENABLE_INSTRUCTIONS=AVX2` on an
 Intel CPU with AVX-512. The camera's JPEG, which rounds every coefficient and level, runs through libjpeg in
 integers so that its roundings do not see those last bits; each test's control shows the kernels do differ
-here in float32 (where they do not, it could not fail: skipped). OpenCV (the separable blurs, libjpeg) picks
-its kernels by instruction set too: without AVX-512 it must render the same bytes.
+here in float32 (where they do not, it could not fail: skipped).
 """
 
 import os
@@ -28,14 +27,6 @@ def intel_with_avx512() -> bool:
     except OSError:
         return False
     return "GenuineIntel" in cpuinfo and " avx512f" in cpuinfo
-
-
-def cpu_with_avx512() -> bool:
-    """Whether this CPU has AVX-512 (Linux), where OpenCV may dispatch to its AVX-512 kernels."""
-    try:
-        return " avx512f" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
 
 
 pytestmark = [
@@ -91,11 +82,3 @@ def test_a_cpu_without_avx512_renders_the_same_bytes(tmp_path):
     here = rendered_bytes(tmp_path / "here")  # `pipeline`'s MKL_CBWR=AVX2 as well as libjpeg's integer JPEG
     assert len(here) == 48
     assert rendered_bytes(tmp_path / "avx2", MKL_ENABLE_INSTRUCTIONS="AVX2") == here
-
-
-@pytest.mark.skipif(not cpu_with_avx512(), reason="needs a CPU with AVX-512")
-def test_opencv_without_avx512_renders_the_same_bytes(tmp_path):
-    # OpenCV's filters are vectorised across pixels, each sum in the same order of taps at any vector width
-    here = rendered_bytes(tmp_path / "here")
-    assert len(here) == 48
-    assert rendered_bytes(tmp_path / "avx2", OPENCV_CPU_DISABLE="AVX512_SKX,AVX512_COMMON,AVX512_ICL") == here

@@ -1,8 +1,12 @@
 """The simulator's fast paths compute what their direct forms compute (issue 14: speed, not new physics)."""
 
+import io
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from pipeline.moire.display import LUMA, STRIPE_COLUMNS, panel_colour, subpixel_coverage, white_screen_light
 from pipeline.moire.isp import CHROMA_LUMA, demosaic, denoise_chroma, shrink_denoised, shrink_to, tone_curve
@@ -94,6 +98,13 @@ def test_opencvs_filter_is_the_tap_loop_to_float_rounding(shape):
     # the tap loop stays the path for float64 (and CUDA): the same filter in full precision
     torch.testing.assert_close(separable_filter(image.double(), kernels.double()).float(),
                                separable_filter(image, kernels), atol=1e-6, rtol=0)
+    # one kernel for the whole batch, as the tap loop broadcasts it
+    torch.testing.assert_close(separable_filter(image, kernels[:1]),
+                               _filter_along(_filter_along(image, weights[:1], -1), weights[:1], -2), atol=1e-6, rtol=0)
+    # a blur whose width is being learnt keeps its gradient (the tap loop)
+    learnt = sigma.clone().requires_grad_()
+    separable_filter(image, gaussian_kernels(learnt, blur_radius(sigma))).sum().backward()
+    assert learnt.grad is not None
 
 
 def test_chroma_denoise_equals_blurring_all_three_colour_differences():
@@ -203,6 +214,15 @@ def test_libjpeg_on_the_cpu_compresses_as_much_as_the_torch_model():
     assert low > 2 * high  # quality 60 loses more than 95
     assert torch.equal(camera_jpeg(rgb[1:], quality[1:]), got[1:])  # an image in a batch as alone
     assert camera_jpeg(torch.rand(1, 3, 21, 30), torch.tensor([90])).shape == (1, 3, 21, 30)
+    # Pillow's JPEG (its own libjpeg) at the same quality and 4:2:0 decodes to the same levels, to within what
+    # another libjpeg version could change: the channels reach the codec as red, green, blue (swapped, the
+    # luma weighs them otherwise: 4–7 levels apart on average)
+    for image, q in zip(rgb, quality.tolist()):
+        levels = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        encoded = io.BytesIO()
+        Image.fromarray(levels).save(encoded, format="JPEG", quality=q, subsampling=2)
+        pillow = torch.from_numpy(np.array(Image.open(encoded))).permute(2, 0, 1).float() / 255
+        assert float((camera_jpeg(image[None], torch.tensor([q]))[0] - pillow).abs().mean() * 255) < 0.5
 
 
 def test_the_meter_reading_every_seventh_pixel_reads_the_whole_frame():
