@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline.moire.display import LUMA, STRIPE_COLUMNS, panel_colour, subpixel_coverage, white_screen_light
+from pipeline.moire.display import (
+    LUMA, STRIPE_COLUMNS, decode_display_gamma, panel_colour, subpixel_coverage, white_screen_light,
+)
 from pipeline.moire.isp import CHROMA_LUMA, demosaic, denoise_chroma, shrink_denoised, shrink_to, tone_curve
 from pipeline.moire.jpeg import RGB_TO_YCBCR, camera_jpeg, dct_matrix, jpeg_compress, quantisation_tables
 from pipeline.moire.optics import (
@@ -105,6 +107,17 @@ def test_opencvs_filter_is_the_tap_loop_to_float_rounding(shape):
     learnt = sigma.clone().requires_grad_()
     separable_filter(image, gaussian_kernels(learnt, blur_radius(sigma))).sum().backward()
     assert learnt.grad is not None
+
+
+def test_display_gamma_is_each_captures_power_law_at_every_level():
+    levels = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16).expand(2, 3, 16, 16)
+    gamma = torch.tensor([2.1, 2.4])
+    expected = (torch.arange(256, dtype=torch.float32) / 255.0)[None] ** gamma.reshape(-1, 1)
+    got = decode_display_gamma(levels, gamma)  # OpenCV's lookup on the CPU
+    assert torch.equal(got, expected.reshape(2, 1, 16, 16).expand(2, 3, 16, 16))
+    assert torch.equal(decode_display_gamma(levels[1:], gamma[1:]), got[1:])  # a capture alone as in its batch
+    # another dtype takes the indexed table: the same values
+    assert torch.equal(decode_display_gamma(levels.to(torch.int64), gamma), got)
 
 
 def test_chroma_denoise_equals_blurring_all_three_colour_differences():
