@@ -164,29 +164,33 @@ def _filter_weights(image: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
 
 
 def separable_filter(image: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
-    """Filter each capture of (B, C, H, W) with its own 1-D kernel along both axes (reflect borders).
-
-    On CPU in float32, OpenCV's separable filter (`_opencv_filter`); elsewhere in-place multiply-adds
-    of shifted slices rather than a grouped conv2d, which on one CPU core was 9× faster than torch's
-    depthwise convolution for the kernel sizes used here.
-    """
-    if _opencv_applies(image, kernels):
-        return _opencv_filter(image, kernels, rows=True, columns=True)
-    return filter_columns(filter_rows(image, kernels), kernels)
+    """Filter each capture of (B, C, H, W) with its own 1-D kernel along both axes (reflect borders)."""
+    return _filtered(image, kernels, rows=True, columns=True)
 
 
 def filter_rows(image: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     """`separable_filter`'s first half: each row of (B, C, H, W) filtered with its capture's (B, taps) kernel."""
-    if _opencv_applies(image, kernels):
-        return _opencv_filter(image, kernels, rows=True, columns=False)
-    return _filter_along(image, _filter_weights(image, kernels), -1)
+    return _filtered(image, kernels, rows=True, columns=False)
 
 
 def filter_columns(image: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     """`separable_filter`'s second half: each column filtered with its capture's kernel."""
+    return _filtered(image, kernels, rows=False, columns=True)
+
+
+def _filtered(image: torch.Tensor, kernels: torch.Tensor, rows: bool, columns: bool) -> torch.Tensor:
+    """(B, C, H, W) filtered along its rows, its columns or both with each capture's (B, taps) kernel.
+
+    On the CPU in float32, OpenCV's separable filter (`_opencv_filter`); elsewhere in-place multiply-adds
+    of shifted slices rather than a grouped conv2d, which on one CPU core was 9× faster than torch's
+    depthwise convolution for the kernel sizes used here.
+    """
     if _opencv_applies(image, kernels):
-        return _opencv_filter(image, kernels, rows=False, columns=True)
-    return _filter_along(image, _filter_weights(image, kernels), -2)
+        return _opencv_filter(image, kernels, rows, columns)
+    weights = _filter_weights(image, kernels)
+    if rows:
+        image = _filter_along(image, weights, -1)
+    return _filter_along(image, weights, -2) if columns else image
 
 
 def _opencv_applies(image: torch.Tensor, kernels: torch.Tensor) -> bool:
