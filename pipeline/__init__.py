@@ -5,10 +5,12 @@ Nothing here imports Prefect or DVC; every function takes plain arguments.
 
 import os
 
-# The same rendered bytes on Intel CPUs with AVX2, with or without AVX-512 (what MKL's conditional numerical
-# reproducibility promises; other vendors' CPUs may still differ). Intel MKL (torch's BLAS on x86) otherwise
-# picks its kernels by CPU, and with AVX-512 a matrix product's float sums differ in the last bit, which the
-# simulated JPEG's quantisation turns into whole levels (195 of the default set's 960 images differed when
-# MKL was capped at AVX2 on an AVX-512 machine). MKL reads it at its first call, so it is set on import: a
-# process that multiplied matrices before importing pipeline keeps MKL's own choice. A user's value is kept.
-os.environ.setdefault("MKL_CBWR", "AVX2")
+# The same rendered bytes on any x86 CPU, Intel's or AMD's, with or without AVX-512: MKL's portable branch of
+# its conditional numerical reproducibility, the one it documents for the same results across vendors. Intel
+# MKL (torch's BLAS, and its vector maths behind exp, log and sqrt on the CPU) otherwise picks its kernels by
+# CPU, and their last bits, through the renderer's roundings, become whole levels: an Intel Xeon and an AMD
+# Zen 4 rendered different default sets under `MKL_CBWR=AVX2`, which MKL honours on Intel CPUs only (AMD's
+# take its own choice). The portable branch costs nothing measurable here (docs/benchmarks.md). MKL reads it
+# at its first call, so it is set on import: a process that used MKL before importing pipeline keeps MKL's
+# own choice. A user's value is kept.
+os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
