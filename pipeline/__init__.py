@@ -5,7 +5,7 @@ Nothing here imports Prefect or DVC; every function takes plain arguments.
 
 import os
 
-# The same rendered bytes on any x86 CPU, Intel's or AMD's, with or without AVX-512: MKL's portable branch of
+# The same rendered bytes on Intel and AMD x86 CPUs with AVX2, with or without AVX-512: MKL's portable branch of
 # its conditional numerical reproducibility, the one it documents for the same results across vendors. Intel
 # MKL (torch's BLAS, and its vector maths behind exp, log and sqrt on the CPU) otherwise picks its kernels by
 # CPU, and their last bits, through the renderer's roundings, become whole levels: an Intel Xeon and an AMD

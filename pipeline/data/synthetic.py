@@ -146,11 +146,13 @@ RENDER_CODE = ("pipeline/__init__.py", "pipeline/moire", "pipeline/sources", "pi
 
 
 def renderer_digest() -> str:
-    """Digest of the rendering code (RENDER_CODE) and of the numpy, torch, Pillow and OpenCV versions (OpenCV
-    blurs the frames and carries the libjpeg that compresses them)."""
+    """Digest of the rendering code (RENDER_CODE), of the numpy, torch, Pillow and OpenCV versions (OpenCV
+    blurs the frames and carries the libjpeg that compresses them) and of MKL's reproducibility branch (a
+    user's `MKL_CBWR` renders other last bits: a resumed set keeps to one)."""
     import PIL
 
-    return code_digest(RENDER_CODE, f"{np.__version__} {torch.__version__} {PIL.__version__} {cv2.__version__}")
+    versions = f"{np.__version__} {torch.__version__} {PIL.__version__} {cv2.__version__} {os.environ.get('MKL_CBWR')}"
+    return code_digest(RENDER_CODE, versions)
 
 
 def source_stamp(spec: SourceSpec) -> list:

@@ -154,3 +154,10 @@ def test_a_second_run_into_the_same_folder_stops_at_once_and_leaves_the_first_on
         holder.wait()
     _synthesize(tiny_params, out)  # the kernel released the killed holder's lock
     assert not stale.exists() and len(list((out / "moire").iterdir())) == tiny_params.synthesize.n_pairs
+
+
+def test_another_mkl_branch_renders_into_another_work_folder(tmp_path, tiny_params, monkeypatch):
+    out = tmp_path / "synthesize"
+    pinned = _work(tiny_params, out)
+    monkeypatch.setenv("MKL_CBWR", "AUTO")  # a user's own branch: other last bits, so no shards shared
+    assert _work(tiny_params, out) != pinned

@@ -118,6 +118,11 @@ def test_display_gamma_is_each_captures_power_law_at_every_level():
     assert torch.equal(decode_display_gamma(levels[1:], gamma[1:]), got[1:])  # a capture alone as in its batch
     # another dtype takes the indexed table: the same values
     assert torch.equal(decode_display_gamma(levels.to(torch.int64), gamma), got)
+    # a gamma being learnt keeps its gradient, an empty batch stays empty
+    learnt = gamma.clone().requires_grad_()
+    decode_display_gamma(levels, learnt).sum().backward()
+    assert learnt.grad is not None and bool((learnt.grad < 0).all())  # a higher gamma darkens every level
+    assert decode_display_gamma(levels[:0], gamma[:0]).shape == (0, 3, 16, 16)
 
 
 def test_chroma_denoise_equals_blurring_all_three_colour_differences():
