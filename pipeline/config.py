@@ -72,6 +72,8 @@ class DisplayParams(Section):
 
 
 class OpticsParams(Section):
+    # Camera distance and screen rotation are drawn from these ranges only where beat_period_px is null (the
+    # `classic` preset); with a beat period (the default) each capture's follow from its period, below.
     distance_mm: Annotated[Range, _within(20.0, 10_000.0)] = (300.0, 800.0)
     focal_length_mm: Annotated[Range, _within(1.0, 200.0)] = (4.2, 6.0)  # phone main cameras
     rotation_deg: Annotated[Range, _within(-45.0, 45.0)] = (-6.0, 6.0)
