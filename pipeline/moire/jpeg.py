@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.moire.isp import to_uint8
+
 # ITU-T T.81 Annex K tables.
 LUMA_TABLE = (
     (16, 11, 10, 16, 24, 40, 51, 61), (12, 12, 14, 19, 26, 58, 60, 55),
@@ -110,7 +112,7 @@ def camera_jpeg(rgb: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     if rgb.device.type != "cpu":
         return jpeg_compress(rgb, quality)
     qualities = quality.reshape(-1).expand(rgb.shape[0]).tolist()  # one for all, or one per image
-    levels = rgb.detach().clamp(0, 1).mul(255.0).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    levels = to_uint8(rgb.detach()).permute(0, 2, 3, 1).numpy()
     decoded = np.stack([_libjpeg_roundtrip(image, int(q)) for image, q in zip(levels, qualities)])
     return torch.from_numpy(decoded).permute(0, 3, 1, 2).contiguous().to(rgb.dtype).div_(255.0)
 

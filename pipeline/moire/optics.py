@@ -241,7 +241,7 @@ def blurred_mosaic(light: torch.Tensor, sigma_px: torch.Tensor) -> torch.Tensor:
     if float(sigma_px.max()) <= 0:
         return bayer_mosaic(light)
     kernels = gaussian_kernels(sigma_px, blur_radius(sigma_px))
-    if _opencv_applies(light, kernels):  # OpenCV's whole-frame filter is still faster than a tap loop at the kept pixels
+    if _opencv_applies(light, kernels):
         return bayer_mosaic(_opencv_filter(light, kernels, True, True))
     weights = _filter_weights(light, kernels)
     raw = torch.empty_like(light[:, :1])
