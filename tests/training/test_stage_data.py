@@ -1,17 +1,20 @@
-"""The training stage reads its splits lazily: same validation, clear errors for missing files."""
+"""The training stage reads its splits lazily (same validation, clear errors for missing files) and builds the model
+its params name."""
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
+from pipeline.config import load_params
 from pipeline.data.dataset import StoredPairs
 from pipeline.errors import InputDataError
 from pipeline.io import write_png
-from pipeline.models import ModelSpec, build_model
+from pipeline.models import ModelSpec, build_model, load_model
 from pipeline.training.losses import weighted_loss
 from pipeline.training.loop import validate
-from pipeline.training.stage import load_split
+from pipeline.training.stage import load_split, run_training
 
 
 def _pairs_index(tmp_path, rng, splits=("train", "train", "val", "val", "val")):
@@ -44,3 +47,19 @@ def test_a_split_with_a_missing_file_is_refused_before_training(tmp_path, rng):
     assert len(load_split(index, data, "val")) == 3
     with pytest.raises(InputDataError, match="lists no test pairs"):
         load_split(index, data, "test")
+
+
+def test_the_stage_builds_the_model_with_the_params_correction(tmp_path, rng, monkeypatch):
+    """train.correction and correction_width reach the model the stage writes."""
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # the live MLflow run goes to a store here, not the checkout's
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    index, data = _pairs_index(tmp_path, rng)
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(yaml.safe_dump({"seed": 1, "train": {
+        "model": "unet", "channels": 4, "depth": 2, "epochs": 1, "batch_size": 2, "patch_size": 16, "device": "cpu",
+        "correction": "chroma", "correction_width": 4.0}}))
+    out = tmp_path / "model"
+    run_training(load_params(params_path), params_path, data, index, out, out / "history.csv")
+    model, spec = load_model(out)
+    assert (spec.correction, spec.correction_width, spec.correction_cast) == ("chroma", 4.0, "gain")
+    assert model.chroma and model.narrowing.width == 4.0
