@@ -12,7 +12,8 @@ all of the bands, 0 none, below 0 the model adds to them. The bands are straight
 (the photo decoded with a 2.2 power, multiplied, encoded again), as a screen's moiré modulates its light,
 of RMS contrast `--amplitude`, at `--angle` degrees, in two kinds:
 - colour: red, green and blue a third of a cycle apart (the rainbow stripes of an LCD's subpixels beating
-  against a colour mosaic), next to no luma;
+  against a colour mosaic): the mean of the three stays flat, though BT.601's luma still moves by 0.41 of a
+  channel's swing (green weighs most);
 - luma: the three channels alike (the grid's own beat, grey stripes).
 Prints, per model, the median over the photos for each kind and period; `--out` writes every figure.
 
