@@ -26,6 +26,11 @@ count as weaker moiré), band-passed between Gaussians of σ 1 and 16 px, its RM
 flattest half of the frame (by the truth's own band-passed luma: there the residual is not the content's
 edges); the ratio of the 90th to the 10th percentile of those RMS, for its chroma and its luma. With
 --window SIDE, within SIDE² windows of the frame (the median over them), to compare frames of other sizes.
+With --shift R…, how much of the tone-aligned error is misregistration: the tone-aligned PSNR again with each
+pixel compared with the best of its truth's pixels within ±R px (`tone_psnr_within_Rpx`; R = 0 is the plain
+figure). Where the truth is flat a shift changes nothing, so moiré there counts whole; where it is textured a
+shift also absorbs some moiré, so this bounds misregistration's share from above. Run on a folder of a model's
+outputs beside the truths (same names, `moire/` and `clean/`), it scores the model the same way.
 Prints one row per group (median over its pairs) and, with --per-image, every pair.
 
     python benchmarks/real_residuals.py ../shared/real-moire/paired --group fhdmi='fhdmi_*' \
@@ -175,13 +180,27 @@ def windowed_spread(aligned: torch.Tensor, y: torch.Tensor, tile: int, window: i
     return {key: float(statistics.median(spread[key] for spread in spreads)) for key in spreads[0]}
 
 
+def shift_tolerant_mse(aligned: torch.Tensor, y: torch.Tensor, radius: int) -> float:
+    """MSE of 3×H×W `aligned` against truth `y`, each pixel against the best of y's pixels within ±radius px
+    (the frame's inner part, `radius` px in from each side)."""
+    height, width = y.shape[-2:]
+    inner = aligned[:, radius:height - radius, radius:width - radius]
+    best = None
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            shifted = y[:, radius + dy:height - radius + dy, radius + dx:width - radius + dx]
+            error = (inner - shifted).square().sum(dim=0)
+            best = error if best is None else torch.minimum(best, error)
+    return float(best.mean() / y.shape[0])
+
+
 def gain_db(before: float, after: float) -> float:
     """PSNR gain of an MSE change."""
     return float(10 * np.log10(before / after))
 
 
 def analyse_pair(moire: Path, clean: Path, falloffs: list[float], widths: list[float], tile: int | None = None,
-                 window: int | None = None) -> dict[str, float]:
+                 window: int | None = None, shifts: list[int] = ()) -> dict[str, float]:
     """Every figure of one pair."""
     x, y = (to_tensor(read_rgb(path)).double() for path in (moire, clean))
     aligned = align_tone(x, y)
@@ -198,6 +217,9 @@ def analyse_pair(moire: Path, clean: Path, falloffs: list[float], widths: list[f
         fielded = flat_fielded(x, k)
         figures[f"flat_{k}_raw_db"] = gain_db(mse(x, y), mse(fielded, y))
         figures[f"flat_{k}_tone_db"] = gain_db(base, mse(align_tone(fielded, y), y))
+    for radius in shifts:
+        tolerant = max(shift_tolerant_mse(aligned, y, radius), 1e-12)  # a perfect match: 120 dB, not infinity
+        figures[f"tone_psnr_within_{radius}px"] = float(-10 * np.log10(tolerant))
     if tile:
         figures.update(windowed_spread(aligned, y, tile, window))
     return {**figures, **(split_gains(aligned, y, widths) if widths else {})}
@@ -214,6 +236,8 @@ def main() -> None:
                         help="also the gains of removing the chroma or luma residual finer than each SIGMA px")
     parser.add_argument("--spatial", type=int, default=None, metavar="TILE",
                         help="also how unevenly the moiré's strength spreads over the frame, in TILE² tiles")
+    parser.add_argument("--shift", type=int, nargs="+", default=[], metavar="R",
+                        help="also the tone-aligned PSNR with each pixel matched within ±R px of its truth")
     parser.add_argument("--window", type=int, default=None, metavar="SIDE",
                         help="with --spatial: within SIDE² windows of each frame (their median)")
     args = parser.parse_args()
@@ -224,7 +248,7 @@ def main() -> None:
         for pair in found.pairs:
             if fnmatch.fnmatch(pair.name, glob):
                 rows.append(analyse_pair(pair.moire_path, pair.clean_path, args.flat_field, args.split, args.spatial,
-                                         args.window))
+                                         args.window, args.shift))
                 if args.per_image:
                     print(pair.name, {k: round(v, 3) for k, v in rows[-1].items()})
         if rows:

@@ -1,5 +1,6 @@
-"""benchmarks/real_residuals.py: the falloff its light-field fit reports is the one a photo was given, and its split
-puts colour stripes in the chroma and a wide ramp in the luma."""
+"""benchmarks/real_residuals.py: the falloff its light-field fit reports is the one a photo was given, its split
+puts colour stripes in the chroma and a wide ramp in the luma, and its shift tolerance forgives misregistration, not
+moiré on flat content."""
 
 import pytest
 import torch
@@ -61,3 +62,18 @@ def test_the_spatial_spread_of_moire_that_fades_across_the_frame_is_larger_than_
     assert spread(fading)["chroma_spread"] > 2 * spread(even)["chroma_spread"]
     windows = residuals.windowed_spread(residuals.align_tone(fading + noise, truth), truth, 32, 128)
     assert spread(even)["chroma_spread"] < windows["chroma_spread"] < spread(fading)["chroma_spread"]  # part of the fade
+
+
+def test_a_shift_tolerance_forgives_a_photo_a_pixel_off_and_not_stripes_on_flat_content(residuals):
+    generator = torch.Generator().manual_seed(3)
+    truth = torch.rand(3, 40, 60, generator=generator, dtype=torch.float64)
+    off = torch.roll(truth, shifts=(1, -1), dims=(1, 2))  # the same content, a pixel down and left
+    assert residuals.shift_tolerant_mse(off, truth, 0) == pytest.approx(residuals.mse(off, truth))
+    assert residuals.mse(off, truth) > 0.05
+    assert residuals.shift_tolerant_mse(off, truth, 1) < 1e-20  # within ±1 px every inner pixel finds itself
+
+    flat = torch.full((3, 40, 60), 0.5, dtype=torch.float64)
+    x = torch.arange(60, dtype=torch.float64)
+    striped = flat + 0.05 * torch.sin(2 * torch.pi * x / 6) * torch.tensor([1.0, -1.0, 0.0])[:, None, None]
+    inner = residuals.mse(striped[:, 2:-2, 2:-2], flat[:, 2:-2, 2:-2])
+    assert residuals.shift_tolerant_mse(striped, flat, 2) == pytest.approx(inner)  # a flat truth has nothing to shift
