@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.config import InferParams  # noqa: E402
 from pipeline.data.dataset import to_image, to_tensor  # noqa: E402
+from pipeline.errors import DemoireError, InputDataError  # noqa: E402
 from pipeline.evaluation.real_sets import served_restorer  # noqa: E402
 from pipeline.io import read_rgb  # noqa: E402
 from pipeline.models import load_model  # noqa: E402
@@ -46,6 +47,7 @@ KINDS = ("colour", "luma")
 PHASES = {"colour": (0.0, 2 * math.pi / 3, 4 * math.pi / 3), "luma": (0.0, 0.0, 0.0)}
 DISPLAY_GAMMA = 2.2  # linear light for the modulation: a plain power, the photos' own curve is unknown
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+MAX_AMPLITUDE = 1 / math.sqrt(2)  # the bands' troughs reach zero light
 
 
 def band_pattern(height: int, width: int, period: float, amplitude: float, kind: str, angle_deg: float = 30.0
@@ -98,10 +100,38 @@ def photo_responses(restore: Callable[[torch.Tensor], torch.Tensor], clean: torc
 
 def clean_photos(folder: Path) -> list[Path]:
     """The images of `folder`, by name."""
+    if not folder.is_dir():
+        raise SystemExit(f"--clean {folder}: not a folder")
     photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not photos:
         raise SystemExit(f"--clean {folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
     return photos
+
+
+def readable_crops(photos: list[Path], crop: int | None) -> dict[str, torch.Tensor]:
+    """{name: central crop} of every photo that reads; those that do not are skipped, counted and named."""
+    crops, skipped = {}, []
+    for photo in photos:
+        try:
+            crops[photo.name] = centre_crop(to_tensor(read_rgb(photo)), crop)
+        except InputDataError as error:
+            skipped.append(f"{photo.name} ({error})")
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable photo(s): {'; '.join(skipped)}", file=sys.stderr)
+    if not crops:
+        raise SystemExit("no photo could be read")
+    return crops
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One line naming the option, its value and what is allowed, for values the bands cannot take."""
+    if any(period <= 0 for period in args.periods):
+        parser.error(f"--periods {args.periods}: each must be > 0 pixels")
+    if not 0 < args.amplitude <= MAX_AMPLITUDE:
+        parser.error(f"--amplitude {args.amplitude}: must lie in (0, {MAX_AMPLITUDE:.3f}] (RMS contrast; above it "
+                     f"the bands' troughs would need negative light)")
+    if args.crop < 0:
+        parser.error(f"--crop {args.crop}: must be ≥ 0 (0: whole photos)")
 
 
 def main() -> None:
@@ -114,15 +144,19 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=512, help="score each photo's central CROP² (0: whole)")
     parser.add_argument("--out", type=Path, default=None, help="write every figure as JSON")
     args = parser.parse_args()
-    photos = clean_photos(args.clean)
+    check_args(parser, args)
+    crops = readable_crops(clean_photos(args.clean), args.crop or None)
     figures = {}
     for model_dir in args.model:
-        model, _ = load_model(model_dir)
+        try:
+            model, _ = load_model(model_dir)
+        except DemoireError as error:
+            raise SystemExit(f"--model {model_dir}: {error}") from None
         restore = served_restorer(model, torch.device("cpu"), InferParams())
-        per_photo = {p.name: photo_responses(restore, centre_crop(to_tensor(read_rgb(p)), args.crop or None),
-                                             args.periods, args.amplitude, args.angle) for p in photos}
+        per_photo = {name: photo_responses(restore, crop, args.periods, args.amplitude, args.angle)
+                     for name, crop in crops.items()}
         figures[str(model_dir)] = per_photo
-        print(f"{model_dir}: share of the bands removed, median of {len(photos)} photos "
+        print(f"{model_dir}: share of the bands removed, median of {len(crops)} photos "
               f"(RMS contrast {args.amplitude}, {args.angle}°)")
         print("| kind | " + " | ".join(f"{period:g} px" for period in args.periods) + " |")
         print("|---|" + "---|" * len(args.periods))

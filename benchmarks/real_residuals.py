@@ -241,6 +241,8 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=None, metavar="SIDE",
                         help="with --spatial: within SIDE² windows of each frame (their median)")
     args = parser.parse_args()
+    if any(radius < 0 for radius in args.shift):
+        parser.error(f"--shift {args.shift}: each radius must be ≥ 0 pixels")
     groups = dict(g.split("=", 1) for g in args.group) or {"all": "*"}
     found = find_paired_folder(args.root)
     for name, glob in groups.items():

@@ -1,13 +1,21 @@
 """benchmarks/band_response.py: bands of the asked period, kind and contrast; a perfect restorer removes all
-of them, the identity none, and a blur removes fine bands and leaves wide ones."""
+of them, the identity none, and a blur removes fine bands and leaves wide ones; bad options and unreadable photos
+get one line, and a run scores a real model."""
 
+import json
 import math
+import subprocess
+import sys
+
+import numpy as np
 
 import pytest
 import torch
 
+from pipeline.io import write_png
+from pipeline.models import build_model, model_spec, save_model
 from pipeline.moire.optics import lens_blur
-from tests.conftest import load_script
+from tests.conftest import PROJECT, load_script
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +75,33 @@ def test_centre_crop_and_photo_listing(response, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="no images"):
         response.clean_photos(tmp_path / "empty")
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, str(PROJECT / "benchmarks/band_response.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_run_scores_a_model_skips_an_unreadable_photo_and_refuses_bad_options(tmp_path):
+    spec = model_spec("unet", 8, 2, "chroma", 8.0)
+    save_model(build_model(spec, seed=0), spec, tmp_path / "model")
+    photos = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    write_png(photos / "a.png", rng.integers(40, 200, (40, 56, 3), dtype=np.uint8))
+    (photos / "broken.png").write_bytes(b"not a png")
+
+    done = _run("--model", tmp_path / "model", "--clean", photos, "--periods", 8, 16, "--out", tmp_path / "r.json")
+    assert done.returncode == 0, done.stderr
+    assert "skipped 1 unreadable photo(s): broken.png" in done.stderr
+    assert "median of 1 photos" in done.stdout and "| colour |" in done.stdout and "| luma |" in done.stdout
+    figures = json.loads((tmp_path / "r.json").read_text())["models"][str(tmp_path / "model")]
+    assert set(figures) == {"a.png"} and set(figures["a.png"]) == {"colour", "luma"}
+    assert all(-10 < share <= 1 for kind in figures["a.png"].values() for share in kind.values())
+
+    for args, message in ((["--amplitude", 0.9], "--amplitude 0.9: must lie in (0, 0.707]"),
+                          (["--periods", 8, 0], "--periods [8.0, 0.0]: each must be > 0 pixels"),
+                          (["--crop", -1], "--crop -1: must be ≥ 0")):
+        refused = _run("--model", tmp_path / "model", "--clean", photos, *args)
+        assert refused.returncode == 2 and message in refused.stderr
+    missing = _run("--model", tmp_path / "nowhere", "--clean", photos)
+    assert missing.returncode == 1 and f"--model {tmp_path / 'nowhere'}: no model in" in missing.stderr

@@ -2,10 +2,13 @@
 puts colour stripes in the chroma and a wide ramp in the luma, and its shift tolerance forgives misregistration, not
 moiré on flat content."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
-from tests.conftest import load_script
+from tests.conftest import PROJECT, load_script
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +80,9 @@ def test_a_shift_tolerance_forgives_a_photo_a_pixel_off_and_not_stripes_on_flat_
     striped = flat + 0.05 * torch.sin(2 * torch.pi * x / 6) * torch.tensor([1.0, -1.0, 0.0])[:, None, None]
     inner = residuals.mse(striped[:, 2:-2, 2:-2], flat[:, 2:-2, 2:-2])
     assert residuals.shift_tolerant_mse(striped, flat, 2) == pytest.approx(inner)  # a flat truth has nothing to shift
+
+
+def test_a_negative_shift_is_refused_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, str(PROJECT / "benchmarks/real_residuals.py"), str(tmp_path), "--shift", "1",
+                           "-2"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--shift [1, -2]: each radius must be ≥ 0 pixels" in done.stderr
