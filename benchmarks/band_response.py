@@ -42,11 +42,11 @@ from pipeline.errors import DemoireError, InputDataError  # noqa: E402
 from pipeline.evaluation.real_sets import served_restorer  # noqa: E402
 from pipeline.io import read_rgb  # noqa: E402
 from pipeline.models import load_model  # noqa: E402
+from pipeline.sources.folders import IMAGE_SUFFIXES, image_files  # noqa: E402
 
 KINDS = ("colour", "luma")
 PHASES = {"colour": (0.0, 2 * math.pi / 3, 4 * math.pi / 3), "luma": (0.0, 0.0, 0.0)}
 DISPLAY_GAMMA = 2.2  # linear light for the modulation: a plain power, the photos' own curve is unknown
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 MAX_AMPLITUDE = 1 / math.sqrt(2)  # the bands' troughs reach zero light
 
 
@@ -99,23 +99,25 @@ def photo_responses(restore: Callable[[torch.Tensor], torch.Tensor], clean: torc
 
 
 def clean_photos(folder: Path) -> list[Path]:
-    """The images of `folder`, by name."""
+    """The images in `folder` and its subfolders, by path (as a source folder's are found)."""
     if not folder.is_dir():
         raise SystemExit(f"--clean {folder}: not a folder")
-    photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    photos = image_files(folder)
     if not photos:
-        raise SystemExit(f"--clean {folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise SystemExit(f"--clean {folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return photos
 
 
-def readable_crops(photos: list[Path], crop: int | None) -> dict[str, torch.Tensor]:
-    """{name: central crop} of every photo that reads; those that do not are skipped, counted and named."""
+def readable_crops(folder: Path, crop: int | None) -> dict[str, torch.Tensor]:
+    """{path within `folder`: central crop} of every photo that reads; those that do not are skipped, counted and
+    named."""
     crops, skipped = {}, []
-    for photo in photos:
+    for photo in clean_photos(folder):
+        name = photo.relative_to(folder).as_posix()
         try:
-            crops[photo.name] = centre_crop(to_tensor(read_rgb(photo)), crop)
+            crops[name] = centre_crop(to_tensor(read_rgb(photo)), crop)
         except InputDataError as error:
-            skipped.append(f"{photo.name} ({error})")
+            skipped.append(f"{name} ({error})")
     if skipped:
         print(f"skipped {len(skipped)} unreadable photo(s): {'; '.join(skipped)}", file=sys.stderr)
     if not crops:
@@ -145,7 +147,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write every figure as JSON")
     args = parser.parse_args()
     check_args(parser, args)
-    crops = readable_crops(clean_photos(args.clean), args.crop or None)
+    crops = readable_crops(args.clean, args.crop or None)
     figures = {}
     for model_dir in args.model:
         try:

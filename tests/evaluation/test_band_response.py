@@ -71,7 +71,10 @@ def test_centre_crop_and_photo_listing(response, tmp_path):
     (tmp_path / "b.png").write_bytes(b"")
     (tmp_path / "a.JPG").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("")
-    assert [p.name for p in response.clean_photos(tmp_path)] == ["a.JPG", "b.png"]
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "c.webp").write_bytes(b"")
+    assert [p.relative_to(tmp_path).as_posix() for p in response.clean_photos(tmp_path)] == ["a.JPG", "b.png",
+                                                                                              "more/c.webp"]
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="no images"):
         response.clean_photos(tmp_path / "empty")
