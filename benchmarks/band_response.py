@@ -24,7 +24,6 @@ Prints, per model, the median over the photos for each kind and period; `--out` 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -40,7 +39,7 @@ from pipeline.config import InferParams  # noqa: E402
 from pipeline.data.dataset import to_image, to_tensor  # noqa: E402
 from pipeline.errors import DemoireError, InputDataError  # noqa: E402
 from pipeline.evaluation.real_sets import served_restorer  # noqa: E402
-from pipeline.io import read_rgb  # noqa: E402
+from pipeline.io import read_rgb, write_json  # noqa: E402
 from pipeline.models import load_model  # noqa: E402
 from pipeline.sources.folders import IMAGE_SUFFIXES, image_files  # noqa: E402
 
@@ -166,8 +165,8 @@ def main() -> None:
             medians = [statistics.median(r[kind][period] for r in per_photo.values()) for period in args.periods]
             print(f"| {kind} | " + " | ".join(f"{m:+.2f}" for m in medians) + " |")
     if args.out:
-        args.out.write_text(json.dumps({"amplitude": args.amplitude, "angle": args.angle, "crop": args.crop,
-                                        "periods": args.periods, "models": figures}, indent=1))
+        write_json(args.out, {"amplitude": args.amplitude, "angle": args.angle, "crop": args.crop,
+                              "periods": args.periods, "models": figures})
 
 
 if __name__ == "__main__":
