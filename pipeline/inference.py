@@ -176,10 +176,36 @@ def _narrow_one_channel_at_a_time(narrowing: nn.Module, restored: torch.Tensor, 
 
 def restore_image(model: nn.Module, image: np.ndarray, device: torch.device | str = "cpu",
                   tile_size: int = DEFAULT_TILE_SIZE, overlap: int = DEFAULT_TILE_OVERLAP,
-                  batch_size: int = DEFAULT_TILE_BATCH, should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+                  batch_size: int = DEFAULT_TILE_BATCH, should_stop: Callable[[], bool] | None = None,
+                  max_side: int | None = None) -> np.ndarray:
     """Restore one HxWx3 uint8 RGB image of any size; tiled when a side exceeds `tile_size` (see restore_tiled
-    for `should_stop`)."""
+    for `should_stop`); with `max_side`, a larger image is restored at the size whose longer side is `max_side`
+    (see restore_shrunk)."""
     device = torch.device(device)
+    if max_side is not None and max(image.shape[:2]) > max_side:
+        return restore_shrunk(lambda small: restore_image(model, small, device, tile_size, overlap, batch_size,
+                                                          should_stop), image, max_side)
     if max(image.shape[:2]) <= tile_size:
         return to_image(restore_tensor(model, to_tensor(image), device))
     return restore_tiled(model, image, device, tile_size, overlap, batch_size, should_stop)
+
+
+def restore_shrunk(restore: Callable[[np.ndarray], np.ndarray], image: np.ndarray, max_side: int) -> np.ndarray:
+    """`image` (HxWx3 uint8) plus the correction `restore` makes to it shrunk to a longer side of `max_side`,
+    enlarged back (bicubic) to its size.
+
+    A photo's moiré is as wide in pixels as its resolution makes it: the bands of a 4K photo are two to four
+    times wider than a 1080p photo's of the same screen, past the periods a model trained on small pairs removes
+    (docs/benchmarks.md, "Restoring large photos at a smaller size"). Shrunk, they fall where it removes them; only
+    the correction is enlarged, so the photo keeps its full-size detail.
+    """
+    import cv2  # imported here: the library's other inference paths do not need OpenCV
+
+    height, width = image.shape[:2]
+    scale = max_side / max(height, width)
+    small = cv2.resize(image, (max(round(width * scale), 1), max(round(height * scale), 1)),
+                       interpolation=cv2.INTER_AREA)
+    correction = restore(small).astype(np.float32) - small.astype(np.float32)
+    restored = cv2.resize(correction, (width, height), interpolation=cv2.INTER_CUBIC)
+    restored += image  # in place: one float copy of a full-size photo, not three
+    return np.clip(np.rint(restored, out=restored), 0, 255, out=restored).astype(np.uint8)

@@ -85,6 +85,37 @@ def test_predict_takes_tile_settings_from_a_params_file_and_rejects_bad_ones(tmp
     assert bad.exit_code == 2 and "tile_overlap 32 must be less than half of tile_size 64" in bad.output
 
 
+def test_predict_and_evaluate_restore_larger_photos_at_max_side_from_the_option_or_params(tmp_path, rng):
+    model = _model(tmp_path)
+    net = load_model(Path(model))[0]
+    photo = rng.integers(0, 256, (48, 100, 3), dtype=np.uint8)
+    write_png(tmp_path / "in" / "a.png", photo)
+    (tmp_path / "params.yaml").write_text("infer:\n  max_side: 64\n")
+    for name, options in {"option": ["--max-side", "64"], "params": ["--params", str(tmp_path / "params.yaml")]}.items():
+        result = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", str(tmp_path / name), "--model", model,
+                                     "--device", "cpu", *options])
+        assert result.exit_code == 0, result.output
+        np.testing.assert_array_equal(read_rgb(tmp_path / name / "a.png"), restore_image(net, photo, "cpu", max_side=64))
+    assert not np.array_equal(read_rgb(tmp_path / "option" / "a.png"), restore_image(net, photo, "cpu"))
+    bad = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", str(tmp_path / "bad"), "--model", model,
+                              "--max-side", "8"])
+    assert bad.exit_code == 2 and "--max-side" in bad.output and not (tmp_path / "bad").exists()
+
+    write_png(tmp_path / "pairs" / "clean" / "a.png", photo)
+    write_png(tmp_path / "pairs" / "moire" / "a.png", photo // 2 + 40)
+    scores = {}
+    for side in (None, 64):
+        options = ["--max-side", str(side)] if side else []
+        result = runner.invoke(app, ["evaluate", "--model", model, "--pairs", str(tmp_path / "pairs"), "--json",
+                                     "--device", "cpu", *options])
+        assert result.exit_code == 0, result.output
+        scores[side] = json.loads(result.stdout.strip().splitlines()[-1])["psnr"]
+    moire = read_rgb(tmp_path / "pairs" / "moire" / "a.png")
+    shrunk = restore_image(net, moire, "cpu", max_side=64).astype(float)
+    expected = 10 * np.log10(255.0**2 / ((shrunk - photo.astype(float)) ** 2).mean())
+    assert scores[64] == pytest.approx(expected, abs=1e-3) and scores[64] != pytest.approx(scores[None], abs=1e-3)
+
+
 def test_predict_reports_progress_through_the_project_reporter_unless_quiet(tmp_path, rng, monkeypatch, caplog):
     import logging
 

@@ -6,7 +6,7 @@ import torch
 
 from pipeline.data.dataset import to_image, to_tensor
 from pipeline.errors import ParamsError
-from pipeline.inference import blend_weights, restore_image, restore_tensor, restore_tiled, tile_spans
+from pipeline.inference import blend_weights, restore_image, restore_shrunk, restore_tensor, restore_tiled, tile_spans
 from pipeline.models import ModelSpec, build_model
 
 CPU = torch.device("cpu")
@@ -95,3 +95,52 @@ def test_tile_settings_the_blending_cannot_use_are_refused():
     model = build_model(ModelSpec("simple", 8, 3), seed=0)
     with pytest.raises(ParamsError, match="overlap 24.*0 ≤ overlap < tile / 2"):
         restore_tiled(model, _moire_like(60, 60), CPU, tile_size=48, overlap=24)
+
+
+def test_a_shrunk_restore_takes_the_wide_correction_from_the_small_size_and_keeps_full_size_detail():
+    # A "model" that flattens whatever it sees to grey: what the shrunk restore removes is what the small photo holds
+    # (the wide ramp); the 2-px checkerboard, which shrinking averages away, must come through untouched.
+    height, width = 96, 128
+    y, x = np.mgrid[:height, :width]
+    ramp = 60 + 120 * x / width
+    checker = 20 * ((x + y) % 2 * 2 - 1)
+    image = np.repeat((ramp + checker)[..., None], 3, axis=2).astype(np.uint8)
+    seen = []
+
+    def flatten(small: np.ndarray) -> np.ndarray:
+        seen.append(small.shape)
+        return np.full_like(small, 128)
+
+    restored = restore_shrunk(flatten, image, max_side=32).astype(float)
+    assert seen == [(24, 32, 3)] and restored.shape == image.shape
+    inner = restored[8:-8, 8:-8, 0]  # bicubic enlargement overshoots at the borders
+    block_means = inner.reshape(inner.shape[0] // 8, 8, inner.shape[1] // 8, 8).mean(axis=(1, 3))
+    assert np.ptp(block_means) < 4  # the ramp, 120 levels across, is gone
+    assert np.abs(inner[:, 1:] - inner[:, :-1]).mean() == pytest.approx(40, abs=3)  # the checkerboard is not
+
+
+def test_max_side_restores_larger_photos_at_that_side_and_leaves_smaller_ones_as_they_were():
+    sides = []
+
+    class Recording(torch.nn.Module):
+        """The real U-Net, noting the size of what it is given."""
+
+        def __init__(self):
+            super().__init__()
+            self.net = build_model(ModelSpec("unet", 8, 2), seed=0)
+            self.multiple = self.net.multiple
+
+        def forward(self, batch):
+            sides.append(tuple(batch.shape[-2:]))
+            return self.net(batch)
+
+    model = Recording()
+    image = _moire_like(90, 150)
+    full = restore_image(model, image, "cpu", tile_size=64, overlap=16)
+    assert max(max(side) for side in sides) <= 64  # tiles of the full-size photo
+    np.testing.assert_array_equal(restore_image(model, image, "cpu", tile_size=64, overlap=16, max_side=150), full)
+    sides.clear()
+    shrunk = restore_image(model, image, "cpu", tile_size=64, overlap=16, max_side=50)
+    assert sides == [(30, 50)]  # the whole photo at a longer side of 50: one pass, no tiles
+    assert shrunk.shape == image.shape and shrunk.dtype == np.uint8
+    assert np.abs(shrunk.astype(int) - full).mean() > 1

@@ -31,6 +31,9 @@ def evaluate(
     params: Path | None = typer.Option(None, help="params file whose infer section tiles [default: ./params.yaml if present]"),
     tile: int | None = typer.Option(None, help="tile side in pixels [default: infer.tile_size]"),
     overlap: int | None = typer.Option(None, help="pixels shared by neighbouring tiles [default: infer.tile_overlap]"),
+    max_side: int | None = typer.Option(None, min=64, help="restore larger photos at this longer side, the correction "
+                                                            "enlarged back (wide moiré of 4K photos) [default: "
+                                                            "infer.max_side: full size]"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object with every mean (null where undefined)"),
     csv: Path | None = typer.Option(None, help="also write the per-image scores here (CSV; rows are written as pairs "
                                                "are scored, to a hidden partial file; the CSV is written from them "
@@ -51,7 +54,7 @@ def evaluate(
     try:
         if csv is not None:
             check_output_file(csv, "--csv")
-        cfg = infer_params(params, tile_size=tile, tile_overlap=overlap)
+        cfg = infer_params(params, tile_size=tile, tile_overlap=overlap, max_side=max_side)
         net, torch_device, spec = load_model_and_spec(model, device)
         found = find_paired_folder(pairs, layout, split, include, limit)
         restore = served_restorer(net, torch_device, cfg)
@@ -68,7 +71,8 @@ def evaluate(
         typer.echo(json_text(summary))
         return
     selection = "" if include == "*" else f", {include}"
-    table = Table(title=f"{pairs} ({summary['count']} pairs{selection}; tiles of {cfg.tile_size})")
+    shrunk = f"; longer sides over {cfg.max_side} restored at {cfg.max_side}" if cfg.max_side else ""
+    table = Table(title=f"{pairs} ({summary['count']} pairs{selection}; tiles of {cfg.tile_size}{shrunk})")
     for column in SUMMARY_HEADER:
         table.add_column(column)
     for row in summary_rows(summary):

@@ -66,6 +66,9 @@ def predict(
     tile: int | None = typer.Option(None, help="tile side in pixels [default: infer.tile_size]"),
     overlap: int | None = typer.Option(None, help="pixels shared by neighbouring tiles [default: infer.tile_overlap]"),
     max_pixels: int | None = typer.Option(None, help="skip larger images, width x height [default: infer.max_pixels]"),
+    max_side: int | None = typer.Option(None, min=64, help="restore larger photos at this longer side, the correction "
+                                                            "enlarged back (wide moiré of 4K photos) [default: "
+                                                            "infer.max_side: full size]"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object: restored and skipped inputs, times"),
 ) -> None:
     """Restore moiré photos of any size (tiled); unreadable, too large or existing outputs are skipped (exit 1 if any).
@@ -80,7 +83,8 @@ def predict(
 
     try:
         check_output_dir(out, "-o")
-        cfg = infer_params(params, tile_size=tile, tile_overlap=overlap, max_pixels=max_pixels)
+        cfg = infer_params(params, tile_size=tile, tile_overlap=overlap, max_pixels=max_pixels,
+                           max_side=max_side)
         net, torch_device = load_net(model, device)
         check_tiling(cfg.tile_size, cfg.tile_overlap, cfg.tile_batch, spatial_multiple(net))
     except DemoireError as exc:
@@ -100,7 +104,8 @@ def predict(
         began = time.perf_counter()
         try:
             photo = read_photo(path, cfg.max_pixels)
-            result = restore_image(net, photo.rgb, torch_device, cfg.tile_size, cfg.tile_overlap, cfg.tile_batch)
+            result = restore_image(net, photo.rgb, torch_device, cfg.tile_size, cfg.tile_overlap, cfg.tile_batch,
+                                   max_side=cfg.max_side)
             # never over a file another run wrote meanwhile, unless --overwrite
             write_image(target, result, image_format, quality, photo.exif if keep_metadata else None, overwrite)
         except InputDataError as exc:

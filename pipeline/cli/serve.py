@@ -21,6 +21,9 @@ def serve(
     tile: int | None = typer.Option(None, help="tile side in pixels [default: infer.tile_size]"),
     overlap: int | None = typer.Option(None, help="pixels shared by neighbouring tiles [default: infer.tile_overlap]"),
     max_pixels: int | None = typer.Option(None, help="refuse larger images (413), width x height [default: infer.max_pixels]"),
+    max_side: int | None = typer.Option(None, min=64, help="restore larger photos at this longer side, the correction "
+                                                            "enlarged back (wide moiré of 4K photos) [default: "
+                                                            "infer.max_side: full size]"),
     max_upload_mb: float = typer.Option(50.0, min=0.001, help="refuse larger uploads (413), MiB"),
     concurrency: int = typer.Option(1, min=1, help="photos restored at once"),
     queue: int = typer.Option(8, min=0, help="requests waiting for a slot; more are answered 503"),
@@ -35,19 +38,21 @@ def serve(
     from pipeline.serving.app import ServeLimits, create_app
 
     try:
-        cfg = infer_params(params, tile_size=tile, tile_overlap=overlap, max_pixels=max_pixels)
+        cfg = infer_params(params, tile_size=tile, tile_overlap=overlap, max_pixels=max_pixels,
+                           max_side=max_side)
         with err.status(f"loading {model}"):
             net, torch_device, spec = load_model_and_spec(model, device)
         check_tiling(cfg.tile_size, cfg.tile_overlap, cfg.tile_batch, spatial_multiple(net))
         limits = ServeLimits(int(max_upload_mb * 2**20), cfg.max_pixels, concurrency, queue)
         info = describe_model(model, net, spec) | {"device": str(torch_device), "tile_size": cfg.tile_size,
-                                                   "tile_overlap": cfg.tile_overlap}
+                                                   "tile_overlap": cfg.tile_overlap, "max_side": cfg.max_side}
         listener = _listen(host, port)
     except DemoireError as exc:
         fail(exc)
 
     def restore(image):
-        return restore_image(net, image, torch_device, cfg.tile_size, cfg.tile_overlap, cfg.tile_batch)
+        return restore_image(net, image, torch_device, cfg.tile_size, cfg.tile_overlap, cfg.tile_batch,
+                             max_side=cfg.max_side)
 
     bound_port = listener.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host

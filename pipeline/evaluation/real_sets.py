@@ -84,13 +84,15 @@ def check_unchanged_since_scored(scored: str | None, now: str) -> None:
 
 
 def served_restorer(model: nn.Module, device: torch.device, infer: InferParams) -> Callable[[torch.Tensor], torch.Tensor]:
-    """restore(x) for 3×H×W x in [0, 1] as the served model does it: uint8 in, tiled per `infer`, uint8 out."""
+    """restore(x) for 3×H×W x in [0, 1] as the served model does it: uint8 in, tiled (and shrunk) per `infer`,
+    uint8 out."""
     from pipeline.inference import check_tiling, restore_image, spatial_multiple
 
     check_tiling(infer.tile_size, infer.tile_overlap, infer.tile_batch, spatial_multiple(model))
 
     def restore(image: torch.Tensor) -> torch.Tensor:
-        restored = restore_image(model, to_image(image), device, infer.tile_size, infer.tile_overlap, infer.tile_batch)
+        restored = restore_image(model, to_image(image), device, infer.tile_size, infer.tile_overlap, infer.tile_batch,
+                                 max_side=infer.max_side)
         return to_tensor(restored)
 
     return restore
