@@ -6,6 +6,9 @@
 For each photo, the crop (`--crop` pixels, at full resolution) where its colour moiré is strongest is
 restored with `--margin` pixels of context around it (so tile edges never fall in the crop) and shown
 beside the input. One row per photo: input | restored. Written as JPEG (the photos are JPEGs already).
+Each `--max-side N` adds a column: the whole photo restored as `demoire predict --max-side N` does (at a longer
+side of N, the correction enlarged back), cut at the same crop. Printed per photo and column: the share of the
+crop's energy left in colour and luma at band periods (16-128 px) and in luma at texture periods (2-8 px).
 """
 
 from __future__ import annotations
@@ -59,6 +62,22 @@ def restored_crop(model: torch.nn.Module, image: np.ndarray, top: int, left: int
     return restored[top - y0 : top - y0 + crop, left - x0 : left - x0 + crop]
 
 
+def band_shares(before: np.ndarray, after: np.ndarray) -> dict[str, float]:
+    """What a restoration leaves of the crop's energy: colour and luma at band periods, luma at texture periods."""
+    (luma_in, chroma_in), (luma_out, chroma_out) = (luma_and_chroma(to_tensor(x).double()) for x in (before, after))
+    return {"colour bands": band_energies(chroma_out, BANDS)["bands"] / band_energies(chroma_in, BANDS)["bands"],
+            "luma bands": band_energies(luma_out, BANDS)["bands"] / band_energies(luma_in, BANDS)["bands"],
+            "luma texture": band_energies(luma_out, BANDS)["texture"] / band_energies(luma_in, BANDS)["texture"]}
+
+
+def shrunk_crop(model: torch.nn.Module, image: np.ndarray, top: int, left: int, crop: int, max_side: int) -> np.ndarray:
+    """The crop of the whole photo restored at a longer side of `max_side` (pipeline.inference.restore_shrunk)."""
+    from pipeline.inference import restore_image
+
+    restored = restore_image(model, image, torch.device("cpu"), tile_size=512, overlap=32, max_side=max_side)
+    return restored[top : top + crop, left : left + crop]
+
+
 def main() -> None:
     """Write the gallery."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,6 +87,8 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=384)
     parser.add_argument("--margin", type=int, default=64)
     parser.add_argument("--quality", type=int, default=88)
+    parser.add_argument("--max-side", type=int, nargs="*", default=[], metavar="N",
+                        help="add a column restored at this longer side (demoire predict --max-side)")
     args = parser.parse_args()
     from pipeline.models import load_model
 
@@ -78,11 +99,15 @@ def main() -> None:
         top, left = strongest_moire_crop(image, args.crop)
         before = image[top : top + args.crop, left : left + args.crop]
         with torch.inference_mode():
-            after = restored_crop(model, image, top, left, args.crop, args.margin)
-        row = Image.fromarray(np.concatenate([before, after], axis=1))
-        ImageDraw.Draw(row).text((6, 4), f"{path.name} ({left},{top}): input | restored", fill=(255, 255, 255))
+            after = [restored_crop(model, image, top, left, args.crop, args.margin)]
+            after += [shrunk_crop(model, image, top, left, args.crop, side) for side in args.max_side]
+        row = Image.fromarray(np.concatenate([before, *after], axis=1))
+        columns = " | ".join(["input", "restored", *(f"--max-side {side}" for side in args.max_side)])
+        ImageDraw.Draw(row).text((6, 4), f"{path.name} ({left},{top}): {columns}", fill=(255, 255, 255))
         rows.append(np.asarray(row))
-        print(f"{path.name}: crop at ({left}, {top})", flush=True)
+        shares = "; ".join(f"{name}: " + ", ".join(f"{key} {value:.2f}" for key, value in band_shares(before, x).items())
+                           for name, x in zip(columns.split(" | ")[1:], after))
+        print(f"{path.name}: crop at ({left}, {top}); left of the input's energy: {shares}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows, axis=0)).save(args.out, quality=args.quality)
     print(f"wrote {args.out}")
