@@ -87,8 +87,8 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=384)
     parser.add_argument("--margin", type=int, default=64)
     parser.add_argument("--quality", type=int, default=88)
-    parser.add_argument("--max-side", type=int, nargs="*", default=[], metavar="N",
-                        help="add a column restored at this longer side (demoire predict --max-side)")
+    parser.add_argument("--max-side", type=int, action="append", default=[], metavar="N",
+                        help="add a column restored at this longer side (demoire predict --max-side); repeatable")
     args = parser.parse_args()
     from pipeline.models import load_model
 
