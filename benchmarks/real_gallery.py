@@ -5,7 +5,8 @@
 
 For each photo, the crop (`--crop` pixels, at full resolution) where its colour moiré is strongest is
 restored with `--margin` pixels of context around it (so tile edges never fall in the crop) and shown
-beside the input. One row per photo: input | restored. Written as JPEG (the photos are JPEGs already).
+beside the input. One row per photo: input | restored. Written as JPEG (the photos are JPEGs already), atomically;
+unreadable photos and photos smaller than the crop are skipped and named.
 Each `--max-side N` adds a column: the whole photo restored as `demoire predict --max-side N` does (at a longer
 side of N, the correction enlarged back), cut at the same crop. Printed per photo and column: the share of the
 crop's energy left in colour and luma at band periods (16-128 px) and in luma at texture periods (2-8 px).
@@ -90,12 +91,30 @@ def main() -> None:
     parser.add_argument("--max-side", type=int, action="append", default=[], metavar="N",
                         help="add a column restored at this longer side (demoire predict --max-side); repeatable")
     args = parser.parse_args()
+    if args.crop < 16:
+        parser.error(f"--crop {args.crop}: must be ≥ 16 pixels")
+    if args.margin < 0:
+        parser.error(f"--margin {args.margin}: must be ≥ 0")
+    if any(side < 64 for side in args.max_side):
+        parser.error(f"--max-side {min(args.max_side)}: must be ≥ 64 pixels (as infer.max_side)")
+    from pipeline.errors import DemoireError
     from pipeline.models import load_model
+    from pipeline.photos import write_image
 
-    model, _ = load_model(args.model)
-    rows = []
+    try:
+        model, _ = load_model(args.model)
+    except DemoireError as error:
+        raise SystemExit(f"--model {args.model}: {error}") from None
+    rows, skipped = [], []
     for path in args.photos:
-        image = read_rgb(path)
+        try:
+            image = read_rgb(path)
+        except DemoireError as error:
+            skipped.append(f"{path} ({error})")
+            continue
+        if min(image.shape[:2]) < args.crop:
+            skipped.append(f"{path} ({image.shape[1]}x{image.shape[0]}, smaller than --crop {args.crop})")
+            continue
         top, left = strongest_moire_crop(image, args.crop)
         before = image[top : top + args.crop, left : left + args.crop]
         with torch.inference_mode():
@@ -108,8 +127,11 @@ def main() -> None:
         shares = "; ".join(f"{name}: " + ", ".join(f"{key} {value:.2f}" for key, value in band_shares(before, x).items())
                            for name, x in zip(columns.split(" | ")[1:], after))
         print(f"{path.name}: crop at ({left}, {top}); left of the input's energy: {shares}", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(rows, axis=0)).save(args.out, quality=args.quality)
+    if skipped:
+        print(f"skipped {len(skipped)} photo(s): {'; '.join(skipped)}", file=sys.stderr)
+    if not rows:
+        raise SystemExit("no photo could be shown")
+    write_image(args.out, np.concatenate(rows, axis=0), "jpg", args.quality)
     print(f"wrote {args.out}")
 
 
