@@ -194,8 +194,8 @@ def restore_shrunk(restore: Callable[[np.ndarray], np.ndarray], image: np.ndarra
     """`image` (HxWx3 uint8) plus the correction `restore` makes to it shrunk to a longer side of `max_side`,
     enlarged back (bicubic) to its size.
 
-    A photo's moiré is as wide in pixels as its resolution makes it: the bands of a 4K photo are two to four
-    times wider than a 1080p photo's of the same screen, past the periods a model trained on small pairs removes
+    A photo's moiré is as wide in pixels as its resolution makes it: the bands of a 4K photo are twice as wide as
+    a 1080p photo's of the same screen, and can lie past the periods a model trained on small pairs removes
     (docs/benchmarks.md, "Restoring large photos at a smaller size"). Shrunk, they fall where it removes them; only
     the correction is enlarged, so the photo keeps its full-size detail.
     """
