@@ -4,8 +4,8 @@
         ../shared/real-moire/unpaired/uhdm_*_moire.jpg
 
 For each photo, the crop (`--crop` pixels, at full resolution) where its colour moiré is strongest is
-restored with `--margin` pixels of context around it (so tile edges never fall in the crop) and shown
-beside the input. One row per photo: input | restored. Written as JPEG (the photos are JPEGs already), atomically;
+restored at full size with `--margin` pixels of context around it (so tile edges never fall in the crop) and
+shown beside the input. One row per photo: input | full size. Written as JPEG (the photos are JPEGs already), atomically;
 unreadable photos and photos smaller than the crop are skipped and named.
 Each `--max-side N` adds a column: the whole photo restored as `demoire predict --max-side N` does (at a longer
 side of N, the correction enlarged back), cut at the same crop. Printed per photo and column: the share of the
@@ -121,7 +121,7 @@ def main() -> None:
             after = [restored_crop(model, image, top, left, args.crop, args.margin)]
             after += [shrunk_crop(model, image, top, left, args.crop, side) for side in args.max_side]
         row = Image.fromarray(np.concatenate([before, *after], axis=1))
-        columns = " | ".join(["input", "restored", *(f"--max-side {side}" for side in args.max_side)])
+        columns = " | ".join(["input", "full size", *(f"--max-side {side}" for side in args.max_side)])
         ImageDraw.Draw(row).text((6, 4), f"{path.name} ({left},{top}): {columns}", fill=(255, 255, 255))
         rows.append(np.asarray(row))
         shares = "; ".join(f"{name}: " + ", ".join(f"{key} {value:.2f}" for key, value in band_shares(before, x).items())

@@ -397,8 +397,8 @@ class InferParams(Section):
     # Up to PIL's decompression-bomb limit (pipeline/io.py), above which it refuses to decode anyway.
     max_pixels: int = Field(100_000_000, ge=1, le=200_000_000)
     # Larger photos are restored at the size whose longer side is this, their correction enlarged back
-    # (pipeline.inference.restore_shrunk: wide moiré of 4K photos); None: at full size.
-    max_side: int | None = Field(None, ge=64, le=65_536)
+    # (pipeline.inference.restore_shrunk): a 4K photo's moiré where a 1080p photo's lies; None: at full size.
+    max_side: int | None = Field(2048, ge=64, le=65_536)
 
     @model_validator(mode="after")
     def _overlap_below_half_a_tile(self) -> "InferParams":

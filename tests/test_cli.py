@@ -85,7 +85,7 @@ def test_predict_takes_tile_settings_from_a_params_file_and_rejects_bad_ones(tmp
     assert bad.exit_code == 2 and "tile_overlap 32 must be less than half of tile_size 64" in bad.output
 
 
-def test_predict_and_evaluate_restore_larger_photos_at_max_side_from_the_option_or_params(tmp_path, rng):
+def test_predict_and_evaluate_restore_larger_photos_at_max_side_from_the_option_or_params_and_0_turns_it_off(tmp_path, rng):
     model = _model(tmp_path)
     net = load_model(Path(model))[0]
     photo = rng.integers(0, 256, (48, 100, 3), dtype=np.uint8)
@@ -96,16 +96,21 @@ def test_predict_and_evaluate_restore_larger_photos_at_max_side_from_the_option_
                                      "--device", "cpu", *options])
         assert result.exit_code == 0, result.output
         np.testing.assert_array_equal(read_rgb(tmp_path / name / "a.png"), restore_image(net, photo, "cpu", max_side=64))
-    assert not np.array_equal(read_rgb(tmp_path / "option" / "a.png"), restore_image(net, photo, "cpu"))
+    full = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", str(tmp_path / "full"), "--model", model,
+                               "--device", "cpu", "--params", str(tmp_path / "params.yaml"), "--max-side", "0"])
+    assert full.exit_code == 0, full.output
+    np.testing.assert_array_equal(read_rgb(tmp_path / "full" / "a.png"), restore_image(net, photo, "cpu"))
+    assert not np.array_equal(read_rgb(tmp_path / "option" / "a.png"), read_rgb(tmp_path / "full" / "a.png"))
     bad = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", str(tmp_path / "bad"), "--model", model,
                               "--max-side", "8"])
-    assert bad.exit_code == 2 and "--max-side" in bad.output and not (tmp_path / "bad").exists()
+    assert bad.exit_code == 2 and not (tmp_path / "bad").exists()
+    assert "infer.max_side = 8: Input should be greater than or equal to 64" in bad.output
 
     write_png(tmp_path / "pairs" / "clean" / "a.png", photo)
     write_png(tmp_path / "pairs" / "moire" / "a.png", photo // 2 + 40)
     scores = {}
-    for side in (None, 64):
-        options = ["--max-side", str(side)] if side else []
+    for side in (0, 64):
+        options = ["--max-side", str(side)]
         result = runner.invoke(app, ["evaluate", "--model", model, "--pairs", str(tmp_path / "pairs"), "--json",
                                      "--device", "cpu", *options])
         assert result.exit_code == 0, result.output
@@ -113,7 +118,7 @@ def test_predict_and_evaluate_restore_larger_photos_at_max_side_from_the_option_
     moire = read_rgb(tmp_path / "pairs" / "moire" / "a.png")
     shrunk = restore_image(net, moire, "cpu", max_side=64).astype(float)
     expected = 10 * np.log10(255.0**2 / ((shrunk - photo.astype(float)) ** 2).mean())
-    assert scores[64] == pytest.approx(expected, abs=1e-3) and scores[64] != pytest.approx(scores[None], abs=1e-3)
+    assert scores[64] == pytest.approx(expected, abs=1e-3) and scores[64] != pytest.approx(scores[0], abs=1e-3)
 
 
 def test_predict_reports_progress_through_the_project_reporter_unless_quiet(tmp_path, rng, monkeypatch, caplog):

@@ -116,7 +116,7 @@ def test_pyfunc_tiles_with_the_logged_settings(champion):
     pyfunc = mlflow.pyfunc.load_model("models:/demoire-test@champion")
     # max_pixels: the params' limit, capped at what the served model accepts (a 4K frame)
     assert pyfunc.model_config == {"tile_size": 32, "tile_overlap": 8, "tile_batch": 1, "device": "auto",
-                                   "max_pixels": 8_388_608, "max_side": None}
+                                   "max_pixels": 8_388_608, "max_side": 2048}
     image = np.random.default_rng(3).integers(0, 256, (70, 90, 3), dtype=np.uint8)
     np.testing.assert_array_equal(pyfunc.predict(image), _expected(champion, image))
 

@@ -128,6 +128,8 @@ def infer_params(params: Path | None, **options: int | None):
         params = Path("params.yaml")
     base = load_params(params).infer if params is not None else InferParams()
     given = {key: value for key, value in options.items() if value is not None}
+    if given.get("max_side") == 0:  # --max-side 0: full size, as `max_side: null` in params
+        given["max_side"] = None
     return parse_params({"infer": {**base.model_dump(), **given}}, source="options").infer
 
 

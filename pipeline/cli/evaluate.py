@@ -31,9 +31,9 @@ def evaluate(
     params: Path | None = typer.Option(None, help="params file whose infer section tiles [default: ./params.yaml if present]"),
     tile: int | None = typer.Option(None, help="tile side in pixels [default: infer.tile_size]"),
     overlap: int | None = typer.Option(None, help="pixels shared by neighbouring tiles [default: infer.tile_overlap]"),
-    max_side: int | None = typer.Option(None, min=64, help="restore larger photos at this longer side, the correction "
-                                                            "enlarged back (wide moiré of 4K photos) [default: "
-                                                            "infer.max_side: full size]"),
+    max_side: int | None = typer.Option(None, min=0, help="restore larger photos at this longer side, the correction "
+                                                           "enlarged back (wide moiré of 4K photos); 0: full size "
+                                                           "[default: infer.max_side]"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object with every mean (null where undefined)"),
     csv: Path | None = typer.Option(None, help="also write the per-image scores here (CSV; rows are written as pairs "
                                                "are scored, to a hidden partial file; the CSV is written from them "

@@ -49,11 +49,11 @@ def test_a_run_writes_one_row_per_photo_skips_unreadable_and_small_ones_and_refu
     done = _run("--model", tmp_path / "model", "--out", out, "--crop", 64, "--margin", 16, "--max-side", 100,
                 "--max-side", 64, tmp_path / "a.png", tmp_path / "small.png", tmp_path / "broken.png")
     assert done.returncode == 0, done.stderr
-    assert read_rgb(out).shape == (64, 4 * 64, 3)  # input | restored | --max-side 100 | --max-side 64
+    assert read_rgb(out).shape == (64, 4 * 64, 3)  # input | full size | --max-side 100 | --max-side 64
     assert "skipped 2 photo(s)" in done.stderr and "40x40, smaller than --crop 64" in done.stderr
     assert str(tmp_path / "broken.png") in done.stderr
     line = next(text for text in done.stdout.splitlines() if text.startswith("a.png"))
-    assert "restored: colour bands" in line and "--max-side 100: colour bands" in line and "--max-side 64:" in line
+    assert "full size: colour bands" in line and "--max-side 100: colour bands" in line and "--max-side 64:" in line
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a.png", "broken.png", "gallery.jpg", "model",
                                                                  "small.png"]  # no temporary file left
 
