@@ -5,8 +5,8 @@
 
 For each photo, the crop (`--crop` pixels, at full resolution) where its colour moiré is strongest is
 restored at full size with `--margin` pixels of context around it (so tile edges never fall in the crop) and
-shown beside the input. One row per photo: input | full size. Written as JPEG (the photos are JPEGs already), atomically;
-unreadable photos and photos smaller than the crop are skipped and named.
+shown beside the input. One row per photo: input | full size. Written as JPEG (the photos are JPEGs already),
+atomically; unreadable photos and photos smaller than the crop are skipped and named.
 Each `--max-side N` adds a column: the whole photo restored as `demoire predict --max-side N` does (at a longer
 side of N, the correction enlarged back), cut at the same crop. Printed per photo and column: the share of the
 crop's energy left in colour and luma at band periods (16-128 px) and in luma at texture periods (2-8 px).
@@ -121,11 +121,13 @@ def main() -> None:
             after = [restored_crop(model, image, top, left, args.crop, args.margin)]
             after += [shrunk_crop(model, image, top, left, args.crop, side) for side in args.max_side]
         row = Image.fromarray(np.concatenate([before, *after], axis=1))
-        columns = " | ".join(["input", "full size", *(f"--max-side {side}" for side in args.max_side)])
-        ImageDraw.Draw(row).text((6, 4), f"{path.name} ({left},{top}): {columns}", fill=(255, 255, 255))
+        names = ["full size", *(f"--max-side {side}" for side in args.max_side)]
+        ImageDraw.Draw(row).text((6, 4), f"{path.name} ({left},{top}): " + " | ".join(["input", *names]),
+                                 fill=(255, 255, 255))
         rows.append(np.asarray(row))
-        shares = "; ".join(f"{name}: " + ", ".join(f"{key} {value:.2f}" for key, value in band_shares(before, x).items())
-                           for name, x in zip(columns.split(" | ")[1:], after))
+        shares = "; ".join(
+            f"{name}: " + ", ".join(f"{key} {share:.2f}" for key, share in band_shares(before, x).items())
+            for name, x in zip(names, after))
         print(f"{path.name}: crop at ({left}, {top}); left of the input's energy: {shares}", flush=True)
     if skipped:
         print(f"skipped {len(skipped)} photo(s): {'; '.join(skipped)}", file=sys.stderr)

@@ -85,17 +85,19 @@ def test_predict_takes_tile_settings_from_a_params_file_and_rejects_bad_ones(tmp
     assert bad.exit_code == 2 and "tile_overlap 32 must be less than half of tile_size 64" in bad.output
 
 
-def test_predict_and_evaluate_restore_larger_photos_at_max_side_from_the_option_or_params_and_0_turns_it_off(tmp_path, rng):
+def test_predict_and_evaluate_restore_larger_photos_at_max_side_and_0_restores_at_full_size(tmp_path, rng):
     model = _model(tmp_path)
     net = load_model(Path(model))[0]
     photo = rng.integers(0, 256, (48, 100, 3), dtype=np.uint8)
     write_png(tmp_path / "in" / "a.png", photo)
     (tmp_path / "params.yaml").write_text("infer:\n  max_side: 64\n")
-    for name, options in {"option": ["--max-side", "64"], "params": ["--params", str(tmp_path / "params.yaml")]}.items():
+    by_option_or_params = {"option": ["--max-side", "64"], "params": ["--params", str(tmp_path / "params.yaml")]}
+    for name, options in by_option_or_params.items():
         result = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", str(tmp_path / name), "--model", model,
                                      "--device", "cpu", *options])
         assert result.exit_code == 0, result.output
-        np.testing.assert_array_equal(read_rgb(tmp_path / name / "a.png"), restore_image(net, photo, "cpu", max_side=64))
+        shrunk = restore_image(net, photo, "cpu", max_side=64)
+        np.testing.assert_array_equal(read_rgb(tmp_path / name / "a.png"), shrunk)
     full = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", str(tmp_path / "full"), "--model", model,
                                "--device", "cpu", "--params", str(tmp_path / "params.yaml"), "--max-side", "0"])
     assert full.exit_code == 0, full.output
