@@ -21,6 +21,10 @@ app = typer.Typer(help="Demoiré pipeline: synthetic moiré data, models, evalua
 
 # Fixed choices as Literal types: typer turns them into click choices, checked and shell-completed.
 Device = Literal["auto", "cpu", "cuda"]
+# `--max-side` of predict, serve and evaluate: one option, so the three commands describe it alike.
+MAX_SIDE_OPTION = typer.Option(None, "--max-side", min=0,
+                               help="restore larger photos at this longer side, the correction enlarged back (wide "
+                                    "moiré of 4K photos); 0: full size [default: infer.max_side]")
 Layout = Literal["auto", "uhdm", "fhdmi", "tip2018", "generic"]
 Architecture = Literal["simple", "unet", "mscale"]
 ImageFormat = Literal["png", "jpg", "webp"]

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli.common import Device, Layout, app, err, fail, infer_params
+from pipeline.cli.common import MAX_SIDE_OPTION, Device, Layout, app, err, fail, infer_params
 from pipeline.errors import DemoireError
 
 if TYPE_CHECKING:  # annotations only: the CLI imports torch when a command runs, not at start-up
@@ -31,9 +31,7 @@ def evaluate(
     params: Path | None = typer.Option(None, help="params file whose infer section tiles [default: ./params.yaml if present]"),
     tile: int | None = typer.Option(None, help="tile side in pixels [default: infer.tile_size]"),
     overlap: int | None = typer.Option(None, help="pixels shared by neighbouring tiles [default: infer.tile_overlap]"),
-    max_side: int | None = typer.Option(None, min=0, help="restore larger photos at this longer side, the correction "
-                                                           "enlarged back (wide moiré of 4K photos); 0: full size "
-                                                           "[default: infer.max_side]"),
+    max_side: int | None = MAX_SIDE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object with every mean (null where undefined)"),
     csv: Path | None = typer.Option(None, help="also write the per-image scores here (CSV; rows are written as pairs "
                                                "are scored, to a hidden partial file; the CSV is written from them "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cli.common import Device, ImageFormat, app, err, fail, infer_params, load_net
+from pipeline.cli.common import MAX_SIDE_OPTION, Device, ImageFormat, app, err, fail, infer_params, load_net
 from pipeline.errors import DemoireError, InputDataError
 from pipeline.progress import progress_mode, track_progress
 
@@ -66,9 +66,7 @@ def predict(
     tile: int | None = typer.Option(None, help="tile side in pixels [default: infer.tile_size]"),
     overlap: int | None = typer.Option(None, help="pixels shared by neighbouring tiles [default: infer.tile_overlap]"),
     max_pixels: int | None = typer.Option(None, help="skip larger images, width x height [default: infer.max_pixels]"),
-    max_side: int | None = typer.Option(None, min=0, help="restore larger photos at this longer side, the correction "
-                                                           "enlarged back (wide moiré of 4K photos); 0: full size "
-                                                           "[default: infer.max_side]"),
+    max_side: int | None = MAX_SIDE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object: restored and skipped inputs, times"),
 ) -> None:
     """Restore moiré photos of any size (tiled); unreadable, too large or existing outputs are skipped (exit 1 if any).

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cli.common import Device, app, err, fail, infer_params
+from pipeline.cli.common import MAX_SIDE_OPTION, Device, app, err, fail, infer_params
 from pipeline.errors import DemoireError, InputDataError
 
 
@@ -21,9 +21,7 @@ def serve(
     tile: int | None = typer.Option(None, help="tile side in pixels [default: infer.tile_size]"),
     overlap: int | None = typer.Option(None, help="pixels shared by neighbouring tiles [default: infer.tile_overlap]"),
     max_pixels: int | None = typer.Option(None, help="refuse larger images (413), width x height [default: infer.max_pixels]"),
-    max_side: int | None = typer.Option(None, min=0, help="restore larger photos at this longer side, the correction "
-                                                           "enlarged back (wide moiré of 4K photos); 0: full size "
-                                                           "[default: infer.max_side]"),
+    max_side: int | None = MAX_SIDE_OPTION,
     max_upload_mb: float = typer.Option(50.0, min=0.001, help="refuse larger uploads (413), MiB"),
     concurrency: int = typer.Option(1, min=1, help="photos restored at once"),
     queue: int = typer.Option(8, min=0, help="requests waiting for a slot; more are answered 503"),

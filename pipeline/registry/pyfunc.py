@@ -108,7 +108,7 @@ class DemoirePyfunc(mlflow.pyfunc.PythonModel):
         config = {**serving_config(InferParams()), **(context.model_config or {})}
         check_tiling(config["tile_size"], config["tile_overlap"], config["tile_batch"])
         self.tiling = {"tile_size": config["tile_size"], "overlap": config["tile_overlap"],
-                       "batch_size": config["tile_batch"], "max_side": config.get("max_side")}
+                       "batch_size": config["tile_batch"], "max_side": config["max_side"]}
         self.device = resolve_device(config["device"])
         self.max_pixels = int(config.get("max_pixels", SERVE_MAX_PIXELS))
         self.model, self.spec = load_model(Path(context.artifacts["model_dir"]), self.device)
