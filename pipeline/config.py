@@ -399,6 +399,9 @@ class InferParams(Section):
     # Larger photos are restored at the size whose longer side is this, their correction enlarged back
     # (pipeline.inference.restore_shrunk): a 4K photo's moiré where a 1080p photo's lies; None: at full size.
     max_side: int | None = Field(2048, ge=64, le=65_536)
+    # Share of the screen falloff (light lost towards the photo's edges) estimated on each whole photo and undone
+    # (pipeline.falloff); 0: none. A half: what content without falloff can afford (docs/benchmarks.md).
+    falloff: float = Field(0.5, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _overlap_below_half_a_tile(self) -> "InferParams":

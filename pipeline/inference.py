@@ -177,17 +177,22 @@ def _narrow_one_channel_at_a_time(narrowing: nn.Module, restored: torch.Tensor, 
 def restore_image(model: nn.Module, image: np.ndarray, device: torch.device | str = "cpu",
                   tile_size: int = DEFAULT_TILE_SIZE, overlap: int = DEFAULT_TILE_OVERLAP,
                   batch_size: int = DEFAULT_TILE_BATCH, should_stop: Callable[[], bool] | None = None,
-                  max_side: int | None = None) -> np.ndarray:
+                  max_side: int | None = None, falloff: float = 0.0) -> np.ndarray:
     """Restore one HxWx3 uint8 RGB image of any size; tiled when a side exceeds `tile_size` (see restore_tiled
     for `should_stop`); with `max_side`, a larger image is restored at the size whose longer side is `max_side`
-    (see restore_shrunk)."""
+    (see restore_shrunk); with `falloff`, that share of the screen falloff estimated on the whole image is undone
+    (pipeline.falloff)."""
+    from pipeline.falloff import correct_falloff
+
     device = torch.device(device)
     if max_side is not None and max(image.shape[:2]) > max_side:
-        return restore_shrunk(lambda small: restore_image(model, small, device, tile_size, overlap, batch_size,
-                                                          should_stop), image, max_side)
-    if max(image.shape[:2]) <= tile_size:
-        return to_image(restore_tensor(model, to_tensor(image), device))
-    return restore_tiled(model, image, device, tile_size, overlap, batch_size, should_stop)
+        restored = restore_shrunk(lambda small: restore_image(model, small, device, tile_size, overlap, batch_size,
+                                                              should_stop), image, max_side)
+    elif max(image.shape[:2]) <= tile_size:
+        restored = to_image(restore_tensor(model, to_tensor(image), device))
+    else:
+        restored = restore_tiled(model, image, device, tile_size, overlap, batch_size, should_stop)
+    return correct_falloff(restored, image, falloff)
 
 
 def restore_shrunk(restore: Callable[[np.ndarray], np.ndarray], image: np.ndarray, max_side: int) -> np.ndarray:

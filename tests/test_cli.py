@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.evaluation.metrics import MAX_PSNR_DB
+from pipeline.cli.common import infer_params
 from pipeline.inference import restore_image
 from pipeline.io import read_rgb, write_png
 from pipeline.models import ModelSpec, build_model, load_model, save_model
@@ -96,12 +97,12 @@ def test_predict_and_evaluate_restore_larger_photos_at_max_side_and_0_restores_a
         result = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", str(tmp_path / name), "--model", model,
                                      "--device", "cpu", *options])
         assert result.exit_code == 0, result.output
-        shrunk = restore_image(net, photo, "cpu", max_side=64)
+        shrunk = restore_image(net, photo, "cpu", max_side=64, falloff=0.5)
         np.testing.assert_array_equal(read_rgb(tmp_path / name / "a.png"), shrunk)
     full = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", str(tmp_path / "full"), "--model", model,
                                "--device", "cpu", "--params", str(tmp_path / "params.yaml"), "--max-side", "0"])
     assert full.exit_code == 0, full.output
-    np.testing.assert_array_equal(read_rgb(tmp_path / "full" / "a.png"), restore_image(net, photo, "cpu"))
+    np.testing.assert_array_equal(read_rgb(tmp_path / "full" / "a.png"), restore_image(net, photo, "cpu", falloff=0.5))
     assert not np.array_equal(read_rgb(tmp_path / "option" / "a.png"), read_rgb(tmp_path / "full" / "a.png"))
     bad = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", str(tmp_path / "bad"), "--model", model,
                               "--max-side", "8"])
@@ -118,9 +119,45 @@ def test_predict_and_evaluate_restore_larger_photos_at_max_side_and_0_restores_a
         assert result.exit_code == 0, result.output
         scores[side] = json.loads(result.stdout.strip().splitlines()[-1])["psnr"]
     moire = read_rgb(tmp_path / "pairs" / "moire" / "a.png")
-    shrunk = restore_image(net, moire, "cpu", max_side=64).astype(float)
+    shrunk = restore_image(net, moire, "cpu", max_side=64, falloff=0.5).astype(float)
     expected = 10 * np.log10(255.0**2 / ((shrunk - photo.astype(float)) ** 2).mean())
     assert scores[64] == pytest.approx(expected, abs=1e-3) and scores[64] != pytest.approx(scores[0], abs=1e-3)
+
+
+def test_predict_and_evaluate_undo_the_falloff_share_of_the_option_or_the_params(tmp_path):
+    model = _model(tmp_path)
+    net = load_model(Path(model))[0]
+    y, x = np.mgrid[:60, :90]
+    page = np.where((y // 6) % 3 == 0, 40.0, 220.0)  # lines of "text"
+    darkened = page * (1 - 0.3 * ((x - 45) ** 2 + (y - 30) ** 2) / (45**2 + 30**2))
+    photo = np.repeat(darkened.astype(np.uint8)[..., None], 3, axis=2)  # darker towards its corners
+    write_png(tmp_path / "in" / "a.png", photo)
+    (tmp_path / "params.yaml").write_text("infer:\n  falloff: 0.25\n")
+    runs = {"none": ["--falloff", "0"], "all": ["--falloff", "1"], "params": ["--params", str(tmp_path / "params.yaml")]}
+    for name, options in runs.items():
+        result = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", str(tmp_path / name), "--model", model,
+                                     "--device", "cpu", *options])
+        assert result.exit_code == 0, result.output
+    share = {"none": 0.0, "all": 1.0, "params": 0.25}
+    outputs = {name: read_rgb(tmp_path / name / "a.png") for name in runs}
+    for name, output in outputs.items():
+        np.testing.assert_array_equal(output, restore_image(net, photo, "cpu", falloff=share[name]))
+    assert len({output.tobytes() for output in outputs.values()}) == 3
+    bad = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", str(tmp_path / "bad"), "--model", model,
+                              "--falloff", "2"])
+    assert bad.exit_code == 2 and "--falloff" in bad.output and not (tmp_path / "bad").exists()
+
+    write_png(tmp_path / "pairs" / "clean" / "a.png", page.astype(np.uint8)[..., None].repeat(3, 2))
+    write_png(tmp_path / "pairs" / "moire" / "a.png", photo)
+    scores = {}
+    for share_given in ("0", "1"):
+        result = runner.invoke(app, ["evaluate", "--model", model, "--pairs", str(tmp_path / "pairs"), "--json",
+                                     "--device", "cpu", "--falloff", share_given])
+        assert result.exit_code == 0, result.output
+        scores[share_given] = json.loads(result.stdout.strip().splitlines()[-1])["psnr"]
+    undone = restore_image(net, photo, "cpu", falloff=1.0).astype(float)
+    expected = 10 * np.log10(255.0**2 / ((undone - page[..., None]) ** 2).mean())
+    assert scores["1"] == pytest.approx(expected, abs=1e-3) and scores["1"] != pytest.approx(scores["0"], abs=1e-3)
 
 
 def test_predict_reports_progress_through_the_project_reporter_unless_quiet(tmp_path, rng, monkeypatch, caplog):
@@ -367,7 +404,8 @@ def test_evaluate_selects_pairs_by_glob_and_limit_and_prints_every_key_as_strict
     summary = _strict_json(result.stdout.strip().splitlines()[-1])
     assert set(summary) == SUMMARY_KEYS - {"hash"} and (summary["count"], summary["skipped"]) == (2, 0)
     net = load_model(Path(model))[0]
-    served = restore_image(net, read_rgb(root / "moire" / "fhdmi_1.png"), "cpu", 32, 8)  # 40x56: tiled
+    served = restore_image(net, read_rgb(root / "moire" / "fhdmi_1.png"), "cpu", 32, 8,
+                           falloff=infer_params(None).falloff)  # 40x56: tiled
     from pipeline.data.dataset import to_tensor
     from pipeline.evaluation.evaluate import evaluate_pairs
 

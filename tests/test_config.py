@@ -46,6 +46,7 @@ def test_repository_params_file_is_valid():
         ({"infer": {"max_pixels": 300_000_000}},
          "params.yaml: infer.max_pixels = 300000000: Input should be less than or equal to 200000000"),
         ({"infer": {"max_side": 16}}, "params.yaml: infer.max_side = 16: Input should be greater than or equal to 64"),
+        ({"infer": {"falloff": 1.5}}, "params.yaml: infer.falloff = 1.5: Input should be less than or equal to 1"),
         ({"evaluate": {"real_sets": [{"name": "fhdmi", "path": "/a"}, {"name": "tip", "path": "/a"},
                                      {"name": "fhdmi", "path": "/b"}]}},
          "params.yaml: evaluate.real_sets[2].name = 'fhdmi': duplicate name; every real set needs its own"),

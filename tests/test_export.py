@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.export import ONNX_OPSET, TOLERANCE, ExportedModel
+from pipeline.cli.common import infer_params
 from pipeline.inference import restore_image
 from pipeline.io import read_rgb, write_png
 from pipeline.models import ModelSpec, build_model, save_model
@@ -48,7 +49,7 @@ def test_export_matches_pytorch_on_odd_sizes_and_predict_runs_it_tiled(model_dir
     assert ran.exit_code == 0, ran.output
     from pipeline.models import load_model
 
-    expected = restore_image(load_model(model_dir)[0], image, "cpu", 48, 8)
+    expected = restore_image(load_model(model_dir)[0], image, "cpu", 48, 8, falloff=infer_params(None).falloff)
     assert np.abs(read_rgb(tmp_path / "out" / "odd.png").astype(int) - expected).max() <= 1
     assert ExportedModel(out).spec == ModelSpec("unet", 8, 2) and ExportedModel(out).multiple == 4
 

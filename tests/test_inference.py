@@ -6,6 +6,7 @@ import torch
 
 from pipeline.data.dataset import to_image, to_tensor
 from pipeline.errors import ParamsError
+from pipeline.falloff import correct_falloff, estimate_falloff
 from pipeline.inference import blend_weights, restore_image, restore_shrunk, restore_tensor, restore_tiled, tile_spans
 from pipeline.models import ModelSpec, build_model
 
@@ -117,6 +118,20 @@ def test_a_shrunk_restore_takes_the_wide_correction_from_the_small_size_and_keep
     block_means = inner.reshape(inner.shape[0] // 8, 8, inner.shape[1] // 8, 8).mean(axis=(1, 3))
     assert np.ptp(block_means) < 4  # the ramp, 120 levels across, is gone
     assert np.abs(inner[:, 1:] - inner[:, :-1]).mean() == pytest.approx(40, abs=3)  # the checkerboard is not
+
+
+def test_falloff_is_estimated_on_the_whole_photo_and_undone_on_what_the_model_restored():
+    model = build_model(ModelSpec("unet", 8, 2), seed=0).eval()
+    y, x = np.mgrid[:90, :150]
+    page = np.where((y // 9) % 3 == 0, 40, 220)  # lines of "text" on a white page, darker towards the corners
+    darkened = np.clip(page * (1 - 0.3 * ((x - 75) ** 2 + (y - 45) ** 2) / (75**2 + 45**2)), 0, 255)
+    photo = np.ascontiguousarray(np.repeat(darkened.astype(np.uint8)[..., None], 3, axis=2))
+    for max_side in (None, 50):
+        plain = restore_image(model, photo, "cpu", tile_size=64, overlap=16, max_side=max_side)
+        corrected = restore_image(model, photo, "cpu", tile_size=64, overlap=16, max_side=max_side, falloff=0.5)
+        np.testing.assert_array_equal(corrected, correct_falloff(plain, photo, 0.5))  # the full-size photo's field
+        assert estimate_falloff(photo).curvature < -0.1 and not np.array_equal(corrected, plain)
+    np.testing.assert_array_equal(restore_image(model, photo, "cpu", falloff=0.0), restore_image(model, photo, "cpu"))
 
 
 def test_max_side_restores_larger_photos_at_that_side_and_leaves_smaller_ones_as_they_were():

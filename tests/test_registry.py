@@ -108,15 +108,15 @@ def champion(store):
 
 
 def _expected(model, image):
-    """What the champion must return: the library's tiled restoration with the logged tile settings."""
-    return restore_image(model, image, "cpu", tile_size=32, overlap=8)
+    """What the champion must return: the library's tiled restoration with the logged settings (falloff included)."""
+    return restore_image(model, image, "cpu", tile_size=32, overlap=8, falloff=TINY_TILING.falloff)
 
 
 def test_pyfunc_tiles_with_the_logged_settings(champion):
     pyfunc = mlflow.pyfunc.load_model("models:/demoire-test@champion")
     # max_pixels: the params' limit, capped at what the served model accepts (a 4K frame)
     assert pyfunc.model_config == {"tile_size": 32, "tile_overlap": 8, "tile_batch": 1, "device": "auto",
-                                   "max_pixels": 8_388_608, "max_side": 2048}
+                                   "max_pixels": 8_388_608, "max_side": 2048, "falloff": 0.5}
     image = np.random.default_rng(3).integers(0, 256, (70, 90, 3), dtype=np.uint8)
     np.testing.assert_array_equal(pyfunc.predict(image), _expected(champion, image))
 
@@ -125,12 +125,12 @@ def test_pyfunc_restores_larger_photos_at_the_logged_max_side(store):
     spec = ModelSpec("unet", 8, 2)
     model = build_model(spec, seed=1)
     save_model(model, spec, store / "model")
-    _register(store / "model", 22.0, infer=InferParams(tile_size=32, tile_overlap=8, max_side=64))
+    _register(store / "model", 22.0, infer=InferParams(tile_size=32, tile_overlap=8, max_side=64, falloff=0.25))
     pyfunc = mlflow.pyfunc.load_model("models:/demoire-test@champion")
-    assert pyfunc.model_config["max_side"] == 64
+    assert (pyfunc.model_config["max_side"], pyfunc.model_config["falloff"]) == (64, 0.25)
     image = np.random.default_rng(3).integers(0, 256, (70, 90, 3), dtype=np.uint8)
     served = pyfunc.predict(image)
-    np.testing.assert_array_equal(served, restore_image(model.eval(), image, "cpu", 32, 8, max_side=64))
+    np.testing.assert_array_equal(served, restore_image(model.eval(), image, "cpu", 32, 8, max_side=64, falloff=0.25))
     assert not np.array_equal(served, _expected(model, image))
 
 

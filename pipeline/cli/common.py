@@ -25,6 +25,10 @@ Device = Literal["auto", "cpu", "cuda"]
 MAX_SIDE_OPTION = typer.Option(None, "--max-side", min=0,
                                help="restore larger photos at this longer side, the correction enlarged back (wide "
                                     "moiré of 4K photos); 0: full size [default: infer.max_side]")
+# `--falloff` of predict, serve and evaluate, likewise.
+FALLOFF_OPTION = typer.Option(None, "--falloff", min=0.0, max=1.0,
+                              help="share of the screen falloff (light lost towards the photo's edges) estimated on "
+                                   "each photo and undone; 0: none [default: infer.falloff]")
 Layout = Literal["auto", "uhdm", "fhdmi", "tip2018", "generic"]
 Architecture = Literal["simple", "unet", "mscale"]
 ImageFormat = Literal["png", "jpg", "webp"]
@@ -124,7 +128,7 @@ def load_net(model: str, device: str):
     return load_any_model(model, device)
 
 
-def infer_params(params: Path | None, **options: int | None):
+def infer_params(params: Path | None, **options: float | None):
     """params' infer section (params.yaml when present, else defaults) with the options given on top."""
     from pipeline.config import InferParams, load_params, parse_params
 

@@ -9,7 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli.common import MAX_SIDE_OPTION, Device, Layout, app, err, fail, infer_params
+from pipeline.cli.common import (FALLOFF_OPTION, MAX_SIDE_OPTION, Device, Layout, app, err, fail,
+                                 infer_params)
 from pipeline.errors import DemoireError
 
 if TYPE_CHECKING:  # annotations only: the CLI imports torch when a command runs, not at start-up
@@ -32,6 +33,7 @@ def evaluate(
     tile: int | None = typer.Option(None, help="tile side in pixels [default: infer.tile_size]"),
     overlap: int | None = typer.Option(None, help="pixels shared by neighbouring tiles [default: infer.tile_overlap]"),
     max_side: int | None = MAX_SIDE_OPTION,
+    falloff: float | None = FALLOFF_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object with every mean (null where undefined)"),
     csv: Path | None = typer.Option(None, help="also write the per-image scores here (CSV; rows are written as pairs "
                                                "are scored, to a hidden partial file; the CSV is written from them "
@@ -52,7 +54,8 @@ def evaluate(
     try:
         if csv is not None:
             check_output_file(csv, "--csv")
-        cfg = infer_params(params, tile_size=tile, tile_overlap=overlap, max_side=max_side)
+        cfg = infer_params(params, tile_size=tile, tile_overlap=overlap, max_side=max_side,
+                           falloff=falloff)
         net, torch_device, spec = load_model_and_spec(model, device)
         found = find_paired_folder(pairs, layout, split, include, limit)
         restore = served_restorer(net, torch_device, cfg)
@@ -69,8 +72,9 @@ def evaluate(
         typer.echo(json_text(summary))
         return
     selection = "" if include == "*" else f", {include}"
-    shrunk = f"; longer sides over {cfg.max_side} restored at {cfg.max_side}" if cfg.max_side else ""
-    table = Table(title=f"{pairs} ({summary['count']} pairs{selection}; tiles of {cfg.tile_size}{shrunk})")
+    served_as = f"; longer sides over {cfg.max_side} restored at {cfg.max_side}" if cfg.max_side else ""
+    served_as += f"; {cfg.falloff:g} of the screen falloff undone" if cfg.falloff else ""
+    table = Table(title=f"{pairs} ({summary['count']} pairs{selection}; tiles of {cfg.tile_size}{served_as})")
     for column in SUMMARY_HEADER:
         table.add_column(column)
     for row in summary_rows(summary):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cli.common import MAX_SIDE_OPTION, Device, ImageFormat, app, err, fail, infer_params, load_net
+from pipeline.cli.common import (FALLOFF_OPTION, MAX_SIDE_OPTION, Device, ImageFormat, app, err, fail, infer_params,
+                                 load_net)
 from pipeline.errors import DemoireError, InputDataError
 from pipeline.progress import progress_mode, track_progress
 
@@ -67,6 +68,7 @@ def predict(
     overlap: int | None = typer.Option(None, help="pixels shared by neighbouring tiles [default: infer.tile_overlap]"),
     max_pixels: int | None = typer.Option(None, help="skip larger images, width x height [default: infer.max_pixels]"),
     max_side: int | None = MAX_SIDE_OPTION,
+    falloff: float | None = FALLOFF_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object: restored and skipped inputs, times"),
 ) -> None:
     """Restore moiré photos of any size (tiled); unreadable, too large or existing outputs are skipped (exit 1 if any).
@@ -82,7 +84,7 @@ def predict(
     try:
         check_output_dir(out, "-o")
         cfg = infer_params(params, tile_size=tile, tile_overlap=overlap, max_pixels=max_pixels,
-                           max_side=max_side)
+                           max_side=max_side, falloff=falloff)
         net, torch_device = load_net(model, device)
         check_tiling(cfg.tile_size, cfg.tile_overlap, cfg.tile_batch, spatial_multiple(net))
     except DemoireError as exc:
@@ -103,7 +105,7 @@ def predict(
         try:
             photo = read_photo(path, cfg.max_pixels)
             result = restore_image(net, photo.rgb, torch_device, cfg.tile_size, cfg.tile_overlap, cfg.tile_batch,
-                                   max_side=cfg.max_side)
+                                   max_side=cfg.max_side, falloff=cfg.falloff)
             # never over a file another run wrote meanwhile, unless --overwrite
             write_image(target, result, image_format, quality, photo.exif if keep_metadata else None, overwrite)
         except InputDataError as exc:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cli.common import MAX_SIDE_OPTION, Device, app, err, fail, infer_params
+from pipeline.cli.common import FALLOFF_OPTION, MAX_SIDE_OPTION, Device, app, err, fail, infer_params
 from pipeline.errors import DemoireError, InputDataError
 
 
@@ -22,6 +22,7 @@ def serve(
     overlap: int | None = typer.Option(None, help="pixels shared by neighbouring tiles [default: infer.tile_overlap]"),
     max_pixels: int | None = typer.Option(None, help="refuse larger images (413), width x height [default: infer.max_pixels]"),
     max_side: int | None = MAX_SIDE_OPTION,
+    falloff: float | None = FALLOFF_OPTION,
     max_upload_mb: float = typer.Option(50.0, min=0.001, help="refuse larger uploads (413), MiB"),
     concurrency: int = typer.Option(1, min=1, help="photos restored at once"),
     queue: int = typer.Option(8, min=0, help="requests waiting for a slot; more are answered 503"),
@@ -37,20 +38,21 @@ def serve(
 
     try:
         cfg = infer_params(params, tile_size=tile, tile_overlap=overlap, max_pixels=max_pixels,
-                           max_side=max_side)
+                           max_side=max_side, falloff=falloff)
         with err.status(f"loading {model}"):
             net, torch_device, spec = load_model_and_spec(model, device)
         check_tiling(cfg.tile_size, cfg.tile_overlap, cfg.tile_batch, spatial_multiple(net))
         limits = ServeLimits(int(max_upload_mb * 2**20), cfg.max_pixels, concurrency, queue)
         info = describe_model(model, net, spec) | {"device": str(torch_device), "tile_size": cfg.tile_size,
-                                                   "tile_overlap": cfg.tile_overlap, "max_side": cfg.max_side}
+                                                   "tile_overlap": cfg.tile_overlap, "max_side": cfg.max_side,
+                                                   "falloff": cfg.falloff}
         listener = _listen(host, port)
     except DemoireError as exc:
         fail(exc)
 
     def restore(image):
         return restore_image(net, image, torch_device, cfg.tile_size, cfg.tile_overlap, cfg.tile_batch,
-                             max_side=cfg.max_side)
+                             max_side=cfg.max_side, falloff=cfg.falloff)
 
     bound_port = listener.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host

@@ -92,7 +92,7 @@ def served_restorer(model: nn.Module, device: torch.device, infer: InferParams) 
 
     def restore(image: torch.Tensor) -> torch.Tensor:
         restored = restore_image(model, to_image(image), device, infer.tile_size, infer.tile_overlap, infer.tile_batch,
-                                 max_side=infer.max_side)
+                                 max_side=infer.max_side, falloff=infer.falloff)
         return to_tensor(restored)
 
     return restore

@@ -108,7 +108,8 @@ class DemoirePyfunc(mlflow.pyfunc.PythonModel):
         config = {**serving_config(InferParams()), **(context.model_config or {})}
         check_tiling(config["tile_size"], config["tile_overlap"], config["tile_batch"])
         self.tiling = {"tile_size": config["tile_size"], "overlap": config["tile_overlap"],
-                       "batch_size": config["tile_batch"], "max_side": config["max_side"]}
+                       "batch_size": config["tile_batch"], "max_side": config["max_side"],
+                       "falloff": config["falloff"]}
         self.device = resolve_device(config["device"])
         self.max_pixels = int(config.get("max_pixels", SERVE_MAX_PIXELS))
         self.model, self.spec = load_model(Path(context.artifacts["model_dir"]), self.device)
@@ -139,9 +140,10 @@ set_model(DemoirePyfunc())
 
 
 def serving_config(infer: InferParams, device: str = "auto") -> dict:
-    """The logged model's `model_config`: tiling (and max_side) from params.yaml's infer section, and the device."""
+    """The logged model's `model_config`: tiling (max_side, falloff) from params.yaml's infer section, and the device."""
     return {"tile_size": infer.tile_size, "tile_overlap": infer.tile_overlap, "tile_batch": infer.tile_batch,
-            "device": device, "max_pixels": min(infer.max_pixels, SERVE_MAX_PIXELS), "max_side": infer.max_side}
+            "device": device, "max_pixels": min(infer.max_pixels, SERVE_MAX_PIXELS), "max_side": infer.max_side,
+            "falloff": infer.falloff}
 
 
 def log_demoire_model(model_dir: Path, infer: InferParams | None = None):

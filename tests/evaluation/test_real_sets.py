@@ -87,7 +87,7 @@ def test_a_set_is_scored_as_served_tiled_and_unreadable_pairs_are_skipped(projec
     assert (scores.summary["count"], scores.summary["skipped"], scores.summary["hash"]) == (1, 1, fhdmi.digest)
     assert scores.skipped[0][0] == "fhdmi_2.png" and "cannot read image" in scores.skipped[0][1]
     moire, clean = read_rgb(tmp_path / "real/moire/fhdmi_1.png"), read_rgb(tmp_path / "real/clean/fhdmi_1.png")
-    served = restore_image(model, moire, "cpu", tile_size=32, overlap=8)  # 40x56: really tiled
+    served = restore_image(model, moire, "cpu", tile_size=32, overlap=8, falloff=TILING.falloff)  # 40x56: really tiled
     assert scores.per_image.psnr[0] == pytest.approx(image_metrics(to_tensor(served), to_tensor(clean))["psnr"], abs=1e-9)
     (tmp_path / "real" / "moire" / "fhdmi_1.png").write_bytes(b"truncated")
     with pytest.raises(InputDataError, match=r"^evaluate.real_sets\[0\] \(fhdmi\): none of the 2 selected pairs in "
