@@ -133,7 +133,8 @@ def test_predict_and_evaluate_undo_the_falloff_share_of_the_option_or_the_params
     photo = np.repeat(darkened.astype(np.uint8)[..., None], 3, axis=2)  # darker towards its corners
     write_png(tmp_path / "in" / "a.png", photo)
     (tmp_path / "params.yaml").write_text("infer:\n  falloff: 0.25\n")
-    runs = {"none": ["--falloff", "0"], "all": ["--falloff", "1"], "params": ["--params", str(tmp_path / "params.yaml")]}
+    runs = {"none": ["--falloff", "0"], "all": ["--falloff", "1"],
+            "params": ["--params", str(tmp_path / "params.yaml")]}
     for name, options in runs.items():
         result = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", str(tmp_path / name), "--model", model,
                                      "--device", "cpu", *options])

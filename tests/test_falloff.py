@@ -36,7 +36,8 @@ def _with_field(image: np.ndarray, field: FalloffField) -> np.ndarray:
 def _relative_to_centre(image: np.ndarray) -> np.ndarray:
     """The linear luma of the page's white, over its centre's: what a falloff changes."""
     luma = linear_luma(image)
-    return luma / np.median(luma[luma.shape[0] // 2 - 5:luma.shape[0] // 2 + 5, luma.shape[1] // 2 - 5:luma.shape[1] // 2 + 5])
+    centre_y, centre_x = luma.shape[0] // 2, luma.shape[1] // 2
+    return luma / np.median(luma[centre_y - 5:centre_y + 5, centre_x - 5:centre_x + 5])
 
 
 def test_a_known_bowl_and_tilt_are_found_on_a_page_and_undone():

@@ -1,0 +1,62 @@
+"""benchmarks/falloff_check.py: the gain of undoing a photo's falloff against a truth without one, per group; the
+cost on images without falloff; unreadable images skipped and named; bad options refused in one line."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from pipeline.io import write_png
+from tests.conftest import PROJECT
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, str(PROJECT / "benchmarks/falloff_check.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def _page(height: int = 120, width: int = 200) -> np.ndarray:
+    """Lines of 'text' on a light page."""
+    y, _ = np.mgrid[:height, :width]
+    return np.repeat(np.where((y // 8) % 3 == 0, 40, 220).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def _darkened(page: np.ndarray) -> np.ndarray:
+    """`page` 35 % darker in its corners than in its centre: a screen's falloff."""
+    height, width = page.shape[:2]
+    y, x = np.mgrid[:height, :width]
+    r2 = ((x - width / 2) ** 2 + (y - height / 2) ** 2) / ((width / 2) ** 2 + (height / 2) ** 2)
+    return np.clip(page * (1 - 0.35 * r2)[..., None], 0, 255).astype(np.uint8)
+
+
+def test_gain_where_photos_fall_off_cost_where_they_do_not_and_unreadable_images_named(tmp_path):
+    page = _page()
+    for name in ("a_1.png", "b_1.png"):
+        write_png(tmp_path / "pairs" / "clean" / name, page)
+        write_png(tmp_path / "pairs" / "moire" / name, _darkened(page))
+    write_png(tmp_path / "flat" / "page.png", page)
+    (tmp_path / "flat" / "broken.png").write_bytes(b"not a png")
+    done = _run("--paired", tmp_path / "pairs", "--group", "a=a_*", "--group", "b=b_*", "--clean", tmp_path / "flat",
+                "--strength", "0", "0.5", "1", "--out", tmp_path / "out.json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "out.json").read_text())
+    for group in ("a", "b"):
+        gains = result["gain"][group]
+        assert gains["0"]["mean"] == [0.0, 0.0] and gains["0"]["count"] == 1
+        assert 0 < gains["0.5"]["mean"][1] < gains["1"]["mean"][1]  # tone-aligned: more of the field, more gain
+        assert result["gain"][group]["fields"][0]["curvature"] < -0.2
+    assert result["cost"]["flat"]["0.5"]["count"] == 1 and -0.05 < result["cost"]["flat"]["0.5"]["mean"] <= 0
+    assert "skipped 1 unreadable images of flat: broken.png" in done.stderr
+    assert "gain           a (n=1) strength 0.5" in done.stdout
+
+
+def test_bad_options_are_refused_in_one_line(tmp_path):
+    none = _run("--strength", "0.5")
+    assert none.returncode == 2 and "give --paired, --clean or --sources" in none.stderr
+    big = _run("--clean", tmp_path, "--strength", "1.5")
+    assert big.returncode == 2 and "--strength [1.5]: each must be within 0 … 1 (as infer.falloff)" in big.stderr
+    write_png(tmp_path / "pairs" / "clean" / "a.png", _page())
+    write_png(tmp_path / "pairs" / "moire" / "a.png", _page())
+    empty = _run("--paired", tmp_path / "pairs", "--group", "x=zzz*")
+    assert empty.returncode != 0 and "zzz" in empty.stderr and "Traceback" not in empty.stderr
