@@ -103,7 +103,8 @@ def test_pip_install_gives_a_demoire_that_predicts_evaluates_exports_and_serves(
             assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
             time.sleep(0.2)
         url = found[1]
-        assert httpx.get(url + "model", timeout=30).json()["version"] == "1"
+        info = httpx.get(url + "model", timeout=30).json()
+        assert info["version"] == "1" and (info["max_side"], info["falloff"]) == (2048, 0.5)  # the infer defaults
         restored = httpx.post(url + "restore", files={"file": ("photo.jpg", (work / "photo.jpg").read_bytes())},
                               timeout=120)
         assert restored.status_code == 200 and restored.headers["content-type"] == "image/png"
