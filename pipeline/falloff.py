@@ -27,7 +27,7 @@ import numpy as np
 ESTIMATE_SIDE = 128
 BLUR_SIGMA = 1.0  # px at ESTIMATE_SIDE, on the log luma before its gradient
 # Flat areas: log-luma gradient below this per pixel at ESTIMATE_SIDE (a 2 % change from one pixel to the next).
-# A strong falloff (a = −0.6) changes log luma by under 0.01 per pixel there; content edges by far more.
+# A strong falloff (a = −0.6) changes log luma by at most 0.016 per pixel there (in the corners); edges by far more.
 FLAT_GRADIENT = 0.02
 # Linear luma outside these is too dark (noise dominates its log) or clipped (its gradient says nothing).
 DARKEST, BRIGHTEST = 0.02, 0.95
@@ -67,7 +67,8 @@ TO_LINEAR, TO_SRGB = _srgb_to_linear_table(), _linear_to_srgb_table()
 
 
 def _to_srgb(linear: np.ndarray) -> np.ndarray:
-    """sRGB code values (uint8) of linear light (clipped to [0, 1]), through TO_SRGB (5× faster than the power)."""
+    """sRGB code values (uint8) of linear light (clipped to [0, 1]), through TO_SRGB (5× faster than the power);
+    `linear` (float) is used as scratch space."""
     index = np.clip(linear, 0.0, 1.0, out=linear)
     index *= len(TO_SRGB) - 1
     return TO_SRGB[np.rint(index, out=index).astype(np.int32)]

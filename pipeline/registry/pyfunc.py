@@ -140,7 +140,7 @@ set_model(DemoirePyfunc())
 
 
 def serving_config(infer: InferParams, device: str = "auto") -> dict:
-    """The logged model's `model_config`: tiling (max_side, falloff) from params.yaml's infer section, and the device."""
+    """The logged model's `model_config`: tiling, max_side and falloff from params.yaml's infer section; the device."""
     return {"tile_size": infer.tile_size, "tile_overlap": infer.tile_overlap, "tile_batch": infer.tile_batch,
             "device": device, "max_pixels": min(infer.max_pixels, SERVE_MAX_PIXELS), "max_side": infer.max_side,
             "falloff": infer.falloff}
