@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.export import ONNX_OPSET, TOLERANCE, ExportedModel
 from pipeline.cli.common import infer_params
+from pipeline.export import ONNX_OPSET, TOLERANCE, ExportedModel
 from pipeline.inference import restore_image
 from pipeline.io import read_rgb, write_png
 from pipeline.models import ModelSpec, build_model, save_model

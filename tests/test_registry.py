@@ -121,16 +121,19 @@ def test_pyfunc_tiles_with_the_logged_settings(champion):
     np.testing.assert_array_equal(pyfunc.predict(image), _expected(champion, image))
 
 
-def test_pyfunc_restores_larger_photos_at_the_logged_max_side(store):
+def test_pyfunc_restores_larger_photos_at_the_logged_max_side_and_undoes_the_logged_falloff_share(store):
     spec = ModelSpec("unet", 8, 2)
     model = build_model(spec, seed=1)
     save_model(model, spec, store / "model")
     _register(store / "model", 22.0, infer=InferParams(tile_size=32, tile_overlap=8, max_side=64, falloff=0.25))
     pyfunc = mlflow.pyfunc.load_model("models:/demoire-test@champion")
     assert (pyfunc.model_config["max_side"], pyfunc.model_config["falloff"]) == (64, 0.25)
-    image = np.random.default_rng(3).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    y, x = np.mgrid[:70, :90]
+    page = np.where((y // 7) % 3 == 0, 40.0, 220.0) * (1 - 0.3 * ((x - 45) ** 2 + (y - 35) ** 2) / (45**2 + 35**2))
+    image = np.repeat(page.astype(np.uint8)[..., None], 3, axis=2)  # a page darker towards its corners
     served = pyfunc.predict(image)
     np.testing.assert_array_equal(served, restore_image(model.eval(), image, "cpu", 32, 8, max_side=64, falloff=0.25))
+    assert not np.array_equal(served, restore_image(model.eval(), image, "cpu", 32, 8, max_side=64))
     assert not np.array_equal(served, _expected(model, image))
 
 
