@@ -1,5 +1,6 @@
 """benchmarks/falloff_check.py: the gain of undoing a photo's falloff against a truth without one, per group; the
-cost on images without falloff; unreadable images skipped and named; bad options refused in one line."""
+cost on images without falloff; benchmarks/falloff_gallery.py: a row per photo; unreadable images skipped and
+named; bad options refused in one line."""
 
 import json
 import subprocess
@@ -11,8 +12,8 @@ from pipeline.io import write_png
 from tests.conftest import PROJECT
 
 
-def _run(*args):
-    return subprocess.run([sys.executable, str(PROJECT / "benchmarks/falloff_check.py"), *map(str, args)],
+def _run(*args, script: str = "falloff_check.py"):
+    return subprocess.run([sys.executable, str(PROJECT / "benchmarks" / script), *map(str, args)],
                           capture_output=True, text=True, timeout=300)
 
 
@@ -60,3 +61,27 @@ def test_bad_options_are_refused_in_one_line(tmp_path):
     write_png(tmp_path / "pairs" / "moire" / "a.png", _page())
     empty = _run("--paired", tmp_path / "pairs", "--group", "x=zzz*")
     assert empty.returncode != 0 and "zzz" in empty.stderr and "Traceback" not in empty.stderr
+
+
+def test_the_gallery_shows_each_photo_with_its_falloff_undone_and_its_field(tmp_path):
+    from pipeline.falloff import estimate_falloff, undo_falloff
+    from pipeline.io import read_rgb
+
+    photo = _darkened(_page(160, 240))
+    write_png(tmp_path / "a.png", photo)
+    (tmp_path / "b.png").write_bytes(b"not a png")
+    done = _run("--out", tmp_path / "g.jpg", "--width", "120", "--strength", "1", tmp_path / "a.png",
+                tmp_path / "b.png", script="falloff_gallery.py")
+    assert done.returncode == 0, done.stderr
+    assert "a.png: a -0." in done.stdout and "wrote" in done.stdout and "skipped" in done.stderr
+    gallery = read_rgb(tmp_path / "g.jpg")
+    assert gallery.shape == (80, 360, 3)  # one row: three columns of 120 x 80
+    undone = undo_falloff(photo, estimate_falloff(photo), 1.0)
+    # the bottom-left corner (the caption is at the top) is brighter in the middle column: the falloff undone
+    input_corner, undone_corner = gallery[-8:, :8, 1].mean(), gallery[-8:, 120:128, 1].mean()
+    assert input_corner + 10 < undone_corner
+    assert undone[-20:, :20, 1].mean() > photo[-20:, :20, 1].mean() + 10
+    bad = _run("--out", tmp_path / "x.jpg", "--strength", "2", tmp_path / "a.png", script="falloff_gallery.py")
+    assert bad.returncode == 2 and "--strength 2.0: must be within 0 … 1" in bad.stderr
+    none = _run("--out", tmp_path / "y.jpg", tmp_path / "b.png", script="falloff_gallery.py")
+    assert none.returncode != 0 and "nothing written" in none.stderr and not (tmp_path / "y.jpg").exists()
