@@ -39,7 +39,7 @@ def demosaic(raw: torch.Tensor) -> torch.Tensor:
     separable [½ 1 ½]² stencil, green from its four direct neighbours. Worked on the four
     half-resolution planes of the 2×2 tile (a reflected neighbour across the frame's edge is the
     plane's own edge value), so only missing values are computed, each from its two or four, and
-    written straight into the output's strided views (no shifted copies: 1.3–1.45× faster, the same bits).
+    written straight into the output's strided views (no shifted copies: 1.3–1.4× faster, the same bits).
     """
     height, width = raw.shape[2:]
     if height % 2 or width % 2:  # an even frame with the reflected row or column; cropped below
@@ -56,10 +56,10 @@ def demosaic(raw: torch.Tensor) -> torch.Tensor:
     torch.mul(_with_neighbour(red_pairs, rows, 1), 0.25, out=out_red[:, 1::2, 1::2])
     out_green[:, 0::2, 1::2] = green_red_rows
     out_green[:, 1::2, 0::2] = green_blue_rows
-    at_red = _with_neighbour(green_blue_rows, rows, -1)  # above + here, then left, then here: four neighbours
+    at_red = _with_neighbour(green_blue_rows, rows, -1)  # a red site's greens: below + above, then left, then right
     _add_neighbour_(at_red, green_red_rows, columns, -1).add_(green_red_rows)
     torch.mul(at_red, 0.25, out=out_green[:, 0::2, 0::2])
-    at_blue = _with_neighbour(green_red_rows, rows, 1).add_(green_blue_rows)
+    at_blue = _with_neighbour(green_red_rows, rows, 1).add_(green_blue_rows)  # above + below, then left, then right
     torch.mul(_add_neighbour_(at_blue, green_blue_rows, columns, 1), 0.25, out=out_green[:, 1::2, 1::2])
     blue_pairs = _with_neighbour(blue, columns, -1)
     out_blue[:, 1::2, 1::2] = blue
