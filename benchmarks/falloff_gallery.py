@@ -17,9 +17,8 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.errors import DemoireError  # noqa: E402
 from pipeline.falloff import estimate_falloff, undo_falloff  # noqa: E402
-from pipeline.io import read_rgb  # noqa: E402
+from real_gallery import readable_photos  # noqa: E402  (benchmarks/real_gallery.py, beside this script)
 
 
 def shrunk(image: np.ndarray, width: int) -> np.ndarray:
@@ -57,12 +56,7 @@ def main() -> None:
     from pipeline.photos import write_image
 
     rows, skipped = [], []
-    for path in args.photos:
-        try:
-            image = read_rgb(path)
-        except DemoireError as error:
-            skipped.append(f"{path} ({error})")
-            continue
+    for path, image in readable_photos(args.photos, skipped):
         row, caption = gallery_row(image, args.strength, args.width)
         labelled = Image.fromarray(row)
         ImageDraw.Draw(labelled).text((6, 4), f"{path.name}: input | {args.strength:g} of the falloff undone | "

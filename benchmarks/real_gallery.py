@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -27,11 +28,23 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.calibration.statistics import luma_and_chroma  # noqa: E402
 from pipeline.data.dataset import to_tensor  # noqa: E402
+from pipeline.errors import DemoireError  # noqa: E402
 from pipeline.evaluation.residual_bands import band_energies  # noqa: E402
 from pipeline.io import read_rgb  # noqa: E402
 
 # Colour bands of 4K moiré have periods of 16–128 px; fine texture (leaves, grass) lives below 8 px.
 BANDS = {"bands": (1 / 128, 1 / 16), "texture": (1 / 8, 0.5)}
+
+
+def readable_photos(paths: list[Path], skipped: list[str]) -> Iterator[tuple[Path, np.ndarray]]:
+    """Each of `paths` that decodes, with its RGB image; each that does not is added to `skipped` as "path (why)"."""
+    for path in paths:
+        try:
+            image = read_rgb(path)
+        except DemoireError as error:
+            skipped.append(f"{path} ({error})")
+            continue
+        yield path, image
 
 
 def strongest_moire_crop(image: np.ndarray, crop: int, stride: int | None = None) -> tuple[int, int]:
@@ -97,7 +110,6 @@ def main() -> None:
         parser.error(f"--margin {args.margin}: must be ≥ 0")
     if any(side < 64 for side in args.max_side):
         parser.error(f"--max-side {min(args.max_side)}: must be ≥ 64 pixels (as infer.max_side)")
-    from pipeline.errors import DemoireError
     from pipeline.models import load_model
     from pipeline.photos import write_image
 
@@ -106,12 +118,7 @@ def main() -> None:
     except DemoireError as error:
         raise SystemExit(f"--model {args.model}: {error}") from None
     rows, skipped = [], []
-    for path in args.photos:
-        try:
-            image = read_rgb(path)
-        except DemoireError as error:
-            skipped.append(f"{path} ({error})")
-            continue
+    for path, image in readable_photos(args.photos, skipped):
         if min(image.shape[:2]) < args.crop:
             skipped.append(f"{path} ({image.shape[1]}x{image.shape[0]}, smaller than --crop {args.crop})")
             continue
