@@ -8,6 +8,9 @@ SSIM is computed over strips of rows: torchmetrics' SSIM holds about 25 float ma
 once (1.4 GB for a 1080p frame, 5.5 GB for 4K). Each strip is scored with 5 rows of context either
 side (half the window), whose own map values are dropped, so every kept value is the whole image's
 (reflected at the image's top and bottom as torchmetrics reflects the whole image).
+
+On CPU the images go to torchmetrics in channels_last: its SSIM window is a grouped convolution, which oneDNN runs
+3× faster in that layout, to the same bits (docs/benchmarks.md, "Evaluation at dataset sizes").
 """
 
 from __future__ import annotations
@@ -31,8 +34,18 @@ SSIM_HALO = 5  # rows of context a strip needs: half of the 11-row window
 SSIM_STRIP_VALUES = 2**20  # pixels × channels × images per strip: about 100 MB of SSIM maps at a time
 
 
+def _for_grouped_convolution(image: torch.Tensor) -> torch.Tensor:
+    """A channels_last copy of `image` on CPU, where oneDNN's grouped convolution is 3× faster in it; as it is elsewhere.
+
+    A copy, not `.contiguous(memory_format=…)`: an image of one permuted from H×W×C already counts as channels_last,
+    yet its odd batch stride leads `F.pad` back to the slow layout.
+    """
+    return image.clone(memory_format=torch.channels_last) if image.device.type == "cpu" else image
+
+
 def batch_ssim(pred: torch.Tensor, target: torch.Tensor, strip_values: int = SSIM_STRIP_VALUES) -> torch.Tensor:
     """SSIM of each image in the batch, over strips of rows of about `strip_values` values (one strip when it fits)."""
+    pred, target = _for_grouped_convolution(pred), _for_grouped_convolution(target)
     height = pred.shape[-2]
     rows = max(1, strip_values // (pred[..., 0, :].numel()))
     if rows >= height:
