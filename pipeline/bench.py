@@ -298,7 +298,7 @@ def bench_infer(name: str, device_name: str, size: str = "3840x2160", repeats: i
     Peak memory is the CUDA allocator's peak on a GPU, and the process's peak RSS on a CPU
     (so it includes the interpreter and torch, about 0.4 GB).
     """
-    from pipeline.inference import check_tiling, restore_tiled, spatial_multiple, tile_spans
+    from pipeline.inference import check_tiling, input_format, restore_tiled, spatial_multiple, tile_spans
 
     device = resolve_device(device_name)
     height, width = parse_size(size)
@@ -310,7 +310,8 @@ def bench_infer(name: str, device_name: str, size: str = "3840x2160", repeats: i
     if tile_size:
         image = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8).numpy()
     else:
-        frame = _input_layout(torch.rand(1, 3, height, width, generator=generator).to(device), device)
+        frame = torch.rand(1, 3, height, width, generator=generator).to(device)
+        frame = frame.contiguous(memory_format=input_format(model, device))  # the layout serving gives the model
 
     @torch.inference_mode()
     def run() -> None:

@@ -40,11 +40,27 @@ def spatial_multiple(model: nn.Module) -> int:
     return int(getattr(model, "multiple", 1))  # SmallUNet.multiple, RestrictedCorrection.multiple; SimpleCNN has none
 
 
-def _forward(model: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, multiple: int) -> torch.Tensor:
-    """The model (or its pointwise part) on a B×3×H×W batch, clamped; sides below `multiple` are edge-padded first.
+def input_format(model: nn.Module, device: torch.device) -> torch.memory_format:
+    """The memory layout a batch enters `model` in: channels_last, where its convolutions run faster, except for the
+    multi-scale net on CPU, which runs 5–10 % slower in it (the U-Net 1.2× and the plain CNN 1.8× faster on CPU;
+    docs/benchmarks.md, "Tiled inference")."""
+    from pipeline.models.mscale import MultiScaleDemoireNet
 
-    The models reflect-pad to their multiple, which needs the image side larger than the pad.
+    if device.type == "cpu" and isinstance(getattr(model, "net", model), MultiScaleDemoireNet):
+        return torch.contiguous_format
+    return torch.channels_last
+
+
+def _forward(model: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, multiple: int,
+             memory_format: torch.memory_format) -> torch.Tensor:
+    """The model (or its pointwise part) on a B×3×H×W batch laid out in `memory_format`, clamped; sides below
+    `multiple` are edge-padded first.
+
+    The models reflect-pad to their multiple, which needs the image side larger than the pad. The batch is copied
+    into the layout, not `.contiguous(memory_format=…)`: a batch of one permuted from H×W×3 counts as channels_last
+    already, yet its odd batch stride leads the models' first padding back to the slow layout.
     """
+    batch = batch.clone(memory_format=memory_format)
     height, width = batch.shape[-2:]
     pad_h, pad_w = max(multiple - height, 0), max(multiple - width, 0)
     if pad_h or pad_w:
@@ -56,7 +72,7 @@ def _forward(model: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor,
 def restore_tensor(model: nn.Module, moire: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Restore one 3×H×W image in [0, 1] in one pass (untiled); returns it clamped to [0, 1] on the CPU."""
     model.eval()
-    return _forward(model, moire[None].to(device), spatial_multiple(model))[0].cpu()
+    return _forward(model, moire[None].to(device), spatial_multiple(model), input_format(model, device))[0].cpu()
 
 
 def tile_spans(length: int, tile: int, overlap: int, multiple: int = 1) -> list[Span]:
@@ -123,7 +139,7 @@ def restore_tiled(model: nn.Module, image: np.ndarray, device: torch.device, til
     """Restore an HxWx3 uint8 image tile by tile, blending the tiles into one HxWx3 uint8 image.
 
     `should_stop` is asked before each batch of tiles; when it answers True, RestoreStopped is raised."""
-    multiple = spatial_multiple(model)
+    multiple, memory_format = spatial_multiple(model), input_format(model, device)
     check_tiling(tile_size, overlap, batch_size, multiple)
     model.eval()
     # A restricted correction (pipeline.models.correction) is restored tile by tile up to its pointwise part;
@@ -145,7 +161,7 @@ def restore_tiled(model: nn.Module, image: np.ndarray, device: torch.device, til
             raise RestoreStopped()
         # Tiles are converted from uint8 one by one, so no float copy of the whole image is made.
         batch = torch.stack([to_tensor(image[slice(*rows[r]), slice(*cols[c])]) for r, c in group])
-        output = _forward(pointwise, batch.to(device), multiple).float().cpu()
+        output = _forward(pointwise, batch.to(device), multiple, memory_format).float().cpu()
         for (r, c), tile in zip(group, output):
             restored[:, slice(*rows[r]), slice(*cols[c])] += tile * torch.from_numpy(np.outer(row_weights[r], col_weights[c]))
     restored /= torch.from_numpy(np.outer(row_sum, col_sum))

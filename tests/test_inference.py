@@ -63,6 +63,19 @@ def test_tiled_output_equals_whole_image_output(spec):
     assert np.abs(seams - whole).max() >= 5
 
 
+@pytest.mark.parametrize("spec", [ModelSpec("unet", 8, 2), ModelSpec("simple", 8, 4), ModelSpec("mscale", 8, 1)])
+def test_the_served_layout_keeps_the_networks_own_numbers(spec):
+    # restore copies the batch into the memory layout the architecture runs fastest in (channels_last for the U-Net
+    # and the plain CNN on CPU); what comes out is the network's output on a plain tensor, to float rounding.
+    model = build_model(spec, seed=0).eval()
+    image = to_tensor(_moire_like(64, 96))
+    with torch.no_grad():
+        reference = model(image[None].contiguous()).clamp(0, 1)[0]
+    restored = restore_tensor(model, image, CPU)
+    assert torch.allclose(restored, reference, rtol=0, atol=1e-5)
+    assert not torch.equal(restored, image)  # the untrained net does change the image
+
+
 def test_tiled_mscale_stays_close_though_its_fusion_pools_over_the_whole_input():
     # mscale's squeeze-excitation averages over the whole input, so a tile cannot reproduce the
     # whole image's output exactly: a few levels differ, well below the seams of unblended tiles.
