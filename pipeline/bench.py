@@ -19,6 +19,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from pipeline.config import SynthesizeParams, TrainParams, parse_params
 from pipeline.data.synthetic import render_pair, single_threaded, source_for_pair
 from pipeline.errors import ParamsError
+from pipeline.inference import in_layout, input_format
 from pipeline.io import save_png
 from pipeline.models import ModelSpec, build_model, count_parameters, model_spec, save_model
 from pipeline.models.complexity import count_macs
@@ -157,18 +158,11 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _input_layout(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """channels_last on CUDA, where the convolutions are faster in it (a no-op when already so)."""
-    return images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else images
-
-
 def _model_for_bench(name: str, channels: int | None, depth: int | None, device: torch.device) -> tuple[nn.Module, ModelSpec]:
-    """The architecture with seeded weights on `device` (channels_last on CUDA, as in training)."""
+    """The architecture with seeded weights on `device`, in the memory layout training and serving use."""
     spec = model_spec(name, channels, depth)
     model = build_model(spec, seed=0).to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    return model, spec
+    return model.to(memory_format=input_format(model, device)), spec
 
 
 def _describe(spec: ModelSpec, model: nn.Module, height: int, width: int) -> dict:
@@ -183,11 +177,12 @@ def _training_step(model: nn.Module, cfg: TrainParams, device: torch.device) -> 
     net = wrap_for_training(model, cfg, World(), device)
     loss_fn = weighted_loss(cfg.loss)
     optimizer = make_optimizer(model, cfg)
+    memory_format = input_format(model, device)
     net.train()
 
     def step(moire: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
         with autocast(device, cfg.amp):
-            outputs = net(_input_layout(moire, device))
+            outputs = net(in_layout(moire, memory_format))
         loss = multiscale_loss([out.float() for out in outputs], clean, loss_fn, cfg.multiscale_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -213,7 +208,7 @@ def bench_train(name: str, device_name: str, size: str = "256", batch: int | Non
     cfg = TrainParams(model=name, amp=amp, compile=compile_model, batch_size=batch)
     train_step = _training_step(model, cfg, device)
     generator = torch.Generator().manual_seed(0)
-    moire = _input_layout(torch.rand(batch, 3, height, width, generator=generator).to(device), device)
+    moire = in_layout(torch.rand(batch, 3, height, width, generator=generator).to(device), input_format(model, device))
     clean = torch.rand(batch, 3, height, width, generator=generator).to(device)
 
     for _ in range(3 if compile_model else 1):  # warm-up: allocator, cuDNN autotuning, compilation
@@ -252,8 +247,7 @@ def bench_train_on_the_fly(profile: str, device_name: str, seconds: float, patch
     batches = SyntheticBatches(params.synthesize, pairs_per_epoch, cfg.patch_size, cfg.batch_size, params.seed, device)
     spec = model_spec(cfg.model, cfg.channels, cfg.depth, cfg.correction, cfg.correction_width)
     model = build_model(spec, seed=params.seed).to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    model.to(memory_format=input_format(model, device))
     train_step = _training_step(model, cfg, device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) if cfg.ema_decay > 0 else None
     losses: list[float] = []
@@ -298,7 +292,7 @@ def bench_infer(name: str, device_name: str, size: str = "3840x2160", repeats: i
     Peak memory is the CUDA allocator's peak on a GPU, and the process's peak RSS on a CPU
     (so it includes the interpreter and torch, about 0.4 GB).
     """
-    from pipeline.inference import check_tiling, input_format, restore_tiled, spatial_multiple, tile_spans
+    from pipeline.inference import check_tiling, restore_tiled, spatial_multiple, tile_spans
 
     device = resolve_device(device_name)
     height, width = parse_size(size)
@@ -310,8 +304,7 @@ def bench_infer(name: str, device_name: str, size: str = "3840x2160", repeats: i
     if tile_size:
         image = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8).numpy()
     else:
-        frame = torch.rand(1, 3, height, width, generator=generator).to(device)
-        frame = frame.contiguous(memory_format=input_format(model, device))  # the layout serving gives the model
+        frame = in_layout(torch.rand(1, 3, height, width, generator=generator).to(device), input_format(model, device))
 
     @torch.inference_mode()
     def run() -> None:

@@ -41,9 +41,9 @@ def spatial_multiple(model: nn.Module) -> int:
 
 
 def input_format(model: nn.Module, device: torch.device) -> torch.memory_format:
-    """The memory layout a batch enters `model` in: channels_last, where its convolutions run faster, except for the
-    multi-scale net on CPU, which runs 5–10 % slower in it (the U-Net 1.2× and the plain CNN 1.8× faster on CPU;
-    docs/benchmarks.md, "Tiled inference")."""
+    """The memory layout `model` is trained and run in: channels_last, where its convolutions run faster, except for
+    the multi-scale net on CPU, which runs 5–10 % slower in it (on CPU the U-Net restores 1.2× and trains 1.15× faster
+    in it, the plain CNN restores 1.8× faster; docs/benchmarks.md, "Tiled inference")."""
     from pipeline.models.mscale import MultiScaleDemoireNet
 
     if device.type == "cpu" and isinstance(getattr(model, "net", model), MultiScaleDemoireNet):
@@ -51,16 +51,23 @@ def input_format(model: nn.Module, device: torch.device) -> torch.memory_format:
     return torch.channels_last
 
 
+def in_layout(batch: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """A copy of the B×C×H×W `batch` in `memory_format`.
+
+    A copy, not `.contiguous(memory_format=…)`: a batch of one permuted from H×W×3 counts as channels_last
+    already, yet its odd batch stride leads the models' first padding back to the slow layout.
+    """
+    return batch.clone(memory_format=memory_format)
+
+
 def _forward(model: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, multiple: int,
              memory_format: torch.memory_format) -> torch.Tensor:
     """The model (or its pointwise part) on a B×3×H×W batch laid out in `memory_format`, clamped; sides below
     `multiple` are edge-padded first.
 
-    The models reflect-pad to their multiple, which needs the image side larger than the pad. The batch is copied
-    into the layout, not `.contiguous(memory_format=…)`: a batch of one permuted from H×W×3 counts as channels_last
-    already, yet its odd batch stride leads the models' first padding back to the slow layout.
+    The models reflect-pad to their multiple, which needs the image side larger than the pad.
     """
-    batch = batch.clone(memory_format=memory_format)
+    batch = in_layout(batch, memory_format)
     height, width = batch.shape[-2:]
     pad_h, pad_w = max(multiple - height, 0), max(multiple - width, 0)
     if pad_h or pad_w:

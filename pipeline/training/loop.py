@@ -24,6 +24,7 @@ from pipeline.config import TrainParams
 from pipeline.data.dataset import Pair, PairDataset
 from pipeline.errors import DemoireError
 from pipeline.evaluation.metrics import batch_psnr
+from pipeline.inference import in_layout, input_format
 from pipeline.progress import track_progress
 from pipeline.training.batches import TrainingBatches
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
@@ -133,7 +134,7 @@ def validate(model: nn.Module, pairs: list[Pair], loss_fn: Loss, device: torch.d
     model.eval()
     loss_sum, psnr_sum, count = 0.0, 0.0, 0
     for moire, clean in PairDataset(pairs[world.rank::world.size]):
-        x, y = moire[None].to(device), clean[None].to(device)
+        x, y = in_layout(moire[None].to(device), input_format(model, device)), clean[None].to(device)
         with autocast(device, amp):
             pred = model(x)
         pred = pred.float().clamp(0, 1)
@@ -177,8 +178,8 @@ def train_model(
     `on_epoch` with the history so far after each epoch's checkpoint.
     """
     model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    memory_format = input_format(model, device)  # channels_last where the convolutions run faster in it
+    model.to(memory_format=memory_format)
     loss_fn = weighted_loss(cfg.loss)
     net = wrap_for_training(model, cfg, world, device)
     steps = batches.steps_per_epoch
@@ -219,8 +220,7 @@ def train_model(
                                   None if world.is_main else "off")
         for step, (moire, clean) in enumerate(progress):
             moire, clean = moire.to(device, non_blocking=True), clean.to(device, non_blocking=True)
-            if device.type == "cuda":
-                moire = moire.contiguous(memory_format=torch.channels_last)
+            moire = in_layout(moire, memory_format)
             with autocast(device, cfg.amp):
                 outputs = net(moire)
             loss = multiscale_loss([out.float() for out in outputs], clean, loss_fn, cfg.multiscale_weight)
