@@ -26,6 +26,7 @@ from pipeline.errors import DemoireError
 from pipeline.evaluation.metrics import batch_psnr
 from pipeline.inference import in_layout, input_format
 from pipeline.progress import track_progress
+from pipeline.provenance import code_digest
 from pipeline.training.batches import TrainingBatches
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.training.distributed import World, sum_across
@@ -67,10 +68,27 @@ class StepStats:
 EXECUTION_ONLY = {"num_workers", "resume", "log_every_steps"}
 
 
+# The code whose numbers a checkpoint holds (dvc.yaml's train stage lists the same): after an edit to it a checkpoint
+# does not resume, or `dvc repro` would "resume" the last run after its final epoch and ship weights the edited code
+# never made.
+TRAINING_CODE = ("pipeline/__init__.py", "pipeline/training", "pipeline/models", "pipeline/inference.py",
+                 "pipeline/evaluation/metrics.py", "pipeline/data/dataset.py", "pipeline/data/augment.py",
+                 "pipeline/data/on_the_fly.py", "pipeline/moire", "pipeline/sources")
+
+
+def training_code_digest() -> str:
+    """Digest of TRAINING_CODE and of the torch, numpy and albumentations versions the weights depend on."""
+    import albumentations
+    import numpy
+
+    return code_digest(TRAINING_CODE, f"{torch.__version__} {numpy.__version__} {albumentations.__version__}")
+
+
 def training_fingerprint(cfg: TrainParams, seed: int, data_digest: str, world_size: int) -> str:
-    """Digest of the params, data and process count: a checkpoint resumes only the run it came from."""
+    """Digest of the params, data, process count and training code: a checkpoint resumes only the run it came from."""
     settings = cfg.model_dump(mode="json", exclude=EXECUTION_ONLY)
-    return hashlib.sha256(json.dumps([settings, seed, data_digest, world_size], sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps([settings, seed, data_digest, world_size, training_code_digest()],
+                                     sort_keys=True).encode()).hexdigest()
 
 
 def effective_amp(device: torch.device, amp: str) -> str:

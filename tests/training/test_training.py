@@ -95,6 +95,25 @@ def test_a_checkpoint_of_other_params_is_not_resumed(tmp_path, rng):
     assert len(history) == 1 and torch.load(tmp_path / "c.pt", weights_only=True)["epoch"] == 1
 
 
+def test_a_checkpoint_of_other_training_code_is_not_resumed(tmp_path, rng, monkeypatch):
+    import pipeline.training.loop as loop
+
+    pairs = _stripes(rng, n=4)
+    cfg = TrainParams(model="simple", channels=8, depth=2, epochs=2, batch_size=2, patch_size=16)
+
+    def epochs_trained() -> list[int]:
+        """The epochs a run trains itself, not those a resumed checkpoint brought."""
+        trained = []
+        loop.train_model(build_model(ModelSpec("simple", 8, 2), seed=0), stored_pair_batches(pairs, cfg, 0), pairs[:1],
+                         cfg, 0, torch.device("cpu"), tmp_path / "c.pt", on_epoch=lambda h: trained.append(h[-1].epoch))
+        return trained
+
+    assert epochs_trained() == [1, 2]
+    assert epochs_trained() == []  # the same code: the finished run resumes after its last epoch
+    monkeypatch.setattr(loop, "training_code_digest", lambda: "the training code after an edit")
+    assert epochs_trained() == [1, 2]  # trained again from its seed
+
+
 def test_early_stopping_keeps_the_best_epoch(tmp_path, rng, monkeypatch):
     import pipeline.training.loop as loop
 
