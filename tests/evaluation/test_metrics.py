@@ -96,6 +96,25 @@ def test_ssim_over_strips_equals_torchmetrics_on_the_whole_image(rng):
     assert torch.equal(batch_ssim(noisy, clean), whole)  # fits one strip: torchmetrics' own value
 
 
+@pytest.mark.parametrize("height, width", [(40, 56), (41, 57), (64, 33), (9, 2)])
+def test_band_energies_from_the_half_spectrum_equal_the_whole_spectrums_band_by_band(rng, height, width):
+    from pipeline.evaluation.residual_bands import BANDS, band_energies
+
+    residual = torch.from_numpy(rng.normal(0, 0.1, (3, height, width)))
+    def hann(n: int) -> torch.Tensor:  # as the module windows each side: no window on a side of 2 or less
+        return torch.hann_window(n, periodic=False, dtype=torch.float64) if n > 2 else torch.ones(n, dtype=torch.float64)
+
+    window = hann(height)[:, None] * hann(width)[None, :]
+    centred = residual - (residual * window).sum(dim=(-2, -1), keepdim=True) / window.sum()
+    power = (torch.fft.fft2(centred * window).abs() ** 2 / (window**2).sum()).sum(dim=0) / (height * width)
+    radius = torch.hypot(torch.fft.fftfreq(height, dtype=torch.float64)[:, None],
+                         torch.fft.fftfreq(width, dtype=torch.float64)[None, :])
+    energies = band_energies(residual)
+    for name, (low, high) in BANDS.items():
+        whole = float(power[(radius > 0) & (radius >= low) & (radius < high)].sum())
+        assert energies[name] == pytest.approx(whole, rel=1e-12, abs=1e-18), name
+
+
 def test_tone_alignment_and_band_energies_keep_their_values_channel_by_channel(rng):
     from pipeline.evaluation.residual_bands import band_energies
     from pipeline.evaluation.tone import align_tone
