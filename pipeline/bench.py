@@ -208,7 +208,7 @@ def bench_train(name: str, device_name: str, size: str = "256", batch: int | Non
     cfg = TrainParams(model=name, amp=amp, compile=compile_model, batch_size=batch)
     train_step = _training_step(model, cfg, device)
     generator = torch.Generator().manual_seed(0)
-    moire = in_layout(torch.rand(batch, 3, height, width, generator=generator).to(device), input_format(model, device))
+    moire = torch.rand(batch, 3, height, width, generator=generator).to(device)  # laid out by each step, as in training
     clean = torch.rand(batch, 3, height, width, generator=generator).to(device)
 
     for _ in range(3 if compile_model else 1):  # warm-up: allocator, cuDNN autotuning, compilation

@@ -42,8 +42,8 @@ def spatial_multiple(model: nn.Module) -> int:
 
 def input_format(model: nn.Module, device: torch.device) -> torch.memory_format:
     """The memory layout `model` is trained and run in: channels_last, where its convolutions run faster, except for
-    the multi-scale net on CPU, which runs 5–10 % slower in it (on CPU the U-Net restores 1.2× and trains 1.15× faster
-    in it, the plain CNN restores 1.8× faster; docs/benchmarks.md, "Tiled inference")."""
+    the multi-scale net on CPU, which runs 5–10 % slower in it (on CPU the U-Net restores 1.2× and trains 1.15×
+    faster in it, the plain CNN restores 1.8× faster; docs/benchmarks.md, "Tiled inference")."""
     from pipeline.models.mscale import MultiScaleDemoireNet
 
     if device.type == "cpu" and isinstance(getattr(model, "net", model), MultiScaleDemoireNet):
@@ -55,7 +55,7 @@ def in_layout(batch: torch.Tensor, memory_format: torch.memory_format) -> torch.
     """A copy of the B×C×H×W `batch` in `memory_format`.
 
     A copy, not `.contiguous(memory_format=…)`: a batch of one permuted from H×W×3 counts as channels_last
-    already, yet its odd batch stride leads the models' first padding back to the slow layout.
+    already, yet its odd batch stride leads the next padding (the models' first, SSIM's) back to the slow layout.
     """
     return batch.clone(memory_format=memory_format)
 

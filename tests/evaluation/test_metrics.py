@@ -102,7 +102,9 @@ def test_band_energies_from_the_half_spectrum_equal_the_whole_spectrums_band_by_
 
     residual = torch.from_numpy(rng.normal(0, 0.1, (3, height, width)))
     def hann(n: int) -> torch.Tensor:  # as the module windows each side: no window on a side of 2 or less
-        return torch.hann_window(n, periodic=False, dtype=torch.float64) if n > 2 else torch.ones(n, dtype=torch.float64)
+        if n <= 2:
+            return torch.ones(n, dtype=torch.float64)
+        return torch.hann_window(n, periodic=False, dtype=torch.float64)
 
     window = hann(height)[:, None] * hann(width)[None, :]
     centred = residual - (residual * window).sum(dim=(-2, -1), keepdim=True) / window.sum()
