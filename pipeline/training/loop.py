@@ -150,9 +150,10 @@ def validate(model: nn.Module, pairs: list[Pair], loss_fn: Loss, device: torch.d
              world: World = World()) -> tuple[float, float]:
     """Mean loss and mean per-image PSNR over whole validation images, shared out among the ranks."""
     model.eval()
+    memory_format = input_format(model, device)
     loss_sum, psnr_sum, count = 0.0, 0.0, 0
     for moire, clean in PairDataset(pairs[world.rank::world.size]):
-        x, y = in_layout(moire[None].to(device), input_format(model, device)), clean[None].to(device)
+        x, y = in_layout(moire[None].to(device), memory_format), clean[None].to(device)
         with autocast(device, amp):
             pred = model(x)
         pred = pred.float().clamp(0, 1)
