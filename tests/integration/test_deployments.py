@@ -114,6 +114,25 @@ def test_every_deployment_of_prefect_yaml_is_created(deployed, prefect_api):
     assert nightly.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": "{{ $DEMOIRE_PROJECT_DIR }}"}}]
 
 
+def test_the_nightly_schedule_gets_its_runs_from_the_server(deployed, prefect_api):
+    """The server's scheduler turns the cron into scheduled runs (with SQLAlchemy 2.1 it failed on every loop)."""
+    import time
+    from datetime import timezone
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    nightly = DeploymentFilter(name=DeploymentFilterName(any_=["nightly"]))
+    deadline, scheduled = time.monotonic() + 90, []
+    while time.monotonic() < deadline and not scheduled:  # the recent-deployments scheduler loops every 5 s
+        with get_client(sync_client=True) as client:
+            scheduled = [run for run in client.read_flow_runs(deployment_filter=nightly) if run.state_name == "Scheduled"]
+        time.sleep(2)
+    assert scheduled, "no scheduled run of pipeline/nightly"
+    starts = {run.expected_start_time.astimezone(timezone.utc) for run in scheduled}
+    assert {(start.hour, start.minute) for start in starts} == {(2, 0)}, starts  # prefect.yaml's cron, in UTC
+
+
 def test_the_pipeline_deployment_runs_every_stage_on_the_worker(deployed, prefect_api):
     from prefect.deployments import run_deployment
 
