@@ -4,6 +4,8 @@ DVC runs each in a temporary copy under .dvc/tmp/exps/ (deleted afterwards) with
 the project: the MLflow store, its artifacts and Prefect's state must land in the project, not the copy.
 """
 
+import csv
+import io
 import os
 import sys
 import time
@@ -85,6 +87,13 @@ def test_two_queued_experiments_register_in_the_project_store(tmp_path):
     decisions = {number: tags["promotion"] for number, tags in registry["versions"].items()}
     assert set(decisions.values()) <= {"promoted", "not_promoted"} and decisions["1"] == "promoted"
     assert registry["aliases"]["champion"] == max((n for n, d in decisions.items() if d == "promoted"), key=int)
+
+    # `dvc exp show` compares them: each experiment's metrics are read back (they are cached, data/ is not in git)
+    table = run(["dvc", "exp", "show", "--csv"], repo, env).stdout
+    shown = {row["Experiment"]: row for row in csv.DictReader(io.StringIO(table))}
+    gain = next(column for column in next(iter(shown.values())) if column.endswith("psnr_gain_over_identity"))
+    for name in EXPERIMENTS:
+        assert shown[name][gain] not in ("", "!"), shown[name]
 
     temporary = repo / ".dvc" / "tmp"
     assert not list(temporary.rglob("mlflow.db")) and not list(temporary.rglob("mlartifacts"))
