@@ -63,7 +63,7 @@ def read_photo(source: Path | bytes, max_pixels: int | None = None, name: str | 
                                          f"{', '.join(sorted(INPUT_FORMATS - {'MPO'}))}")
                 width, height = im.size
                 if max_pixels is not None and width * height > max_pixels:
-                    raise ImageTooLargeError(f"image {name} is {width}x{height} = {width * height:,} pixels, "
+                    raise ImageTooLargeError(f"image from {name} is {width}x{height} = {width * height:,} pixels, "
                                          f"over the limit of {max_pixels:,} (infer.max_pixels)")
                 frames = getattr(im, "n_frames", 1)
                 if frames > 1:
@@ -77,12 +77,12 @@ def read_photo(source: Path | bytes, max_pixels: int | None = None, name: str | 
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         declared = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"{int(declared[1]):,} pixels" if declared else "too many pixels"
-        raise ImageTooLargeError(f"image {name} is {size}, over the decompression-bomb limit of "
+        raise ImageTooLargeError(f"image from {name} is {size}, over the decompression-bomb limit of "
                              f"{Image.MAX_IMAGE_PIXELS:,}") from None
     except Image.UnidentifiedImageError:
-        raise UnsupportedImageError(f"cannot read image {name}: not a JPEG, PNG, WebP, TIFF, BMP or GIF file") from None
+        raise UnsupportedImageError(f"cannot read image from {name}: not a JPEG, PNG, WebP, TIFF, BMP or GIF file") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise InputDataError(f"cannot read image {name}: {exc}") from exc
+        raise InputDataError(f"cannot read image from {name}: {exc}") from exc
     if len(exif):
         exif[EXIF_ORIENTATION] = 1
     return Photo(rgb, exif.tobytes() if len(exif) else None, converted)

@@ -56,8 +56,8 @@ def test_predict_takes_files_folders_and_globs_skips_bad_images_and_never_overwr
     single = read_rgb(tmp_path / "single.png")  # 70 wide: restored in tiles of 32
     np.testing.assert_array_equal(read_rgb(out / "single.png"), restore_image(net, single, "cpu", 32, 8))
     assert f"skipped {inputs / 'b.png'}: cannot read image" in result.output
-    assert f"skipped {inputs / 'cut.png'}: cannot read image {inputs / 'cut.png'}: image file is truncated" in result.output
-    assert (f"skipped {inputs / 'big.png'}: image {inputs / 'big.png'} is 60x50 = 3,000 pixels, "
+    assert f"skipped {inputs / 'cut.png'}: cannot read image from {inputs / 'cut.png'}: image file is truncated" in result.output
+    assert (f"skipped {inputs / 'big.png'}: image from {inputs / 'big.png'} is 60x50 = 3,000 pixels, "
             "over the limit of 2,500 (infer.max_pixels)") in result.output
     assert f"skipped {loose / 'x.png'}: {out / 'x.png'} written earlier in this run from another input" in result.output
     assert f"skipped no such file or folder: {tmp_path / 'missing.png'}" in result.output

@@ -51,7 +51,7 @@ def test_images_over_the_pixel_limit_are_refused_from_the_header(tmp_path, rng):
     path = _truncated_png(tmp_path / "big.png", rng)
     with pytest.raises(InputDataError) as info:
         read_rgb(path, max_pixels=2399)
-    assert str(info.value) == f"image {path} is 60x40 = 2,400 pixels, over the limit of 2,399 (infer.max_pixels)"
+    assert str(info.value) == f"image from {path} is 60x40 = 2,400 pixels, over the limit of 2,399 (infer.max_pixels)"
     write_png(tmp_path / "ok.png", np.zeros((40, 60, 3), np.uint8))
     assert read_rgb(tmp_path / "ok.png", max_pixels=2400).shape == (40, 60, 3)
 
@@ -62,7 +62,7 @@ def test_pil_decompression_bomb_warning_and_error_become_the_same_input_error(tm
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pil_limit)
     with pytest.raises(InputDataError) as info:
         read_rgb(tmp_path / "bomb.png")
-    assert str(info.value) == (f"image {tmp_path / 'bomb.png'} is 2,400 pixels, "
+    assert str(info.value) == (f"image from {tmp_path / 'bomb.png'} is 2,400 pixels, "
                                f"over the decompression-bomb limit of {pil_limit:,}")
 
 

@@ -160,7 +160,7 @@ def test_pyfunc_takes_an_encoded_photo_as_bytes_or_base64_and_refuses_other_text
         np.testing.assert_array_equal(pyfunc.predict(request), _expected(champion, image))
     with pytest.raises(MlflowException, match="expected base64 of an image file"):
         pyfunc.predict("not base64 !")
-    with pytest.raises(MlflowException, match="cannot read image the request's image"):
+    with pytest.raises(MlflowException, match="cannot read image from the request"):
         pyfunc.predict(base64.b64encode(b"plain text, no image").decode())
 
 

@@ -89,7 +89,7 @@ def test_limits_and_bad_input_answer_4xx_with_one_line_never_500(serve_app, clie
         (dict(files={"file": ("wide.png", too_many_pixels)}), 413, "60x60 = 3,600 pixels, over the limit of 2,500"),
         (dict(files={"file": ("notes.txt", b"hello, not an image")}), 415, "not a JPEG, PNG, WebP, TIFF, BMP or GIF"),
         (dict(files={"file": ("favicon.ico", icon.getvalue())}), 415, "the upload is in ICO format; send a photo in one of"),
-        (dict(files={"file": ("cut.png", small[:200])}), 400, "cannot read image the upload"),
+        (dict(files={"file": ("cut.png", small[:200])}), 400, "cannot read image from the upload"),
         (dict(files={"other": ("a.png", small)}), 400, "no file field 'file' (fields: other)"),
         (dict(files={"file": ("empty.png", b"")}), 400, "the field 'file' is empty"),
         (dict(json={"picture": "x"}), 400, 'JSON body must be {"image"'),
