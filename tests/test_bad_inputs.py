@@ -246,4 +246,16 @@ def test_served_model_refuses_bad_requests_instead_of_casting(case):
     assert checked_image([[[0, 128, 255]]], 10).dtype == np.uint8  # integers in range pass, as uint8
 
 
+def test_served_model_takes_a_read_only_image_without_a_warning():
+    """np.asarray of a PIL image is read-only; torch warns when it shares such an array, so it is copied."""
+    from pipeline.registry.pyfunc import checked_image
+
+    image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    image.flags.writeable = False
+    checked = checked_image(image, 10)
+    assert checked.flags.writeable and np.array_equal(checked, image)
+    writable = image.copy()
+    assert checked_image(writable, 10) is writable  # a writable array is not copied
+
+
 CASES = (len(BAD_PARAMS) + len(BAD_PARAMS_FILES) + len(BAD_IMAGE_CASES) + len(BAD_PATHS) + len(BAD_REQUESTS))

@@ -4,6 +4,7 @@ and the infer section."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -82,8 +83,11 @@ def main_options(
 ) -> None:
     """Demoiré pipeline: synthetic moiré data, models, evaluation."""
     err.notes = not quiet
-    # -q silences every progress reporter of this command, wherever it runs (re-scoring in promote, too)
+    # -q silences every progress reporter of this command, wherever it runs (re-scoring in promote, too),
+    # MLflow's bar while it downloads a registered model included (its documented switch)
     set_progress_override("off" if quiet else None)
+    if quiet:
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if verbose:
         logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -58,7 +58,7 @@ def decoded_photo(data: bytes, max_pixels: int) -> np.ndarray:
     from pipeline.photos import read_photo
 
     try:
-        return read_photo(data, max_pixels, name="the request's image").rgb
+        return read_photo(data, max_pixels, name="the request").rgb
     except InputDataError as exc:
         raise _refuse(str(exc)) from None
 
@@ -83,8 +83,8 @@ def checked_image(model_input, max_pixels: int) -> np.ndarray:
     if height * width > max_pixels:
         raise _refuse(f"image of {width}x{height} = {height * width:,} pixels is over this model's limit of "
                       f"{max_pixels:,} (max_pixels in its model_config)")
-    if image.dtype == np.uint8:
-        return image
+    if image.dtype == np.uint8:  # a read-only array (np.asarray of a PIL image) copied: torch warns on sharing it
+        return image if image.flags.writeable else image.copy()
     if image.dtype.kind not in "iu":
         raise _refuse(f"expected integers 0-255, got {image.dtype} values; send 8-bit RGB, not floats or booleans")
     low, high = int(image.min()), int(image.max())
@@ -114,7 +114,10 @@ class DemoirePyfunc(mlflow.pyfunc.PythonModel):
         self.max_pixels = int(config.get("max_pixels", SERVE_MAX_PIXELS))
         self.model, self.spec = load_model(Path(context.artifacts["model_dir"]), self.device)
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:
+    # `np.ndarray` is a hint MLflow validates and casts nothing against (it infers no schema from it), so a request
+    # reaches `checked_image` as sent: an array, nested lists, bytes or base64 text. Without a hint MLflow warns on
+    # every load of the model, in every command and in the scoring server.
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
         """Restore one image; stops between tiles once the request's time is up or its client is gone."""
         from pipeline.inference import RestoreStopped, restore_image
         from pipeline.serving.bounded import request_stop
