@@ -23,6 +23,7 @@ from pipeline.models import load_model
 from pipeline.training.device import resolve_device
 
 log = logging.getLogger(__name__)
+REAL_INDEX = "index.json"  # beside the real sets' per-image CSVs: {set name: {csv, pairs, skipped}}
 
 
 @task(name="score-test-split")
@@ -54,12 +55,17 @@ def evaluate_flow(params: Params, model_dir: Path, data: Path, pairs_index: Path
     """Write the per-image CSVs (test split, each real set), the metrics JSON and the before/after grid.
 
     The CSVs grow row by row in temp files beside `out` and in a temp folder beside `real_out` (`<name>.csv` per
-    real set), renamed into place only once every set is scored: a killed run leaves no CSV that looks complete."""
+    real set, and `index.json` naming them), renamed into place only once every set is scored: a killed run
+    leaves no CSV that looks complete."""
     real_sets = find_real_sets(params.evaluate.real_sets, project_dir)  # a bad entry stops before any scoring
     with atomic_path(out) as per_image_csv, atomic_dir(real_out, whole=True) as real_csvs:
         test = score_task(params, model_dir, data, pairs_index, per_image_csv)
         real_scores = {real.name: score_real_set_task(params, model_dir, real, real_csvs / f"{real.name}.csv")
                        for real in real_sets}
+        # what the folder holds, also when no real set is configured (DVC warns about an empty output folder)
+        write_json(real_csvs / REAL_INDEX, {name: {"csv": f"{name}.csv", "pairs": scores.summary["count"],
+                                                   "skipped": len(scores.skipped)}
+                                            for name, scores in real_scores.items()})
     summary = evaluation_metrics(test.summary, real_scores, real_sets)
     write_json(metrics, summary)
     write_png(grid, before_after_grid(test.shown))

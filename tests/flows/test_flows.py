@@ -171,7 +171,9 @@ def test_evaluate_flow_scores_the_test_split_and_every_real_set(tmp_path, tiny_r
     assert metrics["real_mean"]["tone_psnr"] == pytest.approx(
         (metrics["real"]["fhdmi"]["tone_psnr"] + metrics["real"]["tip"]["tone_psnr"]) / 2)
     assert len(metrics["real_gate_set"]) == 64
-    assert sorted(p.name for p in (out / "real").iterdir()) == ["fhdmi.csv", "tip.csv"]
+    assert sorted(p.name for p in (out / "real").iterdir()) == ["fhdmi.csv", "index.json", "tip.csv"]
+    assert json.loads((out / "real" / "index.json").read_text()) == {
+        "fhdmi": {"csv": "fhdmi.csv", "pairs": 2, "skipped": 1}, "tip": {"csv": "tip.csv", "pairs": 1, "skipped": 0}}
     per_image = pd.read_csv(out / "real" / "fhdmi.csv")
     assert list(per_image.image) == ["fhdmi_1.png", "fhdmi_2.png"] and "identity_tone_psnr" in per_image
     assert per_image.psnr.mean() == pytest.approx(metrics["real"]["fhdmi"]["psnr"], abs=1e-5)
@@ -205,10 +207,12 @@ def test_evaluate_flow_scores_the_test_split_and_every_real_set(tmp_path, tiny_r
         evaluate_flow(parse_params(tiny_raw), **paths, project_dir=tmp_path)
     assert (out / "metrics.json").read_bytes() == before
 
-    # Without real sets the metrics keep their old shape and the real folder is empty.
+    # Without real sets the metrics keep their old shape and the real folder holds an empty index only.
     tiny_raw["evaluate"]["real_sets"] = []
     evaluate_flow(parse_params(tiny_raw), **paths, project_dir=tmp_path)
-    assert "real" not in json.loads((out / "metrics.json").read_text()) and not list((out / "real").iterdir())
+    assert "real" not in json.loads((out / "metrics.json").read_text())
+    assert [p.name for p in (out / "real").iterdir()] == ["index.json"]  # no CSV; DVC sees a folder, not an empty one
+    assert json.loads((out / "real" / "index.json").read_text()) == {}
 
 
 def test_pipeline_summary_names_the_real_sets_means():
