@@ -37,8 +37,12 @@ test-fast: $(STAMP)
 POOL ?= cpu
 PREFECT_ENV := PREFECT_HOME=$(CURDIR)/.prefect
 
+# Prefect's usage telemetry off unless asked for (PREFECT_SERVER_ANALYTICS_ENABLED=true make server):
+# a server without internet access logs an error each time it fails to send it.
+PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 server: $(STAMP)
-	$(PREFECT_ENV) $(BIN)/prefect server start --host 127.0.0.1 --port 4200
+	PREFECT_SERVER_ANALYTICS_ENABLED=$(PREFECT_SERVER_ANALYTICS_ENABLED) $(PREFECT_ENV) \
+		$(BIN)/prefect server start --host 127.0.0.1 --port 4200
 
 deploy: $(STAMP)
 	@test -n "$$PREFECT_API_URL" || { echo "error: set PREFECT_API_URL, e.g. http://127.0.0.1:4200/api (make server)"; exit 2; }
