@@ -31,9 +31,40 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
+# What training reads of the preprocess stage's index (a synthesize manifest, say, has no split).
+PAIRS_INDEX_COLUMNS = ("split", "moire_path", "clean_path")
+
+
+def read_pairs_index(pairs_index: Path) -> pd.DataFrame:
+    """The preprocess stage's pairs index; InputDataError naming the file where it is missing or is not one."""
+    if not Path(pairs_index).is_file():
+        raise InputDataError(f"pairs index not found: {pairs_index} (the preprocess stage writes it: dvc repro preprocess)")
+    try:
+        frame = pd.read_parquet(pairs_index)
+    except Exception as exc:  # pyarrow's errors for a file that is not parquet vary by what the file is
+        raise InputDataError(f"{pairs_index} is not a pairs index: not a parquet file ({type(exc).__name__})") from None
+    missing = [column for column in PAIRS_INDEX_COLUMNS if column not in frame.columns]
+    if missing:
+        raise InputDataError(f"{pairs_index} is not a pairs index: no {', '.join(missing)} column "
+                             "(the preprocess stage writes one: data/preprocess/pairs.parquet)")
+    return frame
+
+
+def check_outputs(out: Path, history_path: Path) -> None:
+    """Refuse, before any training, output paths that could not be written after it."""
+    for path in (out, *Path(out).parents):
+        if path.exists() and not path.is_dir():
+            raise InputDataError(f"cannot write the model into {out}: {path} is a file")
+    if Path(history_path).is_dir():
+        raise InputDataError(f"cannot write the history to {history_path}: it is a folder (the history is a CSV file)")
+    for path in Path(history_path).parents:
+        if path.exists() and not path.is_dir():
+            raise InputDataError(f"cannot write the history to {history_path}: {path} is a file")
+
+
 def load_split(pairs_index: Path, data: Path, split: str) -> StoredPairs:
     """One split's pairs, decoded as they are used; an empty split, or a listed file that is missing, is an error."""
-    frame = pd.read_parquet(pairs_index)
+    frame = read_pairs_index(pairs_index)
     pairs = StoredPairs.listed_in(frame[frame.split == split], data)
     if not pairs:
         raise InputDataError(f"{pairs_index} lists no {split} pairs; check the preprocess fractions and datasets")
@@ -97,6 +128,8 @@ def train_in_process(params: Params, data: Path, pairs_index: Path, out: Path, h
 def run_training(params: Params, params_path: Path, data: Path, pairs_index: Path, out: Path, history_path: Path) -> None:
     """Train as the params ask: here, or across `train.processes` DDP processes started by torchrun."""
     processes = params.train.processes
+    check_outputs(out, history_path)
+    read_pairs_index(pairs_index)
     # Fail before loading data, or before launching, when CUDA is absent or has too few GPUs.
     if resolve_device(params.train.device).type == "cuda":
         check_gpu_count(processes)
