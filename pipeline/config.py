@@ -44,7 +44,7 @@ def _within(low: float, high: float) -> AfterValidator:
 class Section(BaseModel):
     """Base for every params section: unknown keys are errors, values are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)  # keys by their written names only (`register`)
 
 
 class SourcesParams(Section):
@@ -459,6 +459,8 @@ class _ParamsLoader(yaml.SafeLoader):
         seen: dict[Any, Any] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (list, dict)):  # `[1]: 2`: YAML allows it, no section has such a key
+                raise ParamsError(f"line {key_node.start_mark.line + 1}: a key must be a name, not a {type(key).__name__}")
             if key in seen:
                 raise ParamsError(f"line {key_node.start_mark.line + 1}: key {key!r} given twice in one section "
                                   f"(first on line {seen[key] + 1}); keep one")
@@ -485,13 +487,20 @@ def read_params_file(path: Path | str) -> dict:
     except ParamsError as exc:
         raise ParamsError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML ({_first_line(str(exc))})") from None
+        raise ParamsError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
     if raw is None:
         raise ParamsError(f"{path}: empty; it needs the sections the stages read ({', '.join(_top_level_keys())}); "
                           "`demoire check-params --show` prints every default")
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     return raw
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's problem with the line and column where it found it, as DVC reports them."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or _first_line(str(exc))
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
 
 
 def _top_level_keys() -> list[str]:
@@ -533,6 +542,8 @@ def describe_error(exc: ValidationError, source: str) -> str:
         allowed = ", ".join(sorted(_fields_at(loc[:-1])))
         return f"{source}: {key} = {value!r}: unknown key; allowed keys here: {allowed}"
     message = err["msg"].removeprefix("Value error, ")
+    if isinstance(value, dict):  # a check of a whole section names its keys in its message: not the section's dump
+        return f"{source}: {key}: {message}"
     return f"{source}: {key} = {value!r}: {message}"
 
 

@@ -42,7 +42,7 @@ def test_repository_params_file_is_valid():
         ({"train": {"correction_width": -4}},
          "params.yaml: train.correction_width = -4: Input should be greater than or equal to 0"),
         ({"infer": {"tile_size": 64, "tile_overlap": 32}},
-         "params.yaml: infer = {'tile_size': 64, 'tile_overlap': 32}: tile_overlap 32 must be less than half of tile_size 64"),
+         "params.yaml: infer: tile_overlap 32 must be less than half of tile_size 64"),
         ({"infer": {"max_pixels": 300_000_000}},
          "params.yaml: infer.max_pixels = 300000000: Input should be less than or equal to 200000000"),
         ({"infer": {"max_side": 16}}, "params.yaml: infer.max_side = 16: Input should be greater than or equal to 64"),

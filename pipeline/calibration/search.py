@@ -128,7 +128,10 @@ def calibrate(
         raise ParamsError(f"trials = {trials}: must be at least 1")
     if n_pairs < 2:
         raise ParamsError(f"pairs = {n_pairs}: must be at least 2")
-    preset_values(base)  # an unknown base fails before any rendering
+    try:
+        preset_values(base)  # an unknown base fails before any rendering
+    except ValueError as exc:
+        raise ParamsError(f"base = {base!r}: {exc}") from None
 
     def score(overrides: dict[str, Any]) -> tuple[float, RealStatistics]:
         statistics = sample_statistics(render_sample(synthesis_config(base, overrides, size, n_pairs), seed), real)

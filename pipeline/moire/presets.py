@@ -65,7 +65,7 @@ def preset_values(preset: str) -> dict:
     if not isinstance(values, dict):
         raise ValueError(f"preset file {preset} must hold a mapping of sections")
     base = values.pop("base", "default")
-    if base not in PRESETS:
+    if not isinstance(base, str) or base not in PRESETS:
         raise ValueError(f"preset file {preset}: base {base!r} is not one of {', '.join(PRESETS)}")
     unknown = sorted(set(values) - set(PRESET_SECTIONS))
     if unknown:
