@@ -27,11 +27,11 @@ def _report_bench(run: Callable[[], dict], as_json: bool, line: Callable[[dict],
 
 @bench_app.command("synth")
 def bench_synth(
-    size: int = typer.Option(512, help="side of each pair, pixels"),
-    pairs: int = typer.Option(8, help="pairs per run (CPU)"),
-    repeats: int = typer.Option(5, help="runs; the median is reported"),
+    size: int = typer.Option(512, min=32, help="side of each pair, pixels"),
+    pairs: int = typer.Option(8, min=1, help="pairs per run (CPU)"),
+    repeats: int = typer.Option(5, min=1, help="runs; the median is reported"),
     device: Literal["cpu", "cuda"] = typer.Option("cpu", help="cpu: one process on one core, end to end; cuda: the batched simulator"),
-    batch: int = typer.Option(32, help="captures per batch (cuda, or --batched)"),
+    batch: int = typer.Option(32, min=1, help="captures per batch (cuda, or --batched)"),
     batched: bool = typer.Option(False, "--batched", help="the batched simulator on the CPU too (as cuda always runs)"),
     preset: str = typer.Option("default", help="default | fine | coarse | document | classic, or a preset file (.yaml)"),
     layer_bank: int = typer.Option(None, "--layer-bank", min=1,
@@ -69,11 +69,11 @@ def bench_train(
     model: Architecture = typer.Option("unet", help="architecture"),
     device: Device = typer.Option("auto", help="where the model runs"),
     size: str = typer.Option("256", help="patch side, or WIDTHxHEIGHT"),
-    batch: int = typer.Option(None, help="images per step [default: 64 on CUDA, 8 on CPU]"),
-    steps: int = typer.Option(3, help="steps per run"),
-    repeats: int = typer.Option(3, help="runs; the median is reported"),
-    channels: int = typer.Option(None, help="width [default: the architecture's]"),
-    depth: int = typer.Option(None, help="depth [default: the architecture's]"),
+    batch: int = typer.Option(None, min=1, help="images per step [default: 64 on CUDA, 8 on CPU]"),
+    steps: int = typer.Option(3, min=1, help="steps per run"),
+    repeats: int = typer.Option(3, min=1, help="runs; the median is reported"),
+    channels: int = typer.Option(None, min=1, help="width [default: the architecture's]"),
+    depth: int = typer.Option(None, min=1, help="depth [default: the architecture's]"),
     amp: Literal["auto", "bf16", "off"] = typer.Option("auto", help="auto: bf16 on CUDA"),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model first"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (images_per_s, achieved_tflops, …)"),
@@ -92,13 +92,13 @@ def bench_infer(
     model: Architecture = typer.Option("unet", help="architecture"),
     device: Device = typer.Option("auto", help="where the model runs"),
     size: str = typer.Option("3840x2160", help="frame WIDTHxHEIGHT, or a side"),
-    repeats: int = typer.Option(3, help="runs; the median is reported"),
-    channels: int = typer.Option(None, help="width [default: the architecture's]"),
-    depth: int = typer.Option(None, help="depth [default: the architecture's]"),
+    repeats: int = typer.Option(3, min=1, help="runs; the median is reported"),
+    channels: int = typer.Option(None, min=1, help="width [default: the architecture's]"),
+    depth: int = typer.Option(None, min=1, help="depth [default: the architecture's]"),
     amp: Literal["auto", "bf16", "off"] = typer.Option("auto", help="auto: bf16 on CUDA"),
     tile: int | None = typer.Option(None, help="tile side, 0 for the whole frame at once [default: infer.tile_size]"),
     overlap: int | None = typer.Option(None, help="pixels shared by neighbouring tiles [default: infer.tile_overlap]"),
-    tile_batch: int | None = typer.Option(None, help="tiles per forward pass [default: infer.tile_batch]"),
+    tile_batch: int | None = typer.Option(None, min=1, help="tiles per forward pass [default: infer.tile_batch]"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (ms_per_frame, peak_memory_mb, …)"),
 ) -> None:
     """Latency of one whole frame, tiled as `predict` does (goal for the default model on one H100: 40 ms at 4K)."""
@@ -124,16 +124,20 @@ def bench_fly(
     profile: str = typer.Option("gpu", help="the recipe (pipeline/profiles.py): model, patch, batch, loss, amp, compile"),
     device: Device = typer.Option("auto", help="where pairs are rendered and the model trains"),
     seconds: float = typer.Option(120.0, min=0.0, help="train for about this long (the first step included)"),
-    patch: int = typer.Option(None, help="patch side [default: the profile's train.patch_size]"),
-    batch: int = typer.Option(None, help="images per step [default: the profile's train.batch_size]"),
-    channels: int = typer.Option(None, help="width [default: the architecture's]"),
-    depth: int = typer.Option(None, help="depth [default: the architecture's]"),
+    patch: int = typer.Option(None, min=8, help="patch side [default: the profile's train.patch_size]"),
+    batch: int = typer.Option(None, min=1, help="images per step [default: the profile's train.batch_size]"),
+    channels: int = typer.Option(None, min=1, help="width [default: the architecture's]"),
+    depth: int = typer.Option(None, min=1, help="depth [default: the architecture's]"),
     compile_model: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile [default: the profile's]"),
     save: Path = typer.Option(None, help="write the trained model to this folder (for `demoire predict --model`) [default: not saved]"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (images_per_s, first_step_s, losses, …)"),
 ) -> None:
     """Training on pairs rendered on the fly for --seconds, with a profile's recipe, in images/s."""
     from pipeline.bench import bench_train_on_the_fly
+    from pipeline.errors import InputDataError
+
+    if save is not None and save.exists() and not save.is_dir():  # found now, not after the training
+        fail(InputDataError(f"--save {save} is a file; the model is written into a folder"))
 
     _report_bench(
         lambda: bench_train_on_the_fly(profile, device, seconds, patch, batch, channels, depth, compile_model, save),

@@ -23,7 +23,7 @@ def synthesize(
     seed: int = typer.Option(0, help="same seed, same bytes"),
     workers: int = typer.Option(1, help="processes (the bytes do not depend on it)"),
     overwrite: bool = typer.Option(False, help="replace an existing output folder"),
-    gallery: int = typer.Option(0, help="also write OUT-gallery.png beside OUT: the first N pairs, moiré | clean"),
+    gallery: int = typer.Option(0, min=0, help="also write OUT-gallery.png beside OUT: the first N pairs, moiré | clean"),
     layer_bank: int = typer.Option(None, "--layer-bank", help="reuse N moiré layers (synthesize.moire_layer_bank): "
                                    "about twice as fast, less varied [default: none, each pair its own]"),
 ) -> None:

@@ -40,6 +40,32 @@ def read_input(path: Path, produced_by: str) -> bytes:
         raise InputDataError(f"{path} not found; `{produced_by}` writes it") from None
 
 
+def read_json_input(path: Path, produced_by: str) -> dict:
+    """A report input's JSON object, or one line naming the file and the command that writes it."""
+    try:
+        data = json.loads(read_input(path, produced_by))
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if not isinstance(data, dict):
+        raise InputDataError(f"{path} is not the JSON object `{produced_by}` writes")
+    return data
+
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_psnr")  # what the report plots and quotes
+
+
+def read_history_input(path: Path) -> pd.DataFrame:
+    """The train stage's per-epoch history, or one line naming the file when it is not one."""
+    try:
+        frame = pd.read_csv(io.BytesIO(read_input(path, "dvc repro train")))
+    except (ValueError, UnicodeDecodeError):  # pandas' parser errors are ValueErrors
+        frame = pd.DataFrame()
+    if frame.empty or not set(HISTORY_COLUMNS) <= set(frame.columns):
+        raise InputDataError(f"{path} is not the per-epoch history `dvc repro train` writes "
+                             f"(a CSV with {', '.join(HISTORY_COLUMNS)} and a row per epoch)")
+    return frame
+
+
 def png_data_uri(png: bytes) -> str:
     """A PNG as a data URI for an <img> that needs no file beside the report."""
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
@@ -144,10 +170,10 @@ def run_report_html(metrics: dict, history: pd.DataFrame, grid_png: bytes, regis
 
 def write_run_report(out: Path, metrics: Path, history: Path, grid: Path, registration: Path) -> None:
     """Read the run's outputs and write the HTML report to `out`, atomically."""
-    metrics_data = json.loads(read_input(metrics, "dvc repro evaluate"))
-    history_frame = pd.read_csv(io.BytesIO(read_input(history, "dvc repro train")))
+    metrics_data = read_json_input(metrics, "dvc repro evaluate")
+    history_frame = read_history_input(history)
     grid_png = read_input(grid, "dvc repro evaluate")
-    record = json.loads(read_input(registration, "dvc repro register"))
+    record = read_json_input(registration, "dvc repro register")
     document = run_report_html(metrics_data, history_frame, grid_png, record)
     with atomic_path(out) as tmp:
         tmp.write_text(document, encoding="utf-8")
