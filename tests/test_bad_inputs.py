@@ -40,13 +40,18 @@ BAD_PARAMS = [
                                                                                     "include": "fhdmi_[1"}]),
     ("infer.tile_size", 8), ("infer.tile_overlap", 400), ("infer.max_pixels", 0), ("register.model_name", "a/b"),
     ("register.promotion_margin_db", -1), ("register.ssim_tolerance", 2),
+    ("registration", {"model_name": "x"}),  # the section's name in code: refused, as DVC would not find `register`
 ]
 BAD_PARAMS_FILES = {
     "empty": "", "comment only": "# nothing\n", "duplicate top-level key": "seed: 1\nseed: 2\n",
     "duplicate nested key": "train:\n  epochs: 3\n  epochs: 4\n", "a list": "- 1\n- 2\n", "a scalar": "42\n",
     "unclosed bracket": "seed: [1\n", "tab indentation": "train:\n\tepochs: 3\n", "binary": "\x00\x01\x02",
     "fractions leave no train": "preprocess: {val_fraction: 0.45, test_fraction: 0.45}\n",
+    "a list as a key": "[1]: 2\n", "a preset file whose base is a list": "synthesize: {preset: PRESET}\n",
 }
+# Where the file's own line is known, the message gives it (as DVC's does).
+BAD_PARAMS_LINES = {"unclosed bracket": "line 2, column 1", "tab indentation": "line 2", "a list as a key": "line 1",
+                    "duplicate nested key": "line 3"}
 
 
 def _set(mapping: dict, dotted: str, value) -> dict:
@@ -79,8 +84,11 @@ def test_bad_param_value_is_refused_in_one_line_naming_it(tmp_path, key, value):
 @pytest.mark.parametrize("case", sorted(BAD_PARAMS_FILES))
 def test_bad_params_file_is_refused_in_one_line(tmp_path, case):
     path = tmp_path / "params.yaml"
-    path.write_text(BAD_PARAMS_FILES[case])
-    assert str(path) in _one_error_line(runner.invoke(app, ["check-params", "--params", str(path)]))
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("base: [1]\n")
+    path.write_text(BAD_PARAMS_FILES[case].replace("PRESET", str(preset)))
+    line = _one_error_line(runner.invoke(app, ["check-params", "--params", str(path)]))
+    assert str(path) in line and BAD_PARAMS_LINES.get(case, "") in line
 
 
 @pytest.fixture(scope="module")
@@ -168,9 +176,12 @@ def _defaults(tmp_path):
 
 
 BAD_PATHS = ["out is a file", "out below a file", "model missing", "params missing", "params is a folder",
-             "input missing", "glob matches nothing", "report out is a folder", "synth-report out is a file",
+             "input missing", "glob matches nothing", "input an empty folder", "report out is a folder", "synth-report out is a file",
              "synthesize over a foreign folder", "synthesize existing without overwrite",
-             "evaluate pairs missing", "evaluate 1x1 pair", "synthesize larger than the disk"]
+             "evaluate pairs missing", "evaluate 1x1 pair", "synthesize larger than the disk",
+             "model spec not JSON", "model spec a list", "model weights damaged", "model weights of another width",
+             "report reads metrics", "report reads history", "report reads registration",
+             "calibrate from an unknown base"]
 
 
 @pytest.mark.parametrize("case", BAD_PATHS)
@@ -191,14 +202,39 @@ def test_bad_paths_are_refused_up_front_and_nothing_is_lost(tmp_path, model_dir,
         args = predict[:-2] + ["--params", str(tmp_path / "nope.yaml"), "-o", str(tmp_path / "o")]
     elif case == "params is a folder":
         args = predict[:-2] + ["--params", str(tmp_path), "-o", str(tmp_path / "o")]
-    elif case in ("input missing", "glob matches nothing"):
-        target = str(tmp_path / "nope.png") if case == "input missing" else str(tmp_path / "*.tiff")
+    elif case in ("input missing", "glob matches nothing", "input an empty folder"):
+        (tmp_path / "empty").mkdir()
+        target = {"input missing": str(tmp_path / "nope.png"), "glob matches nothing": str(tmp_path / "*.tiff"),
+                  "input an empty folder": str(tmp_path / "empty")}[case]
         result = runner.invoke(app, ["predict", target, "-o", str(tmp_path / "o"), "--model", str(model_dir),
                                      "--params", params])
         assert result.exit_code == 1 and "Traceback" not in result.output and "skipped" in result.output
         return
+    elif case.startswith("model "):  # a damaged copy of the model folder: one line naming the file, for any command
+        import json
+        import shutil
+
+        broken = tmp_path / "broken"
+        shutil.copytree(model_dir, broken)
+        spec = json.loads((broken / "model.json").read_text())
+        damage = {"model spec not JSON": ("model.json", "{bad"), "model spec a list": ("model.json", "[1]"),
+                  "model weights damaged": ("model.pt", "junk"),
+                  "model weights of another width": ("model.json", json.dumps({**spec, "channels": 3}))}[case]
+        (broken / damage[0]).write_text(damage[1])
+        line = _one_error_line(runner.invoke(app, ["predict", str(image), "-o", str(tmp_path / "o"), "--model",
+                                                   str(broken), "--params", params]))
+        named = "model.pt" if case == "model weights of another width" else damage[0]  # the weights do not fit
+        assert str(broken / named) in line
+        return
     elif case == "report out is a folder":
         args = ["report", "-o", str(tmp_path)]
+    elif case.startswith("report reads "):  # a file of another kind where the report expects a stage's output
+        option = case.removeprefix("report reads ")
+        args = ["report", "-o", str(tmp_path / "r.html"), f"--{option}", str(image)]
+        assert str(image) in _one_error_line(runner.invoke(app, args)) and not (tmp_path / "r.html").exists()
+        return
+    elif case == "calibrate from an unknown base":
+        args = ["calibrate", "--real", str(tmp_path), "--out", str(tmp_path / "c.yaml"), "--base", "nope"]
     elif case == "synth-report out is a file":
         args = ["synth-report", "--pairs", str(tmp_path), "--out", str(keep)]
     elif case == "synthesize over a foreign folder":
@@ -259,3 +295,42 @@ def test_served_model_takes_a_read_only_image_without_a_warning():
 
 
 CASES = (len(BAD_PARAMS) + len(BAD_PARAMS_FILES) + len(BAD_IMAGE_CASES) + len(BAD_PATHS) + len(BAD_REQUESTS))
+
+
+TRAIN_PATHS = {"pairs missing": "pairs index not found", "pairs not parquet": "not a parquet file",
+               "pairs a synthesize manifest": "no split, clean_path column", "out a file": "is a file",
+               "history a folder": "it is a folder"}
+
+
+@pytest.mark.parametrize("case", sorted(TRAIN_PATHS))
+def test_train_refuses_bad_paths_before_training(tmp_path, case):
+    import pandas as pd
+
+    index = tmp_path / "pairs.parquet"
+    pd.DataFrame({"split": ["train"], "moire_path": ["moire/a.png"], "clean_path": ["clean/a.png"]}).to_parquet(index)
+    paths = {"--params": str(_defaults(tmp_path)), "--data": str(tmp_path), "--pairs": str(index),
+             "--out": str(tmp_path / "model"), "--history": str(tmp_path / "history.csv")}
+    if case == "pairs missing":
+        paths["--pairs"] = str(tmp_path / "none.parquet")
+    elif case == "pairs not parquet":
+        (tmp_path / "a.png").write_bytes(b"\x89PNG not really")
+        paths["--pairs"] = str(tmp_path / "a.png")
+    elif case == "pairs a synthesize manifest":
+        pd.DataFrame({"pair_id": [0], "moire_path": ["moire/a.png"]}).to_parquet(tmp_path / "manifest.parquet")
+        paths["--pairs"] = str(tmp_path / "manifest.parquet")
+    elif case == "out a file":
+        (tmp_path / "model").write_text("the user's")
+    else:
+        paths["--history"] = str(tmp_path)
+    line = _one_error_line(runner.invoke(app, ["train", *[part for item in paths.items() for part in item]]))
+    assert TRAIN_PATHS[case] in line
+    assert not (tmp_path / "history.csv").exists() and not (tmp_path / "model").is_dir()
+
+
+@pytest.mark.parametrize("args", [["bench", "synth", "--repeats", "0"], ["bench", "synth", "--pairs", "0"],
+                                  ["bench", "train", "--batch", "-1"], ["bench", "train", "--steps", "0"],
+                                  ["bench", "infer", "--depth", "0"], ["bench", "fly", "--channels", "0"],
+                                  ["synthesize", "--out", "x", "--gallery", "-1"]], ids=" ".join)
+def test_counts_below_their_least_are_refused_before_any_work(args):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "Invalid value for" in result.output and "Traceback" not in result.output
