@@ -40,7 +40,8 @@ BAD_PARAMS = [
                                                                                     "include": "fhdmi_[1"}]),
     ("infer.tile_size", 8), ("infer.tile_overlap", 400), ("infer.max_pixels", 0), ("register.model_name", "a/b"),
     ("register.promotion_margin_db", -1), ("register.ssim_tolerance", 2),
-    ("registration", {"model_name": "x"}),  # the section's name in code: refused, as DVC would not find `register`
+    ("registration", {"model_name": "x"}),
+    ("evaluate.real_sets", [{"name": "a", "path": "nowhere"}]), ("synthesize.sources.folders", ["nowhere"]),  # the section's name in code: refused, as DVC would not find `register`
 ]
 BAD_PARAMS_FILES = {
     "empty": "", "comment only": "# nothing\n", "duplicate top-level key": "seed: 1\nseed: 2\n",

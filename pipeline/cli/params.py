@@ -22,6 +22,7 @@ def check_params(
 
     try:
         resolved = load_params(params)
+        check_folders(resolved, Path(params).resolve().parent, str(params))
     except DemoireError as exc:
         fail(exc)
     if as_json:
@@ -36,3 +37,15 @@ def check_params(
         typer.echo(yaml.safe_dump(resolved.model_dump(mode="json", by_alias=True), sort_keys=False))
         return
     typer.echo(f"{params}: OK")
+
+
+def check_folders(resolved, project_dir: Path, source: str) -> None:
+    """The folders params name exist (relative ones from the params file's folder): found here, not by a stage
+    that DVC has already cleared the outputs of. Their contents are the stages' to check."""
+    from pipeline.errors import ParamsError
+
+    named = [(f"synthesize.sources.folders[{i}]", folder) for i, folder in enumerate(resolved.synthesize.sources.folders)]
+    named += [(f"evaluate.real_sets[{i}].path", real.path) for i, real in enumerate(resolved.evaluate.real_sets)]
+    for key, folder in named:
+        if not (project_dir / folder).is_dir():  # an absolute path stays as it is
+            raise ParamsError(f"{source}: {key} = {str(folder)!r}: no such folder ({project_dir / folder})")
