@@ -58,9 +58,14 @@ worker: $(STAMP)
 
 # A team MLflow tracking server on PostgreSQL (a cluster of its own in .mlflow-server/ unless
 # MLFLOW_BACKEND_STORE_URI names a database), artifacts served; clients set MLFLOW_TRACKING_URI.
+# Clients reaching it by a host name or a public IP need MLFLOW_ALLOWED_HOSTS=name,name:5000 (MLflow
+# refuses other Host headers than localhost and private IPs); MLFLOW_PG_PORT moves the cluster's port.
 MLFLOW_PORT ?= 5000
+MLFLOW_PG_PORT ?= 5433
 mlflow-server: $(STAMP)
 	$(BIN)/python deploy/mlflow_server.py --home .mlflow-server --host 0.0.0.0 --port $(MLFLOW_PORT) \
+		--pg-port $(MLFLOW_PG_PORT) \
+		$(if $(MLFLOW_ALLOWED_HOSTS),--allowed-hosts '$(MLFLOW_ALLOWED_HOSTS)') \
 		$(if $(MLFLOW_BACKEND_STORE_URI),--backend-store-uri $(MLFLOW_BACKEND_STORE_URI))
 
 # The champion over HTTP with bounds (pipeline/serving/bounded.py): body limit, one request at a time, time limit.

@@ -92,6 +92,10 @@ def main() -> None:
     parser.add_argument("--pg-port", type=int, default=5433, help="port of the cluster this script runs")
     parser.add_argument("--backend-store-uri", help="an existing database instead of a cluster of our own")
     parser.add_argument("--workers", type=int, default=2, help="server processes")
+    # MLflow answers 403 ("Invalid Host header") to a client whose URL names this machine other than by
+    # localhost or a private IP (10.*, 172.16-31.*, 192.168.*): a host name or a public address must be listed.
+    parser.add_argument("--allowed-hosts", help="Host headers to accept beyond MLflow's default, e.g. "
+                                                "'mlflow-box,mlflow-box:5000' (mlflow server --allowed-hosts)")
     args = parser.parse_args()
     home = args.home.resolve()
     (home / "artifacts").mkdir(parents=True, exist_ok=True)
@@ -101,7 +105,8 @@ def main() -> None:
         uri, data = start_postgres(home, args.pg_port)
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
                                "--artifacts-destination", str(home / "artifacts"), "--serve-artifacts",
-                               "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)])
+                               "--host", args.host, "--port", str(args.port), "--workers", str(args.workers),
+                               *(["--allowed-hosts", args.allowed_hosts] if args.allowed_hosts else [])])
     stopping = []
 
     def stop(signum, frame):

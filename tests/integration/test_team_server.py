@@ -33,7 +33,8 @@ def team_server(tmp_path_factory):
     port = _free_port()
     log = open(home / "server.log", "w")
     server = subprocess.Popen([sys.executable, str(ROOT / "deploy" / "mlflow_server.py"), "--home", str(home),
-                               "--port", str(port), "--pg-port", str(_free_port()), "--workers", "1"],
+                               "--port", str(port), "--pg-port", str(_free_port()), "--workers", "1",
+                               "--allowed-hosts", f"mlflow-box,mlflow-box:{port}"],
                               stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 240
@@ -69,3 +70,12 @@ def test_three_pipelines_register_at_once_against_the_postgresql_server(team_ser
     check_invariants(state)
     assert any((home / "artifacts").rglob("model.pt"))  # artifacts stored by the server, not the clients
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
+
+
+def test_clients_reach_the_server_by_the_names_it_allows(team_server):
+    """A client's URL names the server machine; MLflow refuses Host headers it was not told of (not a private IP)."""
+    url, _ = team_server
+    port = url.rsplit(":", 1)[1]
+    probe = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert httpx.get(probe, headers={"Host": f"mlflow-box:{port}"}, timeout=10).status_code == 200
+    assert httpx.get(probe, headers={"Host": f"other-box:{port}"}, timeout=10).status_code == 403
