@@ -141,6 +141,7 @@ def pipeline_flow(gpu_pool: str = "gpu", train_deployment: str = "train-on-worke
     start = time.perf_counter()
     load_params(PARAMS_FILE)  # invalid params stop here, with the CLI's one-line message
     stale = stale_stages_task()
+    registered_before = REGISTRATION.read_text() if REGISTRATION.is_file() else None
     dvc_repro_task(UPSTREAM_OF_TRAIN)
     trained_on = "not retrained (up to date)"
     if "train" in stale_stages_task():
@@ -154,6 +155,8 @@ def pipeline_flow(gpu_pool: str = "gpu", train_deployment: str = "train-on-worke
     summary = {"stale_stages": stale, "trained_on": trained_on, "seconds": time.perf_counter() - start,
                "metrics": json.loads(METRICS.read_text()) if METRICS.is_file() else None,
                "registration": json.loads(REGISTRATION.read_text()) if REGISTRATION.is_file() else None}
+    # each registration names a new version, so an unchanged file means this run registered nothing
+    summary["registered"] = REGISTRATION.is_file() and REGISTRATION.read_text() != registered_before
     create_markdown_artifact(key="pipeline-summary", markdown=summary_markdown(summary))
     return summary
 
@@ -171,7 +174,10 @@ def summary_markdown(summary: dict) -> str:
         mean = metrics["real_mean"]
         lines.append(f"- real sets ({', '.join(metrics['real'])}): PSNR {mean['psnr']:.2f} dB, tone-aligned PSNR "
                      f"{mean['tone_psnr']:.2f} dB, SSIM {mean['ssim']:.3f} (means over sets)")
-    if record:
+    if record and summary.get("registered", True):
         verdict = "promoted to `champion`" if record["promote"] else "not promoted"
         lines.append(f"- `{record['model_name']}` v{record['version']} {verdict}: {record['reason']}")
+    elif record:  # nothing registered by this run: the decision on file is an earlier run's
+        lines.append(f"- nothing registered (up to date); the last registration: `{record['model_name']}` "
+                     f"v{record['version']}, {'promoted' if record['promote'] else 'not promoted'}")
     return "\n".join(lines) + "\n"

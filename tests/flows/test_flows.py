@@ -224,6 +224,17 @@ def test_pipeline_summary_names_the_real_sets_means():
     assert "- real sets (fhdmi, tip): PSNR 21.50 dB, tone-aligned PSNR 25.25 dB, SSIM 0.700 (means over sets)" in text
 
 
+def test_pipeline_summary_tells_a_registration_of_this_run_from_an_earlier_one():
+    from flows.full_pipeline import summary_markdown
+
+    record = {"model_name": "demoire", "version": "3", "promote": False, "reason": "does not beat v1"}
+    run = {"seconds": 5, "stale_stages": [], "trained_on": "here", "metrics": None, "registration": record}
+    assert "- `demoire` v3 not promoted: does not beat v1" in summary_markdown({**run, "registered": True})
+    earlier = summary_markdown({**run, "registered": False})
+    assert "- nothing registered (up to date); the last registration: `demoire` v3, not promoted" in earlier
+    assert "does not beat" not in earlier
+
+
 @pytest.mark.slow
 def test_a_user_error_in_a_stage_is_one_line_without_a_prefect_traceback(tmp_path, tiny_raw, prefect_api):
     import yaml

@@ -151,6 +151,8 @@ def test_the_pipeline_deployment_runs_every_stage_on_the_worker(deployed, prefec
     again = run_deployment("pipeline/nightly", timeout=300, poll_interval=2)  # nothing changed: nothing reruns
     assert again.state.is_completed()
     assert "training: not retrained (up to date)" in _artifacts(again.id)["pipeline-summary"]
+    assert "nothing registered (up to date); the last registration: `demoire` v1, promoted" in _artifacts(again.id)[
+        "pipeline-summary"]
 
 
 def test_a_synthesis_run_with_bad_parameters_fails_with_the_one_line_message(deployed, prefect_api):
