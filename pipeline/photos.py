@@ -80,7 +80,9 @@ def read_photo(source: Path | bytes, max_pixels: int | None = None, name: str | 
         raise ImageTooLargeError(f"image from {name} is {size}, over the decompression-bomb limit of "
                              f"{Image.MAX_IMAGE_PIXELS:,}") from None
     except Image.UnidentifiedImageError:
-        raise UnsupportedImageError(f"cannot read image from {name}: not a JPEG, PNG, WebP, TIFF, BMP or GIF file") from None
+        # PIL cannot tell a file of another kind from one whose header it no longer recognises
+        raise UnsupportedImageError(f"cannot read image from {name}: not a JPEG, PNG, WebP, TIFF, BMP or GIF file, "
+                                    "or one too damaged to recognise") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise InputDataError(f"cannot read image from {name}: {exc}") from exc
     if len(exif):
