@@ -460,7 +460,8 @@ class _ParamsLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, (list, dict)):  # `[1]: 2`: YAML allows it, no section has such a key
-                raise ParamsError(f"line {key_node.start_mark.line + 1}: a key must be a name, not a {type(key).__name__}")
+                raise ParamsError(f"line {key_node.start_mark.line + 1}: a key must be a name, "
+                                  f"not a {type(key).__name__}")
             if key in seen:
                 raise ParamsError(f"line {key_node.start_mark.line + 1}: key {key!r} given twice in one section "
                                   f"(first on line {seen[key] + 1}); keep one")

@@ -40,8 +40,8 @@ BAD_PARAMS = [
                                                                                     "include": "fhdmi_[1"}]),
     ("infer.tile_size", 8), ("infer.tile_overlap", 400), ("infer.max_pixels", 0), ("register.model_name", "a/b"),
     ("register.promotion_margin_db", -1), ("register.ssim_tolerance", 2),
-    ("registration", {"model_name": "x"}),
-    ("evaluate.real_sets", [{"name": "a", "path": "nowhere"}]), ("synthesize.sources.folders", ["nowhere"]),  # the section's name in code: refused, as DVC would not find `register`
+    ("registration", {"model_name": "x"}),  # the section's name in code: refused, as DVC would not find `register`
+    ("evaluate.real_sets", [{"name": "a", "path": "nowhere"}]), ("synthesize.sources.folders", ["nowhere"]),
 ]
 BAD_PARAMS_FILES = {
     "empty": "", "comment only": "# nothing\n", "duplicate top-level key": "seed: 1\nseed: 2\n",
@@ -177,7 +177,8 @@ def _defaults(tmp_path):
 
 
 BAD_PATHS = ["out is a file", "out below a file", "model missing", "params missing", "params is a folder",
-             "input missing", "glob matches nothing", "input an empty folder", "report out is a folder", "synth-report out is a file",
+             "input missing", "glob matches nothing", "input an empty folder", "report out is a folder",
+             "synth-report out is a file",
              "synthesize over a foreign folder", "synthesize existing without overwrite",
              "evaluate pairs missing", "evaluate 1x1 pair", "synthesize larger than the disk",
              "model spec not JSON", "model spec a list", "model weights damaged", "model weights of another width",

@@ -44,7 +44,8 @@ def check_folders(resolved, project_dir: Path, source: str) -> None:
     that DVC has already cleared the outputs of. Their contents are the stages' to check."""
     from pipeline.errors import ParamsError
 
-    named = [(f"synthesize.sources.folders[{i}]", folder) for i, folder in enumerate(resolved.synthesize.sources.folders)]
+    folders = resolved.synthesize.sources.folders
+    named = [(f"synthesize.sources.folders[{i}]", folder) for i, folder in enumerate(folders)]
     named += [(f"evaluate.real_sets[{i}].path", real.path) for i, real in enumerate(resolved.evaluate.real_sets)]
     for key, folder in named:
         if not (project_dir / folder).is_dir():  # an absolute path stays as it is

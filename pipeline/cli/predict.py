@@ -30,7 +30,8 @@ def _input_images(inputs: list[str], out: Path, suffix: str = ".png") -> tuple[l
             found = image_files(path)
             pairs += [(f, out / f.relative_to(path).with_suffix(suffix)) for f in found]
             if not found:
-                problems.append(f"no image in folder {item} ({', '.join(sorted(IMAGE_SUFFIXES))} files, searched recursively)")
+                kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+                problems.append(f"no image in folder {item} ({kinds} files, searched recursively)")
         elif path.is_file():
             pairs.append((path, out / (path.stem + suffix)))
         elif glob.has_magic(item):

@@ -38,7 +38,8 @@ PAIRS_INDEX_COLUMNS = ("split", "moire_path", "clean_path")
 def read_pairs_index(pairs_index: Path) -> pd.DataFrame:
     """The preprocess stage's pairs index; InputDataError naming the file where it is missing or is not one."""
     if not Path(pairs_index).is_file():
-        raise InputDataError(f"pairs index not found: {pairs_index} (the preprocess stage writes it: dvc repro preprocess)")
+        raise InputDataError(f"pairs index not found: {pairs_index} "
+                             "(the preprocess stage writes it: dvc repro preprocess)")
     try:
         frame = pd.read_parquet(pairs_index)
     except Exception as exc:  # pyarrow's errors for a file that is not parquet vary by what the file is

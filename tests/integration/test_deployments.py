@@ -126,7 +126,8 @@ def test_the_nightly_schedule_gets_its_runs_from_the_server(deployed, prefect_ap
     deadline, scheduled = time.monotonic() + 90, []
     while time.monotonic() < deadline and not scheduled:  # the recent-deployments scheduler loops every 5 s
         with get_client(sync_client=True) as client:
-            scheduled = [run for run in client.read_flow_runs(deployment_filter=nightly) if run.state_name == "Scheduled"]
+            runs = client.read_flow_runs(deployment_filter=nightly)
+        scheduled = [run for run in runs if run.state_name == "Scheduled"]
         time.sleep(2)
     assert scheduled, "no scheduled run of pipeline/nightly"
     starts = {run.expected_start_time.astimezone(timezone.utc) for run in scheduled}
