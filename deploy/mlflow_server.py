@@ -84,6 +84,14 @@ def stop_postgres(data: Path) -> None:
                    capture_output=True)
 
 
+def allowed_hosts(extra: str) -> str:
+    """MLflow's default Host headers (localhost, private IPs) and `extra`: its --allowed-hosts replaces the defaults,
+    so they are listed too (from MLflow itself, to stay what it allows by default)."""
+    from mlflow.server.security_utils import get_default_allowed_hosts
+
+    return ",".join([*get_default_allowed_hosts(), *(host.strip() for host in extra.split(",") if host.strip())])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, default=Path(".mlflow-server"), help="artifacts (and the cluster)")
@@ -103,10 +111,10 @@ def main() -> None:
     uri = args.backend_store_uri
     if uri is None:
         uri, data = start_postgres(home, args.pg_port)
+    hosts = ["--allowed-hosts", allowed_hosts(args.allowed_hosts)] if args.allowed_hosts else []
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
                                "--artifacts-destination", str(home / "artifacts"), "--serve-artifacts",
-                               "--host", args.host, "--port", str(args.port), "--workers", str(args.workers),
-                               *(["--allowed-hosts", args.allowed_hosts] if args.allowed_hosts else [])])
+                               "--host", args.host, "--port", str(args.port), "--workers", str(args.workers), *hosts])
     stopping = []
 
     def stop(signum, frame):

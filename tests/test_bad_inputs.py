@@ -231,8 +231,13 @@ def test_bad_paths_are_refused_up_front_and_nothing_is_lost(tmp_path, model_dir,
     elif case == "report out is a folder":
         args = ["report", "-o", str(tmp_path)]
     elif case.startswith("report reads "):  # a file of another kind where the report expects a stage's output
-        option = case.removeprefix("report reads ")
-        args = ["report", "-o", str(tmp_path / "r.html"), f"--{option}", str(image)]
+        inputs = {"metrics": tmp_path / "metrics.json", "history": tmp_path / "history.csv",
+                  "registration": tmp_path / "registration.json"}
+        for path in inputs.values():  # the others as the stages write them: only the one at fault is named
+            path.write_text("epoch,train_loss,val_loss,val_psnr\n1,0.1,0.1,20\n" if path.suffix == ".csv" else "{}")
+        inputs[case.removeprefix("report reads ")] = image
+        args = ["report", "-o", str(tmp_path / "r.html"), "--grid", str(image),
+                *[part for option, path in inputs.items() for part in (f"--{option}", str(path))]]
         assert str(image) in _one_error_line(runner.invoke(app, args)) and not (tmp_path / "r.html").exists()
         return
     elif case == "calibrate from an unknown base":
