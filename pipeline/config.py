@@ -11,7 +11,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from pipeline.errors import ParamsError
+from pipeline.errors import ParamsError, first_line
 
 LossName = Literal["mse", "l1", "charbonnier", "fft", "psnr"]  # pipeline.training.losses.LOSSES; a test keeps them equal
 # The procedural screen kinds (pipeline.sources.procedural.SCREEN_KINDS; a test keeps them equal).
@@ -500,7 +500,7 @@ def read_params_file(path: Path | str) -> dict:
 def _yaml_problem(exc: yaml.YAMLError) -> str:
     """PyYAML's problem with the line and column where it found it, as DVC reports them."""
     mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or _first_line(str(exc))
+    problem = getattr(exc, "problem", None) or first_line(str(exc))
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
 
 
@@ -560,11 +560,6 @@ def _fields_at(loc: list[str]) -> list[str]:
             break
         model = annotation
     return [field.alias or name for name, field in model.model_fields.items()]
-
-
-def _first_line(text: str) -> str:
-    """First non-empty line of a message."""
-    return next((line.strip() for line in text.splitlines() if line.strip()), text)
 
 
 def flatten(params: BaseModel) -> dict[str, str]:

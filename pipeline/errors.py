@@ -15,3 +15,8 @@ class InputDataError(DemoireError):
 
 class ModelNotFoundError(DemoireError):
     """A model path, registered name or alias does not exist."""
+
+
+def first_line(text: str) -> str:
+    """First non-empty line of a library's message, for errors that are one line."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), text)

@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from pipeline.errors import InputDataError, ModelNotFoundError, ParamsError
+from pipeline.errors import InputDataError, ModelNotFoundError, ParamsError, first_line
 from pipeline.io import atomic_path, write_torch
 from pipeline.models.correction import CASTS, CORRECTIONS, with_correction
 from pipeline.models.mscale import MultiScaleDemoireNet
@@ -90,7 +90,7 @@ def load_model(directory: Path, device: torch.device | str = "cpu") -> tuple[nn.
     try:
         spec = ModelSpec(**json.loads((directory / SPEC_FILE).read_text()))
     except (ValueError, TypeError) as exc:  # not JSON, not an object, or other keys than a spec's
-        raise InputDataError(f"{directory / SPEC_FILE} is not a model spec ({_first_line(exc)}); "
+        raise InputDataError(f"{directory / SPEC_FILE} is not a model spec ({first_line(str(exc))}); "
                              "re-export or re-train the model") from None
     model = build_model(spec)
     try:
@@ -98,10 +98,6 @@ def load_model(directory: Path, device: torch.device | str = "cpu") -> tuple[nn.
         model.load_state_dict(state)
     except Exception as exc:  # torch raises many kinds for a damaged file (KeyError, RuntimeError, UnpicklingError)
         raise InputDataError(f"{directory / WEIGHTS_FILE} holds no weights of the {spec.name} model its "
-                             f"{SPEC_FILE} describes ({type(exc).__name__}: {_first_line(exc)})") from None
+                             f"{SPEC_FILE} describes ({type(exc).__name__}: {first_line(str(exc))})") from None
     return model.to(device).eval(), spec
 
-
-def _first_line(exc: Exception) -> str:
-    """An exception's message, first line only (errors are one line)."""
-    return (str(exc).strip().splitlines() or [""])[0][:200]

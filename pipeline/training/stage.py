@@ -130,7 +130,7 @@ def run_training(params: Params, params_path: Path, data: Path, pairs_index: Pat
     """Train as the params ask: here, or across `train.processes` DDP processes started by torchrun."""
     processes = params.train.processes
     check_outputs(out, history_path)
-    read_pairs_index(pairs_index)
+    read_pairs_index(pairs_index)  # here once, not in each of the processes torchrun would start
     # Fail before loading data, or before launching, when CUDA is absent or has too few GPUs.
     if resolve_device(params.train.device).type == "cuda":
         check_gpu_count(processes)
