@@ -5,12 +5,10 @@ Nothing here imports Prefect or DVC; every function takes plain arguments.
 
 import os
 
-# The same rendered bytes on Intel and AMD x86 CPUs with AVX2, with or without AVX-512: MKL's portable branch of
-# its conditional numerical reproducibility, the one it documents for the same results across vendors. Intel
-# MKL (torch's BLAS, and its vector maths behind exp, log and sqrt on the CPU) otherwise picks its kernels by
-# CPU, and their last bits, through the renderer's roundings, become whole levels: an Intel Xeon and an AMD
-# Zen 4 rendered different default sets under `MKL_CBWR=AVX2`, which MKL honours on Intel CPUs only (AMD's
-# take its own choice). The portable branch costs nothing measurable here (docs/benchmarks.md). MKL reads it
-# at its first call, so it is set on import: a process that used MKL before importing pipeline keeps MKL's
-# own choice. A user's value is kept.
+# One branch of Intel MKL's conditional numerical reproducibility, its portable one (documented for the same
+# results across x86 vendors): MKL, torch's BLAS and the vector maths behind its CPU exp, log and sqrt on x86,
+# otherwise picks its kernels, and their last bits, by CPU. The renderer does not depend on it (it computes what
+# MKL would in float64 and rounds once: pipeline.moire.portable); evaluation and training still call MKL, and
+# resumed work is fingerprinted with the branch. AMD CPUs take MKL's own choice whatever it says
+# (docs/benchmarks.md). MKL reads it at its first call, so it is set on import; a user's value is kept.
 os.environ.setdefault("MKL_CBWR", "COMPATIBLE")

@@ -147,8 +147,8 @@ RENDER_CODE = ("pipeline/__init__.py", "pipeline/moire", "pipeline/sources", "pi
 
 def renderer_digest() -> str:
     """Digest of the rendering code (RENDER_CODE), of the numpy, torch, Pillow and OpenCV versions (OpenCV
-    blurs the frames and carries the libjpeg that compresses them) and of MKL's reproducibility branch (a
-    user's `MKL_CBWR` renders other last bits: a resumed set keeps to one)."""
+    blurs the frames and carries the libjpeg that compresses them) and of MKL's reproducibility branch (which the
+    render no longer depends on, pipeline.moire.portable; kept in, a resumed set keeps to one all the same)."""
     import PIL
 
     versions = f"{np.__version__} {torch.__version__} {PIL.__version__} {cv2.__version__} {os.environ.get('MKL_CBWR')}"

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.moire.portable import portable
 from pipeline.moire.sensor import RGGB, aperture_offsets, bayer_mosaic
 
 
@@ -114,7 +115,8 @@ def focus_weight(out_size: int, supersample: int, position: torch.Tensor, direct
     """
     offsets = frame_offsets(out_size, supersample, position.device).to(torch.float32)
     angle = torch.deg2rad(direction_deg).reshape(-1, 1, 1, 1)
-    along = torch.cos(angle) * offsets.reshape(1, 1, 1, -1) + torch.sin(angle) * offsets.reshape(1, 1, -1, 1)
+    along = (portable(torch.cos, angle) * offsets.reshape(1, 1, 1, -1)
+             + portable(torch.sin, angle) * offsets.reshape(1, 1, -1, 1))
     return (along - position.reshape(-1, 1, 1, 1)).abs().clamp(max=1.0)
 
 
@@ -127,7 +129,7 @@ def gaussian_kernels(sigma: torch.Tensor, radius: int) -> torch.Tensor:
     taps = torch.arange(-radius, radius + 1, dtype=sigma.dtype, device=sigma.device)
     safe = sigma.clamp(min=1e-3).reshape(-1, 1)
     own_radius = torch.ceil(3 * sigma).clamp(min=1).reshape(-1, 1)
-    kernels = torch.exp(-0.5 * (taps / safe) ** 2) * (taps.abs() <= own_radius)
+    kernels = portable(torch.exp, -0.5 * (taps / safe) ** 2) * (taps.abs() <= own_radius)
     return kernels / kernels.sum(dim=1, keepdim=True)
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline.moire.portable import portable
+
 
 @dataclass(frozen=True)
 class BandPattern:
@@ -84,7 +86,7 @@ def _frame_coordinates(size: int, pattern: BandPattern, device: torch.device) ->
         kx, ky, dx, dy = (torch.rand(4, generator=generator) * 2 - 1).tolist()
         scale = pattern.envelope_scale_px * 2
         phase = float(torch.rand(1, generator=generator)) * 2 * math.pi
-        wave = torch.sin(2 * math.pi * (kx * x + ky * y) / scale + phase)
+        wave = portable(torch.sin, 2 * math.pi * (kx * x + ky * y) / scale + phase)
         x, y = x + pattern.warp_px * dx * wave / 3, y + pattern.warp_px * dy * wave / 3
     return x, y
 
@@ -96,7 +98,7 @@ def _bands(x: torch.Tensor, y: torch.Tensor, period: float, angle_deg: float, ph
     along = 2 * math.pi * (x * math.cos(theta) + y * math.sin(theta)) / period + phase
     shifts = torch.tensor([-colour_phase, 0.0, colour_phase], device=x.device).reshape(3, 1, 1)
     angle = along[None] + shifts
-    return (torch.cos(angle) + harmonic * torch.cos(2 * angle)) / (1.0 + harmonic)
+    return (portable(torch.cos, angle) + harmonic * portable(torch.cos, 2 * angle)) / (1.0 + harmonic)
 
 
 def band_modulation(size: int, pattern: BandPattern, device: torch.device = torch.device("cpu")) -> torch.Tensor:
@@ -109,7 +111,7 @@ def band_modulation(size: int, pattern: BandPattern, device: torch.device = torc
         second = _bands(x, y, pattern.period_px * pattern.second_period_ratio,
                         pattern.angle_deg + pattern.second_angle_deg, phases[1], pattern.harmonic, pattern.colour_phase)
         bands = (bands + second) / 2 + bands * second / 2  # a product term gives the checkered blobs
-    envelope_wave = torch.sin(2 * math.pi * (x * 0.8 + y * 0.6) / pattern.envelope_scale_px + phases[2])
+    envelope_wave = portable(torch.sin, 2 * math.pi * (x * 0.8 + y * 0.6) / pattern.envelope_scale_px + phases[2])
     envelope = pattern.envelope_floor + (1 - pattern.envelope_floor) * (0.5 + 0.5 * envelope_wave)
     texture = pattern.texture_amplitude * _bands(x, y, pattern.texture_period_px, pattern.angle_deg + 45.0,
                                                  phases[3], 0.0, 2.1)

@@ -27,6 +27,7 @@ from pipeline.moire.isp import (
 )
 from pipeline.moire.jpeg import camera_jpeg
 from pipeline.moire.patterns import BandPattern, band_modulation, sample_band_pattern
+from pipeline.moire.portable import portable
 from pipeline.moire.optics import (
     blurred_mosaic, camera_homography, focus_weight, lens_blur, pitch_ratio, screen_margin, sensor_samples_on_display,
     vignetting,
@@ -479,7 +480,7 @@ def with_contrast(layer: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
     more than the simulator models; setting the contrast directly spans what real photos show.
     """
     deviation = layer - 1.0
-    rms = deviation.square().mean(dim=(1, 2, 3)).sqrt().clamp(min=1e-6)
+    rms = portable(torch.sqrt, deviation.square().mean(dim=(1, 2, 3))).clamp(min=1e-6)
     scale = torch.where(torch.isnan(contrast), torch.ones_like(contrast), contrast / rms).reshape(-1, 1, 1, 1)
     return (1.0 + deviation * scale).clamp(min=0.0)  # light is never negative
 
@@ -615,7 +616,7 @@ def content_blur_sigma(captures: list[CaptureParams], p: dict[str, torch.Tensor]
     rendered = torch.tensor([c.pattern is None and not c.moire_layer for c in captures], device=p["gamut"].device)
     drawn = torch.tensor([c.pattern is not None for c in captures], device=p["gamut"].device)
     lens = torch.where(rendered, p["blur_sigma"] / p["downscale"], torch.where(drawn, p["blur_sigma"], 0.0))
-    return torch.sqrt(lens**2 + p["output_blur"] ** 2)
+    return portable(torch.sqrt, lens**2 + p["output_blur"] ** 2)
 
 
 def simulate_capture(

@@ -1,12 +1,13 @@
 """The same seed renders the same bytes whichever kernels the CPU's maths library picks.
 
 Intel MKL, torch's BLAS and the vector maths behind its CPU exp, log and sqrt on x86, picks its kernels by CPU
-vendor and instruction set, and their last bits with them; the renderer's roundings turn those into whole
-levels. `pipeline` pins MKL's portable branch (`MKL_CBWR=COMPATIBLE`), the one MKL documents for the same
-results on any x86 vendor: an Intel Xeon rendered the default set byte for byte as an AMD Zen 4 had
-(docs/benchmarks.md). On one machine, `MKL_ENABLE_INSTRUCTIONS` makes MKL's own choice take other kernels, as
-an older CPU's would; each test's control shows they do differ here (where they do not, the test could not
-fail: skipped). The camera's JPEG runs through libjpeg in integers, which no CPU reorders.
+vendor and instruction set, and their last bits with them; the renderer's roundings would turn those into whole
+levels, so it computes what MKL would in float64 and rounds once (pipeline.moire.portable; tests/moire/
+test_portable.py moves MKL's results by one ulp on any machine). Here, on one machine, `MKL_ENABLE_INSTRUCTIONS`
+makes MKL take other kernels, as an older CPU's would, and every byte of a rendered set is compared; each test's
+control shows MKL's results do differ here (where they do not, the test could not fail: skipped). `pipeline` also
+pins MKL's portable branch (`MKL_CBWR=COMPATIBLE`) for what else calls it. The camera's JPEG runs through libjpeg
+in integers, which no CPU reorders.
 """
 
 import os
