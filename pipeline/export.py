@@ -126,6 +126,8 @@ class ExportedModel(nn.Module):
             self.spec = ModelSpec(info["name"], info["channels"], info["depth"], info.get("correction", "full"),
                                   float(info.get("correction_width", 0.0)), info.get("correction_cast", "offset"))
             self.multiple = int(info["multiple"])
+            if self.multiple < 1:
+                raise ValueError("multiple below 1")
         except (TypeError, ValueError, KeyError):
             raise InputDataError(f"{path} was not written by demoire export (no {METADATA_KEY!r} metadata)") from None
         spec = self.spec

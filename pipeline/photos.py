@@ -39,6 +39,23 @@ class UnsupportedImageError(InputDataError):
     """A file that is not a photo in a format accepted here."""
 
 
+class OutputTooLargeError(InputDataError):
+    """An image wider or taller than the chosen output format stores."""
+
+
+# The longest side each output format stores (libjpeg's JPEG_MAX_DIMENSION, WebP's 14-bit sides; PNG's 2³¹ − 1)
+MAX_OUTPUT_SIDE = {"png": 2**31 - 1, "jpg": 65500, "webp": 16383}
+MAX_JPEG_EXIF = 65533  # bytes: a JPEG carries EXIF in one APP1 segment of at most 64 KiB (Pillow refuses more)
+
+
+def check_output_size(fmt: str, width: int, height: int, name: str) -> None:
+    """Refuse an image the output format cannot store, before any work is spent restoring it."""
+    limit = MAX_OUTPUT_SIDE[fmt]
+    if max(width, height) > limit:
+        raise OutputTooLargeError(f"{name} is {width}x{height}: {fmt} stores at most {limit:,} pixels a side; "
+                                  "choose png")
+
+
 @dataclass
 class Photo:
     """An upright sRGB HxWx3 uint8 image, and the EXIF block to keep when asked (orientation set to 1)."""
@@ -121,6 +138,10 @@ def check_output_format(fmt: str, quality: int) -> None:
 def encode_image(rgb: np.ndarray, fmt: str = "png", quality: int = DEFAULT_QUALITY, exif: bytes | None = None) -> bytes:
     """An HxWx3 uint8 image encoded as png, jpg or webp; `exif` is embedded when given."""
     check_output_format(fmt, quality)
+    if exif and fmt == "jpg" and len(exif) > MAX_JPEG_EXIF:
+        log.warning("metadata of %s bytes dropped: a JPEG holds at most %s (choose png or webp to keep it)",
+                    f"{len(exif):,}", f"{MAX_JPEG_EXIF:,}")
+        exif = None
     options: dict = {"exif": exif} if exif else {}
     if fmt == "png":
         options |= {"optimize": False, "compress_level": 6}

@@ -8,6 +8,8 @@ and no silently wrong output. `CASES` counts them for benchmarks/reliability.py.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import yaml
@@ -182,6 +184,7 @@ BAD_PATHS = ["out is a file", "out below a file", "model missing", "params missi
              "synthesize over a foreign folder", "synthesize existing without overwrite",
              "evaluate pairs missing", "evaluate 1x1 pair", "synthesize larger than the disk",
              "model spec not JSON", "model spec a list", "model weights damaged", "model weights of another width",
+             "model weights a pickle of other objects",
              "report reads metrics", "report reads history", "report reads registration",
              "calibrate from an unknown base"]
 
@@ -221,10 +224,18 @@ def test_bad_paths_are_refused_up_front_and_nothing_is_lost(tmp_path, model_dir,
         spec = json.loads((broken / "model.json").read_text())
         damage = {"model spec not JSON": ("model.json", "{bad"), "model spec a list": ("model.json", "[1]"),
                   "model weights damaged": ("model.pt", "junk"),
-                  "model weights of another width": ("model.json", json.dumps({**spec, "channels": 3}))}[case]
-        (broken / damage[0]).write_text(damage[1])
+                  "model weights of another width": ("model.json", json.dumps({**spec, "channels": 3})),
+                  "model weights a pickle of other objects": ("model.pt", "")}[case]
+        if case == "model weights a pickle of other objects":  # torch's error advises weights_only=False: unsafe
+            import torch
+
+            torch.save({"path": Path("x")}, broken / "model.pt")
+            damage = ("model.pt", None)
+        else:
+            (broken / damage[0]).write_text(damage[1])
         line = _one_error_line(runner.invoke(app, ["predict", str(image), "-o", str(tmp_path / "o"), "--model",
                                                    str(broken), "--params", params]))
+        assert "weights_only" not in line
         named = "model.pt" if case == "model weights of another width" else damage[0]  # the weights do not fit
         assert str(broken / named) in line
         return
@@ -259,7 +270,7 @@ def test_bad_paths_are_refused_up_front_and_nothing_is_lost(tmp_path, model_dir,
             write_png(pairs / sub / "b.png", np.zeros((1, 1, 3), np.uint8))
         result = runner.invoke(app, ["evaluate", "--model", str(model_dir), "--pairs", str(pairs), "--params", params,
                                      "--json"])
-        assert result.exit_code == 0 and "skipped b.png: 1x1 pixels, below the 11x11 SSIM window" in result.output
+        assert result.exit_code == 1 and "skipped b.png: 1x1 pixels, below the 11x11 SSIM window" in result.output
         assert "Infinity" not in result.output and "NaN" not in result.output
         return
     _one_error_line(runner.invoke(app, args))

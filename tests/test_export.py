@@ -83,3 +83,18 @@ def test_export_refuses_in_one_line_and_keeps_nothing(model_dir, tmp_path):
     junk = runner.invoke(app, ["predict", str(model_dir), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "junk.onnx")])
     assert junk.exit_code == 2 and f"cannot load ONNX model {tmp_path / 'junk.onnx'}" in junk.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.onnx", "m.onnx", "model", "taken.onnx"]
+
+
+def test_exported_metadata_with_a_size_step_below_1_is_refused_in_one_line(model_dir, tmp_path):
+    assert runner.invoke(app, ["export", "--model", str(model_dir), "--format", "onnx",
+                               "-o", str(tmp_path / "m.onnx")]).exit_code == 0
+    graph = onnx.load(str(tmp_path / "m.onnx"))
+    for prop in graph.metadata_props:  # as a hand edit would leave it: padding to a step of 0 divided by zero
+        if prop.key == "demoire":
+            prop.value = json.dumps({**json.loads(prop.value), "multiple": 0})
+    onnx.save(graph, str(tmp_path / "edited.onnx"))
+    write_png(tmp_path / "a.png", np.zeros((20, 20, 3), np.uint8))
+    result = runner.invoke(app, ["predict", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"),
+                                 "--model", str(tmp_path / "edited.onnx")])
+    assert result.exit_code == 2 and "was not written by demoire export" in result.output, result.output
+    assert "Traceback" not in result.output

@@ -31,7 +31,9 @@ def read_real_photos(
             raise InputDataError(f"real photo folder not found: {root}")
         try:
             found = find_paired_folder(root, layout, include=include)
-        except InputDataError:  # no paired layout here: a folder of moiré photos
+        except InputDataError:  # no paired layout here: a folder of moiré photos, unless a layout was named
+            if layout != "auto":
+                raise
             found = None
         if found is not None:
             skipped += [(item.name, item.reason) for item in found.skipped]

@@ -19,7 +19,7 @@ from pipeline.calibration.statistics import (
 from pipeline.config import SynthesizeParams, deep_merge, parse_params
 from pipeline.data.dataset import Pair
 from pipeline.errors import InputDataError, ParamsError
-from pipeline.moire.presets import preset_values
+from pipeline.moire.presets import PRESETS, preset_values
 
 CALIBRATION_STREAM = 0x43414C49  # "CALI": the sample's pairs, apart from every stage's streams
 
@@ -117,6 +117,18 @@ def sample_statistics(pairs: list[Pair], like: RealStatistics) -> RealStatistics
     return unpaired_statistics([moire for moire, _ in pairs])
 
 
+def check_calibration(base: str, trials: int, n_pairs: int) -> None:
+    """Refuse a search's settings in one line, before any photo is read or pair rendered."""
+    if trials < 1:
+        raise ParamsError(f"trials = {trials}: must be at least 1")
+    if n_pairs < 2:
+        raise ParamsError(f"pairs = {n_pairs}: must be at least 2")
+    # a built-in preset only: the preset written names its base, which every command reads as a built-in name
+    if base not in PRESETS:
+        raise ParamsError(f"base = {base!r}: choose a built-in preset ({', '.join(PRESETS)}); a preset file "
+                          "cannot be a base")
+
+
 def calibrate(
     real: RealStatistics, base: str = "default", trials: int = 40, size: int = 192, n_pairs: int = 24,
     seed: int = 0, on_trial: Callable[[int, float, float], None] | None = None,
@@ -124,14 +136,7 @@ def calibrate(
     """Search KNOBS for the ranges whose synthetic sample is closest to `real`; return the best and the base's score."""
     import optuna
 
-    if trials < 1:
-        raise ParamsError(f"trials = {trials}: must be at least 1")
-    if n_pairs < 2:
-        raise ParamsError(f"pairs = {n_pairs}: must be at least 2")
-    try:
-        preset_values(base)  # an unknown base fails before any rendering
-    except ValueError as exc:
-        raise ParamsError(f"base = {base!r}: {exc}") from None
+    check_calibration(base, trials, n_pairs)
 
     def score(overrides: dict[str, Any]) -> tuple[float, RealStatistics]:
         statistics = sample_statistics(render_sample(synthesis_config(base, overrides, size, n_pairs), seed), real)
@@ -153,7 +158,9 @@ def calibrate(
             on_trial(trial.number, distance, min(history))
         return distance
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # ERROR: a failed trial (Ctrl-C included) is re-raised anyway; Optuna's warning would repeat it with a
+    # traceback of three dozen lines
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
     study.optimize(objective, n_trials=trials)
     overrides = knob_overrides(study.best_params)

@@ -42,6 +42,7 @@ def bench_synth(
 ) -> None:
     """Synthetic pairs per second at --size (goal on CPU: 50 pairs/s per core at 512²)."""
     from pipeline.bench import bench_synth_batched, bench_synth_cpu
+    from pipeline.training.device import resolve_device
 
     def line(result: dict) -> str:
         rate = result.get("pairs_per_s_per_core", result.get("pairs_per_s"))
@@ -54,7 +55,8 @@ def bench_synth(
         _report_bench(lambda: bench_synth_cpu(size, pairs, repeats, preset, layer_bank=layer_bank, encode=encode),
                       as_json, line)
     else:
-        _report_bench(lambda: bench_synth_batched(size, batch, repeats, device, preset, layer_bank=layer_bank),
+        _report_bench(lambda: bench_synth_batched(size, batch, repeats, str(resolve_device(device)), preset,
+                                                  layer_bank=layer_bank),
                       as_json, line)
 
 

@@ -17,7 +17,7 @@ def calibrate(
     report: Path | None = typer.Option(None, help="folder for summary.json and statistics.png [default: OUT's name + '-report']"),
     layout: str = typer.Option("auto", help="auto | uhdm | fhdmi | tip2018 | generic, for paired folders"),
     include: str = typer.Option("*", help="only photos or pairs whose file name matches this glob"),
-    base: str = typer.Option("default", help="preset the search starts from and keeps for every range it does not move"),
+    base: str = typer.Option("default", help="built-in preset the search starts from and keeps for every range it does not move"),
     trials: int = typer.Option(40, help="Optuna trials; each renders the sample once"),
     size: int = typer.Option(192, help="side of the synthetic sample's images, pixels"),
     pairs: int = typer.Option(24, help="synthetic pairs rendered per trial"),
@@ -28,7 +28,7 @@ def calibrate(
     """Fit the simulator's ranges to real photos' statistics (Optuna) and write a preset file and a report."""
     from pipeline.calibration.real_sets import read_real_photos, real_statistics
     from pipeline.calibration.report import write_calibration_report, write_preset
-    from pipeline.calibration.search import calibrate as run_calibration, summary
+    from pipeline.calibration.search import calibrate as run_calibration, check_calibration, summary
 
     from pipeline.io import check_output_dir, check_output_file, json_text
 
@@ -40,6 +40,7 @@ def calibrate(
             raise InputDataError(f"{out} exists; choose another --out or pass --overwrite")
         check_output_file(out, "--out")  # before the search, not after it
         check_output_dir(report, "--report")
+        check_calibration(base, trials, pairs)
         real_pairs, photos, skipped = read_real_photos(real, layout, include)
         for name, reason in skipped:
             err.print(f"skipped {name}: {reason}", highlight=False)
@@ -59,6 +60,9 @@ def calibrate(
         fail(exc)
     if as_json:
         typer.echo(json_text(summary(result)))
-        return
-    typer.echo(f"distance to the real photos: base preset {result.distance_before:.4f} → calibrated {result.distance_after:.4f}")
-    typer.echo(f"wrote {out} (use it with synthesize.preset: {out}); report: {', '.join(map(str, files))}")
+    else:
+        typer.echo(f"distance to the real photos: base preset {result.distance_before:.4f} → calibrated "
+                   f"{result.distance_after:.4f}")
+        typer.echo(f"wrote {out} (use it with synthesize.preset: {out}); report: {', '.join(map(str, files))}")
+    if skipped:
+        raise typer.Exit(1)  # done, some photos skipped (named above)

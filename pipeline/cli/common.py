@@ -38,6 +38,9 @@ ImageFormat = Literal["png", "jpg", "webp"]
 class _Status(nullcontext):
     """What `console.status` gives when notes are off: a context whose update() does nothing."""
 
+    def __enter__(self) -> _Status:
+        return self  # `with err.status(…) as status:` then status.update() (nullcontext would give None)
+
     def update(self, *args, **kwargs) -> None:
         pass
 

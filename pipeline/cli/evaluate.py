@@ -70,7 +70,7 @@ def evaluate(
         err.print(f"skipped {len(skipped)} of {len(found.pairs) + len(found.skipped)} pairs", highlight=False)
     if as_json:
         typer.echo(json_text(summary))
-        return
+        raise typer.Exit(1 if skipped else 0)
     selection = "" if include == "*" else f", {include}"
     served_as = f"; longer sides over {cfg.max_side} restored at {cfg.max_side}" if cfg.max_side else ""
     served_as += f"; {cfg.falloff:g} of the screen falloff undone" if cfg.falloff else ""
@@ -85,6 +85,8 @@ def evaluate(
     for row in band_rows(summary):
         bands.add_row(*row)
     Console().print(table, bands)
+    if skipped:
+        raise typer.Exit(1)  # done, some pairs skipped (named above)
 
 
 def _score(restore: Callable[[torch.Tensor], torch.Tensor], found: PairList, root: Path,
@@ -138,12 +140,14 @@ def synth_report(
             )
     except DemoireError as exc:
         fail(exc)
+    any_skipped = False
     for paired_set in summary["sets"]:
         for skipped in paired_set["skipped_pairs"]:
             err.print(f"skipped {paired_set['label']}/{skipped['name']}: {skipped['reason']}", highlight=False)
+            any_skipped = True
     if as_json:
         typer.echo(json_text(summary))
-        return
+        raise typer.Exit(1 if any_skipped else 0)
     table = Table(title=f"input quality and residual spectra (max side {max_side})")
     for column in ("set", "pairs", "skipped", "PSNR dB (mean ± std)", "SSIM (mean ± std)"):
         table.add_column(column)
@@ -154,3 +158,5 @@ def synth_report(
     Console().print(table)
     typer.echo(f"plots: {out / 'input_psnr.png'}, {out / 'input_ssim.png'}, {out / 'residual_spectrum.png'}")
     typer.echo(f"data: {out / 'summary.json'}, {out / 'input_metrics.csv'}, {out / 'residual_spectrum.csv'}")
+    if any_skipped:
+        raise typer.Exit(1)  # done, some pairs skipped (named above)

@@ -21,15 +21,18 @@ def _input_images(inputs: list[str], out: Path, suffix: str = ".png") -> tuple[l
     """
     import glob
 
-    from pipeline.sources.folders import IMAGE_SUFFIXES, image_files
+    from pipeline.sources.folders import IMAGE_SUFFIXES, find_images
 
     pairs, problems = [], []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = image_files(path)
+            found, unlisted = find_images(path)
+            # an output folder inside an input folder holds this command's results, not photos to restore
+            found = [f for f in found if not f.resolve().is_relative_to(out.resolve())]
             pairs += [(f, out / f.relative_to(path).with_suffix(suffix)) for f in found]
-            if not found:
+            problems += [f"folder {folder}: cannot be listed (permission denied?)" for folder in unlisted]
+            if not found and not unlisted:
                 kinds = ", ".join(sorted(IMAGE_SUFFIXES))
                 problems.append(f"no image in folder {item} ({kinds} files, searched recursively)")
         elif path.is_file():
@@ -83,7 +86,7 @@ def predict(
 
     from pipeline.inference import check_tiling, restore_image, spatial_multiple
     from pipeline.io import check_output_dir, json_text
-    from pipeline.photos import read_photo, write_image
+    from pipeline.photos import check_output_size, read_photo, write_image
 
     try:
         check_output_dir(out, "-o")
@@ -108,6 +111,7 @@ def predict(
         began = time.perf_counter()
         try:
             photo = read_photo(path, cfg.max_pixels)
+            check_output_size(image_format, photo.rgb.shape[1], photo.rgb.shape[0], str(path))
             result = restore_image(net, photo.rgb, torch_device, cfg.tile_size, cfg.tile_overlap, cfg.tile_batch,
                                    max_side=cfg.max_side, falloff=cfg.falloff)
             # never over a file another run wrote meanwhile, unless --overwrite

@@ -173,6 +173,8 @@ def write_run_report(out: Path, metrics: Path, history: Path, grid: Path, regist
     metrics_data = read_json_input(metrics, "dvc repro evaluate")
     history_frame = read_history_input(history)
     grid_png = read_input(grid, "dvc repro evaluate")
+    if not grid_png.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise InputDataError(f"{grid} is not a PNG image; `dvc repro evaluate` writes the grid")
     record = read_json_input(registration, "dvc repro register")
     document = run_report_html(metrics_data, history_frame, grid_png, record)
     with atomic_path(out) as tmp:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -97,7 +98,9 @@ def load_model(directory: Path, device: torch.device | str = "cpu") -> tuple[nn.
         state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except Exception as exc:  # torch raises many kinds for a damaged file (KeyError, RuntimeError, UnpicklingError)
+        # torch's UnpicklingError advises loading with weights_only=False, which runs whatever the file holds
+        detail = "not a file of weights alone" if isinstance(exc, pickle.UnpicklingError) else first_line(str(exc))
         raise InputDataError(f"{directory / WEIGHTS_FILE} holds no weights of the {spec.name} model its "
-                             f"{SPEC_FILE} describes ({type(exc).__name__}: {first_line(str(exc))})") from None
+                             f"{SPEC_FILE} describes ({type(exc).__name__}: {detail})") from None
     return model.to(device).eval(), spec
 

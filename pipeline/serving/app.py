@@ -6,8 +6,10 @@
   fields or JSON keys. Answers the restored image, tiled for any size, upright and in sRGB.
 - Limits answer 4xx with `{"error": "one line"}`: 413 for an upload over `max_upload_bytes` or an image
   over `max_pixels`, 415 for what is not a JPEG/PNG/WebP/TIFF/BMP/GIF, 400 for an unreadable image or
-  body, 422 for a bad format or quality, 503 (with Retry-After) when `concurrency` restorations run and
-  `queue` more wait. Uploads are held in memory, never spooled to disk: the app writes no file.
+  body, 422 for a bad format or quality or an image the format cannot store (WebP: 16,383 px a side), 503
+  (with Retry-After) when `concurrency` restorations run and `queue` more wait or upload. Uploads are held
+  in memory, never spooled to disk (the app writes no file), and read only once a queue place is taken, so
+  at most `concurrency + queue` bodies are held; a waiting request whose client has gone is dropped.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.errors import DemoireError, ParamsError
-from pipeline.photos import (DEFAULT_QUALITY, OUTPUT_FORMATS, ImageTooLargeError, UnsupportedImageError,
-                             check_output_format, encode_image, read_photo)
+from pipeline.photos import (DEFAULT_QUALITY, OUTPUT_FORMATS, ImageTooLargeError, OutputTooLargeError,
+                             UnsupportedImageError, check_output_format, check_output_size, encode_image, read_photo)
 
 log = logging.getLogger(__name__)
+DISCONNECT_POLL_S = 1.0  # how often a waiting request checks that its client is still there
 Restore = Callable[[np.ndarray], np.ndarray]  # HxWx3 uint8 RGB in, restored HxWx3 uint8 out
 
 
@@ -62,6 +65,8 @@ def _status_of(exc: DemoireError) -> int:
         return 413
     if isinstance(exc, UnsupportedImageError):
         return 415
+    if isinstance(exc, OutputTooLargeError):
+        return 422
     return 422 if isinstance(exc, ParamsError) else 400
 
 
@@ -93,22 +98,15 @@ def create_app(restore: Restore, model_info: dict, limits: ServeLimits = ServeLi
 
     @app.post("/restore")
     async def restore_endpoint(request: Request) -> Response:
-        data, options = await _read_upload(request, limits.max_upload_bytes)
-        fmt = str(options.get("format") or "png").lower().replace("jpeg", "jpg")
-        quality = options.get("quality", DEFAULT_QUALITY)
-        try:
-            quality = int(quality)
-            check_output_format(fmt, quality)
-        except ValueError:
-            raise RequestError(422, f"quality {quality!r}: choose a whole number from 1 to 100") from None
-        except ParamsError as exc:
-            raise RequestError(422, str(exc)) from None
         if state["busy"] >= limits.concurrency and state["waiting"] >= limits.queue:
             raise RequestError(503, f"busy: {state['busy']} restoring and {state['waiting']} waiting "
                                     f"(limit {limits.concurrency} + {limits.queue}); retry later")
+        # an upload being read waits in the queue: no more bodies in memory than concurrency + queue
         state["waiting"] += 1
         try:
-            await slots.acquire()
+            data, options = await _read_upload(request, limits.max_upload_bytes)
+            fmt, quality = _output_options(options)
+            await _acquire_while_connected(slots, request)
         finally:
             state["waiting"] -= 1
         state["busy"] += 1
@@ -125,9 +123,43 @@ def create_app(restore: Restore, model_info: dict, limits: ServeLimits = ServeLi
     return app
 
 
+def _output_options(options: dict) -> tuple[str, int]:
+    """The request's output format and quality, checked (422 naming the value)."""
+    fmt = str(options.get("format") or "png").lower().replace("jpeg", "jpg")
+    quality = options.get("quality", DEFAULT_QUALITY)
+    # a whole number, or its digits (query and form fields are text): not 90.7, true or null
+    if isinstance(quality, str) and quality.strip().lstrip("+-").isdigit():
+        quality = int(quality)
+    if not isinstance(quality, int) or isinstance(quality, bool):
+        raise RequestError(422, f"quality {quality!r}: choose a whole number from 1 to 100")
+    try:
+        check_output_format(fmt, quality)
+    except ParamsError as exc:
+        raise RequestError(422, str(exc)) from None
+    return fmt, quality
+
+
+async def _acquire_while_connected(slots: asyncio.Semaphore, request: Request) -> None:
+    """Wait for a restoration slot; give up (499, which no client reads) once the client has gone."""
+    # asyncio.wait leaves the acquire running at each timeout (wait_for would cancel it, and on Python 3.11 can
+    # lose a slot acquired at that very moment)
+    acquire = asyncio.ensure_future(slots.acquire())
+    while not (await asyncio.wait({acquire}, timeout=DISCONNECT_POLL_S))[0]:
+        if await request.is_disconnected():
+            acquire.cancel()
+            try:
+                await acquire
+            except asyncio.CancelledError:
+                pass
+            else:  # acquired just before the cancel: give it back
+                slots.release()
+            raise RequestError(499, "the client disconnected while waiting")
+
+
 def _restore_encoded(restore: Restore, data: bytes, max_pixels: int, fmt: str, quality: int) -> bytes:
     """Decode (upright, sRGB), restore, encode: the work of one request, run in a worker thread."""
     photo = read_photo(data, max_pixels, name="the upload")
+    check_output_size(fmt, photo.rgb.shape[1], photo.rgb.shape[0], "the upload")
     return encode_image(restore(photo.rgb), fmt, quality)
 
 

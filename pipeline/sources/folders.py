@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pipeline.errors import DemoireError, InputDataError
@@ -12,7 +13,18 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".g
 
 def image_files(folder: Path) -> list[Path]:
     """Image files under `folder`, recursively, sorted."""
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return find_images(folder)[0]
+
+
+def find_images(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Image files under `folder`, recursively, sorted; and the folders under it that could not be listed
+    (pathlib's rglob passes over those without a word)."""
+    images: list[Path] = []
+    unlisted: list[Path] = []
+    for root, _, names in os.walk(folder, onerror=lambda exc: unlisted.append(Path(exc.filename))):
+        found = (Path(root) / name for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES)
+        images += [path for path in found if path.is_file()]
+    return sorted(images), sorted(unlisted)
 
 
 def scan_folder(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -20,9 +32,9 @@ def scan_folder(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputDataError(f"source folder does not exist: {folder} (fix synthesize.sources.folders)")
-    files = image_files(folder)
+    files, unlisted = find_images(folder)
     usable: list[Path] = []
-    failed: list[tuple[Path, str]] = []
+    failed: list[tuple[Path, str]] = [(path, "folder cannot be listed (permission denied?)") for path in unlisted]
     for path in files:
         try:
             image = read_rgb(path)

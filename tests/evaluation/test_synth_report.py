@@ -128,7 +128,7 @@ def test_unreadable_and_unmatched_pairs_are_counted_not_fatal(tmp_path, rng):
     (sine / "clean" / "broken.png").write_bytes(b"not a png")
     write_png(sine / "moire" / "lonely.png", np.zeros((32, 32, 3), np.uint8))
     result = runner.invoke(app, ["synth-report", "--pairs", str(sine), "--out", str(tmp_path / "out")])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # done, two pairs skipped
     assert "skipped sine/broken.png" in result.stderr and "skipped sine/lonely.png" in result.stderr
     assert "plots:" in result.stdout
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())

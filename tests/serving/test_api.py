@@ -8,6 +8,7 @@ import tempfile
 import threading
 import time
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -100,6 +101,11 @@ def test_limits_and_bad_input_answer_4xx_with_one_line_never_500(serve_app, clie
         (dict(files={"file": ("a.png", small)}, data={"format": "gif"}), 422, "format 'gif': choose one of png, jpg, webp"),
         (dict(files={"file": ("a.png", small)}, data={"quality": "0"}), 422, "quality 0: choose 1 to 100"),
         (dict(files={"file": ("a.png", small)}, data={"quality": "high"}), 422, "quality 'high'"),
+        # JSON keeps its types: only a whole number is a quality (null, a list, 1e400, 90.7 and true were 500s or
+        # quietly cut)
+        *((dict(content=f'{{"image": "{base64.b64encode(small).decode()}", "quality": {q}}}',
+                headers={"Content-Type": "application/json"}), 422, f"quality {shown}: choose a whole number")
+          for q, shown in (("null", "None"), ("[5]", "[5]"), ("1e400", "inf"), ("90.7", "90.7"), ("true", "True"))),
     ]
     for request, status, message in cases:
         response = client.post(url + "/restore", **request)
@@ -107,6 +113,22 @@ def test_limits_and_bad_input_answer_4xx_with_one_line_never_500(serve_app, clie
         error = response.json()["error"]
         assert message in error and "\n" not in error, (message, error)
     assert client.post(url + "/restore", files={"file": ("a.png", small)}).status_code == 200  # still serving
+
+
+def test_an_image_the_format_cannot_store_is_refused_before_it_is_restored(serve_app, client):
+    calls = []
+
+    def counted(restore):
+        return lambda image: calls.append(image.shape) or restore(image)
+
+    url = serve_app(wrap=counted)
+    wide = _png(np.zeros((4, 16_400, 3), dtype=np.uint8))  # over WebP's 16,383 pixels a side (was a 500)
+    response = client.post(url + "/restore?format=webp", files={"file": ("wide.png", wide)})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == "the upload is 16400x4: webp stores at most 16,383 pixels a side; choose png"
+    assert calls == []
+    as_png = client.post(url + "/restore", files={"file": ("wide.png", wide)})
+    assert as_png.status_code == 200 and calls == [(4, 16_400, 3)]
 
 
 def test_uploads_are_never_spooled_to_disk(serve_app, client, rng, tmp_path, monkeypatch):
@@ -161,3 +183,20 @@ def test_busy_server_queues_then_answers_503(serve_app, client, rng, queue):
         waiting.join(30)
     assert answers == ({"first": 200, "queued": 200} if queue else {"first": 200})
     assert client.get(url + "/health").json()["busy"] == 0
+
+
+def test_a_waiting_request_whose_client_has_gone_is_dropped(serve_app, client, rng):
+    release, started = threading.Event(), threading.Event()
+    url = serve_app(ServeLimits(concurrency=1, queue=2), wrap=_gated(release, started))
+    photo = _png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    first = threading.Thread(target=lambda: client.post(url + "/restore", files={"file": ("a.png", photo)}))
+    first.start()
+    assert started.wait(30)
+    with pytest.raises(httpx.ReadTimeout):  # a client that gives up while its request waits for the slot
+        httpx.post(url + "/restore", files={"file": ("a.png", photo)}, timeout=1.0)
+    deadline = time.monotonic() + 10
+    while client.get(url + "/health").json()["waiting"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client.get(url + "/health").json() == {"status": "ok", "busy": 1, "waiting": 0}  # not restored for nobody
+    release.set()
+    first.join(30)

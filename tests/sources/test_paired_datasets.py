@@ -148,7 +148,7 @@ def test_evaluate_cli_on_a_published_layout_skips_and_counts_unusable_pairs(tmp_
     (root / "train" / "source" / "src_00002.png").write_bytes(b"not a png")
     args = ["evaluate", "--model", str(tmp_path / "model"), "--pairs", str(root), "--device", "cpu", "--json"]
     result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # done, two pairs skipped
     assert "skipped train/00002: cannot read image" in result.output
     assert "skipped train/00003: no clean partner target/tar_00003.png" in result.output
     assert "skipped 2 of 4 pairs" in result.output

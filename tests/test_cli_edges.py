@@ -1,0 +1,152 @@
+"""Edges users found: what each command does with an image its output format cannot hold, metadata too long for a
+JPEG, an output folder inside its input, a folder it cannot list, `-q` with a spinner, skipped pairs' exit code,
+a calibration base or layout that cannot work, a device that is not there and a grid that is not an image."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.io import read_rgb, write_png
+from pipeline.models import ModelSpec, build_model, save_model
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def model(tmp_path) -> str:
+    spec = ModelSpec("unet", 8, 2)
+    save_model(build_model(spec), spec, tmp_path / "model")
+    return str(tmp_path / "model")
+
+
+def _predict(inputs: list[str], out: Path, model: str, *extra: str):
+    return runner.invoke(app, ["predict", *inputs, "-o", str(out), "--model", model, "--device", "cpu",
+                               "--tile", "32", "--overlap", "8", *extra])
+
+
+def test_an_image_too_wide_for_webp_is_skipped_before_restoring_and_the_rest_are_restored(tmp_path, model):
+    write_png(tmp_path / "in" / "a_wide.png", np.zeros((2, 16_400, 3), np.uint8))
+    write_png(tmp_path / "in" / "b.png", np.zeros((20, 20, 3), np.uint8))
+    result = _predict([str(tmp_path / "in")], tmp_path / "out", model, "--format", "webp")
+    assert result.exit_code == 1, result.output
+    assert (f"skipped {tmp_path / 'in' / 'a_wide.png'}: {tmp_path / 'in' / 'a_wide.png'} is 16400x2: webp stores at "
+            "most 16,383 pixels a side; choose png") in result.output
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["b.webp"]
+
+
+def test_metadata_too_long_for_a_jpeg_is_dropped_with_a_warning_and_the_image_kept(tmp_path, model, caplog):
+    exif = Image.Exif()
+    exif[0x010E] = "x" * 70_000  # ImageDescription: over the 64 KiB a JPEG's APP1 segment holds
+    Image.fromarray(np.full((20, 20, 3), 128, np.uint8)).save(tmp_path / "tagged.png", exif=exif.tobytes())
+    with caplog.at_level(logging.WARNING, logger="pipeline.photos"):
+        result = _predict([str(tmp_path / "tagged.png")], tmp_path / "out", model, "--format", "jpg",
+                          "--keep-metadata")
+    assert result.exit_code == 0, result.output
+    assert "dropped: a JPEG holds at most 65,533" in caplog.text
+    with Image.open(tmp_path / "out" / "tagged.jpg") as restored:
+        assert restored.size == (20, 20) and not restored.getexif()
+
+
+def test_an_output_folder_inside_the_input_folder_is_not_restored_again(tmp_path, model):
+    shots = tmp_path / "shots"
+    write_png(shots / "a.png", np.zeros((20, 20, 3), np.uint8))
+    for _ in range(2):
+        result = _predict([str(shots)], shots / "restored", model, "--overwrite")
+        assert result.exit_code == 0, result.output
+        assert "restored 1 of 1 images" in result.output
+    assert sorted(str(p.relative_to(shots)) for p in shots.rglob("*.png")) == ["a.png", "restored/a.png"]
+
+
+def test_a_folder_that_cannot_be_listed_is_reported_not_passed_over(tmp_path, model, monkeypatch):
+    write_png(tmp_path / "in" / "a.png", np.zeros((20, 20, 3), np.uint8))
+    write_png(tmp_path / "in" / "locked" / "b.png", np.zeros((20, 20, 3), np.uint8))
+    listing = os.scandir
+
+    def scandir(path="."):  # as a folder of mode 000 answers anyone but root
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    result = _predict([str(tmp_path / "in")], tmp_path / "out", model)
+    assert result.exit_code == 1, result.output
+    assert f"skipped folder {tmp_path / 'in' / 'locked'}: cannot be listed" in result.output
+    assert "restored 1 of 2 images" in result.output
+
+
+def _pairs(folder: Path, sizes: dict[str, tuple[int, int]]) -> Path:
+    rng = np.random.default_rng(0)
+    for name, (h, w) in sizes.items():
+        write_png(folder / "clean" / f"{name}.png", rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        write_png(folder / "moire" / f"{name}.png", rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    return folder
+
+
+def test_quiet_synth_report_runs_and_skipped_pairs_exit_1(tmp_path):
+    pairs = _pairs(tmp_path / "pairs", {"a": (40, 40), "b": (40, 40)})
+    (pairs / "moire" / "c.png").write_bytes(b"not a png")
+    write_png(pairs / "clean" / "c.png", np.zeros((40, 40, 3), np.uint8))
+    result = runner.invoke(app, ["-q", "synth-report", "--pairs", str(pairs), "--out", str(tmp_path / "report")])
+    assert result.exit_code == 1, result.output  # -q gave an AttributeError: its spinner was None
+    assert "skipped pairs/c.png" in result.output and (tmp_path / "report" / "summary.json").is_file()
+    (pairs / "moire" / "c.png").unlink()
+    (pairs / "clean" / "c.png").unlink()
+    result = runner.invoke(app, ["-q", "synth-report", "--pairs", str(pairs), "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+
+
+def _one_error(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+def test_calibrate_refuses_a_file_as_base_and_a_layout_the_folder_is_not_before_any_work(tmp_path):
+    pairs = _pairs(tmp_path / "pairs", {"a": (40, 40)})
+    preset = tmp_path / "mine.yaml"
+    preset.write_text("base: default\n")
+    out = tmp_path / "c.yaml"
+    line = _one_error(runner.invoke(app, ["calibrate", "--real", str(pairs), "--out", str(out), "--base",
+                                          str(preset)]))
+    assert f"base = '{preset}': choose a built-in preset (default, " in line and "a preset file cannot be a base" in line
+    # a generic moire/ + clean/ folder is not FHDMi's layout: no fit on its ground truths as if they were photos
+    line = _one_error(runner.invoke(app, ["calibrate", "--real", str(pairs), "--out", str(out), "--layout", "fhdmi"]))
+    assert "fhdmi" in line
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer where no CUDA device is")
+def test_bench_synth_on_a_missing_gpu_is_one_line():
+    line = _one_error(runner.invoke(app, ["bench", "synth", "--size", "64", "--device", "cuda", "--repeats", "1"]))
+    assert line == "error: device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'"
+
+
+def test_report_refuses_a_grid_that_is_not_a_png(tmp_path):
+    grid = tmp_path / "grid.png"
+    grid.write_text("hello, not a png")
+    args = ["report", "-o", str(tmp_path / "r.html"), "--grid", str(grid)]
+    for option, text in (("metrics", "{}"), ("history", "epoch,train_loss,val_loss,val_psnr\n1,0.1,0.1,20\n"),
+                         ("registration", "{}")):
+        path = tmp_path / f"{option}.{'csv' if option == 'history' else 'json'}"
+        path.write_text(text)
+        args += [f"--{option}", str(path)]
+    assert _one_error(runner.invoke(app, args)) == f"error: {grid} is not a PNG image; `dvc repro evaluate` writes the grid"
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_served_and_exported_images_keep_their_pixels(tmp_path, model):
+    """The control for the skips above: an ordinary image goes through every format unchanged in size."""
+    write_png(tmp_path / "a.png", np.zeros((20, 30, 3), np.uint8))
+    for fmt in ("png", "jpg", "webp"):
+        result = _predict([str(tmp_path / "a.png")], tmp_path / fmt, model, "--format", fmt)
+        assert result.exit_code == 0, result.output
+        assert read_rgb(tmp_path / fmt / f"a.{fmt}").shape == (20, 30, 3)
