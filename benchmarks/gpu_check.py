@@ -171,6 +171,8 @@ def prepare_python(args: argparse.Namespace, work: Path, deadline: float) -> tup
     record: dict = {"python": args.python or sys.executable}
     env: dict = {}
     if args.python:
+        if not shutil.which(args.python):  # found now, not as ten failed steps
+            raise RuntimeError(f"--python {args.python}: no such interpreter (from {Path.cwd()})")
         record["mode"] = "given"
     else:
         probe = torch_probe(sys.executable)

@@ -41,7 +41,9 @@ def describe_model(model: str, net: nn.Module, spec: ModelSpec) -> dict:
     """What a user sees of a loaded model: source, name, version, alias, tagged metrics and architecture."""
     from pipeline.export import ExportedModel
 
-    info = {"source": model, "name": Path(model).name or model, "version": None, "alias": None, "metrics": {}}
+    # every key GET /model documents, null where a folder or exported file has none (a registry version has them)
+    info = {"source": model, "name": Path(model).name or model, "version": None, "alias": None, "run_id": None,
+            "promotion": None, "metrics": {}}
     if model.startswith("models:/"):
         from pipeline.registry import model_version_info
 

@@ -150,3 +150,14 @@ def test_served_and_exported_images_keep_their_pixels(tmp_path, model):
         result = _predict([str(tmp_path / "a.png")], tmp_path / fmt, model, "--format", fmt)
         assert result.exit_code == 0, result.output
         assert read_rgb(tmp_path / fmt / f"a.{fmt}").shape == (20, 30, 3)
+
+
+def test_a_folder_model_is_described_with_every_documented_key(model):
+    from pipeline.model_source import describe_model
+    from pipeline.models import load_model
+
+    net, spec = load_model(Path(model))
+    info = describe_model(model, net, spec)
+    assert {key: info[key] for key in ("version", "alias", "run_id", "promotion", "metrics")} == {
+        "version": None, "alias": None, "run_id": None, "promotion": None, "metrics": {}}
+    assert (info["architecture"], info["format"], info["name"]) == ("unet", "pytorch", "model")

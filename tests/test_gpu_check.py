@@ -153,6 +153,22 @@ def test_bench_fly_trains_on_pairs_rendered_on_the_fly_and_saves_a_model(tmp_pat
     assert figures["ema"] is True and figures["loss_first"] == figures["loss_last"] > 0
     model, spec = load_model(tmp_path / "m")
     assert (spec.name, spec.channels, spec.depth) == ("mscale", 8, 2)
+    # a second run into the same folder is refused before it trains, not after: the model there is kept
+    before = (tmp_path / "m" / "model.pt").read_bytes()
+    again = runner.invoke(app, ["bench", "fly", "--device", "cpu", "--seconds", "0", "--patch", "32", "--batch", "2",
+                                "--save", str(tmp_path / "m")])
+    assert again.exit_code == 2 and again.output.strip() == (
+        f"error: --save {tmp_path / 'm'} holds a model already; choose another folder or remove it")
+    assert (tmp_path / "m" / "model.pt").read_bytes() == before
+
+
+def test_a_missing_interpreter_fails_the_setup_naming_it(gpu_check, tmp_path):
+    out = tmp_path / "gpu_check.json"
+    code = gpu_check.main(["--python", str(tmp_path / "no-venv" / "python"), "--out", str(out),
+                           "--work", str(tmp_path / "work")])
+    report = json.loads(out.read_text())
+    assert code == 1 and report["setup"]["status"] == "failed" and report["steps"] == {}
+    assert report["setup"]["error"].startswith(f"--python {tmp_path / 'no-venv' / 'python'}: no such interpreter")
 
 
 def test_bench_fly_rejects_an_unknown_profile_in_one_line():

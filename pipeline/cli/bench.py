@@ -137,9 +137,16 @@ def bench_fly(
     """Training on pairs rendered on the fly for --seconds, with a profile's recipe, in images/s."""
     from pipeline.bench import bench_train_on_the_fly
     from pipeline.errors import InputDataError
+    from pipeline.io import check_output_dir
+    from pipeline.models import SPEC_FILE, WEIGHTS_FILE
 
-    if save is not None and save.exists() and not save.is_dir():  # found now, not after the training
-        fail(InputDataError(f"--save {save} is a file; the model is written into a folder"))
+    if save is not None:  # found now, not after the training
+        try:
+            check_output_dir(save, "--save")
+            if any((save / name).exists() for name in (SPEC_FILE, WEIGHTS_FILE)):
+                raise InputDataError(f"--save {save} holds a model already; choose another folder or remove it")
+        except DemoireError as exc:
+            fail(exc)
 
     _report_bench(
         lambda: bench_train_on_the_fly(profile, device, seconds, patch, batch, channels, depth, compile_model, save),
