@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -74,8 +75,45 @@ def tail(text: str, lines: int = 15) -> str:
 
 
 def run(command: list[str], timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run a command from the tree's root, capturing its output; TimeoutExpired when it runs too long."""
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=max(1.0, timeout))
+    """Run a command from the tree's root, capturing its output; TimeoutExpired when it runs too long.
+
+    The command gets a process group of its own, which a timeout or a SIGTERM to the check stops whole:
+    subprocess.run would kill the direct child only, leaving e.g. torchrun's workers running on the GPU.
+    """
+    with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as process:
+        RUNNING.add(process)
+        try:
+            stdout, stderr = process.communicate(timeout=max(1.0, timeout))
+        except subprocess.TimeoutExpired as exc:
+            stop_group(process)
+            stdout, stderr = process.communicate()
+            raise subprocess.TimeoutExpired(command, exc.timeout, stdout, stderr) from None
+        finally:
+            RUNNING.discard(process)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+RUNNING: set[subprocess.Popen] = set()  # the step's process running now, whose group a SIGTERM stops
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGKILL a command's whole process group (it is already gone: nothing to do)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def stop_on_sigterm(signum: int, frame) -> None:
+    """SIGTERM: stop the running step's group, then end the check as interrupted (main writes the report)."""
+    for process in list(RUNNING):
+        stop_group(process)
+    raise Interrupted(f"stopped by signal {signum}")
+
+
+class Interrupted(Exception):
+    """The check was told to stop (SIGTERM)."""
 
 
 # ---- preparing an interpreter ----------------------------------------------------------------------
@@ -430,6 +468,29 @@ def main(argv: list[str]) -> int:
            "PYTHONPATH": os.pathsep.join(filter(None, [extra_env.get("PYTHONPATH"), str(ROOT)]))}
     train_seconds = args.train_seconds if args.train_seconds is not None else (8.0 if args.tiny else 120.0)
     trained_model = trained_model_dir(args.out)
+    previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        run_steps(args, python, env, work, train_seconds, trained_model, deadline, start, report)
+    except Interrupted as exc:
+        report.update(passed=False, interrupted=str(exc), total_seconds=time.monotonic() - start)
+        write_report(report, args.out)
+        log(f"{exc}; report in {args.out}")
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    statuses = [record["status"] for record in report["steps"].values()]
+    report["passed"] = all(status in ("passed", "skipped") for status in statuses)
+    report["goals_met"] = {name: record["goal"]["met"] for name, record in report["steps"].items() if "goal" in record}
+    report["total_seconds"] = time.monotonic() - start
+    write_report(report, args.out)
+    log(f"done in {report['total_seconds']:.0f} s: {statuses.count('passed')} passed, {statuses.count('failed')} failed, "
+        f"{statuses.count('timeout')} timed out, {statuses.count('skipped')} skipped; report in {args.out}")
+    return 0 if report["passed"] else 1
+
+
+def run_steps(args: argparse.Namespace, python: str, env: dict, work: Path, train_seconds: float, trained_model: Path,
+              deadline: float, start: float, report: dict) -> None:
+    """Every step in turn, the report written after each."""
     for step in build_steps(python, args.device, args.tiny, work, train_seconds, trained_model):
         if step.name == "train_on_the_fly":
             fit_training(step, train_seconds, deadline)
@@ -450,14 +511,6 @@ def main(argv: list[str]) -> int:
         report["total_seconds"] = time.monotonic() - start
         write_report(report, args.out)
         log(f"{step.name}: {record['status']} in {record['seconds']:.1f} s")
-    statuses = [record["status"] for record in report["steps"].values()]
-    report["passed"] = all(status in ("passed", "skipped") for status in statuses)
-    report["goals_met"] = {name: record["goal"]["met"] for name, record in report["steps"].items() if "goal" in record}
-    report["total_seconds"] = time.monotonic() - start
-    write_report(report, args.out)
-    log(f"done in {report['total_seconds']:.0f} s: {statuses.count('passed')} passed, {statuses.count('failed')} failed, "
-        f"{statuses.count('timeout')} timed out, {statuses.count('skipped')} skipped; report in {args.out}")
-    return 0 if report["passed"] else 1
 
 
 if __name__ == "__main__":

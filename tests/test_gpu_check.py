@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -203,3 +207,42 @@ def test_a_failed_setup_still_writes_the_report_saying_why(gpu_check, tmp_path, 
     report = json.loads(out.read_text())
     assert report["passed"] is False and report["steps"] == {}
     assert report["setup"]["status"] == "failed" and "pydantic" in report["setup"]["error"]
+
+
+# a step that starts a grandchild (as torchrun starts its workers), writes its pid, and waits
+SPAWNS = ("import subprocess, sys, time; child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+          "open(sys.argv[1], 'w').write(str(child.pid)); time.sleep(60)")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+@pytest.mark.parametrize("how", ["timeout", "sigterm"])
+def test_a_stopped_step_takes_its_whole_process_group_with_it(gpu_check, tmp_path, monkeypatch, how):
+    pid_file = tmp_path / "grandchild.pid"
+    steps = [gpu_check.Step("spawns", [[sys.executable, "-c", SPAWNS, str(pid_file)]], 3 if how == "timeout" else 60)]
+    monkeypatch.setattr(gpu_check, "build_steps", lambda *args: steps)
+    if how == "sigterm":  # as `kill -TERM` on the check would, once the step's grandchild runs
+        def terminate():
+            while not pid_file.exists() or not pid_file.read_text():
+                time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGTERM)
+        threading.Thread(target=terminate, daemon=True).start()
+    out = tmp_path / "gpu_check.json"
+    code = gpu_check.main(["--python", sys.executable, "--out", str(out), "--work", str(tmp_path / "work")])
+    report = json.loads(out.read_text())
+    grandchild = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(grandchild)
+    if how == "timeout":
+        assert code == 1 and report["steps"]["spawns"]["status"] == "timeout"
+    else:
+        assert code == 143 and report["passed"] is False and report["interrupted"] == "stopped by signal 15"
+    assert signal.getsignal(signal.SIGTERM) is not gpu_check.stop_on_sigterm  # the caller's handler is back
