@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -446,3 +447,30 @@ def test_register_stage_gates_on_real_sets_and_logs_every_set(tmp_path, monkeypa
                                              r"scored as 000000000000; run `dvc repro -f evaluate` to score them again$"):
         register(real, second, {**evaluation, "real_gate_set": "0" * 64})
     assert len(client.search_model_versions("name='demoire-test'")) == 2
+
+
+def test_the_bounded_server_answers_a_refusal_briefly_and_a_shutdown_with_503(champion):
+    from pipeline.serving.bounded import build_app
+    from tests.serving.conftest import running_app
+
+    app = build_app("models:/demoire-test@champion", 64 * 2**20, timeout_s=120)
+    with running_app(app) as url:
+        refused = httpx.post(f"{url}/invocations", json={"inputs": "not base64 !" * 10_000}, timeout=60)
+        assert refused.status_code == 400, refused.text[:300]
+        # MLflow's own answer repeats the 120 kB request before the model's message
+        assert len(refused.content) < 1_000 and "expected base64 of an image file" in refused.json()["message"]
+        assert refused.json()["error_code"] == refused.json()["error_class"] == "INVALID_PARAMETER_VALUE"
+
+        large = base64.b64encode(_png_bytes(np.zeros((1500, 1500, 3), np.uint8))).decode()  # 2,300 tiles of 32
+        answer = {}
+        request = threading.Thread(target=lambda: answer.update(
+            response=httpx.post(f"{url}/invocations", json={"inputs": large}, timeout=120)))
+        request.start()
+        deadline = time.monotonic() + 60
+        while not any(stop.started.is_set() for stop in app.in_flight) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        app.stop_all("the server is shutting down")  # what SIGTERM does (serve's handle_exit)
+        request.join(60)
+        response = answer["response"]
+        assert response.status_code == 503, response.text[:300]  # was 429 Too Many Requests
+        assert response.json()["message"] == "stopped: the server is shutting down"

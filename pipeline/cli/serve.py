@@ -50,9 +50,9 @@ def serve(
     except DemoireError as exc:
         fail(exc)
 
-    def restore(image):
+    def restore(image, should_stop):
         return restore_image(net, image, torch_device, cfg.tile_size, cfg.tile_overlap, cfg.tile_batch,
-                             max_side=cfg.max_side, falloff=cfg.falloff)
+                             max_side=cfg.max_side, falloff=cfg.falloff, should_stop=should_stop)
 
     bound_port = listener.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host

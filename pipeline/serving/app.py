@@ -9,7 +9,8 @@
   body, 422 for a bad format or quality or an image the format cannot store (WebP: 16,383 px a side), 503
   (with Retry-After) when `concurrency` restorations run and `queue` more wait or upload. Uploads are held
   in memory, never spooled to disk (the app writes no file), and read only once a queue place is taken, so
-  at most `concurrency + queue` bodies are held; a waiting request whose client has gone is dropped.
+  at most `concurrency + queue` bodies are held; a request whose client has gone is dropped while it waits
+  and stopped at the next tile while it is restored.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import base64
 import binascii
 import json
 import logging
+import threading
 from dataclasses import dataclass
 from importlib import resources
 from typing import Callable
@@ -29,12 +31,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.errors import DemoireError, ParamsError
+from pipeline.inference import RestoreStopped
 from pipeline.photos import (DEFAULT_QUALITY, OUTPUT_FORMATS, ImageTooLargeError, OutputTooLargeError,
                              UnsupportedImageError, check_output_format, check_output_size, encode_image, read_photo)
 
 log = logging.getLogger(__name__)
 DISCONNECT_POLL_S = 1.0  # how often a waiting request checks that its client is still there
-Restore = Callable[[np.ndarray], np.ndarray]  # HxWx3 uint8 RGB in, restored HxWx3 uint8 out
+# HxWx3 uint8 RGB and a should_stop() asked between tiles in, restored HxWx3 uint8 out (or RestoreStopped)
+Restore = Callable[[np.ndarray, Callable[[], bool]], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -110,11 +114,17 @@ def create_app(restore: Restore, model_info: dict, limits: ServeLimits = ServeLi
         finally:
             state["waiting"] -= 1
         state["busy"] += 1
+        gone = threading.Event()
+        watcher = asyncio.create_task(_watch_disconnect(request, gone))
         try:
-            body = await run_in_threadpool(_restore_encoded, restore, data, limits.max_pixels, fmt, quality)
+            body = await run_in_threadpool(_restore_encoded, restore, data, limits.max_pixels, fmt, quality,
+                                           gone.is_set)
+        except RestoreStopped:
+            raise RequestError(499, "the client disconnected while its photo was restored") from None
         except DemoireError as exc:
             raise RequestError(_status_of(exc), str(exc)) from None
         finally:
+            watcher.cancel()
             state["busy"] -= 1
             slots.release()
         return Response(body, media_type=OUTPUT_FORMATS[fmt][1],
@@ -156,11 +166,19 @@ async def _acquire_while_connected(slots: asyncio.Semaphore, request: Request) -
             raise RequestError(499, "the client disconnected while waiting")
 
 
-def _restore_encoded(restore: Restore, data: bytes, max_pixels: int, fmt: str, quality: int) -> bytes:
+async def _watch_disconnect(request: Request, gone: threading.Event) -> None:
+    """Set `gone` once the client has disconnected: its restoration then stops at the next tile."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(DISCONNECT_POLL_S)
+    gone.set()
+
+
+def _restore_encoded(restore: Restore, data: bytes, max_pixels: int, fmt: str, quality: int,
+                     should_stop: Callable[[], bool]) -> bytes:
     """Decode (upright, sRGB), restore, encode: the work of one request, run in a worker thread."""
     photo = read_photo(data, max_pixels, name="the upload")
     check_output_size(fmt, photo.rgb.shape[1], photo.rgb.shape[0], "the upload")
-    return encode_image(restore(photo.rgb), fmt, quality)
+    return encode_image(restore(photo.rgb, should_stop), fmt, quality)
 
 
 async def _read_upload(request: Request, limit: int) -> tuple[bytes, dict]:

@@ -8,7 +8,8 @@ an ASGI layer that bounds each request:
 - requests are restored one at a time, first come first served, so a big one cannot starve the
   others of the CPU; a request that waited longer than the time limit gets 503;
 - a request's work stops (between tiles) when its time limit passes (504) or its client disconnects;
-- SIGTERM stops accepting, stops the work in flight and exits.
+- SIGTERM stops accepting, stops the work in flight (answered 503) and exits;
+- an error is answered with the model's own message: MLflow's would repeat the whole request in it.
 
 The model itself refuses input of the wrong shape, dtype, range or size with 400
 (pipeline.registry.pyfunc.checked_image), also under plain `mlflow models serve`, where it stops its
@@ -65,10 +66,11 @@ def request_stop() -> RequestStop:
     return RequestStop()
 
 
-async def _respond(send, status: int, message: str) -> None:
-    body = json.dumps({"error_code": {413: "REQUEST_LIMIT_EXCEEDED", 503: "TEMPORARILY_UNAVAILABLE",
-                                      504: "DEADLINE_EXCEEDED"}.get(status, "BAD_REQUEST"),
-                       "message": message}).encode()
+async def _respond(send, status: int, message: str, error: dict | None = None) -> None:
+    """An error answer in MLflow's JSON: `error`'s keys (MLflow's own) with `message`, else a code for `status`."""
+    code = {413: "REQUEST_LIMIT_EXCEEDED", 503: "TEMPORARILY_UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}.get(status,
+                                                                                                      "BAD_REQUEST")
+    body = json.dumps({"error_code": code, **(error or {}), "message": message}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
@@ -133,7 +135,7 @@ class BoundedScoring:
         watcher = asyncio.create_task(watch_disconnect())
         try:
             remaining = max(stop.deadline - time.monotonic(), 0.1)
-            await asyncio.wait_for(self.app(scope, replay, send), timeout=remaining)
+            await asyncio.wait_for(self.app(scope, replay, _ErrorAnswer(send, stop)), timeout=remaining)
         except (asyncio.TimeoutError, TimeoutError):
             stop.set("the request's time limit passed")
             await _respond(send, 504, f"stopped after the time limit of {self.timeout_s:g} s")
@@ -145,6 +147,46 @@ class BoundedScoring:
                 await asyncio.to_thread(stop.finished.wait, 30)
             self.in_flight.discard(stop)
             self.turn.release()
+
+
+# What a request stopped for is answered with; MLflow would answer 429 (the model's REQUEST_LIMIT_EXCEEDED)
+STOPPED_STATUS = {"the server is shutting down": 503, "the request's time limit passed": 504}
+# MLflow's scoring app puts the whole request before the model's message ("Failed to predict data '<the
+# input>'. \nError: <message>"): 7.2 MB of base64 for one refused 4000×3000 photo
+MLFLOW_ECHO = "\nError: "
+
+
+class _ErrorAnswer:
+    """The `send` of MLflow's app: a success passes as it is; an error answer is held and sent as the model's own
+    message (without the request MLflow repeats in it), or as what the request was stopped for."""
+
+    def __init__(self, send, stop: RequestStop):
+        self.send, self.stop = send, stop
+        self.status: int | None = None
+        self.body = b""
+
+    async def __call__(self, message: dict) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        if self.status is None or self.status < 400:
+            await self.send(message)
+            return
+        if message["type"] == "http.response.start":
+            return
+        self.body += message.get("body", b"")
+        if not message.get("more_body"):
+            await _respond(self.send, *self.answer())
+
+    def answer(self) -> tuple[int, str, dict | None]:
+        """(status, message, MLflow's other keys) for the held error."""
+        if self.stop.event.is_set():
+            return STOPPED_STATUS.get(self.stop.reason, 503), f"stopped: {self.stop.reason}", None
+        try:
+            error = json.loads(self.body)
+            message = str(error.pop("message"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            error, message = None, self.body.decode("utf-8", "replace")
+        return self.status, message.rsplit(MLFLOW_ECHO, 1)[-1], error
 
 
 def build_app(model_uri: str, max_body_bytes: int, timeout_s: float) -> BoundedScoring:

@@ -48,8 +48,8 @@ def serve_app(tiny_net):
     stack = []
 
     def start(limits: ServeLimits = ServeLimits(), wrap=None):
-        def restore(image):
-            return restore_image(tiny_net, image, "cpu", 64, 8)
+        def restore(image, should_stop):
+            return restore_image(tiny_net, image, "cpu", 64, 8, should_stop=should_stop)
 
         info = {"source": "tests", "name": "tiny", "version": None, "alias": None, "metrics": {}, "architecture": "unet"}
         context = running_app(create_app(wrap(restore) if wrap else restore, info, limits))

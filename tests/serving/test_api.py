@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.inference import restore_image
+from pipeline.inference import RestoreStopped, restore_image
 from pipeline.photos import encode_image
 from pipeline.serving.app import ServeLimits
 
@@ -119,7 +119,7 @@ def test_an_image_the_format_cannot_store_is_refused_before_it_is_restored(serve
     calls = []
 
     def counted(restore):
-        return lambda image: calls.append(image.shape) or restore(image)
+        return lambda image, should_stop: calls.append(image.shape) or restore(image, should_stop)
 
     url = serve_app(wrap=counted)
     wide = _png(np.zeros((4, 16_400, 3), dtype=np.uint8))  # over WebP's 16,383 pixels a side (was a 500)
@@ -145,10 +145,10 @@ def test_uploads_are_never_spooled_to_disk(serve_app, client, rng, tmp_path, mon
 def _gated(release: threading.Event, started: threading.Event):
     """A restorer that holds each request until `release` is set: the server's real restore, made to wait."""
     def wrap(restore):
-        def held(image):
+        def held(image, should_stop):
             started.set()
             release.wait(30)
-            return restore(image)
+            return restore(image, should_stop)
         return held
     return wrap
 
@@ -200,3 +200,28 @@ def test_a_waiting_request_whose_client_has_gone_is_dropped(serve_app, client, r
     assert client.get(url + "/health").json() == {"status": "ok", "busy": 1, "waiting": 0}  # not restored for nobody
     release.set()
     first.join(30)
+
+
+def test_a_restoration_whose_client_has_gone_stops_at_the_next_tile(serve_app, client, rng):
+    asked = threading.Event()
+
+    def until_stopped(restore):
+        def run(image, should_stop):  # a restoration of endless tiles, asking between them as restore_image does
+            deadline = time.monotonic() + 30
+            while not should_stop():
+                asked.set()
+                if time.monotonic() > deadline:
+                    return restore(image, should_stop)
+                time.sleep(0.02)
+            raise RestoreStopped()
+        return run
+
+    url = serve_app(wrap=until_stopped)
+    photo = _png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url + "/restore", files={"file": ("a.png", photo)}, timeout=1.0)
+    assert asked.is_set()
+    deadline = time.monotonic() + 10
+    while client.get(url + "/health").json()["busy"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client.get(url + "/health").json() == {"status": "ok", "busy": 0, "waiting": 0}  # the slot is free
