@@ -524,11 +524,15 @@ def parse_params(raw: Any, source: str = "params") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        raise ParamsError(describe_error(exc, source)) from None
+        raise ParamsError(describe_error(exc, source, raw)) from None
 
 
-def describe_error(exc: ValidationError, source: str) -> str:
-    """Turn the first pydantic error into 'source: key = value: what is allowed'."""
+def describe_error(exc: ValidationError, source: str, raw: dict | None = None) -> str:
+    """Turn the first pydantic error into 'source: key = value: what is allowed'.
+
+    With the mapping that was validated (`raw`), a value that came from a preset file and not from it is
+    reported as that file's key, so the user is sent to the file that holds it.
+    """
     err = exc.errors()[0]
     loc = [part for part in err["loc"] if isinstance(part, str)]
     parts = list(err["loc"])
@@ -538,6 +542,9 @@ def describe_error(exc: ValidationError, source: str) -> str:
     context = err.get("ctx") or {}
     if "at" in context:  # a check of a whole list that points at the item at fault
         parts, value = parts + list(context["at"]), context["value"]
+    preset_file = _preset_file_holding(raw, parts)
+    if preset_file is not None:
+        source, parts = f"{preset_file} (the preset file {source} names)", parts[1:]
     key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts).lstrip(".")
     if err["type"] == "extra_forbidden":
         allowed = ", ".join(sorted(_fields_at(loc[:-1])))
@@ -546,6 +553,25 @@ def describe_error(exc: ValidationError, source: str) -> str:
     if isinstance(value, dict):  # a check of a whole section names its keys in its message: not the section's dump
         return f"{source}: {key}: {message}"
     return f"{source}: {key} = {value!r}: {message}"
+
+
+def _preset_file_holding(raw: dict | None, parts: list) -> str | None:
+    """The preset file a bad `synthesize` value came from, when the validated mapping does not hold it."""
+    from pipeline.moire.presets import PRESET_FILE_SUFFIXES
+
+    section = raw.get("synthesize") if isinstance(raw, dict) else None
+    preset = section.get("preset") if isinstance(section, dict) else None
+    if parts[:1] != ["synthesize"] or not isinstance(preset, str) or not preset.endswith(PRESET_FILE_SUFFIXES):
+        return None
+    node: Any = raw
+    for part in parts:  # the user's own mapping down to the key: present means they wrote it
+        if isinstance(part, str) and isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(part, int) and isinstance(node, list) and part < len(node):
+            node = node[part]
+        else:
+            return preset
+    return None
 
 
 def _fields_at(loc: list[str]) -> list[str]:

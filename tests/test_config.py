@@ -77,6 +77,23 @@ def test_unknown_key_lists_allowed_keys():
     assert str(info.value) == "params.yaml: register.modelname = 'x': unknown key; allowed keys here: experiment, model_name, promotion_margin_db, ssim_tolerance"
 
 
+def test_a_bad_value_from_a_preset_file_names_that_file_and_its_key(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("mine.yaml").write_text("base: default\noptics:\n  blurr: 1\n")
+    with pytest.raises(ParamsError) as info:
+        parse_params({"synthesize": {"preset": "mine.yaml", "optics": {"blurr": 2}}}, source="params.yaml")
+    assert str(info.value).startswith("params.yaml: synthesize.optics.blurr = 2: unknown key")  # the user's own
+    with pytest.raises(ParamsError) as info:
+        parse_params({"synthesize": {"preset": "mine.yaml"}}, source="params.yaml")
+    assert str(info.value).startswith("mine.yaml (the preset file params.yaml names): optics.blurr = 1: unknown key")
+    Path("mine.yaml").write_text("base: default\noptics:\n  blur_sigma: [2.0, 1.0]\n")
+    with pytest.raises(ParamsError) as info:
+        parse_params({"synthesize": {"preset": "mine.yaml"}}, source="params.yaml")
+    assert str(info.value) == ("mine.yaml (the preset file params.yaml names): optics.blur_sigma = [2.0, 1.0]: "
+                               "range minimum 2.0 is greater than its maximum 1.0")
+    parse_params({"synthesize": {"preset": "mine.yaml", "optics": {"blur_sigma": [0.5, 1.0]}}})  # overridden: valid
+
+
 def test_unknown_top_level_section():
     with pytest.raises(ParamsError, match=r"^p: trian = \{\}: unknown key; allowed keys here: evaluate, infer, preprocess, profile, register, seed"):
         parse_params({"trian": {}}, source="p")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.calibration.statistics import PairedStatistics, UnpairedStatistics, paired_statistics, unpaired_statistics
+from pipeline.calibration.statistics import MIN_SIDE, PairedStatistics, UnpairedStatistics, paired_statistics, unpaired_statistics
 from pipeline.data.dataset import Pair
 from pipeline.data.paired_folder import decoded_pairs, find_paired_folder
 from pipeline.errors import DemoireError, InputDataError
@@ -37,20 +37,34 @@ def read_real_photos(
             found = None
         if found is not None:
             skipped += [(item.name, item.reason) for item in found.skipped]
-            pairs += [images for _, images in decoded_pairs(found.pairs, skipped)]
+            pairs += [images for name, images in decoded_pairs(found.pairs, skipped)
+                      if _large_enough(name, images[0], skipped)]
             continue
         for path in image_files(root):
             if not fnmatchcase(path.name, include):
                 continue
             try:
-                photos.append(read_rgb(path))
+                photo = read_rgb(path)
             except DemoireError as exc:
                 skipped.append((path.name, str(exc)))
+                continue
+            if _large_enough(path.name, photo, skipped):
+                photos.append(photo)
     if pairs and photos:
         raise InputDataError("calibrate against paired sets or against unpaired photos, not both at once")
     if not pairs and not photos:
         raise InputDataError(f"no readable real photos matching {include!r} in {', '.join(map(str, roots))}")
     return pairs, photos, skipped
+
+
+def _large_enough(name: str, image: np.ndarray, skipped: list[tuple[str, str]]) -> bool:
+    """Whether a photo spans the widest octave band and a chroma tile; if not, it is appended to `skipped`."""
+    height, width = image.shape[:2]
+    if min(height, width) >= MIN_SIDE:
+        return True
+    # Smaller, its empty bands would count as no power at all and drag the set's means far from any capture.
+    skipped.append((name, f"{width}×{height} is smaller than {MIN_SIDE} px a side, the longest period measured"))
+    return False
 
 
 def real_statistics(pairs: list[Pair], photos: list[np.ndarray]) -> PairedStatistics | UnpairedStatistics:

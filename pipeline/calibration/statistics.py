@@ -32,6 +32,8 @@ OCTAVES: dict[str, tuple[float, float]] = {
 """Octave bands of radial frequency (cycles per pixel), named by their periods: 64–128 px down to 2–4 px."""
 LUMA = (0.299, 0.587, 0.114)
 TILE = 128  # pixels per side of the tiles whose chroma peak is located
+MIN_SIDE = max(TILE, round(1 / min(low for low, _ in OCTAVES.values())))
+"""Pixels a side a photo needs: the widest band's longest period, and one tile."""
 ORIENTATION_BINS = 6  # of 30°
 FLOOR = 1e-12  # powers are compared in log10; an empty band counts as this
 

@@ -5,6 +5,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from pipeline.calibration.real_sets import read_real_photos
 from pipeline.calibration.search import KNOBS, calibrate, knob_overrides
 from pipeline.calibration.statistics import (
     OCTAVES, paired_statistics, statistics_distance, unpaired_statistics,
@@ -43,6 +44,14 @@ def test_unpaired_statistics_find_the_period_and_orientation_of_colour_moire():
     assert statistics_distance(stats, stats) == 0.0
 
 
+def test_unpaired_photos_too_small_for_the_widest_band_are_skipped_and_named(tmp_path):
+    write_png(tmp_path / "big.png", _striped_pair(24.0, colour=True, size=128)[0])
+    write_png(tmp_path / "narrow.png", _striped_pair(24.0, colour=True, size=256)[0][:100])
+    pairs, photos, skipped = read_real_photos([tmp_path])
+    assert not pairs and [photo.shape for photo in photos] == [(128, 128, 3)]
+    assert skipped == [("narrow.png", "256×100 is smaller than 128 px a side, the longest period measured")]
+
+
 def test_knobs_give_ranges_inside_what_the_params_allow():
     overrides = knob_overrides({f"{k.name}.first": k.low[1] for k in KNOBS} | {f"{k.name}.width": k.width[1] for k in KNOBS})
     cfg = parse_params({"synthesize": overrides}).synthesize  # validates every range
@@ -69,6 +78,9 @@ def test_calibrate_command_writes_a_preset_the_pipeline_accepts(tmp_path):
         write_png(root / "clean" / f"p{i}.png", clean)
     (root / "moire" / "broken.png").write_bytes(b"not a png")
     (root / "clean" / "broken.png").write_bytes(b"not a png")
+    small_moire, small_clean = _striped_pair(9.0, colour=True, size=96)  # its 64–128 px band would read as empty
+    write_png(root / "moire" / "small.png", small_moire)
+    write_png(root / "clean" / "small.png", small_clean)
     preset = tmp_path / "mine.yaml"
     args = ["calibrate", "--real", str(root), "--out", str(preset), "--trials", "2", "--pairs", "2", "--size", "48", "--json"]
     result = CliRunner().invoke(app, args)
@@ -76,6 +88,7 @@ def test_calibrate_command_writes_a_preset_the_pipeline_accepts(tmp_path):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["real"]["kind"] == "paired" and summary["real"]["count"] == 3 and summary["trials"] == 2
     assert "skipped broken.png" in result.stderr
+    assert "skipped small.png: 96×96 is smaller than 128 px a side, the longest period measured" in result.stderr
     document = yaml.safe_load(preset.read_text())
     assert document["base"] == "default" and preset.read_text().startswith("# written by demoire calibrate")
     cfg = parse_params({"synthesize": {"preset": str(preset)}}).synthesize
