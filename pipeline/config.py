@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -517,22 +519,29 @@ def load_params(path: Path | str = "params.yaml") -> Params:
     return parse_params(read_params_file(path), source=str(path))
 
 
-def parse_params(raw: Any, source: str = "params") -> Params:
-    """Validate a params mapping; raise ParamsError naming key, value and what is allowed."""
+def parse_params(raw: Any, source: str = "params", options: Mapping[str, str] | None = None) -> Params:
+    """Validate a params mapping; raise ParamsError naming key, value and what is allowed.
+
+    `options` maps dotted keys to the command-line options that set them (`infer.tile_size` → `--tile`):
+    an error in one of those names the option, as the user wrote it.
+    """
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        raise ParamsError(describe_error(exc, source, raw)) from None
+        raise ParamsError(describe_error(exc, source, raw, options or {})) from None
 
 
-def describe_error(exc: ValidationError, source: str, raw: dict | None = None) -> str:
+def describe_error(exc: ValidationError, source: str, raw: dict | None = None,
+                   options: Mapping[str, str] | None = None) -> str:
     """Turn the first pydantic error into 'source: key = value: what is allowed'.
 
     With the mapping that was validated (`raw`), a value that came from a preset file and not from it is
-    reported as that file's key, so the user is sent to the file that holds it.
+    reported as that file's key, so the user is sent to the file that holds it; a key an option set
+    (`options`, as in parse_params) is reported as that option.
     """
+    options = options or {}
     err = exc.errors()[0]
     loc = [part for part in err["loc"] if isinstance(part, str)]
     parts = list(err["loc"])
@@ -550,9 +559,23 @@ def describe_error(exc: ValidationError, source: str, raw: dict | None = None) -
         allowed = ", ".join(sorted(_fields_at(loc[:-1])))
         return f"{source}: {key} = {value!r}: unknown key; allowed keys here: {allowed}"
     message = err["msg"].removeprefix("Value error, ")
+    if key in options:
+        return f"{options[key]} {value!r}: {message}"
     if isinstance(value, dict):  # a check of a whole section names its keys in its message: not the section's dump
-        return f"{source}: {key}: {message}"
+        section_options = {k.removeprefix(f"{key}."): o for k, o in options.items() if k.startswith(f"{key}.")}
+        return _section_error(source, key, loc, message, section_options)
     return f"{source}: {key} = {value!r}: {message}"
+
+
+def _section_error(source: str, key: str, loc: list[str], message: str, options: Mapping[str, str]) -> str:
+    """A whole section's error, its keys that options set named as those options; `source` kept for the rest."""
+    if not options:
+        return f"{source}: {key}: {message}"
+    for field, option in options.items():
+        message = re.sub(rf"\b{re.escape(field)}\b", option, message)
+    if not any(re.search(rf"\b{re.escape(field)}\b", message) for field in _fields_at(loc)):
+        return message  # only options named: the user wrote all of it on the command line
+    return f"{source}: {key}: {message}"
 
 
 def _preset_file_holding(raw: dict | None, parts: list) -> str | None:

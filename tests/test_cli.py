@@ -83,7 +83,14 @@ def test_predict_takes_tile_settings_from_a_params_file_and_rejects_bad_ones(tmp
     assert result.exit_code == 1 and "30x30 = 900 pixels, over the limit of 899" in result.output
     bad = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", model,
                               "--tile", "64", "--overlap", "32"])
-    assert bad.exit_code == 2 and "tile_overlap 32 must be less than half of tile_size 64" in bad.output
+    assert bad.exit_code == 2 and "error: --overlap 32 must be less than half of --tile 64\n" in bad.output
+    mixed = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", model,
+                                "--params", str(params), "--overlap", "300"])  # tile_size from params.yaml
+    assert mixed.exit_code == 2
+    assert f"error: {params}: infer: --overlap 300 must be less than half of tile_size 512" in mixed.output
+    small = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", model,
+                                "--tile", "16"])
+    assert small.exit_code == 2 and "error: --tile 16: Input should be greater than or equal to 32" in small.output
 
 
 def test_predict_and_evaluate_restore_larger_photos_at_max_side_and_0_restores_at_full_size(tmp_path, rng):
@@ -107,7 +114,7 @@ def test_predict_and_evaluate_restore_larger_photos_at_max_side_and_0_restores_a
     bad = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", str(tmp_path / "bad"), "--model", model,
                               "--max-side", "8"])
     assert bad.exit_code == 2 and not (tmp_path / "bad").exists()
-    assert "infer.max_side = 8: Input should be greater than or equal to 64" in bad.output
+    assert "--max-side 8: Input should be greater than or equal to 64" in bad.output
 
     write_png(tmp_path / "pairs" / "clean" / "a.png", photo)
     write_png(tmp_path / "pairs" / "moire" / "a.png", photo // 2 + 40)
@@ -229,7 +236,7 @@ def test_synthesize_with_a_layer_bank_writes_the_same_bytes_whatever_the_worker_
 def test_synthesize_rejects_unknown_preset_in_one_line(tmp_path):
     result = runner.invoke(app, ["synthesize", "--preset", "wavy", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2
-    assert ("options: synthesize.preset = 'wavy': preset 'wavy' is neither a built-in preset (default, fine, coarse, "
+    assert ("error: --preset 'wavy': preset 'wavy' is neither a built-in preset (default, fine, coarse, "
             "document, classic) nor a preset file (.yaml or .yml)") in result.output
     assert not (tmp_path / "x").exists()
 

@@ -135,6 +135,11 @@ def load_net(model: str, device: str):
     return load_any_model(model, device)
 
 
+INFER_OPTIONS = {"tile_size": "--tile", "tile_overlap": "--overlap", "tile_batch": "--tile-batch",
+                 "max_pixels": "--max-pixels", "max_side": "--max-side", "falloff": "--falloff"}
+"""The options of predict, evaluate, serve and bench infer that override params' infer keys."""
+
+
 def infer_params(params: Path | None, **options: float | None):
     """params' infer section (params.yaml when present, else defaults) with the options given on top."""
     from pipeline.config import InferParams, load_params, parse_params
@@ -145,7 +150,8 @@ def infer_params(params: Path | None, **options: float | None):
     given = {key: value for key, value in options.items() if value is not None}
     if given.get("max_side") == 0:  # --max-side 0: full size, as `max_side: null` in params
         given["max_side"] = None
-    return parse_params({"infer": {**base.model_dump(), **given}}, source="options").infer
+    return parse_params({"infer": {**base.model_dump(), **given}}, source=str(params or "the defaults"),
+                        options={f"infer.{key}": INFER_OPTIONS[key] for key in given}).infer
 
 
 def params_or_defaults(params: Path):

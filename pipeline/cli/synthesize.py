@@ -34,7 +34,10 @@ def synthesize(
 
     try:
         params = parse_params({"seed": seed, "synthesize": {"preset": preset, "n_pairs": n, "size": size, "workers": workers,
-                                                            "moire_layer_bank": layer_bank}}, source="options")
+                                                            "moire_layer_bank": layer_bank}}, source="options",
+                              options={"seed": "--seed", "synthesize.preset": "--preset", "synthesize.n_pairs": "--n",
+                                       "synthesize.size": "--size", "synthesize.workers": "--workers",
+                                       "synthesize.moire_layer_bank": "--layer-bank"})
         check_output_dir(out, "--out")
         if out.exists() and not overwrite:
             raise InputDataError(f"{out} exists; choose another --out or pass --overwrite")
