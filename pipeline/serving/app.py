@@ -107,18 +107,24 @@ def create_app(restore: Restore, model_info: dict, limits: ServeLimits = ServeLi
                                     f"(limit {limits.concurrency} + {limits.queue}); retry later")
         # an upload being read waits in the queue: no more bodies in memory than concurrency + queue
         state["waiting"] += 1
+        watcher: asyncio.Task | None = None
         try:
             data, options = await _read_upload(request, limits.max_upload_bytes)
             fmt, quality = _output_options(options)
-            await _acquire_while_connected(slots, request)
+            gone = _Gone()
+            # one watcher from here to the answer (the body is read: nothing else receives from the client now)
+            watcher = asyncio.create_task(_watch_disconnect(request, gone))
+            await _acquire_unless_gone(slots, gone)
+        except BaseException:
+            if watcher is not None:
+                watcher.cancel()
+            raise
         finally:
             state["waiting"] -= 1
         state["busy"] += 1
-        gone = threading.Event()
-        watcher = asyncio.create_task(_watch_disconnect(request, gone))
         try:
             body = await run_in_threadpool(_restore_encoded, restore, data, limits.max_pixels, fmt, quality,
-                                           gone.is_set)
+                                           gone.thread_event.is_set)
         except RestoreStopped:
             raise RequestError(499, "the client disconnected while its photo was restored") from None
         except DemoireError as exc:
@@ -149,28 +155,44 @@ def _output_options(options: dict) -> tuple[str, int]:
     return fmt, quality
 
 
-async def _acquire_while_connected(slots: asyncio.Semaphore, request: Request) -> None:
-    """Wait for a restoration slot; give up (499, which no client reads) once the client has gone."""
-    # asyncio.wait leaves the acquire running at each timeout (wait_for would cancel it, and on Python 3.11 can
-    # lose a slot acquired at that very moment)
-    acquire = asyncio.ensure_future(slots.acquire())
-    while not (await asyncio.wait({acquire}, timeout=DISCONNECT_POLL_S))[0]:
-        if await request.is_disconnected():
-            acquire.cancel()
-            try:
-                await acquire
-            except asyncio.CancelledError:
-                pass
-            else:  # acquired just before the cancel: give it back
-                slots.release()
-            raise RequestError(499, "the client disconnected while waiting")
+class _Gone:
+    """That a request's client has disconnected, for the event loop (waiting) and the restoring thread."""
+
+    def __init__(self) -> None:
+        self.loop_event, self.thread_event = asyncio.Event(), threading.Event()
+
+    def set(self) -> None:
+        self.thread_event.set()
+        self.loop_event.set()
 
 
-async def _watch_disconnect(request: Request, gone: threading.Event) -> None:
-    """Set `gone` once the client has disconnected: its restoration then stops at the next tile."""
+async def _watch_disconnect(request: Request, gone: _Gone) -> None:
+    """Set `gone` once the client has disconnected: a waiting request is dropped, a restoration stops at its next tile."""
     while not await request.is_disconnected():
         await asyncio.sleep(DISCONNECT_POLL_S)
     gone.set()
+
+
+async def _acquire_unless_gone(slots: asyncio.Semaphore, gone: _Gone) -> None:
+    """Wait for a restoration slot; give up (499, which no client reads) once the client has gone."""
+    acquire, left = asyncio.ensure_future(slots.acquire()), asyncio.ensure_future(gone.loop_event.wait())
+    try:
+        await asyncio.wait({acquire, left}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        left.cancel()
+    if acquire.done() and not acquire.cancelled():
+        if not gone.loop_event.is_set():
+            return
+        slots.release()  # acquired as the client left: give it back
+    else:
+        acquire.cancel()
+        try:
+            await acquire
+        except asyncio.CancelledError:
+            pass
+        else:  # acquired between the wait and the cancel (on Python 3.11 a cancel can come too late): give it back
+            slots.release()
+    raise RequestError(499, "the client disconnected while waiting")
 
 
 def _restore_encoded(restore: Restore, data: bytes, max_pixels: int, fmt: str, quality: int,

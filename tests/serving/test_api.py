@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import tempfile
@@ -15,7 +16,7 @@ from PIL import Image
 
 from pipeline.inference import RestoreStopped, restore_image
 from pipeline.photos import encode_image
-from pipeline.serving.app import ServeLimits
+from pipeline.serving.app import RequestError, ServeLimits, _acquire_unless_gone, _Gone
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -225,3 +226,26 @@ def test_a_restoration_whose_client_has_gone_stops_at_the_next_tile(serve_app, c
     while client.get(url + "/health").json()["busy"] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert client.get(url + "/health").json() == {"status": "ok", "busy": 0, "waiting": 0}  # the slot is free
+
+
+def test_a_slot_is_taken_only_for_a_client_still_there_and_never_lost():
+    async def scenario(slot_free: bool, gone_first: bool, leave_while_waiting: bool):
+        slots, gone = asyncio.Semaphore(1), _Gone()
+        if not slot_free:
+            await slots.acquire()  # another request restores
+        if gone_first:
+            gone.set()
+        if leave_while_waiting:
+            asyncio.get_running_loop().call_later(0.05, gone.set)
+        try:
+            await _acquire_unless_gone(slots, gone)
+            outcome = "acquired"
+        except RequestError as exc:
+            outcome = exc.status
+        if not slot_free:
+            slots.release()
+        return outcome, slots._value  # the slots free once the other request is done
+
+    assert asyncio.run(scenario(True, False, False)) == ("acquired", 0)
+    assert asyncio.run(scenario(True, True, False)) == (499, 1)  # free, but its client left: given back
+    assert asyncio.run(scenario(False, False, True)) == (499, 1)  # left while waiting: nothing held
