@@ -75,8 +75,10 @@ def synthesize_flow(params: Params, out: Path, report: Path | None = None) -> di
 def synthesize_set_flow(out: str = "data/adhoc", preset: str = "default", n_pairs: int = 100, seed: int = 0,
                         size: int = 256, workers: int = 2) -> dict:
     """An ad-hoc synthetic set outside DVC (deployment `synthesize-set/adhoc`); bad values fail first, in one line."""
+    keys = ("seed", "synthesize.preset", "synthesize.n_pairs", "synthesize.size", "synthesize.workers")
     params = parse_params({"seed": seed, "synthesize": {"preset": preset, "n_pairs": n_pairs, "size": size,
-                                                        "workers": workers}}, source="parameters")
+                                                        "workers": workers}}, source="parameters",
+                          options={key: f"parameter {key.rpartition('.')[2]}" for key in keys})
     return synthesize_flow.with_options(task_runner=task_runner(params.synthesize))(params=params, out=Path(out))
 
 

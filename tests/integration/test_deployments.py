@@ -163,7 +163,7 @@ def test_a_synthesis_run_with_bad_parameters_fails_with_the_one_line_message(dep
     flow_run = run_deployment("synthesize-set/adhoc", parameters={"preset": "wavy", "out": "data/bad"},
                               timeout=300, poll_interval=2)
     assert flow_run.state.is_failed()
-    assert "parameters: synthesize.preset = 'wavy': preset 'wavy' is neither a built-in preset (default, " in (
+    assert "parameter preset 'wavy': preset 'wavy' is neither a built-in preset (default, " in (
         flow_run.state.message or "")
     assert not (repo / "data/bad").exists()
 
