@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.calibration.statistics import MIN_SIDE, PairedStatistics, UnpairedStatistics, paired_statistics, unpaired_statistics
+from pipeline.calibration.statistics import (
+    MIN_SIDE, PairedStatistics, UnpairedStatistics, paired_statistics, unpaired_statistics,
+)
 from pipeline.data.dataset import Pair
 from pipeline.data.paired_folder import decoded_pairs, find_paired_folder
 from pipeline.errors import DemoireError, InputDataError

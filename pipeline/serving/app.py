@@ -167,7 +167,7 @@ class _Gone:
 
 
 async def _watch_disconnect(request: Request, gone: _Gone) -> None:
-    """Set `gone` once the client has disconnected: a waiting request is dropped, a restoration stops at its next tile."""
+    """Set `gone` once the client has disconnected: a waiting request is dropped, a restoration stops at a tile."""
     while not await request.is_disconnected():
         await asyncio.sleep(DISCONNECT_POLL_S)
     gone.set()
