@@ -23,9 +23,9 @@ def validate_task(data: Path):
 
 
 @task(name="import-datasets")
-def import_task(datasets: list[ImportedDataset], first_pair_id: int) -> ImportedPairs:
+def import_task(datasets: list[ImportedDataset], first_pair_id: int, train_patch: int) -> ImportedPairs:
     """Find and validate the pairs of the real datasets listed in preprocess.datasets."""
-    return import_dataset_pairs(datasets, first_pair_id)
+    return import_dataset_pairs(datasets, first_pair_id, train_patch)
 
 
 @flow(name="preprocess")
@@ -33,7 +33,8 @@ def preprocess_flow(params: Params, data: Path, out: Path, summary_path: Path) -
     """Write `out` (pairs.parquet with a split column) and a summary of counts."""
     cfg = params.preprocess
     # Imported datasets first: a wrong dataset path fails before any synthetic image is decoded.
-    imported = import_task(cfg.datasets, next_pair_id(read_manifest(data / "manifest.parquet")))
+    imported = import_task(cfg.datasets, next_pair_id(read_manifest(data / "manifest.parquet")),
+                           params.train.patch_size)
     if cfg.synthetic:
         usable, rejected = validate_task(data)
         usable["split"] = split_by_source(usable["source_id"], cfg.val_fraction, cfg.test_fraction, params.seed)

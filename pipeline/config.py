@@ -452,6 +452,17 @@ class Params(Section):
                 merged[section] = {**profile.get(section, {}), **written}
         return merged
 
+    @model_validator(mode="after")
+    def _patches_fit_the_pairs(self) -> "Params":
+        """Training cuts its patches from the synthetic pairs (unless it renders its own on the fly)."""
+        patch, size = self.train.patch_size, self.synthesize.size
+        if self.preprocess.synthetic and not self.train.synthetic_pairs_per_epoch and patch > size:
+            raise PydanticCustomError(
+                "patch_larger_than_pairs", "larger than synthesize.size {size}, the pairs' side it is cut from; "
+                "choose at most {size} or raise synthesize.size", {"at": ["train", "patch_size"], "value": patch,
+                                                                   "size": size})
+        return self
+
 
 class _ParamsLoader(yaml.SafeLoader):
     """PyYAML's safe loader, except that a key given twice in one mapping is an error (DVC refuses such a

@@ -27,11 +27,12 @@ class ImportedPairs:
     unpaired: list[SkippedPair]
 
 
-def import_dataset_pairs(datasets: list[ImportedDataset], first_pair_id: int) -> ImportedPairs:
-    """Find, number and validate the pairs of every dataset; unreadable pairs are rejected, not fatal."""
+def import_dataset_pairs(datasets: list[ImportedDataset], first_pair_id: int, train_patch: int = 0) -> ImportedPairs:
+    """Find, number and validate the pairs of every dataset; unreadable pairs, and train pairs smaller than
+    `train_patch` a side, are rejected, not fatal."""
     frame, unpaired = imported_index(datasets, first_pair_id)
     # Paths are absolute, so the root validate_pairs joins them to is ignored.
-    usable, rejected = validate_pairs(frame, Path.cwd())
+    usable, rejected = validate_pairs(frame, Path.cwd(), train_patch)
     return ImportedPairs(usable[INDEX_COLUMNS], rejected, unpaired)
 
 

@@ -38,20 +38,28 @@ def read_pair(moire_path: Path, clean_path: Path) -> tuple[np.ndarray, np.ndarra
     return moire, clean
 
 
-def check_pair(moire_path: Path, clean_path: Path) -> str | None:
-    """Why this pair is unusable (unreadable, sizes differ), or None if it is fine."""
+def check_pair(moire_path: Path, clean_path: Path, min_side: int = 0) -> str | None:
+    """Why this pair is unusable (unreadable, sizes differ, a side under `min_side`), or None if it is fine."""
     try:
-        read_pair(moire_path, clean_path)
+        moire, _ = read_pair(moire_path, clean_path)
     except DemoireError as exc:
         return str(exc)
+    height, width = moire.shape[:2]
+    if min(height, width) < min_side:
+        return f"{width}x{height} is smaller than train.patch_size {min_side}, the patches training cuts from it"
     return None
 
 
-def validate_pairs(manifest: pd.DataFrame, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split a manifest into usable pairs and rejected ones (with a `reason` column)."""
+def validate_pairs(manifest: pd.DataFrame, root: Path, train_patch: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a manifest into usable pairs and rejected ones (with a `reason` column).
+
+    Pairs of the train split (a `split` column) must be at least `train_patch` pixels a side.
+    """
+    splits = manifest["split"] if "split" in manifest else pd.Series("", index=manifest.index)
     reasons = [
-        check_pair(Path(root) / row.moire_path, Path(root) / row.clean_path)
-        for row in manifest.itertuples()
+        check_pair(Path(root) / row.moire_path, Path(root) / row.clean_path,
+                   train_patch if split == "train" else 0)
+        for row, split in zip(manifest.itertuples(), splits)
     ]
     bad = np.array([r is not None for r in reasons], dtype=bool)
     rejected = manifest.loc[bad, ["pair_id", "moire_path", "clean_path"]].assign(

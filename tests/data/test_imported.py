@@ -50,6 +50,17 @@ def test_imported_pairs_join_the_chosen_split_validated_with_absolute_paths(tmp_
     assert load_pairs(usable, tmp_path / "data" / "synthesize")[2][0].shape == (16, 16, 3)
 
 
+def test_train_pairs_smaller_than_the_training_patch_are_rejected_with_their_size(fhdmi_root):
+    datasets = [ImportedDataset(path=fhdmi_root, dataset_split="train", split="train"),
+                ImportedDataset(path=fhdmi_root, dataset_split="test", split="test")]
+    imported = import_dataset_pairs(datasets, 0, train_patch=32)  # the 16×16 pairs: no 32-px patch in them
+    assert imported.usable.split.tolist() == ["test"]  # evaluation restores any size
+    small, unreadable = imported.rejected.reason.iloc[[0, 2]], imported.rejected.reason.iloc[1]
+    assert small.tolist() == ["16x16 is smaller than train.patch_size 32, the patches training cuts from it"] * 2
+    assert "cannot read image" in unreadable
+    assert len(import_dataset_pairs(datasets, 0, train_patch=16).usable) == 3  # as large as the patch: kept
+
+
 def test_limit_keeps_the_first_pairs_by_name(fhdmi_root):
     imported = import_dataset_pairs([ImportedDataset(path=fhdmi_root, split="test", limit=2)], 0)
     assert imported.usable.source_id.tolist() == ["dataset0-fhdmi/train/00001"]
