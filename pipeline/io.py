@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import glob
 import json
 import math
@@ -55,6 +57,47 @@ def remove_stale_temps(folder: Path, name: str) -> list[Path]:
             shutil.rmtree(entry.path, ignore_errors=True) if entry.is_dir() else Path(entry.path).unlink(missing_ok=True)
             removed.append(Path(entry.path))
     return removed
+
+
+def temp_beside(path: Path, label: str) -> Path:
+    """A temp name beside `path` that `remove_stale_temps` removes once this process is gone."""
+    return path.parent / f"{_temp_prefix(path.name)}{label}.tmp"
+
+
+RENAME_EXCHANGE, AT_FDCWD = 2, -100  # renameat2(2): swap two names in one step; paths relative to the cwd
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two existing paths in one step (Linux's renameat2); False where the system or filesystem cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not Linux, or a C library without it
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
+def replace_dir(new: Path, path: Path) -> None:
+    """Put folder `new` in place of folder `path`, whole; `new`'s name then holds nothing.
+
+    A kill at any moment leaves at `path` the old folder or the new one, never part of either: an existing
+    `path` is swapped with `new` in one step, then removed (where the system cannot swap, it is renamed
+    aside first: between the two renames, `path` is missing and the old folder lies beside it).
+    """
+    if not path.exists():
+        os.replace(new, path)
+        return
+    if not _exchange(new, path):
+        aside = temp_beside(path, "old")
+        os.replace(path, aside)
+        os.replace(new, path)
+        new = aside
+    shutil.rmtree(new, ignore_errors=True)  # the old folder
 
 
 def _publish_new(tmp: Path, path: Path) -> None:
@@ -143,9 +186,7 @@ def atomic_dir(path: Path, whole: bool = False) -> Iterator[Path]:
         os.chmod(tmp, DIR_MODE)
         kill_point(f"before:{path.name}")
         if whole or not path.exists():
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
+            replace_dir(tmp, path)
         else:
             _merge_into(tmp, path)
         kill_point(f"after:{path.name}")

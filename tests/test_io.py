@@ -1,4 +1,5 @@
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,3 +184,31 @@ def test_write_torch_gives_the_same_bytes_for_the_same_tensors(tmp_path):
     write_torch(tmp_path / "two.pt", state)
     assert (tmp_path / "one.pt").read_bytes() == (tmp_path / "two.pt").read_bytes()
     assert torch.equal(torch.load(tmp_path / "one.pt", weights_only=True)["weights"], state["weights"])
+
+
+@pytest.mark.parametrize("swap", [True, False], ids=["exchanged", "renamed aside"])
+def test_a_folder_replaced_whole_is_never_left_half_deleted(tmp_path, monkeypatch, swap):
+    import pipeline.io as io
+
+    def folder(name: str, count: int):
+        path = tmp_path / name
+        path.mkdir()
+        for i in range(count):
+            (path / f"{i}.txt").write_text(name)
+        return path
+
+    old, new = folder("set", 5), folder("new", 3)
+    removing = []
+
+    def killed_midway(path, *args, **kwargs):  # a kill while the old folder is being removed: one file gone
+        removing.append(path)
+        next(p for p in sorted(Path(path).iterdir())).unlink()
+        raise KeyboardInterrupt
+
+    if not swap:
+        monkeypatch.setattr(io, "_exchange", lambda first, second: False)
+    monkeypatch.setattr(io.shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        io.replace_dir(new, old)
+    assert sorted(p.read_text() for p in old.iterdir()) == ["new"] * 3  # the new folder whole, in place
+    assert len(removing) == 1 and Path(removing[0]).name != "set"  # only the old one, under another name

@@ -32,7 +32,8 @@ from pipeline.data.manifest import write_manifest
 from pipeline.errors import InputDataError
 from pipeline.faults import kill_point
 from pipeline.io import (
-    atomic_path, check_free_space, partial_beside, partials_beside, remove_stale_temps, sole_writer, write_json, write_png,
+    atomic_path, check_free_space, partial_beside, partials_beside, remove_stale_temps, replace_dir, sole_writer,
+    temp_beside, write_json, write_png,
 )
 from pipeline.moire.layer_bank import shared_layer_bank
 from pipeline.moire.simulate import sample_capture_params, simulate_capture
@@ -246,13 +247,42 @@ def local_shard_runner(cfg: SynthesizeParams, seed: int, workers: int) -> ShardR
     return run
 
 
-def publish_set(staging: Path, out_dir: Path) -> None:
-    """Put the finished set in place of `out_dir`, whole (kill points as pipeline.io.atomic_dir offers)."""
+def publish_set(work: Path, out_dir: Path, fingerprint: str) -> None:
+    """Put the work folder's finished set in place of `out_dir`, whole, mark it published, remove the work folder.
+
+    The set leaves the work folder first, so its shard markers never vouch for images that are not theirs;
+    it replaces `out_dir` in one step (pipeline.io.replace_dir).
+    """
+    incoming = temp_beside(out_dir, "incoming")
+    os.replace(work / SET_DIR, incoming)
     kill_point(f"before:{out_dir.name}")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(staging, out_dir)
+    replace_dir(incoming, out_dir)
     kill_point(f"after:{out_dir.name}")
+    with atomic_path(published_mark(out_dir)) as tmp:
+        tmp.write_text(json.dumps({"fingerprint": fingerprint,
+                                   "manifest_sha256": _sha256(out_dir / "manifest.parquet")}))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def published_mark(out_dir: Path) -> Path:
+    """Beside a published set (`.NAME.published`): its fingerprint and manifest digest. A run stopped after
+    publishing (in the synthesis report, say) and started again finds there that its set is already in place."""
+    return out_dir.parent / f".{out_dir.name}.published"
+
+
+def published_summary(out_dir: Path, fingerprint: str) -> dict | None:
+    """The summary of the set in `out_dir` if a run with this fingerprint published it, unchanged since; else None."""
+    try:
+        mark = json.loads(published_mark(out_dir).read_text())
+        if mark == {"fingerprint": fingerprint, "manifest_sha256": _sha256(out_dir / "manifest.parquet")}:
+            return json.loads((out_dir / "summary.json").read_text())
+    except (OSError, ValueError):  # no mark, no set, or either unreadable: render
+        pass
+    return None
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def synthesize_dataset(cfg: SynthesizeParams, seed: int, out_dir: Path, run_shards: ShardRunner) -> dict:
@@ -277,9 +307,14 @@ def synthesize_dataset(cfg: SynthesizeParams, seed: int, out_dir: Path, run_shar
 def render_and_publish(cfg: SynthesizeParams, seed: int, out_dir: Path, run_shards: ShardRunner,
                        specs: list[SourceSpec], skipped: list[SkippedSource]) -> dict:
     """synthesize_dataset's work once it holds the output folder's lock."""
-    work = work_folder(out_dir, synthesis_fingerprint(cfg, seed, specs))
+    fingerprint = synthesis_fingerprint(cfg, seed, specs)
+    work = work_folder(out_dir, fingerprint)
     discard_stale_work(out_dir, keep=work)
-    remove_stale_temps(out_dir.parent, out_dir.name)  # temp folders of runs killed before sets were resumable
+    remove_stale_temps(out_dir.parent, out_dir.name)  # temp folders of killed runs
+    published = published_summary(out_dir, fingerprint)
+    if published is not None:
+        log.info("%s already holds this set (a run was stopped after publishing it): nothing to render", out_dir)
+        return published
     done = finished_records(work)
     remaining = [index for index in range(cfg.n_pairs) if index not in done]
     check_free_space(out_dir, estimated_bytes(cfg, len(remaining)), f"synthesizing {len(remaining):,} pairs of {cfg.size}²",
@@ -304,6 +339,5 @@ def render_and_publish(cfg: SynthesizeParams, seed: int, out_dir: Path, run_shar
     summary = {"pairs": len(records), "sources_used": len(specs), "sources_skipped": len(skipped),
                "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]}
     write_json(staging / "summary.json", summary)
-    publish_set(staging, out_dir)
-    shutil.rmtree(work, ignore_errors=True)
+    publish_set(work, out_dir, fingerprint)
     return summary

@@ -42,8 +42,9 @@ def _orphans_gone(marker: str, wait_s: float = 10.0) -> bool:
     return False
 
 
-def _synthesize(params, out: Path, workers: int = 1) -> dict:
-    return synthesize_dataset(params.synthesize, params.seed, out, local_shard_runner(params.synthesize, params.seed, workers))
+def _synthesize(params, out: Path, workers: int = 1, runner=None) -> dict:
+    runner = runner or local_shard_runner(params.synthesize, params.seed, workers)
+    return synthesize_dataset(params.synthesize, params.seed, out, runner)
 
 
 def _work(params, out: Path) -> Path:
@@ -91,7 +92,8 @@ def test_a_killed_synthesis_resumes_without_redoing_finished_shards_to_the_same_
     assert _files(out) == _files(whole)  # every image, the manifest and the summary
     assert {path: (out / path).stat().st_mtime_ns for path in before} == before  # finished pairs not rendered again
     assert not work.exists()
-    assert sorted(p.name for p in out.parent.iterdir()) == [".synthesize.lock", "synthesize"]  # the lock file stays, unlocked
+    # the lock file stays, unlocked, and the mark of the set in place
+    assert sorted(p.name for p in out.parent.iterdir()) == [".synthesize.lock", ".synthesize.published", "synthesize"]
 
 
 def test_a_params_change_discards_the_stale_shards(tmp_path, tiny_raw, tiny_params):
@@ -111,7 +113,49 @@ def test_a_params_change_discards_the_stale_shards(tmp_path, tiny_raw, tiny_para
 
     assert not stale.exists()
     assert _files(out) == _files(fresh)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".synthesize.lock", "fresh", "synthesize"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".synthesize.lock", ".synthesize.published", "fresh",
+                                                          "synthesize"]
+
+
+def test_a_run_stopped_after_publishing_finds_its_set_in_place_and_renders_nothing(tmp_path, tiny_raw, tiny_params):
+    out = tmp_path / "synthesize"
+    first = _synthesize(tiny_params, out)
+    before = _files(out)
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    # as a kill in the synthesis report leaves it: the set and its mark in place, DVC's lock not updated
+    assert _synthesize(tiny_params, out, runner=_no_rendering) == first
+    assert _files(out) == before and {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == stamps
+
+    (out / "manifest.parquet").write_bytes(b"edited")  # a set that is not the one published: rendered again
+    assert _synthesize(tiny_params, out) == first and _files(out) == before
+    from pipeline.config import parse_params
+
+    tiny_raw["seed"] += 1  # other params: the mark of the set in place says another fingerprint
+    with pytest.raises(AssertionError, match="rendered"):
+        _synthesize(parse_params(tiny_raw), out, runner=_no_rendering)
+
+
+def _no_rendering(shards, specs, work):
+    raise AssertionError(f"rendered {len(shards)} shards")
+    yield
+
+
+def test_a_kill_while_a_set_is_published_leaves_the_old_set_or_the_new_one_whole(tmp_path, tiny_raw, tiny_params):
+    from pipeline.config import parse_params
+
+    out = tmp_path / "synthesize"
+    _synthesize(tiny_params, out)
+    old = _files(out)
+    tiny_raw["seed"] += 1
+    changed = parse_params(tiny_raw)
+    fresh = tmp_path / "fresh" / "synthesize"
+    _synthesize(changed, fresh)
+    for point, expected in (("before:synthesize", old), ("after:synthesize", _files(fresh))):
+        with tmp_path.joinpath(f"{point[:-11]}.log").open("w") as sink:
+            killed = subprocess.run([sys.executable, "-c", KILLED_RUN, json.dumps(tiny_raw), str(out)], stdout=sink,
+                                    stderr=sink, env={**os.environ, "DEMOIRE_KILL_AT": point}, timeout=300)
+        assert killed.returncode == -9
+        assert _files(out) == expected  # never a part of either
 
 
 def test_missing_rendered_pairs_are_an_error_naming_the_work_folder(tmp_path, tiny_params):
