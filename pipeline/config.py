@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
-    AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -234,6 +234,17 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
+def _not_empty_path(value: Any) -> Any:
+    """An empty path would read the project folder itself (Path('') is '.'): refused."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("an empty path names the project folder itself; write the dataset's folder")
+    return value
+
+
+DatasetPath = Annotated[Path, BeforeValidator(_not_empty_path)]
+"""A real dataset's folder: absolute, or relative to the project root (the folder of params.yaml)."""
+
+
 # Folder layouts of real paired datasets (pipeline.sources.paired_datasets; a test keeps them equal).
 DatasetLayoutName = Literal["auto", "uhdm", "fhdmi", "tip2018", "generic"]
 SplitName = Literal["train", "val", "test"]
@@ -242,7 +253,7 @@ SplitName = Literal["train", "val", "test"]
 class ImportedDataset(Section):
     """A real paired dataset whose pairs join the pairs index beside the synthetic ones."""
 
-    path: Path
+    path: DatasetPath
     layout: DatasetLayoutName = "auto"
     dataset_split: SplitName | None = None  # the dataset's own split folder to read; None reads all
     split: SplitName  # our split its pairs go to
@@ -346,7 +357,7 @@ class RealSet(Section):
     """A real paired set the evaluate stage scores, and the promotion gate decides on."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    path: Path  # absolute, or relative to the project root (the folder of params.yaml)
+    path: DatasetPath
     layout: DatasetLayoutName = "auto"
     split: SplitName | None = None  # the dataset's own split folder to read; None reads all
     include: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(check_name_glob)] = "*"

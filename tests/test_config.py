@@ -63,6 +63,9 @@ def test_repository_params_file_is_valid():
         ({"evaluate": {"real_sets": [{"name": "tone", "path": "/a"}]}},
          "params.yaml: evaluate.real_sets[0].name = 'tone': 'tone' is reserved (real_tone_psnr would be the mean "
          "tone-aligned PSNR's key); choose another name"),
+        ({"evaluate": {"real_sets": [{"name": "a", "path": ""}]}},
+         "params.yaml: evaluate.real_sets[0].path = '': an empty path names the project folder itself; "
+         "write the dataset's folder"),
         ({"evaluate": {"real_sets": [{"name": "a", "path": "/a", "limit": 0}]}},
          "params.yaml: evaluate.real_sets[0].limit = 0: Input should be greater than or equal to 1"),
     ],

@@ -23,7 +23,8 @@ def find_images(folder: Path) -> tuple[list[Path], list[Path]]:
     unlisted: list[Path] = []
     for root, _, names in os.walk(folder, onerror=lambda exc: unlisted.append(Path(exc.filename))):
         found = (Path(root) / name for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES)
-        images += [path for path in found if path.is_file()]
+        # a link to nothing is listed too: reading it fails and it is skipped with its reason, not passed over
+        images += [path for path in found if path.is_file() or path.is_symlink()]
     return sorted(images), sorted(unlisted)
 
 

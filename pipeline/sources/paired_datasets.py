@@ -104,6 +104,8 @@ def find_pairs(root: Path, layout: str = "auto", split: str | None = None) -> Pa
     chosen = detect_layout(root) if layout == "auto" else _BY_NAME[layout]
     splits = layout_splits(root, chosen)
     if not splits:
+        if _has_folders_only(root, chosen):
+            raise InputDataError(_no_images(root, chosen))
         raise InputDataError(f"{root} is not in the {chosen.name} layout ({chosen.shape})")
     if split is not None:
         if split not in splits:
@@ -123,8 +125,25 @@ def detect_layout(root: Path) -> DatasetLayout:
     for layout in LAYOUTS:
         if layout_splits(root, layout):
             return layout
+    empty = next((layout for layout in LAYOUTS if _has_folders_only(root, layout)), None)
+    if empty is not None:
+        raise InputDataError(_no_images(root, empty))
     shapes = "; ".join(f"{layout.name}: {layout.shape}" for layout in sorted(LAYOUTS, key=_listing_order))
     raise InputDataError(f"{root} matches no known paired-dataset layout; expected one of {shapes}")
+
+
+def _has_folders_only(root: Path, layout: DatasetLayout) -> bool:
+    """Whether `root` (or one of its split folders) has the layout's own moiré and clean folders, holding no pair."""
+    if not layout.moire_dir:  # a layout of file names alone: any folder would have its folders
+        return False
+    folders = [root, *split_folders(root).values()]
+    return any((f / layout.moire_dir).is_dir() and (f / layout.clean_dir).is_dir() for f in folders)
+
+
+def _no_images(root: Path, layout: DatasetLayout) -> str:
+    """The error for a root with a layout's folders and no moiré image named its way in them."""
+    return (f"{root} has the {layout.name} layout's folders but no moiré image in them named as it names them "
+            f"({layout.shape})")
 
 
 def layout_splits(root: Path, layout: DatasetLayout) -> dict[str, Path]:
@@ -150,7 +169,7 @@ def pair_split_folder(folder: Path, layout: DatasetLayout, split: str) -> tuple[
         subfolder = moire_path.parent.relative_to(moire_root)
         name = "/".join(part for part in (split, subfolder.as_posix(), match["key"]) if part not in ("", "."))
         clean_path = clean_root / subfolder / layout.clean_file.format(**match.groupdict())
-        if clean_path.is_file():
+        if clean_path.is_file() or clean_path.is_symlink():  # a link to nothing: skipped when read, with why
             pairs.append(DatasetPair(name, split, moire_path, clean_path))
         else:
             skipped.append(SkippedPair(name, f"no clean partner {clean_path.relative_to(folder).as_posix()}"))
@@ -166,7 +185,9 @@ def _moire_files(folder: Path, layout: DatasetLayout) -> Iterator[tuple[Path, re
     if layout.recursive:
         candidates = image_files(moire_root)
     else:
-        candidates = sorted(p for p in moire_root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        # a link to nothing is listed too: reading it fails and it is skipped with its reason, not passed over
+        candidates = sorted(p for p in moire_root.iterdir()
+                            if (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_SUFFIXES)
     for path in candidates:
         match = layout.moire_file.fullmatch(path.name)
         if match:
