@@ -66,7 +66,7 @@ def evaluate_flow(params: Params, model_dir: Path, data: Path, pairs_index: Path
         write_json(real_csvs / REAL_INDEX, {name: {"csv": f"{name}.csv", "pairs": scores.summary["count"],
                                                    "skipped": len(scores.skipped)}
                                             for name, scores in real_scores.items()})
-    summary = evaluation_metrics(test.summary, real_scores, real_sets)
+    summary = evaluation_metrics(test.summary, real_scores, real_sets, params.infer)
     write_json(metrics, summary)
     write_png(grid, before_after_grid(test.shown))
     skipped = [("test", pair, reason) for pair, reason in test.skipped] + [

@@ -15,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows import EXPERIMENT_NAME, PROJECT_DIR, PROJECT_ROOT
 from flows._entry import run_stage
 from pipeline.config import Params, flatten
-from pipeline.evaluation.gate import REAL, GateRule, gate_pairs, gate_set_hash, local_gate
+from pipeline.evaluation.gate import REAL, GateRule, gate_pairs, gate_set_hash, local_gate, scored_as
 from pipeline.evaluation.real_sets import check_unchanged_since_scored
 from pipeline.faults import kill_point
 from pipeline.io import read_rgb, write_json
@@ -48,7 +48,8 @@ def log_and_register_task(params: Params, model_dir: Path, evaluation: dict, fil
     if gate.kind is REAL:
         check_unchanged_since_scored(evaluation.get(REAL.set_tag), gate.digest)
         # the test split's hash is recorded too, so a later synthetic gate finds this version's test_* scores
-        tags |= {GATE_SET_TAG: gate_set_hash(gate_pairs(pairs), data), REAL.set_tag: gate.digest}
+        tags |= {GATE_SET_TAG: scored_as(gate_set_hash(gate_pairs(pairs), data), params.infer),
+                 REAL.set_tag: gate.digest}
     else:
         tags[GATE_SET_TAG] = gate.digest
     commit = git_commit(PROJECT_DIR)

@@ -374,12 +374,14 @@ def test_promote_and_rollback_name_what_is_missing(blocked_registry, tmp_path, m
 
 
 def test_promote_rescores_on_the_local_test_split_when_gate_sets_differ(blocked_registry, tmp_path, rng):
-    from pipeline.evaluation.gate import load_gate_set
+    from pipeline.config import InferParams
+    from pipeline.evaluation.gate import load_gate_set, scored_as
     from tests.test_registry import _gate_data
 
     client = blocked_registry
     data, pairs = _gate_data(tmp_path, rng)
-    client.set_model_version_tag("m", "2", "gate_set", load_gate_set(pairs, data).digest)  # v1 stays on gate "g"
+    local = scored_as(load_gate_set(pairs, data).digest, InferParams())  # the test split restored as by default
+    client.set_model_version_tag("m", "2", "gate_set", local)  # v1 stays on gate "g"
     result = runner.invoke(app, ["promote", "--model-name", "m", "--dry-run", "--data", str(data), "--pairs", str(pairs),
                                  "--device", "cpu"])
     assert result.exit_code == 0, result.output

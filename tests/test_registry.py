@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.config import InferParams
 from pipeline.errors import ModelNotFoundError
-from pipeline.evaluation.gate import GateRule, load_gate_set, score_on_gate
+from pipeline.evaluation.gate import GateRule, load_gate_set, score_on_gate, scored_as
 from pipeline.inference import restore_image
 from pipeline.io import write_json, write_png
 from pipeline.models import ModelSpec, build_model, load_model, save_model
@@ -306,14 +306,15 @@ def test_register_stage_tracks_provenance_and_rescores_a_champion_on_a_changed_g
         return log_and_register_task.fn(params, model_dir, evaluation, [metrics, history], grid, lock, data, pairs)
 
     gate = load_gate_set(pairs, data)
+    key = scored_as(gate.digest, params.infer)  # the test split, restored with params' tiles and falloff
     # the first model claims 99 dB: were it not re-scored, nothing could beat it
     record1 = register(first, {"psnr": 99.0, "ssim": 0.99, "mse": 0.0001, "count": 3})
-    assert record1["promote"] and record1["gate_set"] == gate.digest
+    assert record1["promote"] and record1["gate_set"] == key
 
     client = MlflowClient()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True).stdout.strip()
     run = client.get_run(record1["run_id"])
-    expected = {"git_commit": commit, "data_version": "0123abc.dir", "pairs_version": "4567def", "gate_set": gate.digest}
+    expected = {"git_commit": commit, "data_version": "0123abc.dir", "pairs_version": "4567def", "gate_set": key}
     assert expected.items() <= run.data.tags.items()
     version_tags = client.get_model_version("demoire-test", "1").tags
     assert expected.items() <= version_tags.items() and version_tags["test_psnr"] == "99.0"
@@ -335,12 +336,21 @@ def test_register_stage_tracks_provenance_and_rescores_a_champion_on_a_changed_g
     challenger["psnr"] = champion_now["psnr"] + 1.0  # beats the re-scored champion, not its recorded 99 dB
     challenger["ssim"] = champion_now["ssim"]
     record2 = register(second, challenger)
+    new_key = scored_as(new_gate.digest, params.infer)
     assert record2["promote"], record2["reason"]
-    assert record2["champion"]["rescored"] and record2["champion"]["gate_set"] == new_gate.digest
+    assert record2["champion"]["rescored"] and record2["champion"]["gate_set"] == new_key
     assert record2["champion"]["psnr"] == pytest.approx(champion_now["psnr"], abs=1e-6)
     tags = client.get_model_version("demoire-test", "2").tags
-    assert tags["gate.champion_rescored"] == "True" and tags["gate_set"] == new_gate.digest
+    assert tags["gate.champion_rescored"] == "True" and tags["gate_set"] == new_key
     assert json.loads(client.get_registered_model("demoire-test").tags["champion_history"]) == ["1", "2"]
+
+    # the same weights restored otherwise (other tiles: other scores): the champion is scored again that way,
+    # so a model never beats itself on a setting (v2's recorded scores were restored with the first tiles)
+    params = params.model_copy(update={"infer": params.infer.model_copy(update={"tile_size": 32, "tile_overlap": 4})})
+    same_weights = {**score_on_gate(load_model(second, cpu)[0], new_gate, cpu, params.infer), "count": 3}
+    record3 = register(second, same_weights)
+    assert not record3["promote"] and record3["champion"]["rescored"], record3["reason"]
+    assert record3["champion"]["psnr"] == pytest.approx(same_weights["psnr"], abs=1e-6)
 
 
 def test_register_stage_links_the_version_to_the_live_training_run(tmp_path, monkeypatch, rng, tiny_params):
@@ -421,7 +431,7 @@ def test_register_stage_gates_on_real_sets_and_logs_every_set(tmp_path, monkeypa
     per_set = {"count": 2, "skipped": 0, "psnr": 21.0, "tone_psnr": 24.5, "ssim": 0.7, "moire_removed_low": None,
                "hash": sets[0].digest}
     evaluation = {"psnr": 19.0, "ssim": 0.4, "mse": 0.02, "count": 3, "real": {"a": per_set, "b": {**per_set, "count": 1}},
-                  "real_mean": means, "real_gate_set": real_gate_hash(sets)}
+                  "real_mean": means, "real_gate_set": scored_as(real_gate_hash(sets), real.infer)}
     record2 = register(real, second, evaluation)
     assert record2["promote"] and record2["gate_kind"] == "real", record2["reason"]
     assert record2["champion"]["rescored"] and record2["champion"]["kind"] == "real"
@@ -434,9 +444,10 @@ def test_register_stage_gates_on_real_sets_and_logs_every_set(tmp_path, monkeypa
     assert logged["real_tone_psnr"] == pytest.approx(means["tone_psnr"]) and "real_a_moire_removed_low" not in logged
     assert "evaluation/real/a.csv" in {a.path for a in client.list_artifacts(record2["run_id"], "evaluation/real")}
     tags = client.get_model_version("demoire-test", "2").tags
-    assert (tags["gate.kind"], tags["real_gate_set"], tags["gate.gate_set"]) == ("real", real_gate_hash(sets),
-                                                                                 real_gate_hash(sets))
-    assert tags["gate_set"] == load_gate_set(pairs, data).digest  # the test split's, for a later synthetic gate
+    real_key = scored_as(real_gate_hash(sets), real.infer)
+    assert (tags["gate.kind"], tags["real_gate_set"], tags["gate.gate_set"]) == ("real", real_key, real_key)
+    # the test split's, for a later synthetic gate
+    assert tags["gate_set"] == scored_as(load_gate_set(pairs, data).digest, real.infer)
     assert tags["real_a_tone_psnr"] == "24.5" and tags["gate.champion_rescored"] == "True"
     assert float(tags["gate.champion_tone_psnr"]) == pytest.approx(champion_now["tone_psnr"])
     description = client.get_model_version("demoire-test", "2").description

@@ -10,12 +10,15 @@ bytes; the sorted per-pair digests are hashed again. Names only (not folders), s
 hashes the same on another machine or under another absolute path (imported datasets are indexed by
 absolute path); sorted, because the gate metrics are means and do not depend on pair order. Any
 changed, added or removed image changes the hash. Real sets: each set's hash, keyed by its name,
-hashed again in name order (pipeline.evaluation.real_sets.real_gate_hash).
+hashed again in name order (pipeline.evaluation.real_sets.real_gate_hash). A version's recorded scores are
+keyed by the set's hash together with how its photos were restored (`scored_as`: tiles, size cap, falloff), so
+scores restored otherwise, which differ for the same weights, are never compared: the champion is re-scored.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -145,6 +148,16 @@ def pairs_digest(pairs: Iterable[tuple[Path, Path]]) -> str:
     return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
 
 
+SCORING_SETTINGS = ("tile_size", "tile_overlap", "max_side", "falloff")
+"""The infer settings a model's scores depend on (the same weights score otherwise under others)."""
+
+
+def scored_as(set_digest: str, infer: InferParams) -> str:
+    """The key of scores on a gate set restored with `infer`'s settings: the set's hash and SCORING_SETTINGS."""
+    settings = json.dumps({name: getattr(infer, name) for name in SCORING_SETTINGS}, sort_keys=True)
+    return hashlib.sha256(f"{set_digest}\n{settings}".encode()).hexdigest()
+
+
 def gate_set_hash(test: pd.DataFrame, root: Path) -> str:
     """SHA-256 over the test pairs' file names and bytes, independent of order and location."""
     try:
@@ -204,10 +217,10 @@ def local_gate(params, data: Path, pairs_index: Path, base: Path, device: torch.
 
         sets = find_real_sets(params.evaluate.real_sets, base)
         counts = ", ".join(f"{real.name} {len(real.found.pairs)}" for real in sets)
-        return LocalGate(REAL, real_gate_hash(sets), f"real sets ({counts} pairs)",
+        return LocalGate(REAL, scored_as(real_gate_hash(sets), params.infer), f"real sets ({counts} pairs)",
                          real_sets_scorer(sets, device, params.infer))
     gate = load_gate_set(pairs_index, data)
-    return LocalGate(SYNTHETIC, gate.digest, f"local test split ({len(gate.frame)} pairs)",
+    return LocalGate(SYNTHETIC, scored_as(gate.digest, params.infer), f"local test split ({len(gate.frame)} pairs)",
                      model_dir_scorer(gate, device, params.infer))
 
 

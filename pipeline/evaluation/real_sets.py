@@ -24,7 +24,7 @@ from pipeline.data.dataset import to_image, to_tensor
 from pipeline.data.paired_folder import find_paired_folder
 from pipeline.errors import InputDataError
 from pipeline.evaluation.evaluate import evaluate_found_pairs
-from pipeline.evaluation.gate import REAL, pairs_digest
+from pipeline.evaluation.gate import REAL, pairs_digest, scored_as
 from pipeline.sources.paired_datasets import PairList
 
 log = logging.getLogger(__name__)
@@ -130,10 +130,13 @@ def real_sets_scorer(sets: list[RealSetPairs], device: torch.device, infer: Infe
     return score
 
 
-def evaluation_metrics(test_summary: dict, real_scores: dict[str, RealSetScores], sets: list[RealSetPairs]) -> dict:
+def evaluation_metrics(test_summary: dict, real_scores: dict[str, RealSetScores], sets: list[RealSetPairs],
+                       infer: InferParams) -> dict:
     """metrics.json: the test split's summary at the top level (as before real sets existed); with real sets,
-    `real` (per set), `real_mean` (the real gate's scores) and `real_gate_set` (their hash)."""
+    `real` (per set), `real_mean` (the real gate's scores) and `real_gate_set` (their key: the sets' hash and
+    how they were restored, pipeline.evaluation.gate.scored_as)."""
     if not real_scores:
         return dict(test_summary)
     summaries = {name: scores.summary for name, scores in real_scores.items()}
-    return {**test_summary, "real": summaries, "real_mean": real_means(summaries), "real_gate_set": real_gate_hash(sets)}
+    return {**test_summary, "real": summaries, "real_mean": real_means(summaries),
+            "real_gate_set": scored_as(real_gate_hash(sets), infer)}

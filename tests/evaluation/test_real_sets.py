@@ -9,6 +9,7 @@ import torch
 from pipeline.config import InferParams, RealSet
 from pipeline.data.dataset import to_tensor
 from pipeline.errors import InputDataError
+from pipeline.evaluation.gate import scored_as
 from pipeline.evaluation.metrics import image_metrics
 from pipeline.evaluation.real_sets import (evaluation_metrics, find_real_sets, real_gate_hash, real_means,
                                            real_sets_scorer, score_real_set, served_restorer)
@@ -107,7 +108,10 @@ def test_the_gate_scores_are_means_over_sets_each_set_counting_once(project, tmp
     assert means["tone_psnr"] == pytest.approx((summaries["fhdmi"]["tone_psnr"] + summaries["tip"]["tone_psnr"]) / 2)
     assert real_sets_scorer(sets, torch.device("cpu"), TILING)(tmp_path / "model") == pytest.approx(means)
 
-    metrics = evaluation_metrics({"count": 3, "psnr": 20.0}, scores, sets)
+    metrics = evaluation_metrics({"count": 3, "psnr": 20.0}, scores, sets, TILING)
     assert metrics["count"] == 3 and metrics["real"]["tip"]["count"] == 1
-    assert metrics["real_mean"] == means and metrics["real_gate_set"] == real_gate_hash(sets)
-    assert evaluation_metrics({"count": 3}, {}, []) == {"count": 3}
+    assert metrics["real_mean"] == means and metrics["real_gate_set"] == scored_as(real_gate_hash(sets), TILING)
+    assert evaluation_metrics({"count": 3}, {}, [], TILING) == {"count": 3}
+    # the same sets restored otherwise (here half the falloff undone) are another key: never compared as one
+    other = TILING.model_copy(update={"falloff": 0.5 if TILING.falloff != 0.5 else 0.0})
+    assert evaluation_metrics({"count": 3}, scores, sets, other)["real_gate_set"] != metrics["real_gate_set"]
