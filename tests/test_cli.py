@@ -371,6 +371,17 @@ def test_promote_and_rollback_name_what_is_missing(blocked_registry, tmp_path, m
     result = runner.invoke(app, ["promote", "--model-name", "m"])
     assert result.exit_code == 2 and "no MLflow store at" in result.output and "`dvc repro` creates it" in result.output
     assert not (tmp_path / "model" / "mlflow.db").exists()
+    # reading a registered model writes no store either (MLflow would create an empty one)
+    for command in (["evaluate", "--pairs", str(tmp_path)], ["predict", str(tmp_path), "-o", str(tmp_path / "o")]):
+        result = runner.invoke(app, [*command, "--model", "models:/m@champion"])
+        assert result.exit_code == 2 and "no MLflow store at" in result.output, result.output
+        assert not (tmp_path / "model" / "mlflow.db").exists()
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there: one line, at once
+    for command in (["promote", "--dry-run"], ["predict", str(tmp_path), "-o", str(tmp_path / "o"), "--model",
+                                               "models:/m@champion"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2 and "http://127.0.0.1:9: no MLflow server answers" in result.output, result.output
 
 
 def test_promote_rescores_on_the_local_test_split_when_gate_sets_differ(blocked_registry, tmp_path, rng):

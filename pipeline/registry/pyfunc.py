@@ -12,14 +12,13 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, REQUEST_LIMIT_EXCEEDED
-from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
 
 import pipeline
 from pipeline.config import InferParams
 from pipeline.errors import ModelNotFoundError
 from pipeline.models import SPEC_FILE, WEIGHTS_FILE
-from pipeline.registry.store import default_tracking_uri, resolve_alias, version_numbers
+from pipeline.registry.store import connect, resolve_alias, version_numbers
 
 # No input schema: MLflow would cast a request's numbers to it before the model sees them (0.5 → 0, a
 # black image with 200 OK). The model checks its input itself (`checked_image`) and answers 400.
@@ -180,7 +179,7 @@ def load_registered_model_and_spec(uri: str, device):
     """The torch module behind a `models:/` URI and its architecture spec."""
     from pipeline.models import load_model
 
-    mlflow.set_tracking_uri(default_tracking_uri(Path.cwd()))
+    connect(Path.cwd())  # read-only: no store is created, a dead server is one line
     name, _, alias = uri.removeprefix("models:/").partition("@")
     if alias:
         resolve_alias(name, alias)
@@ -195,8 +194,7 @@ def load_registered_model_and_spec(uri: str, device):
 def model_version_info(uri: str) -> dict:
     """Name, version, alias, run and the metrics tagged on the version behind a `models:/name@alias` or
     `models:/name/version` URI (what `demoire serve` answers on GET /model)."""
-    mlflow.set_tracking_uri(default_tracking_uri(Path.cwd()))
-    client = MlflowClient()
+    client = connect(Path.cwd())
     name, _, alias = uri.removeprefix("models:/").partition("@")
     if alias:
         version = client.get_model_version(name, resolve_alias(name, alias))

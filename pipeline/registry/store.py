@@ -89,8 +89,10 @@ def _ensure_experiment(name: str, artifacts: str | None) -> None:
 
 
 def connect(project_dir: Path) -> MlflowClient:
-    """A client on the project's store (MLFLOW_TRACKING_URI, else mlflow.db); a missing SQLite file is an error."""
+    """A client on the project's store (MLFLOW_TRACKING_URI, else mlflow.db); a missing SQLite file, or a server
+    that does not answer, is an error (MLflow would create an empty store, or retry for minutes)."""
     uri = default_tracking_uri(project_dir)
+    check_server_answers(uri)
     store = sqlite_path(uri)
     if store is not None and not store.is_file():  # MLflow would silently create an empty store here
         raise ModelNotFoundError(f"no MLflow store at {store}; `dvc repro` creates it (or set MLFLOW_TRACKING_URI)")
