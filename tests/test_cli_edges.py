@@ -143,6 +143,26 @@ def test_report_refuses_a_grid_that_is_not_a_png(tmp_path):
     assert not (tmp_path / "r.html").exists()
 
 
+def test_report_replaces_its_own_report_and_nothing_else_unless_asked(tmp_path, monkeypatch, rng):
+    from tests.evaluation.test_run_report import _run_outputs
+
+    monkeypatch.chdir(tmp_path)
+    _run_outputs(tmp_path, rng)
+    assert runner.invoke(app, ["report", "-o", "r.html"]).exit_code == 0
+    assert runner.invoke(app, ["report", "-o", "r.html"]).exit_code == 0  # its own report: replaced
+    Path("notes.html").write_text("my notes")
+    line = _one_error(runner.invoke(app, ["report", "-o", "notes.html"]))
+    assert line == "error: notes.html exists and is not a report demoire wrote; choose another -o or pass --overwrite"
+    assert Path("notes.html").read_text() == "my notes"
+    assert runner.invoke(app, ["report", "-o", "notes.html", "--overwrite"]).exit_code == 0
+    metrics = Path("data/evaluate/metrics.json")
+    before = metrics.read_bytes()
+    for flags in ([], ["--overwrite"]):  # never over one of its inputs
+        line = _one_error(runner.invoke(app, ["report", "-o", str(metrics), *flags]))
+        assert line == f"error: -o {metrics} is one of the report's inputs; choose another file"
+    assert metrics.read_bytes() == before
+
+
 def test_served_and_exported_images_keep_their_pixels(tmp_path, model):
     """The control for the skips above: an ordinary image goes through every format unchanged in size."""
     write_png(tmp_path / "a.png", np.zeros((20, 30, 3), np.uint8))

@@ -143,14 +143,16 @@ def report(
     history: Path = typer.Option(Path("data/train/history.csv"), help="the train stage's per-epoch history"),
     grid: Path = typer.Option(Path("data/evaluate/grid.png"), help="the evaluate stage's before/after grid"),
     registration: Path = typer.Option(Path("data/register/registration.json"), help="the register stage's decision"),
+    overwrite: bool = typer.Option(False, help="replace an existing -o file that is not a report demoire wrote"),
     as_json: bool = typer.Option(False, "--json", help='print one JSON object: {"out", "bytes"}'),
 ) -> None:
     """HTML report of the latest pipeline run: metrics, training curves, before/after pairs, registration."""
-    from pipeline.evaluation.run_report import write_run_report
+    from pipeline.evaluation.run_report import check_report_output, write_run_report
     from pipeline.io import check_output_file
 
     try:
         check_output_file(out, "-o")
+        check_report_output(out, [metrics, history, grid, registration], overwrite)
         write_run_report(out, metrics, history, grid, registration)
     except DemoireError as exc:
         fail(exc)

@@ -22,6 +22,7 @@ from pipeline.evaluation.gate import GATE_KINDS, SYNTHETIC
 from pipeline.evaluation.summary_tables import SUMMARY_HEADER, band_rows, number, summary_rows
 from pipeline.io import atomic_path
 
+GENERATOR = "demoire report"  # in each report's head: a later report may replace it without --overwrite
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 960px; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; }
@@ -150,7 +151,8 @@ def run_report_html(metrics: dict, history: pd.DataFrame, grid_png: bytes, regis
     """The whole report as one HTML document."""
     last = history.iloc[-1]
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Demoiré pipeline run</title><style>{STYLE}</style></head>
+<html lang="en"><head><meta charset="utf-8"><meta name="generator" content="{GENERATOR}">
+<title>Demoiré pipeline run</title><style>{STYLE}</style></head>
 <body>
 <h1>Demoiré pipeline run</h1>
 <h2>Test metrics, synthetic test split ({int(metrics.get('count', 0))} pairs)</h2>
@@ -166,6 +168,20 @@ def run_report_html(metrics: dict, history: pd.DataFrame, grid_png: bytes, regis
 {_registration_html(registration)}
 </body></html>
 """
+
+
+def check_report_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
+    """Refuse an output that is one of the report's inputs, or (without `overwrite`) an existing file that is
+    not a report."""
+    for path in inputs:
+        if out.resolve() == path.resolve() or (out.exists() and path.exists() and out.samefile(path)):
+            raise InputDataError(f"-o {out} is one of the report's inputs; choose another file")
+    if out.is_file() and not overwrite:
+        with out.open("rb") as head:
+            written_here = GENERATOR.encode() in head.read(512)
+        if not written_here:  # a report this command wrote is replaced; anything else only on request
+            raise InputDataError(f"{out} exists and is not a report demoire wrote; choose another -o or pass "
+                                 "--overwrite")
 
 
 def write_run_report(out: Path, metrics: Path, history: Path, grid: Path, registration: Path) -> None:
