@@ -12,6 +12,7 @@ metadata, as a runtime of one's own would have to. ONNX uses the TorchScript-bas
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from dataclasses import asdict
@@ -69,7 +70,11 @@ def export_model(net: nn.Module, spec: ModelSpec, fmt: str, path: Path, multiple
                 _export_onnx(graph, example, tmp, metadata)
             else:
                 traced = torch.jit.trace(graph, example, check_trace=False)
-                torch.jit.save(traced, str(tmp), _extra_files={METADATA_KEY: metadata})
+                # into memory, not to the temp path: torch names the archive's folder after the file it writes,
+                # which would put the temp name (host, process) into the bytes
+                buffer = io.BytesIO()
+                torch.jit.save(traced, buffer, _extra_files={METADATA_KEY: metadata})
+                tmp.write_bytes(buffer.getvalue())
         return check_export(net, ExportedModel(tmp, fmt=fmt), sizes, tolerance, name=path)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -35,6 +37,13 @@ def test_export_matches_pytorch_on_odd_sizes_and_predict_runs_it_tiled(model_dir
     assert report["file"] == str(out) and report["format"] == fmt and report["architecture"] == "unet"
     assert report["opset"] == (ONNX_OPSET if fmt == "onnx" else None)
     assert 0 <= report["max_abs_difference"] <= TOLERANCE and report["checked_sizes"] == [[37, 53], [101, 67]]
+    # two exports, to other files (other temp names: host, process), in fresh processes as a user runs them
+    # (within one process TorchScript numbers the classes it traces again): the same bytes
+    copies = [tmp_path / name / f"model{suffix}" for name in ("one", "two")]
+    for copy in copies:
+        subprocess.run([sys.executable, "-m", "pipeline.cli", "export", "--model", str(model_dir), "--format", fmt,
+                        "-o", str(copy)], check=True, capture_output=True)
+    assert copies[0].read_bytes() == copies[1].read_bytes()
     if fmt == "onnx":
         graph = onnx.load(str(out))
         assert graph.opset_import[0].version == ONNX_OPSET
