@@ -23,7 +23,8 @@ from pipeline.inference import restore_image
 from pipeline.io import write_json, write_png
 from pipeline.models import ModelSpec, build_model, load_model, save_model
 from pipeline.registry import (CHALLENGER, CHAMPION, champion_history, load_registered_model, log_demoire_model,
-                               register_and_gate, resolve_alias, rollback_champion, use_tracking_store)
+                               move_champion, register_and_gate, resolve_alias, rollback_champion,
+                               use_tracking_store)
 from tests.conftest import _free_port
 
 RULE = GateRule(0.05, 0.005)
@@ -91,6 +92,8 @@ def test_champion_moves_only_when_beaten_by_the_margin_and_pyfunc_loads(store, t
     with pytest.raises(ModelNotFoundError, match="^demoire-test has no previous champion to roll back to "
                                                  r"\(champion history: v1\)$"):
         rollback_champion(client, "demoire-test")
+    move_champion(client, "demoire-test", v4)  # champion again: no longer marked rolled back
+    assert "rolled_back" not in client.get_model_version("demoire-test", v4).tags
 
 
 

@@ -197,6 +197,9 @@ def _write_history(client: MlflowClient, name: str, history: list[str]) -> None:
     client.set_registered_model_tag(name, CHAMPION_HISTORY_TAG, json.dumps(history[-MAX_HISTORY:]))
 
 
+ROLLED_BACK_TAG = "rolled_back"  # on a version `demoire rollback` took `champion` from, until it is champion again
+
+
 def move_champion(client: MlflowClient, name: str, version: str) -> None:
     """Point `champion` at `version` and append it to the champion history; again, it changes nothing."""
     stored = client.get_registered_model(name).tags.get(CHAMPION_HISTORY_TAG)
@@ -206,6 +209,8 @@ def move_champion(client: MlflowClient, name: str, version: str) -> None:
     client.set_registered_model_alias(name, CHAMPION, version)
     if stored != json.dumps(history[-MAX_HISTORY:]):
         _write_history(client, name, history)
+    if ROLLED_BACK_TAG in client.get_model_version(name, version).tags:  # champion again: no longer rolled back
+        client.delete_model_version_tag(name, version, ROLLED_BACK_TAG)
 
 
 def rollback_champion(client: MlflowClient, name: str) -> tuple[str, str]:
@@ -222,7 +227,7 @@ def rollback_champion(client: MlflowClient, name: str) -> tuple[str, str]:
         raise ModelNotFoundError(f"previous champion {name} v{restored} no longer exists; "
                                  f"versions: {', '.join(version_numbers(client, name)) or 'none'}") from None
     _write_history(client, name, history[:-1])
-    client.set_model_version_tag(name, demoted, "rolled_back", f"champion moved back to v{restored}")
+    client.set_model_version_tag(name, demoted, ROLLED_BACK_TAG, f"champion moved back to v{restored}")
     return demoted, restored
 
 
