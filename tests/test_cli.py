@@ -358,6 +358,9 @@ def test_promote_dry_run_then_promote_then_rollback(blocked_registry):
 
 
 def test_promote_and_rollback_name_what_is_missing(blocked_registry, tmp_path, monkeypatch):
+    for command in (["promote", "--dry-run"], ["rollback"]):  # a params file named and missing: not the defaults
+        result = runner.invoke(app, [*command, "--model-name", "m", "--params", str(tmp_path / "nope.yaml")])
+        assert result.exit_code == 2 and result.output.strip() == f"error: {tmp_path / 'nope.yaml'}: file not found"
     for command in (["promote"], ["promote", "--dry-run"], ["rollback"]):
         result = runner.invoke(app, [*command, "--model-name", "nope"])
         assert result.exit_code == 2

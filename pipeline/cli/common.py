@@ -154,9 +154,15 @@ def infer_params(params: Path | None, **options: float | None):
                         options={f"infer.{key}": INFER_OPTIONS[key] for key in given}).infer
 
 
-def params_or_defaults(params: Path):
-    """`params` validated (the defaults when the file does not exist)."""
+def params_or_defaults(params: Path | None):
+    """`params` validated; without one, params.yaml when it exists, else the defaults (a file named and missing
+    is an error: deciding on the defaults instead could gate on the wrong set)."""
     from pipeline.config import Params, load_params
 
-    return load_params(params) if params.is_file() else Params()
+    if params is None:
+        return load_params(DEFAULT_PARAMS) if DEFAULT_PARAMS.is_file() else Params()
+    return load_params(params)
+
+
+DEFAULT_PARAMS = Path("params.yaml")
 

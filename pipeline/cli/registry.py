@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli.common import Device, app, err, fail, params_or_defaults
+from pipeline.cli.common import DEFAULT_PARAMS, Device, app, err, fail, params_or_defaults
 from pipeline.errors import DemoireError
 from pipeline.io import json_text
 
@@ -52,7 +52,8 @@ def _comparison_table(decision) -> Table:
 def promote(
     model_name: str | None = typer.Option(None, help="registered model [default: register.model_name of --params]"),
     dry_run: bool = typer.Option(False, "--dry-run", help="show the comparison and the decision; change nothing"),
-    params: Path = typer.Option(Path("params.yaml"), help="gives the margin, SSIM tolerance and real sets (defaults if absent)"),
+    params: Path = typer.Option(None, help="gives the margin, SSIM tolerance and real sets [default: params.yaml, "
+                                           "the built-in defaults without one]"),
     data: Path = typer.Option(Path("data/synthesize"), help="folder the pairs index points into (for re-scoring)"),
     pairs: Path = typer.Option(Path("data/preprocess/pairs.parquet"), help="pairs index whose test split is the gate set "
                                                                            "when params list no real sets"),
@@ -82,7 +83,8 @@ def promote(
             if not dry_run:  # read champion → decide → move it, with no registration in between
                 held.enter_context(RegistryLock(client, name))
             decision = compare_challenger(client, name, GateRule(cfg.promotion_margin_db, cfg.ssim_tolerance),
-                                          _local_gate(settings, params.parent, data, pairs, device),
+                                          _local_gate(settings, (params or DEFAULT_PARAMS).parent, data, pairs,
+                                                      device),
                                           gate_kind(settings.evaluate.real_sets))
         except DemoireError as exc:
             fail(exc)
@@ -116,7 +118,8 @@ def _show_decision(name: str, decision, champion: str | None, dry_run: bool, as_
 @app.command()
 def rollback(
     model_name: str | None = typer.Option(None, help="registered model [default: register.model_name of --params]"),
-    params: Path = typer.Option(Path("params.yaml"), help="gives the default model name"),
+    params: Path = typer.Option(None, help="gives the default model name [default: params.yaml, the built-in "
+                                           "defaults without one]"),
     as_json: bool = typer.Option(False, "--json", help='print one JSON object: {"model_name", "demoted", "restored"}'),
 ) -> None:
     """Move `champion` back to the version that held it before."""
@@ -124,7 +127,8 @@ def rollback(
     from pipeline.registry.transaction import RegistryLock
 
     try:
-        name = model_name or params_or_defaults(params).registration.model_name
+        settings = params_or_defaults(params)  # read even with --model-name: a named file must exist
+        name = model_name or settings.registration.model_name
         client = connect(Path.cwd())
         with RegistryLock(client, name):
             demoted, restored = rollback_champion(client, name)
