@@ -210,8 +210,7 @@ def train_rate(args: argparse.Namespace) -> dict:
     from pipeline.training.loop import train_model
     from pipeline.training.stage import load_split
 
-    params = parse_params({"synthesize": {"size": args.size},  # the pairs' side, which patches may not exceed
-                           "train": {"epochs": 1, "patch_size": args.patch, "batch_size": args.batch_size}})
+    params = parse_params({"train": {"epochs": 1, "patch_size": args.patch, "batch_size": args.batch_size}})
     rates = {}
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         tmp = Path(tmp)

@@ -241,12 +241,9 @@ def bench_train_on_the_fly(profile: str, device_name: str, seconds: float, patch
     """
     overrides = {"patch_size": patch_size, "batch_size": batch, "channels": channels, "depth": depth,
                  "compile": compile_model}
-    given = {k: v for k, v in overrides.items() if v is not None}
-    recipe = parse_params({"profile": profile}).train
-    # every pair rendered on the fly, whatever the profile trains on (so a patch may be larger than its pairs)
-    pairs_per_epoch = recipe.synthetic_pairs_per_epoch or given.get("batch_size", recipe.batch_size) * 64
-    params = parse_params({"profile": profile, "train": {**given, "synthetic_pairs_per_epoch": pairs_per_epoch}})
+    params = parse_params({"profile": profile, "train": {k: v for k, v in overrides.items() if v is not None}})
     cfg, device = params.train, resolve_device(device_name)
+    pairs_per_epoch = cfg.synthetic_pairs_per_epoch or cfg.batch_size * 64
     batches = SyntheticBatches(params.synthesize, pairs_per_epoch, cfg.patch_size, cfg.batch_size, params.seed, device)
     spec = model_spec(cfg.model, cfg.channels, cfg.depth, cfg.correction, cfg.correction_width)
     model = build_model(spec, seed=params.seed).to(device)

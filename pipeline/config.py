@@ -464,17 +464,6 @@ class Params(Section):
                 merged[section] = {**profile.get(section, {}), **written}
         return merged
 
-    @model_validator(mode="after")
-    def _patches_fit_the_pairs(self) -> "Params":
-        """Training cuts its patches from the synthetic pairs (unless it renders its own on the fly)."""
-        patch, size = self.train.patch_size, self.synthesize.size
-        if self.preprocess.synthetic and not self.train.synthetic_pairs_per_epoch and patch > size:
-            raise PydanticCustomError(
-                "patch_larger_than_pairs", "larger than synthesize.size {size}, the pairs' side it is cut from; "
-                "choose at most {size} or raise synthesize.size", {"at": ["train", "patch_size"], "value": patch,
-                                                                   "size": size})
-        return self
-
 
 class _ParamsLoader(yaml.SafeLoader):
     """PyYAML's safe loader, except that a key given twice in one mapping is an error (DVC refuses such a
@@ -539,7 +528,19 @@ def load_params(path: Path | str = "params.yaml") -> Params:
     The one validator: `demoire check-params`, every stage and every command reading params call it.
     """
     path = Path(path)
-    return parse_params(read_params_file(path), source=str(path))
+    params = parse_params(read_params_file(path), source=str(path))
+    check_patches_fit_the_pairs(params, str(path))
+    return params
+
+
+def check_patches_fit_the_pairs(params: Params, source: str) -> None:
+    """A pipeline's training cuts its patches from the synthetic pairs (unless it renders its own on the fly):
+    a patch larger than them would stop training at its first step. (Ad-hoc settings, a synthesis alone or a
+    benchmark, are not a pipeline: parse_params leaves them be.)"""
+    patch, size = params.train.patch_size, params.synthesize.size
+    if params.preprocess.synthetic and not params.train.synthetic_pairs_per_epoch and patch > size:
+        raise ParamsError(f"{source}: train.patch_size = {patch}: larger than synthesize.size {size}, the pairs' side "
+                          f"it is cut from; choose at most {size} or raise synthesize.size")
 
 
 def parse_params(raw: Any, source: str = "params", options: Mapping[str, str] | None = None) -> Params:

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.config import Params, flatten, load_params, parse_params
 from pipeline.errors import ParamsError
@@ -45,9 +46,6 @@ def test_repository_params_file_is_valid():
          "params.yaml: infer: tile_overlap 32 must be less than half of tile_size 64"),
         ({"infer": {"max_pixels": 300_000_000}},
          "params.yaml: infer.max_pixels = 300000000: Input should be less than or equal to 200000000"),
-        ({"synthesize": {"size": 48}, "train": {"patch_size": 64}},
-         "params.yaml: train.patch_size = 64: larger than synthesize.size 48, the pairs' side it is cut from; "
-         "choose at most 48 or raise synthesize.size"),
         ({"infer": {"max_side": 16}}, "params.yaml: infer.max_side = 16: Input should be greater than or equal to 64"),
         ({"infer": {"falloff": 1.5}}, "params.yaml: infer.falloff = 1.5: Input should be less than or equal to 1"),
         ({"evaluate": {"real_sets": [{"name": "fhdmi", "path": "/a"}, {"name": "tip", "path": "/a"},
@@ -83,11 +81,20 @@ def test_unknown_key_lists_allowed_keys():
     assert str(info.value) == "params.yaml: register.modelname = 'x': unknown key; allowed keys here: experiment, model_name, promotion_margin_db, ssim_tolerance"
 
 
-def test_patches_larger_than_the_synthetic_pairs_only_where_training_cuts_none_from_them():
-    big = {"synthesize": {"size": 48}, "train": {"patch_size": 64}}
-    assert parse_params({**big, "train": {"patch_size": 64, "synthetic_pairs_per_epoch": 8}}).train.patch_size == 64
-    real_only = [{"path": "/real", "split": split} for split in ("train", "val", "test")]
-    assert parse_params({**big, "preprocess": {"synthetic": False, "datasets": real_only}}).train.patch_size == 64
+def test_a_pipelines_patches_must_fit_its_synthetic_pairs_unless_none_are_cut_from_them(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"synthesize": {"size": 48}, "train": {"patch_size": 64}}))
+    with pytest.raises(ParamsError) as info:
+        load_params(params)
+    assert str(info.value) == (f"{params}: train.patch_size = 64: larger than synthesize.size 48, the pairs' side "
+                               "it is cut from; choose at most 48 or raise synthesize.size")
+    on_the_fly = {"synthesize": {"size": 48}, "train": {"patch_size": 64, "synthetic_pairs_per_epoch": 8}}
+    real_only = {"synthesize": {"size": 48}, "train": {"patch_size": 64}, "preprocess": {
+        "synthetic": False, "datasets": [{"path": "/real", "split": split} for split in ("train", "val", "test")]}}
+    for raw in (on_the_fly, real_only):
+        params.write_text(yaml.safe_dump(raw))
+        assert load_params(params).train.patch_size == 64
+    assert parse_params({"synthesize": {"size": 48}}).synthesize.size == 48  # a synthesis alone: no training
 
 
 def test_a_bad_value_from_a_preset_file_names_that_file_and_its_key(tmp_path, monkeypatch):

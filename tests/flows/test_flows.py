@@ -119,8 +119,9 @@ def test_preprocess_can_index_real_pairs_instead_of_synthetic_ones(tmp_path, tin
     datasets = []
     for split in ("train", "val", "test"):
         for name in ("a.png", "b.png"):
+            # as large as the training patch (tiny_raw: 32), or preprocess rejects them
             for side in ("moire", "clean"):
-                write_png(tmp_path / split / side / name, rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+                write_png(tmp_path / split / side / name, rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
         datasets.append({"path": str(tmp_path / split), "layout": "generic", "split": split})
     synthetic = tmp_path / "synthetic"
     synthesize_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))(
