@@ -135,6 +135,8 @@ def load_net(model: str, device: str):
     return load_any_model(model, device)
 
 
+DEFAULT_PARAMS = Path("params.yaml")  # read by commands given no --params, when it exists
+
 INFER_OPTIONS = {"tile_size": "--tile", "tile_overlap": "--overlap", "tile_batch": "--tile-batch",
                  "max_pixels": "--max-pixels", "max_side": "--max-side", "falloff": "--falloff"}
 """The options of predict, evaluate, serve and bench infer that override params' infer keys."""
@@ -144,8 +146,8 @@ def infer_params(params: Path | None, **options: float | None):
     """params' infer section (params.yaml when present, else defaults) with the options given on top."""
     from pipeline.config import InferParams, load_params, parse_params
 
-    if params is None and Path("params.yaml").is_file():
-        params = Path("params.yaml")
+    if params is None and DEFAULT_PARAMS.is_file():
+        params = DEFAULT_PARAMS
     base = load_params(params).infer if params is not None else InferParams()
     given = {key: value for key, value in options.items() if value is not None}
     if given.get("max_side") == 0:  # --max-side 0: full size, as `max_side: null` in params
@@ -163,6 +165,4 @@ def params_or_defaults(params: Path | None):
         return load_params(DEFAULT_PARAMS) if DEFAULT_PARAMS.is_file() else Params()
     return load_params(params)
 
-
-DEFAULT_PARAMS = Path("params.yaml")
 
