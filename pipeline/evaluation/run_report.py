@@ -52,6 +52,52 @@ def read_json_input(path: Path, produced_by: str) -> dict:
     return data
 
 
+def missing_keys(data: dict, dotted_keys: list[str]) -> list[str]:
+    """The dotted keys (`real_mean.psnr`) that `data` lacks or holds no value under."""
+    missing = []
+    for dotted in dotted_keys:
+        value = data
+        for part in dotted.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is None:
+            missing.append(dotted)
+    return missing
+
+
+def check_has_keys(path: Path, data: dict, dotted_keys: list[str], produced_by: str) -> None:
+    """One line naming the input and the keys the report needs that it lacks (an older or foreign file)."""
+    missing = missing_keys(data, dotted_keys)
+    if missing:
+        raise InputDataError(f"{path} lacks {', '.join(missing)}: not what `{produced_by}` writes now "
+                             "(an older or edited file?); rerun it")
+
+
+def read_metrics_input(path: Path) -> dict:
+    """The evaluate stage's metrics.json, checked for every key the report quotes."""
+    metrics = read_json_input(path, "dvc repro evaluate")
+    needed = ["count", "psnr", "identity_psnr"]
+    if metrics.get("real"):
+        if not isinstance(metrics["real"], dict):
+            raise InputDataError(f"{path}: real is not a set name → scores mapping; `dvc repro evaluate` writes it")
+        needed += ["real_gate_set", *(f"real_mean.{m}" for m in ("psnr", "tone_psnr", "ssim"))]
+        needed += [f"real.{name}.count" for name in metrics["real"]]
+    check_has_keys(path, metrics, needed, "dvc repro evaluate")
+    return metrics
+
+
+def read_registration_input(path: Path) -> dict:
+    """The register stage's registration.json, checked for the gate kind and the scores the report compares."""
+    record = read_json_input(path, "dvc repro register")
+    kind = record.get("gate_kind", SYNTHETIC.name)  # registrations before real sets had no kind
+    if kind not in GATE_KINDS:
+        raise InputDataError(f"{path}: gate_kind {kind!r} is not one of {', '.join(GATE_KINDS)}; "
+                             "`dvc repro register` writes it")
+    if record.get("challenger") and record.get("champion"):
+        check_has_keys(path, record, [f"{side}.{m}" for side in ("challenger", "champion")
+                                      for m in ("version", *GATE_KINDS[kind].metrics)], "dvc repro register")
+    return record
+
+
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_psnr")  # what the report plots and quotes
 
 
@@ -107,7 +153,7 @@ def _registration_html(record: dict) -> str:
     verdict = "promoted to champion" if promoted else "kept as challenger"
     parts = [f"<p class=\"{'promoted' if promoted else 'kept'}\"><b>{html.escape(str(record.get('model_name')))} "
              f"v{html.escape(str(record.get('version')))}: {verdict}</b> — {html.escape(str(record.get('reason')))}</p>"]
-    kind = GATE_KINDS[record.get("gate_kind", SYNTHETIC.name)]  # registrations before real sets had no kind
+    kind = GATE_KINDS[record.get("gate_kind", SYNTHETIC.name)]
     challenger, champion = record.get("challenger"), record.get("champion")
     if challenger and champion:
         rows = [[kind.describe(m), f"{challenger[m]:.4f}", f"{champion[m]:.4f}", f"{challenger[m] - champion[m]:+.4f}"]
@@ -186,12 +232,12 @@ def check_report_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
 
 def write_run_report(out: Path, metrics: Path, history: Path, grid: Path, registration: Path) -> None:
     """Read the run's outputs and write the HTML report to `out`, atomically."""
-    metrics_data = read_json_input(metrics, "dvc repro evaluate")
+    metrics_data = read_metrics_input(metrics)
     history_frame = read_history_input(history)
     grid_png = read_input(grid, "dvc repro evaluate")
     if not grid_png.startswith(b"\x89PNG\r\n\x1a\n"):
         raise InputDataError(f"{grid} is not a PNG image; `dvc repro evaluate` writes the grid")
-    record = read_json_input(registration, "dvc repro register")
+    record = read_registration_input(registration)
     document = run_report_html(metrics_data, history_frame, grid_png, record)
     with atomic_path(out) as tmp:
         tmp.write_text(document, encoding="utf-8")

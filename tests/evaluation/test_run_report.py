@@ -84,3 +84,34 @@ def test_report_has_a_section_per_real_set_and_names_the_gate_that_decided(tmp_p
                  "gate set cd34cd34cd34", "real: decided on the real sets", "real tone-aligned PSNR", "+0.1250",
                  "margin (dB) on real PSNR and real tone-aligned PSNR"):
         assert text in page, text
+
+
+def test_inputs_lacking_what_the_report_quotes_are_one_line_naming_file_and_keys(tmp_path, monkeypatch, rng):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    _run_outputs(tmp_path, rng)
+    metrics_path = tmp_path / "data/evaluate/metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    write_json(metrics_path, {k: v for k, v in metrics.items() if k != "identity_psnr"})
+    result = runner.invoke(app, ["report"])
+    assert result.exit_code == 2 and not (tmp_path / "report.html").exists()
+    assert result.output.strip() == ("error: data/evaluate/metrics.json lacks identity_psnr: not what `dvc repro "
+                                     "evaluate` writes now (an older or edited file?); rerun it")
+    write_json(metrics_path, metrics | {"real": {"fhdmi": {"psnr": 20.0}}, "real_mean": {"psnr": 20.0}})
+    result = runner.invoke(app, ["report"])
+    assert result.exit_code == 2 and "lacks real_gate_set, real_mean.tone_psnr, real_mean.ssim, real.fhdmi.count:" \
+        in result.output
+    write_json(metrics_path, metrics)
+    registration_path = tmp_path / "data/register/registration.json"
+    record = json.loads(registration_path.read_text())
+    write_json(registration_path, record | {"gate_kind": "lpips"})
+    result = runner.invoke(app, ["report"])
+    assert result.exit_code == 2 and result.output.strip() == (
+        "error: data/register/registration.json: gate_kind 'lpips' is not one of synthetic, real; "
+        "`dvc repro register` writes it")
+    del record["champion"]["ssim"]
+    write_json(registration_path, record)
+    result = runner.invoke(app, ["report"])
+    assert result.exit_code == 2 and "registration.json lacks champion.ssim:" in result.output
+    assert not (tmp_path / "report.html").exists()
