@@ -69,6 +69,7 @@ class ProgressReporter:
         self.log_every_s = log_every_s
         self.done = self.started_at_count = start
         self._began = self._logged = time.monotonic()
+        self._logged_done: int | None = None  # the count the last line showed
         self._bar: Progress | None = None
         self._task = None
 
@@ -85,7 +86,7 @@ class ProgressReporter:
     def __enter__(self) -> ProgressReporter:
         self._began = self._logged = time.monotonic()
         if self.mode == "bar":
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            self._bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                                  TextColumn(self.unit), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                                  console=Console(stderr=True), transient=False)
             self._bar.start()
@@ -102,7 +103,7 @@ class ProgressReporter:
 
     def _log_line(self) -> None:
         """One INFO line: done / total, percent, elapsed, ETA."""
-        self._logged = time.monotonic()
+        self._logged, self._logged_done = time.monotonic(), self.done
         if self.total:
             eta = self.eta()
             left = f", ETA {_clock(eta)}" if eta is not None else ""
@@ -114,7 +115,7 @@ class ProgressReporter:
     def __exit__(self, *exc_info) -> None:
         if self._bar is not None:
             self._bar.stop()
-        elif self.mode == "log":
+        elif self.mode == "log" and self._logged_done != self.done:  # the last count, unless just shown
             self._log_line()
 
 

@@ -181,3 +181,32 @@ def test_a_folder_model_is_described_with_every_documented_key(model):
     assert {key: info[key] for key in ("version", "alias", "run_id", "promotion", "metrics")} == {
         "version": None, "alias": None, "run_id": None, "promotion": None, "metrics": {}}
     assert (info["architecture"], info["format"], info["name"]) == ("unet", "pytorch", "model")
+
+
+def test_bracketed_names_are_shown_as_given_never_parsed_as_console_markup(tmp_path, model):
+    # rich read "[/x]" (here folders "set[" and "x]") as a closing tag (a MarkupError traceback) and "[bold]" as a
+    # style (the text vanished)
+    pairs = _pairs(tmp_path / "set[" / "x]", {"a[draft]": (40, 40)})
+    (pairs / "moire" / "b[bold].png").write_bytes(b"not a png")
+    write_png(pairs / "clean" / "b[bold].png", np.zeros((40, 40, 3), np.uint8))
+    result = runner.invoke(app, ["synth-report", "--pairs", str(pairs), "--out", str(tmp_path / "report")])
+    assert result.exit_code == 1, result.output
+    assert "skipped x]/b[bold].png" in result.output and str(pairs) in result.output
+    result = _predict([str(pairs / "moire" / "b[bold].png")], tmp_path / "out[draft]", model)
+    assert result.exit_code == 1 and f"skipped {pairs / 'moire' / 'b[bold].png'}: cannot read image" in result.output
+    result = runner.invoke(app, ["evaluate", "--model", model, "--pairs", str(tmp_path / "none[" / "x]")])
+    assert _one_error(result) == f"error: dataset folder not found: {tmp_path / 'none[' / 'x]'}"
+
+
+def test_a_missing_extra_names_the_pip_extra_with_its_brackets(monkeypatch, capsys):
+    import pipeline.cli as cli
+
+    def needs_onnx() -> None:
+        raise ModuleNotFoundError("No module named 'onnx'", name="onnx")
+
+    monkeypatch.setattr(cli, "app", needs_onnx)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == ("error: this command needs onnx, which is not installed: "
+                                               "pip install 'demoire[export]'")

@@ -28,7 +28,18 @@ def test_log_mode_writes_done_total_and_eta(caplog):
     lines = [record.getMessage() for record in caplog.records]
     assert lines[0].startswith("rendering: 1/4 pairs (25%)") and "ETA" in lines[0]
     assert lines[-1].startswith("rendering: 4/4 pairs (100%)")
-    assert reporter.done == 4
+    assert len(lines) == 2 and reporter.done == 4  # the last count once, not again on exit
+
+
+def test_log_mode_ends_with_the_last_count_and_an_empty_run_says_so(caplog):
+    caplog.set_level(logging.INFO, logger="pipeline.progress")
+    with ProgressReporter("rendering", 4, unit="pairs", mode="log", log_every_s=3600.0) as reporter:
+        reporter.advance(3)
+    with ProgressReporter("scoring", None, unit="pairs", mode="log"):
+        pass
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 2 and lines[0].startswith("rendering: 3/4 pairs (75%)")
+    assert lines[1].startswith("scoring: 0 pairs, 0:00 elapsed")
 
 
 def test_eta_ignores_units_done_before_a_resume(monkeypatch):

@@ -25,6 +25,7 @@ from pipeline.models import ModelSpec, build_model, load_model, save_model
 from pipeline.registry import (CHALLENGER, CHAMPION, champion_history, load_registered_model, log_demoire_model,
                                move_champion, register_and_gate, resolve_alias, rollback_champion,
                                use_tracking_store)
+from pipeline.registry.pyfunc import resolve_model_uri
 from tests.conftest import _free_port
 
 RULE = GateRule(0.05, 0.005)
@@ -85,6 +86,15 @@ def test_champion_moves_only_when_beaten_by_the_margin_and_pyfunc_loads(store, t
     with pytest.raises(ModelNotFoundError, match=r"^no registered model 'other' \(models:/other@champion\); "
                                                  r"registered models: demoire-test$"):
         resolve_alias("other", "champion")
+    assert resolve_model_uri("models:/demoire-test/latest") == ("demoire-test", v4, None)
+    assert resolve_model_uri("models:/demoire-test@champion") == ("demoire-test", v4, "champion")
+    with pytest.raises(ModelNotFoundError, match=r"^no model version models:/demoire-test/99; versions of demoire-test: "
+                                                 r"1, 2, 3, 4 \(or an alias: models:/demoire-test@champion\)$"):
+        resolve_model_uri("models:/demoire-test/99")
+    with pytest.raises(ModelNotFoundError, match=r"^no registered model 'other' \(models:/other/1\); "):
+        resolve_model_uri("models:/other/1")
+    with pytest.raises(ModelNotFoundError, match=r"^models:/demoire-test names no version: use models:/NAME/VERSION"):
+        resolve_model_uri("models:/demoire-test")
 
     assert rollback_champion(client, "demoire-test") == (v4, v1)
     assert str(client.get_model_version_by_alias("demoire-test", CHAMPION).version) == v1

@@ -61,8 +61,8 @@ def calibrate(
     if as_json:
         typer.echo(json_text(summary(result)))
     else:
-        typer.echo(f"distance to the real photos: base preset {result.distance_before:.4f} → calibrated "
-                   f"{result.distance_after:.4f}")
-        typer.echo(f"wrote {out} (use it with synthesize.preset: {out}); report: {', '.join(map(str, files))}")
+        err.note(f"distance to the real photos: base preset {result.distance_before:.4f} → calibrated "
+                 f"{result.distance_after:.4f}")
+        err.note(f"wrote {out} (use it with synthesize.preset: {out}); report: {', '.join(map(str, files))}")
     if skipped:
         raise typer.Exit(1)  # done, some photos skipped (named above)

@@ -12,6 +12,7 @@ from typing import Literal
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from pipeline.errors import DemoireError
 from pipeline.progress import set_progress_override
@@ -45,20 +46,38 @@ class _Status(nullcontext):
         pass
 
 
+class _PlainStatus:
+    """rich's spinner showing its text as given (rich would parse a str as markup, a path's [brackets] too)."""
+
+    def __init__(self, status) -> None:
+        self._status = status
+
+    def __enter__(self) -> _PlainStatus:
+        self._status.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._status.stop()
+
+    def update(self, text: str) -> None:
+        self._status.update(Text(text))
+
+
 class StderrConsole(Console):
     """stderr: errors and skipped inputs always; progress, spinners and summaries (notes) unless -q."""
 
     notes = True
 
-    def status(self, *args, **kwargs):
-        return super().status(*args, **kwargs) if self.notes else _Status()
+    def status(self, text: str):
+        return _PlainStatus(super().status(Text(text))) if self.notes else _Status()
 
     def note(self, text: str) -> None:
         if self.notes:
             self.print(text, highlight=False)
 
 
-err = StderrConsole(stderr=True, soft_wrap=True)  # one message per line, never wrapped
+# One message per line, never wrapped; no console markup: messages quote paths and extras such as demoire[pipeline]
+err = StderrConsole(stderr=True, soft_wrap=True, markup=False)
 
 
 def version_text() -> str:
@@ -124,7 +143,7 @@ def show_progress_lines() -> None:
 
 def fail(exc: DemoireError) -> None:
     """Print a user error as one line and exit 2."""
-    err.print(f"[red]error:[/red] {exc}", highlight=False)
+    err.print(Text.assemble(("error:", "red"), f" {exc}"))
     raise typer.Exit(2)
 
 

@@ -92,7 +92,7 @@ def _print_summary(summary: dict, title: str) -> None:
         bands.add_column(column)
     for row in band_rows(summary):
         bands.add_row(*row)
-    Console().print(table, bands)
+    Console(markup=False).print(table, bands)
 
 
 def _score(restore: Callable[[torch.Tensor], torch.Tensor], found: PairList, root: Path,
@@ -159,7 +159,7 @@ def synth_report(
             table.add_row(s["label"], str(s["count"]), str(s["skipped"]),
                           _mean_std(s["input_psnr_mean"], s["input_psnr_std"], 2),
                           _mean_std(s["input_ssim_mean"], s["input_ssim_std"], 4))
-        Console().print(table)
+        Console(markup=False).print(table)
         typer.echo(f"plots: {out / 'input_psnr.png'}, {out / 'input_ssim.png'}, {out / 'residual_spectrum.png'}")
         typer.echo(f"data: {out / 'summary.json'}, {out / 'input_metrics.csv'}, {out / 'residual_spectrum.csv'}")
     if any(paired_set["skipped_pairs"] for paired_set in summary["sets"]):

@@ -49,5 +49,5 @@ def export(
         typer.echo(json_text(result))
         return
     opset = f", opset {ONNX_OPSET}" if export_format == "onnx" else ""
-    typer.echo(f"wrote {out} ({export_format}{opset}, dynamic height and width, {result['bytes'] / 2**20:.1f} MiB); "
-               f"largest difference from PyTorch on {sizes}: {difference:.1e} (tolerance {TOLERANCE:g})")
+    err.note(f"wrote {out} ({export_format}{opset}, dynamic height and width, {result['bytes'] / 2**20:.1f} MiB); "
+             f"largest difference from PyTorch on {sizes}: {difference:.1e} (tolerance {TOLERANCE:g})")

@@ -90,7 +90,7 @@ def promote(
             fail(exc)
         champion = decision.champion.version if decision.champion else None
         if not as_json:
-            Console().print(_comparison_table(decision))
+            Console(markup=False).print(_comparison_table(decision))
             typer.echo(f"{'promote' if decision.promote else 'keep champion'}: {decision.reason}")
         if not dry_run and decision.challenger.version != champion:
             try:
@@ -163,4 +163,4 @@ def report(
     if as_json:
         typer.echo(json_text({"out": str(out), "bytes": out.stat().st_size}))
         return
-    typer.echo(f"wrote {out}")
+    err.note(f"wrote {out}")

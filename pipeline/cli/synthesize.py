@@ -53,7 +53,7 @@ def synthesize(
         fail(exc)
     for item in summary["skipped"]:
         err.print(f"skipped source {item['path']}: {item['reason']}", highlight=False)
-    err.print(f"wrote {summary['pairs']} pairs to {out} in {time.perf_counter() - start:.1f} s", highlight=False)
+    err.note(f"wrote {summary['pairs']} pairs to {out} in {time.perf_counter() - start:.1f} s")
     if gallery:
         from pipeline.data.manifest import read_manifest, read_pair
         from pipeline.evaluation.grid import labelled_grid
@@ -65,4 +65,4 @@ def synthesize(
             write_png(target, labelled_grid(rows, (f"moire ({preset} preset)", "clean target"), cell=size), overwrite)
         except (DemoireError, OSError) as exc:
             fail(exc if isinstance(exc, DemoireError) else InputDataError(f"cannot write {target}: {exc.strerror}"))
-        err.print(f"wrote {target}", highlight=False)
+        err.note(f"wrote {target}")

@@ -72,9 +72,8 @@ def check_has_keys(path: Path, data: dict, dotted_keys: list[str], produced_by: 
                              "(an older or edited file?); rerun it")
 
 
-def read_metrics_input(path: Path) -> dict:
-    """The evaluate stage's metrics.json, checked for every key the report quotes."""
-    metrics = read_json_input(path, "dvc repro evaluate")
+def check_metrics_input(path: Path, metrics: dict) -> None:
+    """Refuse an evaluate stage's metrics.json lacking a key the report quotes."""
     needed = ["count", "psnr", "identity_psnr"]
     if metrics.get("real"):
         if not isinstance(metrics["real"], dict):
@@ -82,12 +81,10 @@ def read_metrics_input(path: Path) -> dict:
         needed += ["real_gate_set", *(f"real_mean.{m}" for m in ("psnr", "tone_psnr", "ssim"))]
         needed += [f"real.{name}.count" for name in metrics["real"]]
     check_has_keys(path, metrics, needed, "dvc repro evaluate")
-    return metrics
 
 
-def read_registration_input(path: Path) -> dict:
-    """The register stage's registration.json, checked for the gate kind and the scores the report compares."""
-    record = read_json_input(path, "dvc repro register")
+def check_registration_input(path: Path, record: dict) -> None:
+    """Refuse a register stage's registration.json without a known gate kind or the scores the report compares."""
     kind = record.get("gate_kind", SYNTHETIC.name)  # registrations before real sets had no kind
     if kind not in GATE_KINDS:
         raise InputDataError(f"{path}: gate_kind {kind!r} is not one of {', '.join(GATE_KINDS)}; "
@@ -95,7 +92,6 @@ def read_registration_input(path: Path) -> dict:
     if record.get("challenger") and record.get("champion"):
         check_has_keys(path, record, [f"{side}.{m}" for side in ("challenger", "champion")
                                       for m in ("version", *GATE_KINDS[kind].metrics)], "dvc repro register")
-    return record
 
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_psnr")  # what the report plots and quotes
@@ -232,12 +228,14 @@ def check_report_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
 
 def write_run_report(out: Path, metrics: Path, history: Path, grid: Path, registration: Path) -> None:
     """Read the run's outputs and write the HTML report to `out`, atomically."""
-    metrics_data = read_metrics_input(metrics)
+    metrics_data = read_json_input(metrics, "dvc repro evaluate")
     history_frame = read_history_input(history)
     grid_png = read_input(grid, "dvc repro evaluate")
     if not grid_png.startswith(b"\x89PNG\r\n\x1a\n"):
         raise InputDataError(f"{grid} is not a PNG image; `dvc repro evaluate` writes the grid")
-    record = read_registration_input(registration)
+    record = read_json_input(registration, "dvc repro register")
+    check_metrics_input(metrics, metrics_data)  # every input is there and parses before its content is checked
+    check_registration_input(registration, record)
     document = run_report_html(metrics_data, history_frame, grid_png, record)
     with atomic_path(out) as tmp:
         tmp.write_text(document, encoding="utf-8")

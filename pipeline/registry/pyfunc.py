@@ -18,7 +18,7 @@ import pipeline
 from pipeline.config import InferParams
 from pipeline.errors import ModelNotFoundError
 from pipeline.models import SPEC_FILE, WEIGHTS_FILE
-from pipeline.registry.store import connect, resolve_alias, version_numbers
+from pipeline.registry.store import connect, resolve_alias, resolve_version
 
 # No input schema: MLflow would cast a request's numbers to it before the model sees them (0.5 → 0, a
 # black image with 200 OK). The model checks its input itself (`checked_image`) and answers 400.
@@ -170,6 +170,19 @@ def log_demoire_model(model_dir: Path, infer: InferParams | None = None):
         )
 
 
+def resolve_model_uri(uri: str) -> tuple[str, str, str | None]:
+    """(name, version number, alias or None) of a `models:/name@alias` or `models:/name/version` URI; one line
+    listing what exists when it names nothing."""
+    name, _, alias = uri.removeprefix("models:/").partition("@")
+    if alias:
+        return name, resolve_alias(name, alias), alias
+    name, _, version = name.partition("/")
+    if not name or not version:
+        raise ModelNotFoundError(f"{uri} names no version: use models:/NAME/VERSION or models:/NAME@ALIAS "
+                                 "(e.g. models:/demoire@champion)")
+    return name, resolve_version(name, version), None
+
+
 def load_registered_model(uri: str, device):
     """The torch module behind a `models:/name@alias` (or `models:/name/version`) URI."""
     return load_registered_model_and_spec(uri, device)[0]
@@ -180,9 +193,7 @@ def load_registered_model_and_spec(uri: str, device):
     from pipeline.models import load_model
 
     connect(Path.cwd())  # read-only: no store is created, a dead server is one line
-    name, _, alias = uri.removeprefix("models:/").partition("@")
-    if alias:
-        resolve_alias(name, alias)
+    resolve_model_uri(uri)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             files = download_model_files(uri, Path(tmp))
@@ -195,16 +206,8 @@ def model_version_info(uri: str) -> dict:
     """Name, version, alias, run and the metrics tagged on the version behind a `models:/name@alias` or
     `models:/name/version` URI (what `demoire serve` answers on GET /model)."""
     client = connect(Path.cwd())
-    name, _, alias = uri.removeprefix("models:/").partition("@")
-    if alias:
-        version = client.get_model_version(name, resolve_alias(name, alias))
-    else:
-        name, _, number = name.partition("/")
-        try:
-            version = client.get_model_version(name, number)
-        except MlflowException:
-            raise ModelNotFoundError(f"no model version {uri}; versions of {name}: "
-                                     f"{', '.join(version_numbers(client, name)) or 'none'}") from None
+    name, number, alias = resolve_model_uri(uri)
+    version = client.get_model_version(name, number)
     metrics = {}
     for key, value in sorted(version.tags.items()):
         if key.startswith(("test_", "real_")):

@@ -113,6 +113,12 @@ def version_numbers(client: MlflowClient, name: str) -> list[str]:
     return sorted((str(v.version) for v in client.search_model_versions(f"name='{name}'")), key=int)
 
 
+def _no_such_model(client: MlflowClient, name: str, uri: str) -> ModelNotFoundError:
+    """The error for a model name nobody registered, listing the names that are."""
+    names = [m.name for m in client.search_registered_models() if not is_lock_name(m.name)]
+    return ModelNotFoundError(f"no registered model {name!r} ({uri}); registered models: {', '.join(names) or 'none'}")
+
+
 def resolve_alias(name: str, alias: str) -> str:
     """Version number behind `models:/name@alias`, with an error listing the models or aliases that exist."""
     client = MlflowClient()
@@ -123,12 +129,27 @@ def resolve_alias(name: str, alias: str) -> str:
     try:
         aliases = client.get_registered_model(name).aliases
     except MlflowException:
-        names = [m.name for m in client.search_registered_models() if not is_lock_name(m.name)]
-        raise ModelNotFoundError(
-            f"no registered model {name!r} (models:/{name}@{alias}); registered models: {', '.join(names) or 'none'}"
-        ) from None
+        raise _no_such_model(client, name, f"models:/{name}@{alias}") from None
     existing = ", ".join(f"{a} (v{v})" for a, v in sorted(aliases.items())) or "none"
     raise ModelNotFoundError(f"no model version at models:/{name}@{alias}; aliases of {name}: {existing}")
+
+
+def resolve_version(name: str, version: str) -> str:
+    """The version number `models:/name/version` names (`latest`: the newest), with an error listing the models
+    or versions that exist."""
+    client = MlflowClient()
+    uri = f"models:/{name}/{version}"
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        raise _no_such_model(client, name, uri) from None
+    numbers = version_numbers(client, name)
+    if version == "latest" and numbers:
+        return numbers[-1]
+    if version not in numbers:
+        raise ModelNotFoundError(f"no model version {uri}; versions of {name}: {', '.join(numbers) or 'none'} "
+                                 f"(or an alias: models:/{name}@champion)")
+    return version
 
 
 LOCK_SUFFIX = ".registry-lock"

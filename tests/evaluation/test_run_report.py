@@ -115,3 +115,14 @@ def test_inputs_lacking_what_the_report_quotes_are_one_line_naming_file_and_keys
     result = runner.invoke(app, ["report"])
     assert result.exit_code == 2 and "registration.json lacks champion.ssim:" in result.output
     assert not (tmp_path / "report.html").exists()
+
+
+def test_quiet_report_prints_nothing_and_json_still_prints_its_object(tmp_path, monkeypatch, rng):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    _run_outputs(tmp_path, rng)
+    result = runner.invoke(app, ["-q", "report"])
+    assert result.exit_code == 0 and result.output == "" and (tmp_path / "report.html").is_file()
+    result = runner.invoke(app, ["-q", "report", "--json"])
+    assert json.loads(result.output) == {"out": "report.html", "bytes": (tmp_path / "report.html").stat().st_size}
