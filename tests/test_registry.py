@@ -88,8 +88,8 @@ def test_champion_moves_only_when_beaten_by_the_margin_and_pyfunc_loads(store, t
         resolve_alias("other", "champion")
     assert resolve_model_uri("models:/demoire-test/latest") == ("demoire-test", v4, None)
     assert resolve_model_uri("models:/demoire-test@champion") == ("demoire-test", v4, "champion")
-    with pytest.raises(ModelNotFoundError, match=r"^no model version models:/demoire-test/99; versions of demoire-test: "
-                                                 r"1, 2, 3, 4 \(or an alias: models:/demoire-test@champion\)$"):
+    with pytest.raises(ModelNotFoundError, match=r"^no model version models:/demoire-test/99; versions of "
+                                                 r"demoire-test: 1, 2, 3, 4 \(or an alias: models:/demoire-test@champion\)$"):
         resolve_model_uri("models:/demoire-test/99")
     with pytest.raises(ModelNotFoundError, match=r"^no registered model 'other' \(models:/other/1\); "):
         resolve_model_uri("models:/other/1")

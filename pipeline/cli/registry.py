@@ -157,9 +157,11 @@ def report(
     try:
         check_output_file(out, "-o")
         check_report_output(out, [metrics, history, grid, registration], overwrite)
-        write_run_report(out, metrics, history, grid, registration)
+        mismatch = write_run_report(out, metrics, history, grid, registration)
     except DemoireError as exc:
         fail(exc)
+    if mismatch:
+        err.print(f"warning: {registration} is not of the evaluation in {metrics} ({mismatch}); run dvc repro")
     if as_json:
         typer.echo(json_text({"out": str(out), "bytes": out.stat().st_size}))
         return

@@ -11,6 +11,7 @@ import base64
 import html
 import io
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pipeline.errors import InputDataError
-from pipeline.evaluation.gate import GATE_KINDS, SYNTHETIC
+from pipeline.evaluation.gate import GATE_KINDS, REAL, SYNTHETIC
 from pipeline.evaluation.summary_tables import SUMMARY_HEADER, band_rows, number, summary_rows
 from pipeline.io import atomic_path
 
@@ -92,6 +93,26 @@ def check_registration_input(path: Path, record: dict) -> None:
     if record.get("challenger") and record.get("champion"):
         check_has_keys(path, record, [f"{side}.{m}" for side in ("challenger", "champion")
                                       for m in ("version", *GATE_KINDS[kind].metrics)], "dvc repro register")
+
+
+def registration_mismatch(metrics: dict, record: dict) -> str | None:
+    """Why the registration cannot be of the evaluation in metrics.json (another gate set or other scores), or None.
+
+    A challenger scored by the register stage itself (re-scored) has no evaluation to agree with."""
+    challenger = record.get("challenger")
+    if not challenger or challenger.get("rescored"):
+        return None
+    kind = GATE_KINDS[record.get("gate_kind", SYNTHETIC.name)]
+    means = (metrics.get("real_mean") or {}) if kind is REAL else metrics
+    if kind is REAL and metrics.get("real_gate_set") != record.get("gate_set"):
+        return (f"its gate set {str(record.get('gate_set'))[:12]} is not the evaluation's real sets "
+                f"{str(metrics.get('real_gate_set'))[:12]}")
+    for metric in kind.metrics:
+        evaluated, registered = means.get(metric), challenger.get(metric)
+        if evaluated is not None and registered is not None and not math.isclose(evaluated, registered, rel_tol=1e-9):
+            return (f"it scores v{challenger['version']} at {kind.describe(metric)} {registered:.4f}, "
+                    f"the evaluation {evaluated:.4f}")
+    return None
 
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_psnr")  # what the report plots and quotes
@@ -189,6 +210,14 @@ def _real_sets_html(metrics: dict) -> str:
     return "\n".join(parts)
 
 
+def _mismatch_html(mismatch: str | None) -> str:
+    """A warning above the registration when it is not of the evaluation the report shows."""
+    if mismatch is None:
+        return ""
+    return (f"<p class=\"kept\"><b>Warning: this registration is not of the evaluation above</b> ({html.escape(mismatch)});"
+            " run <code>dvc repro</code> so that both come from one run.</p>")
+
+
 def run_report_html(metrics: dict, history: pd.DataFrame, grid_png: bytes, registration: dict) -> str:
     """The whole report as one HTML document."""
     last = history.iloc[-1]
@@ -207,6 +236,7 @@ def run_report_html(metrics: dict, history: pd.DataFrame, grid_png: bytes, regis
 <h2>Before / after (moiré input | restored | clean target)</h2>
 <img alt="before and after grid" src="{png_data_uri(grid_png)}">
 <h2>Registration</h2>
+{_mismatch_html(registration_mismatch(metrics, registration))}
 {_registration_html(registration)}
 </body></html>
 """
@@ -226,8 +256,9 @@ def check_report_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
                                  "--overwrite")
 
 
-def write_run_report(out: Path, metrics: Path, history: Path, grid: Path, registration: Path) -> None:
-    """Read the run's outputs and write the HTML report to `out`, atomically."""
+def write_run_report(out: Path, metrics: Path, history: Path, grid: Path, registration: Path) -> str | None:
+    """Read the run's outputs and write the HTML report to `out`, atomically; return why the registration is not
+    of the evaluation shown (also a warning in the report), or None."""
     metrics_data = read_json_input(metrics, "dvc repro evaluate")
     history_frame = read_history_input(history)
     grid_png = read_input(grid, "dvc repro evaluate")
@@ -239,3 +270,4 @@ def write_run_report(out: Path, metrics: Path, history: Path, grid: Path, regist
     document = run_report_html(metrics_data, history_frame, grid_png, record)
     with atomic_path(out) as tmp:
         tmp.write_text(document, encoding="utf-8")
+    return registration_mismatch(metrics_data, record)

@@ -126,3 +126,28 @@ def test_quiet_report_prints_nothing_and_json_still_prints_its_object(tmp_path, 
     assert result.exit_code == 0 and result.output == "" and (tmp_path / "report.html").is_file()
     result = runner.invoke(app, ["-q", "report", "--json"])
     assert json.loads(result.output) == {"out": "report.html", "bytes": (tmp_path / "report.html").stat().st_size}
+
+
+def test_a_registration_of_another_evaluation_is_flagged_in_the_report_and_on_stderr(tmp_path, monkeypatch, rng):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    _run_outputs(tmp_path, rng)
+    registration_path = tmp_path / "data/register/registration.json"
+    record = json.loads(registration_path.read_text())
+    record["challenger"]["rescored"] = False  # scored by the evaluation: its psnr is metrics.json's 24.1234
+    write_json(registration_path, record)
+    result = runner.invoke(app, ["report"])
+    assert result.exit_code == 0 and "warning" not in result.output
+    assert "Warning" not in (tmp_path / "report.html").read_text()
+    record["challenger"]["psnr"] = 25.5  # a later register run, or an evaluate run without one
+    write_json(registration_path, record)
+    result = runner.invoke(app, ["report"])
+    assert result.exit_code == 0
+    assert ("warning: data/register/registration.json is not of the evaluation in data/evaluate/metrics.json (it "
+            "scores v2 at test PSNR 25.5000, the evaluation 24.1234); run dvc repro") in result.output
+    page = (tmp_path / "report.html").read_text()
+    assert "<b>Warning: this registration is not of the evaluation above</b> (it scores v2 at test PSNR" in page
+    record["challenger"]["rescored"] = True  # the register stage scored it itself: nothing to compare
+    write_json(registration_path, record)
+    assert "warning" not in runner.invoke(app, ["report"]).output
