@@ -352,9 +352,16 @@ def test_promote_dry_run_then_promote_then_rollback(blocked_registry):
     back = runner.invoke(app, ["rollback", "--model-name", "m"])
     assert back.exit_code == 0 and "champion: v2 → v1" in back.output, back.output
     assert _champion(client) == "1"
+    stays_out = runner.invoke(app, ["promote", "--model-name", "m"])  # the rolled-back challenger still beats v1
+    assert stays_out.exit_code == 0 and _champion(client) == "1", stays_out.output
+    assert ("keep champion: v2 was rolled back (champion moved back to v1) and stays out unless promoted with "
+            "--allow-rolled-back; the gate alone says: beats champion v1") in stays_out.output
     none_left = runner.invoke(app, ["rollback", "--model-name", "m"])
     assert none_left.exit_code == 2
     assert none_left.output.strip() == "error: m has no previous champion to roll back to (champion history: v1)"
+    forced = runner.invoke(app, ["promote", "--model-name", "m", "--allow-rolled-back"])
+    assert forced.exit_code == 0 and "champion: v1 → v2" in forced.output and _champion(client) == "2"
+    assert "rolled_back" not in client.get_model_version("m", "2").tags
 
 
 def test_promote_and_rollback_name_what_is_missing(blocked_registry, tmp_path, monkeypatch):

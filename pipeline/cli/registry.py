@@ -58,6 +58,8 @@ def promote(
     pairs: Path = typer.Option(Path("data/preprocess/pairs.parquet"), help="pairs index whose test split is the gate set "
                                                                            "when params list no real sets"),
     device: Device = typer.Option("auto", help="where re-scoring runs"),
+    allow_rolled_back: bool = typer.Option(False, help="let the gate promote a challenger `demoire rollback` took "
+                                                       "champion from (it stays out otherwise)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object: the decision, both models' scores, "
                                                        "the champion before and after"),
 ) -> None:
@@ -85,7 +87,7 @@ def promote(
             decision = compare_challenger(client, name, GateRule(cfg.promotion_margin_db, cfg.ssim_tolerance),
                                           _local_gate(settings, (params or DEFAULT_PARAMS).parent, data, pairs,
                                                       device),
-                                          gate_kind(settings.evaluate.real_sets))
+                                          gate_kind(settings.evaluate.real_sets), allow_rolled_back)
         except DemoireError as exc:
             fail(exc)
         champion = decision.champion.version if decision.champion else None

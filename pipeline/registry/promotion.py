@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -88,24 +89,30 @@ def decision_from_record(record: dict) -> PromotionDecision:
 
 def compare_challenger(
     client: MlflowClient, name: str, rule: GateRule, local_gate: Callable[[], tuple[str, Rescore]],
-    kind: GateKind = SYNTHETIC,
+    kind: GateKind = SYNTHETIC, allow_rolled_back: bool = False,
 ) -> PromotionDecision:
     """Decide on `challenger` vs `champion` on one gate set of `kind`: the one both were scored on, else the
     local one (the test split, or the real sets of params.yaml).
 
     `local_gate` is only called when the recorded scores are not comparable; it returns the local
-    gate set's hash and a function scoring a model folder on it.
+    gate set's hash and a function scoring a model folder on it. A challenger `demoire rollback` took `champion`
+    from is not promoted again unless `allow_rolled_back`: its scores beat the champion's before, and it was
+    rolled back all the same.
     """
     challenger = resolve_alias(name, CHALLENGER)
     champion = alias_version(client, name, CHAMPION)
     ours = recorded_scores(client, name, challenger, kind)
     theirs = recorded_scores(client, name, champion, kind) if champion else None
-    if ours is not None and (champion is None or (theirs is not None and theirs.gate_set == ours.gate_set)):
-        return decide_promotion(ours, theirs, rule)
-    gate_set, rescore = local_gate()
-    ours = scores_on_gate_set(client, name, challenger, gate_set, rescore, kind)
-    theirs = scores_on_gate_set(client, name, champion, gate_set, rescore, kind) if champion else None
-    return decide_promotion(ours, theirs, rule)
+    if ours is None or not (champion is None or (theirs is not None and theirs.gate_set == ours.gate_set)):
+        gate_set, rescore = local_gate()
+        ours = scores_on_gate_set(client, name, challenger, gate_set, rescore, kind)
+        theirs = scores_on_gate_set(client, name, champion, gate_set, rescore, kind) if champion else None
+    decision = decide_promotion(ours, theirs, rule)
+    rolled_back = client.get_model_version(name, challenger).tags.get(ROLLED_BACK_TAG)
+    if decision.promote and rolled_back and not allow_rolled_back:
+        return replace(decision, promote=False, reason=f"v{challenger} was rolled back ({rolled_back}) and stays out "
+                       f"unless promoted with --allow-rolled-back; the gate alone says: {decision.reason}")
+    return decision
 
 
 def recorded_scores(client: MlflowClient, name: str, version: str, kind: GateKind = SYNTHETIC) -> GateScores | None:
