@@ -40,14 +40,19 @@ PREFECT_ENV := PREFECT_HOME=$(CURDIR)/.prefect
 # Prefect's usage telemetry off unless asked for (PREFECT_SERVER_ANALYTICS_ENABLED=true make server):
 # a server without internet access logs an error each time it fails to send it.
 PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+PREFECT_PORT ?= 4200
 server: $(STAMP)
 	PREFECT_SERVER_ANALYTICS_ENABLED=$(PREFECT_SERVER_ANALYTICS_ENABLED) $(PREFECT_ENV) \
-		$(BIN)/prefect server start --host 127.0.0.1 --port 4200
+		$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
+# Pools are created only where missing: `--overwrite` would turn a pool set up by hand (the README's Kubernetes
+# gpu pool) back into a process pool's job template, silently dropping its GPU request.
 deploy: $(STAMP)
-	@test -n "$$PREFECT_API_URL" || { echo "error: set PREFECT_API_URL, e.g. http://127.0.0.1:4200/api (make server)"; exit 2; }
-	$(PREFECT_ENV) $(BIN)/prefect work-pool create cpu --type process --overwrite
-	$(PREFECT_ENV) $(BIN)/prefect work-pool create gpu --type process --overwrite
+	@$(BIN)/python -m flows.server_check
+	$(PREFECT_ENV) $(BIN)/prefect work-pool inspect cpu >/dev/null 2>&1 || \
+		$(PREFECT_ENV) $(BIN)/prefect work-pool create cpu --type process
+	$(PREFECT_ENV) $(BIN)/prefect work-pool inspect gpu >/dev/null 2>&1 || \
+		$(PREFECT_ENV) $(BIN)/prefect work-pool create gpu --type process
 	@# DEMOIRE_PROJECT_DIR must stay a placeholder here: each worker resolves it to its own checkout
 	env -u DEMOIRE_PROJECT_DIR $(PREFECT_ENV) $(BIN)/prefect --no-prompt deploy --all
 	$(PREFECT_ENV) $(BIN)/python -m flows.automations

@@ -2,8 +2,8 @@
 
 Defaults only (a user's environment wins): Prefect state stays inside the project instead of
 ~/.prefect, the temporary server gets time to start on a slow 2-core machine (it took 10–20 s
-here against a 20 s default), the library's `pipeline.*` loggers reach Prefect's run logs, and
-the server sends no telemetry.
+here against a 20 s default), the library's `pipeline.*` loggers reach Prefect's run logs, user
+errors reach them without a traceback, and neither Prefect's server nor MLflow sends telemetry.
 """
 
 import os
@@ -22,6 +22,12 @@ os.environ.setdefault("PREFECT_HOME", str(PROJECT_ROOT / ".prefect"))
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here, no telemetry
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # MLflow's too (it wrote ~/.config/mlflow otherwise)
+
+# Every process running a flow (a stage command, a deployment's flow run) logs user errors in one line.
+from flows.run_logs import quiet_user_error_tracebacks  # noqa: E402
+
+quiet_user_error_tracebacks()
 
 # dvc.yaml runs these as `python -m flows.<stage>`.
 STAGE_MODULES = {"flows.synthesize", "flows.preprocess", "flows.train", "flows.evaluate", "flows.register"}

@@ -26,8 +26,6 @@ def run_stage(
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pipeline").setLevel(logging.INFO)  # Prefect sets the root logger to WARNING
-    for name in PREFECT_RUN_LOGGERS:
-        logging.getLogger(name).addFilter(_user_errors_without_traceback)
     # SIGTERM (a stopped container, `kill`) unwinds like an error, so an MLflow run ends FAILED and
     # temp outputs are removed, instead of the process vanishing mid-write.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -38,20 +36,6 @@ def run_stage(
     except DemoireError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-
-
-# Prefect logs a failed task or flow run with its traceback; for a user error (DemoireError: bad input,
-# missing folder) the one-line message is the whole story, printed again as `error: ...` at exit.
-PREFECT_RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs", "prefect.engine")
-
-
-def _user_errors_without_traceback(record: logging.LogRecord) -> bool:
-    """Drop the traceback from a log record of a DemoireError; keep the record."""
-    error = record.exc_info[1] if record.exc_info else None
-    if isinstance(error, DemoireError):
-        record.exc_info, record.exc_text = None, None
-        record.msg, record.args = f"{record.getMessage().splitlines()[0]} error: {error}", ()
-    return True
 
 
 def _exit_on_sigterm(signum, frame) -> None:

@@ -47,11 +47,12 @@ METRICS = Path("data/evaluate/metrics.json")
 def worker_online_task(pool: str) -> bool:
     """Whether `pool` exists and has a worker that sent a heartbeat lately."""
     with get_client(sync_client=True) as client:
-        try:
-            online = client.read_workers_for_work_pool(
-                pool, worker_filter=WorkerFilter(status=WorkerFilterStatus(any_=["ONLINE"])))
+        try:  # the workers' listing answers a missing pool with a bare HTTP 404; the pool's own read says so
+            client.read_work_pool(pool)
         except ObjectNotFound:
             return False
+        online = client.read_workers_for_work_pool(
+            pool, worker_filter=WorkerFilter(status=WorkerFilterStatus(any_=["ONLINE"])))
     return bool(online)
 
 
@@ -129,6 +130,15 @@ def wait_for_state(flow_run_id, timeout_s: float, reached: Callable[[State], boo
             time.sleep(POLL_S)
 
 
+def uncommitted_train_code() -> list[str]:
+    """The train stage's deps that differ from this checkout's commit (edited or new): a GPU worker checks out
+    the commit, so it would train other code than the lock then records."""
+    deps = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]["train"]["deps"]
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *deps],
+                            capture_output=True, text=True, check=True).stdout  # DVC outputs are git-ignored
+    return [line[3:] for line in status.splitlines()]
+
+
 def git_commit() -> str:
     """The commit this checkout is at."""
     return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
@@ -145,7 +155,11 @@ def pipeline_flow(gpu_pool: str = "gpu", train_deployment: str = "train-on-worke
     dvc_repro_task(UPSTREAM_OF_TRAIN)
     trained_on = "not retrained (up to date)"
     if "train" in stale_stages_task():
-        if not worker_online_task(gpu_pool):
+        edited = uncommitted_train_code()
+        if edited:
+            trained_on = (f"this worker (the train stage's code has uncommitted changes a `{gpu_pool}` worker "
+                          f"would not have: {', '.join(edited[:3])}{', …' if len(edited) > 3 else ''})")
+        elif not worker_online_task(gpu_pool):
             trained_on = f"this worker (no live worker in the `{gpu_pool}` pool)"
         elif train_remotely(gpu_pool, train_deployment, gpu_pickup_timeout_s):
             trained_on = f"the `{gpu_pool}` pool"
@@ -164,7 +178,8 @@ def pipeline_flow(gpu_pool: str = "gpu", train_deployment: str = "train-on-worke
 def summary_markdown(summary: dict) -> str:
     """The pipeline run in a few lines: what ran, where training ran, the metrics and the champion decision."""
     lines = [f"# Pipeline run ({summary['seconds']:.0f} s)", "",
-             f"- stages out of date at the start: {', '.join(summary['stale_stages']) or 'none'}",
+             f"- stages out of date at the start: {', '.join(summary['stale_stages']) or 'none'}"
+             + (" (and the stages after them)" if summary["stale_stages"] else ""),
              f"- training: {summary['trained_on']}"]
     metrics, record = summary["metrics"], summary["registration"]
     if metrics:

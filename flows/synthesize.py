@@ -15,8 +15,10 @@ from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from flows._entry import run_stage
 from pipeline.config import Params, SynthesizeParams, parse_params
-from pipeline.data.synthetic import die_with_parent, render_shard_resumably, synthesize_dataset
+from pipeline.data.synthetic import (SYNTHETIC_SET_ENTRIES, die_with_parent, render_shard_resumably,
+                                     synthesize_dataset)
 from pipeline.evaluation.synth_report import compare_paired_sets
+from pipeline.io import check_replaceable_dir
 from pipeline.sources import SourceSpec
 
 
@@ -73,12 +75,17 @@ def synthesize_flow(params: Params, out: Path, report: Path | None = None) -> di
 
 @flow(name="synthesize-set")
 def synthesize_set_flow(out: str = "data/adhoc", preset: str = "default", n_pairs: int = 100, seed: int = 0,
-                        size: int = 256, workers: int = 2) -> dict:
-    """An ad-hoc synthetic set outside DVC (deployment `synthesize-set/adhoc`); bad values fail first, in one line."""
+                        size: int = 256, workers: int = 2, overwrite: bool = False) -> dict:
+    """An ad-hoc synthetic set outside DVC (deployment `synthesize-set/adhoc`); bad values fail first, in one line.
+
+    `out` (relative: to the worker's checkout) must be new, or with `overwrite` a synthetic set this flow or
+    `demoire synthesize` wrote: it is replaced whole, so a folder holding anything else is refused."""
     keys = ("seed", "synthesize.preset", "synthesize.n_pairs", "synthesize.size", "synthesize.workers")
     params = parse_params({"seed": seed, "synthesize": {"preset": preset, "n_pairs": n_pairs, "size": size,
                                                         "workers": workers}}, source="parameters",
                           options={key: f"parameter {key.rpartition('.')[2]}" for key in keys})
+    check_replaceable_dir(Path(out), overwrite, SYNTHETIC_SET_ENTRIES, "parameter out", "parameter overwrite=true",
+                          writer="synthesize-set or demoire synthesize")
     return synthesize_flow.with_options(task_runner=task_runner(params.synthesize))(params=params, out=Path(out))
 
 

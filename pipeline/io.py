@@ -92,6 +92,8 @@ def replace_dir(new: Path, path: Path) -> None:
     if not path.exists():
         os.replace(new, path)
         return
+    if not path.is_dir():  # a file would be swapped away, and its removal then fail unnoticed
+        raise InputDataError(f"{path} is a file, not a folder; name a folder")
     if not _exchange(new, path):
         aside = temp_beside(path, "old")
         os.replace(path, aside)
@@ -206,6 +208,20 @@ def _merge_into(staging: Path, target: Path) -> None:
 def check_output_dir(path: Path, option: str = "--out") -> None:
     """Refuse, before any work, an output folder that cannot be one: a file, below a file, or not writable."""
     _check_output(Path(path), option, folder=True)
+
+
+def check_replaceable_dir(path: Path, overwrite: bool, entries: set[str], option: str = "--out",
+                          overwrite_option: str = "--overwrite", kind: str = "a synthetic set",
+                          writer: str = "demoire synthesize") -> None:
+    """Refuse, before any work, an output folder that cannot be one, an existing one unless `overwrite`, and
+    even then one holding anything but `entries` (what `writer` puts there): it is replaced whole."""
+    check_output_dir(path, option)
+    if path.exists() and not overwrite:
+        raise InputDataError(f"{path} exists; choose another {option} or pass {overwrite_option}")
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in entries) if path.is_dir() else []
+    if foreign:
+        raise InputDataError(f"{path} holds more than {kind} ({', '.join(foreign[:3])}); "
+                             f"{overwrite_option} replaces only folders {writer} wrote")
 
 
 def check_output_file(path: Path, option: str = "--out") -> None:

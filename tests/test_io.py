@@ -212,3 +212,15 @@ def test_a_folder_replaced_whole_is_never_left_half_deleted(tmp_path, monkeypatc
         io.replace_dir(new, old)
     assert sorted(p.read_text() for p in old.iterdir()) == ["new"] * 3  # the new folder whole, in place
     assert len(removing) == 1 and Path(removing[0]).name != "set"  # only the old one, under another name
+
+
+def test_a_folder_is_never_swapped_in_for_a_file(tmp_path):
+    from pipeline.errors import InputDataError
+    from pipeline.io import replace_dir
+
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "a.txt").write_text("new")
+    (tmp_path / "README.md").write_text("kept")
+    with pytest.raises(InputDataError, match=r"README.md is a file, not a folder; name a folder$"):
+        replace_dir(tmp_path / "new", tmp_path / "README.md")
+    assert (tmp_path / "README.md").read_text() == "kept" and (tmp_path / "new" / "a.txt").is_file()

@@ -11,9 +11,6 @@ from pipeline.cli.common import app, err, fail
 from pipeline.errors import DemoireError, InputDataError
 
 
-SYNTHETIC_SET_ENTRIES = {"moire", "clean", "manifest.parquet", "summary.json"}
-
-
 @app.command()
 def synthesize(
     out: Path = typer.Option(..., help="folder to write moire/, clean/ and manifest.parquet into"),
@@ -29,8 +26,8 @@ def synthesize(
 ) -> None:
     """Render an ad-hoc synthetic set outside DVC (moiré and clean images with matching names)."""
     from pipeline.config import parse_params
-    from pipeline.data.synthetic import local_shard_runner, synthesize_dataset
-    from pipeline.io import check_output_dir
+    from pipeline.data.synthetic import SYNTHETIC_SET_ENTRIES, local_shard_runner, synthesize_dataset
+    from pipeline.io import check_replaceable_dir
 
     try:
         params = parse_params({"seed": seed, "synthesize": {"preset": preset, "n_pairs": n, "size": size, "workers": workers,
@@ -38,13 +35,7 @@ def synthesize(
                               options={"seed": "--seed", "synthesize.preset": "--preset", "synthesize.n_pairs": "--n",
                                        "synthesize.size": "--size", "synthesize.workers": "--workers",
                                        "synthesize.moire_layer_bank": "--layer-bank"})
-        check_output_dir(out, "--out")
-        if out.exists() and not overwrite:
-            raise InputDataError(f"{out} exists; choose another --out or pass --overwrite")
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in SYNTHETIC_SET_ENTRIES) if out.is_dir() else []
-        if foreign:  # --overwrite replaces a synthetic set, never a folder holding anything else
-            raise InputDataError(f"{out} holds more than a synthetic set ({', '.join(foreign[:3])}); "
-                                 "--overwrite replaces only folders demoire synthesize wrote")
+        check_replaceable_dir(out, overwrite, SYNTHETIC_SET_ENTRIES)
         start = time.perf_counter()
         # synthesize_dataset shows its own progress bar (a status spinner around it would clash with it)
         runner = local_shard_runner(params.synthesize, params.seed, workers)

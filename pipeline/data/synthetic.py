@@ -141,6 +141,8 @@ def estimated_bytes(cfg: SynthesizeParams, n_pairs: int | None = None) -> int:
 
 SET_DIR, SHARDS_DIR = "set", "shards"  # inside a work folder: the set being rendered, and finished-shard markers
 # Shards of at most this many pairs (about 10 s each at 512²): a kill loses little, and the bar moves often.
+SYNTHETIC_SET_ENTRIES = {"moire", "clean", "manifest.parquet", "summary.json"}  # what a published set holds
+
 MAX_SHARD_PAIRS = 32
 # The code and libraries that decide a pair's bytes: after an edit to them, no earlier shard is reused.
 RENDER_CODE = ("pipeline/__init__.py", "pipeline/moire", "pipeline/sources", "pipeline/data/synthetic.py")

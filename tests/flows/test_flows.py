@@ -249,3 +249,71 @@ def test_a_user_error_in_a_stage_is_one_line_without_a_prefect_traceback(tmp_pat
     assert result.returncode == 2 and "Traceback" not in output, output[-3000:]
     errors = [line for line in output.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "missing" in errors[0], output[-3000:]
+
+
+def test_the_adhoc_synthesis_flow_replaces_only_its_own_sets_and_only_when_asked(tmp_path, prefect_api):
+    from flows.synthesize import synthesize_set_flow
+    from pipeline.errors import InputDataError
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "important.txt").write_text("precious")
+    (tmp_path / "README.md").write_text("a file")
+    tiny = {"n_pairs": 2, "size": 48, "workers": 1}
+    with pytest.raises(InputDataError, match=rf"^{victim} holds more than a synthetic set \(important.txt\); "
+                                             r"parameter overwrite=true replaces only folders synthesize-set or "):
+        synthesize_set_flow(out=str(victim), overwrite=True, **tiny)
+    with pytest.raises(InputDataError, match=r"^parameter out .*README.md is a file, not a folder; name a folder$"):
+        synthesize_set_flow(out=str(tmp_path / "README.md"), overwrite=True, **tiny)
+    assert (victim / "important.txt").read_text() == "precious" and (tmp_path / "README.md").read_text() == "a file"
+
+    out = tmp_path / "adhoc"
+    assert synthesize_set_flow(out=str(out), **tiny)["pairs"] == 2
+    with pytest.raises(InputDataError, match=rf"^{out} exists; choose another parameter out or pass parameter "
+                                             r"overwrite=true$"):
+        synthesize_set_flow(out=str(out), seed=1, **tiny)
+    first = (out / "moire" / "000000.png").read_bytes()
+    assert synthesize_set_flow(out=str(out), seed=1, overwrite=True, **tiny)["pairs"] == 2
+    assert (out / "moire" / "000000.png").read_bytes() != first
+
+
+def test_the_server_check_passes_a_prefect_api_and_names_what_is_wrong_otherwise(prefect_api):
+    from flows.server_check import problem_with
+    from tests.conftest import _free_port
+
+    assert problem_with(prefect_api) is None
+    root = prefect_api.removesuffix("/api")
+    assert problem_with(root) == (f"{root} answers, but not as a Prefect API: PREFECT_API_URL ends in /api, "
+                                  "e.g. http://127.0.0.1:4200/api (make server)")
+    nobody = f"http://127.0.0.1:{_free_port()}/api"
+    assert problem_with(nobody).startswith(f"no Prefect server answers at {nobody} (")
+    assert problem_with("") == "set PREFECT_API_URL, e.g. http://127.0.0.1:4200/api (make server)"
+
+
+def test_a_missing_gpu_pool_means_training_here_not_a_failed_pipeline(prefect_api):
+    from flows.full_pipeline import worker_online_task
+
+    assert worker_online_task.fn("no-such-pool") is False
+
+
+def test_uncommitted_train_code_is_listed_and_data_outputs_are_not(tmp_path, monkeypatch):
+    from flows.full_pipeline import uncommitted_train_code
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "flows" / "train.py").write_text("# train\n")
+    (tmp_path / "presets").mkdir()
+    (tmp_path / ".gitignore").write_text("/data\n")
+    (tmp_path / "dvc.yaml").write_text("stages:\n  train:\n    cmd: x\n    deps: [flows/train.py, presets, data/train]\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    (tmp_path / "data" / "train" / "model.pt").write_text("weights")  # a DVC output: ignored by git
+    assert uncommitted_train_code() == []
+    (tmp_path / "flows" / "train.py").write_text("# edited\n")
+    (tmp_path / "presets" / "mine.yaml").write_text("base: default\n")
+    assert uncommitted_train_code() == ["flows/train.py", "presets/mine.yaml"]

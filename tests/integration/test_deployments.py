@@ -111,7 +111,7 @@ def test_every_deployment_of_prefect_yaml_is_created(deployed, prefect_api):
     automation = Automation.read(name="crash-flow-runs-without-heartbeat")
     assert automation.trigger.within.total_seconds() == 90 and automation.actions[0].state.value == "CRASHED"
     # Each worker's own checkout, resolved when the run starts on it, not when deploying.
-    assert nightly.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": "{{ $DEMOIRE_PROJECT_DIR }}"}}]
+    assert nightly.pull_steps == [{"flows.worker_steps.enter_project_dir": {"directory": "{{ $DEMOIRE_PROJECT_DIR }}"}}]
 
 
 def test_the_nightly_schedule_gets_its_runs_from_the_server(deployed, prefect_api):
