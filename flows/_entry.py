@@ -11,6 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+import yaml
+
+from flows import PROJECT_ROOT
 from pipeline.config import Params, load_params
 from pipeline.errors import DemoireError
 
@@ -25,17 +28,57 @@ def run_stage(
         parser.add_argument(f"--{name}", type=Path, required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pipeline").setLevel(logging.INFO)  # Prefect sets the root logger to WARNING
+    for name in ("pipeline", "flows"):  # Prefect sets the root logger to WARNING
+        logging.getLogger(name).setLevel(logging.INFO)
     # SIGTERM (a stopped container, `kill`) unwinds like an error, so an MLflow run ends FAILED and
     # temp outputs are removed, instead of the process vanishing mid-write.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        params = load_params(args.params)
+        params = with_project_paths(load_params(args.params))
         with prefect_api():
             run(params, args)
     except DemoireError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc}{untracked_preset_hint(args.params)}", file=sys.stderr)
         sys.exit(2)
+
+
+def in_experiment_copy() -> bool:
+    """Whether this stage runs in the copy `dvc exp run --temp/--queue` makes (it holds only what git tracks)."""
+    return Path.cwd().resolve() != PROJECT_ROOT
+
+
+def from_project(path: Path) -> Path:
+    """A relative folder missing from an experiment's copy but present in the project: the project's one, as
+    params.yaml documents relative folders (data and photos usually stay outside git)."""
+    path = Path(path)
+    if path.is_absolute() or path.exists() or not in_experiment_copy() or not (PROJECT_ROOT / path).exists():
+        return path
+    return PROJECT_ROOT / path
+
+
+def with_project_paths(params: Params) -> Params:
+    """`params` with its relative source folders and imported datasets read from the project, where only the
+    project has them (evaluate.real_sets are, in flows/evaluate.py)."""
+    sources = params.synthesize.sources
+    folders = [from_project(folder) for folder in sources.folders]
+    datasets = [dataset.model_copy(update={"path": from_project(dataset.path)}) for dataset in params.preprocess.datasets]
+    return params.model_copy(update={
+        "synthesize": params.synthesize.model_copy(update={"sources": sources.model_copy(update={"folders": folders})}),
+        "preprocess": params.preprocess.model_copy(update={"datasets": datasets})})
+
+
+def untracked_preset_hint(params_path: Path) -> str:
+    """Why a preset file the project has is missing here: an experiment's copy holds only files git tracks
+    (unlike data folders, a preset is the experiment's code and belongs in its commit)."""
+    try:
+        preset = (yaml.safe_load(Path(params_path).read_text()) or {}).get("synthesize", {}).get("preset")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return ""
+    if (not isinstance(preset, str) or not in_experiment_copy() or Path(preset).is_absolute() or Path(preset).exists()
+            or not (PROJECT_ROOT / preset).is_file()):
+        return ""
+    return (f" ({preset} is in the project but not in this experiment's copy, which holds only the files git "
+            f"tracks: `git add {preset}` and commit it, or run the experiment in the workspace)")
 
 
 def _exit_on_sigterm(signum, frame) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 import mlflow
@@ -24,6 +25,8 @@ from pipeline.registry import GATE_SET_TAG, decision_record, flat_metrics, log_d
 from pipeline.registry.transaction import MODEL_URI_TAG, register_run_once, registration_key
 from pipeline.training.device import resolve_device
 from pipeline.training.telemetry import TRAINING_RUN_TAG, linked_training_run
+
+log = logging.getLogger(__name__)
 
 # The register stage's run lasts seconds; MLflow logs system metrics only after a full sampling
 # interval, so its 10 s default would log none at all.
@@ -64,11 +67,14 @@ def log_and_register_task(params: Params, model_dir: Path, evaluation: dict, fil
     metrics = flat_metrics(evaluation)
     flat_params = flatten(params)
 
+    logged: list[str] = []  # the run this call logged; none when an earlier run of the same inputs registered
+
     def log_run(run_tags: dict[str, str]) -> tuple[str, str]:
         mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
         # a child of the training run: `mlflow ui` shows the registration under the curves it streamed
         parent = {"mlflow.parentRunId": training_run} if training_run is not None else {}
-        with mlflow.start_run(log_system_metrics=True, tags={**tags, **parent, **run_tags}) as run:
+        with mlflow.start_run(run_name=f"register-{EXPERIMENT_NAME or 'workspace'}", log_system_metrics=True,
+                              tags={**tags, **parent, **run_tags}) as run:
             kill_point("register.run_started")
             mlflow.log_params(flat_params)
             mlflow.log_metrics(metrics)
@@ -82,6 +88,7 @@ def log_and_register_task(params: Params, model_dir: Path, evaluation: dict, fil
             info = log_demoire_model(model_dir, params.infer)
             mlflow.set_tag(MODEL_URI_TAG, info.model_uri)  # the model is complete: a rerun may register it
             kill_point("register.model_logged")
+        logged.append(run.info.run_id)
         return run.info.run_id, info.model_uri
 
     rule = GateRule(cfg.promotion_margin_db, cfg.ssim_tolerance)
@@ -91,7 +98,14 @@ def log_and_register_task(params: Params, model_dir: Path, evaluation: dict, fil
                                                   {**metrics, **tags}, rule, gate.rescore, gate.kind)
     if training_run is not None:  # and back: the training run names the version its model became
         client.set_tag(training_run, "registered_version", f"{cfg.model_name}/{version}")
-    return decision_record(version, decision, cfg.model_name, run_id, uri, EXPERIMENT_NAME)
+    record = decision_record(version, decision, cfg.model_name, run_id, uri, EXPERIMENT_NAME)
+    if not logged:  # the same model and scores as an earlier registration (training is deterministic): its decision
+        first = client.get_model_version(cfg.model_name, version).tags.get("dvc_experiment")
+        record["registered_earlier"] = {"run_id": run_id, "dvc_experiment": first}
+        log.info("%s v%s was registered earlier (%s, run %s) for the same model and scores; its decision stands: %s",
+                 cfg.model_name, version, f"experiment {first}" if first else "outside an experiment", run_id,
+                 decision.reason)
+    return record
 
 
 @flow(name="register")

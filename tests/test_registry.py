@@ -400,8 +400,10 @@ def test_register_stage_links_the_version_to_the_live_training_run(tmp_path, mon
     assert client.get_run(training_run).data.tags["registered_version"] == f"demoire-test/{record['version']}"
     assert [m.value for m in client.get_metric_history(training_run, "val_psnr")] == [21.5]
 
+    assert "registered_earlier" not in record and run.info.run_name == "register-workspace"
     again = register(trained, 20.0)  # a retry or rerun with the same inputs: the same version and run
     assert (again["version"], again["run_id"]) == (record["version"], record["run_id"])
+    assert again["registered_earlier"] == {"run_id": record["run_id"], "dvc_experiment": None}  # not a new decision
     unlinked = register(elsewhere, 20.5)
     assert "training_run_id" not in client.get_model_version("demoire-test", unlinked["version"]).tags
 

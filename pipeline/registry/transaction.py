@@ -333,6 +333,9 @@ def _previous_attempt(client: MlflowClient, name: str, experiment_id: str, key: 
             log.warning("run %s of an earlier, killed attempt marked FAILED", run.info.run_id)
     if found[0] is not None:
         versions = client.search_model_versions(f"name='{name}' and run_id='{found[0]}'")
-        log.info("finishing the earlier attempt: run %s%s", found[0],
-                 f", v{versions[0].version}" if versions else " (its model was logged, not registered)")
+        if versions and DECIDED_TAG in versions[0].tags:  # a finished registration of the same inputs
+            log.info("already registered by run %s as v%s, and decided then", found[0], versions[0].version)
+        else:
+            log.info("finishing the earlier attempt: run %s%s", found[0],
+                     f", v{versions[0].version}" if versions else " (its model was logged, not registered)")
     return found

@@ -6,12 +6,12 @@ the project: the MLflow store, its artifacts and Prefect's state must land in th
 
 import csv
 import io
+import json
 import os
 import sys
 import time
 
 import pytest
-import yaml
 
 from tests.integration.project import GIT_IDENTITY, copy_project, query_store, read_registry, run
 
@@ -28,19 +28,6 @@ def _wait_for_queue(repo, env, timeout_s: float = 1200) -> str:
         if not busy or time.monotonic() > deadline:
             return status
         time.sleep(5)
-
-
-def _uncached_outputs(repo) -> list[str]:
-    """Outputs dvc.yaml marks `cache: false`, which DVC leaves to git. The project's .gitignore hides data/,
-    so uncommitted they would be missing from an experiment's temporary copy and rerun their stage there."""
-    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
-    paths = []
-    for stage in stages.values():
-        for kind in ("outs", "metrics", "plots"):
-            for entry in stage.get(kind, []):
-                if isinstance(entry, dict):
-                    paths += [path for path, options in entry.items() if (options or {}).get("cache") is False]
-    return [path for path in paths if (repo / path).exists()]
 
 
 def _training_runs(repo, env) -> dict:
@@ -64,7 +51,6 @@ def test_two_queued_experiments_register_in_the_project_store(tmp_path):
         env.pop(name, None)
     run(["dvc", "repro"], repo, env)  # the baseline: queued experiments rerun train, evaluate and register only
     run(["git", "add", "-A"], repo, env)
-    run(["git", "add", "-f", *_uncached_outputs(repo)], repo, env)
     run(["git", "commit", "-qm", "baseline"], repo, env)
 
     for name, lr in EXPERIMENTS.items():
@@ -72,6 +58,8 @@ def test_two_queued_experiments_register_in_the_project_store(tmp_path):
     run(["dvc", "queue", "start", "-j", "2"], repo, env)
     status = _wait_for_queue(repo, env)
     assert status.count("Success") == 2, status + run(["dvc", "queue", "logs", "q-lr2"], repo, env).stdout
+    # every output is cached, so each copy checks out the baseline's data and report: synthesis does not rerun
+    assert "Running stage 'synthesize'" not in run(["dvc", "queue", "logs", "q-lr2"], repo, env).stdout
 
     registry = read_registry(repo, env)
     by_experiment = {tags.get("dvc_experiment"): number for number, tags in registry["versions"].items()}
@@ -94,6 +82,13 @@ def test_two_queued_experiments_register_in_the_project_store(tmp_path):
     gain = next(column for column in next(iter(shown.values())) if column.endswith("psnr_gain_over_identity"))
     for name in EXPERIMENTS:
         assert shown[name][gain] not in ("", "!"), shown[name]
+
+    # the synthesis report of each experiment compares too, and applying one brings back its own registration
+    plots = run(["dvc", "plots", "diff", *EXPERIMENTS, "--json"], repo, env).stdout
+    assert "data/synth_report/residual_spectrum.csv" in plots and "errors" not in plots, plots[-2000:]
+    run(["dvc", "exp", "apply", "q-lr3"], repo, env)
+    applied = json.loads((repo / "data/register/registration.json").read_text())
+    assert (applied["dvc_experiment"], applied["version"]) == ("q-lr3", by_experiment["q-lr3"])
 
     temporary = repo / ".dvc" / "tmp"
     assert not list(temporary.rglob("mlflow.db")) and not list(temporary.rglob("mlartifacts"))
