@@ -61,7 +61,7 @@ def with_project_paths(params: Params) -> Params:
     project has them (evaluate.real_sets are, in flows/evaluate.py)."""
     sources = params.synthesize.sources
     folders = [from_project(folder) for folder in sources.folders]
-    datasets = [dataset.model_copy(update={"path": from_project(dataset.path)}) for dataset in params.preprocess.datasets]
+    datasets = [entry.model_copy(update={"path": from_project(entry.path)}) for entry in params.preprocess.datasets]
     return params.model_copy(update={
         "synthesize": params.synthesize.model_copy(update={"sources": sources.model_copy(update={"folders": folders})}),
         "preprocess": params.preprocess.model_copy(update={"datasets": datasets})})

@@ -306,7 +306,8 @@ def test_uncommitted_train_code_is_listed_and_data_outputs_are_not(tmp_path, mon
     (tmp_path / "flows" / "train.py").write_text("# train\n")
     (tmp_path / "presets").mkdir()
     (tmp_path / ".gitignore").write_text("/data\n")
-    (tmp_path / "dvc.yaml").write_text("stages:\n  train:\n    cmd: x\n    deps: [flows/train.py, presets, data/train]\n")
+    (tmp_path / "dvc.yaml").write_text("stages:\n  train:\n    cmd: x\n"
+                                       "    deps: [flows/train.py, presets, data/train]\n")
     git("init", "-q")
     git("add", ".")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
