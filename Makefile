@@ -10,9 +10,15 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: install pipeline test test-fast clean server deploy worker mlflow-server serve-model gpu-check
 
+# TORCH_INDEX: where torch comes from, installed first (the project's install then keeps it). Empty: pip's own
+# indexes, where PyPI's Linux torch is the CUDA build (≈ 3.5 GB more); the CPU build:
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu, a CUDA one: …/whl/cu128. Its version is constraints.txt's.
+TORCH_INDEX ?=
+TORCH_VERSION := $(shell sed -n 's/^torch==//p' constraints.txt)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(if $(TORCH_INDEX),$(BIN)/pip install --quiet torch==$(TORCH_VERSION) --index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 

@@ -239,10 +239,15 @@ def bench_train_on_the_fly(profile: str, device_name: str, seconds: float, patch
     is images per second after the first step, which pays for compilation and autotuning.
     Validation, checkpoints and the learning-rate schedule are left out. `save` writes the model.
     """
+    device = resolve_device(device_name)
+    if compile_model is None and device.type == "cpu":
+        # the profile's torch.compile is for GPUs: on the CPU, Inductor failed on the multi-scale model's
+        # scatter (torch 2.13, a 580-line traceback); --compile still asks for it
+        compile_model = False
     overrides = {"patch_size": patch_size, "batch_size": batch, "channels": channels, "depth": depth,
                  "compile": compile_model}
     params = parse_params({"profile": profile, "train": {k: v for k, v in overrides.items() if v is not None}})
-    cfg, device = params.train, resolve_device(device_name)
+    cfg = params.train
     pairs_per_epoch = cfg.synthetic_pairs_per_epoch or cfg.batch_size * 64
     batches = SyntheticBatches(params.synthesize, pairs_per_epoch, cfg.patch_size, cfg.batch_size, params.seed, device)
     spec = model_spec(cfg.model, cfg.channels, cfg.depth, cfg.correction, cfg.correction_width)

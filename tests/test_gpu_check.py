@@ -149,10 +149,11 @@ def test_bench_fly_trains_on_pairs_rendered_on_the_fly_and_saves_a_model(tmp_pat
     from pipeline.models import load_model
 
     result = runner.invoke(app, ["bench", "fly", "--device", "cpu", "--seconds", "0", "--patch", "32", "--batch", "2",
-                                 "--channels", "8", "--depth", "2", "--no-compile", "--save", str(tmp_path / "m"), "--json"])
+                                 "--channels", "8", "--depth", "2", "--save", str(tmp_path / "m"), "--json"])
     assert result.exit_code == 0, result.output
     figures = json.loads(result.stdout)
     assert figures["steps"] == 1 and figures["images"] == 2 and figures["images_per_s"] is None  # only the first step
+    # the gpu profile compiles, but not on the CPU unless --compile says so (Inductor failed there)
     assert (figures["profile"], figures["model"], figures["patch_size"], figures["compile"]) == ("gpu", "mscale", 32, False)
     assert figures["ema"] is True and figures["loss_first"] == figures["loss_last"] > 0
     model, spec = load_model(tmp_path / "m")

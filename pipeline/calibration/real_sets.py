@@ -55,7 +55,8 @@ def read_real_photos(
     if pairs and photos:
         raise InputDataError("calibrate against paired sets or against unpaired photos, not both at once")
     if not pairs and not photos:
-        raise InputDataError(f"no readable real photos matching {include!r} in {', '.join(map(str, roots))}")
+        why = f": all {len(skipped)} skipped, e.g. {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+        raise InputDataError(f"no usable real photos matching {include!r} in {', '.join(map(str, roots))}{why}")
     return pairs, photos, skipped
 
 

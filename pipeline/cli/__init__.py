@@ -5,9 +5,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
-from pipeline.cli.common import app, err
+# No usage telemetry from MLflow (it writes an installation id under ~/.config/mlflow), as none from Prefect's
+# server; a user's own setting wins.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from pipeline.cli.common import app, err  # noqa: E402
 from pipeline.errors import DemoireError
 
 # Each import registers its commands on `app`; the order is the order of `demoire --help`.

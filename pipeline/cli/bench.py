@@ -130,7 +130,8 @@ def bench_fly(
     batch: int = typer.Option(None, min=1, help="images per step [default: the profile's train.batch_size]"),
     channels: int = typer.Option(None, min=1, help="width [default: the architecture's]"),
     depth: int = typer.Option(None, min=1, help="depth [default: the architecture's]"),
-    compile_model: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile [default: the profile's]"),
+    compile_model: bool = typer.Option(None, "--compile/--no-compile",
+                                       help="torch.compile [default: the profile's on a GPU, off on the CPU]"),
     save: Path = typer.Option(None, help="write the trained model to this folder (for `demoire predict --model`) [default: not saved]"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (images_per_s, first_step_s, losses, …)"),
 ) -> None:

@@ -30,6 +30,7 @@ def serve(
     """A web page to drop photos on (before/after slider, full resolution, download) and an API:
     POST /restore (multipart field `file`, JSON base64 `image`, or raw image bytes; ?format=png|jpg|webp&quality=90),
     GET /health, GET /model. Writes no files."""
+    import python_multipart  # noqa: F401  (the page's uploads: missing, one line now rather than a 500 per upload)
     import uvicorn
 
     from pipeline.inference import check_tiling, restore_image, spatial_multiple

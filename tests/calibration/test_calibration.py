@@ -12,7 +12,7 @@ from pipeline.calibration.statistics import (
 )
 from pipeline.cli import app
 from pipeline.config import parse_params
-from pipeline.errors import ParamsError
+from pipeline.errors import InputDataError, ParamsError
 from pipeline.io import write_png
 
 
@@ -50,6 +50,10 @@ def test_unpaired_photos_too_small_for_the_widest_band_are_skipped_and_named(tmp
     pairs, photos, skipped = read_real_photos([tmp_path])
     assert not pairs and [photo.shape for photo in photos] == [(128, 128, 3)]
     assert skipped == [("narrow.png", "256×100 is smaller than 128 px a side, the longest period measured")]
+    (tmp_path / "big.png").unlink()  # none left: the error says why, not "no readable photos"
+    with pytest.raises(InputDataError, match=r"^no usable real photos matching '\*' in .*: all 1 skipped, e.g. "
+                                             r"narrow.png: 256×100 is smaller than 128 px a side"):
+        read_real_photos([tmp_path])
 
 
 def test_knobs_give_ranges_inside_what_the_params_allow():
