@@ -210,3 +210,13 @@ def test_a_missing_extra_names_the_pip_extra_with_its_brackets(monkeypatch, caps
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip() == ("error: this command needs onnx, which is not installed: "
                                                "pip install 'demoire[export]'")
+
+
+def test_serve_without_the_upload_parser_stops_before_loading_and_names_the_extra(model, monkeypatch):
+    import sys
+
+    # a base install: MLflow brings fastapi and uvicorn, so only the page's multipart uploads failed, each a 500
+    monkeypatch.setitem(sys.modules, "python_multipart", None)
+    result = runner.invoke(app, ["serve", "--model", model, "--port", "1"])
+    assert isinstance(result.exception, ModuleNotFoundError) and result.exception.name == "python_multipart"
+    assert "loading" not in result.output
