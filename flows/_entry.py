@@ -47,13 +47,16 @@ def in_experiment_copy() -> bool:
     return Path.cwd().resolve() != PROJECT_ROOT
 
 
-def from_project(path: Path) -> Path:
-    """A relative folder missing from an experiment's copy but present in the project: the project's one, as
-    params.yaml documents relative folders (data and photos usually stay outside git)."""
+def only_in_project(path: Path | str) -> bool:
+    """Whether a relative path is missing here, in an experiment's copy, but present in the project."""
     path = Path(path)
-    if path.is_absolute() or path.exists() or not in_experiment_copy() or not (PROJECT_ROOT / path).exists():
-        return path
-    return PROJECT_ROOT / path
+    return not path.is_absolute() and not path.exists() and in_experiment_copy() and (PROJECT_ROOT / path).exists()
+
+
+def from_project(path: Path) -> Path:
+    """A relative folder only the project has: the project's one, as params.yaml documents relative folders
+    (data and photos usually stay outside git); any other path as it is."""
+    return PROJECT_ROOT / path if only_in_project(path) else Path(path)
 
 
 def with_project_paths(params: Params) -> Params:
@@ -74,8 +77,7 @@ def untracked_preset_hint(params_path: Path) -> str:
         preset = (yaml.safe_load(Path(params_path).read_text()) or {}).get("synthesize", {}).get("preset")
     except (OSError, yaml.YAMLError, AttributeError):
         return ""
-    if (not isinstance(preset, str) or not in_experiment_copy() or Path(preset).is_absolute() or Path(preset).exists()
-            or not (PROJECT_ROOT / preset).is_file()):
+    if not isinstance(preset, str) or not only_in_project(preset):
         return ""
     return (f" ({preset} is in the project but not in this experiment's copy, which holds only the files git "
             f"tracks: `git add {preset}` and commit it, or run the experiment in the workspace)")

@@ -218,8 +218,9 @@ def _mismatch_html(mismatch: str | None) -> str:
             " run <code>dvc repro</code> so that both come from one run.</p>")
 
 
-def run_report_html(metrics: dict, history: pd.DataFrame, grid_png: bytes, registration: dict) -> str:
-    """The whole report as one HTML document."""
+def run_report_html(metrics: dict, history: pd.DataFrame, grid_png: bytes, registration: dict,
+                    mismatch: str | None = None) -> str:
+    """The whole report as one HTML document; `mismatch`: why the registration is not of this evaluation."""
     last = history.iloc[-1]
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="generator" content="{GENERATOR}">
@@ -236,7 +237,7 @@ def run_report_html(metrics: dict, history: pd.DataFrame, grid_png: bytes, regis
 <h2>Before / after (moiré input | restored | clean target)</h2>
 <img alt="before and after grid" src="{png_data_uri(grid_png)}">
 <h2>Registration</h2>
-{_mismatch_html(registration_mismatch(metrics, registration))}
+{_mismatch_html(mismatch)}
 {_registration_html(registration)}
 </body></html>
 """
@@ -267,7 +268,8 @@ def write_run_report(out: Path, metrics: Path, history: Path, grid: Path, regist
     record = read_json_input(registration, "dvc repro register")
     check_metrics_input(metrics, metrics_data)  # every input is there and parses before its content is checked
     check_registration_input(registration, record)
-    document = run_report_html(metrics_data, history_frame, grid_png, record)
+    mismatch = registration_mismatch(metrics_data, record)
+    document = run_report_html(metrics_data, history_frame, grid_png, record, mismatch)
     with atomic_path(out) as tmp:
         tmp.write_text(document, encoding="utf-8")
-    return registration_mismatch(metrics_data, record)
+    return mismatch
