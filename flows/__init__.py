@@ -6,11 +6,29 @@ here against a 20 s default), the library's `pipeline.*` loggers reach Prefect's
 errors reach them without a traceback, and neither Prefect's server nor MLflow sends telemetry.
 """
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]  # this workspace: its code, params.yaml and data/
+# The stages need the `[pipeline]` extra; a base install says so in one line instead of a traceback.
+_MISSING = [name for name in ("prefect", "httpx") if importlib.util.find_spec(name) is None]
+if _MISSING:
+    _message = f"the flows need {_MISSING[0]}, which is not installed: pip install 'demoire[pipeline]'"
+    if "-m" in sys.orig_argv[:-1] and sys.orig_argv[sys.orig_argv.index("-m") + 1].startswith("flows."):
+        print(f"error: {_message}", file=sys.stderr)
+        sys.exit(2)
+    raise ModuleNotFoundError(_message, name=_MISSING[0])
+
+
+def _project_dir() -> Path:
+    """This checkout (the folder holding this package and dvc.yaml); for an installed package the current
+    folder, so Prefect's state and the MLflow store never land in the environment's site-packages."""
+    checkout = Path(__file__).resolve().parents[1]
+    return checkout if (checkout / "dvc.yaml").is_file() else Path.cwd().resolve()
+
+
+PROJECT_DIR = _project_dir()  # this workspace: its code, params.yaml and data/
 # The project a run belongs to: where its MLflow store, Prefect state and params' relative paths live.
 # `dvc exp run --temp` / `--queue` run the stages in a copy of the workspace under .dvc/tmp/exps/, which
 # is deleted afterwards, and set DVC_ROOT to the project they came from (in a plain `dvc repro` it is
@@ -36,7 +54,8 @@ STAGE_MODULES = {"flows.synthesize", "flows.preprocess", "flows.train", "flows.e
 def _stage_command() -> bool:
     """Whether this process was started as a stage command (this package is imported before the stage module)."""
     argv = sys.orig_argv
-    return "-m" in argv[:-1] and argv[argv.index("-m") + 1] in STAGE_MODULES
+    asks_help = any(arg in ("-h", "--help") for arg in argv)  # prints usage and exits: nothing to start
+    return "-m" in argv[:-1] and argv[argv.index("-m") + 1] in STAGE_MODULES and not asks_help
 
 
 if _stage_command() and not os.environ.get("PREFECT_API_URL"):

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows._entry import run_stage
 from pipeline.config import ImportedDataset, Params
-from pipeline.data.imported import INDEX_COLUMNS, ImportedPairs, import_dataset_pairs, next_pair_id
+from pipeline.data.imported import ImportedPairs, import_dataset_pairs, next_pair_id
 from pipeline.data.manifest import read_manifest, validate_pairs
-from pipeline.data.splits import SPLITS, split_by_source
+from pipeline.data.pairs_index import index_pairs
+from pipeline.data.splits import SPLITS
 from pipeline.io import atomic_path, write_json
 
 
@@ -35,22 +35,10 @@ def preprocess_flow(params: Params, data: Path, out: Path, summary_path: Path) -
     # Imported datasets first: a wrong dataset path fails before any synthetic image is decoded.
     imported = import_task(cfg.datasets, next_pair_id(read_manifest(data / "manifest.parquet")),
                            params.train.patch_size)
-    if cfg.synthetic:
-        usable, rejected = validate_task(data)
-        usable["split"] = split_by_source(usable["source_id"], cfg.val_fraction, cfg.test_fraction, params.seed)
-    else:
-        usable, rejected = pd.DataFrame(columns=INDEX_COLUMNS), pd.DataFrame(columns=["reason"])
-    usable = pd.concat([usable[INDEX_COLUMNS], imported.usable], ignore_index=True)
+    index = index_pairs(params, validate_task(data) if cfg.synthetic else None, imported)
     with atomic_path(out) as tmp:
-        usable.to_parquet(tmp, index=False)
-    counts = usable["split"].value_counts()
-    summary = {
-        "pairs": {split: int(counts.get(split, 0)) for split in SPLITS},
-        "sources": {split: int(usable.loc[usable.split == split, "source_id"].nunique()) for split in SPLITS},
-        "rejected_pairs": int(len(rejected) + len(imported.rejected)),
-        "imported_pairs": int(len(imported.usable)),
-        "unpaired_files": len(imported.unpaired),
-    }
+        index.pairs.to_parquet(tmp, index=False)
+    summary = index.summary()
     write_json(summary_path, summary)
     rows = "".join(f"| {s} | {summary['pairs'][s]} | {summary['sources'][s]} |\n" for s in SPLITS)
     create_markdown_artifact(

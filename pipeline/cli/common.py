@@ -147,10 +147,23 @@ def fail(exc: DemoireError) -> None:
     raise typer.Exit(2)
 
 
+DEFAULT_MODEL = "data/train"  # the train stage's output: the model commands' default
+
+
+def check_model_exists(model: str) -> None:
+    """Say what the default model is where its folder is absent: outside a checkout, or before its first run."""
+    if model == DEFAULT_MODEL and not Path(model).exists():
+        from pipeline.errors import ModelNotFoundError
+
+        raise ModelNotFoundError(f"no model in {model}, the default in a checkout once `dvc repro` or `demoire train` "
+                                 "has run; pass --model FOLDER, models:/NAME@ALIAS or an exported file")
+
+
 def load_net(model: str, device: str):
     """The model (folder, `models:/` URI or exported file) and its device: `pipeline.model_source.load_any_model`."""
     from pipeline.model_source import load_any_model
 
+    check_model_exists(model)
     return load_any_model(model, device)
 
 

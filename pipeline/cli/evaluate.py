@@ -9,8 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli.common import (FALLOFF_OPTION, MAX_SIDE_OPTION, Device, Layout, app, err, fail,
-                                 infer_params)
+from pipeline.cli.common import (DEFAULT_MODEL, FALLOFF_OPTION, MAX_SIDE_OPTION, Device, Layout, app,
+                                 check_model_exists, err, fail, infer_params)
 from pipeline.errors import DemoireError
 
 if TYPE_CHECKING:  # annotations only: the CLI imports torch when a command runs, not at start-up
@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # annotations only: the CLI imports torch when a command runs
 
 @app.command()
 def evaluate(
-    model: str = typer.Option("data/train", help="model folder or models:/<name>@<alias>"),
+    model: str = typer.Option(DEFAULT_MODEL, help="model folder or models:/<name>@<alias>"),
     pairs: Path = typer.Option(..., help="dataset root: moire/ + clean/ of matching names, or UHDM, FHDMi, TIP2018"),
     layout: Layout = typer.Option("auto", help="dataset layout; generic: moire/ + clean/"),
     split: str | None = typer.Option(None, help="train | val | test: only this split folder of the dataset [default: every split]"),
@@ -55,6 +55,7 @@ def evaluate(
             check_output_file(csv, "--csv")
         cfg = infer_params(params, tile_size=tile, tile_overlap=overlap, max_side=max_side,
                            falloff=falloff)
+        check_model_exists(model)
         net, torch_device, spec = load_model_and_spec(model, device)
         found = find_paired_folder(pairs, layout, split, include, limit)
         restore = served_restorer(net, torch_device, cfg)

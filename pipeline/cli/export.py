@@ -7,13 +7,13 @@ from typing import Literal
 
 import typer
 
-from pipeline.cli.common import app, err, fail
+from pipeline.cli.common import DEFAULT_MODEL, app, check_model_exists, err, fail
 from pipeline.errors import DemoireError, ParamsError
 
 
 @app.command()
 def export(
-    model: str = typer.Option("data/train", help="model folder or models:/<name>@<alias>"),
+    model: str = typer.Option(DEFAULT_MODEL, help="model folder or models:/<name>@<alias>"),
     export_format: Literal["onnx", "torchscript"] = typer.Option(..., "--format", help="onnx (runs under onnxruntime) "
                                                                                        "or torchscript (torch.jit)"),
     out: Path = typer.Option(..., "-o", "--out", help="file to write: .onnx, or .pt / .ts for TorchScript"),
@@ -31,6 +31,7 @@ def export(
         check_output_file(out, "-o")
         if out.exists() and not overwrite:
             raise ParamsError(f"{out} exists; choose another -o or pass --overwrite")
+        check_model_exists(model)
         net, _, spec = load_model_and_spec(model, "cpu")
         if isinstance(net, ExportedModel):
             raise ParamsError(f"--model {model} is already exported; export from a model folder or a models:/ URI")

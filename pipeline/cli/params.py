@@ -6,29 +6,38 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cli.common import app, fail
+from pipeline.cli.common import DEFAULT_PARAMS, app, fail
 from pipeline.errors import DemoireError
 
 
 @app.command("check-params")
 def check_params(
-    params: Path = typer.Option(Path("params.yaml"), help="params file to validate"),
-    show: bool = typer.Option(False, help="print every value in effect, presets resolved, as YAML"),
+    params: Path | None = typer.Option(None, help="params file to validate [default: ./params.yaml]"),
+    show: bool = typer.Option(False, help="print every value in effect, presets resolved, as YAML "
+                                          "(without a params file: the defaults)"),
     as_json: bool = typer.Option(False, "--json", help='print one JSON object: {"params", "ok": true, "values"} '
                                                        '(values: every value in effect)'),
 ) -> None:
     """Validate params.yaml and print OK, or one line naming the bad key."""
-    from pipeline.config import load_params
+    from pipeline.config import Params, load_params
+    from pipeline.errors import InputDataError
 
+    source = params or DEFAULT_PARAMS
     try:
-        resolved = load_params(params)
-        check_folders(resolved, Path(params).resolve().parent, str(params))
+        if params is None and not DEFAULT_PARAMS.is_file():
+            if not (show or as_json):
+                raise InputDataError(f"{DEFAULT_PARAMS}: file not found here; pass --params FILE "
+                                     "(`demoire check-params --show` prints the defaults)")
+            source, resolved = "the defaults", Params()
+        else:
+            resolved = load_params(source)
+            check_folders(resolved, Path(source).resolve().parent, str(source))
     except DemoireError as exc:
         fail(exc)
     if as_json:
         from pipeline.io import json_text
 
-        typer.echo(json_text({"params": str(params), "ok": True,
+        typer.echo(json_text({"params": str(source), "ok": True,
                               "values": resolved.model_dump(mode="json", by_alias=True)}))
         return
     if show:
@@ -36,7 +45,7 @@ def check_params(
 
         typer.echo(yaml.safe_dump(resolved.model_dump(mode="json", by_alias=True), sort_keys=False))
         return
-    typer.echo(f"{params}: OK")
+    typer.echo(f"{source}: OK")
 
 
 def check_folders(resolved, project_dir: Path, source: str) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cli.common import (FALLOFF_OPTION, MAX_SIDE_OPTION, Device, ImageFormat, app, err, fail, infer_params,
-                                 load_net)
+from pipeline.cli.common import (DEFAULT_MODEL, FALLOFF_OPTION, MAX_SIDE_OPTION, Device, ImageFormat, app, err, fail,
+                                 infer_params, load_net)
 from pipeline.errors import DemoireError, InputDataError
 from pipeline.progress import progress_mode, track_progress
 
@@ -63,7 +63,8 @@ def _progress_mode(quiet: bool) -> str:
 def predict(
     inputs: list[str] = typer.Argument(..., help="image files, folders (recursively) or globs such as 'photos/*.jpg'"),
     out: Path = typer.Option(..., "-o", "--out", help="output folder: NAME.FORMAT per input (sub-paths of folders kept)"),
-    model: str = typer.Option("data/train", help="model folder, models:/<name>@<alias>, or an exported .onnx / .pt file"),
+    model: str = typer.Option(DEFAULT_MODEL,
+                              help="model folder, models:/<name>@<alias>, or an exported .onnx / .pt file"),
     device: Device = typer.Option("auto", help="where the model runs (.onnx files: onnxruntime on the CPU)"),
     overwrite: bool = typer.Option(False, help="replace existing output files"),
     image_format: ImageFormat = typer.Option("png", "--format", help="output format"),

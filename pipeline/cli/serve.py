@@ -7,13 +7,15 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cli.common import FALLOFF_OPTION, MAX_SIDE_OPTION, Device, app, err, fail, infer_params
+from pipeline.cli.common import (DEFAULT_MODEL, FALLOFF_OPTION, MAX_SIDE_OPTION, Device, app, check_model_exists, err,
+                                 fail, infer_params)
 from pipeline.errors import DemoireError, InputDataError
 
 
 @app.command()
 def serve(
-    model: str = typer.Option("data/train", help="model folder, models:/<name>@<alias>, or an exported .onnx / .pt file"),
+    model: str = typer.Option(DEFAULT_MODEL,
+                              help="model folder, models:/<name>@<alias>, or an exported .onnx / .pt file"),
     host: str = typer.Option("127.0.0.1", help="address to listen on; 0.0.0.0 exposes it to the network"),
     port: int = typer.Option(8000, min=0, max=65535, help="TCP port (0: any free one, printed)"),
     device: Device = typer.Option("auto", help="where the model runs"),
@@ -41,6 +43,7 @@ def serve(
         cfg = infer_params(params, tile_size=tile, tile_overlap=overlap, max_pixels=max_pixels,
                            max_side=max_side, falloff=falloff)
         with err.status(f"loading {model}"):
+            check_model_exists(model)
             net, torch_device, spec = load_model_and_spec(model, device)
         check_tiling(cfg.tile_size, cfg.tile_overlap, cfg.tile_batch, spatial_multiple(net))
         limits = ServeLimits(int(max_upload_mb * 2**20), cfg.max_pixels, concurrency, queue)

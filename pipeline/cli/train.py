@@ -6,29 +6,68 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cli.common import app, fail
-from pipeline.errors import DemoireError
+from pipeline.cli.common import DEFAULT_MODEL, DEFAULT_PARAMS, app, err, fail, params_or_defaults
+from pipeline.errors import DemoireError, InputDataError
+
+STAGE_DATA = Path("data/synthesize")  # the synthesize stage's set in a checkout
+STAGE_PAIRS = Path("data/preprocess/pairs.parquet")  # and the preprocess stage's index of it
 
 
 @app.command()
 def train(
-    params: Path = typer.Option(Path("params.yaml"), help="params file (the train section and seed are used)"),
-    data: Path = typer.Option(Path("data/synthesize"), help="folder the pairs index points into"),
-    pairs: Path = typer.Option(Path("data/preprocess/pairs.parquet"), help="pairs index with train/val splits"),
-    out: Path = typer.Option(Path("data/train"), help="folder for model.pt, model.json and checkpoint.pt"),
-    history: Path = typer.Option(Path("data/train/history.csv"), help="per-epoch history CSV"),
+    params: Path | None = typer.Option(None, help="params file (the train, preprocess and seed keys are used) "
+                                                  "[default: ./params.yaml if present, else the defaults]"),
+    data: Path = typer.Option(STAGE_DATA, help="synthetic set the pairs index points into "
+                                               "(`demoire synthesize --out` writes one)"),
+    pairs: Path | None = typer.Option(None, help="pairs index with train/val splits (the preprocess stage's) "
+                                                 f"[default: {STAGE_PAIRS} for {STAGE_DATA} if present, else DATA "
+                                                 "split here as the preprocess stage does, into OUT/pairs.parquet]"),
+    out: Path = typer.Option(Path(DEFAULT_MODEL), help="folder for model.pt, model.json and checkpoint.pt"),
+    history: Path | None = typer.Option(None, help="per-epoch history CSV [default: OUT/history.csv]"),
 ) -> None:
     """Train a model as the `train` stage does; resumes from OUT/checkpoint.pt when params and data match.
 
-    With train.processes > 1 it starts that many DDP processes under torchrun.
+    The run is logged to MLflow: MLFLOW_TRACKING_URI, else ./mlflow.db. With train.processes > 1 it starts
+    that many DDP processes under torchrun.
     """
+    try:
+        resolved = params_or_defaults(params)  # before the heavy imports: a bad file is named at once
+        pairs = pairs_index_for(resolved, data, pairs, out)
+    except DemoireError as exc:
+        fail(exc)
     import logging
 
-    from pipeline.config import load_params
     from pipeline.training.stage import run_training
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        run_training(load_params(params), params, data, pairs, out, history)
+        # A DDP launch passes the params on by file; without one the defaults train in this process.
+        run_training(resolved, params or DEFAULT_PARAMS, data, pairs, out, history or out / "history.csv")
     except DemoireError as exc:
         fail(exc)
+
+
+def pairs_index_for(params, data: Path, pairs: Path | None, out: Path) -> Path:
+    """The pairs index to train from: the one named, the checkout's for its set, or `data` indexed here into OUT."""
+    if pairs is not None:
+        if pairs.is_dir():
+            raise InputDataError(f"--pairs {pairs} is a folder, not a pairs index (the .parquet file the preprocess "
+                                 "stage writes); leave --pairs out to split the synthetic set --data here")
+        return pairs
+    if data == STAGE_DATA and STAGE_PAIRS.is_file():
+        return STAGE_PAIRS
+    if not (data / "manifest.parquet").is_file():
+        raise InputDataError(f"no pairs to train on: {data} is not a synthetic set (no manifest.parquet); write one "
+                             f"with `demoire synthesize --out {data}` or name it with --data")
+    from pipeline.data.pairs_index import build_pairs_index
+    from pipeline.io import atomic_path, check_output_dir
+
+    check_output_dir(out)
+    index = build_pairs_index(params, data)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "pairs.parquet") as tmp:
+        index.pairs.to_parquet(tmp, index=False)
+    summary = index.summary()
+    err.note(f"split {data}: {summary['pairs']['train']} train, {summary['pairs']['val']} val, "
+             f"{summary['pairs']['test']} test pairs ({summary['rejected_pairs']} rejected) -> {out / 'pairs.parquet'}")
+    return out / "pairs.parquet"

@@ -1,0 +1,66 @@
+"""`demoire` in a folder of the user's own, outside a checkout: no params.yaml, no data/, no DVC."""
+
+from __future__ import annotations
+
+import pandas as pd
+import yaml
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.config import load_params
+from pipeline.data.pairs_index import build_pairs_index
+
+runner = CliRunner()
+TINY = {"train": {"epochs": 1, "patch_size": 32, "batch_size": 4, "channels": 8, "depth": 2},
+        "preprocess": {"val_fraction": 0.2, "test_fraction": 0.2}}
+
+
+def test_train_outside_a_checkout_splits_the_synthetic_set_as_the_preprocess_stage_does(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'runs.db'}")
+    assert runner.invoke(app, ["-q", "synthesize", "--out", "syn", "--n", "12", "--size", "64"]).exit_code == 0
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    result = runner.invoke(app, ["train", "--params", "tiny.yaml", "--data", "syn", "--out", "model"])
+    assert result.exit_code == 0, result.output
+    index = pd.read_parquet(tmp_path / "model" / "pairs.parquet")
+    expected = build_pairs_index(load_params(tmp_path / "tiny.yaml"), tmp_path / "syn").pairs
+    pd.testing.assert_frame_equal(index, expected, check_dtype=False)  # parquet reads strings back as such
+    assert set(index["split"]) == {"train", "val", "test"}
+    assert "split syn: " in result.output and "-> model/pairs.parquet" in result.output
+    # The history follows --out, and nothing is written where a checkout keeps its stages' outputs.
+    assert len(pd.read_csv(tmp_path / "model" / "history.csv")) == 1
+    assert (tmp_path / "model" / "model.pt").is_file() and not (tmp_path / "data").exists()
+
+
+def test_train_says_what_to_give_it_when_there_is_nothing_to_train_on(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pairs").mkdir()
+    nothing = runner.invoke(app, ["train"])
+    assert nothing.exit_code == 2
+    assert nothing.output.strip() == ("error: no pairs to train on: data/synthesize is not a synthetic set (no "
+                                      "manifest.parquet); write one with `demoire synthesize --out data/synthesize` "
+                                      "or name it with --data")
+    folder = runner.invoke(app, ["train", "--pairs", "pairs"])
+    assert folder.exit_code == 2 and folder.output.startswith("error: --pairs pairs is a folder, not a pairs index")
+    assert not (tmp_path / "data").exists()
+
+
+def test_check_params_without_a_file_shows_the_defaults_and_validates_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    checked = runner.invoke(app, ["check-params"])
+    assert checked.exit_code == 2
+    assert checked.output.strip() == ("error: params.yaml: file not found here; pass --params FILE "
+                                      "(`demoire check-params --show` prints the defaults)")
+    shown = runner.invoke(app, ["check-params", "--show"])
+    assert shown.exit_code == 0 and yaml.safe_load(shown.output)["seed"] == 2024
+
+
+def test_model_commands_outside_a_checkout_say_what_their_default_model_is(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pairs").mkdir()
+    hint = ("error: no model in data/train, the default in a checkout once `dvc repro` or `demoire train` has run; "
+            "pass --model FOLDER, models:/NAME@ALIAS or an exported file")
+    for command in (["predict", "x.png", "-o", "out"], ["evaluate", "--pairs", "pairs"],
+                    ["export", "--format", "torchscript", "-o", "m.pt"], ["serve"]):
+        result = runner.invoke(app, command)
+        assert (result.exit_code, result.output.strip()) == (2, hint), command
