@@ -15,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows import EXPERIMENT_NAME, PROJECT_DIR, PROJECT_ROOT
 from flows._entry import run_stage
+from flows.run_logs import unless_user_error
 from pipeline.config import Params, flatten
 from pipeline.evaluation.gate import REAL, GateRule, gate_pairs, gate_set_hash, local_gate, scored_as
 from pipeline.evaluation.real_sets import check_unchanged_since_scored
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 SYSTEM_METRICS_INTERVAL_S = 0.5
 
 
-@task(name="log-and-register", retries=2, retry_delay_seconds=[2, 10])
+@task(name="log-and-register", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=unless_user_error)
 def log_and_register_task(params: Params, model_dir: Path, evaluation: dict, files: list[Path],
                           grid: Path, lock: Path, data: Path, pairs: Path, real_per_image: Path | None = None) -> dict:
     """One MLflow run with params, metrics, artifacts, provenance and the model; then register and gate.

@@ -28,3 +28,9 @@ def quiet_user_error_tracebacks() -> None:
         logger = logging.getLogger(name)
         if user_errors_without_traceback not in logger.filters:
             logger.addFilter(user_errors_without_traceback)
+
+
+def unless_user_error(task, task_run, state) -> bool:
+    """A task's `retry_condition_fn`: retry what may pass (a store or server hiccup), not a user error, which
+    would only fail again, and log its line again, after the retry delays."""
+    return not isinstance(state.data, DemoireError)

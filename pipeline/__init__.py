@@ -12,3 +12,8 @@ import os
 # resumed work is fingerprinted with the branch. AMD CPUs take MKL's own choice whatever it says
 # (docs/benchmarks.md). MKL reads it at its first call, so it is set on import; a user's value is kept.
 os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
+
+# MLflow retries a request to a tracking server that stopped answering 7 times, over about 4 minutes; 2 retries of
+# at most 60 s each make it seconds, and the callers say so in one line (a training goes on without the server).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+import requests
 import torch
 
 from pipeline.config import Params, parse_params
@@ -77,14 +82,31 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def mlflow_server(root: Path, port: int, *options: str) -> subprocess.Popen:
+    """A real `mlflow server` on SQLite at 127.0.0.1:`port`, once it answers."""
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                               f"sqlite:///{root / 'server.db'}", "--default-artifact-root", str(root / "artifacts"),
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1", *options],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return server
+        except requests.RequestException:
+            time.sleep(0.5)
+    stop_server(server)
+    raise RuntimeError("mlflow server did not start within 180 s")
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=60)
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
     """A real `prefect server start` on 127.0.0.1 for the whole session; stopped by process id."""
-    import os
-    import subprocess
-    import sys
-    import time
-
     import httpx
 
     home = tmp_path_factory.mktemp("prefect-home")

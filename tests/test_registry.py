@@ -17,7 +17,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import InferParams
-from pipeline.errors import ModelNotFoundError
+from pipeline.errors import InputDataError, ModelNotFoundError
 from pipeline.evaluation.gate import GateRule, load_gate_set, score_on_gate, scored_as
 from pipeline.inference import restore_image
 from pipeline.io import write_json, write_png
@@ -500,3 +500,27 @@ def test_the_bounded_server_answers_a_refusal_briefly_and_a_shutdown_with_503(ch
         response = answer["response"]
         assert response.status_code == 503, response.text[:300]  # was 429 Too Many Requests
         assert response.json()["message"] == "stopped: the server is shutting down"
+
+
+@pytest.mark.slow
+def test_the_server_probe_names_a_wrong_url_host_or_scheme_in_one_line(tmp_path):
+    from pipeline.registry.store import check_server_answers
+    from tests.conftest import _free_port, mlflow_server, stop_server
+
+    port = _free_port()
+    server = mlflow_server(tmp_path, port, "--allowed-hosts", f"127.0.0.1:{port}")
+    try:
+        check_server_answers(f"http://127.0.0.1:{port}")  # the server's root: its API answers
+        with pytest.raises(InputDataError, match=rf"^MLFLOW_TRACKING_URI=http://127.0.0.1:{port}/mlflow: no MLflow API "
+                                                 r"at this URL \(HTTP 404 for /api/2.0/mlflow/experiments/get-by-name\)"):
+            check_server_answers(f"http://127.0.0.1:{port}/mlflow")
+        with pytest.raises(InputDataError, match=rf"^MLFLOW_TRACKING_URI=http://localhost:{port}: the server refuses the "
+                                                 rf"host name 'localhost:{port}'; start it with --allowed-hosts"):
+            check_server_answers(f"http://localhost:{port}")
+    finally:
+        stop_server(server)
+    with pytest.raises(InputDataError, match=rf"^MLFLOW_TRACKING_URI=http://alice:\*\*\*@127.0.0.1:{port}: no MLflow "
+                                             "server answers"):
+        check_server_answers(f"http://alice:s3cret@127.0.0.1:{port}")  # the password never shown
+    with pytest.raises(InputDataError, match=r"^MLFLOW_TRACKING_URI=127.0.0.1:5000: not a tracking URI; use http"):
+        check_server_answers("127.0.0.1:5000")

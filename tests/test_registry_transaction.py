@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -169,3 +170,14 @@ def test_a_lock_released_while_mlflow_reports_it_taken_is_acquired(tmp_path):
     finally:
         waiter.release()
     assert client.search_registered_models(f"name = '{waiter.name}'") == []
+
+
+def test_an_owner_is_gone_only_when_it_ran_on_this_machine_and_its_process_ended():
+    from pipeline.registry.transaction import Owner, this_host
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    here = Owner.this_process()
+    assert not here.gone() and Owner(this_host(), int(ended.stdout), here.started).gone()
+    # A teammate's machine with the same host name (`vm`, a container image's): its boot id differs, so not ours.
+    teammate = Owner(f"{socket.gethostname()}/ffffffff", int(ended.stdout), here.started)
+    assert this_host().startswith(f"{socket.gethostname()}/") and not teammate.gone()

@@ -17,7 +17,7 @@ from pipeline.faults import kill_point
 from pipeline.evaluation.gate import (GATE_KINDS, METRIC_LABELS, SYNTHETIC, GateKind, GateRule, GateScores,
                                      PromotionDecision, decide_promotion)
 from pipeline.registry.pyfunc import download_model_files
-from pipeline.registry.store import alias_version, resolve_alias, version_numbers
+from pipeline.registry.store import alias_version, redacted, resolve_alias, version_numbers
 
 log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -241,5 +241,6 @@ def rollback_champion(client: MlflowClient, name: str) -> tuple[str, str]:
 def decision_record(version: str, decision: PromotionDecision, name: str, run_id: str, uri: str,
                     experiment: str | None = None) -> dict:
     """The register stage's output: what was registered and what was decided (and the DVC experiment, if any)."""
-    record = {"model_name": name, "version": version, "run_id": run_id, "tracking_uri": uri, **decision.record()}
+    record = {"model_name": name, "version": version, "run_id": run_id, "tracking_uri": redacted(uri),
+              **decision.record()}
     return record | ({"dvc_experiment": experiment} if experiment else {})

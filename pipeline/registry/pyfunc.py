@@ -193,10 +193,10 @@ def load_registered_model_and_spec(uri: str, device):
     from pipeline.models import load_model
 
     connect(Path.cwd())  # read-only: no store is created, a dead server is one line
-    resolve_model_uri(uri)
+    name, number, _ = resolve_model_uri(uri)
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            files = download_model_files(uri, Path(tmp))
+        try:  # by number: an alias moved meanwhile (a promotion, a rollback) would load another version
+            files = download_model_files(f"models:/{name}/{number}", Path(tmp))
         except MlflowException as exc:
             raise ModelNotFoundError(f"cannot load {uri}: {str(exc).splitlines()[0]}") from None
         return load_model(files, device)

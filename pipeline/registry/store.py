@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 import requests  # MLflow's own HTTP client: installed wherever MLflow is
@@ -58,17 +59,78 @@ def use_tracking_store(project_dir: Path, experiment: str) -> str:
     return uri
 
 
+def redacted(uri: str) -> str:
+    """A tracking URI without the password it may carry (`http://user:secret@host` → `http://user:***@host`)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
+
+
 def check_server_answers(uri: str, timeout_s: float = SERVER_PROBE_TIMEOUT_S) -> None:
-    """One quick request to an http(s) tracking server: a dead one is a one-line error, not minutes of
-    MLflow's retries (any answer, even 401, means a server is there)."""
+    """One quick request to the tracking server's API: a dead server, a wrong URL, refused credentials or a
+    refused host name are one line each, not minutes of MLflow's retries or a page of its traceback."""
+    shown = f"MLFLOW_TRACKING_URI={redacted(uri)}"
+    if "://" not in uri:  # MLflow 3 would take it for a folder of the file store it no longer supports
+        raise InputDataError(f"{shown}: not a tracking URI; use http(s)://HOST:PORT for a server or "
+                             "sqlite:////PATH/mlflow.db for a file")
     if not uri.startswith(("http://", "https://")):
         return
     try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s)
+        answer = requests.get(f"{uri.rstrip('/')}/{PROBE_ENDPOINT}", timeout=timeout_s, **_http_settings())
+    except requests.exceptions.SSLError as exc:
+        raise InputDataError(f"{shown}: TLS failed ({_reason(exc)}); set MLFLOW_TRACKING_SERVER_CERT_PATH to the "
+                             "server's CA bundle (or MLFLOW_TRACKING_INSECURE_TLS=true)") from None
     except requests.RequestException as exc:
         raise InputDataError(
-            f"MLFLOW_TRACKING_URI={uri}: no MLflow server answers ({type(exc).__name__}); start it "
+            f"{shown}: no MLflow server answers ({type(exc).__name__}); start it "
             "(make mlflow-server) or unset MLFLOW_TRACKING_URI to use the project's mlflow.db") from None
+    problem = _probe_problem(answer)
+    if problem:
+        raise InputDataError(f"{shown}: {problem}")
+
+
+PROBE_ENDPOINT = "api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"  # read-only, on every server
+
+
+def _http_settings() -> dict:
+    """requests' TLS and auth arguments from MLflow's own environment variables, as its client reads them."""
+    env = os.environ
+    verify: bool | str = env.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True
+    if env.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        verify = False
+    settings: dict = {"verify": verify, "cert": env.get("MLFLOW_TRACKING_CLIENT_CERT_PATH") or None}
+    if env.get("MLFLOW_TRACKING_USERNAME"):
+        settings["auth"] = (env["MLFLOW_TRACKING_USERNAME"], env.get("MLFLOW_TRACKING_PASSWORD", ""))
+    elif env.get("MLFLOW_TRACKING_TOKEN"):
+        settings["headers"] = {"Authorization": f"Bearer {env['MLFLOW_TRACKING_TOKEN']}"}
+    return settings
+
+
+def _probe_problem(answer: requests.Response) -> str | None:
+    """What an answer to the probe says is wrong; None when an MLflow API answered (even 'no such experiment')."""
+    if answer.status_code == 401:
+        return ("the server asks for credentials; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                "(or MLFLOW_TRACKING_TOKEN)")
+    if answer.status_code == 403 and "Invalid Host header" in answer.text:
+        return (f"the server refuses the host name {urlsplit(answer.url).netloc!r}; start it with "
+                "--allowed-hosts naming it (MLFLOW_SERVER_ALLOWED_HOSTS), or use the address it allows")
+    if answer.status_code == 403:
+        return "the server refuses these credentials (HTTP 403)"
+    try:
+        body = answer.json()
+    except ValueError:
+        body = None
+    if answer.ok or (isinstance(body, dict) and "error_code" in body):
+        return None
+    return (f"no MLflow API at this URL (HTTP {answer.status_code} for /{PROBE_ENDPOINT.split('?')[0]}); "
+            "give the server's root URL, without a path")
+
+
+def _reason(exc: Exception) -> str:
+    """The innermost reason of a requests error, short."""
+    text = str(exc)
+    return (text.rsplit("(Caused by ", 1)[-1].rstrip(")") if "(Caused by " in text else text)[:200]
 
 
 def _ensure_experiment(name: str, artifacts: str | None) -> None:

@@ -59,9 +59,19 @@ class RegistryBusyError(DemoireError):
     """The registry lock stayed held by a live process for longer than the wait allows."""
 
 
+def this_host() -> str:
+    """This machine: its host name and boot id (host names repeat across machines: `vm`, `localhost`, a
+    container image's), so a process of a teammate's machine is never taken for a gone one of ours."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:  # not Linux: the host name alone
+        return socket.gethostname()
+    return f"{socket.gethostname()}/{boot}"
+
+
 @dataclass(frozen=True)
 class Owner:
-    """A process, by host, pid and start time (a pid alone may be reused)."""
+    """A process, by host (`this_host`), pid and start time (a pid alone may be reused)."""
 
     host: str
     pid: int
@@ -69,7 +79,7 @@ class Owner:
 
     @classmethod
     def this_process(cls) -> "Owner":
-        return cls(socket.gethostname(), os.getpid(), psutil.Process().create_time())
+        return cls(this_host(), os.getpid(), psutil.Process().create_time())
 
     @classmethod
     def parse(cls, text: str | None) -> "Owner | None":
@@ -84,7 +94,7 @@ class Owner:
 
     def gone(self) -> bool:
         """True when this process is known to have ended: it ran on this host and is no longer there."""
-        if self.host != socket.gethostname():
+        if self.host != this_host():  # another machine (or this one before a reboot): not known
             return False
         try:
             return abs(psutil.Process(self.pid).create_time() - self.started) > 1.0

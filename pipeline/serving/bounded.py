@@ -215,7 +215,7 @@ def serve(model_uri: str, host: str, port: int, max_body_mb: float, timeout_s: f
 
 def main() -> None:
     from pipeline.errors import DemoireError
-    from pipeline.registry.store import default_tracking_uri
+    from pipeline.registry.store import check_server_answers, default_tracking_uri
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-m", "--model-uri", default="models:/demoire@champion")
@@ -227,8 +227,10 @@ def main() -> None:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(default_tracking_uri(os.getcwd()))
+    uri = default_tracking_uri(os.getcwd())
+    mlflow.set_tracking_uri(uri)
     try:
+        check_server_answers(uri)  # a dead server: one line now, not minutes of MLflow's retries
         serve(args.model_uri, args.host, args.port, args.max_body_mb, args.timeout)
     except (DemoireError, MlflowException) as exc:
         raise SystemExit(f"error: cannot serve {args.model_uri}: {str(exc).splitlines()[0]}") from None

@@ -10,6 +10,10 @@ checkpoint continues that run; a fresh one starts a new run. Runs left RUNNING b
 end FAILED when the next training starts (unless it continues them). The register stage reads the
 same file to link the version it registers to this run (`training_run_id`).
 
+Once the run has started, the store is best-effort: a tracking server that stops answering mid-training
+costs a warning, not the training. Metrics wait in memory (up to MAX_PENDING_METRICS) and go out when it
+answers again, tried at most every RETRY_AFTER_S; history.csv keeps every epoch whatever happens.
+
 The project (its store) is DVC_ROOT when set: `dvc exp run --temp` / `--queue` run stages in a
 temporary copy and point DVC_ROOT at the project, and name the experiment in DVC_EXP_NAME.
 """
@@ -42,6 +46,9 @@ STAGE_TAG = "demoire.stage"
 TRAINING_RUN_TAG = "training_run_id"  # on the register run and the model version: the run that trained it
 SYSTEM_METRICS_INTERVAL_S = 10.0  # MLflow's default; an epoch of the quick profile takes longer
 PARAMS_PER_BATCH = 100  # MLflow's limit per log_batch call
+METRICS_PER_BATCH = 1000  # and its limit of metrics per call
+RETRY_AFTER_S = 60.0  # a tracking server that stopped answering is tried again after this
+MAX_PENDING_METRICS = 100_000  # kept while it is away (a few MB); the oldest are dropped beyond
 
 
 def project_root() -> Path:
@@ -77,6 +84,8 @@ class LiveTrainingRun:
         self.run_id: str | None = None
         self._monitor: SystemMetricsMonitor | None = None
         self._losses: list[float] = []
+        self._pending: list[Metric] = []  # metrics not yet in the store
+        self._retry_at = 0.0  # monotonic time before which a store that stopped answering is not tried
 
     def on_start(self, history: list[EpochStats]) -> None:
         """Continue the recorded run when a checkpoint was resumed, else start a new one; settle dead runs."""
@@ -127,8 +136,27 @@ class LiveTrainingRun:
 
     def _log(self, values: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        metrics = [Metric(key, value, now, step) for key, value in values.items() if math.isfinite(value)]
-        self.client.log_batch(self.run_id, metrics=metrics)
+        self._pending += [Metric(key, value, now, step) for key, value in values.items() if math.isfinite(value)]
+        del self._pending[:-MAX_PENDING_METRICS]
+        if time.monotonic() >= self._retry_at:
+            self._flush()
+
+    def _flush(self) -> bool:
+        """Send the metrics waiting; on a store that does not answer, keep them and try again later."""
+        try:
+            while self._pending:
+                self.client.log_batch(self.run_id, metrics=self._pending[:METRICS_PER_BATCH])
+                del self._pending[:METRICS_PER_BATCH]
+        except (MlflowException, OSError) as exc:
+            if self._retry_at == 0.0:  # once per outage
+                log.warning("MLflow store stopped answering (%s); training goes on, its metrics wait to be "
+                            "logged (history.csv keeps every epoch)", _first_line(exc))
+            self._retry_at = time.monotonic() + RETRY_AFTER_S
+            return False
+        if self._retry_at:
+            log.info("MLflow store answers again: the metrics that waited are logged")
+        self._retry_at = 0.0
+        return True
 
     def __enter__(self) -> LiveTrainingRun:
         return self
@@ -136,9 +164,23 @@ class LiveTrainingRun:
     def __exit__(self, exc_type, exc, traceback) -> None:
         if self._monitor is not None:
             self._monitor.finish()
-        if self.run_id is not None:
-            status = RunStatus.FINISHED if exc_type is None else RunStatus.FAILED
-            self.client.set_terminated(self.run_id, RunStatus.to_string(status))
+        if self.run_id is None:
+            return
+        status = RunStatus.FINISHED if exc_type is None else RunStatus.FAILED
+        try:
+            if self._flush():
+                self.client.set_terminated(self.run_id, RunStatus.to_string(status))
+                return
+        except (MlflowException, OSError) as error:
+            log.warning("MLflow store stopped answering (%s)", _first_line(error))
+        log.warning("MLflow run %s could not be ended %s (%d metrics not logged); the next training marks it "
+                    "FAILED, and history.csv has every epoch", self.run_id, RunStatus.to_string(status),
+                    len(self._pending))
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's first line: MLflow's HTTP errors run to many."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
 
 
 def settle_dead_training_runs(client: MlflowClient, experiment_id: str, keep: str | None) -> None:

@@ -318,3 +318,26 @@ def test_uncommitted_train_code_is_listed_and_data_outputs_are_not(tmp_path, mon
     (tmp_path / "flows" / "train.py").write_text("# edited\n")
     (tmp_path / "presets" / "mine.yaml").write_text("base: default\n")
     assert uncommitted_train_code() == ["flows/train.py", "presets/mine.yaml"]
+
+
+def test_a_task_retries_a_hiccup_but_not_a_user_error(prefect_api):
+    from prefect import flow, task
+
+    from flows.run_logs import unless_user_error
+    from pipeline.errors import InputDataError
+
+    calls = []
+
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=unless_user_error)
+    def step(error: type[Exception]) -> None:
+        calls.append(error.__name__)
+        raise error("no")
+
+    @flow
+    def run(error: type[Exception]) -> None:
+        step(error)
+
+    for error in (InputDataError, ConnectionError):
+        with pytest.raises(error):
+            run(error)
+    assert calls == ["InputDataError", "ConnectionError", "ConnectionError", "ConnectionError"]

@@ -145,3 +145,36 @@ def test_training_reports_step_progress_with_the_run_eta_as_log_lines(tmp_path, 
     lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.progress"]
     assert len(lines) == 2 and lines[0].startswith("train epoch 1/2: 2/2 steps (100%)")
     assert lines[1].startswith("train epoch 2/2 (run ETA 0:00:") and "2/2 steps (100%)" in lines[1]
+
+
+@pytest.mark.slow
+def test_a_tracking_server_that_goes_away_mid_training_costs_a_warning_not_the_training(project, rng, monkeypatch,
+                                                                                         caplog):
+    import pipeline.training.telemetry as telemetry
+    from tests.conftest import _free_port, mlflow_server, stop_server
+
+    port = _free_port()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a refused connection fails at once
+    monkeypatch.setattr(telemetry, "RETRY_AFTER_S", 0.0)  # and every later metric tries the store again
+    servers = [mlflow_server(project, port)]
+
+    def outage(history, run_id):
+        if len(history) == 1:  # the server stops for epoch 2 and is back for epoch 3
+            stop_server(servers.pop())
+        elif len(history) == 2:
+            servers.append(mlflow_server(project, port))
+
+    try:
+        with caplog.at_level(logging.INFO, logger="pipeline.training.telemetry"):
+            run_id = _train(_params(epochs=4), project / "train", _stripes(rng, n=4), outage)
+        client = MlflowClient()
+        assert client.get_run(run_id).info.status == "FINISHED"
+        assert [step for step, _ in _metric(client, run_id, "val_psnr")] == [1, 2, 3, 4]  # epoch 2's waited
+        ours = [r for r in caplog.records if r.name == telemetry.__name__]  # MLflow's monitor warns on its own
+        warnings = [r.getMessage() for r in ours if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and warnings[0].startswith("MLflow store stopped answering (MlflowException: ")
+        assert any(r.getMessage().startswith("MLflow store answers again") for r in ours)
+    finally:
+        for server in servers:
+            stop_server(server)
