@@ -35,6 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._args import output_file, run  # noqa: E402
 from pipeline.config import InferParams  # noqa: E402
 from pipeline.data.dataset import to_image, to_tensor  # noqa: E402
 from pipeline.errors import DemoireError, InputDataError  # noqa: E402
@@ -143,7 +144,7 @@ def main() -> None:
     parser.add_argument("--amplitude", type=float, default=0.1, help="the bands' RMS contrast in linear light")
     parser.add_argument("--angle", type=float, default=30.0, help="the bands' direction, degrees")
     parser.add_argument("--crop", type=int, default=512, help="score each photo's central CROP² (0: whole)")
-    parser.add_argument("--out", type=Path, default=None, help="write every figure as JSON")
+    parser.add_argument("--out", type=output_file, default=None, help="write every figure as JSON")
     args = parser.parse_args()
     check_args(parser, args)
     crops = readable_crops(args.clean, args.crop or None)
@@ -170,4 +171,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

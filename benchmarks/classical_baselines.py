@@ -28,10 +28,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._args import groups_or_all, name_glob, output_file, run  # noqa: E402
 from pipeline.data.dataset import to_tensor  # noqa: E402
 from pipeline.data.paired_folder import find_paired_folder  # noqa: E402
 from pipeline.evaluation.evaluate import image_scores  # noqa: E402
-from pipeline.io import read_rgb  # noqa: E402
+from pipeline.errors import InputDataError  # noqa: E402
+from pipeline.io import read_rgb, write_json  # noqa: E402
 from pipeline.moire.jpeg import RGB_TO_YCBCR as JPEG_RGB_TO_YCBCR  # noqa: E402
 
 DEFAULT_FILTERS = ("chroma_blur:1", "chroma_blur:2", "chroma_blur:4", "guided:2:0.001", "guided:4:0.001",
@@ -91,28 +93,32 @@ def group_table(pairs: list, filters: list[str]) -> dict[str, dict[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", type=Path, help="a paired folder (any importer layout)")
-    parser.add_argument("--group", action="append", default=[], help="NAME=GLOB on pair names; repeatable")
+    parser.add_argument("--group", type=name_glob, action="append", default=[],
+                        help="NAME=GLOB on pair names; repeatable")
     parser.add_argument("--filter", action="append", default=[], help=f"repeatable; default: {' '.join(DEFAULT_FILTERS)}")
-    parser.add_argument("--json", type=Path, help="also write every figure to this file")
+    parser.add_argument("--json", type=output_file, help="also write every figure to this file")
     args = parser.parse_args()
-    groups = dict(g.split("=", 1) for g in args.group) or {"all": "*"}
+    groups = groups_or_all(args.group)
     filters = args.filter or list(DEFAULT_FILTERS)
     for spec in filters:  # a misspelt filter stops here, before any photo is read
-        apply_filter(spec, np.zeros((8, 8, 3), np.uint8))
+        try:
+            apply_filter(spec, np.zeros((8, 8, 3), np.uint8))
+        except (IndexError, ValueError, cv2.error):
+            parser.error(f"--filter {spec}: give NAME:ARGS as in the default ({' '.join(DEFAULT_FILTERS)})")
     found = find_paired_folder(args.root)
     results = {}
     for name, pattern in groups.items():
         pairs = [pair for pair in found.pairs if fnmatch.fnmatch(pair.name, pattern)]
         if not pairs:
-            continue
+            raise InputDataError(f"--group {name}={pattern}: no pair of {args.root} matches")
         results[name] = group_table(pairs, filters)
         print(f"{name} ({len(pairs)} pairs): gain over the input, raw / tone-aligned PSNR (dB); SSIM raw / tone-aligned")
         for spec, g in results[name].items():
             print(f"  {spec:18s} {g['psnr_gain']:+.2f} / {g['tone_psnr_gain']:+.2f}   "
                   f"{g['ssim_gain']:+.4f} / {g['tone_ssim_gain']:+.4f}")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        write_json(args.json, results)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

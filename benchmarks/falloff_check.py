@@ -27,6 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._args import groups_or_all, name_glob, output_file, run  # noqa: E402
 from pipeline.data.dataset import to_tensor  # noqa: E402
 from pipeline.data.paired_folder import find_paired_folder  # noqa: E402
 from pipeline.evaluation.tone import align_tone  # noqa: E402
@@ -103,20 +104,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--paired", type=Path,
                         help="a paired folder (moire/ + clean/): the gain where there is falloff")
-    parser.add_argument("--group", action="append", default=[], metavar="NAME=GLOB",
+    parser.add_argument("--group", type=name_glob, action="append", default=[], metavar="NAME=GLOB",
                         help="pairs of --paired whose names match GLOB, scored apart; repeatable [default: all]")
     parser.add_argument("--clean", type=Path, action="append", default=[],
                         help="a folder of images without falloff: the cost where there is none; repeatable")
     parser.add_argument("--sources", action="store_true", help="also price the project's own synthesis sources")
     parser.add_argument("--strength", type=float, nargs="+", default=[0.5], help="shares of the field undone")
     parser.add_argument("--input-psnr", type=float, default=25.0, help="the tone-aligned PSNR the cost is priced at")
-    parser.add_argument("--out", type=Path, help="write every figure as JSON")
+    parser.add_argument("--out", type=output_file, help="write every figure as JSON")
     args = parser.parse_args()
     if not (args.paired or args.clean or args.sources):
         parser.error("give --paired, --clean or --sources")
     if any(not 0 <= s <= 1 for s in args.strength):
         parser.error(f"--strength {args.strength}: each must be within 0 … 1 (as infer.falloff)")
-    groups = dict(g.split("=", 1) for g in args.group) if args.group else {"all": "*"}
+    groups = groups_or_all(args.group)
     result: dict = {"strengths": args.strength, "input_psnr": args.input_psnr, "gain": {}, "cost": {}}
 
     if args.paired:
@@ -164,4 +165,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

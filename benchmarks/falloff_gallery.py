@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._args import jpeg_output, jpeg_quality, run  # noqa: E402
 from pipeline.falloff import estimate_falloff, undo_falloff  # noqa: E402
 from real_gallery import readable_photos  # noqa: E402  (benchmarks/real_gallery.py, beside this script)
 
@@ -44,10 +45,10 @@ def main() -> None:
     """Write the gallery."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("photos", type=Path, nargs="+")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=jpeg_output, required=True)
     parser.add_argument("--width", type=int, default=480, help="each column's width in pixels")
     parser.add_argument("--strength", type=float, default=0.5, help="share of the field undone (infer.falloff)")
-    parser.add_argument("--quality", type=int, default=88)
+    parser.add_argument("--quality", type=jpeg_quality, default=88)
     args = parser.parse_args()
     if args.width < 16:
         parser.error(f"--width {args.width}: must be ≥ 16 pixels")
@@ -74,4 +75,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

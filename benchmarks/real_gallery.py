@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._args import jpeg_output, jpeg_quality, run  # noqa: E402
 from pipeline.calibration.statistics import luma_and_chroma  # noqa: E402
 from pipeline.data.dataset import to_tensor  # noqa: E402
 from pipeline.errors import DemoireError  # noqa: E402
@@ -97,10 +98,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("photos", type=Path, nargs="+")
     parser.add_argument("--model", type=Path, default=ROOT / "data" / "train")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=jpeg_output, required=True)
     parser.add_argument("--crop", type=int, default=384)
     parser.add_argument("--margin", type=int, default=64)
-    parser.add_argument("--quality", type=int, default=88)
+    parser.add_argument("--quality", type=jpeg_quality, default=88)
     parser.add_argument("--max-side", type=int, action="append", default=[], metavar="N",
                         help="add a column restored at this longer side (demoire predict --max-side); repeatable")
     args = parser.parse_args()
@@ -145,4 +146,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

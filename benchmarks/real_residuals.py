@@ -34,7 +34,8 @@ outputs beside the truths (same names, `moire/` and `clean/`), it scores the mod
 Prints one row per group (median over its pairs) and, with --per-image, every pair.
 
     python benchmarks/real_residuals.py ../shared/real-moire/paired --group fhdmi='fhdmi_*' \
-        --group tip2018='tip2018_*' [--group synthetic=... --root data/synthesize]
+        --group tip2018='tip2018_*'
+    python benchmarks/real_residuals.py data/synthesize     # the same for a synthetic set (its own folder)
 """
 
 from __future__ import annotations
@@ -51,9 +52,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._args import groups_or_all, name_glob, run  # noqa: E402
 from pipeline.data.dataset import to_tensor  # noqa: E402
 from pipeline.data.paired_folder import find_paired_folder  # noqa: E402
 from pipeline.evaluation.tone import align_tone  # noqa: E402
+from pipeline.errors import InputDataError  # noqa: E402
 from pipeline.io import read_rgb  # noqa: E402
 from pipeline.models.correction import GaussianBlur  # noqa: E402
 from pipeline.moire.optics import lens_blur  # noqa: E402
@@ -228,7 +231,8 @@ def analyse_pair(moire: Path, clean: Path, falloffs: list[float], widths: list[f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", type=Path, help="a paired folder (any importer layout)")
-    parser.add_argument("--group", action="append", default=[], help="NAME=GLOB on pair names; repeatable")
+    parser.add_argument("--group", type=name_glob, action="append", default=[],
+                        help="NAME=GLOB on pair names; repeatable")
     parser.add_argument("--per-image", action="store_true")
     parser.add_argument("--flat-field", type=float, nargs="+", default=[], metavar="K",
                         help="also score a fixed correction of each falloff K (0 < K < 1)")
@@ -243,7 +247,9 @@ def main() -> None:
     args = parser.parse_args()
     if any(radius < 0 for radius in args.shift):
         parser.error(f"--shift {args.shift}: each radius must be ≥ 0 pixels")
-    groups = dict(g.split("=", 1) for g in args.group) or {"all": "*"}
+    if any(not 0 < k < 1 for k in args.flat_field):
+        parser.error(f"--flat-field {args.flat_field}: each falloff must be between 0 and 1")
+    groups = groups_or_all(args.group)
     found = find_paired_folder(args.root)
     for name, glob in groups.items():
         rows = []
@@ -253,6 +259,8 @@ def main() -> None:
                                          args.window, args.shift))
                 if args.per_image:
                     print(pair.name, {k: round(v, 3) for k, v in rows[-1].items()})
+        if not rows:
+            raise InputDataError(f"--group {name}={glob}: no pair of {args.root} matches")
         if rows:
             medians = {key: round(float(statistics.median(row[key] for row in rows)), 3) for key in rows[0]}
             ranges = {key: (round(min(r[key] for r in rows), 2), round(max(r[key] for r in rows), 2))
@@ -269,4 +277,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -34,7 +34,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._args import name_glob, output_file, run  # noqa: E402
 from pipeline.config import Params, RealSet, deep_merge, parse_params  # noqa: E402
+from pipeline.evaluation.real_sets import find_real_set  # noqa: E402
+from pipeline.io import write_json  # noqa: E402
 
 # The levers, in the order they were introduced: each row is a preset and the synthesize keys it
 # sets on top. `classic` is the simulator before issue 13; `default` is where the levers led.
@@ -83,11 +86,10 @@ def nested(keys: list[str], value: object) -> dict:
 def run_lever(params: Params, real_sets: list[RealSet], work: Path) -> dict:
     """Synthesize, split, train and score one lever at one seed; return its figures."""
     from pipeline.data.dataset import load_pairs
-    from pipeline.data.manifest import read_manifest, validate_pairs
-    from pipeline.data.splits import split_by_source
+    from pipeline.data.pairs_index import build_pairs_index
     from pipeline.data.synthetic import local_shard_runner, synthesize_dataset
     from pipeline.evaluation.evaluate import evaluate_pairs, summarize
-    from pipeline.evaluation.real_sets import find_real_set, score_real_set, served_restorer
+    from pipeline.evaluation.real_sets import score_real_set, served_restorer
     from pipeline.inference import restore_tensor
     from pipeline.models import load_model
     from pipeline.training.stage import train_in_process
@@ -99,9 +101,7 @@ def run_lever(params: Params, real_sets: list[RealSet], work: Path) -> dict:
     synthesize_dataset(params.synthesize, params.seed, data,
                        local_shard_runner(params.synthesize, params.seed, params.synthesize.workers))
     synthesized = time.perf_counter()
-    pairs, _ = validate_pairs(read_manifest(data / "manifest.parquet"), data)
-    pairs["split"] = split_by_source(pairs["source_id"], params.preprocess.val_fraction, params.preprocess.test_fraction,
-                                     params.seed)
+    pairs = build_pairs_index(params, data).pairs  # as the preprocess stage indexes it
     pairs.to_parquet(work / "pairs.parquet", index=False)
     train_in_process(params, data, work / "pairs.parquet", work / "model", work / "history.csv")
     trained = time.perf_counter()
@@ -149,12 +149,14 @@ def main() -> None:
     """Run the chosen levers at every seed and print the table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--real", type=Path, help="paired folder of real photos (any importer layout)")
-    parser.add_argument("--group", action="append", default=[], help="NAME=GLOB: a real set of the folder's pairs")
+    parser.add_argument("--group", type=name_glob, action="append", default=[],
+                        help="NAME=GLOB: a real set of the folder's pairs")
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--seeds", type=int, nargs="+", default=[2024, 7])
     parser.add_argument("--lever", action="append", help="only these rows (repeatable); default: all")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
-    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "real_transfer.json")
+    parser.add_argument("--out", type=output_file, default=ROOT / "reports" / "real_transfer.json",
+                        help="JSON of every figure, rewritten after each seed (a killed run keeps what finished)")
     parser.add_argument("--preset", type=Path, action="append", default=[],
                         help="also a row for this preset file (e.g. one `demoire calibrate` wrote); repeatable")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -169,33 +171,43 @@ def main() -> None:
         return
     if args.real is None:
         parser.error("--real is required")
-    groups = [group.split("=", 1) for group in args.group] or [[args.real.name, "*"]]
+    for path, option in [(args.params, "--params"), *((preset, "--preset") for preset in args.preset)]:
+        if not path.is_file():
+            parser.error(f"{option} {path}: file not found")
+    unknown = [lever for lever in args.lever or [] if lever not in LEVERS]
+    if unknown:
+        parser.error(f"--lever {unknown[0]!r}: not a lever; `--list` names them")
+    groups = args.group or [(args.real.name, "*")]
     real_sets = [RealSet(name=name, path=args.real.resolve(), include=glob) for name, glob in groups]
+    for index, entry in enumerate(real_sets):  # every set found before the first minute of training
+        find_real_set(entry, ROOT, index)
     base = yaml.safe_load(args.params.read_text()) or {}
     overrides: dict = {}
     for assignment in args.set:
         key, _, value = assignment.partition("=")
         overrides = deep_merge(overrides, nested(key.split("."), yaml.safe_load(value)))
     chosen = (args.lever or []) + [f"preset {preset.name}" for preset in args.preset] or list(LEVERS)
+    for lever in chosen:  # every row's params valid before the first is trained
+        for seed in args.seeds:
+            lever_params(base, args.profile, LEVERS[lever], seed, overrides)
+    names = [name for name, _ in groups]
     results: dict[str, list[dict]] = {}
     for lever in chosen:
         results[lever] = []
         for seed in args.seeds:
             params = lever_params(base, args.profile, LEVERS[lever], seed, overrides)
             with tempfile.TemporaryDirectory(prefix="lever-") as work:
-                run = run_lever(params, real_sets, Path(work))
+                figures = run_lever(params, real_sets, Path(work))
                 if args.keep:
                     shutil.copytree(Path(work) / "model", args.keep / f"{slug(lever)}-{seed}", dirs_exist_ok=True)
-            run["seed"] = seed
-            results[lever].append(run)
-            print(f"{lever} (seed {seed}): " + json.dumps(run), flush=True)
-    names = [name for name, _ in groups]
-    rows = {lever: median_row(runs, names) for lever, runs in results.items()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"profile": args.profile, "seeds": args.seeds, "set": args.set, "levers": LEVERS,
-                                    "runs": results, "medians": rows}, indent=1))
+            figures["seed"] = seed
+            results[lever].append(figures)
+            print(f"{lever} (seed {seed}): " + json.dumps(figures), flush=True)
+            rows = {lever: median_row(runs, names) for lever, runs in results.items()}
+            write_json(args.out, {"profile": args.profile, "seeds": args.seeds, "set": args.set, "levers": LEVERS,
+                                  "runs": results, "medians": rows})
     print(markdown(rows, names))
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -24,11 +24,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._args import output_file, run  # noqa: E402
 from pipeline.config import parse_params  # noqa: E402
 from pipeline.data.manifest import read_pair  # noqa: E402
 from pipeline.data.synthetic import local_shard_runner, synthesize_dataset  # noqa: E402
 from pipeline.evaluation.synth_report import compare_paired_sets  # noqa: E402
-from pipeline.io import read_rgb  # noqa: E402
+from pipeline.io import read_rgb, write_json  # noqa: E402
 
 # Residual spectrum bands, cycles per pixel: slow tone, wide bands, mid bands, fine bands, grid residue.
 BANDS = ((0.0, 0.02), (0.02, 0.05), (0.05, 0.15), (0.15, 0.3), (0.3, 0.5))
@@ -98,7 +99,7 @@ def changes(now: dict, before: dict) -> tuple[dict, bool]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="JSON file for the statistics")
+    parser.add_argument("--out", type=output_file, required=True, help="JSON file for the statistics")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--pairs", type=int, default=48)
     parser.add_argument("--seed", type=int, default=2024)
@@ -109,19 +110,25 @@ def main() -> None:
     parser.add_argument("--against", type=Path, help="statistics JSON of an earlier run to compare with")
     parser.add_argument("--images-of", type=Path, help="an earlier --keep folder to compare bytes with")
     args = parser.parse_args()
+    earlier = None
+    if args.against:  # read before minutes of rendering
+        try:
+            earlier = json.loads(args.against.read_text())["statistics"]
+        except (OSError, ValueError, KeyError) as exc:
+            parser.error(f"--against {args.against}: not a statistics file of this script ({type(exc).__name__})")
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.keep or Path(scratch) / "pairs"
         result = measure(args, folder)
         if args.images_of:
             result["bytes"] = byte_differences(folder, args.images_of)
     within = True
-    if args.against:
-        result["change"], within = changes(result["statistics"], json.loads(args.against.read_text())["statistics"])
+    if earlier is not None:
+        result["change"], within = changes(result["statistics"], earlier)
         result["within_tolerance"] = within
-    args.out.write_text(json.dumps(result, indent=1))
+    write_json(args.out, result)
     print(json.dumps(result))
     sys.exit(0 if within else 1)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

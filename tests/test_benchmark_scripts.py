@@ -1,0 +1,68 @@
+"""The benchmark scripts refuse bad input in one line (exit 2) before any work, as `demoire` does."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.io import write_png
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def pairs(tmp_path, rng):
+    """Two tiny pairs in the moire/ + clean/ layout."""
+    for name in ("a_1.png", "a_2.png"):
+        for side in ("moire", "clean"):
+            write_png(tmp_path / "pairs" / side / name, rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    return tmp_path / "pairs"
+
+
+def _script(name: str, *args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(PROJECT / "benchmarks" / name), *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def _one_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_a_group_without_a_glob_and_a_glob_matching_nothing_are_one_line(pairs):
+    assert _one_line(_script("classical_baselines.py", pairs, "--group", "fhdmi")).endswith(
+        "argument --group: 'fhdmi': give NAME=GLOB, e.g. fhdmi='fhdmi_*'")
+    assert _one_line(_script("real_residuals.py", pairs, "--group", "x=zz*")) == (
+        f"error: --group x=zz*: no pair of {pairs} matches")
+    assert _one_line(_script("classical_baselines.py", pairs.parent / "missing")).startswith(
+        "error: dataset folder not found")
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_any_work(pairs, tmp_path):
+    photo, folder = pairs / "moire" / "a_1.png", tmp_path / "shown.jpg"
+    folder.mkdir()
+    assert _one_line(_script("real_gallery.py", photo, "--out", folder)).endswith(f"{folder} is a folder; name a file")
+    assert _one_line(_script("falloff_gallery.py", photo, "--out", tmp_path / "g.png")).endswith(
+        "the gallery is a JPEG; name a .jpg file")
+    assert _one_line(_script("real_gallery.py", photo, "--out", tmp_path / "g.jpg", "--quality", "0")).endswith(
+        "0: a JPEG quality is 1–100")
+    assert _one_line(_script("synth_statistics.py", "--out", tmp_path / "s.json", "--against", tmp_path / "none.json")
+                     ).startswith("synth_statistics.py: error: --against")
+    assert not (tmp_path / "g.jpg").exists() and not (tmp_path / "s.json").exists()
+
+
+def test_real_transfer_checks_its_real_sets_levers_and_params_before_training(pairs, tmp_path):
+    out = tmp_path / "figures.json"
+    missing = _script("real_transfer.py", "--real", pairs.parent / "missing", "--out", out)
+    assert "dataset folder not found" in _one_line(missing)
+    unmatched = _script("real_transfer.py", "--real", pairs, "--group", "g=zz*", "--out", out)
+    assert "matches" in _one_line(unmatched) and "zz*" in _one_line(unmatched)
+    assert _one_line(_script("real_transfer.py", "--real", pairs, "--lever", "nosuch", "--out", out)).endswith(
+        "--lever 'nosuch': not a lever; `--list` names them")
+    assert _one_line(_script("real_transfer.py", "--real", pairs, "--set", "train.epochs=0", "--out", out)).startswith(
+        "error: lever: train.epochs = 0")
+    assert not out.exists()
