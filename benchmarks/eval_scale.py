@@ -37,6 +37,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._args import run  # noqa: E402
+from pipeline.bench import parse_size  # noqa: E402
+
 POLL_S = 0.05
 LOG_EVERY_ROWS = 50
 
@@ -165,11 +168,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, nargs="+", default=[20, 100], help="pair counts to evaluate, each a run")
     parser.add_argument("--size", default="1920x1080", help="WIDTHxHEIGHT of every pair")
-    parser.add_argument("--model", type=Path, help="model folder or models:/ URI [default: a fresh default U-Net]")
+    parser.add_argument("--model", help="model folder or models:/ URI [default: a fresh default U-Net]")
     parser.add_argument("--workdir", type=Path, help="keep pairs, model and CSVs here [default: a temp folder, removed]")
     args = parser.parse_args()
-    width, height = (int(side) for side in args.size.lower().split("x"))
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="eval-scale-"))
+    height, width = parse_size(args.size)
+    # `demoire evaluate` runs from the project root: paths given relative to here are made absolute first
+    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="eval-scale-"))).resolve()
+    if args.model and not args.model.startswith("models:/"):
+        args.model = Path(args.model).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         pairs = workdir / f"pairs-{width}x{height}"
@@ -193,4 +199,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -24,13 +24,16 @@ sys.path.insert(0, str(ROOT))
 
 
 def pytest_counts(*args: str) -> tuple[int, int, float]:
-    """(passed, failed, seconds) of a pytest run over `args`."""
+    """(passed, failed, seconds) of a pytest run over `args`; a run that errors (pytest missing, a collection
+    error) counts as one failure, whatever its last line says."""
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], cwd=ROOT,
                             capture_output=True, text=True)
     tail = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     passed = int(tail.split(" passed")[0].split()[-1]) if " passed" in tail else 0
     failed = int(tail.split(" failed")[0].split()[-1]) if " failed" in tail else 0
+    if result.returncode != 0 and not failed:
+        failed = 1
     return passed, failed, time.perf_counter() - start
 
 
@@ -154,12 +157,17 @@ def main() -> None:
     args = parser.parse_args()
     from tests.test_bad_inputs import CASES
 
+    failures = 0
     passed, failed, seconds = pytest_counts("tests/test_bad_inputs.py")
-    print(f"bad inputs: {CASES} cases in {passed + failed} tests, {failed} failed "
-          f"(0 tracebacks, one line and a documented exit code each; {seconds:.0f} s)")
+    failures += failed
+    print(f"bad inputs: {CASES} cases in {passed + failed} tests, {failed} failed" +
+          (" (each one line and a documented exit code, no traceback" if not failed else " (") + f"; {seconds:.0f} s)")
     passed, failed, seconds = pytest_counts("tests/test_registry_transaction.py", "-k", "killed")
-    print(f"kill -9 in register: {passed}/{passed + failed} kill points finished by their rerun ({seconds:.0f} s)")
+    failures += failed
+    print(f"kill -9 in register: {passed}/{passed + failed} tests passed (each kills the register step at every "
+          f"kill point and checks its rerun finishes the registration; {seconds:.0f} s)")
     passed, failed, seconds = pytest_counts("tests/test_registry_transaction.py", "-k", "concurrent")
+    failures += failed or not passed
     print(f"3 concurrent registrations on SQLite: {'ok' if passed and not failed else 'FAILED'} ({seconds:.0f} s)")
     if args.serve:
         print("serving:", json.dumps(serve_figures()))
@@ -168,6 +176,8 @@ def main() -> None:
         complete = sum(r["killed"] and r["rerun_ok"] and r["status_clean"] and r["all_decided"] for r in results.values())
         print(f"kill -9 under dvc repro: {complete}/{len(results)} kill points killed, rerun to completion, "
               f"dvc status clean, every version decided, no run RUNNING")
+        failures += len(results) - complete
+    sys.exit(1 if failures else 0)
 
 
 if __name__ == "__main__":
