@@ -411,7 +411,7 @@ def test_promote_rescores_on_the_local_test_split_when_gate_sets_differ(blocked_
 
     pairs.unlink()
     missing = runner.invoke(app, ["promote", "--model-name", "m", "--data", str(data), "--pairs", str(pairs)])
-    assert missing.exit_code == 2 and "pairs index not found" in missing.output and "dvc repro" in missing.output
+    assert missing.exit_code == 2 and "which is not here" in missing.output and "dvc repro" in missing.output
 
 
 def _strict_json(text: str) -> dict:

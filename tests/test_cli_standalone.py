@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.config import load_params
 from pipeline.data.pairs_index import build_pairs_index
+from tests.test_cli import blocked_registry  # noqa: F401 (a fixture)
 
 runner = CliRunner()
 TINY = {"train": {"epochs": 1, "patch_size": 32, "batch_size": 4, "channels": 8, "depth": 2},
@@ -64,3 +65,15 @@ def test_model_commands_outside_a_checkout_say_what_their_default_model_is(tmp_p
                     ["export", "--format", "torchscript", "-o", "m.pt"], ["serve"]):
         result = runner.invoke(app, command)
         assert (result.exit_code, result.output.strip()) == (2, hint), command
+
+
+def test_promote_outside_a_checkout_says_how_to_name_the_gate_set(blocked_registry):  # noqa: F811 (the fixture)
+    from pipeline.registry.promotion import GATE_SET_TAG
+
+    blocked_registry.set_model_version_tag("m", "2", GATE_SET_TAG, "another")  # scored elsewhere: re-score here
+    result = runner.invoke(app, ["promote", "--model-name", "m", "--dry-run"])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "error: the gate set is the test split of the pairs index data/preprocess/pairs.parquet, which is not here: "
+        "run this in the project's checkout after `dvc repro preprocess`, or pass --data and --pairs (a synthetic "
+        "set and its index: `demoire train` writes OUT/pairs.parquet)")

@@ -522,5 +522,7 @@ def test_the_server_probe_names_a_wrong_url_host_or_scheme_in_one_line(tmp_path)
     with pytest.raises(InputDataError, match=rf"^MLFLOW_TRACKING_URI=http://alice:\*\*\*@127.0.0.1:{port}: no MLflow "
                                              "server answers"):
         check_server_answers(f"http://alice:s3cret@127.0.0.1:{port}")  # the password never shown
-    with pytest.raises(InputDataError, match=r"^MLFLOW_TRACKING_URI=127.0.0.1:5000: not a tracking URI; use http"):
-        check_server_answers("127.0.0.1:5000")
+    for written in ("127.0.0.1:5000", "/srv/mlruns"):
+        with pytest.raises(InputDataError, match=rf"^MLFLOW_TRACKING_URI={written}: not a tracking URI; use http"):
+            check_server_answers(written)
+    check_server_answers("databricks")  # a name MLflow resolves itself: not ours to refuse

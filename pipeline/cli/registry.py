@@ -17,9 +17,14 @@ def _local_gate(params, base: Path, data: Path, pairs: Path, device: str):
     """A loader of the local gate set (the real sets of `params`, else the test split): (hash, a model-folder scorer)."""
 
     def load():
+        from pipeline.errors import InputDataError
         from pipeline.evaluation.gate import local_gate
         from pipeline.training.device import resolve_device
 
+        if not params.evaluate.real_sets and not Path(pairs).is_file():
+            raise InputDataError(f"the gate set is the test split of the pairs index {pairs}, which is not here: run "
+                                 "this in the project's checkout after `dvc repro preprocess`, or pass --data and "
+                                 "--pairs (a synthetic set and its index: `demoire train` writes OUT/pairs.parquet)")
         gate = local_gate(params, data, pairs, base, resolve_device(device))
         err.print(f"re-scoring on the {gate.description}, gate set {gate.digest[:12]}", highlight=False)
         return gate.digest, gate.rescore

@@ -220,7 +220,11 @@ def model_version_info(uri: str) -> dict:
 
 
 def download_model_files(uri: str, dst: Path) -> Path:
-    """Download a logged demoiré pyfunc into `dst`; return the folder holding its model.pt and model.json."""
-    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(dst)))
-    # They are the pyfunc artifact `model_dir`; its MLmodel says where in the model it was stored.
-    return local / Model.load(local).flavors["python_function"]["artifacts"]["model_dir"]["path"]
+    """Download the weights of a logged demoiré pyfunc into `dst`; return the folder holding model.pt and model.json.
+
+    Only they and the MLmodel saying where they are: the logged model also holds a copy of `pipeline/` (its
+    code_paths), about a hundred files that a load from a tracking server would fetch one request each.
+    """
+    mlmodel = mlflow.artifacts.download_artifacts(f"{uri}/MLmodel", dst_path=str(dst / "meta"))
+    weights = Model.load(mlmodel).flavors["python_function"]["artifacts"]["model_dir"]["path"]
+    return Path(mlflow.artifacts.download_artifacts(f"{uri}/{weights}", dst_path=str(dst / "files")))

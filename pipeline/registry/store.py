@@ -7,6 +7,7 @@ root; MLFLOW_TRACKING_URI points elsewhere, e.g. at a team tracking server (`mak
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -67,11 +68,20 @@ def redacted(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
 
 
+PROBE_ENDPOINT = "api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"  # read-only, on every server
+
+
+def _missing_scheme(uri: str) -> bool:
+    """A server address or a folder written without a scheme (`host:5000`, `/srv/mlruns`); names MLflow resolves
+    itself (`databricks`, `databricks-uc`) are not."""
+    return "://" not in uri and (re.fullmatch(r"[\w.-]+:\d+(/.*)?", uri) is not None or "/" in uri)
+
+
 def check_server_answers(uri: str, timeout_s: float = SERVER_PROBE_TIMEOUT_S) -> None:
     """One quick request to the tracking server's API: a dead server, a wrong URL, refused credentials or a
     refused host name are one line each, not minutes of MLflow's retries or a page of its traceback."""
     shown = f"MLFLOW_TRACKING_URI={redacted(uri)}"
-    if "://" not in uri:  # MLflow 3 would take it for a folder of the file store it no longer supports
+    if _missing_scheme(uri):  # MLflow 3 would take it for a folder of the file store it no longer supports
         raise InputDataError(f"{shown}: not a tracking URI; use http(s)://HOST:PORT for a server or "
                              "sqlite:////PATH/mlflow.db for a file")
     if not uri.startswith(("http://", "https://")):
@@ -88,9 +98,6 @@ def check_server_answers(uri: str, timeout_s: float = SERVER_PROBE_TIMEOUT_S) ->
     problem = _probe_problem(answer)
     if problem:
         raise InputDataError(f"{shown}: {problem}")
-
-
-PROBE_ENDPOINT = "api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"  # read-only, on every server
 
 
 def _http_settings() -> dict:
