@@ -86,7 +86,9 @@ def nested(keys: list[str], value: object) -> dict:
 def run_lever(params: Params, real_sets: list[RealSet], work: Path) -> dict:
     """Synthesize, split, train and score one lever at one seed; return its figures."""
     from pipeline.data.dataset import load_pairs
-    from pipeline.data.pairs_index import build_pairs_index
+    from pipeline.data.imported import import_dataset_pairs
+    from pipeline.data.manifest import read_manifest, validate_pairs
+    from pipeline.data.pairs_index import index_pairs
     from pipeline.data.synthetic import local_shard_runner, synthesize_dataset
     from pipeline.evaluation.evaluate import evaluate_pairs, summarize
     from pipeline.evaluation.real_sets import score_real_set, served_restorer
@@ -101,7 +103,9 @@ def run_lever(params: Params, real_sets: list[RealSet], work: Path) -> dict:
     synthesize_dataset(params.synthesize, params.seed, data,
                        local_shard_runner(params.synthesize, params.seed, params.synthesize.workers))
     synthesized = time.perf_counter()
-    pairs = build_pairs_index(params, data).pairs  # as the preprocess stage indexes it
+    # split as the preprocess stage splits it; synthetic pairs only, whatever preprocess.datasets lists
+    pairs = index_pairs(params, validate_pairs(read_manifest(data / "manifest.parquet"), data),
+                        import_dataset_pairs([], 0)).pairs
     pairs.to_parquet(work / "pairs.parquet", index=False)
     train_in_process(params, data, work / "pairs.parquet", work / "model", work / "history.csv")
     trained = time.perf_counter()

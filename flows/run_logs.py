@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from pipeline.errors import DemoireError
+from pipeline.errors import DemoireError, ServiceUnavailableError
 
 PREFECT_RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs", "prefect.engine")
 
@@ -31,6 +31,6 @@ def quiet_user_error_tracebacks() -> None:
 
 
 def unless_user_error(task, task_run, state) -> bool:
-    """A task's `retry_condition_fn`: retry what may pass (a store or server hiccup), not a user error, which
-    would only fail again, and log its line again, after the retry delays."""
-    return not isinstance(state.data, DemoireError)
+    """A task's `retry_condition_fn`: retry what may pass (a store or server hiccup, a busy registry), not a
+    user error, which would only fail again, and log its line again, after the retry delays."""
+    return isinstance(state.data, ServiceUnavailableError) or not isinstance(state.data, DemoireError)

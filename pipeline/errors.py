@@ -17,6 +17,11 @@ class ModelNotFoundError(DemoireError):
     """A model path, registered name or alias does not exist."""
 
 
+class ServiceUnavailableError(DemoireError):
+    """A service that may answer again (a tracking server restarting, the registry's lock held): worth a retry,
+    unlike the other user errors, which would only fail again."""
+
+
 def first_line(text: str) -> str:
     """First non-empty line of a library's message, for errors that are one line."""
     return next((line.strip() for line in text.splitlines() if line.strip()), text)

@@ -28,6 +28,7 @@ def test_train_outside_a_checkout_splits_the_synthetic_set_as_the_preprocess_sta
     pd.testing.assert_frame_equal(index, expected, check_dtype=False)  # parquet reads strings back as such
     assert set(index["split"]) == {"train", "val", "test"}
     assert "split syn: " in result.output and "-> model/pairs.parquet" in result.output
+    assert "no params.yaml here" not in result.output  # --params named one
     # The history follows --out, and nothing is written where a checkout keeps its stages' outputs.
     assert len(pd.read_csv(tmp_path / "model" / "history.csv")) == 1
     assert (tmp_path / "model" / "model.pt").is_file() and not (tmp_path / "data").exists()
@@ -54,6 +55,7 @@ def test_check_params_without_a_file_shows_the_defaults_and_validates_nothing(tm
                                       "(`demoire check-params --show` prints the defaults)")
     shown = runner.invoke(app, ["check-params", "--show"])
     assert shown.exit_code == 0 and yaml.safe_load(shown.output)["seed"] == 2024
+    assert runner.invoke(app, ["check-params", "--json"]).exit_code == 2  # a script checks a file: none is an error
 
 
 def test_model_commands_outside_a_checkout_say_what_their_default_model_is(tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import InferParams
-from pipeline.errors import InputDataError, ModelNotFoundError
+from pipeline.errors import InputDataError, ModelNotFoundError, ServiceUnavailableError
 from pipeline.evaluation.gate import GateRule, load_gate_set, score_on_gate, scored_as
 from pipeline.inference import restore_image
 from pipeline.io import write_json, write_png
@@ -511,18 +511,21 @@ def test_the_server_probe_names_a_wrong_url_host_or_scheme_in_one_line(tmp_path)
     server = mlflow_server(tmp_path, port, "--allowed-hosts", f"127.0.0.1:{port}")
     try:
         check_server_answers(f"http://127.0.0.1:{port}")  # the server's root: its API answers
-        with pytest.raises(InputDataError, match=rf"^MLFLOW_TRACKING_URI=http://127.0.0.1:{port}/mlflow: no MLflow API "
-                                                 r"at this URL \(HTTP 404 for /api/2.0/mlflow/experiments/get-by-name\)"):
+        wrong_path = (rf"^MLFLOW_TRACKING_URI=http://127.0.0.1:{port}/mlflow: no MLflow API at this URL "
+                      r"\(HTTP 404 for /api/2.0/mlflow/experiments/get-by-name\)")
+        with pytest.raises(InputDataError, match=wrong_path):
             check_server_answers(f"http://127.0.0.1:{port}/mlflow")
-        with pytest.raises(InputDataError, match=rf"^MLFLOW_TRACKING_URI=http://localhost:{port}: the server refuses the "
-                                                 rf"host name 'localhost:{port}'; start it with --allowed-hosts"):
+        refused_host = (rf"^MLFLOW_TRACKING_URI=http://localhost:{port}: the server refuses the host name "
+                        rf"'localhost:{port}'; start it with --allowed-hosts")
+        with pytest.raises(InputDataError, match=refused_host):
             check_server_answers(f"http://localhost:{port}")
     finally:
         stop_server(server)
-    with pytest.raises(InputDataError, match=rf"^MLFLOW_TRACKING_URI=http://alice:\*\*\*@127.0.0.1:{port}: no MLflow "
-                                             "server answers"):
+    with pytest.raises(ServiceUnavailableError,
+                       match=rf"^MLFLOW_TRACKING_URI=http://alice:\*\*\*@127.0.0.1:{port}: no MLflow server answers"):
         check_server_answers(f"http://alice:s3cret@127.0.0.1:{port}")  # the password never shown
-    for written in ("127.0.0.1:5000", "/srv/mlruns"):
-        with pytest.raises(InputDataError, match=rf"^MLFLOW_TRACKING_URI={written}: not a tracking URI; use http"):
-            check_server_answers(written)
-    check_server_answers("databricks")  # a name MLflow resolves itself: not ours to refuse
+    with pytest.raises(InputDataError, match=r"^MLFLOW_TRACKING_URI=127.0.0.1:5000: a server's address without its "
+                                             r"scheme; write http://127.0.0.1:5000 \(or https://\)$"):
+        check_server_answers("127.0.0.1:5000")
+    for store in ("databricks", "/srv/mlruns", "file:/x"):  # names and folders MLflow resolves itself
+        check_server_answers(store)

@@ -25,7 +25,7 @@ def check_params(
     source = params or DEFAULT_PARAMS
     try:
         if params is None and not DEFAULT_PARAMS.is_file():
-            if not (show or as_json):
+            if not show:  # a check, or a script asking for --json, is of a file: none here is an error
                 raise InputDataError(f"{DEFAULT_PARAMS}: file not found here; pass --params FILE "
                                      "(`demoire check-params --show` prints the defaults)")
             source, resolved = "the defaults", Params()

@@ -33,6 +33,9 @@ def train(
     try:
         resolved = params_or_defaults(params)  # before the heavy imports: a bad file is named at once
         pairs = pairs_index_for(resolved, data, pairs, out)
+        if params is None and not DEFAULT_PARAMS.is_file():
+            err.note(f"no {DEFAULT_PARAMS} here: training with the defaults (`demoire check-params --show` "
+                     "prints them; --params names a file)")
     except DemoireError as exc:
         fail(exc)
     import logging

@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from pipeline.errors import InputDataError, ModelNotFoundError
+from pipeline.errors import InputDataError, ModelNotFoundError, ServiceUnavailableError
 
 # MLflow creates a new SQLite store's schema on first use; two processes doing it at once collide
 # ("table already exists", "duplicate column name"), so the first use is serialised by a file lock.
@@ -72,18 +72,17 @@ PROBE_ENDPOINT = "api/2.0/mlflow/experiments/get-by-name?experiment_name=Default
 
 
 def _missing_scheme(uri: str) -> bool:
-    """A server address or a folder written without a scheme (`host:5000`, `/srv/mlruns`); names MLflow resolves
-    itself (`databricks`, `databricks-uc`) are not."""
-    return "://" not in uri and (re.fullmatch(r"[\w.-]+:\d+(/.*)?", uri) is not None or "/" in uri)
+    """A server's address written without its scheme (`host:5000`); a folder (MLflow's file store) and names MLflow
+    resolves itself (`databricks`) are not."""
+    return re.fullmatch(r"[\w.-]+:\d+(/.*)?", uri) is not None
 
 
 def check_server_answers(uri: str, timeout_s: float = SERVER_PROBE_TIMEOUT_S) -> None:
     """One quick request to the tracking server's API: a dead server, a wrong URL, refused credentials or a
     refused host name are one line each, not minutes of MLflow's retries or a page of its traceback."""
     shown = f"MLFLOW_TRACKING_URI={redacted(uri)}"
-    if _missing_scheme(uri):  # MLflow 3 would take it for a folder of the file store it no longer supports
-        raise InputDataError(f"{shown}: not a tracking URI; use http(s)://HOST:PORT for a server or "
-                             "sqlite:////PATH/mlflow.db for a file")
+    if _missing_scheme(uri):  # MLflow would take it for a folder of its file store
+        raise InputDataError(f"{shown}: a server's address without its scheme; write http://{uri} (or https://)")
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -92,9 +91,11 @@ def check_server_answers(uri: str, timeout_s: float = SERVER_PROBE_TIMEOUT_S) ->
         raise InputDataError(f"{shown}: TLS failed ({_reason(exc)}); set MLFLOW_TRACKING_SERVER_CERT_PATH to the "
                              "server's CA bundle (or MLFLOW_TRACKING_INSECURE_TLS=true)") from None
     except requests.RequestException as exc:
-        raise InputDataError(
+        raise ServiceUnavailableError(
             f"{shown}: no MLflow server answers ({type(exc).__name__}); start it "
             "(make mlflow-server) or unset MLFLOW_TRACKING_URI to use the project's mlflow.db") from None
+    if answer.status_code >= 500:  # a proxy's 502 while MLflow restarts, an overloaded server
+        raise ServiceUnavailableError(f"{shown}: the server answers HTTP {answer.status_code}; it may be restarting")
     problem = _probe_problem(answer)
     if problem:
         raise InputDataError(f"{shown}: {problem}")

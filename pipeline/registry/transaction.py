@@ -39,7 +39,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from pipeline.errors import DemoireError, InputDataError
+from pipeline.errors import InputDataError, ServiceUnavailableError
 from pipeline.faults import kill_point
 from pipeline.evaluation.gate import SYNTHETIC, GateKind, GateRule, GateScores, PromotionDecision, decide_promotion
 from pipeline.registry.promotion import (CHALLENGER, CHAMPION, DECIDED_TAG, Rescore, apply_decision,
@@ -55,13 +55,14 @@ LOCK_TIMEOUT_S = float(os.environ.get("DEMOIRE_REGISTRY_LOCK_TIMEOUT_S", 3600))
 TOMBSTONE_TTL_S = 24 * 3600  # broken locks' names are kept this long, so a slow waiter cannot break a new lock
 
 
-class RegistryBusyError(DemoireError):
+class RegistryBusyError(ServiceUnavailableError):
     """The registry lock stayed held by a live process for longer than the wait allows."""
 
 
 def this_host() -> str:
     """This machine: its host name and boot id (host names repeat across machines: `vm`, `localhost`, a
-    container image's), so a process of a teammate's machine is never taken for a gone one of ours."""
+    container image's), so a process of a teammate's machine with our host name is not taken for a gone one
+    of ours (containers of one machine share its boot id: give them their own host names)."""
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
     except OSError:  # not Linux: the host name alone
@@ -94,8 +95,8 @@ class Owner:
 
     def gone(self) -> bool:
         """True when this process is known to have ended: it ran on this host and is no longer there."""
-        if self.host != this_host():  # another machine (or this one before a reboot): not known
-            return False
+        if self.host not in (this_host(), socket.gethostname()):  # another machine, or this one before a reboot
+            return False  # (a bare host name: written before owners carried the boot id, taken as ours as then)
         try:
             return abs(psutil.Process(self.pid).create_time() - self.started) > 1.0
         except psutil.NoSuchProcess:

@@ -12,7 +12,9 @@ same file to link the version it registers to this run (`training_run_id`).
 
 Once the run has started, the store is best-effort: a tracking server that stops answering mid-training
 costs a warning, not the training. Metrics wait in memory (up to MAX_PENDING_METRICS) and go out when it
-answers again, tried at most every RETRY_AFTER_S; history.csv keeps every epoch whatever happens.
+answers again, tried after RETRY_AFTER_S, then twice as long after each failure up to MAX_RETRY_AFTER_S (a
+server that swallows requests costs the HTTP timeout per try, not per metric); a batch the server refuses
+(HTTP 4xx: its metrics are not valid) is dropped. history.csv keeps every epoch whatever happens.
 
 The project (its store) is DVC_ROOT when set: `dvc exp run --temp` / `--queue` run stages in a
 temporary copy and point DVC_ROOT at the project, and name the experiment in DVC_EXP_NAME.
@@ -48,6 +50,7 @@ SYSTEM_METRICS_INTERVAL_S = 10.0  # MLflow's default; an epoch of the quick prof
 PARAMS_PER_BATCH = 100  # MLflow's limit per log_batch call
 METRICS_PER_BATCH = 1000  # and its limit of metrics per call
 RETRY_AFTER_S = 60.0  # a tracking server that stopped answering is tried again after this
+MAX_RETRY_AFTER_S = 1800.0  # and after twice as long each time it fails again, up to this
 MAX_PENDING_METRICS = 100_000  # kept while it is away (a few MB); the oldest are dropped beyond
 
 
@@ -86,6 +89,7 @@ class LiveTrainingRun:
         self._losses: list[float] = []
         self._pending: list[Metric] = []  # metrics not yet in the store
         self._retry_at = 0.0  # monotonic time before which a store that stopped answering is not tried
+        self._retry_after = RETRY_AFTER_S
 
     def on_start(self, history: list[EpochStats]) -> None:
         """Continue the recorded run when a checkpoint was resumed, else start a new one; settle dead runs."""
@@ -143,19 +147,26 @@ class LiveTrainingRun:
 
     def _flush(self) -> bool:
         """Send the metrics waiting; on a store that does not answer, keep them and try again later."""
-        try:
-            while self._pending:
+        while self._pending:
+            try:
                 self.client.log_batch(self.run_id, metrics=self._pending[:METRICS_PER_BATCH])
-                del self._pending[:METRICS_PER_BATCH]
-        except (MlflowException, OSError) as exc:
-            if self._retry_at == 0.0:  # once per outage
-                log.warning("MLflow store stopped answering (%s); training goes on, its metrics wait to be "
-                            "logged (history.csv keeps every epoch)", _first_line(exc))
-            self._retry_at = time.monotonic() + RETRY_AFTER_S
-            return False
+            except (MlflowException, OSError) as exc:
+                if _refused(exc):  # it answered, and would refuse them again
+                    log.warning("MLflow store refused %d metrics (%s): dropped",
+                                len(self._pending[:METRICS_PER_BATCH]), _first_line(exc))
+                    del self._pending[:METRICS_PER_BATCH]
+                    continue
+                if self._retry_at == 0.0:  # once per outage
+                    log.warning("MLflow store stopped answering (%s); training goes on, its metrics wait to be "
+                                "logged (history.csv keeps every epoch)", _first_line(exc))
+                else:
+                    self._retry_after = min(2 * self._retry_after, MAX_RETRY_AFTER_S)
+                self._retry_at = time.monotonic() + self._retry_after
+                return False
+            del self._pending[:METRICS_PER_BATCH]
         if self._retry_at:
             log.info("MLflow store answers again: the metrics that waited are logged")
-        self._retry_at = 0.0
+        self._retry_at, self._retry_after = 0.0, RETRY_AFTER_S
         return True
 
     def __enter__(self) -> LiveTrainingRun:
@@ -176,6 +187,12 @@ class LiveTrainingRun:
         log.warning("MLflow run %s could not be ended %s (%d metrics not logged); the next training marks it "
                     "FAILED, and history.csv has every epoch", self.run_id, RunStatus.to_string(status),
                     len(self._pending))
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether the server answered a request with a client error (bad metrics), not a hiccup worth a retry."""
+    status = exc.get_http_status_code() if isinstance(exc, MlflowException) else 500  # unreachable: INTERNAL_ERROR
+    return 400 <= status < 500 and status != 429
 
 
 def _first_line(exc: BaseException) -> str:

@@ -324,7 +324,7 @@ def test_a_task_retries_a_hiccup_but_not_a_user_error(prefect_api):
     from prefect import flow, task
 
     from flows.run_logs import unless_user_error
-    from pipeline.errors import InputDataError
+    from pipeline.errors import InputDataError, ServiceUnavailableError
 
     calls = []
 
@@ -337,7 +337,7 @@ def test_a_task_retries_a_hiccup_but_not_a_user_error(prefect_api):
     def run(error: type[Exception]) -> None:
         step(error)
 
-    for error in (InputDataError, ConnectionError):
+    for error in (InputDataError, ConnectionError, ServiceUnavailableError):
         with pytest.raises(error):
             run(error)
-    assert calls == ["InputDataError", "ConnectionError", "ConnectionError", "ConnectionError"]
+    assert calls == ["InputDataError"] + ["ConnectionError"] * 3 + ["ServiceUnavailableError"] * 3

@@ -11,7 +11,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import parse_params
-from pipeline.errors import InputDataError
+from pipeline.errors import ServiceUnavailableError
 from pipeline.models import ModelSpec, build_model
 from pipeline.registry.transaction import OWNER_TAG, Owner
 from pipeline.training.batches import stored_pair_batches
@@ -129,7 +129,8 @@ def test_a_dead_tracking_server_is_one_line_not_minutes_of_retries(project, monk
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
     started = time.monotonic()
-    with pytest.raises(InputDataError, match=r"^MLFLOW_TRACKING_URI=http://127\.0\.0\.1:\d+: no MLflow server answers"):
+    with pytest.raises(ServiceUnavailableError,
+                       match=r"^MLFLOW_TRACKING_URI=http://127\.0\.0\.1:\d+: no MLflow server answers"):
         live_training_run(_params(), project / "train")
     assert time.monotonic() - started < 30
     assert not (project / "train" / RUN_FILE).exists()
@@ -178,3 +179,15 @@ def test_a_tracking_server_that_goes_away_mid_training_costs_a_warning_not_the_t
     finally:
         for server in servers:
             stop_server(server)
+
+
+def test_metrics_the_store_refuses_are_dropped_not_held_against_the_rest(project, caplog):
+    telemetry = live_training_run(_params(), project / "train")
+    telemetry.system_metrics = False
+    with telemetry, caplog.at_level(logging.WARNING, logger="pipeline.training.telemetry"):
+        telemetry.on_start([])
+        telemetry._log({"not a metric name!": 1.0}, 1)  # INVALID_PARAMETER_VALUE: it would be refused again
+        telemetry._log({"val_psnr": 20.0}, 1)
+    assert _metric(MlflowClient(), telemetry.run_id, "val_psnr") == [(1, 20.0)]
+    ours = [r.getMessage()[:40] for r in caplog.records if r.name == "pipeline.training.telemetry"]
+    assert ours == ["MLflow store refused 1 metrics (MlflowEx"]
