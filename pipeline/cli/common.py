@@ -148,6 +148,8 @@ def fail(exc: DemoireError) -> None:
 
 
 DEFAULT_MODEL = "data/train"  # the train stage's output: the model commands' default
+STAGE_DATA = Path("data/synthesize")  # the synthesize stage's set in a checkout
+STAGE_PAIRS = Path("data/preprocess/pairs.parquet")  # and the preprocess stage's index of it
 
 
 def check_model_exists(model: str) -> None:

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli.common import DEFAULT_PARAMS, Device, app, err, fail, params_or_defaults
+from pipeline.cli.common import DEFAULT_PARAMS, STAGE_DATA, STAGE_PAIRS, Device, app, err, fail, params_or_defaults
 from pipeline.errors import DemoireError
 from pipeline.io import json_text
 
@@ -59,9 +59,9 @@ def promote(
     dry_run: bool = typer.Option(False, "--dry-run", help="show the comparison and the decision; change nothing"),
     params: Path = typer.Option(None, help="gives the margin, SSIM tolerance and real sets [default: params.yaml, "
                                            "the built-in defaults without one]"),
-    data: Path = typer.Option(Path("data/synthesize"), help="folder the pairs index points into (for re-scoring)"),
-    pairs: Path = typer.Option(Path("data/preprocess/pairs.parquet"), help="pairs index whose test split is the gate set "
-                                                                           "when params list no real sets"),
+    data: Path = typer.Option(STAGE_DATA, help="folder the pairs index points into (for re-scoring)"),
+    pairs: Path = typer.Option(STAGE_PAIRS, help="pairs index whose test split is the gate set "
+                                                 "when params list no real sets"),
     device: Device = typer.Option("auto", help="where re-scoring runs"),
     allow_rolled_back: bool = typer.Option(False, help="let the gate promote a challenger `demoire rollback` took "
                                                        "champion from (it stays out otherwise)"),

@@ -6,11 +6,9 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cli.common import DEFAULT_MODEL, DEFAULT_PARAMS, app, err, fail, params_or_defaults
+from pipeline.cli.common import (DEFAULT_MODEL, DEFAULT_PARAMS, STAGE_DATA, STAGE_PAIRS, app, err, fail,
+                                 params_or_defaults)
 from pipeline.errors import DemoireError, InputDataError
-
-STAGE_DATA = Path("data/synthesize")  # the synthesize stage's set in a checkout
-STAGE_PAIRS = Path("data/preprocess/pairs.parquet")  # and the preprocess stage's index of it
 
 
 @app.command()
