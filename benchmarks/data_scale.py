@@ -59,10 +59,14 @@ def finished_pairs(out: Path) -> int:
 
 
 def timed_run(command: list[str], log: Path) -> float:
-    """Seconds a command takes (its output goes to `log`); it must succeed."""
+    """Seconds a command takes (its output goes to `log`); a failure exits with the log's tail, since the log goes
+    with the temp folder."""
     start = time.perf_counter()
     with log.open("a") as sink:
-        subprocess.run(command, check=True, stdout=sink, stderr=sink, env={**os.environ, "DEMOIRE_PROGRESS": "log"})
+        done = subprocess.run(command, stdout=sink, stderr=sink, env={**os.environ, "DEMOIRE_PROGRESS": "log"})
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed (exit {done.returncode}); its output ends:\n"
+                 + "\n".join(log.read_text(errors="replace").splitlines()[-30:]))
     return time.perf_counter() - start
 
 

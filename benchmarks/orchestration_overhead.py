@@ -28,9 +28,13 @@ from flows.dvc_ops import dvc_command, dvc_environment  # noqa: E402
 from flows.stage_server import STATE_FILE  # noqa: E402
 
 
-def api_url() -> str:
-    """The server the stages reported to: PREFECT_API_URL, else the shared temporary one (alive 60 s after)."""
-    return os.environ.get("PREFECT_API_URL") or json.loads((Path(os.environ["PREFECT_HOME"]) / STATE_FILE).read_text())["url"]
+def api_url() -> str | None:
+    """The server the stages reported to: PREFECT_API_URL, else the shared temporary one (alive 60 s after);
+    None when no stage started one."""
+    state = Path(os.environ["PREFECT_HOME"]) / STATE_FILE
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    return json.loads(state.read_text())["url"] if state.is_file() else None
 
 
 def flow_runs(url: str, since: datetime) -> list[dict]:
@@ -54,7 +58,11 @@ def main(dvc_args: list[str]) -> None:
     start = time.perf_counter()
     subprocess.run(dvc_command("repro", *dvc_args), cwd=PROJECT_DIR, check=True, env=dvc_environment())
     wall = time.perf_counter() - start
-    runs = flow_runs(api_url(), since)
+    url = api_url()
+    runs = flow_runs(url, since) if url else []
+    if not runs:  # everything was up to date (or DVC restored it from its run-cache): nothing to measure
+        sys.exit(f"dvc repro ran no stage in {wall:.1f} s, so there is no flow run to measure: force the stages "
+                 "(e.g. `-f`) or change what they depend on")
     inside = sum(run["total_run_time"] for run in runs)
     previous_end = 0.0
     for run in runs:  # the gap before each run: process start, imports, DVC's checks and commits

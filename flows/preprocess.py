@@ -13,7 +13,7 @@ from pipeline.data.imported import ImportedPairs, import_dataset_pairs, next_pai
 from pipeline.data.manifest import read_manifest, validate_pairs
 from pipeline.data.pairs_index import index_pairs
 from pipeline.data.splits import SPLITS
-from pipeline.io import atomic_path, write_json
+from pipeline.io import write_json
 
 
 @task(name="validate-pairs", retries=1)
@@ -36,8 +36,7 @@ def preprocess_flow(params: Params, data: Path, out: Path, summary_path: Path) -
     imported = import_task(cfg.datasets, next_pair_id(read_manifest(data / "manifest.parquet")),
                            params.train.patch_size)
     index = index_pairs(params, validate_task(data) if cfg.synthetic else None, imported)
-    with atomic_path(out) as tmp:
-        index.pairs.to_parquet(tmp, index=False)
+    index.write(out)
     summary = index.summary()
     write_json(summary_path, summary)
     rows = "".join(f"| {s} | {summary['pairs'][s]} | {summary['sources'][s]} |\n" for s in SPLITS)

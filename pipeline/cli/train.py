@@ -61,13 +61,11 @@ def pairs_index_for(params, data: Path, pairs: Path | None, out: Path) -> Path:
         raise InputDataError(f"no pairs to train on: {data} is not a synthetic set (no manifest.parquet); write one "
                              f"with `demoire synthesize --out {data}` or name it with --data")
     from pipeline.data.pairs_index import build_pairs_index
-    from pipeline.io import atomic_path, check_output_dir
+    from pipeline.io import check_output_dir
 
     check_output_dir(out)
     index = build_pairs_index(params, data)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "pairs.parquet") as tmp:
-        index.pairs.to_parquet(tmp, index=False)
+    index.write(out / "pairs.parquet")
     summary = index.summary()
     err.note(f"split {data}: {summary['pairs']['train']} train, {summary['pairs']['val']} val, "
              f"{summary['pairs']['test']} test pairs ({summary['rejected_pairs']} rejected) -> {out / 'pairs.parquet'}")

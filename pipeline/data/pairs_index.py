@@ -11,6 +11,7 @@ from pipeline.config import Params
 from pipeline.data.imported import INDEX_COLUMNS, ImportedPairs, import_dataset_pairs, next_pair_id
 from pipeline.data.manifest import read_manifest, validate_pairs
 from pipeline.data.splits import SPLITS, split_by_source
+from pipeline.io import atomic_path
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,11 @@ class PairsIndex:
             "imported_pairs": int(len(self.imported.usable)),
             "unpaired_files": len(self.imported.unpaired),
         }
+
+    def write(self, path: Path) -> None:
+        """Write the index (not the left-out pairs) to `path` as parquet, atomically."""
+        with atomic_path(path) as tmp:
+            self.pairs.to_parquet(tmp, index=False)
 
 
 def index_pairs(params: Params, synthetic: tuple[pd.DataFrame, pd.DataFrame] | None,
