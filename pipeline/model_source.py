@@ -37,17 +37,25 @@ def load_model_and_spec(model: str, device: str) -> tuple[nn.Module, torch.devic
     return net, torch_device, spec
 
 
-def describe_model(model: str, net: nn.Module, spec: ModelSpec) -> dict:
-    """What a user sees of a loaded model: source, name, version, alias, tagged metrics and architecture."""
+def pin_model(model: str) -> tuple[str, dict]:
+    """The model to load, with a registry alias resolved to its version once, and what the registry says of that
+    version ({} for a folder or file): a promotion between loading and describing would name another version."""
+    if not model.startswith("models:/"):
+        return model, {}
+    from pipeline.registry import model_version_info
+
+    registered = model_version_info(model)
+    return f"models:/{registered['name']}/{registered['version']}", registered
+
+
+def describe_model(model: str, net: nn.Module, spec: ModelSpec, registered: dict | None = None) -> dict:
+    """What a user sees of a loaded model: source, name, and for a registry version (`pin_model`'s) its version,
+    alias, run and tagged metrics; then the architecture."""
     from pipeline.export import ExportedModel
 
     # every key GET /model documents, null where a folder or exported file has none (a registry version has them)
     info = {"source": model, "name": Path(model).name or model, "version": None, "alias": None, "run_id": None,
-            "promotion": None, "metrics": {}}
-    if model.startswith("models:/"):
-        from pipeline.registry import model_version_info
-
-        info |= model_version_info(model)
+            "promotion": None, "metrics": {}} | (registered or {})
     exported = isinstance(net, ExportedModel)
     return info | {"architecture": spec.name, "channels": spec.channels, "depth": spec.depth,
                    "format": net.format if exported else "pytorch",

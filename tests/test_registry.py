@@ -194,6 +194,21 @@ def test_the_cli_loads_the_champion_as_a_torch_module_by_alias(champion):
         assert torch.equal(loaded(x), champion(x))
 
 
+def test_a_served_alias_is_pinned_to_one_version_loaded_and_described(champion, store):
+    """GET /model names the version serve loaded, even when the alias moves between loading and describing."""
+    from pipeline.model_source import describe_model, load_model_and_spec, pin_model
+
+    pinned, registered = pin_model("models:/demoire-test@champion")
+    assert pinned == "models:/demoire-test/1"
+    assert (registered["version"], registered["alias"], registered["metrics"]["test_psnr"]) == ("1", "champion", 22.0)
+    _register(store / "model", 30.0)  # v2 beats v1: the alias moves
+    net, _, spec = load_model_and_spec(pinned, "cpu")
+    info = describe_model("models:/demoire-test@champion", net, spec, registered)
+    assert (info["source"], info["version"], info["alias"]) == ("models:/demoire-test@champion", "1", "champion")
+    assert pin_model("models:/demoire-test@champion")[0] == "models:/demoire-test/2"
+    assert pin_model(str(store / "model")) == (str(store / "model"), {})
+
+
 def test_champion_loads_in_a_fresh_python_process(champion, tmp_path):
     image = np.random.default_rng(4).integers(0, 256, (70, 90, 3), dtype=np.uint8)
     np.save(tmp_path / "in.npy", image)

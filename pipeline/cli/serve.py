@@ -36,7 +36,7 @@ def serve(
     import uvicorn
 
     from pipeline.inference import check_tiling, restore_image, spatial_multiple
-    from pipeline.model_source import describe_model, load_model_and_spec
+    from pipeline.model_source import describe_model, load_model_and_spec, pin_model
     from pipeline.serving.app import ServeLimits, create_app
 
     try:
@@ -44,10 +44,11 @@ def serve(
                            max_side=max_side, falloff=falloff)
         with err.status(f"loading {model}"):
             check_model_exists(model)
-            net, torch_device, spec = load_model_and_spec(model, device)
+            pinned, registered = pin_model(model)
+            net, torch_device, spec = load_model_and_spec(pinned, device)
         check_tiling(cfg.tile_size, cfg.tile_overlap, cfg.tile_batch, spatial_multiple(net))
         limits = ServeLimits(int(max_upload_mb * 2**20), cfg.max_pixels, concurrency, queue)
-        info = describe_model(model, net, spec) | {"device": str(torch_device), "tile_size": cfg.tile_size,
+        info = describe_model(model, net, spec, registered) | {"device": str(torch_device), "tile_size": cfg.tile_size,
                                                    "tile_overlap": cfg.tile_overlap, "max_side": cfg.max_side,
                                                    "falloff": cfg.falloff}
         listener = _listen(host, port)
