@@ -16,6 +16,7 @@ import yaml
 from flows import PROJECT_ROOT
 from pipeline.config import Params, load_params
 from pipeline.errors import DemoireError
+from pipeline.lifetime import exit_on_sigterm
 
 
 def run_stage(
@@ -32,7 +33,7 @@ def run_stage(
         logging.getLogger(name).setLevel(logging.INFO)
     # SIGTERM (a stopped container, `kill`) unwinds like an error, so an MLflow run ends FAILED and
     # temp outputs are removed, instead of the process vanishing mid-write.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     try:
         params = with_project_paths(load_params(args.params))
         with prefect_api():
@@ -81,10 +82,6 @@ def untracked_preset_hint(params_path: Path) -> str:
         return ""
     return (f" ({preset} is in the project but not in this experiment's copy, which holds only the files git "
             f"tracks: `git add {preset}` and commit it, or run the experiment in the workspace)")
-
-
-def _exit_on_sigterm(signum, frame) -> None:
-    raise SystemExit(128 + signum)
 
 
 @contextmanager

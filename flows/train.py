@@ -17,16 +17,16 @@ from pipeline.training.stage import run_training
 
 
 @task(name="fit-model", timeout_seconds=48 * 3600)  # a hung run is stopped; its checkpoint resumes it
-def fit_task(params: Params, params_path: Path, data: Path, pairs_index: Path, out: Path, history: Path) -> list[dict]:
+def fit_task(params: Params, data: Path, pairs_index: Path, out: Path, history: Path) -> list[dict]:
     """Train (in this process, or across train.processes DDP processes) and return the epoch history."""
-    run_training(params, params_path, data, pairs_index, out, history)
+    run_training(params, data, pairs_index, out, history)
     return pd.read_csv(history).to_dict("records")
 
 
 @flow(name="train")
-def train_flow(params: Params, params_path: Path, data: Path, pairs_index: Path, out: Path, history: Path) -> list[dict]:
+def train_flow(params: Params, data: Path, pairs_index: Path, out: Path, history: Path) -> list[dict]:
     """Fit the model and publish a summary artifact."""
-    rows = fit_task(params, params_path, data, pairs_index, out, history)
+    rows = fit_task(params, data, pairs_index, out, history)
     cfg = params.train
     spec = model_spec(cfg.model, cfg.channels, cfg.depth, cfg.correction, cfg.correction_width)
     last = rows[-1]
@@ -46,7 +46,7 @@ def main() -> None:
 
     def run(params: Params, args: argparse.Namespace) -> None:
         resolve_device(params.train.device)  # fail before loading data when CUDA is absent
-        train_flow(params, args.params, args.data, args.pairs, args.out, args.history)
+        train_flow(params, args.data, args.pairs, args.out, args.history)
 
     run_stage(__doc__, ["data", "pairs", "out", "history"], run)
 

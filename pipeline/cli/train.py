@@ -37,13 +37,19 @@ def train(
     except DemoireError as exc:
         fail(exc)
     import logging
+    import os
+    import signal
 
+    from pipeline.lifetime import die_with_parent, exit_on_sigterm
+    from pipeline.training.distributed import world_from_env
     from pipeline.training.stage import run_training
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, exit_on_sigterm)  # `kill`: the MLflow run ends FAILED, the DDP processes stop
+    if world_from_env().size > 1:  # one of torchrun's processes: it ends with torchrun, even one killed outright
+        die_with_parent(os.getppid(), signal.SIGTERM)
     try:
-        # A DDP launch passes the params on by file; without one the defaults train in this process.
-        run_training(resolved, params or DEFAULT_PARAMS, data, pairs, out, history or out / "history.csv")
+        run_training(resolved, data, pairs, out, history or out / "history.csv")
     except DemoireError as exc:
         fail(exc)
 

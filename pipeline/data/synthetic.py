@@ -8,14 +8,12 @@ so a killed run started again renders only the shards it had not finished.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import logging
 import math
 import os
 import shutil
-import signal
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -35,6 +33,7 @@ from pipeline.io import (
     atomic_path, check_free_space, partial_beside, partials_beside, remove_stale_temps, replace_dir, sole_writer,
     temp_beside, write_json, write_png,
 )
+from pipeline.lifetime import die_with_parent
 from pipeline.moire.layer_bank import shared_layer_bank
 from pipeline.moire.simulate import sample_capture_params, simulate_capture
 from pipeline.progress import ProgressReporter
@@ -215,19 +214,6 @@ def finished_records(work: Path) -> dict[int, dict]:
 ShardRunner = Callable[[list[list[int]], list[SourceSpec], Path], Iterable[list[dict]]]
 """Renders shards of pair indices into a work folder (render_shard_resumably on each); yields each
 shard's records as it finishes, in any order."""
-
-
-PR_SET_PDEATHSIG = 1  # prctl(2) option: a signal the kernel sends a process when its parent dies
-
-
-def die_with_parent(parent: int) -> None:
-    """Pool worker initializer: end with the run that started it (orphaned by a kill, it would wait forever)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # no prctl (not Linux): an orphan then outlives its run
-        return
-    if os.getppid() != parent:  # the run died before the line above
-        os._exit(1)
 
 
 def local_shard_runner(cfg: SynthesizeParams, seed: int, workers: int) -> ShardRunner:

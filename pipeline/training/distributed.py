@@ -72,6 +72,10 @@ def sum_across(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
+LAUNCHED_BY = "DEMOIRE_LAUNCHED_BY"  # the pid of the run that started torchrun (pipeline.training.torchrun)
+
+
 def torchrun_command(processes: int, module_args: list[str]) -> list[str]:
-    """torchrun (as `python -m torch.distributed.run`, so this interpreter) starting `processes` ranks of a module."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", "-m", *module_args]
+    """torchrun (`pipeline.training.torchrun`, with this interpreter) starting `processes` ranks of a module."""
+    return [sys.executable, "-m", "pipeline.training.torchrun", "--standalone", f"--nproc-per-node={processes}",
+            "-m", *module_args]

@@ -9,12 +9,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import subprocess
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 import torch
+import yaml
 
 from pipeline.config import Params
 from pipeline.data.dataset import StoredPairs
@@ -23,11 +26,14 @@ from pipeline.io import atomic_path
 from pipeline.models import build_model, model_spec, save_model
 from pipeline.training.device import resolve_device
 from pipeline.training.batches import SyntheticBatches, TrainingBatches, stored_pair_batches
-from pipeline.training.distributed import World, check_gpu_count, process_group, torchrun_command, world_from_env
+from pipeline.training.distributed import (LAUNCHED_BY, World, check_gpu_count, process_group, torchrun_command,
+                                           world_from_env)
 from pipeline.training.loop import EpochStats, train_model
 from pipeline.training.telemetry import live_training_run
 
 log = logging.getLogger(__name__)
+
+LAUNCHER_STOP_S = 60  # torchrun gives its ranks 30 s to end after SIGTERM, then kills them
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
@@ -126,23 +132,69 @@ def train_in_process(params: Params, data: Path, pairs_index: Path, out: Path, h
                 save_model(model.cpu(), spec, out)
 
 
-def run_training(params: Params, params_path: Path, data: Path, pairs_index: Path, out: Path, history_path: Path) -> None:
+def run_training(params: Params, data: Path, pairs_index: Path, out: Path, history_path: Path) -> None:
     """Train as the params ask: here, or across `train.processes` DDP processes started by torchrun."""
     processes = params.train.processes
     check_outputs(out, history_path)
-    read_pairs_index(pairs_index)  # here once, not in each of the processes torchrun would start
+    index = read_pairs_index(pairs_index)  # here once, not in each of the processes torchrun would start
     # Fail before loading data, or before launching, when CUDA is absent or has too few GPUs.
     if resolve_device(params.train.device).type == "cuda":
         check_gpu_count(processes)
-    if processes == 1 or world_from_env().size > 1:
+    cfg = params.train
+    model_spec(cfg.model, cfg.channels, cfg.depth, cfg.correction, cfg.correction_width)  # here, not in each process
+    world = world_from_env()
+    if world.size > 1 and processes != world.size:  # torchrun started by hand: what ran is what gets logged
+        log.warning("train.processes = %d, but torchrun started %d processes: training as %d", processes,
+                    world.size, world.size)
+        params = params.model_copy(update={"train": params.train.model_copy(update={"processes": world.size})})
+    if not params.train.synthetic_pairs_per_epoch:
+        check_a_pair_per_process(index, pairs_index, params.train.processes)
+    if processes == 1 or world.size > 1:
         train_in_process(params, data, pairs_index, out, history_path)
         return
-    command = torchrun_command(processes, [
-        "pipeline.cli", "train", "--params", str(params_path), "--data", str(data),
-        "--pairs", str(pairs_index), "--out", str(out), "--history", str(history_path)])
-    log.info("launching %d DDP processes: %s", processes, " ".join(command))
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))}
-    result = subprocess.run(command, env=env)
-    if result.returncode != 0:
-        raise DemoireError(f"distributed training ({processes} processes under torchrun) exited with "
-                           f"code {result.returncode}; the first error is in the log above")
+    with tempfile.TemporaryDirectory(prefix="demoire-ddp-") as tmp:
+        # The ranks read the params as resolved here (relative folders an experiment's copy reads from the
+        # project, the profile's values), not the file they came from.
+        resolved = Path(tmp) / "params.yaml"
+        resolved.write_text(yaml.safe_dump(params.model_dump(mode="json", by_alias=True), sort_keys=False))
+        command = torchrun_command(processes, [
+            "pipeline.cli", "train", "--params", str(resolved), "--data", str(data),
+            "--pairs", str(pairs_index), "--out", str(out), "--history", str(history_path)])
+        log.info("launching %d DDP processes: %s", processes, " ".join(command))
+        threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+        code = run_launcher(command, {**os.environ, "OMP_NUM_THREADS": threads, LAUNCHED_BY: str(os.getpid())})
+    if code != 0:
+        raise DemoireError(launcher_failure(processes, code))
+
+
+def check_a_pair_per_process(index: pd.DataFrame, pairs_index: Path, processes: int) -> None:
+    """Every DDP process needs a train pair of its own: with fewer, a process would have no step to take."""
+    train_pairs = int((index["split"] == "train").sum())
+    if processes > train_pairs:
+        raise InputDataError(f"train.processes = {processes}: more than the {train_pairs} train pairs in "
+                             f"{pairs_index}; each process trains on pairs of its own, so use at most {train_pairs}")
+
+
+def run_launcher(command: list[str], env: dict[str, str]) -> int:
+    """Run torchrun to its end and return its exit code; stopped meanwhile (SIGTERM unwinding, Ctrl-C), stop it
+    and its processes first, so that none trains on unseen."""
+    launcher = subprocess.Popen(command, env=env)
+    try:
+        return launcher.wait()
+    except BaseException:
+        launcher.terminate()  # torchrun passes SIGTERM on to the ranks, which end their MLflow run FAILED
+        try:
+            launcher.wait(timeout=LAUNCHER_STOP_S)
+        except subprocess.TimeoutExpired:
+            launcher.kill()  # the kernel then sends its ranks SIGTERM (pipeline.lifetime.die_with_parent)
+            launcher.wait()
+        raise
+
+
+def launcher_failure(processes: int, code: int) -> str:
+    """One line for a torchrun that failed: its ranks' error is in the log above, a signal is named."""
+    what = f"distributed training ({processes} processes under torchrun)"
+    if code < 0:
+        return (f"{what} was stopped by {signal.Signals(-code).name} (the out-of-memory killer sends SIGKILL); "
+                "its processes were stopped with it")
+    return f"{what} exited with code {code}; the first error is in the log above"

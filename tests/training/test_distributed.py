@@ -1,12 +1,21 @@
 """DDP through torchrun with 2 CPU processes (gloo), against one process with the same global batch."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import torch
 import yaml
+from mlflow.tracking import MlflowClient
 
 from pipeline.config import load_params
+from pipeline.errors import InputDataError
 from pipeline.models import load_model
 from pipeline.io import write_png
 from pipeline.training.stage import run_training
@@ -33,7 +42,9 @@ def _train(tmp_path, name, processes, batch_size):
         "model": "mscale", "channels": 4, "depth": 1, "epochs": 2, "batch_size": batch_size,
         "patch_size": 16, "lr": 2e-3, "device": "cpu", "processes": processes}}))
     out = tmp_path / name
-    run_training(load_params(params_path), params_path, tmp_path / "data", tmp_path / "data" / "pairs.parquet",
+    params = load_params(params_path)
+    params_path.unlink()  # the ranks train on the params as resolved here, not on a file
+    run_training(params, tmp_path / "data", tmp_path / "data" / "pairs.parquet",
                  out, out / "history.csv")
     return out
 
@@ -57,11 +68,75 @@ def test_two_gloo_processes_train_like_one_process_with_their_combined_batch(tmp
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=key)
     np.testing.assert_allclose(history.val_psnr, pd.read_csv(single / "history.csv").val_psnr, rtol=1e-4)
 
-    from mlflow.tracking import MlflowClient
-
     from pipeline.training.telemetry import recorded_run_id
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = recorded_run_id(ddp)  # rank 0 alone streamed: one run, each epoch once
     assert [m.step for m in client.get_metric_history(run, "val_psnr")] == [1, 2]
     assert len(client.search_runs([client.get_run(run).info.experiment_id])) == 2  # the ddp and single trainings
+
+
+def _params_file(tmp_path, processes, epochs=2):
+    path = tmp_path / f"p{processes}.yaml"
+    path.write_text(yaml.safe_dump({"seed": 3, "train": {
+        "model": "unet", "channels": 4, "depth": 2, "epochs": epochs, "batch_size": 1, "patch_size": 16,
+        "device": "cpu", "processes": processes, "num_workers": 0}}))
+    return path
+
+
+def test_more_processes_than_train_pairs_is_one_line_before_launching(tmp_path, rng):
+    _dataset(tmp_path / "data", rng, n_train=2)
+    with pytest.raises(InputDataError, match=r"^train.processes = 3: more than the 2 train pairs in .*pairs.parquet; "
+                                             r"each process trains on pairs of its own, so use at most 2$"):
+        run_training(load_params(_params_file(tmp_path, 3)), tmp_path / "data", tmp_path / "data" / "pairs.parquet",
+                     tmp_path / "out", tmp_path / "out" / "history.csv")
+    assert not (tmp_path / "out").exists()
+
+
+def _demoire_train(tmp_path, params, *launcher):
+    """`demoire train` (under `launcher`, e.g. torchrun, if given) on the test data, in its own session."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    return subprocess.Popen([*(launcher or [sys.executable]), "-m", "pipeline.cli", "train", "--params", str(params),
+                             "--data", str(tmp_path / "data"), "--pairs", str(tmp_path / "data" / "pairs.parquet"),
+                             "--out", str(tmp_path / "out")],
+                            env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _only_run(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("demoire").experiment_id])
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_a_stopped_ddp_training_stops_every_process_it_started(tmp_path, rng, signum):
+    """`kill` (or the out-of-memory killer) on `demoire train` stopped only it: torchrun and its ranks trained on
+    unseen, wrote the model and ended the MLflow run FINISHED."""
+    _dataset(tmp_path / "data", rng)
+    trainer = _demoire_train(tmp_path, _params_file(tmp_path, 2, epochs=100_000))
+    deadline = time.monotonic() + 180
+    while not (tmp_path / "out" / "history.csv").exists():  # rank 0 has finished an epoch
+        assert trainer.poll() is None and time.monotonic() < deadline, trainer.communicate()[0]
+        time.sleep(0.5)
+    started = psutil.Process(trainer.pid).children(recursive=True)
+    assert len(started) >= 3  # torchrun and its two ranks
+    trainer.send_signal(signum)
+    output = trainer.communicate(timeout=120)[0]
+    _, alive = psutil.wait_procs(started, timeout=90)
+    assert not alive, [p.cmdline() for p in alive]
+    assert not (tmp_path / "out" / "model.pt").exists()
+    assert _only_run(tmp_path).info.status == "FAILED"
+    if signum == signal.SIGTERM:
+        assert trainer.returncode == 128 + signal.SIGTERM, output
+
+
+@pytest.mark.slow
+def test_torchrun_started_by_hand_logs_the_processes_that_ran(tmp_path, rng):
+    _dataset(tmp_path / "data", rng)
+    trainer = _demoire_train(tmp_path, _params_file(tmp_path, 1), sys.executable, "-m", "torch.distributed.run",
+                             "--standalone", "--nproc-per-node=2")
+    output = trainer.communicate(timeout=300)[0]
+    assert trainer.returncode == 0, output
+    assert "train.processes = 1, but torchrun started 2 processes: training as 2" in output
+    assert _only_run(tmp_path).data.params["train.processes"] == "2"

@@ -59,7 +59,7 @@ def test_the_stage_builds_the_model_with_the_params_correction(tmp_path, rng, mo
         "model": "unet", "channels": 4, "depth": 2, "epochs": 1, "batch_size": 2, "patch_size": 16, "device": "cpu",
         "correction": "chroma", "correction_width": 4.0}}))
     out = tmp_path / "model"
-    run_training(load_params(params_path), params_path, data, index, out, out / "history.csv")
+    run_training(load_params(params_path), data, index, out, out / "history.csv")
     model, spec = load_model(out)
     assert (spec.correction, spec.correction_width, spec.correction_cast) == ("chroma", 4.0, "gain")
     assert model.chroma and model.narrowing.width == 4.0

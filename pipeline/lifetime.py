@@ -1,0 +1,28 @@
+"""Child processes that end with the run that started them, and runs that end cleanly when stopped."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+
+PR_SET_PDEATHSIG = 1  # prctl(2) option: a signal the kernel sends a process when its parent dies
+
+
+def die_with_parent(parent: int, signum: int = signal.SIGKILL) -> None:
+    """Have the kernel send `signum` to this process when `parent` dies (an orphan of a killed run would go on
+    working, or wait forever); exit at once if it is already gone. Used as a pool worker initializer."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
+    except (OSError, AttributeError):  # no prctl (not Linux): an orphan then outlives its run
+        return
+    if os.getppid() != parent:  # the run died before the line above
+        os._exit(1)
+
+
+def exit_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM handler: unwind like an error (an MLflow run ends FAILED, temp outputs go) instead of vanishing."""
+    # Once: a DDP rank gets SIGTERM from torchrun, then from the kernel as torchrun exits (die_with_parent); the
+    # second one would cut short the unwinding of the first. SIGKILL still stops a process stuck in it.
+    signal.signal(signum, signal.SIG_IGN)
+    raise SystemExit(128 + signum)
