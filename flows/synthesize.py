@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import CancelledError
 from pathlib import Path
 
 from prefect import flow, task, unmapped
@@ -14,29 +16,57 @@ from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from flows._entry import run_stage
+from flows.run_logs import unless_user_error
 from pipeline.config import Params, SynthesizeParams, parse_params
-from pipeline.data.synthetic import (SYNTHETIC_SET_ENTRIES, die_with_parent, render_shard_resumably,
+from pipeline.data.synthetic import (SYNTHETIC_SET_ENTRIES, check_renderer, render_shard_resumably, renderer_digest,
                                      synthesize_dataset)
+from pipeline.errors import InputDataError
 from pipeline.evaluation.synth_report import compare_paired_sets
 from pipeline.io import check_replaceable_dir
+from pipeline.lifetime import die_with_parent
 from pipeline.sources import SourceSpec
+
+log = logging.getLogger(__name__)
+
+SCHEDULER_TIMEOUT_S = 10
 
 
 def task_runner(cfg: SynthesizeParams):
-    """A Dask cluster when one is configured, else a local process pool (threads for one worker) whose workers
-    end with this process: a killed stage would otherwise leave them rendering (or waiting) as orphans."""
+    """A Dask cluster when one is configured (it must answer), else a local process pool (threads for one worker)
+    whose workers end with this process: a killed stage would otherwise leave them rendering (or waiting) as
+    orphans."""
     if cfg.dask_address:
         from prefect_dask import DaskTaskRunner
 
+        check_scheduler(cfg.dask_address)
         return DaskTaskRunner(address=cfg.dask_address)
     if cfg.workers == 1:
         return ThreadPoolTaskRunner(max_workers=1)
     return ProcessPoolTaskRunner(max_workers=cfg.workers, initializer=die_with_parent, initargs=(os.getpid(),))
 
 
-@task(name="render-shard", retries=2, retry_delay_seconds=[1, 5])
-def render_shard_task(indices: list[int], specs: list[SourceSpec], params: Params, work: Path) -> list[dict]:
-    """Render one shard of pairs into the resumable work folder and mark it finished."""
+def check_scheduler(address: str) -> None:
+    """One line, not Dask's tracebacks after its 30 s, when no scheduler answers at `address`; a warning when it has
+    no workers, for which the stage would wait without a word."""
+    from distributed import Client
+
+    try:
+        with Client(address, timeout=SCHEDULER_TIMEOUT_S) as client:
+            workers = len(client.scheduler_info()["workers"])
+    except (OSError, TimeoutError) as exc:
+        raise InputDataError(f"synthesize.dask_address = {address}: no Dask scheduler answers there "
+                             f"({str(exc).splitlines()[0]}); start one (`dask scheduler`, then `dask worker "
+                             f"{address}` from this checkout) or leave the key unset to render here") from None
+    if not workers:
+        log.warning("the Dask scheduler at %s has no workers: the stage waits until one joins "
+                    "(`dask worker %s`, started from this checkout)", address, address)
+
+
+@task(name="render-shard", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=unless_user_error)
+def render_shard_task(indices: list[int], specs: list[SourceSpec], params: Params, work: Path,
+                      renderer: str) -> list[dict]:
+    """Render one shard of pairs into the resumable work folder and mark it finished, with the run's code."""
+    check_renderer(renderer)  # a Dask worker can import another checkout's pipeline
     return render_shard_resumably(indices, specs, params.synthesize, params.seed, work)
 
 
@@ -55,9 +85,18 @@ def synthesize_flow(params: Params, out: Path, report: Path | None = None) -> di
     def run_shards(shards: list[list[int]], specs: list[SourceSpec], work: Path) -> Iterator[list[dict]]:
         if not shards:  # a resumed run with every shard finished
             return
-        futures = render_shard_task.map(shards, unmapped(specs), unmapped(params), unmapped(work))
+        futures = render_shard_task.map(shards, unmapped(specs), unmapped(params), unmapped(work),
+                                        unmapped(renderer_digest()))
         for future in as_completed(list(futures)):
-            yield future.result()
+            try:
+                records = future.result()
+            except CancelledError as exc:  # Dask's FutureCancelledError: the scheduler is gone
+                if not cfg.dask_address:
+                    raise
+                raise InputDataError(f"lost the Dask scheduler at {cfg.dask_address} ({str(exc).splitlines()[0]}); "
+                                     "the finished shards are kept: start the scheduler and its workers again, then "
+                                     "rerun to resume") from None
+            yield records
 
     summary = synthesize_dataset(cfg, params.seed, out, run_shards)
     psnr = ""

@@ -151,6 +151,9 @@ class PatternParams(Section):
     amplitude: Annotated[Range, _within(0.001, 1.0)] = (0.02, 0.35)  # log-uniform modulation depth
 
 
+DASK_SCHEMES = ("tcp", "tls", "ucx", "ws", "wss", "inproc")  # the comms distributed speaks
+
+
 class SynthesizeParams(Section):
     # Presets fill in every physics key not given explicitly (pipeline/moire/presets.py): a built-in
     # name, or a preset file `demoire calibrate` wrote (a path ending in .yaml).
@@ -225,6 +228,14 @@ class SynthesizeParams(Section):
 
         preset_values(preset)
         return preset
+
+    @field_validator("dask_address")
+    @classmethod
+    def _dask_scheme(cls, address: str | None) -> str | None:
+        """A scheduler address Dask can connect to: host:port, or with one of its schemes."""
+        if address is not None and "://" in address and address.split("://")[0] not in DASK_SCHEMES:
+            raise ValueError(f"not a Dask scheduler address: use tcp://host:8786 (schemes: {', '.join(DASK_SCHEMES)})")
+        return address
 
 
 def deep_merge(base: dict, override: dict) -> dict:

@@ -66,6 +66,9 @@ def test_repository_params_file_is_valid():
          "write the dataset's folder"),
         ({"evaluate": {"real_sets": [{"name": "a", "path": "/a", "limit": 0}]}},
          "params.yaml: evaluate.real_sets[0].limit = 0: Input should be greater than or equal to 1"),
+        ({"synthesize": {"dask_address": "http://scheduler:8786"}},
+         "params.yaml: synthesize.dask_address = 'http://scheduler:8786': not a Dask scheduler address: use "
+         "tcp://host:8786 (schemes: tcp, tls, ucx, ws, wss, inproc)"),
     ],
 )
 def test_invalid_values_name_key_value_and_what_is_allowed(raw, expected):

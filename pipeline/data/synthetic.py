@@ -157,6 +157,17 @@ def renderer_digest() -> str:
     return code_digest(RENDER_CODE, versions)
 
 
+def check_renderer(expected: str) -> None:
+    """Refuse to render with other code or library versions than the run's `renderer_digest()` (a Dask worker
+    started from another checkout or environment): the set's fingerprint would record what did not run."""
+    if renderer_digest() != expected:
+        import socket
+
+        raise InputDataError(f"a worker on {socket.gethostname()} renders with other code or library versions than "
+                             f"this run (its pipeline: {Path(__file__).parents[1]}): start the Dask workers from the "
+                             "same checkout and environment as the stage")
+
+
 def source_stamp(spec: SourceSpec) -> list:
     """A source as the fingerprint sees it: its spec, and the size and mtime of its file (an edited photo differs)."""
     try:

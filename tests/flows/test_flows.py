@@ -14,6 +14,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from flows.preprocess import preprocess_flow
 from flows.synthesize import synthesize_flow
+from pipeline.errors import InputDataError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -108,6 +109,25 @@ def test_synthesis_on_a_dask_cluster_gives_the_same_bytes(tmp_path, tiny_params,
     assert len(files) == 2 * 12
     for rel in [*files, Path("manifest.parquet")]:
         assert (tmp_path / "local" / rel).read_bytes() == (tmp_path / "dask" / rel).read_bytes(), rel
+
+
+def test_a_dask_address_where_nothing_answers_is_one_line(tiny_params):
+    from flows.synthesize import task_runner
+    from tests.conftest import _free_port
+
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    with pytest.raises(InputDataError, match=rf"^synthesize.dask_address = {address}: no Dask scheduler answers "
+                                             r"there \(.*\); start one \(`dask scheduler`, then `dask worker "):
+        task_runner(tiny_params.synthesize.model_copy(update={"dask_address": address}))
+
+
+def test_a_worker_with_other_rendering_code_refuses_to_render():
+    from pipeline.data.synthetic import check_renderer, renderer_digest
+
+    check_renderer(renderer_digest())
+    with pytest.raises(InputDataError, match=r"^a worker on .* renders with other code or library versions than this "
+                                             r"run \(its pipeline: .*\): start the Dask workers from the same checkout"):
+        check_renderer("0" * 64)
 
 
 @pytest.mark.slow
