@@ -76,9 +76,23 @@ def test_a_photo_dropped_on_the_page_comes_back_restored(tmp_path):
         browser.screenshot(tmp_path / "page.png")
         assert Image.open(tmp_path / "page.png").size[0] > 0
 
+        # a TIFF: the server restores it, the browser cannot show the original; the restored photo is shown alone,
+        # at its size (it was squeezed into the broken original's 68x16 box)
+        browser.run("document.querySelector('.zoom').click();")  # fit to page again
+        Image.fromarray(photo).save(tmp_path / "scan.tiff")
+        browser.upload("#files", tmp_path / "scan.tiff")
+        browser.wait_for("return document.querySelectorAll('.result[data-status]').length == 2")
+        shown = browser.run("""
+            const card = document.querySelector('.result');
+            const box = card.querySelector('img.after').getBoundingClientRect();
+            return {text: card.querySelector('.status').textContent, width: box.width, height: box.height,
+                    alone: card.classList.contains('no-before')};""")
+        assert shown["alone"] and (round(shown["width"]), round(shown["height"])) == (160, 90), shown
+        assert shown["text"].endswith("(this browser cannot show the original's format: the restored photo alone)")
+
         # a file that is not a photo: the page says why, in one line, and the server stays up
         browser.upload("#files", tmp_path / "notes.txt")
-        browser.wait_for("return document.querySelectorAll('.result[data-status]').length == 2")
+        browser.wait_for("return document.querySelectorAll('.result[data-status]').length == 3")
         text = browser.run("return document.querySelector('.result').querySelector('.status').textContent")
         assert text == ("not restored: cannot read image from the upload: not a JPEG, PNG, WebP, TIFF, BMP or GIF file, "
                         "or one too damaged to recognise")
@@ -88,4 +102,5 @@ def test_a_photo_dropped_on_the_page_comes_back_restored(tmp_path):
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
     assert sorted(p.name for p in tmp_path.iterdir()) == [  # the server wrote nothing in its folder
-        "chromedriver.log", "chromium-profile", "model", "notes.txt", "page.png", "screen photo.png", "serve.log"]
+        "chromedriver.log", "chromium-profile", "model", "notes.txt", "page.png", "scan.tiff", "screen photo.png",
+        "serve.log"]
