@@ -218,6 +218,11 @@ def test_synthesize_writes_matching_pairs_whatever_the_worker_count(tmp_path):
 
     again = runner.invoke(app, [*args, "--out", str(tmp_path / "one")])
     assert again.exit_code == 2 and "exists; choose another --out or pass --overwrite" in again.output
+    # an existing gallery is refused before anything is rendered, not after
+    (tmp_path / "three-gallery.png").write_bytes(b"a gallery kept")
+    refused = runner.invoke(app, [*args, "--out", str(tmp_path / "three"), "--gallery", "2"])
+    assert refused.exit_code == 2 and f"{tmp_path / 'three-gallery.png'} exists (use --overwrite" in refused.output
+    assert not (tmp_path / "three").exists()
 
 
 def test_synthesize_with_a_layer_bank_writes_the_same_bytes_whatever_the_worker_count(tmp_path):

@@ -27,7 +27,7 @@ def synthesize(
     """Render an ad-hoc synthetic set outside DVC (moiré and clean images with matching names)."""
     from pipeline.config import parse_params
     from pipeline.data.synthetic import SYNTHETIC_SET_ENTRIES, local_shard_runner, synthesize_dataset
-    from pipeline.io import check_replaceable_dir
+    from pipeline.io import check_output_file, check_replaceable_dir
 
     try:
         params = parse_params({"seed": seed, "synthesize": {"preset": preset, "n_pairs": n, "size": size, "workers": workers,
@@ -36,6 +36,11 @@ def synthesize(
                                        "synthesize.size": "--size", "synthesize.workers": "--workers",
                                        "synthesize.moire_layer_bank": "--layer-bank"})
         check_replaceable_dir(out, overwrite, SYNTHETIC_SET_ENTRIES)
+        gallery_path = out.parent / f"{out.name}-gallery.png"
+        if gallery:  # before rendering, not after
+            check_output_file(gallery_path, "--gallery")
+            if gallery_path.exists() and not overwrite:
+                raise InputDataError(f"{gallery_path} exists (use --overwrite to replace it)")
         start = time.perf_counter()
         # synthesize_dataset shows its own progress bar (a status spinner around it would clash with it)
         runner = local_shard_runner(params.synthesize, params.seed, workers)
@@ -51,7 +56,7 @@ def synthesize(
         from pipeline.io import write_png
 
         rows = [read_pair(out / r.moire_path, out / r.clean_path) for r in read_manifest(out / "manifest.parquet")[:gallery].itertuples()]
-        target = out.parent / f"{out.name}-gallery.png"
+        target = gallery_path
         try:
             write_png(target, labelled_grid(rows, (f"moire ({preset} preset)", "clean target"), cell=size), overwrite)
         except (DemoireError, OSError) as exc:
