@@ -117,8 +117,13 @@ def sample_statistics(pairs: list[Pair], like: RealStatistics) -> RealStatistics
     return unpaired_statistics([moire for moire, _ in pairs])
 
 
-def check_calibration(base: str, trials: int, n_pairs: int) -> None:
+def check_calibration(base: str, trials: int, n_pairs: int, size: int) -> None:
     """Refuse a search's settings in one line, before any photo is read or pair rendered."""
+    from pipeline.calibration.statistics import MIN_SIDE
+
+    if size < MIN_SIDE:  # the statistics of a smaller sample leave its widest bands empty
+        raise ParamsError(f"size = {size}: must be at least {MIN_SIDE} px, as the real photos must (the widest band's "
+                          "longest period, and one tile of the chroma peak search)")
     if trials < 1:
         raise ParamsError(f"trials = {trials}: must be at least 1")
     if n_pairs < 2:
@@ -136,7 +141,7 @@ def calibrate(
     """Search KNOBS for the ranges whose synthetic sample is closest to `real`; return the best and the base's score."""
     import optuna
 
-    check_calibration(base, trials, n_pairs)
+    check_calibration(base, trials, n_pairs, size)
 
     def score(overrides: dict[str, Any]) -> tuple[float, RealStatistics]:
         statistics = sample_statistics(render_sample(synthesis_config(base, overrides, size, n_pairs), seed), real)

@@ -40,7 +40,7 @@ def calibrate(
             raise InputDataError(f"{out} exists; choose another --out or pass --overwrite")
         check_output_file(out, "--out")  # before the search, not after it
         check_output_dir(report, "--report")
-        check_calibration(base, trials, pairs)
+        check_calibration(base, trials, pairs, size)
         real_pairs, photos, skipped = read_real_photos(real, layout, include)
         for name, reason in skipped:
             err.print(f"skipped {name}: {reason}", highlight=False)
@@ -58,6 +58,10 @@ def calibrate(
         files = write_calibration_report(report, result)
     except DemoireError as exc:
         fail(exc)
+    if result.distance_after >= result.distance_before:  # few trials: none drew ranges closer than the base's
+        err.print(f"warning: the calibrated preset is no closer to the real photos than its base {base} "
+                  f"({result.distance_before:.4f} → {result.distance_after:.4f}): run more --trials, or keep {base}",
+                  highlight=False)
     if as_json:
         typer.echo(json_text(summary(result)))
     else:

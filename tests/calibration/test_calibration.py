@@ -66,12 +66,15 @@ def test_knobs_give_ranges_inside_what_the_params_allow():
 
 def test_calibration_is_repeatable_and_never_worse_than_its_best_trial():
     real = paired_statistics([_striped_pair(10.0, colour=True), _striped_pair(20.0, colour=True, seed=1)])
-    first = calibrate(real, trials=2, size=48, n_pairs=2, seed=3)
-    second = calibrate(real, trials=2, size=48, n_pairs=2, seed=3)
+    first = calibrate(real, trials=2, size=128, n_pairs=2, seed=3)
+    second = calibrate(real, trials=2, size=128, n_pairs=2, seed=3)
     assert first.overrides == second.overrides and first.distance_after == second.distance_after
     assert first.distance_after == pytest.approx(min(first.history))
     with pytest.raises(ParamsError, match="trials = 0"):
         calibrate(real, trials=0)
+    # a sample smaller than the widest band's period read its band as empty (log10 power at the floor, -12)
+    with pytest.raises(ParamsError, match=r"^size = 64: must be at least 128 px, as the real photos must"):
+        calibrate(real, size=64)
 
 
 def test_calibrate_command_writes_a_preset_the_pipeline_accepts(tmp_path):
@@ -86,7 +89,8 @@ def test_calibrate_command_writes_a_preset_the_pipeline_accepts(tmp_path):
     write_png(root / "moire" / "small.png", small_moire)
     write_png(root / "clean" / "small.png", small_clean)
     preset = tmp_path / "mine.yaml"
-    args = ["calibrate", "--real", str(root), "--out", str(preset), "--trials", "2", "--pairs", "2", "--size", "48", "--json"]
+    args = ["calibrate", "--real", str(root), "--out", str(preset), "--trials", "2", "--pairs", "2", "--size", "128",
+            "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1, result.output  # done, one pair skipped
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -98,6 +102,8 @@ def test_calibrate_command_writes_a_preset_the_pipeline_accepts(tmp_path):
     cfg = parse_params({"synthesize": {"preset": str(preset)}}).synthesize
     assert list(cfg.optics.blur_sigma) == document["optics"]["blur_sigma"]
     assert (tmp_path / "mine-report" / "statistics.png").is_file()
+    worse = summary["distance_after"] >= summary["distance_before"]
+    assert ("warning: the calibrated preset is no closer to the real photos than its base default" in result.stderr) == worse
 
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 2 and "exists; choose another --out or pass --overwrite" in again.stderr
