@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._args import jpeg_output, jpeg_quality, run  # noqa: E402
+from pipeline.errors import InputDataError  # noqa: E402
 from pipeline.falloff import estimate_falloff, undo_falloff  # noqa: E402
 from real_gallery import readable_photos  # noqa: E402  (benchmarks/real_gallery.py, beside this script)
 
@@ -67,11 +68,13 @@ def main() -> None:
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
     if not rows:
-        raise SystemExit("no readable photo: nothing written")
+        raise InputDataError("no readable photo: nothing written")
     width = max(row.shape[1] for row in rows)
     padded = [np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0))) for row in rows]
     write_image(args.out, np.concatenate(padded, axis=0), "jpg", args.quality)
     print(f"wrote {args.out} ({len(rows)} photos, {len(skipped)} skipped)")
+    if skipped:
+        sys.exit(1)  # written, without the photos named above (as `demoire predict` exits)
 
 
 if __name__ == "__main__":

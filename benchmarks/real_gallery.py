@@ -1,7 +1,7 @@
 """Before/after crops of real moiré photos at full resolution: what a model does to photos it never saw.
 
     python benchmarks/real_gallery.py --model data/train --out docs/gallery/real-uhdm.jpg \
-        ../shared/real-moire/unpaired/uhdm_*_moire.jpg
+        --max-side 2048 --max-side 1024 ../shared/real-moire/unpaired/uhdm_*_moire.jpg
 
 For each photo, the crop (`--crop` pixels, at full resolution) where its colour moiré is strongest is
 restored at full size with `--margin` pixels of context around it (so tile edges never fall in the crop) and
@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._args import jpeg_output, jpeg_quality, run  # noqa: E402
 from pipeline.calibration.statistics import luma_and_chroma  # noqa: E402
 from pipeline.data.dataset import to_tensor  # noqa: E402
-from pipeline.errors import DemoireError  # noqa: E402
+from pipeline.errors import DemoireError, InputDataError  # noqa: E402
 from pipeline.evaluation.residual_bands import band_energies  # noqa: E402
 from pipeline.io import read_rgb  # noqa: E402
 
@@ -117,7 +117,7 @@ def main() -> None:
     try:
         model, _ = load_model(args.model)
     except DemoireError as error:
-        raise SystemExit(f"--model {args.model}: {error}") from None
+        raise InputDataError(f"--model {args.model}: {error}") from None
     rows, skipped = [], []
     for path, image in readable_photos(args.photos, skipped):
         if min(image.shape[:2]) < args.crop:
@@ -140,9 +140,11 @@ def main() -> None:
     if skipped:
         print(f"skipped {len(skipped)} photo(s): {'; '.join(skipped)}", file=sys.stderr)
     if not rows:
-        raise SystemExit("no photo could be shown")
+        raise InputDataError("no photo could be shown: nothing written")
     write_image(args.out, np.concatenate(rows, axis=0), "jpg", args.quality)
     print(f"wrote {args.out}")
+    if skipped:
+        sys.exit(1)  # written, without the photos named above (as `demoire predict` exits)
 
 
 if __name__ == "__main__":

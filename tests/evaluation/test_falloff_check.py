@@ -72,7 +72,7 @@ def test_the_gallery_shows_each_photo_with_its_falloff_undone_and_its_field(tmp_
     (tmp_path / "b.png").write_bytes(b"not a png")
     done = _run("--out", tmp_path / "g.jpg", "--width", "120", "--strength", "1", tmp_path / "a.png",
                 tmp_path / "b.png", script="falloff_gallery.py")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # written, without the photo it skipped
     assert "a.png: a -0." in done.stdout and "wrote" in done.stdout and "skipped" in done.stderr
     gallery = read_rgb(tmp_path / "g.jpg")
     assert gallery.shape == (80, 360, 3)  # one row: three columns of 120 x 80
@@ -84,4 +84,4 @@ def test_the_gallery_shows_each_photo_with_its_falloff_undone_and_its_field(tmp_
     bad = _run("--out", tmp_path / "x.jpg", "--strength", "2", tmp_path / "a.png", script="falloff_gallery.py")
     assert bad.returncode == 2 and "--strength 2.0: must be within 0 … 1" in bad.stderr
     none = _run("--out", tmp_path / "y.jpg", tmp_path / "b.png", script="falloff_gallery.py")
-    assert none.returncode != 0 and "nothing written" in none.stderr and not (tmp_path / "y.jpg").exists()
+    assert none.returncode == 2 and "error: no readable photo: nothing written" in none.stderr and not (tmp_path / "y.jpg").exists()

@@ -48,7 +48,7 @@ def test_a_run_writes_one_row_per_photo_skips_unreadable_and_small_ones_and_refu
 
     done = _run("--model", tmp_path / "model", "--out", out, "--crop", 64, "--margin", 16, "--max-side", 100,
                 "--max-side", 64, tmp_path / "a.png", tmp_path / "small.png", tmp_path / "broken.png")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # written, without the photos it skipped
     assert read_rgb(out).shape == (64, 4 * 64, 3)  # input | full size | --max-side 100 | --max-side 64
     assert "skipped 2 photo(s)" in done.stderr and "40x40, smaller than --crop 64" in done.stderr
     assert str(tmp_path / "broken.png") in done.stderr
@@ -63,4 +63,4 @@ def test_a_run_writes_one_row_per_photo_skips_unreadable_and_small_ones_and_refu
         refused = _run("--model", tmp_path / "model", "--out", tmp_path / "x.jpg", *args, tmp_path / "a.png")
         assert refused.returncode == 2 and message in refused.stderr and not (tmp_path / "x.jpg").exists()
     missing = _run("--model", tmp_path / "nowhere", "--out", tmp_path / "x.jpg", tmp_path / "a.png")
-    assert missing.returncode == 1 and f"--model {tmp_path / 'nowhere'}: no model in" in missing.stderr
+    assert missing.returncode == 2 and f"error: --model {tmp_path / 'nowhere'}: no model in" in missing.stderr
