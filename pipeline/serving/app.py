@@ -29,6 +29,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.errors import DemoireError, ParamsError
 from pipeline.inference import RestoreStopped
@@ -85,6 +86,12 @@ def create_app(restore: Restore, model_info: dict, limits: ServeLimits = ServeLi
     async def request_error(request: Request, exc: RequestError) -> JSONResponse:
         headers = {"Retry-After": "5"} if exc.status == 503 else None
         return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # an unknown path (404) or method (405) answers as every other error does: {"error": …}
+        return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}"},
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> str:
@@ -224,10 +231,14 @@ async def _read_upload(request: Request, limit: int) -> tuple[bytes, dict]:
         try:
             payload = json.loads(body)
             encoded = payload["image"]
-            return base64.b64decode(encoded.split(",", 1)[-1], validate=True), {**options, **payload}
-        except (ValueError, TypeError, KeyError, AttributeError, binascii.Error):
+        except (ValueError, TypeError, KeyError):
             raise RequestError(400, 'JSON body must be {"image": "<base64 of the image file>"} '
                                     '(optional "format", "quality")') from None
+        try:
+            return base64.b64decode(encoded.split(",", 1)[-1], validate=True), {**options, **payload}
+        except (ValueError, TypeError, AttributeError, binascii.Error):
+            raise RequestError(400, '"image" is not base64: send the image file\'s bytes base64-encoded '
+                                    '(a data: URL works too)') from None
     if kind.startswith("image/") or kind == "application/octet-stream":
         if not body:
             raise RequestError(400, "empty body: send the image file's bytes")
@@ -259,6 +270,9 @@ def _multipart(content_type: str, body: bytes, limit: int) -> tuple[bytes, dict]
     except (FormParserError, ValueError) as exc:
         raise RequestError(400, f"unreadable multipart body: {exc}") from None
     if "file" not in files:
+        if "file" in fields:  # curl -F file=photo.jpg, without the @ that sends the file
+            raise RequestError(400, "multipart field 'file' is text, not a file: send the file's content "
+                                    "(curl: -F file=@photo.jpg)")
         raise RequestError(400, f"multipart body has no file field 'file' (fields: {', '.join(files) or 'none'})")
     if not files["file"]:
         raise RequestError(400, "the field 'file' is empty")

@@ -39,6 +39,10 @@ def test_page_health_and_model(serve_app, client):
     assert model["name"] == "tiny" and model["architecture"] == "unet"
     assert model["limits"] == {"max_upload_bytes": 10_000, "max_pixels": 5_000, "concurrency": 1, "queue": 8,
                                "formats": ["png", "jpg", "webp"]}
+    missing, wrong_method = client.get(url + "/nope"), client.get(url + "/restore")
+    assert (missing.status_code, missing.json()) == (404, {"error": "Not Found: GET /nope"})
+    assert (wrong_method.status_code, wrong_method.json()) == (405, {"error": "Method Not Allowed: GET /restore"})
+    assert wrong_method.headers["allow"] == "POST"
 
 
 def test_restore_takes_multipart_base64_json_and_raw_bytes_tiled_at_any_size(serve_app, client, tiny_net, rng):
@@ -95,7 +99,8 @@ def test_limits_and_bad_input_answer_4xx_with_one_line_never_500(serve_app, clie
         (dict(files={"other": ("a.png", small)}), 400, "no file field 'file' (fields: other)"),
         (dict(files={"file": ("empty.png", b"")}), 400, "the field 'file' is empty"),
         (dict(json={"picture": "x"}), 400, 'JSON body must be {"image"'),
-        (dict(json={"image": "not base64!"}), 400, 'JSON body must be {"image"'),
+        (dict(json={"image": "not base64!"}), 400, '"image" is not base64: send the image file'),
+        (dict(files={"file": (None, "photo.jpg")}), 400, "multipart field 'file' is text, not a file: send the file's content"),
         (dict(content=b"{nope", headers={"Content-Type": "application/json"}), 400, "JSON body must be"),
         (dict(content=b"", headers={"Content-Type": "image/png"}), 400, "empty body"),
         (dict(content=small, headers={"Content-Type": "text/plain"}), 415, "content type 'text/plain'"),
