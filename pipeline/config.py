@@ -588,7 +588,8 @@ def describe_error(exc: ValidationError, source: str, raw: dict | None = None,
         parts, value = parts + list(context["at"]), context["value"]
     preset_file = _preset_file_holding(raw, parts)
     if preset_file is not None:
-        source, parts = f"{preset_file} (the preset file {source} names)", parts[1:]
+        named_by = options.get("synthesize.preset", source)  # --preset, where a command's option named the file
+        source, parts = f"{preset_file} (the preset file {named_by} names)", parts[1:]
     key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts).lstrip(".")
     if err["type"] == "extra_forbidden":
         allowed = ", ".join(sorted(_fields_at(loc[:-1])))

@@ -121,6 +121,9 @@ def test_calibrate_refuses_a_file_as_base_and_a_layout_the_folder_is_not_before_
     # a generic moire/ + clean/ folder is not FHDMi's layout: no fit on its ground truths as if they were photos
     line = _one_error(runner.invoke(app, ["calibrate", "--real", str(pairs), "--out", str(out), "--layout", "fhdmi"]))
     assert "fhdmi" in line
+    photo = pairs / "moire" / "a.png"
+    line = _one_error(runner.invoke(app, ["calibrate", "--real", str(photo), "--out", str(out)]))
+    assert line == f"error: --real {photo} is a file: name the folder that holds the photos (--include picks some of them)"
     assert not out.exists()
 
 

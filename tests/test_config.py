@@ -115,6 +115,9 @@ def test_a_bad_value_from_a_preset_file_names_that_file_and_its_key(tmp_path, mo
     assert str(info.value) == ("mine.yaml (the preset file params.yaml names): optics.blur_sigma = [2.0, 1.0]: "
                                "range minimum 2.0 is greater than its maximum 1.0")
     parse_params({"synthesize": {"preset": "mine.yaml", "optics": {"blur_sigma": [0.5, 1.0]}}})  # overridden: valid
+    with pytest.raises(ParamsError) as info:  # named by a command's option (demoire synthesize --preset)
+        parse_params({"synthesize": {"preset": "mine.yaml"}}, source="options", options={"synthesize.preset": "--preset"})
+    assert str(info.value).startswith("mine.yaml (the preset file --preset names): optics.blur_sigma = [2.0, 1.0]")
 
 
 def test_unknown_top_level_section():

@@ -29,6 +29,9 @@ def read_real_photos(
     skipped: list[tuple[str, str]] = []
     for root in roots:
         root = Path(root)
+        if root.is_file():
+            raise InputDataError(f"--real {root} is a file: name the folder that holds the photos (--include picks "
+                                 "some of them)")
         if not root.is_dir():
             raise InputDataError(f"real photo folder not found: {root}")
         try:

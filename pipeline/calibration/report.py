@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +23,13 @@ def write_preset(path: Path, result: CalibrationResult, provenance: str) -> None
         tmp.write_text(header + body)
 
 
-def write_calibration_report(folder: Path, result: CalibrationResult) -> list[Path]:
-    """summary.json and statistics.png (real, base preset, calibrated) in `folder`; returns the files."""
+def write_calibration_report(folder: Path, result: CalibrationResult,
+                             skipped: Sequence[tuple[str, str]] = ()) -> list[Path]:
+    """summary.json (skipped real photos named) and statistics.png (real, base preset, calibrated) in `folder`;
+    returns the files."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "summary.json", summary(result))
+    write_json(folder / "summary.json", summary(result, skipped))
     figure = Figure(figsize=(10, 4), layout="constrained")
     left, right = figure.subplots(1, 2)
     bands = list(OCTAVES)

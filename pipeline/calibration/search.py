@@ -9,7 +9,7 @@ written as a preset file that `synthesize.preset` accepts.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,12 +196,13 @@ def real_statistics_summary(statistics: RealStatistics) -> dict[str, Any]:
             "chroma_peak_orientation_share": statistics.orientation_histogram.round(4).tolist()}
 
 
-def summary(result: CalibrationResult) -> dict[str, Any]:
-    """JSON-ready report of a calibration."""
+def summary(result: CalibrationResult, skipped: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    """JSON-ready report of a calibration, with the real photos it skipped (name, why)."""
     return {
         "base": result.base, "trials": result.trials, "ranges": result.overrides,
         "distance_before": round(result.distance_before, 5), "distance_after": round(result.distance_after, 5),
         "real": real_statistics_summary(result.real), "synthetic_before": real_statistics_summary(result.before),
         "synthetic_after": real_statistics_summary(result.after),
         "trial_distances": [round(d, 5) for d in result.history],
+        "skipped": [{"name": name, "reason": reason} for name, reason in skipped],
     }

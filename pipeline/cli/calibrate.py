@@ -55,7 +55,7 @@ def calibrate(
                       f"statistics distance to the real photos: base {result.distance_before:.4f}, "
                       f"this preset {result.distance_after:.4f}")
         write_preset(out, result, provenance)
-        files = write_calibration_report(report, result)
+        files = write_calibration_report(report, result, skipped)
     except DemoireError as exc:
         fail(exc)
     if result.distance_after >= result.distance_before:  # few trials: none drew ranges closer than the base's
@@ -63,7 +63,7 @@ def calibrate(
                   f"({result.distance_before:.4f} → {result.distance_after:.4f}): run more --trials, or keep {base}",
                   highlight=False)
     if as_json:
-        typer.echo(json_text(summary(result)))
+        typer.echo(json_text(summary(result, skipped)))
     else:
         err.note(f"distance to the real photos: base preset {result.distance_before:.4f} → calibrated "
                  f"{result.distance_after:.4f}")

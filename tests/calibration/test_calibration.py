@@ -96,6 +96,8 @@ def test_calibrate_command_writes_a_preset_the_pipeline_accepts(tmp_path):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["real"]["kind"] == "paired" and summary["real"]["count"] == 3 and summary["trials"] == 2
     assert "skipped broken.png" in result.stderr
+    assert [item["name"] for item in summary["skipped"]] == ["broken.png", "small.png"]
+    assert json.loads((tmp_path / "mine-report" / "summary.json").read_text())["skipped"] == summary["skipped"]
     assert "skipped small.png: 96×96 is smaller than 128 px a side, the longest period measured" in result.stderr
     document = yaml.safe_load(preset.read_text())
     assert document["base"] == "default" and preset.read_text().startswith("# written by demoire calibrate")
