@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import CancelledError
@@ -20,7 +21,7 @@ from flows.run_logs import unless_user_error
 from pipeline.config import Params, SynthesizeParams, parse_params
 from pipeline.data.synthetic import (SYNTHETIC_SET_ENTRIES, check_renderer, render_shard_resumably, renderer_digest,
                                      synthesize_dataset)
-from pipeline.errors import InputDataError
+from pipeline.errors import InputDataError, first_line
 from pipeline.evaluation.synth_report import compare_paired_sets
 from pipeline.io import check_replaceable_dir
 from pipeline.lifetime import die_with_parent
@@ -50,14 +51,26 @@ def check_scheduler(address: str) -> None:
     no workers, for which the stage would wait without a word."""
     from distributed import Client
 
-    try:
-        with Client(address, timeout=SCHEDULER_TIMEOUT_S) as client:
-            workers = len(client.scheduler_info()["workers"])
-    except (OSError, TimeoutError) as exc:
-        raise InputDataError(f"synthesize.dask_address = {address}: no Dask scheduler answers there "
-                             f"({str(exc).splitlines()[0]}); start one (`dask scheduler`, then `dask worker "
-                             f"{address}` from this checkout) or leave the key unset to render here") from None
-    if not workers:
+    answer: dict = {}
+
+    def ask() -> None:
+        try:
+            with Client(address, timeout=SCHEDULER_TIMEOUT_S) as client:
+                answer["workers"] = len(client.scheduler_info()["workers"])
+        except Exception as exc:  # noqa: BLE001  (told below, in one line)
+            answer["error"] = exc
+
+    # Client's timeout covers the connection, not the handshake: a port that accepts and stays silent (a hung
+    # scheduler, its dashboard's port) would hang it, so it asks in a thread given a few seconds more.
+    asking = threading.Thread(target=ask, daemon=True)
+    asking.start()
+    asking.join(SCHEDULER_TIMEOUT_S + 5)
+    if "workers" not in answer:
+        why = first_line(str(answer.get("error", ""))) or f"no answer within {SCHEDULER_TIMEOUT_S} s"
+        raise InputDataError(f"synthesize.dask_address = {address}: no Dask scheduler answers there ({why}); start "
+                             f"one (`dask scheduler`, then `dask worker {address}` from this checkout) or leave the "
+                             "key unset to render here")
+    if not answer["workers"]:
         log.warning("the Dask scheduler at %s has no workers: the stage waits until one joins "
                     "(`dask worker %s`, started from this checkout)", address, address)
 
@@ -93,7 +106,7 @@ def synthesize_flow(params: Params, out: Path, report: Path | None = None) -> di
             except CancelledError as exc:  # Dask's FutureCancelledError: the scheduler is gone
                 if not cfg.dask_address:
                     raise
-                raise InputDataError(f"lost the Dask scheduler at {cfg.dask_address} ({str(exc).splitlines()[0]}); "
+                raise InputDataError(f"lost the Dask scheduler at {cfg.dask_address} ({first_line(str(exc))}); "
                                      "the finished shards are kept: start the scheduler and its workers again, then "
                                      "rerun to resume") from None
             yield records

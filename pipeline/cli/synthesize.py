@@ -27,7 +27,7 @@ def synthesize(
     """Render an ad-hoc synthetic set outside DVC (moiré and clean images with matching names)."""
     from pipeline.config import parse_params
     from pipeline.data.synthetic import SYNTHETIC_SET_ENTRIES, local_shard_runner, synthesize_dataset
-    from pipeline.io import check_output_file, check_replaceable_dir
+    from pipeline.io import check_replaceable_dir
 
     try:
         params = parse_params({"seed": seed, "synthesize": {"preset": preset, "n_pairs": n, "size": size, "workers": workers,
@@ -37,10 +37,10 @@ def synthesize(
                                        "synthesize.moire_layer_bank": "--layer-bank"})
         check_replaceable_dir(out, overwrite, SYNTHETIC_SET_ENTRIES)
         gallery_path = out.parent / f"{out.name}-gallery.png"
-        if gallery:  # before rendering, not after
-            check_output_file(gallery_path, "--gallery")
-            if gallery_path.exists() and not overwrite:
-                raise InputDataError(f"{gallery_path} exists (use --overwrite to replace it)")
+        if gallery and gallery_path.is_dir():  # refused before rendering, not after
+            raise InputDataError(f"{gallery_path} is a folder: --gallery writes its image there; choose another --out")
+        if gallery and gallery_path.exists() and not overwrite:
+            raise InputDataError(f"{gallery_path} exists (use --overwrite to replace it)")
         start = time.perf_counter()
         # synthesize_dataset shows its own progress bar (a status spinner around it would clash with it)
         runner = local_shard_runner(params.synthesize, params.seed, workers)

@@ -41,17 +41,19 @@ def train(
     import signal
 
     from pipeline.lifetime import die_with_parent, exit_on_sigterm
-    from pipeline.training.distributed import world_from_env
+    from pipeline.training.distributed import LAUNCHED_BY, world_from_env
     from pipeline.training.stage import run_training
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    signal.signal(signal.SIGTERM, exit_on_sigterm)  # `kill`: the MLflow run ends FAILED, the DDP processes stop
     if world_from_env().size > 1:  # one of torchrun's processes: it ends with torchrun, even one killed outright
-        die_with_parent(os.getppid(), signal.SIGTERM)
+        die_with_parent(int(os.environ.get(LAUNCHED_BY, os.getppid())), signal.SIGTERM)
+    previous = signal.signal(signal.SIGTERM, exit_on_sigterm)  # `kill`: the MLflow run ends FAILED, DDP stops
     try:
         run_training(resolved, data, pairs, out, history or out / "history.csv")
     except DemoireError as exc:
         fail(exc)
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # for a caller that runs the command in its own process
 
 
 def pairs_index_for(params, data: Path, pairs: Path | None, out: Path) -> Path:

@@ -8,6 +8,7 @@ so a killed run started again renders only the shards it had not finished.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -157,15 +158,23 @@ def renderer_digest() -> str:
     return code_digest(RENDER_CODE, versions)
 
 
+@functools.cache
+def loaded_renderer_digest() -> str:
+    """`renderer_digest()` of the code this process runs: taken once, as it was loaded (the modules are imported
+    with this one), since a long-lived Dask worker keeps running what it imported after the files change."""
+    return renderer_digest()
+
+
 def check_renderer(expected: str) -> None:
     """Refuse to render with other code or library versions than the run's `renderer_digest()` (a Dask worker
-    started from another checkout or environment): the set's fingerprint would record what did not run."""
-    if renderer_digest() != expected:
+    started from another checkout or environment, or before a checkout changed): the set's fingerprint would record
+    what did not run."""
+    if loaded_renderer_digest() != expected:
         import socket
 
         raise InputDataError(f"a worker on {socket.gethostname()} renders with other code or library versions than "
                              f"this run (its pipeline: {Path(__file__).parents[1]}): start the Dask workers from the "
-                             "same checkout and environment as the stage")
+                             "same checkout and environment as the stage, after any change to it")
 
 
 def source_stamp(spec: SourceSpec) -> list:
@@ -340,3 +349,6 @@ def render_and_publish(cfg: SynthesizeParams, seed: int, out_dir: Path, run_shar
     write_json(staging / "summary.json", summary)
     publish_set(work, out_dir, fingerprint)
     return summary
+
+
+loaded_renderer_digest()  # as this module and the renderer it imported are loaded, not as their files change later

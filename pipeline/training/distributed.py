@@ -72,7 +72,9 @@ def sum_across(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
-LAUNCHED_BY = "DEMOIRE_LAUNCHED_BY"  # the pid of the run that started torchrun (pipeline.training.torchrun)
+# The pid of the process that started this one: the run, in torchrun's environment (pipeline.training.torchrun);
+# torchrun, in its ranks'.
+LAUNCHED_BY = "DEMOIRE_LAUNCHED_BY"
 
 
 def torchrun_command(processes: int, module_args: list[str]) -> list[str]:

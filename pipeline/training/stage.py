@@ -136,12 +136,13 @@ def run_training(params: Params, data: Path, pairs_index: Path, out: Path, histo
     """Train as the params ask: here, or across `train.processes` DDP processes started by torchrun."""
     processes = params.train.processes
     check_outputs(out, history_path)
-    index = read_pairs_index(pairs_index)  # here once, not in each of the processes torchrun would start
-    # Fail before loading data, or before launching, when CUDA is absent or has too few GPUs.
+    # What would fail in every process fails here first, in one line, before torchrun starts them: a pairs index
+    # that is not one, CUDA absent or with too few GPUs, a model the params cannot build (a unet of depth 1).
+    index = read_pairs_index(pairs_index)
     if resolve_device(params.train.device).type == "cuda":
         check_gpu_count(processes)
     cfg = params.train
-    model_spec(cfg.model, cfg.channels, cfg.depth, cfg.correction, cfg.correction_width)  # here, not in each process
+    build_model(model_spec(cfg.model, cfg.channels, cfg.depth, cfg.correction, cfg.correction_width))
     world = world_from_env()
     if world.size > 1 and processes != world.size:  # torchrun started by hand: what ran is what gets logged
         log.warning("train.processes = %d, but torchrun started %d processes: training as %d", processes,
@@ -181,8 +182,11 @@ def run_launcher(command: list[str], env: dict[str, str]) -> int:
     launcher = subprocess.Popen(command, env=env)
     try:
         return launcher.wait()
-    except BaseException:
-        launcher.terminate()  # torchrun passes SIGTERM on to the ranks, which end their MLflow run FAILED
+    except BaseException as stopped:
+        # Ctrl-C reached torchrun too (one process group), which is stopping its ranks: a SIGTERM now would cut
+        # their unwinding short. Otherwise torchrun passes SIGTERM on; the ranks end their MLflow run FAILED.
+        if not isinstance(stopped, KeyboardInterrupt):
+            launcher.terminate()
         try:
             launcher.wait(timeout=LAUNCHER_STOP_S)
         except subprocess.TimeoutExpired:
@@ -195,6 +199,9 @@ def launcher_failure(processes: int, code: int) -> str:
     """One line for a torchrun that failed: its ranks' error is in the log above, a signal is named."""
     what = f"distributed training ({processes} processes under torchrun)"
     if code < 0:
-        return (f"{what} was stopped by {signal.Signals(-code).name} (the out-of-memory killer sends SIGKILL); "
-                "its processes were stopped with it")
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:  # a real-time signal has no name
+            name = f"signal {-code}"
+        return f"{what} was stopped by {name} (the out-of-memory killer sends SIGKILL); its processes were stopped with it"
     return f"{what} exited with code {code}; the first error is in the log above"

@@ -121,13 +121,19 @@ def test_a_dask_address_where_nothing_answers_is_one_line(tiny_params):
         task_runner(tiny_params.synthesize.model_copy(update={"dask_address": address}))
 
 
-def test_a_worker_with_other_rendering_code_refuses_to_render():
-    from pipeline.data.synthetic import check_renderer, renderer_digest
+def test_a_worker_with_other_rendering_code_refuses_to_render(monkeypatch):
+    from pipeline.data import synthetic
 
-    check_renderer(renderer_digest())
+    loaded = synthetic.renderer_digest()
+    synthetic.check_renderer(loaded)
     with pytest.raises(InputDataError, match=r"^a worker on .* renders with other code or library versions than this "
                                              r"run \(its pipeline: .*\): start the Dask workers from the same checkout"):
-        check_renderer("0" * 64)
+        synthetic.check_renderer("0" * 64)
+    # files changed after a long-lived worker imported them: it runs what it loaded, and says so
+    monkeypatch.setattr(synthetic, "renderer_digest", lambda: "the files as edited since")
+    synthetic.check_renderer(loaded)
+    with pytest.raises(InputDataError, match="renders with other code"):
+        synthetic.check_renderer("the files as edited since")
 
 
 @pytest.mark.slow

@@ -115,16 +115,29 @@ def test_a_stopped_ddp_training_stops_every_process_it_started(tmp_path, rng, si
     unseen, wrote the model and ended the MLflow run FINISHED."""
     _dataset(tmp_path / "data", rng)
     trainer = _demoire_train(tmp_path, _params_file(tmp_path, 2, epochs=100_000))
-    deadline = time.monotonic() + 180
-    while not (tmp_path / "out" / "history.csv").exists():  # rank 0 has finished an epoch
-        assert trainer.poll() is None and time.monotonic() < deadline, trainer.communicate()[0]
-        time.sleep(0.5)
-    started = psutil.Process(trainer.pid).children(recursive=True)
-    assert len(started) >= 3  # torchrun and its two ranks
-    trainer.send_signal(signum)
-    output = trainer.communicate(timeout=120)[0]
-    _, alive = psutil.wait_procs(started, timeout=90)
-    assert not alive, [p.cmdline() for p in alive]
+    started = []
+    try:
+        deadline = time.monotonic() + 180
+        while not (tmp_path / "out" / "history.csv").exists():  # rank 0 has finished an epoch
+            assert trainer.poll() is None, trainer.communicate()[0]
+            assert time.monotonic() < deadline, "no epoch finished in 180 s"
+            time.sleep(0.5)
+        started = psutil.Process(trainer.pid).children(recursive=True)
+        assert len(started) >= 3  # torchrun and its two ranks
+        trainer.send_signal(signum)
+        output = trainer.communicate(timeout=120)[0]
+        _, alive = psutil.wait_procs(started, timeout=90)
+        assert not alive, [p.cmdline() for p in alive]
+    finally:  # whatever failed above, nothing of it trains on
+        leftovers = list(started)
+        if trainer.poll() is None:
+            parent = psutil.Process(trainer.pid)
+            leftovers += [parent, *parent.children(recursive=True)]
+        for process in leftovers:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
     assert not (tmp_path / "out" / "model.pt").exists()
     assert _only_run(tmp_path).info.status == "FAILED"
     if signum == signal.SIGTERM:
