@@ -104,9 +104,10 @@ def run_lever(params: Params, real_sets: list[RealSet], work: Path) -> dict:
                        local_shard_runner(params.synthesize, params.seed, params.synthesize.workers))
     synthesized = time.perf_counter()
     # split as the preprocess stage splits it; synthetic pairs only, whatever preprocess.datasets lists
-    pairs = index_pairs(params, validate_pairs(read_manifest(data / "manifest.parquet"), data),
-                        import_dataset_pairs([], 0)).pairs
-    pairs.to_parquet(work / "pairs.parquet", index=False)
+    index = index_pairs(params, validate_pairs(read_manifest(data / "manifest.parquet"), data),
+                        import_dataset_pairs([], 0))
+    index.write(work / "pairs.parquet")
+    pairs = index.pairs
     train_in_process(params, data, work / "pairs.parquet", work / "model", work / "history.csv")
     trained = time.perf_counter()
     model, _ = load_model(work / "model")
