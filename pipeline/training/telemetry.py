@@ -36,6 +36,7 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import Params, flatten
+from pipeline.errors import first_line
 from pipeline.io import write_json
 from pipeline.provenance import git_commit
 from pipeline.registry.store import use_tracking_store
@@ -153,12 +154,12 @@ class LiveTrainingRun:
             except (MlflowException, OSError) as exc:
                 if _refused(exc):  # it answered, and would refuse them again
                     log.warning("MLflow store refused %d metrics (%s): dropped",
-                                len(self._pending[:METRICS_PER_BATCH]), _first_line(exc))
+                                len(self._pending[:METRICS_PER_BATCH]), _summary(exc))
                     del self._pending[:METRICS_PER_BATCH]
                     continue
                 if self._retry_at == 0.0:  # once per outage
                     log.warning("MLflow store stopped answering (%s); training goes on, its metrics wait to be "
-                                "logged (history.csv keeps every epoch)", _first_line(exc))
+                                "logged (history.csv keeps every epoch)", _summary(exc))
                 else:
                     self._retry_after = min(2 * self._retry_after, MAX_RETRY_AFTER_S)
                 self._retry_at = time.monotonic() + self._retry_after
@@ -183,7 +184,7 @@ class LiveTrainingRun:
                 self.client.set_terminated(self.run_id, RunStatus.to_string(status))
                 return
         except (MlflowException, OSError) as error:
-            log.warning("MLflow store stopped answering (%s)", _first_line(error))
+            log.warning("MLflow store stopped answering (%s)", _summary(error))
         log.warning("MLflow run %s could not be ended %s (%d metrics not logged); the next training marks it "
                     "FAILED, and history.csv has every epoch", self.run_id, RunStatus.to_string(status),
                     len(self._pending))
@@ -195,9 +196,9 @@ def _refused(exc: BaseException) -> bool:
     return 400 <= status < 500 and status != 429
 
 
-def _first_line(exc: BaseException) -> str:
-    """An exception's first line: MLflow's HTTP errors run to many."""
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+def _summary(exc: BaseException) -> str:
+    """An exception's type and first line: MLflow's HTTP errors run to many."""
+    return f"{type(exc).__name__}: {first_line(str(exc))}"[:300]
 
 
 def settle_dead_training_runs(client: MlflowClient, experiment_id: str, keep: str | None) -> None:
