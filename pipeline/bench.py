@@ -31,7 +31,7 @@ from pipeline.sources import collect_sources, load_source
 from pipeline.training.batches import SyntheticBatches
 from pipeline.training.device import resolve_device
 from pipeline.training.distributed import World
-from pipeline.training.loop import GRAD_CLIP_NORM, autocast, effective_amp, wrap_for_training
+from pipeline.training.loop import GRAD_CLIP_NORM, autocast, effective_amp, effective_compile, wrap_for_training
 from pipeline.training.losses import multiscale_loss, weighted_loss
 from pipeline.training.optim import make_optimizer
 
@@ -224,7 +224,8 @@ def bench_train(name: str, device_name: str, size: str = "256", batch: int | Non
     info = _describe(spec, model, height, width)
     images_per_s = statistics.median(rates)
     return {**info, "size": f"{width}x{height}", "device": str(device), "batch": batch, "amp": effective_amp(device, amp),
-            "compile": compile_model, "threads": torch.get_num_threads(), "images_per_s": images_per_s,
+            "compile": effective_compile(device, compile_model), "threads": torch.get_num_threads(),
+            "images_per_s": images_per_s,
             "achieved_tflops": 3 * 2 * info["gmac_per_image"] * 1e9 * images_per_s / 1e12,
             "runs": rates, "machine": machine()}
 
@@ -240,10 +241,6 @@ def bench_train_on_the_fly(profile: str, device_name: str, seconds: float, patch
     Validation, checkpoints and the learning-rate schedule are left out. `save` writes the model.
     """
     device = resolve_device(device_name)
-    if compile_model is None and device.type == "cpu":
-        # the profile's torch.compile is for GPUs: on the CPU, Inductor failed on the multi-scale model's
-        # scatter (torch 2.13, a 580-line traceback); --compile still asks for it
-        compile_model = False
     overrides = {"patch_size": patch_size, "batch_size": batch, "channels": channels, "depth": depth,
                  "compile": compile_model}
     params = parse_params({"profile": profile, "train": {k: v for k, v in overrides.items() if v is not None}})
@@ -273,7 +270,8 @@ def bench_train_on_the_fly(profile: str, device_name: str, seconds: float, patch
     timed_images = (len(losses) - 1) * cfg.batch_size
     return {"profile": profile, "model": spec.name, "channels": spec.channels, "depth": spec.depth,
             "parameters": count_parameters(model), "patch_size": cfg.patch_size, "batch": cfg.batch_size,
-            "device": str(device), "amp": effective_amp(device, cfg.amp), "compile": cfg.compile,
+            "device": str(device), "amp": effective_amp(device, cfg.amp),
+            "compile": effective_compile(device, cfg.compile),
             "ema": cfg.ema_decay > 0, "steps": len(losses), "images": len(losses) * cfg.batch_size,
             "seconds": elapsed, "first_step_s": first_step_s,
             "images_per_s": timed_images / (elapsed - first_step_s) if timed_images else None,

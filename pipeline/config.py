@@ -44,10 +44,50 @@ def _within(low: float, high: float) -> AfterValidator:
     return AfterValidator(check)
 
 
+def _admits_bool(annotation: Any) -> bool:
+    """Whether a field's type takes true/false anywhere in it (a flag, a list or mapping of flags, or a
+    section, which checks its own keys)."""
+    if annotation is bool or (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        return True
+    return any(_admits_bool(arg) for arg in get_args(annotation))
+
+
+def _flag_at(value: Any) -> list | None:
+    """Where a raw value holds true/false: [] for the value itself, the index or key path into a list or
+    mapping, None where it holds none."""
+    items = enumerate(value) if isinstance(value, (list, tuple)) else value.items() if isinstance(value, dict) else ()
+    for where, item in items:
+        inner = _flag_at(item)
+        if inner is not None:
+            return [where, *inner]
+    return [] if isinstance(value, bool) else None
+
+
+def _leaf(value: Any, where: list) -> Any:
+    """The item of a raw value at an index or key path."""
+    for step in where:
+        value = value[step]
+    return value
+
+
 class Section(BaseModel):
     """Base for every params section: unknown keys are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)  # keys by their written names only (`register`)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_flags_for_numbers(cls, raw: Any) -> Any:
+        """Refuse true/false where a number is asked: pydantic would read them as 1 and 0 (`epochs: true`
+        would train one epoch, `synthetic_pairs_per_epoch: yes` render one pair)."""
+        if isinstance(raw, dict):
+            for name, field in cls.model_fields.items():
+                key = field.alias or name
+                where = _flag_at(raw[key]) if key in raw else None
+                if where is not None and not _admits_bool(field.annotation):
+                    raise PydanticCustomError("flag_for_number", "a number is needed here, not true or false",
+                                              {"at": [key, *where], "value": _leaf(raw[key], where)})
+        return raw
 
 
 class SourcesParams(Section):
@@ -56,6 +96,14 @@ class SourcesParams(Section):
     # Which procedural screen kinds to draw; all of them unless a preset narrows it.
     screen_kinds: Annotated[list[ScreenKind], Field(min_length=1)] = ["document", "code", "ui", "chart", "webpage", "scene"]
     folders: list[Path] = []
+
+    @model_validator(mode="after")
+    def _some_source(self) -> "SourcesParams":
+        """Pairs need screen contents: refused here, not after a stage has started."""
+        if not (self.bundled or self.procedural or self.folders):
+            raise ValueError("no screen contents: bundled is false, procedural is 0 and folders is empty; "
+                             "enable bundled, set procedural above 0 or list folders")
+        return self
 
 
 class DisplayParams(Section):
@@ -325,13 +373,24 @@ class TrainParams(Section):
     compile: bool = False  # torch.compile the model (CUDA; first epoch pays the compile time)
     num_workers: int = Field(0, ge=0, le=64)
     # 0: train on the stored train split. N > 0: on N pairs per epoch rendered on the fly on the
-    # training device, from the synthesize section's physics at patch_size (fresh every epoch).
+    # training device, from the synthesize section's physics at patch_size (fresh every epoch), in whole
+    # steps of batch_size × processes pairs (N rounded down to them).
     synthetic_pairs_per_epoch: int = Field(0, ge=0, le=100_000_000)
     # Data-parallel processes (torch DDP via torchrun): one per GPU; on CPU they share the cores (gloo).
     processes: int = Field(1, ge=1, le=1024)
     resume: bool = True  # continue from data/train/checkpoint.pt when it matches these params and data
     # Live MLflow telemetry: the running train loss every this many steps (0: per-epoch metrics only).
     log_every_steps: int = Field(50, ge=0, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _a_step_of_synthetic_pairs(self) -> "TrainParams":
+        """On-the-fly pairs come a step at a time (batch_size per process): fewer than one step is not a run."""
+        step = self.batch_size * self.processes
+        if 0 < self.synthetic_pairs_per_epoch < step:
+            raise ValueError(f"synthetic_pairs_per_epoch {self.synthetic_pairs_per_epoch} is less than one step "
+                             f"of batch_size × processes = {step} pairs; allowed: 0 (the stored pairs) or at least "
+                             f"{step}")
+        return self
 
     @field_validator("loss", mode="before")
     @classmethod

@@ -14,9 +14,10 @@ pairs and patches; their figures are in docs/benchmarks.md.
   (`correction: full`), the same loss and `correction_width`: with the mean over the image applied as a
   gain, the only recipe measured above the input on both real groups, raw and tone-aligned, with SSIM
   above the input's, at two seeds.
-- `gpu`: hours on one GPU worker: pairs rendered on the fly at 512² on the GPU, 256² crops, the
-  multi-scale model, bf16 autocast and torch.compile; the content photographed through the subpixel grid
-  as `cpu-long`'s is (the physics that measured best on real photos on CPU; the recipe itself is unmeasured).
+- `gpu`: hours on one GPU worker: 8192 fresh pairs an epoch rendered on the fly on the GPU, whole at the
+  256² patch size (the 2000 stored pairs of 512² give the val and test splits), the multi-scale model,
+  bf16 autocast and torch.compile; the content photographed through the subpixel grid as `cpu-long`'s is
+  (the physics that measured best on real photos on CPU; the recipe itself is unmeasured).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ PROFILES: dict[str, dict[str, dict]] = {
         "synthesize": {"n_pairs": 2000, "size": 512, "moire_model": "render"},
         "train": {"model": "mscale", "epochs": 300, "batch_size": 32, "patch_size": 256, "lr": 4e-4, "warmup_epochs": 5,
                   "loss": {"charbonnier": 1.0, "fft": 0.05}, "ema_decay": 0.999, "synthetic_pairs_per_epoch": 8192,
-                  "amp": "bf16", "compile": True, "num_workers": 8},
+                  "amp": "bf16", "compile": True,
+                  "num_workers": 8},  # decoding the stored pairs, where synthetic_pairs_per_epoch is set to 0
     },
 }
 PROFILE_NAMES = tuple(PROFILES)

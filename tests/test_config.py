@@ -91,7 +91,7 @@ def test_a_pipelines_patches_must_fit_its_synthetic_pairs_unless_none_are_cut_fr
         load_params(params)
     assert str(info.value) == (f"{params}: train.patch_size = 64: larger than synthesize.size 48, the pairs' side "
                                "it is cut from; choose at most 48 or raise synthesize.size")
-    on_the_fly = {"synthesize": {"size": 48}, "train": {"patch_size": 64, "synthetic_pairs_per_epoch": 8}}
+    on_the_fly = {"synthesize": {"size": 48}, "train": {"patch_size": 64, "synthetic_pairs_per_epoch": 16}}
     real_only = {"synthesize": {"size": 48}, "train": {"patch_size": 64}, "preprocess": {
         "synthetic": False, "datasets": [{"path": "/real", "split": split} for split in ("train", "val", "test")]}}
     for raw in (on_the_fly, real_only):
@@ -199,3 +199,37 @@ def test_real_sets_take_globs_and_an_unknown_key_lists_their_keys():
         parse_params({"evaluate": {"real_sets": [{"name": "a", "path": "/a", "glob": "*"}]}}, source="params.yaml")
     assert str(info.value) == ("params.yaml: evaluate.real_sets[0].glob = '*': unknown key; "
                                "allowed keys here: include, layout, limit, name, path, split")
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"train": {"epochs": True}}, "train.epochs = True: a number is needed here, not true or false"),
+    ({"train": {"synthetic_pairs_per_epoch": "yes"}}, "train.synthetic_pairs_per_epoch = 'yes': Input should be a valid integer"),
+    ({"train": {"loss": {"psnr": True}}}, "train.loss.psnr = True: a number is needed here, not true or false"),
+    ({"synthesize": {"display": {"gamma": [2.0, False]}}},
+     "synthesize.display.gamma[1] = False: a number is needed here, not true or false"),
+    ({"seed": False}, "seed = False: a number is needed here, not true or false"),
+])
+def test_true_or_false_is_no_number(raw, message):
+    with pytest.raises(ParamsError) as info:
+        parse_params(raw, "params.yaml")
+    assert str(info.value).startswith(f"params.yaml: {message}")
+
+
+def test_flags_stay_flags():
+    params = parse_params({"train": {"compile": True, "resume": False}, "synthesize": {"sources": {"bundled": False}}})
+    assert (params.train.compile, params.train.resume, params.synthesize.sources.bundled) == (True, False, False)
+
+
+def test_a_synthesis_without_screen_contents_is_refused_before_it_starts():
+    with pytest.raises(ParamsError) as info:
+        parse_params({"synthesize": {"sources": {"bundled": False, "procedural": 0}}}, "params.yaml")
+    assert str(info.value) == ("params.yaml: synthesize.sources: no screen contents: bundled is false, procedural is 0 "
+                               "and folders is empty; enable bundled, set procedural above 0 or list folders")
+
+
+def test_pairs_rendered_on_the_fly_come_at_least_a_step_at_a_time():
+    with pytest.raises(ParamsError) as info:
+        parse_params({"train": {"synthetic_pairs_per_epoch": 7, "batch_size": 4, "processes": 2}}, "params.yaml")
+    assert str(info.value) == ("params.yaml: train: synthetic_pairs_per_epoch 7 is less than one step of batch_size × "
+                               "processes = 8 pairs; allowed: 0 (the stored pairs) or at least 8")
+    assert parse_params({"train": {"synthetic_pairs_per_epoch": 8, "batch_size": 4, "processes": 2}})

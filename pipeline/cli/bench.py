@@ -77,7 +77,7 @@ def bench_train(
     channels: int = typer.Option(None, min=1, help="width [default: the architecture's]"),
     depth: int = typer.Option(None, min=1, help="depth [default: the architecture's]"),
     amp: Literal["auto", "bf16", "off"] = typer.Option("auto", help="auto: bf16 on CUDA"),
-    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model first"),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model first (CUDA only)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (images_per_s, achieved_tflops, …)"),
 ) -> None:
     """Training throughput in images/s (goal for mscale on one H100: 1500 images/s at 256²)."""
@@ -131,7 +131,7 @@ def bench_fly(
     channels: int = typer.Option(None, min=1, help="width [default: the architecture's]"),
     depth: int = typer.Option(None, min=1, help="depth [default: the architecture's]"),
     compile_model: bool = typer.Option(None, "--compile/--no-compile",
-                                       help="torch.compile [default: the profile's on a GPU, off on the CPU]"),
+                                       help="torch.compile on CUDA [default: the profile's; never on the CPU]"),
     save: Path = typer.Option(None, help="write the trained model to this folder (for `demoire predict --model`) [default: not saved]"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (images_per_s, first_step_s, losses, …)"),
 ) -> None:

@@ -13,7 +13,8 @@ from pipeline.errors import DemoireError, InputDataError
 
 @app.command()
 def train(
-    params: Path | None = typer.Option(None, help="params file (the train, preprocess and seed keys are used) "
+    params: Path | None = typer.Option(None, help="params file (seed, profile, train, preprocess; synthesize for pairs "
+                                                  "rendered on the fly) "
                                                   "[default: ./params.yaml if present, else the defaults]"),
     data: Path = typer.Option(STAGE_DATA, help="synthetic set the pairs index points into "
                                                "(`demoire synthesize --out` writes one)"),

@@ -128,14 +128,19 @@ class PairBatches:
         return self.loader
 
     def digest(self) -> str:
-        """Digest of every pair's files when stored, else of every pair's pixels."""
-        if isinstance(self.pairs, StoredPairs):
-            return self.pairs.digest()
-        digest = hashlib.sha256()
-        for moire, clean in self.pairs:
-            digest.update(moire.tobytes())
-            digest.update(clean.tobytes())
-        return digest.hexdigest()
+        """Digest of the pairs (see pairs_digest)."""
+        return pairs_digest(self.pairs)
+
+
+def pairs_digest(pairs: Sequence[Pair]) -> str:
+    """Digest of every pair's files when stored, else of every pair's pixels."""
+    if isinstance(pairs, StoredPairs):
+        return pairs.digest()
+    digest = hashlib.sha256()
+    for moire, clean in pairs:
+        digest.update(moire.tobytes())
+        digest.update(clean.tobytes())
+    return digest.hexdigest()
 
 
 def stored_pair_batches(pairs: Sequence[Pair], cfg: TrainParams, seed: int, device: torch.device = torch.device("cpu"),
@@ -143,6 +148,11 @@ def stored_pair_batches(pairs: Sequence[Pair], cfg: TrainParams, seed: int, devi
     """Batches of `pairs` as `cfg` asks (patch and batch size, loader workers), for this rank."""
     return PairBatches(pairs, cfg.patch_size, cfg.batch_size, seed, cfg.num_workers,
                        pin_memory=device.type == "cuda", rank=world.rank, world_size=world.size)
+
+
+# Synthesis settings that choose where pairs render, not what they are (the output bytes do not depend on them):
+# a checkpoint of on-the-fly training resumes across them.
+RENDERED_ANYWHERE = {"workers", "dask_address"}
 
 
 class SyntheticBatches:
@@ -164,5 +174,5 @@ class SyntheticBatches:
         return itertools.islice(iter(self.stream), self.steps_per_epoch)
 
     def digest(self) -> str:
-        """Digest of the synthesis params the pairs are drawn from."""
-        return hashlib.sha256(self.cfg.model_dump_json().encode()).hexdigest()
+        """Digest of the synthesis params the pairs are drawn from, less those that only say where they render."""
+        return hashlib.sha256(self.cfg.model_dump_json(exclude=RENDERED_ANYWHERE).encode()).hexdigest()

@@ -27,7 +27,7 @@ from pipeline.evaluation.metrics import batch_psnr
 from pipeline.inference import in_layout, input_format
 from pipeline.progress import track_progress
 from pipeline.provenance import code_digest
-from pipeline.training.batches import TrainingBatches
+from pipeline.training.batches import TrainingBatches, pairs_digest
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.training.distributed import World, sum_across
 from pipeline.training.losses import Loss, multiscale_loss, weighted_loss
@@ -84,16 +84,23 @@ def training_code_digest() -> str:
     return code_digest(TRAINING_CODE, f"{torch.__version__} {numpy.__version__} {albumentations.__version__}")
 
 
-def training_fingerprint(cfg: TrainParams, seed: int, data_digest: str, world_size: int) -> str:
-    """Digest of the params, data, process count and training code: a checkpoint resumes only the run it came from."""
+def training_fingerprint(cfg: TrainParams, seed: int, data_digests: list[str], world_size: int) -> str:
+    """Digest of the params, data (train and val), process count and training code: a checkpoint resumes only
+    the run it came from."""
     settings = cfg.model_dump(mode="json", exclude=EXECUTION_ONLY)
-    return hashlib.sha256(json.dumps([settings, seed, data_digest, world_size, training_code_digest()],
+    return hashlib.sha256(json.dumps([settings, seed, data_digests, world_size, training_code_digest()],
                                      sort_keys=True).encode()).hexdigest()
 
 
 def effective_amp(device: torch.device, amp: str) -> str:
     """'bf16' on CUDA unless amp is off; 'off' on CPU, where bf16 is slow."""
     return "bf16" if device.type == "cuda" and amp != "off" else "off"
+
+
+def effective_compile(device: torch.device, compile_model: bool) -> bool:
+    """torch.compile on CUDA when asked; never on CPU, where Inductor failed on the multi-scale model's
+    scatter (torch 2.13: a 570-line traceback after minutes of code generation)."""
+    return compile_model and device.type == "cuda"
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -142,7 +149,9 @@ def wrap_for_training(model: nn.Module, cfg: TrainParams, world: World, device: 
         # Without deep supervision the coarse heads get no gradient, and DDP must be told.
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
                                       find_unused_parameters=has_scales and cfg.multiscale_weight == 0)
-    return torch.compile(net) if cfg.compile else net
+    if cfg.compile and not effective_compile(device, cfg.compile) and world.is_main:
+        log.info("train.compile: not on %s (torch.compile is used on CUDA only)", device.type)
+    return torch.compile(net) if effective_compile(device, cfg.compile) else net
 
 
 @torch.no_grad()
@@ -201,15 +210,20 @@ def train_model(
     model.to(memory_format=memory_format)
     loss_fn = weighted_loss(cfg.loss)
     net = wrap_for_training(model, cfg, world, device)
+    if cfg.amp == "bf16" and effective_amp(device, cfg.amp) == "off" and world.is_main:
+        log.info("train.amp: bf16 not on %s (full precision there, where bf16 is slow)", device.type)
     steps = batches.steps_per_epoch
     optimizer = make_optimizer(model, cfg)
     schedule = warmup_cosine(optimizer, round(cfg.warmup_epochs * steps), cfg.epochs * steps)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) if cfg.ema_decay > 0 else None
-    fingerprint = training_fingerprint(cfg, seed, batches.digest(), world.size)
+    # The val pairs count too: the history and early stopping a checkpoint holds were scored on them.
+    fingerprint = training_fingerprint(cfg, seed, [batches.digest(), pairs_digest(val_pairs)], world.size)
 
     history: list[EpochStats] = []
     best = {"val_psnr": -math.inf, "epoch": 0, "weights": None}
     state = load_checkpoint(checkpoint_path, fingerprint) if cfg.resume else None
+    if cfg.resume and state is None and Path(checkpoint_path).is_file() and world.is_main:
+        log.info("%s was made for other params, data or training code: training afresh", checkpoint_path)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

@@ -97,8 +97,13 @@ def training_batches(params: Params, pairs_index: Path, data: Path, device: torc
     """The stored train split, or pairs synthesised on the fly when train.synthetic_pairs_per_epoch is set."""
     cfg = params.train
     if cfg.synthetic_pairs_per_epoch:
-        return SyntheticBatches(params.synthesize, cfg.synthetic_pairs_per_epoch, cfg.patch_size, cfg.batch_size,
-                                params.seed, device, world.rank, world.size)
+        batches = SyntheticBatches(params.synthesize, cfg.synthetic_pairs_per_epoch, cfg.patch_size, cfg.batch_size,
+                                   params.seed, device, world.rank, world.size)
+        if world.is_main:  # what is rendered, which the synthesize section's size and n_pairs do not say
+            log.info("rendering %d fresh pairs of %d² an epoch on %s (%d steps of %d pairs × %d processes)",
+                     batches.steps_per_epoch * cfg.batch_size * world.size, cfg.patch_size, device.type,
+                     batches.steps_per_epoch, cfg.batch_size, world.size)
+        return batches
     train = kept_in_memory_if_it_fits(load_split(pairs_index, data, "train"), cfg.num_workers)
     return stored_pair_batches(train, cfg, params.seed, device, world)
 

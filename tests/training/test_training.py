@@ -187,6 +187,21 @@ def test_training_on_pairs_synthesised_on_the_fly_is_reproducible(tmp_path, tiny
         assert torch.equal(weights[0][key], weights[1][key]), key
     other = SyntheticBatches(tiny_params.synthesize.model_copy(update={"preset": "coarse"}), 4, 32, 2, 1, torch.device("cpu"))
     assert other.digest() != batches.digest()  # other physics: a checkpoint would not be resumed
+    elsewhere = tiny_params.synthesize.model_copy(update={"workers": 7, "dask_address": "tcp://10.0.0.1:8786"})
+    assert SyntheticBatches(elsewhere, 4, 32, 2, 1, torch.device("cpu")).digest() == batches.digest()  # same pairs
+
+
+def test_a_checkpoint_scored_on_other_val_pairs_is_not_resumed_and_says_so(tmp_path, rng, caplog):
+    pairs = _stripes(rng, n=4)
+    cfg = TrainParams(model="simple", channels=8, depth=2, epochs=1, batch_size=2, patch_size=16)
+    train_model(build_model(ModelSpec("simple", 8, 2)), stored_pair_batches(pairs, cfg, 0), pairs[:1], cfg, 0,
+                torch.device("cpu"), tmp_path / "c.pt")
+    trained = []
+    with caplog.at_level("INFO", logger="pipeline.training"):
+        train_model(build_model(ModelSpec("simple", 8, 2)), stored_pair_batches(pairs, cfg, 0), pairs[1:3], cfg, 0,
+                    torch.device("cpu"), tmp_path / "c.pt", on_epoch=lambda h: trained.append(h[-1].epoch))
+    assert trained == [1]  # the history held val PSNR of another val split: trained afresh
+    assert f"{tmp_path / 'c.pt'} was made for other params, data or training code: training afresh" in caplog.text
 
 
 def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, rng, monkeypatch):
@@ -210,15 +225,30 @@ def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp
     assert torch.load(tmp_path / "c.pt", weights_only=True)["epoch"] == 1
 
 
-@pytest.mark.slow
+def test_compile_is_not_used_on_the_cpu(caplog):
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    from pipeline.training.loop import World, wrap_for_training
+
+    with caplog.at_level("INFO", logger="pipeline.training"):
+        net = wrap_for_training(build_model(ModelSpec("simple", 8, 2)), TrainParams(compile=True), World(),
+                                torch.device("cpu"))
+    assert not isinstance(net, OptimizedModule)
+    assert "train.compile: not on cpu (torch.compile is used on CUDA only)" in caplog.text
+
+
+@pytest.mark.gpu
 def test_compiled_training_matches_eager_training(tmp_path, rng):
     pairs = _stripes(rng, n=4)
+    device = torch.device("cuda")
     results = {}
     for compiled in (False, True):
-        cfg = TrainParams(model="unet", channels=8, depth=2, epochs=2, batch_size=2, patch_size=16, compile=compiled)
+        cfg = TrainParams(model="unet", channels=8, depth=2, epochs=2, batch_size=2, patch_size=16, compile=compiled,
+                          amp="off", device="cuda")
         model = build_model(ModelSpec("unet", 8, 2), seed=0)
-        history = train_model(model, stored_pair_batches(pairs, cfg, 0), pairs[:1], cfg, 0, torch.device("cpu"),
+        history = train_model(model, stored_pair_batches(pairs, cfg, 0, device), pairs[:1], cfg, 0, device,
                               tmp_path / f"{compiled}.pt")
+        model.cpu()
         results[compiled] = (history, model.state_dict())
     (eager, eager_weights), (compiled, compiled_weights) = results[False], results[True]
     assert [h.val_psnr for h in compiled] == pytest.approx([h.val_psnr for h in eager], abs=0.05)
