@@ -50,7 +50,7 @@ def log_and_register_task(params: Params, model_dir: Path, evaluation: dict, fil
     gate = local_gate(params, data, pairs, PROJECT_ROOT, resolve_device(params.evaluate.device))
     tags = data_version_tags(lock, data, pairs)
     if gate.kind is REAL:
-        check_unchanged_since_scored(evaluation.get(REAL.set_tag), gate.digest)
+        check_unchanged_since_scored(evaluation, gate.digest, gate.set_digests)
         # the test split's hash is recorded too, so a later synthetic gate finds this version's test_* scores
         tags |= {GATE_SET_TAG: scored_as(gate_set_hash(gate_pairs(pairs), data), params.infer),
                  REAL.set_tag: gate.digest}

@@ -422,6 +422,12 @@ def check_name_glob(pattern: str) -> str:
 # Set names become MLflow keys `real_<name>_<metric>` beside the means over sets `real_<metric>`:
 # a set named `tone` would give its own PSNR the key of the mean tone-aligned PSNR, `real_tone_psnr`.
 RESERVED_SET_NAMES = ("tone",)
+# The metrics each set has (pipeline.evaluation.real_sets; a test keeps them equal): two sets' keys would collide
+# where one set's name is the other's followed by `_` and the start of a metric's name (`x` and `x_tone`).
+REAL_SET_METRICS = ("count", "skipped", "hash", "psnr", "identity_psnr", "psnr_gain_over_identity", "tone_psnr",
+                    "identity_tone_psnr", "tone_psnr_gain_over_identity", "ssim", "identity_ssim", "tone_ssim",
+                    "identity_tone_ssim", "mse", "identity_mse", "moire_removed_low", "moire_removed_mid",
+                    "moire_removed_high")
 
 
 class RealSet(Section):
@@ -453,12 +459,21 @@ class EvaluateParams(Section):
     @field_validator("real_sets")
     @classmethod
     def _unique_names(cls, sets: list[RealSet]) -> list[RealSet]:
-        """Each set's metrics are keyed by its name, so two sets cannot share one."""
+        """Each set's metrics are keyed by its name, so two sets cannot share one, nor MLflow keys."""
         seen: set[str] = set()
         for index, real_set in enumerate(sets):
             if real_set.name in seen:
                 raise PydanticCustomError("duplicate_name", "duplicate name; every real set needs its own",
                                           {"at": [index, "name"], "value": real_set.name})
+            for other in seen:
+                shorter, longer = sorted((other, real_set.name), key=len)
+                rest = longer.removeprefix(f"{shorter}_") if longer.startswith(f"{shorter}_") else None
+                clash = next((m for m in REAL_SET_METRICS if rest is not None and m.startswith(f"{rest}_")), None)
+                if clash is not None:
+                    raise PydanticCustomError(
+                        "metric_clash", "set {other} would write the same MLflow key, real_{key}; choose another name",
+                        {"at": [index, "name"], "value": real_set.name, "key": f"{longer}_{clash[len(rest) + 1:]}",
+                         "other": repr(shorter if longer == real_set.name else longer)})
             seen.add(real_set.name)
         return sets
 

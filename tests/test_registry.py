@@ -460,7 +460,8 @@ def test_register_stage_gates_on_real_sets_and_logs_every_set(tmp_path, monkeypa
     means = {**champion_now, "psnr": champion_now["psnr"] + 0.5, "tone_psnr": champion_now["tone_psnr"] + 0.5}
     per_set = {"count": 2, "skipped": 0, "psnr": 21.0, "tone_psnr": 24.5, "ssim": 0.7, "moire_removed_low": None,
                "hash": sets[0].digest}
-    evaluation = {"psnr": 19.0, "ssim": 0.4, "mse": 0.02, "count": 3, "real": {"a": per_set, "b": {**per_set, "count": 1}},
+    evaluation = {"psnr": 19.0, "ssim": 0.4, "mse": 0.02, "count": 3,
+                  "real": {"a": per_set, "b": {**per_set, "count": 1, "hash": sets[1].digest}},
                   "real_mean": means, "real_gate_set": scored_as(real_gate_hash(sets), real.infer)}
     record2 = register(real, second, evaluation)
     assert record2["promote"] and record2["gate_kind"] == "real", record2["reason"]
@@ -483,10 +484,13 @@ def test_register_stage_gates_on_real_sets_and_logs_every_set(tmp_path, monkeypa
     description = client.get_model_version("demoire-test", "2").description
     assert "(real sets; gate.kind real)" in description and "| tone_psnr |" in description
 
-    # The real folders changed after the evaluate stage scored them: nothing is registered on stale scores.
+    # The real folders changed after the evaluate stage scored them: nothing is registered on stale scores, and
+    # the refusal names the set whose files changed.
     with pytest.raises(InputDataError, match=r"^the real sets of evaluate.real_sets hash to [0-9a-f]{12} but were "
-                                             r"scored as 000000000000; run `dvc repro -f evaluate` to score them again$"):
-        register(real, second, {**evaluation, "real_gate_set": "0" * 64})
+                                             r"scored as 000000000000 \(files changed in b\); run `dvc repro -f "
+                                             r"evaluate` to score them again$"):
+        stale = {**evaluation["real"], "b": {**evaluation["real"]["b"], "hash": "1" * 64}}
+        register(real, second, {**evaluation, "real": stale, "real_gate_set": "0" * 64})
     assert len(client.search_model_versions("name='demoire-test'")) == 2
 
 

@@ -21,7 +21,8 @@ if TYPE_CHECKING:  # annotations only: the CLI imports torch when a command runs
 
 @app.command()
 def evaluate(
-    model: str = typer.Option(DEFAULT_MODEL, help="model folder or models:/<name>@<alias>"),
+    model: str = typer.Option(DEFAULT_MODEL,
+                              help="model folder, models:/<name>@<alias>, or an exported .onnx / .pt file"),
     pairs: Path = typer.Option(..., help="dataset root: moire/ + clean/ of matching names, or UHDM, FHDMi, TIP2018"),
     layout: Layout = typer.Option("auto", help="dataset layout; generic: moire/ + clean/"),
     split: str | None = typer.Option(None, help="train | val | test: only this split folder of the dataset [default: every split]"),
@@ -43,7 +44,7 @@ def evaluate(
 ) -> None:
     """Raw and tone-aligned PSNR / SSIM, MSE and the moiré removed per frequency band, of a model and of the
     identity baseline, on a paired folder or published dataset; images are restored as the served model does
-    (tiled, uint8), one pair at a time, with progress and ETA on stderr (none with -q)."""
+    (tiled, uint8), one pair at a time, with progress and ETA on stderr (none with `demoire -q evaluate`)."""
     from pipeline.data.paired_folder import find_paired_folder
     from pipeline.evaluation.real_sets import served_restorer
     from pipeline.evaluation.resume import scoring_digest

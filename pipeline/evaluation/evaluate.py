@@ -176,6 +176,7 @@ def evaluate_found_pairs(
         per_image = pd.concat([done, per_image], ignore_index=True)
         per_image = per_image.iloc[per_image["image"].map(position).argsort(kind="stable")].reset_index(drop=True)
     if per_image.empty:
+        first = f"; the first, {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
         raise InputDataError(f"none of the {len(found.pairs)} selected pairs in {root} is readable "
-                             f"({found.layout} layout, {len(skipped)} skipped)")
+                             f"({found.layout} layout, {len(skipped)} skipped{first})")
     return PairScores(per_image, {**summarize(per_image), "skipped": len(skipped)}, skipped, shown)

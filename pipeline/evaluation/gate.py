@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -137,13 +137,21 @@ def gate_pairs(pairs_index: Path) -> pd.DataFrame:
     return test
 
 
-def pairs_digest(pairs: Iterable[tuple[Path, Path]]) -> str:
-    """SHA-256 over (moiré, clean) files' names and bytes, independent of order and location; OSError if unreadable."""
+def pairs_digest(pairs: Iterable[tuple[Path, Path]], unreadable_counts: bool = False) -> str:
+    """SHA-256 over (moiré, clean) files' names and bytes, independent of order and location. A file that
+    cannot be read raises OSError, or with `unreadable_counts` enters the hash by its name alone (a real
+    set's pair that scoring will skip)."""
     digests = []
     for files in pairs:
         pair = hashlib.sha256()
         for path in files:
-            pair.update(Path(path).name.encode() + b"\0" + hashlib.sha256(Path(path).read_bytes()).digest())
+            try:
+                content = hashlib.sha256(Path(path).read_bytes()).digest()
+            except OSError:
+                if not unreadable_counts:
+                    raise
+                content = b"unreadable"
+            pair.update(Path(path).name.encode() + b"\0" + content)
         digests.append(pair.hexdigest())
     return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
 
@@ -202,6 +210,7 @@ class LocalGate:
     digest: str
     description: str
     rescore: Callable[[Path], dict[str, float]]
+    set_digests: dict[str, str] = field(default_factory=dict)  # each real set's hash, by name
 
 
 def gate_kind(real_sets: list) -> GateKind:
@@ -218,7 +227,7 @@ def local_gate(params, data: Path, pairs_index: Path, base: Path, device: torch.
         sets = find_real_sets(params.evaluate.real_sets, base)
         counts = ", ".join(f"{real.name} {len(real.found.pairs)}" for real in sets)
         return LocalGate(REAL, scored_as(real_gate_hash(sets), params.infer), f"real sets ({counts} pairs)",
-                         real_sets_scorer(sets, device, params.infer))
+                         real_sets_scorer(sets, device, params.infer), {real.name: real.digest for real in sets})
     gate = load_gate_set(pairs_index, data)
     return LocalGate(SYNTHETIC, scored_as(gate.digest, params.infer), f"local test split ({len(gate.frame)} pairs)",
                      model_dir_scorer(gate, device, params.infer))

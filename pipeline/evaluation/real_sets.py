@@ -61,11 +61,10 @@ def find_real_set(real_set: RealSet, base: Path, index: int) -> RealSetPairs:
     root = Path(base) / real_set.path  # an absolute path stays as it is
     try:
         found = find_paired_folder(root, real_set.layout, real_set.split, real_set.include, real_set.limit)
-        digest = pairs_digest((pair.moire_path, pair.clean_path) for pair in found.pairs)
+        # an unreadable pair counts by its name: scoring skips it, as the README promises
+        digest = pairs_digest(((pair.moire_path, pair.clean_path) for pair in found.pairs), unreadable_counts=True)
     except InputDataError as exc:
         raise InputDataError(f"{key} ({real_set.name}): {exc}") from None
-    except OSError as exc:
-        raise InputDataError(f"{key} ({real_set.name}): cannot read {exc.filename} ({exc.strerror})") from None
     return RealSetPairs(real_set.name, key, root, found, digest)
 
 
@@ -75,12 +74,19 @@ def real_gate_hash(sets: list[RealSetPairs]) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def check_unchanged_since_scored(scored: str | None, now: str) -> None:
+def check_unchanged_since_scored(evaluation: dict, now: str, set_digests: dict[str, str]) -> None:
     """DVC cannot track real sets outside the repository, so their hash when scored (metrics.json's
-    real_gate_set) must be today's before anything is decided on those scores."""
-    if scored != now:
-        raise InputDataError(f"the real sets of evaluate.real_sets hash to {now[:12]} but were scored as "
-                             f"{(scored or 'none')[:12]}; run `dvc repro -f evaluate` to score them again")
+    real_gate_set) must be today's before anything is decided on those scores; the refusal names the sets
+    whose files changed (`set_digests`: each set's hash now)."""
+    scored = evaluation.get(REAL.set_tag)
+    if scored == now:
+        return
+    scored_sets = {name: values.get("hash") for name, values in (evaluation.get("real") or {}).items()}
+    changed = sorted(name for name in set_digests.keys() | scored_sets.keys()
+                     if set_digests.get(name) != scored_sets.get(name))
+    which = f" (files changed in {', '.join(changed)})" if changed else ""
+    raise InputDataError(f"the real sets of evaluate.real_sets hash to {now[:12]} but were scored as "
+                         f"{(scored or 'none')[:12]}{which}; run `dvc repro -f evaluate` to score them again")
 
 
 def served_restorer(model: nn.Module, device: torch.device, infer: InferParams) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -99,10 +99,12 @@ def registration_mismatch(metrics: dict, record: dict) -> str | None:
     """Why the registration cannot be of the evaluation in metrics.json (another gate set or other scores), or None.
 
     A challenger scored by the register stage itself (re-scored) has no evaluation to agree with."""
+    kind = GATE_KINDS[record.get("gate_kind", SYNTHETIC.name)]
+    if kind is SYNTHETIC and metrics.get("real_gate_set"):
+        return "it was decided on the test split, and the evaluation scored real sets, on which the gate decides"
     challenger = record.get("challenger")
     if not challenger or challenger.get("rescored"):
         return None
-    kind = GATE_KINDS[record.get("gate_kind", SYNTHETIC.name)]
     means = (metrics.get("real_mean") or {}) if kind is REAL else metrics
     if kind is REAL and metrics.get("real_gate_set") != record.get("gate_set"):
         return (f"its gate set {str(record.get('gate_set'))[:12]} is not the evaluation's real sets "

@@ -24,6 +24,28 @@ SUMMARY_KEYS = {"count", "skipped", "hash", "psnr", "identity_psnr", "psnr_gain_
                 "moire_removed_high"}
 
 
+def test_the_set_metrics_the_params_check_for_clashes_are_those_scored():
+    from pipeline.config import REAL_SET_METRICS
+
+    assert set(REAL_SET_METRICS) == SUMMARY_KEYS
+
+
+def test_set_names_whose_mlflow_keys_would_clash_are_refused():
+    from pipeline.config import parse_params
+    from pipeline.errors import ParamsError
+
+    def sets(*names):
+        return {"evaluate": {"real_sets": [{"name": name, "path": "/photos"} for name in names]}}
+
+    with pytest.raises(ParamsError) as info:
+        parse_params(sets("x", "x_tone"), "params.yaml")
+    assert str(info.value) == ("params.yaml: evaluate.real_sets[1].name = 'x_tone': set 'x' would write the same "
+                               "MLflow key, real_x_tone_psnr; choose another name")
+    with pytest.raises(ParamsError, match="set 'a_moire' would write the same MLflow key, real_a_moire_removed_low"):
+        parse_params(sets("a_moire", "a"), "params.yaml")
+    assert len(parse_params(sets("fhdmi", "fhdmi_test", "fhdmi_identity2")).evaluate.real_sets) == 3
+
+
 def real_looking_pairs(root, rng, names, size=(40, 56)):
     """Generic-layout pairs: a smooth clean image, and its photo darker with diagonal moiré stripes and noise."""
     ys, xs = np.meshgrid(np.arange(size[0]), np.arange(size[1]), indexing="ij")
@@ -82,17 +104,21 @@ def test_gate_hash_follows_names_and_bytes_not_order_location_or_list_order(proj
 def test_a_set_is_scored_as_served_tiled_and_unreadable_pairs_are_skipped(project, tmp_path):
     model = _model(tmp_path / "model")
     (tmp_path / "real" / "moire" / "fhdmi_2.png").write_bytes(b"truncated")
+    (tmp_path / "real" / "moire" / "fhdmi_3.png").symlink_to(tmp_path / "nowhere.png")  # a link to nothing
+    shutil.copy(tmp_path / "real" / "clean" / "fhdmi_1.png", tmp_path / "real" / "clean" / "fhdmi_3.png")
     fhdmi = find_real_sets(SETS, project)[0]
     scores = score_real_set(served_restorer(model, torch.device("cpu"), TILING), fhdmi)
     assert set(scores.summary) == SUMMARY_KEYS
-    assert (scores.summary["count"], scores.summary["skipped"], scores.summary["hash"]) == (1, 1, fhdmi.digest)
-    assert scores.skipped[0][0] == "fhdmi_2.png" and "cannot read image" in scores.skipped[0][1]
+    assert (scores.summary["count"], scores.summary["skipped"], scores.summary["hash"]) == (1, 2, fhdmi.digest)
+    assert [name for name, _ in scores.skipped] == ["fhdmi_2.png", "fhdmi_3.png"]
+    assert "cannot read image" in scores.skipped[0][1] and "not found" in scores.skipped[1][1]
     moire, clean = read_rgb(tmp_path / "real/moire/fhdmi_1.png"), read_rgb(tmp_path / "real/clean/fhdmi_1.png")
     served = restore_image(model, moire, "cpu", tile_size=32, overlap=8, falloff=TILING.falloff)  # 40x56: really tiled
     assert scores.per_image.psnr[0] == pytest.approx(image_metrics(to_tensor(served), to_tensor(clean))["psnr"], abs=1e-9)
     (tmp_path / "real" / "moire" / "fhdmi_1.png").write_bytes(b"truncated")
-    with pytest.raises(InputDataError, match=r"^evaluate.real_sets\[0\] \(fhdmi\): none of the 2 selected pairs in "
-                                             r".* is readable \(generic layout, 2 skipped\)$"):
+    with pytest.raises(InputDataError, match=r"^evaluate.real_sets\[0\] \(fhdmi\): none of the 3 selected pairs in "
+                                             r".* is readable \(generic layout, 3 skipped; the first, fhdmi_1.png: "
+                                             r"cannot read image .*\)$"):
         score_real_set(served_restorer(model, torch.device("cpu"), TILING), fhdmi)
 
 

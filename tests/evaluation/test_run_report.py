@@ -151,3 +151,8 @@ def test_a_registration_of_another_evaluation_is_flagged_in_the_report_and_on_st
     record["challenger"]["rescored"] = True  # the register stage scored it itself: nothing to compare
     write_json(registration_path, record)
     assert "warning" not in runner.invoke(app, ["report"]).output
+    # real sets configured and scored since a registration decided on the test split
+    metrics_path = tmp_path / "data/evaluate/metrics.json"
+    write_json(metrics_path, {**json.loads(metrics_path.read_text()), "real_gate_set": "ab" * 32})
+    assert ("(it was decided on the test split, and the evaluation scored real sets, on which the gate decides); "
+            "run dvc repro") in runner.invoke(app, ["report"]).output

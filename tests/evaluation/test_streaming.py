@@ -107,7 +107,8 @@ def test_a_failed_run_leaves_no_csv_and_none_readable_is_one_error(pairs, tmp_pa
     assert not out.exists() and not list(tmp_path.glob(".per_image.csv*"))
     for name in NAMES:
         (pairs / "moire" / name).write_bytes(b"")
-    with pytest.raises(InputDataError, match=r"^none of the 4 selected pairs in .* is readable \(generic layout, 4 skipped\)"):
+    with pytest.raises(InputDataError,
+                       match=r"^none of the 4 selected pairs in .* is readable \(generic layout, 4 skipped; the first, "):
         evaluate_found_pairs(lambda x: x, find_paired_folder(pairs), pairs, progress="off")
 
 
