@@ -38,6 +38,19 @@ TOLERANCE = 1e-4
 CHECK_SIZES = ((37, 53), (101, 67))  # odd sides, off the models' grids, one taller than wide
 
 
+FORMAT_NAMES = {"onnx": "an ONNX", "torchscript": "a TorchScript"}
+
+
+def check_onnx_packages() -> None:
+    """ONNX export writes with onnx and checks the file under onnxruntime: both, before any work."""
+    import importlib.util
+
+    missing = [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ParamsError(f"ONNX export needs {' and '.join(missing)} (onnx writes the file, onnxruntime checks it): "
+                          "pip install 'demoire[export]'")
+
+
 def exported_format(path: Path) -> str | None:
     """`onnx` or `torchscript` for an exported file's suffix, None for anything else (a model folder)."""
     return SUFFIXES.get(Path(path).suffix.lower())
@@ -50,19 +63,22 @@ def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 def export_model(net: nn.Module, spec: ModelSpec, fmt: str, path: Path, multiple: int,
-                 sizes=CHECK_SIZES, tolerance: float = TOLERANCE) -> float:
-    """Write `net` as ONNX or TorchScript to `path` with its spec and size step embedded, check it against
-    PyTorch on `sizes` and return the largest difference; the file is renamed into place only if it passes."""
+                 sizes=CHECK_SIZES, tolerance: float = TOLERANCE, source: str | None = None) -> float:
+    """Write `net` as ONNX or TorchScript to `path` with its spec, size step and `source` (the model it came
+    from: a folder or a registry version) embedded, check it against PyTorch on `sizes` and return the largest
+    difference; the file is renamed into place only if it passes."""
     if fmt not in EXPORT_FORMATS:
         raise ParamsError(f"format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
     if exported_format(path) != fmt:
         allowed = ", ".join(s for s, f in SUFFIXES.items() if f == fmt)
-        raise ParamsError(f"-o {path}: a {fmt} file must end in {allowed}")
+        raise ParamsError(f"-o {path}: {FORMAT_NAMES[fmt]} file must end in {allowed}")
+    if fmt == "onnx":
+        check_onnx_packages()
     net = net.cpu().eval()
     graph = _Pointwise(net) if hasattr(net, "pointwise") else net
     side = max(multiple * 2, 32) // multiple * multiple
     example = torch.rand(1, 3, side, side + multiple, generator=torch.Generator().manual_seed(0))
-    metadata = json.dumps({**asdict(spec), "multiple": multiple})
+    metadata = json.dumps({**asdict(spec), "multiple": multiple, "source": source})
     with atomic_path(path) as tmp:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer warns about the padding branch, never taken on the grid
@@ -91,10 +107,8 @@ class _Pointwise(nn.Module):
 
 def _export_onnx(net: nn.Module, example: torch.Tensor, path: Path, metadata: str) -> None:
     """The ONNX graph with dynamic batch/height/width, and the metadata in its metadata_props."""
-    try:
-        import onnx
-    except ImportError:
-        raise ParamsError("ONNX export needs the onnx package: pip install 'demoire[export]'") from None
+    import onnx
+
     axes = {0: "batch", 2: "height", 3: "width"}
     torch.onnx.export(net, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
                       input_names=["image"], output_names=["restored"],
@@ -124,8 +138,13 @@ class ExportedModel(nn.Module):
             try:
                 self._module = torch.jit.load(str(self.path), map_location=device, _extra_files=extra)
             except RuntimeError as exc:
+                if (self.path.parent / "model.json").is_file():
+                    raise ModelNotFoundError(f"{path} holds a model folder's weights, not a TorchScript export: "
+                                             f"pass --model {self.path.parent}") from None
                 raise InputDataError(f"cannot load TorchScript model {path}: {str(exc).splitlines()[0]}") from None
             self.device, metadata = torch.device(device), extra[METADATA_KEY]
+        if not metadata:
+            raise InputDataError(f"{path} was not written by demoire export (no {METADATA_KEY!r} metadata)")
         try:
             info = json.loads(metadata)
             self.spec = ModelSpec(info["name"], info["channels"], info["depth"], info.get("correction", "full"),
@@ -133,10 +152,11 @@ class ExportedModel(nn.Module):
             self.multiple = int(info["multiple"])
             if self.multiple < 1:
                 raise ValueError("multiple below 1")
-        except (TypeError, ValueError, KeyError):
-            raise InputDataError(f"{path} was not written by demoire export (no {METADATA_KEY!r} metadata)") from None
-        spec = self.spec
-        self.narrowing = Narrowing(spec.correction_width, spec.correction_cast, spec.correction == "chroma")
+            spec = self.spec
+            self.narrowing = Narrowing(spec.correction_width, spec.correction_cast, spec.correction == "chroma")
+        except (TypeError, ValueError, KeyError, ParamsError) as exc:
+            detail = str(exc) if isinstance(exc, (ParamsError, ValueError)) else f"{type(exc).__name__} {exc}"
+            raise InputDataError(f"{path}: its {METADATA_KEY!r} metadata is not demoire export's ({detail})") from None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.narrowing(self.pointwise(x), x)

@@ -63,10 +63,12 @@ def test_model_commands_outside_a_checkout_say_what_their_default_model_is(tmp_p
     (tmp_path / "pairs").mkdir()
     hint = ("error: no model in data/train, the default in a checkout once `dvc repro` or `demoire train` has run; "
             "pass --model FOLDER, models:/NAME@ALIAS or an exported file")
-    for command in (["predict", "x.png", "-o", "out"], ["evaluate", "--pairs", "pairs"],
-                    ["export", "--format", "torchscript", "-o", "m.pt"], ["serve"]):
+    for command in (["predict", "x.png", "-o", "out"], ["evaluate", "--pairs", "pairs"], ["serve"]):
         result = runner.invoke(app, command)
         assert (result.exit_code, result.output.strip()) == (2, hint), command
+    result = runner.invoke(app, ["export", "--format", "torchscript", "-o", "m.pt"])  # exports from no exported file
+    assert (result.exit_code, result.output.strip()) == (2, hint.removesuffix(" or an exported file").replace(
+        "FOLDER,", "FOLDER or"))
 
 
 def test_promote_outside_a_checkout_says_how_to_name_the_gate_set(blocked_registry):  # noqa: F811 (the fixture)

@@ -77,7 +77,7 @@ def test_export_refuses_in_one_line_and_keeps_nothing(model_dir, tmp_path):
         return runner.invoke(app, ["export", "--model", str(model_dir), *args])
 
     wrong = export("--format", "onnx", "-o", str(tmp_path / "m.pt"))
-    assert wrong.exit_code == 2 and "-o " + str(tmp_path / "m.pt") + ": a onnx file must end in .onnx" in wrong.output
+    assert wrong.exit_code == 2 and "-o " + str(tmp_path / "m.pt") + ": an ONNX file must end in .onnx" in wrong.output
     bad = export("--format", "tflite", "-o", str(tmp_path / "m.tflite"))
     assert bad.exit_code == 2 and "'tflite' is not one of 'onnx', 'torchscript'" in bad.output
     (tmp_path / "taken.onnx").write_text("keep me")
@@ -105,5 +105,45 @@ def test_exported_metadata_with_a_size_step_below_1_is_refused_in_one_line(model
     write_png(tmp_path / "a.png", np.zeros((20, 20, 3), np.uint8))
     result = runner.invoke(app, ["predict", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"),
                                  "--model", str(tmp_path / "edited.onnx")])
-    assert result.exit_code == 2 and "was not written by demoire export" in result.output, result.output
+    assert result.exit_code == 2, result.output
+    assert f"{tmp_path / 'edited.onnx'}: its 'demoire' metadata is not demoire export's (multiple below 1)" in (
+        result.output)
     assert "Traceback" not in result.output
+
+
+def test_export_keeps_the_model_folder_and_the_registry_version_it_came_from(model_dir, tmp_path):
+    import shutil
+
+    weights = (model_dir / "model.pt").read_bytes()
+    into = runner.invoke(app, ["export", "--model", str(model_dir), "--format", "torchscript",
+                               "-o", str(model_dir / "model.pt"), "--overwrite"])
+    assert into.exit_code == 2 and f"-o {model_dir / 'model.pt'} is a file of the model folder --model" in into.output
+    assert (model_dir / "model.pt").read_bytes() == weights
+    as_file = runner.invoke(app, ["export", "--model", str(model_dir / "model.pt"), "--format", "onnx",
+                                  "-o", str(tmp_path / "m.onnx")])
+    assert as_file.exit_code == 2
+    assert (f"{model_dir / 'model.pt'} holds a model folder's weights, not a TorchScript export: pass --model "
+            f"{model_dir}") in as_file.output
+    run_uri = runner.invoke(app, ["export", "--model", "runs:/0123/model", "--format", "onnx",
+                                  "-o", str(tmp_path / "r.onnx")])
+    assert run_uri.exit_code == 2 and "--model runs:/0123/model: runs:/ URIs are not taken" in run_uri.output
+    shutil.copytree(model_dir, tmp_path / "copy")
+    assert runner.invoke(app, ["export", "--model", str(tmp_path / "copy"), "--format", "onnx",
+                               "-o", str(tmp_path / "m.onnx")]).exit_code == 0
+    metadata = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}["demoire"]
+    assert json.loads(metadata)["source"] == str(tmp_path / "copy")
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_onnx_export_without_onnxruntime_stops_before_any_work(model_dir, tmp_path, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else real_find_spec(name, *a))
+    result = runner.invoke(app, ["export", "--model", str(model_dir), "--format", "onnx",
+                                 "-o", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 2
+    assert ("ONNX export needs onnxruntime (onnx writes the file, onnxruntime checks it): pip install "
+            "'demoire[export]'") in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

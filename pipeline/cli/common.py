@@ -152,13 +152,18 @@ STAGE_DATA = Path("data/synthesize")  # the synthesize stage's set in a checkout
 STAGE_PAIRS = Path("data/preprocess/pairs.parquet")  # and the preprocess stage's index of it
 
 
-def check_model_exists(model: str) -> None:
-    """Say what the default model is where its folder is absent: outside a checkout, or before its first run."""
-    if model == DEFAULT_MODEL and not Path(model).exists():
-        from pipeline.errors import ModelNotFoundError
+def check_model_exists(model: str, exported_ok: bool = True) -> None:
+    """Say what the default model is where its folder is absent: outside a checkout, or before its first run
+    (`exported_ok`: whether the command takes an exported file); and that MLflow's runs:/ URIs are not taken."""
+    from pipeline.errors import ModelNotFoundError
 
+    accepted = "FOLDER, models:/NAME@ALIAS or an exported file" if exported_ok else "FOLDER or models:/NAME@ALIAS"
+    if model == DEFAULT_MODEL and not Path(model).exists():
         raise ModelNotFoundError(f"no model in {model}, the default in a checkout once `dvc repro` or `demoire train` "
-                                 "has run; pass --model FOLDER, models:/NAME@ALIAS or an exported file")
+                                 f"has run; pass --model {accepted}")
+    if model.startswith("runs:/"):
+        raise ModelNotFoundError(f"--model {model}: runs:/ URIs are not taken; pass --model {accepted}, or "
+                                 "models:/NAME/VERSION (each pipeline run registers a version; `mlflow ui` lists them)")
 
 
 def load_net(model: str, device: str):

@@ -16,34 +16,44 @@ def export(
     model: str = typer.Option(DEFAULT_MODEL, help="model folder or models:/<name>@<alias>"),
     export_format: Literal["onnx", "torchscript"] = typer.Option(..., "--format", help="onnx (runs under onnxruntime) "
                                                                                        "or torchscript (torch.jit)"),
-    out: Path = typer.Option(..., "-o", "--out", help="file to write: .onnx, or .pt / .ts for TorchScript"),
+    out: Path = typer.Option(..., "-o", "--out",
+                             help="file to write: .onnx, or .pt / .ts / .torchscript for TorchScript"),
     overwrite: bool = typer.Option(False, help="replace an existing file"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object: file, format, opset, largest difference"),
 ) -> None:
     """Export with dynamic height and width (ONNX opset 17); the file is kept only if it matches PyTorch on odd sizes
-    within 1e-4. Use it with `demoire predict --model FILE` (same tiling) or any ONNX runtime."""
+    within 1e-4. Use it with `demoire predict --model FILE` (same tiling), or in a runtime of your own that also
+    applies the last step a `correction_width` model needs (README, "Export: ONNX and TorchScript")."""
+    import signal
+
     from pipeline.export import CHECK_SIZES, ONNX_OPSET, TOLERANCE, ExportedModel, export_model
     from pipeline.inference import spatial_multiple
     from pipeline.io import check_output_file, json_text
-    from pipeline.model_source import load_model_and_spec
+    from pipeline.lifetime import exit_on_sigterm
+    from pipeline.model_source import load_model_and_spec, pin_model
 
+    previous = signal.signal(signal.SIGTERM, exit_on_sigterm)  # `kill`: the temp file goes, as with Ctrl-C
     try:
         check_output_file(out, "-o")
         if out.exists() and not overwrite:
             raise ParamsError(f"{out} exists; choose another -o or pass --overwrite")
-        check_model_exists(model)
+        check_not_a_file_of(model, out)
+        check_model_exists(model, exported_ok=False)
+        model, registered = pin_model(model)  # the version an alias named when exported, in --json
         net, _, spec = load_model_and_spec(model, "cpu")
         if isinstance(net, ExportedModel):
             raise ParamsError(f"--model {model} is already exported; export from a model folder or a models:/ URI")
         with err.status(f"exporting {spec.name} to {export_format} and checking it"):
-            difference = export_model(net, spec, export_format, out, spatial_multiple(net))
+            difference = export_model(net, spec, export_format, out, spatial_multiple(net), source=model)
     except DemoireError as exc:
         fail(exc)
     except OSError as exc:  # the disk filled up or the folder went away while writing
         fail(ParamsError(f"cannot write {out}: {exc.strerror or exc}"))
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # for a caller that runs the command in its own process
     sizes = ", ".join(f"{h}x{w}" for h, w in CHECK_SIZES)
     result = {"file": str(out), "format": export_format, "opset": ONNX_OPSET if export_format == "onnx" else None,
-              "architecture": spec.name, "model": model,
+              "architecture": spec.name, "model": model, "alias": registered.get("alias"),
               "max_abs_difference": difference, "tolerance": TOLERANCE, "checked_sizes": [list(s) for s in CHECK_SIZES],
               "bytes": out.stat().st_size}
     if as_json:
@@ -52,3 +62,10 @@ def export(
     opset = f", opset {ONNX_OPSET}" if export_format == "onnx" else ""
     err.note(f"wrote {out} ({export_format}{opset}, dynamic height and width, {result['bytes'] / 2**20:.1f} MiB); "
              f"largest difference from PyTorch on {sizes}: {difference:.1e} (tolerance {TOLERANCE:g})")
+
+
+def check_not_a_file_of(model: str, out: Path) -> None:
+    """-o may not name a file of the model folder being exported: --overwrite would replace its weights."""
+    folder = Path(model)
+    if folder.is_dir() and out.exists() and out.resolve().parent == folder.resolve():
+        raise ParamsError(f"-o {out} is a file of the model folder --model {model}; write the export elsewhere")
