@@ -44,12 +44,18 @@ def _within(low: float, high: float) -> AfterValidator:
     return AfterValidator(check)
 
 
-def _admits_bool(annotation: Any) -> bool:
-    """Whether a field's type takes true/false anywhere in it (a flag, a list or mapping of flags, or a
-    section, which checks its own keys)."""
-    if annotation is bool or (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-        return True
-    return any(_admits_bool(arg) for arg in get_args(annotation))
+def _wants_number(annotation: Any) -> bool:
+    """Whether a field's type is a number, or a list, range or mapping of numbers, and takes no flag (a section
+    checks its own keys; a text or a choice reports true/false as pydantic does)."""
+    def kinds(node: Any) -> set:
+        if node in (int, float, bool):
+            return {node}
+        if get_origin(node) is Literal:
+            return {"choice"}
+        return set().union(*(kinds(arg) for arg in get_args(node))) if get_args(node) else {"other"}
+
+    found = kinds(annotation)
+    return bool(found & {int, float}) and bool not in found
 
 
 def _flag_at(value: Any) -> list | None:
@@ -84,7 +90,7 @@ class Section(BaseModel):
             for name, field in cls.model_fields.items():
                 key = field.alias or name
                 where = _flag_at(raw[key]) if key in raw else None
-                if where is not None and not _admits_bool(field.annotation):
+                if where is not None and _wants_number(field.annotation):
                     raise PydanticCustomError("flag_for_number", "a number is needed here, not true or false",
                                               {"at": [key, *where], "value": _leaf(raw[key], where)})
         return raw
@@ -382,6 +388,12 @@ class TrainParams(Section):
     # Live MLflow telemetry: the running train loss every this many steps (0: per-epoch metrics only).
     log_every_steps: int = Field(50, ge=0, le=1_000_000)
 
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _off_as_written(cls, value: Any) -> Any:
+        """`amp: off` unquoted (as `dvc exp run -S train.amp=off` writes it) is YAML 1.1's false."""
+        return "off" if value is False else value
+
     @model_validator(mode="after")
     def _a_step_of_synthetic_pairs(self) -> "TrainParams":
         """On-the-fly pairs come a step at a time (batch_size per process): fewer than one step is not a run."""
@@ -468,7 +480,8 @@ class EvaluateParams(Section):
             for other in seen:
                 shorter, longer = sorted((other, real_set.name), key=len)
                 rest = longer.removeprefix(f"{shorter}_") if longer.startswith(f"{shorter}_") else None
-                clash = next((m for m in REAL_SET_METRICS if rest is not None and m.startswith(f"{rest}_")), None)
+                clash = next((m for m in REAL_SET_METRICS if rest is not None and m.startswith(f"{rest}_")
+                              and m.removeprefix(f"{rest}_") in REAL_SET_METRICS), None)
                 if clash is not None:
                     raise PydanticCustomError(
                         "metric_clash", "set {other} would write the same MLflow key, real_{key}; choose another name",

@@ -107,8 +107,10 @@ class _Pointwise(nn.Module):
 
 def _export_onnx(net: nn.Module, example: torch.Tensor, path: Path, metadata: str) -> None:
     """The ONNX graph with dynamic batch/height/width, and the metadata in its metadata_props."""
-    import onnx
-
+    try:
+        import onnx
+    except ImportError as exc:  # installed but broken (a protobuf it cannot use)
+        raise ParamsError(f"ONNX export cannot import onnx ({exc}): pip install 'demoire[export]'") from None
     axes = {0: "batch", 2: "height", 3: "width"}
     torch.onnx.export(net, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
                       input_names=["image"], output_names=["restored"],

@@ -15,7 +15,7 @@ pairs and patches; their figures are in docs/benchmarks.md.
   gain, the only recipe measured above the input on both real groups, raw and tone-aligned, with SSIM
   above the input's, at two seeds.
 - `gpu`: hours on one GPU worker: 8192 fresh pairs an epoch rendered on the fly on the GPU, whole at the
-  256² patch size (the 2000 stored pairs of 512² give the val and test splits), the multi-scale model,
+  256² patch size (of the 2000 stored pairs of 512², the val and test splits are used), the multi-scale model,
   bf16 autocast and torch.compile; the content photographed through the subpixel grid as `cpu-long`'s is
   (the physics that measured best on real photos on CPU; the recipe itself is unmeasured).
 """

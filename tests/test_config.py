@@ -215,6 +215,13 @@ def test_true_or_false_is_no_number(raw, message):
     assert str(info.value).startswith(f"params.yaml: {message}")
 
 
+def test_a_choice_or_text_given_true_or_false_says_what_is_allowed_and_amp_off_unquoted_is_off():
+    with pytest.raises(ParamsError, match=r"^params.yaml: evaluate.device = True: Input should be 'auto', 'cpu' or 'cuda'$"):
+        parse_params({"evaluate": {"device": True}}, "params.yaml")
+    # `dvc exp run -S train.amp=off` writes `amp: off`, which YAML 1.1 reads as false
+    assert parse_params(yaml.safe_load("train:\n  amp: off\n")).train.amp == "off"
+
+
 def test_flags_stay_flags():
     params = parse_params({"train": {"compile": True, "resume": False}, "synthesize": {"sources": {"bundled": False}}})
     assert (params.train.compile, params.train.resume, params.synthesize.sources.bundled) == (True, False, False)

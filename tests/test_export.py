@@ -127,12 +127,35 @@ def test_export_keeps_the_model_folder_and_the_registry_version_it_came_from(mod
     run_uri = runner.invoke(app, ["export", "--model", "runs:/0123/model", "--format", "onnx",
                                   "-o", str(tmp_path / "r.onnx")])
     assert run_uri.exit_code == 2 and "--model runs:/0123/model: runs:/ URIs are not taken" in run_uri.output
-    shutil.copytree(model_dir, tmp_path / "copy")
-    assert runner.invoke(app, ["export", "--model", str(tmp_path / "copy"), "--format", "onnx",
+    # weights that are a link into a cache (DVC's symlink cache type): the link in the folder is what -o replaces
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    shutil.copy(model_dir / "model.json", linked)
+    (linked / "model.pt").symlink_to(model_dir / "model.pt")
+    into_link = runner.invoke(app, ["export", "--model", str(linked), "--format", "torchscript",
+                                    "-o", str(linked / "model.pt"), "--overwrite"])
+    assert into_link.exit_code == 2 and "is a file of the model folder" in into_link.output
+    assert (linked / "model.pt").is_symlink() and (model_dir / "model.pt").read_bytes() == weights
+    assert runner.invoke(app, ["export", "--model", str(model_dir), "--format", "onnx",
                                "-o", str(tmp_path / "m.onnx")]).exit_code == 0
     metadata = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}["demoire"]
-    assert json.loads(metadata)["source"] == str(tmp_path / "copy")
+    assert json.loads(metadata)["source"] is None  # a folder's local path is not written into a shared file
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_killed_export_leaves_no_temp_file(model_dir, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "export", "--model", str(model_dir),
+                                "--format", "onnx", "-o", str(out / "m.onnx")], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".m.onnx.*")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)  # until the temp file is there: the export is under way
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM, process.stderr.read()
+    assert list(out.iterdir()) == []
 
 
 def test_onnx_export_without_onnxruntime_stops_before_any_work(model_dir, tmp_path, monkeypatch):

@@ -90,7 +90,9 @@ def test_pip_install_gives_a_demoire_that_predicts_evaluates_exports_and_serves(
     assert Image.open(work / "out" / "photo.jpg").size == Image.open(work / "from-registry" / "photo.png").size == (56, 40)
     scores = json.loads(run("evaluate", "--model", "model", "--pairs", "pairs", "--json").stdout)
     assert scores["count"] == 2
-    run("export", "--model", "models:/demoire@champion", "--format", "onnx", "-o", "model.onnx")
+    exported = json.loads(run("export", "--model", "models:/demoire@champion", "--format", "onnx", "-o", "model.onnx",
+                              "--json").stdout)
+    assert (exported["model"], exported["alias"]) == ("models:/demoire/1", "champion")  # the version exported
     run("predict", "photo.jpg", "-o", "onnx-out", "--model", "model.onnx")
     assert Image.open(work / "onnx-out" / "photo.png").size == (56, 40)
 

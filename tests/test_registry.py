@@ -487,7 +487,7 @@ def test_register_stage_gates_on_real_sets_and_logs_every_set(tmp_path, monkeypa
     # The real folders changed after the evaluate stage scored them: nothing is registered on stale scores, and
     # the refusal names the set whose files changed.
     with pytest.raises(InputDataError, match=r"^the real sets of evaluate.real_sets hash to [0-9a-f]{12} but were "
-                                             r"scored as 000000000000 \(files changed in b\); run `dvc repro -f "
+                                             r"scored as 000000000000 \(changed: b\); run `dvc repro -f "
                                              r"evaluate` to score them again$"):
         stale = {**evaluation["real"], "b": {**evaluation["real"]["b"], "hash": "1" * 64}}
         register(real, second, {**evaluation, "real": stale, "real_gate_set": "0" * 64})

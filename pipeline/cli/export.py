@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -26,7 +27,7 @@ def export(
     applies the last step a `correction_width` model needs (README, "Export: ONNX and TorchScript")."""
     import signal
 
-    from pipeline.export import CHECK_SIZES, ONNX_OPSET, TOLERANCE, ExportedModel, export_model
+    from pipeline.export import CHECK_SIZES, ONNX_OPSET, TOLERANCE, ExportedModel, check_onnx_packages, export_model
     from pipeline.inference import spatial_multiple
     from pipeline.io import check_output_file, json_text
     from pipeline.lifetime import exit_on_sigterm
@@ -38,13 +39,17 @@ def export(
         if out.exists() and not overwrite:
             raise ParamsError(f"{out} exists; choose another -o or pass --overwrite")
         check_not_a_file_of(model, out)
+        if export_format == "onnx":
+            check_onnx_packages()  # before a registry download or loading the model
         check_model_exists(model, exported_ok=False)
         model, registered = pin_model(model)  # the version an alias named when exported, in --json
         net, _, spec = load_model_and_spec(model, "cpu")
         if isinstance(net, ExportedModel):
             raise ParamsError(f"--model {model} is already exported; export from a model folder or a models:/ URI")
         with err.status(f"exporting {spec.name} to {export_format} and checking it"):
-            difference = export_model(net, spec, export_format, out, spatial_multiple(net), source=model)
+            # a registry version is provenance; a local folder's path (a home folder) is not shared in the file
+            source = model if registered else None
+            difference = export_model(net, spec, export_format, out, spatial_multiple(net), source=source)
     except DemoireError as exc:
         fail(exc)
     except OSError as exc:  # the disk filled up or the folder went away while writing
@@ -65,7 +70,9 @@ def export(
 
 
 def check_not_a_file_of(model: str, out: Path) -> None:
-    """-o may not name a file of the model folder being exported: --overwrite would replace its weights."""
+    """-o may not name a file of the model folder being exported: --overwrite would replace its weights. The
+    folder the name lies in counts, not where a link there points (the rename replaces the link itself)."""
     folder = Path(model)
-    if folder.is_dir() and out.exists() and out.resolve().parent == folder.resolve():
+    taken = out.exists() or out.is_symlink()
+    if folder.is_dir() and taken and Path(os.path.abspath(out)).parent.resolve() == folder.resolve():
         raise ParamsError(f"-o {out} is a file of the model folder --model {model}; write the export elsewhere")

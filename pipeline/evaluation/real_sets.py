@@ -84,7 +84,7 @@ def check_unchanged_since_scored(evaluation: dict, now: str, set_digests: dict[s
     scored_sets = {name: values.get("hash") for name, values in (evaluation.get("real") or {}).items()}
     changed = sorted(name for name in set_digests.keys() | scored_sets.keys()
                      if set_digests.get(name) != scored_sets.get(name))
-    which = f" (files changed in {', '.join(changed)})" if changed else ""
+    which = f" (changed: {', '.join(changed)})" if changed else " (the infer settings they were scored with changed)"
     raise InputDataError(f"the real sets of evaluate.real_sets hash to {now[:12]} but were scored as "
                          f"{(scored or 'none')[:12]}{which}; run `dvc repro -f evaluate` to score them again")
 

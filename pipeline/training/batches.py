@@ -128,11 +128,11 @@ class PairBatches:
         return self.loader
 
     def digest(self) -> str:
-        """Digest of the pairs (see pairs_digest)."""
-        return pairs_digest(self.pairs)
+        """Digest of the pairs (see pairs_content_digest)."""
+        return pairs_content_digest(self.pairs)
 
 
-def pairs_digest(pairs: Sequence[Pair]) -> str:
+def pairs_content_digest(pairs: Sequence[Pair]) -> str:
     """Digest of every pair's files when stored, else of every pair's pixels."""
     if isinstance(pairs, StoredPairs):
         return pairs.digest()

@@ -27,7 +27,7 @@ from pipeline.evaluation.metrics import batch_psnr
 from pipeline.inference import in_layout, input_format
 from pipeline.progress import track_progress
 from pipeline.provenance import code_digest
-from pipeline.training.batches import TrainingBatches, pairs_digest
+from pipeline.training.batches import TrainingBatches, pairs_content_digest
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.training.distributed import World, sum_across
 from pipeline.training.losses import Loss, multiscale_loss, weighted_loss
@@ -217,7 +217,7 @@ def train_model(
     schedule = warmup_cosine(optimizer, round(cfg.warmup_epochs * steps), cfg.epochs * steps)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) if cfg.ema_decay > 0 else None
     # The val pairs count too: the history and early stopping a checkpoint holds were scored on them.
-    fingerprint = training_fingerprint(cfg, seed, [batches.digest(), pairs_digest(val_pairs)], world.size)
+    fingerprint = training_fingerprint(cfg, seed, [batches.digest(), pairs_content_digest(val_pairs)], world.size)
 
     history: list[EpochStats] = []
     best = {"val_psnr": -math.inf, "epoch": 0, "weights": None}
