@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import functools
 import os
 import signal
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
 
 PR_SET_PDEATHSIG = 1  # prctl(2) option: a signal the kernel sends a process when its parent dies
 
@@ -26,3 +31,29 @@ def exit_on_sigterm(signum: int, frame: object) -> None:
     # second one would cut short the unwinding of the first. SIGKILL still stops a process stuck in it.
     signal.signal(signum, signal.SIG_IGN)
     raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Within the block, SIGTERM unwinds as Ctrl-C does (temp files of atomic writes go, exit 143) instead of
+    ending the process where it stands; the previous handler is put back after (a caller running a command in
+    its own process). Signals reach the main thread only: elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def unwinds_on_sigterm(command: Callable[..., Any]) -> Callable[..., Any]:
+    """A command run within `sigterm_unwinds` (its signature kept, for typer)."""
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with sigterm_unwinds():
+            return command(*args, **kwargs)
+
+    run.unwinds_on_sigterm = True  # type: ignore[attr-defined]  # what a test of the commands looks for
+    return run

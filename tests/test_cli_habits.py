@@ -106,3 +106,29 @@ def test_promote_and_rollback_json(blocked_registry):  # noqa: F811 (the fixture
     assert (done["dry_run"], done["champion_before"], done["champion_after"]) == (False, "1", "2")
     back = runner.invoke(app, ["rollback", "--model-name", "m", "--json"])
     assert back.exit_code == 0 and json.loads(back.stdout) == {"model_name": "m", "demoted": "2", "restored": "1"}
+
+
+def test_a_command_stopped_by_sigterm_unwinds_like_ctrl_c_and_leaves_no_temp_file(tmp_path):
+    import os
+    import signal
+
+    import pytest
+
+    from pipeline.io import atomic_path
+    from pipeline.lifetime import unwinds_on_sigterm
+
+    @unwinds_on_sigterm
+    def write() -> None:
+        with atomic_path(tmp_path / "out.png") as tmp:
+            tmp.write_bytes(b"half an image")
+            os.kill(os.getpid(), signal.SIGTERM)  # `kill` while the temp file is there
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        write()
+    assert stopped.value.code == 128 + signal.SIGTERM and list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is before  # put back for whoever runs the command in-process
+    writers = {" ".join(path): command.callback for path, command in _commands(typer.main.get_command(app))}
+    for name in ("predict", "evaluate", "synth-report", "calibrate", "report", "export"):
+        assert getattr(writers[name], "unwinds_on_sigterm", False), f"{name} does not unwind on SIGTERM"
+    assert not getattr(writers["check-params"], "unwinds_on_sigterm", False)  # what the check tells apart

@@ -8,9 +8,11 @@ import typer
 
 from pipeline.cli.common import app, err, fail
 from pipeline.errors import DemoireError, InputDataError
+from pipeline.lifetime import unwinds_on_sigterm
 
 
 @app.command()
+@unwinds_on_sigterm
 def calibrate(
     real: list[Path] = typer.Option(..., help="real moiré photos: a paired folder (any importer layout) or a folder of photos; repeat to pool"),
     out: Path = typer.Option(..., help="preset file to write (.yaml); use it with synthesize.preset: OUT"),

@@ -12,6 +12,7 @@ from rich.table import Table
 from pipeline.cli.common import (DEFAULT_MODEL, FALLOFF_OPTION, MAX_SIDE_OPTION, Device, Layout, app,
                                  check_model_exists, err, fail, infer_params)
 from pipeline.errors import DemoireError
+from pipeline.lifetime import unwinds_on_sigterm
 
 if TYPE_CHECKING:  # annotations only: the CLI imports torch when a command runs, not at start-up
     import torch
@@ -20,6 +21,7 @@ if TYPE_CHECKING:  # annotations only: the CLI imports torch when a command runs
 
 
 @app.command()
+@unwinds_on_sigterm
 def evaluate(
     model: str = typer.Option(DEFAULT_MODEL,
                               help="model folder, models:/<name>@<alias>, or an exported .onnx / .pt file"),
@@ -126,6 +128,7 @@ def _mean_std(mean: float | None, std: float | None, digits: int) -> str:
 
 
 @app.command("synth-report")
+@unwinds_on_sigterm
 def synth_report(
     pairs: list[Path] = typer.Option(..., help="paired folder (moire/ + clean/, or a dataset layout); repeat to compare"),
     labels: list[str] | None = typer.Option(None, "--label", help="name of each --pairs set, in order [default: the folder's name]"),

@@ -10,9 +10,11 @@ import typer
 
 from pipeline.cli.common import DEFAULT_MODEL, app, check_model_exists, err, fail
 from pipeline.errors import DemoireError, ParamsError
+from pipeline.lifetime import unwinds_on_sigterm
 
 
 @app.command()
+@unwinds_on_sigterm
 def export(
     model: str = typer.Option(DEFAULT_MODEL, help="model folder or models:/<name>@<alias>"),
     export_format: Literal["onnx", "torchscript"] = typer.Option(..., "--format", help="onnx (runs under onnxruntime) "
@@ -25,15 +27,11 @@ def export(
     """Export with dynamic height and width (ONNX opset 17); the file is kept only if it matches PyTorch on odd sizes
     within 1e-4. Use it with `demoire predict --model FILE` (same tiling), or in a runtime of your own that also
     applies the last step a `correction_width` model needs (README, "Export: ONNX and TorchScript")."""
-    import signal
-
     from pipeline.export import CHECK_SIZES, ONNX_OPSET, TOLERANCE, ExportedModel, check_onnx_packages, export_model
     from pipeline.inference import spatial_multiple
     from pipeline.io import check_output_file, json_text
-    from pipeline.lifetime import exit_on_sigterm
     from pipeline.model_source import load_model_and_spec, pin_model
 
-    previous = signal.signal(signal.SIGTERM, exit_on_sigterm)  # `kill`: the temp file goes, as with Ctrl-C
     try:
         check_output_file(out, "-o")
         if out.exists() and not overwrite:
@@ -54,8 +52,6 @@ def export(
         fail(exc)
     except OSError as exc:  # the disk filled up or the folder went away while writing
         fail(ParamsError(f"cannot write {out}: {exc.strerror or exc}"))
-    finally:
-        signal.signal(signal.SIGTERM, previous)  # for a caller that runs the command in its own process
     sizes = ", ".join(f"{h}x{w}" for h, w in CHECK_SIZES)
     result = {"file": str(out), "format": export_format, "opset": ONNX_OPSET if export_format == "onnx" else None,
               "architecture": spec.name, "model": model, "alias": registered.get("alias"),

@@ -11,6 +11,7 @@ import typer
 from pipeline.cli.common import (DEFAULT_MODEL, FALLOFF_OPTION, MAX_SIDE_OPTION, Device, ImageFormat, app, err, fail,
                                  infer_params, load_net)
 from pipeline.errors import DemoireError, InputDataError
+from pipeline.lifetime import unwinds_on_sigterm
 from pipeline.progress import progress_mode, track_progress
 
 
@@ -60,6 +61,7 @@ def _progress_mode(quiet: bool) -> str:
 
 
 @app.command()
+@unwinds_on_sigterm
 def predict(
     inputs: list[str] = typer.Argument(..., help="image files, folders (recursively) or globs such as 'photos/*.jpg'"),
     out: Path = typer.Option(..., "-o", "--out", help="output folder: NAME.FORMAT per input (sub-paths of folders kept)"),

@@ -11,6 +11,7 @@ from rich.table import Table
 from pipeline.cli.common import DEFAULT_PARAMS, STAGE_DATA, STAGE_PAIRS, Device, app, err, fail, params_or_defaults
 from pipeline.errors import DemoireError
 from pipeline.io import json_text
+from pipeline.lifetime import unwinds_on_sigterm
 
 
 def _local_gate(params, base: Path, data: Path, pairs: Path, device: str):
@@ -148,6 +149,7 @@ def rollback(
 
 
 @app.command()
+@unwinds_on_sigterm
 def report(
     out: Path = typer.Option(Path("report.html"), "-o", "--out", help="HTML file to write (self-contained, offline)"),
     metrics: Path = typer.Option(Path("data/evaluate/metrics.json"), help="the evaluate stage's means"),
