@@ -63,10 +63,12 @@ def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 def export_model(net: nn.Module, spec: ModelSpec, fmt: str, path: Path, multiple: int,
-                 sizes=CHECK_SIZES, tolerance: float = TOLERANCE, source: str | None = None) -> float:
+                 sizes=CHECK_SIZES, tolerance: float = TOLERANCE, source: str | None = None,
+                 overwrite: bool = True) -> float:
     """Write `net` as ONNX or TorchScript to `path` with its spec, size step and `source` (the model it came
     from: a folder or a registry version) embedded, check it against PyTorch on `sizes` and return the largest
-    difference; the file is renamed into place only if it passes."""
+    difference; the file is renamed into place only if it passes (and, with `overwrite` False, if no file took
+    its name meanwhile: OutputExistsError)."""
     if fmt not in EXPORT_FORMATS:
         raise ParamsError(f"format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
     if exported_format(path) != fmt:
@@ -79,7 +81,7 @@ def export_model(net: nn.Module, spec: ModelSpec, fmt: str, path: Path, multiple
     side = max(multiple * 2, 32) // multiple * multiple
     example = torch.rand(1, 3, side, side + multiple, generator=torch.Generator().manual_seed(0))
     metadata = json.dumps({**asdict(spec), "multiple": multiple, "source": source})
-    with atomic_path(path) as tmp:
+    with atomic_path(path, overwrite) as tmp:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer warns about the padding branch, never taken on the grid
             if fmt == "onnx":

@@ -32,6 +32,12 @@ def test_train_outside_a_checkout_splits_the_synthetic_set_as_the_preprocess_sta
     # The history follows --out, and nothing is written where a checkout keeps its stages' outputs.
     assert len(pd.read_csv(tmp_path / "model" / "history.csv")) == 1
     assert (tmp_path / "model" / "model.pt").is_file() and not (tmp_path / "data").exists()
+    # a second run into the folder while one trains there (here: one holding its lock) stops at once
+    from pipeline.io import sole_writer
+
+    with sole_writer(tmp_path / "model", "demoire train run"):
+        second = runner.invoke(app, ["train", "--params", "tiny.yaml", "--data", "syn", "--out", "model"])
+    assert second.exit_code == 2 and "another demoire train run is writing model (it holds " in second.output
 
 
 def test_train_says_what_to_give_it_when_there_is_nothing_to_train_on(tmp_path, monkeypatch):

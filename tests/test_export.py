@@ -170,3 +170,17 @@ def test_onnx_export_without_onnxruntime_stops_before_any_work(model_dir, tmp_pa
     assert ("ONNX export needs onnxruntime (onnx writes the file, onnxruntime checks it): pip install "
             "'demoire[export]'") in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_an_export_keeps_a_file_another_run_wrote_meanwhile_unless_overwrite(model_dir, tmp_path):
+    from pipeline.export import export_model
+    from pipeline.inference import spatial_multiple
+    from pipeline.io import OutputExistsError
+    from pipeline.models import load_model
+
+    net, spec = load_model(model_dir)
+    (tmp_path / "m.pt").write_text("another run's export")  # after this run's check that -o was free
+    with pytest.raises(OutputExistsError, match="m.pt exists"):
+        export_model(net, spec, "torchscript", tmp_path / "m.pt", spatial_multiple(net), overwrite=False)
+    assert (tmp_path / "m.pt").read_text() == "another run's export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "model"]

@@ -15,11 +15,12 @@ from pipeline.calibration.statistics import OCTAVES, PairedStatistics
 from pipeline.io import atomic_path, write_json
 
 
-def write_preset(path: Path, result: CalibrationResult, provenance: str) -> None:
-    """The preset file (YAML, with a header saying how it was made), written atomically."""
+def write_preset(path: Path, result: CalibrationResult, provenance: str, overwrite: bool = True) -> None:
+    """The preset file (YAML, with a header saying how it was made), written atomically; with `overwrite`
+    False an existing file, even one written meanwhile, is kept (OutputExistsError)."""
     header = "".join(f"# {line}\n" for line in provenance.splitlines())
     body = yaml.safe_dump(preset_document(result), sort_keys=False, default_flow_style=None)
-    with atomic_path(Path(path)) as tmp:
+    with atomic_path(Path(path), overwrite) as tmp:
         tmp.write_text(header + body)
 
 

@@ -56,8 +56,10 @@ def calibrate(
                       f"{', '.join(map(str, real))} (include {include!r}); base {base}, {trials} trials, seed {seed}\n"
                       f"statistics distance to the real photos: base {result.distance_before:.4f}, "
                       f"this preset {result.distance_after:.4f}")
-        write_preset(out, result, provenance)
+        # the report first: a preset in place means a finished run (a run killed before it is simply run again),
+        # and one another run wrote meanwhile is kept unless --overwrite
         files = write_calibration_report(report, result, skipped)
+        write_preset(out, result, provenance, overwrite)
     except DemoireError as exc:
         fail(exc)
     if result.distance_after >= result.distance_before:  # few trials: none drew ranges closer than the base's

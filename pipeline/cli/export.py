@@ -47,7 +47,8 @@ def export(
         with err.status(f"exporting {spec.name} to {export_format} and checking it"):
             # a registry version is provenance; a local folder's path (a home folder) is not shared in the file
             source = model if registered else None
-            difference = export_model(net, spec, export_format, out, spatial_multiple(net), source=source)
+            difference = export_model(net, spec, export_format, out, spatial_multiple(net), source=source,
+                                      overwrite=overwrite)
     except DemoireError as exc:
         fail(exc)
     except OSError as exc:  # the disk filled up or the folder went away while writing

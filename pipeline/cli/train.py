@@ -37,20 +37,28 @@ def train(
                      "prints them; --params names a file)")
     except DemoireError as exc:
         fail(exc)
+    import contextlib
     import logging
     import os
     import signal
 
+    from pipeline.io import sole_writer
     from pipeline.lifetime import die_with_parent, exit_on_sigterm
     from pipeline.training.distributed import LAUNCHED_BY, world_from_env
     from pipeline.training.stage import run_training
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if world_from_env().size > 1:  # one of torchrun's processes: it ends with torchrun, even one killed outright
+    world = world_from_env()
+    if world.size > 1:  # one of torchrun's processes: it ends with torchrun, even one killed outright
         die_with_parent(int(os.environ.get(LAUNCHED_BY, os.getppid())), signal.SIGTERM)
+    # One run at a time into --out: a second would resume the first's checkpoint while it trains and log into its
+    # MLflow run. The run that owns the folder holds the lock: this process, or rank 0 of a torchrun started by
+    # hand (the ranks this command launches leave it to the launcher). The train stage has DVC's lock.
+    owner = world.size == 1 or (world.is_main and LAUNCHED_BY not in os.environ)
     previous = signal.signal(signal.SIGTERM, exit_on_sigterm)  # `kill`: the MLflow run ends FAILED, DDP stops
     try:
-        run_training(resolved, data, pairs, out, history or out / "history.csv")
+        with sole_writer(out, "demoire train run") if owner else contextlib.nullcontext():
+            run_training(resolved, data, pairs, out, history or out / "history.csv")
     except DemoireError as exc:
         fail(exc)
     finally:
