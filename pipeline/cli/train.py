@@ -43,7 +43,7 @@ def train(
     import signal
 
     from pipeline.io import sole_writer
-    from pipeline.lifetime import die_with_parent, exit_on_sigterm
+    from pipeline.lifetime import die_with_parent, sigterm_unwinds
     from pipeline.training.distributed import LAUNCHED_BY, world_from_env
     from pipeline.training.stage import run_training
 
@@ -55,14 +55,12 @@ def train(
     # MLflow run. The run that owns the folder holds the lock: this process, or rank 0 of a torchrun started by
     # hand (the ranks this command launches leave it to the launcher). The train stage has DVC's lock.
     owner = world.size == 1 or (world.is_main and LAUNCHED_BY not in os.environ)
-    previous = signal.signal(signal.SIGTERM, exit_on_sigterm)  # `kill`: the MLflow run ends FAILED, DDP stops
     try:
-        with sole_writer(out, "demoire train run") if owner else contextlib.nullcontext():
+        # `kill`: the MLflow run ends FAILED, DDP stops
+        with sigterm_unwinds(), sole_writer(out, "demoire train run") if owner else contextlib.nullcontext():
             run_training(resolved, data, pairs, out, history or out / "history.csv")
     except DemoireError as exc:
         fail(exc)
-    finally:
-        signal.signal(signal.SIGTERM, previous)  # for a caller that runs the command in its own process
 
 
 def pairs_index_for(params, data: Path, pairs: Path | None, out: Path) -> Path:
