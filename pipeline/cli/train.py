@@ -9,9 +9,11 @@ import typer
 from pipeline.cli.common import (DEFAULT_MODEL, DEFAULT_PARAMS, STAGE_DATA, STAGE_PAIRS, app, err, fail,
                                  params_or_defaults)
 from pipeline.errors import DemoireError, InputDataError
+from pipeline.lifetime import unwinds_on_sigterm
 
 
 @app.command()
+@unwinds_on_sigterm  # `kill`: the MLflow run ends FAILED, DDP stops
 def train(
     params: Path | None = typer.Option(None, help="params file (seed, profile, train, preprocess; synthesize for pairs "
                                                   "rendered on the fly) "
@@ -43,7 +45,7 @@ def train(
     import signal
 
     from pipeline.io import sole_writer
-    from pipeline.lifetime import die_with_parent, sigterm_unwinds
+    from pipeline.lifetime import die_with_parent
     from pipeline.training.distributed import LAUNCHED_BY, world_from_env
     from pipeline.training.stage import run_training
 
@@ -56,8 +58,7 @@ def train(
     # hand (the ranks this command launches leave it to the launcher). The train stage has DVC's lock.
     owner = world.size == 1 or (world.is_main and LAUNCHED_BY not in os.environ)
     try:
-        # `kill`: the MLflow run ends FAILED, DDP stops
-        with sigterm_unwinds(), sole_writer(out, "demoire train run") if owner else contextlib.nullcontext():
+        with sole_writer(out, "demoire train run") if owner else contextlib.nullcontext():
             run_training(resolved, data, pairs, out, history or out / "history.csv")
     except DemoireError as exc:
         fail(exc)
