@@ -165,6 +165,12 @@ def test_bench_fly_trains_on_pairs_rendered_on_the_fly_and_saves_a_model(tmp_pat
     assert again.exit_code == 2 and again.output.strip() == (
         f"error: --save {tmp_path / 'm'} holds a model already; choose another folder or remove it")
     assert (tmp_path / "m" / "model.pt").read_bytes() == before
+    # a save cut short between the weights and the spec (written last) is named as such
+    (tmp_path / "m" / "model.json").unlink()
+    cut = runner.invoke(app, ["bench", "fly", "--device", "cpu", "--seconds", "0", "--save", str(tmp_path / "m")])
+    assert cut.exit_code == 2 and cut.output.strip() == (
+        f"error: --save {tmp_path / 'm'} holds model.pt without model.json (a save cut short?); "
+        f"remove {tmp_path / 'm' / 'model.pt'} or choose another folder")
 
 
 def test_a_missing_interpreter_fails_the_setup_naming_it(gpu_check, tmp_path):

@@ -144,8 +144,11 @@ def bench_fly(
     if save is not None:  # found now, not after the training
         try:
             check_output_dir(save, "--save")
-            if any((save / name).exists() for name in (SPEC_FILE, WEIGHTS_FILE)):
+            if (save / SPEC_FILE).exists():
                 raise InputDataError(f"--save {save} holds a model already; choose another folder or remove it")
+            if (save / WEIGHTS_FILE).exists():  # save_model writes the spec last: a save cut short left this
+                raise InputDataError(f"--save {save} holds {WEIGHTS_FILE} without {SPEC_FILE} (a save cut short?); "
+                                     f"remove {save / WEIGHTS_FILE} or choose another folder")
         except DemoireError as exc:
             fail(exc)
 
