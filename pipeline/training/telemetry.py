@@ -46,6 +46,7 @@ from pipeline.training.loop import EpochStats, StepStats
 log = logging.getLogger(__name__)
 RUN_FILE = "mlflow_run.json"
 STAGE_TAG = "demoire.stage"
+RUNNING_LOSS = "train_loss_running"  # the mean train loss over each `train.log_every_steps` steps
 TRAINING_RUN_TAG = "training_run_id"  # on the register run and the model version: the run that trained it
 SYSTEM_METRICS_INTERVAL_S = 10.0  # MLflow's default; an epoch of the quick profile takes longer
 PARAMS_PER_BATCH = 100  # MLflow's limit per log_batch call
@@ -88,6 +89,7 @@ class LiveTrainingRun:
         self.run_id: str | None = None
         self._monitor: SystemMetricsMonitor | None = None
         self._losses: list[float] = []
+        self._logged_through = 0  # the last step whose running loss the store holds (a resumed run's, else 0)
         self._pending: list[Metric] = []  # metrics not yet in the store
         self._retry_at = 0.0  # monotonic time before which a store that stopped answering is not tried
         self._retry_after = RETRY_AFTER_S
@@ -100,6 +102,9 @@ class LiveTrainingRun:
             self.run_id = previous
             self.client.update_run(previous, status=RunStatus.to_string(RunStatus.RUNNING))
             self.client.set_tag(previous, OWNER_TAG, owner[OWNER_TAG])
+            # a run killed mid-epoch logged steps past its checkpoint; they are redone, to the same losses, unlogged
+            self._logged_through = max((m.step for m in self.client.get_metric_history(previous, RUNNING_LOSS)),
+                                       default=0)
             log.info("continuing MLflow run %s after epoch %d", previous, len(history))
         else:
             run = self.client.create_run(self.experiment_id, tags={**self.tags, **owner}, run_name=self.run_name)
@@ -131,7 +136,8 @@ class LiveTrainingRun:
         if len(self._losses) >= self.log_every_steps or step.step == step.steps_per_epoch:
             loss = sum(self._losses) / len(self._losses)
             self._losses.clear()
-            self._log({"train_loss_running": loss}, step.global_step)
+            if step.global_step > self._logged_through:
+                self._log({RUNNING_LOSS: loss}, step.global_step)
 
     def on_epoch(self, history: list[EpochStats]) -> None:
         """The epoch's metrics, at step = epoch."""

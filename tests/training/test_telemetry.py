@@ -113,6 +113,34 @@ def test_a_resumed_training_continues_its_run_and_a_dead_one_ends_failed(project
     assert client.get_run(first).info.status == "FAILED" and client.get_run(fresh).info.status == "FINISHED"
 
 
+def test_a_run_killed_mid_epoch_logs_each_step_once_after_its_resume(project, rng):
+    pairs, out, params = _stripes(rng, n=8), project / "train", _params(log_every_steps=1)  # 4 steps an epoch
+
+    class Killed(BaseException):
+        """Stands for kill -9 in the middle of epoch 2, after its first steps were logged."""
+
+    telemetry = live_training_run(params, out)
+    telemetry.system_metrics = False
+
+    def on_step(step):
+        telemetry.on_step(step)
+        if step.global_step == 6:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_model(build_model(ModelSpec("simple", 8, 2)), stored_pair_batches(pairs, params.train, 1), pairs[:1],
+                    params.train, 1, torch.device("cpu"), out / "checkpoint.pt", telemetry.on_epoch,
+                    on_start=telemetry.on_start, on_step=on_step)
+    client = MlflowClient()
+    killed = dict(_metric(client, telemetry.run_id, "train_loss_running"))
+    assert sorted(killed) == [1, 2, 3, 4, 5, 6]
+
+    resumed = _train(params, out, pairs)  # redoes epoch 2 from the checkpoint after epoch 1
+    steps = _metric(client, resumed, "train_loss_running")
+    assert resumed == telemetry.run_id and [step for step, _ in steps] == list(range(1, 13))
+    assert [value for step, value in steps if step in (5, 6)] == [killed[5], killed[6]]  # the redone steps' losses
+
+
 def test_a_failing_training_ends_its_run_failed(project, rng):
     pairs = _stripes(rng, n=4)
 
