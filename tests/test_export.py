@@ -84,7 +84,8 @@ def test_export_refuses_in_one_line_and_keeps_nothing(model_dir, tmp_path):
     taken = export("--format", "onnx", "-o", str(tmp_path / "taken.onnx"))
     assert taken.exit_code == 2 and "exists; choose another -o or pass --overwrite" in taken.output
     assert (tmp_path / "taken.onnx").read_text() == "keep me"
-    assert export("--format", "onnx", "-o", str(tmp_path / "m.onnx")).exit_code == 0
+    done = export("--format", "ONNX", "-o", str(tmp_path / "m.onnx"), "--json")  # in any case, as users type it
+    assert done.exit_code == 0 and json.loads(done.stdout)["format"] == "onnx"
     again = runner.invoke(app, ["export", "--model", str(tmp_path / "m.onnx"), "--format", "onnx",
                                 "-o", str(tmp_path / "n.onnx")])
     assert again.exit_code == 2 and "is already exported" in again.output

@@ -17,8 +17,9 @@ from pipeline.lifetime import unwinds_on_sigterm
 @unwinds_on_sigterm
 def export(
     model: str = typer.Option(DEFAULT_MODEL, help="model folder or models:/<name>@<alias>"),
-    export_format: Literal["onnx", "torchscript"] = typer.Option(..., "--format", help="onnx (runs under onnxruntime) "
-                                                                                       "or torchscript (torch.jit)"),
+    export_format: Literal["onnx", "torchscript"] = typer.Option(..., "--format", case_sensitive=False,
+                                                                     help="onnx (runs under onnxruntime) "
+                                                                          "or torchscript (torch.jit)"),
     out: Path = typer.Option(..., "-o", "--out",
                              help="file to write: .onnx, or .pt / .ts / .torchscript for TorchScript"),
     overwrite: bool = typer.Option(False, help="replace an existing file"),
