@@ -161,19 +161,55 @@ def split_folders(root: Path) -> dict[str, Path]:
 
 
 def pair_split_folder(folder: Path, layout: DatasetLayout, split: str) -> tuple[list[DatasetPair], list[SkippedPair]]:
-    """Pair every moiré file of one split folder with its clean partner; unpartnered files are skipped."""
+    """Pair every moiré file of one split folder with its clean partner; moiré files without one, a second
+    file under a pair's name, files the layout does not read (in subfolders) and clean files no moiré file
+    names are skipped."""
     moire_root, clean_root = folder / layout.moire_dir, folder / layout.clean_dir
     pairs: list[DatasetPair] = []
     skipped: list[SkippedPair] = []
+    taken: dict[str, Path] = {}  # pair name → the moiré file that has it
+    named_clean: set[Path] = set()  # clean files some moiré file names as its partner
+    moire_files: set[Path] = set()
     for moire_path, match in _moire_files(folder, layout):
+        moire_files.add(moire_path)
         subfolder = moire_path.parent.relative_to(moire_root)
-        name = "/".join(part for part in (split, subfolder.as_posix(), match["key"]) if part not in ("", "."))
+        name = _in_split(split, subfolder.as_posix(), match["key"])
         clean_path = clean_root / subfolder / layout.clean_file.format(**match.groupdict())
-        if clean_path.is_file() or clean_path.is_symlink():  # a link to nothing: skipped when read, with why
+        named_clean.add(clean_path)
+        if name in taken:  # src_1.png beside src_1.jpg, or TIP2018's 1_source.png beside 1source.png
+            skipped.append(SkippedPair(name, f"{_shown(moire_path, folder)} names the same pair as "
+                                             f"{_shown(taken[name], folder)}, which is read; rename one"))
+        elif clean_path.is_file() or clean_path.is_symlink():  # a link to nothing: skipped when read, with why
+            taken[name] = moire_path
             pairs.append(DatasetPair(name, split, moire_path, clean_path))
         else:
-            skipped.append(SkippedPair(name, f"no clean partner {clean_path.relative_to(folder).as_posix()}"))
+            skipped.append(SkippedPair(name, f"no clean partner {_shown(clean_path, folder)}"))
+    if not moire_files:
+        return pairs, skipped
+    if not layout.recursive:  # files the published layout never nests: not read, but said
+        skipped += [SkippedPair(_in_split(split, _shown(path, folder)), f"in a subfolder of {layout.moire_dir}/, "
+                                                                        f"which the {layout.name} layout does not read")
+                    for path in image_files(moire_root) if path.parent != moire_root]
+    cleans = image_files(clean_root) if layout.recursive else _listed(clean_root)
+    skipped += [SkippedPair(_in_split(split, _shown(path, folder)), "no moiré file names it as its clean partner")
+                for path in cleans if path not in named_clean and path not in moire_files
+                and not layout.moire_file.fullmatch(path.name)]
     return pairs, skipped
+
+
+def _in_split(split: str, *parts: str) -> str:
+    """A pair's or file's name in its split: "<split>/<parts…>", empty parts left out."""
+    return "/".join(part for part in (split, *parts) if part not in ("", "."))
+
+
+def _shown(path: Path, folder: Path) -> str:
+    """`path` as messages show it: relative to the split folder."""
+    return path.relative_to(folder).as_posix()
+
+
+def _listed(folder: Path) -> list[Path]:
+    """The image files directly in `folder`, sorted (a link to nothing too: reading it says why it fails)."""
+    return sorted(p for p in folder.iterdir() if (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _moire_files(folder: Path, layout: DatasetLayout) -> Iterator[tuple[Path, re.Match[str]]]:
@@ -185,9 +221,7 @@ def _moire_files(folder: Path, layout: DatasetLayout) -> Iterator[tuple[Path, re
     if layout.recursive:
         candidates = image_files(moire_root)
     else:
-        # a link to nothing is listed too: reading it fails and it is skipped with its reason, not passed over
-        candidates = sorted(p for p in moire_root.iterdir()
-                            if (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_SUFFIXES)
+        candidates = _listed(moire_root)
     for path in candidates:
         match = layout.moire_file.fullmatch(path.name)
         if match:

@@ -77,6 +77,40 @@ def test_each_published_layout_is_detected_and_paired(tmp_path, build, layout, n
     assert find_pairs(tmp_path / "data", layout).pairs == found.pairs
 
 
+@pytest.mark.parametrize("files, names, skipped", [
+    # a second file under a pair's name: one pair (the first by name), the other said
+    ([("test/source/src_00001.jpg", "test/target/tar_00001.jpg"), ("test/source/src_00001.png", "test/target/tar_00001.png")],
+     ["test/00001"],
+     [("test/00001", "source/src_00001.png names the same pair as source/src_00001.jpg, which is read; rename one")]),
+    # FHDMi does not nest its files: one in a subfolder is not read, and said
+    ([("test/source/src_00001.png", "test/target/tar_00001.png"),
+      ("test/source/more/src_00002.png", "test/target/more/tar_00002.png")],
+     ["test/00001"],
+     [("test/source/more/src_00002.png", "in a subfolder of source/, which the fhdmi layout does not read")]),
+    # a clean file no moiré file names
+    ([("test/source/src_00001.png", "test/target/tar_00001.png"), ("test/target/tar_00009.png", None)],
+     ["test/00001"], [("test/target/tar_00009.png", "no moiré file names it as its clean partner")]),
+])
+def test_files_that_make_no_pair_of_their_own_are_skipped_with_why(tmp_path, files, names, skipped):
+    found = find_pairs(_pairs(tmp_path / "f", files), "fhdmi")
+    assert [p.name for p in found.pairs] == names
+    assert [(item.name, item.reason) for item in found.skipped] == skipped
+
+
+def test_a_tip2018_name_with_and_without_its_underscore_is_one_pair_not_two(tmp_path):
+    found = find_pairs(_pairs(tmp_path / "t", [("testData/source/0001_source.png", "testData/target/0001_target.png"),
+                                               ("testData/source/0001source.png", "testData/target/0001target.png")]))
+    assert [p.name for p in found.pairs] == ["test/0001"] and found.pairs[0].moire_path.name == "0001_source.png"
+    assert [item.name for item in found.skipped] == ["test/0001"]
+
+
+def test_a_stray_image_in_a_uhdm_folder_is_said(tmp_path):
+    found = find_pairs(_pairs(tmp_path / "u", [("test/0001_moire.jpg", "test/0001_gt.jpg"), ("test/thumb.jpg", None)]))
+    assert [p.name for p in found.pairs] == ["test/0001"]
+    assert [(item.name, item.reason) for item in found.skipped] == [
+        ("test/thumb.jpg", "no moiré file names it as its clean partner")]
+
+
 def test_partners_are_the_published_names(tmp_path):
     pair = find_pairs(uhdm(tmp_path)).pairs[0]
     assert (pair.moire_path.name, pair.clean_path.name) == ("0001_moire.jpg", "0001_gt.jpg")
