@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from pipeline.data.dataset import Pair, to_image, to_tensor
+from pipeline.data.manifest import SCORED_MIN_SIDE
 from pipeline.data.paired_folder import decoded_pairs
 from pipeline.errors import InputDataError
 from pipeline.evaluation.grid import GridRow, grid_cell
@@ -133,15 +134,13 @@ def summarize(per_image: pd.DataFrame) -> dict[str, float | int]:
     return summary
 
 
-MIN_SIDE = 11  # SSIM's Gaussian window is 11×11
-
-
 def large_enough(named_pairs: Iterable[tuple[str, Pair]], skipped: list[tuple[str, str]]) -> Iterable[tuple[str, Pair]]:
     """The pairs whose sides are at least SSIM's window; smaller ones are appended to `skipped` with the reason."""
     for name, (moire, clean) in named_pairs:
         height, width = moire.shape[:2]
-        if min(height, width) < MIN_SIDE:
-            skipped.append((name, f"{width}x{height} pixels, below the {MIN_SIDE}x{MIN_SIDE} SSIM window"))
+        if min(height, width) < SCORED_MIN_SIDE:
+            side = SCORED_MIN_SIDE
+            skipped.append((name, f"{width}x{height} pixels, below the {side}x{side} SSIM window"))
             continue
         yield name, (moire, clean)
 

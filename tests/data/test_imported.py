@@ -61,6 +61,18 @@ def test_train_pairs_smaller_than_the_training_patch_are_rejected_with_their_siz
     assert len(import_dataset_pairs(datasets, 0, train_patch=16).usable) == 3  # as large as the patch: kept
 
 
+def test_val_and_test_pairs_below_ssims_window_are_rejected_and_named_in_the_log(fhdmi_root, caplog):
+    tiny = fhdmi_root / "test"
+    Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(tiny / "source" / "src_00005.png")
+    Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(tiny / "target" / "tar_00005.png")
+    with caplog.at_level("WARNING", logger="pipeline.data.manifest"):
+        imported = import_dataset_pairs([ImportedDataset(path=fhdmi_root, dataset_split="test", split="val")], 0)
+    assert imported.usable.source_id.tolist() == ["dataset0-fhdmi/test/00004"]
+    assert imported.rejected.reason.tolist() == ["10x8 is smaller than 11x11, the SSIM window val and test pairs "
+                                                 "are scored with"]
+    assert f"rejected pair 1 ({tiny.resolve() / 'source' / 'src_00005.png'}): 10x8 is smaller" in caplog.text
+
+
 def test_limit_keeps_the_first_pairs_by_name(fhdmi_root):
     imported = import_dataset_pairs([ImportedDataset(path=fhdmi_root, split="test", limit=2)], 0)
     assert imported.usable.source_id.tolist() == ["dataset0-fhdmi/train/00001"]
