@@ -37,12 +37,39 @@ from pipeline.training.optim import make_optimizer
 
 
 def machine() -> dict:
-    """What the figures were measured on."""
-    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    """What the figures were measured on: the CPU's model and vector unit (the docs compare CPUs by them), the
+    load beside the run, the GPU if any."""
+    info = {"cpu": _cpu_model(), "arch": platform.machine(), "cores": os.cpu_count(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "mkl_cbwr": os.environ.get("MKL_CBWR"),
+            "load_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
             "torch": torch.__version__, "python": platform.python_version()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def _cpu_model() -> str:
+    """The CPU's name (/proc/cpuinfo on Linux, where platform.processor() is empty) with its family and model
+    numbers (a cloud VM's name may be the vendor's alone: "AMD EPYC" covers Zen 1 to Zen 5), else what platform
+    knows."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
+                      if ":" in line)
+    except OSError:
+        fields = {}
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    if "model name" not in fields:
+        return platform.processor() or platform.machine()
+    numbers = f" (family {fields['cpu family']} model {fields['model']})" if "cpu family" in fields else ""
+    return fields["model name"] + numbers
+
+
+def machine_text(info: dict) -> str:
+    """`machine()` as the human-readable lines print it."""
+    gpu = f"{info['gpu']}, " if info.get("gpu") else ""
+    load = f", load {info['load_1min']:.1f}" if info.get("load_1min") is not None else ""
+    return (f"{gpu}{info['cpu']}, {info['cores']} cores, {info['cpu_capability']}{load}, torch {info['torch']}, "
+            f"Python {info['python']}")
 
 
 def _synth_config(size: int, preset: str, layer_bank: int | None = None) -> SynthesizeParams:

@@ -1,10 +1,12 @@
 import json
+import os
 import re
 import statistics
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import pandas as pd
 from typer.testing import CliRunner
 
@@ -254,6 +256,10 @@ def test_bench_synth_json_reports_pairs_per_core():
     assert report["pairs_per_s_per_core"] == statistics.median(report["runs"])
     assert report["pairs_per_cpu_s"] == statistics.median(report["cpu_runs"]) and len(report["cpu_runs"]) == 2
     assert report["png_encoding"] is False
+    # the machine named as the docs compare machines: the CPU's name and vector unit, not `x86_64`
+    cpu = report["machine"]
+    assert cpu["cpu"] != cpu["arch"] and cpu["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert cpu["cores"] == os.cpu_count() and cpu["load_1min"] >= 0
 
 
 def test_bench_synth_encode_encodes_both_images_of_every_pair(monkeypatch):

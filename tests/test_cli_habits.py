@@ -129,6 +129,6 @@ def test_a_command_stopped_by_sigterm_unwinds_like_ctrl_c_and_leaves_no_temp_fil
     assert stopped.value.code == 128 + signal.SIGTERM and list(tmp_path.iterdir()) == []
     assert signal.getsignal(signal.SIGTERM) is before  # put back for whoever runs the command in-process
     writers = {" ".join(path): command.callback for path, command in _commands(typer.main.get_command(app))}
-    for name in ("predict", "evaluate", "synth-report", "calibrate", "report", "export", "train"):
+    for name in ("predict", "evaluate", "synth-report", "calibrate", "report", "export", "train", "bench fly"):
         assert getattr(writers[name], "unwinds_on_sigterm", False), f"{name} does not unwind on SIGTERM"
     assert not getattr(writers["check-params"], "unwinds_on_sigterm", False)  # what the check tells apart

@@ -188,6 +188,14 @@ def test_bench_fly_rejects_an_unknown_profile_in_one_line():
     assert "profile" in result.output and "huge" in result.output and "gpu" in result.output
 
 
+def test_bench_fly_of_one_step_says_it_has_no_rate_rather_than_zero():
+    result = runner.invoke(app, ["bench", "fly", "--profile", "quick", "--device", "cpu", "--seconds", "0",
+                                 "--patch", "16", "--batch", "1", "--channels", "4", "--depth", "2"])
+    assert result.exit_code == 0, result.output
+    assert "1 steps in" in result.stdout and "no rate (one step only) after it" in result.stdout
+    assert "images/s after it" not in result.stdout
+
+
 def test_bench_synth_batched_runs_the_batched_simulator_on_the_cpu():
     result = runner.invoke(app, ["bench", "synth", "--device", "cpu", "--batched", "--size", "32", "--batch", "2",
                                  "--repeats", "1", "--json"])

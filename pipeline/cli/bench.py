@@ -10,10 +10,18 @@ import typer
 from pipeline.cli.common import Architecture, Device, app, fail, infer_params
 from pipeline.io import json_text
 from pipeline.errors import DemoireError
+from pipeline.lifetime import unwinds_on_sigterm
 
 
 bench_app = typer.Typer(help="Throughput benchmarks; medians of several runs, with the machine.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+
+
+def _machine(result: dict) -> str:
+    """The machine a benchmark ran on, as its line says it."""
+    from pipeline.bench import machine_text
+
+    return machine_text(result["machine"])
 
 
 def _report_bench(run: Callable[[], dict], as_json: bool, line: Callable[[dict], str]) -> None:
@@ -49,7 +57,7 @@ def bench_synth(
         unit = f"pairs/s (batch {batch})" if "pairs_per_s" in result else "pairs/s per core"
         bank = f", a bank of {layer_bank} layers rendered first in {result['layer_bank_s']:.1f} s" if layer_bank else ""
         png = ", PNGs encoded" if result.get("png_encoding") else ""
-        return f"{size}² on {device}: {rate:.2f} {unit} (median of {repeats}{bank}{png}); {result['machine']}"
+        return f"{size}² on {device}: {rate:.2f} {unit} (median of {repeats}{bank}{png}); {_machine(result)}"
 
     if device == "cpu" and not batched:
         _report_bench(lambda: bench_synth_cpu(size, pairs, repeats, preset, layer_bank=layer_bank, encode=encode),
@@ -63,7 +71,7 @@ def bench_synth(
 def _model_bench_options(result: dict) -> str:
     """The model and machine a model benchmark ran on, for the human-readable line."""
     return (f"{result['model']} ({result['channels']} ch, depth {result['depth']}, {result['parameters']:,} params, "
-            f"{result['gmac_per_image']:.1f} GMAC/image) on {result['device']}; {result['machine']}")
+            f"{result['gmac_per_image']:.1f} GMAC/image) on {result['device']}; {_machine(result)}")
 
 
 @bench_app.command("train")
@@ -121,7 +129,14 @@ def bench_infer(
     _report_bench(run, as_json, line)
 
 
+def _rate_after_first(result: dict) -> str:
+    """Images/s after the first step, or why there is none (one step only: compile and warm-up)."""
+    rate = result["images_per_s"]
+    return "no rate (one step only)" if rate is None else f"{rate:.1f} images/s"
+
+
 @bench_app.command("fly")
+@unwinds_on_sigterm
 def bench_fly(
     profile: str = typer.Option("gpu", help="the recipe (pipeline/profiles.py): model, patch, batch, loss, amp, compile"),
     device: Device = typer.Option("auto", help="where pairs are rendered and the model trains"),
@@ -157,6 +172,6 @@ def bench_fly(
         as_json,
         lambda result: (f"on-the-fly training ({result['profile']}), {result['patch_size']}², batch {result['batch']}: "
                         f"{result['steps']} steps in {result['seconds']:.1f} s (first {result['first_step_s']:.1f} s), "
-                        f"{result['images_per_s'] or 0:.1f} images/s after it; loss {result['loss_first']:.4f} → "
+                        f"{_rate_after_first(result)} after it; loss {result['loss_first']:.4f} → "
                         f"{result['loss_last']:.4f}; {result['model']} ({result['parameters']:,} params) on {result['device']}, "
-                        f"amp {result['amp']}, compile {result['compile']}; {result['machine']}"))
+                        f"amp {result['amp']}, compile {result['compile']}; {_machine(result)}"))
