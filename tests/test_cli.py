@@ -311,6 +311,8 @@ def test_bench_rejects_a_malformed_size_and_an_unknown_model():
     bad_tile = runner.invoke(app, ["bench", "infer", "--model", "mscale", "--channels", "8", "--tile", "40",
                                     "--overlap", "16", "--device", "cpu", "--size", "64"])
     assert bad_tile.exit_code == 2 and "use a tile of at least 48" in bad_tile.output
+    shallow = runner.invoke(app, ["bench", "infer", "--device", "cpu", "--size", "48", "--channels", "4", "--depth", "1"])
+    assert shallow.exit_code == 2 and shallow.output.strip() == "error: --depth = 1: the unet model takes 2 to 5 levels"
 
 
 @pytest.fixture

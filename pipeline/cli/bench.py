@@ -24,12 +24,17 @@ def _machine(result: dict) -> str:
     return machine_text(result["machine"])
 
 
+# The model's own checks name the params keys; here the user gave these options instead.
+MODEL_OPTIONS = {"train.depth": "--depth", "train.channels": "--channels"}
+
+
 def _report_bench(run: Callable[[], dict], as_json: bool, line: Callable[[dict], str]) -> None:
-    """Run a benchmark; print its result as one JSON object or one line; user errors exit 2."""
+    """Run a benchmark; print its result as one JSON object or one line; user errors exit 2, naming options."""
     try:
         result = run()
     except DemoireError as exc:
-        fail(exc)
+        key = next((key for key in MODEL_OPTIONS if str(exc).startswith(f"{key} = ")), None)
+        fail(type(exc)(MODEL_OPTIONS[key] + str(exc)[len(key):]) if key else exc)
     typer.echo(json_text(result) if as_json else line(result))
 
 
