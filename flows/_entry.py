@@ -36,11 +36,25 @@ def run_stage(
     signal.signal(signal.SIGTERM, exit_on_sigterm)
     try:
         params = with_project_paths(load_params(args.params))
-        with prefect_api():
+        with prefect_api(), pipeline_run_tags():
             run(params, args)
     except DemoireError as exc:
         print(f"error: {exc}{untracked_preset_hint(args.params)}", file=sys.stderr)
         sys.exit(2)
+
+
+PIPELINE_RUN_ENV = "DEMOIRE_PIPELINE_RUN"  # set by flows.dvc_ops for the `dvc repro` a pipeline flow run starts
+
+
+def pipeline_run_tags():
+    """Prefect tags naming the pipeline flow run whose `dvc repro` started this stage (`pipeline-run:<id>`), so the
+    stage's own flow run can be found from it in the UI or API; none for a stage run by hand."""
+    from contextlib import nullcontext
+
+    from prefect import tags
+
+    parent = os.environ.get(PIPELINE_RUN_ENV)
+    return tags(f"pipeline-run:{parent}") if parent else nullcontext()
 
 
 def in_experiment_copy() -> bool:

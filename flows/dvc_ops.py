@@ -23,19 +23,45 @@ REPRO_TIMEOUT_S = 6 * 3600  # a long GPU training fits; a hung one is stopped
 TRANSFER_RETRIES = {"retries": 3, "retry_delay_seconds": [10, 60, 300]}  # remotes hiccup; back off
 
 
+DVC_FILE = Path("dvc.yaml")
+
+
+def undeclared_folders(stage: str, folders: list[Path], dvc_file: Path = DVC_FILE) -> list[Path]:
+    """Those of `folders` no dep of `stage` in `dvc_file` covers (the folder itself or one above it): DVC does not
+    see files added there, so neither `dvc repro` nor the scheduled pipeline retrains on them. Deps are read as
+    DVC reads them, relative to the file's folder, and also relative to the project (an experiment's copy)."""
+    try:
+        deps = yaml.safe_load(dvc_file.read_text())["stages"][stage].get("deps") or []
+    except (OSError, KeyError, TypeError, AttributeError, yaml.YAMLError):
+        return []  # no dvc.yaml here (a flow run outside a project) or no such stage: nothing to say
+    from flows import PROJECT_ROOT
+
+    roots = {dvc_file.resolve().parent, PROJECT_ROOT}
+    declared = [(root / str(dep)).resolve() for dep in deps if isinstance(dep, str) for root in roots]
+    return [folder for folder in folders
+            if not any(Path(folder).resolve().is_relative_to(dep) for dep in declared)]
+
+
 def dvc_command(*args: str) -> list[str]:
     """`dvc ARGS` run by this interpreter."""
     return [sys.executable, "-m", "dvc", *args]
 
 
 def dvc_environment() -> dict[str, str]:
-    """This process's environment with this interpreter's folder first on PATH.
+    """This process's environment with this interpreter's folder first on PATH, and the flow run calling.
 
     dvc.yaml's stage commands say `python`, which DVC's shell resolves from PATH: without this a
     worker or script started by the venv's interpreter would run the stages with whatever other
     python comes first there.
     """
-    return {**os.environ, "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
+    from prefect.runtime import flow_run
+
+    from flows._entry import PIPELINE_RUN_ENV
+
+    env = {**os.environ, "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
+    if flow_run.id:  # the stages' flow runs are tagged with the pipeline run that started them (flows._entry)
+        env[PIPELINE_RUN_ENV] = str(flow_run.id)
+    return env
 
 
 def run_dvc(*args: str, timeout: float | None = None) -> str:

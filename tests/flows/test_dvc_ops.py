@@ -1,0 +1,56 @@
+"""Which input folders the stages' DVC deps do not cover: files added there would go unnoticed."""
+
+from pathlib import Path
+
+import yaml
+
+import flows
+from flows.dvc_ops import undeclared_folders
+
+
+def test_folders_no_dep_covers_are_named_as_dvc_reads_deps(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"synthesize": {"deps": [
+        "pipeline/moire", "photos", str(tmp_path / "shared")]}}}))
+    monkeypatch.setattr(flows, "PROJECT_ROOT", project.resolve())
+    monkeypatch.chdir(project)
+    folders = [Path("photos"), Path("photos/2026"), tmp_path / "shared" / "screens", Path("more"), tmp_path / "other"]
+    assert undeclared_folders("synthesize", folders) == [Path("more"), tmp_path / "other"]
+    assert undeclared_folders("preprocess", folders) == []  # no such stage: nothing to say
+    # an experiment's copy reads relative deps against the project too (its folders come from there)
+    copy = project / ".dvc" / "tmp" / "exps" / "run1"
+    copy.mkdir(parents=True)
+    (copy / "dvc.yaml").write_text((project / "dvc.yaml").read_text())
+    monkeypatch.chdir(copy)
+    assert undeclared_folders("synthesize", [project.resolve() / "photos", project.resolve() / "more"]) == [
+        project.resolve() / "more"]
+    monkeypatch.chdir(tmp_path)  # no dvc.yaml here: a flow run outside a project
+    assert undeclared_folders("synthesize", folders) == []
+
+
+def test_a_stage_started_by_a_pipeline_run_is_tagged_with_it(prefect_api, monkeypatch):
+    from prefect import flow, get_client
+
+    from flows._entry import PIPELINE_RUN_ENV, pipeline_run_tags
+    from flows.dvc_ops import dvc_environment
+
+    monkeypatch.delenv(PIPELINE_RUN_ENV, raising=False)
+
+    @flow(name="pipeline-probe")
+    def pipeline_probe() -> str:
+        return dvc_environment()[PIPELINE_RUN_ENV]  # what `dvc repro` would pass to the stages
+
+    @flow(name="stage-probe")
+    def stage_probe() -> int:
+        return 1
+
+    assert PIPELINE_RUN_ENV not in dvc_environment()  # outside a flow run: nothing to name
+    parent = pipeline_probe(return_state=True)
+    parent_id = parent.result()
+    assert parent_id == str(parent.state_details.flow_run_id)
+    monkeypatch.setenv(PIPELINE_RUN_ENV, parent_id)
+    with pipeline_run_tags():
+        stage = stage_probe(return_state=True)
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(stage.state_details.flow_run_id).tags == [f"pipeline-run:{parent_id}"]
