@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -18,7 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from pipeline.errors import InputDataError, ModelNotFoundError, ServiceUnavailableError
+from pipeline.errors import InputDataError, ModelNotFoundError, ServiceUnavailableError, first_line
 
 # MLflow creates a new SQLite store's schema on first use; two processes doing it at once collide
 # ("table already exists", "duplicate column name"), so the first use is serialised by a file lock.
@@ -84,6 +85,7 @@ def check_server_answers(uri: str, timeout_s: float = SERVER_PROBE_TIMEOUT_S) ->
     if _missing_scheme(uri):  # MLflow would take it for a folder of its file store
         raise InputDataError(f"{shown}: a server's address without its scheme; write http://{uri} (or https://)")
     if not uri.startswith(("http://", "https://")):
+        _check_database_answers(uri, shown, timeout_s)
         return
     try:
         answer = requests.get(f"{uri.rstrip('/')}/{PROBE_ENDPOINT}", timeout=timeout_s, **_http_settings())
@@ -99,6 +101,25 @@ def check_server_answers(uri: str, timeout_s: float = SERVER_PROBE_TIMEOUT_S) ->
     problem = _probe_problem(answer)
     if problem:
         raise InputDataError(f"{shown}: {problem}")
+
+
+DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}  # the stores MLflow reaches over TCP
+
+
+def _check_database_answers(uri: str, shown: str, timeout_s: float) -> None:
+    """For a database store on a host, one TCP connection to it: a dead database is one line in seconds, not
+    SQLAlchemy's retries for minutes and a page of traceback."""
+    parts = urlsplit(uri)
+    scheme = parts.scheme.split("+")[0]  # postgresql+psycopg2
+    if scheme not in DATABASE_PORTS or not parts.hostname:  # no host: a local socket, left to the driver
+        return
+    port = parts.port or DATABASE_PORTS[scheme]
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ServiceUnavailableError(f"{shown}: no database server answers at {parts.hostname}:{port} "
+                                      f"({exc.strerror or type(exc).__name__}); start it, or unset "
+                                      "MLFLOW_TRACKING_URI to use the project's mlflow.db") from None
 
 
 def _http_settings() -> dict:
@@ -167,7 +188,13 @@ def connect(project_dir: Path) -> MlflowClient:
     if store is not None and not store.is_file():  # MLflow would silently create an empty store here
         raise ModelNotFoundError(f"no MLflow store at {store}; `dvc repro` creates it (or set MLFLOW_TRACKING_URI)")
     mlflow.set_tracking_uri(uri)
-    return MlflowClient()
+    try:  # one read: a store MLflow cannot use (an unknown scheme, its retired file store) is one line here
+        client = MlflowClient()
+        client.search_registered_models(max_results=1)
+    except Exception as exc:  # MLflow's own errors, and its drivers' (SQLAlchemy, psycopg2), which it lets through
+        raise InputDataError(f"MLFLOW_TRACKING_URI={redacted(uri)}: MLflow cannot use this store "
+                             f"({type(exc).__name__}: {first_line(str(exc).strip())})") from None
+    return client
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
