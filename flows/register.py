@@ -21,7 +21,7 @@ from pipeline.evaluation.gate import REAL, GateRule, gate_pairs, gate_set_hash, 
 from pipeline.evaluation.real_sets import check_unchanged_since_scored
 from pipeline.faults import kill_point
 from pipeline.io import read_rgb, write_json
-from pipeline.provenance import data_version_tags, git_commit
+from pipeline.provenance import data_version_tags, git_commit, git_dirty
 from pipeline.registry import GATE_SET_TAG, decision_record, flat_metrics, log_demoire_model, use_tracking_store
 from pipeline.registry.transaction import MODEL_URI_TAG, register_run_once, registration_key
 from pipeline.training.device import resolve_device
@@ -59,6 +59,8 @@ def log_and_register_task(params: Params, model_dir: Path, evaluation: dict, fil
     commit = git_commit(PROJECT_DIR)
     if commit:
         tags["git_commit"] = commit
+        # the commit alone does not name what ran when params.yaml or code was edited since (the run's params do)
+        tags["git_dirty"] = str(git_dirty(PROJECT_DIR)).lower()
     if EXPERIMENT_NAME:
         tags["dvc_experiment"] = EXPERIMENT_NAME
     client = MlflowClient()
@@ -92,7 +94,7 @@ def log_and_register_task(params: Params, model_dir: Path, evaluation: dict, fil
         logged.append(run.info.run_id)
         return run.info.run_id, info.model_uri
 
-    rule = GateRule(cfg.promotion_margin_db, cfg.ssim_tolerance)
+    rule = GateRule(cfg.promotion_margin_db, cfg.ssim_tolerance, cfg.require_gain_over_input)
     experiment_id = mlflow.get_experiment_by_name(cfg.experiment).experiment_id
     key = registration_key(model_dir, evaluation, flat_params)
     version, run_id, decision = register_run_once(client, cfg.model_name, experiment_id, key, log_run,

@@ -498,6 +498,9 @@ class RegisterParams(Section):
     # this many dB, and its SSIM may fall below the champion's by at most ssim_tolerance.
     promotion_margin_db: float = Field(0.05, ge=0.0, le=10.0)
     ssim_tolerance: float = Field(0.005, ge=0.0, le=1.0)
+    # and beat the untouched input on the same PSNRs, the first version too: a model that makes photos worse
+    # is never champion (false: only the champion is compared with, as for a quick smoke test of the stages)
+    require_gain_over_input: bool = True
 
 
 class InferParams(Section):

@@ -21,6 +21,18 @@ def git_commit(project_dir: Path) -> str | None:
     return commit if result.returncode == 0 and commit else None
 
 
+def git_dirty(project_dir: Path) -> bool | None:
+    """Whether tracked files of `project_dir` differ from its commit (params.yaml or code edited, not committed);
+    None outside a git repository or without git. dvc.lock does not count: `dvc repro` itself rewrites it."""
+    try:
+        result = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                 ":(exclude)dvc.lock"], cwd=project_dir,
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(result.stdout.strip()) if result.returncode == 0 else None
+
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 

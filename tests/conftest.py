@@ -27,6 +27,8 @@ TINY = {
     "preprocess": {"val_fraction": 0.2, "test_fraction": 0.2},
     "train": {"model": "unet", "channels": 8, "depth": 2, "epochs": 2, "batch_size": 4, "patch_size": 32},
     "evaluate": {"grid_count": 2},
+    # two epochs on 12 pairs may leave a model below the input, which the gate would then keep out (its own tests)
+    "register": {"require_gain_over_input": False},
 }
 
 

@@ -377,6 +377,74 @@ def test_promote_dry_run_then_promote_then_rollback(blocked_registry):
     assert "rolled_back" not in client.get_model_version("m", "2").tags
 
 
+def _remove_artifacts(client, version: str) -> None:
+    """Delete a version's logged files, as a lost artifact store would."""
+    import shutil
+    from urllib.parse import urlsplit
+
+    shutil.rmtree(urlsplit(client.get_model_version_download_uri("m", version)).path)
+
+
+def test_a_rollback_killed_before_its_last_step_is_finished_by_running_it_again(blocked_registry, tmp_path):
+    import subprocess
+    import sys
+
+    from pipeline.registry import champion_history
+
+    client = blocked_registry
+    assert runner.invoke(app, ["promote", "--model-name", "m"]).exit_code == 0 and _champion(client) == "2"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+           "DEMOIRE_KILL_AT": "rollback.history_written"}
+    killed = subprocess.run([sys.executable, "-m", "pipeline.cli", "rollback", "--model-name", "m"], env=env,
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert killed.returncode == -9 and _champion(client) == "2"  # killed with the alias not yet moved
+    assert champion_history(client, "m") == ["1", "2"]  # the stored history ends with v1, the alias adds v2
+    again = runner.invoke(app, ["rollback", "--model-name", "m"])
+    assert again.exit_code == 0 and "champion: v2 → v1" in again.output, again.output
+    assert _champion(client) == "1" and champion_history(client, "m") == ["1"]
+    assert client.get_model_version("m", "2").tags["rolled_back"] == "champion moved back to v1"
+
+
+def test_champion_never_moves_to_a_version_whose_files_are_gone(blocked_registry):
+    client = blocked_registry
+    _remove_artifacts(client, "2")
+    tags_before = client.get_model_version("m", "2").tags
+    refused = runner.invoke(app, ["promote", "--model-name", "m"])
+    assert refused.exit_code == 2 and _champion(client) == "1"
+    assert refused.output.strip().splitlines()[-1].startswith(
+        "error: moving champion to v2 refused: m v2: its model files cannot be read (")
+    assert client.get_model_version("m", "2").tags == tags_before  # nothing decided: a later promote decides afresh
+    client.set_registered_model_alias("m", "champion", "2")  # moved by hand; its rollback target is fine
+    _remove_artifacts(client, "1")
+    back = runner.invoke(app, ["rollback", "--model-name", "m"])
+    assert back.exit_code == 2 and _champion(client) == "2"
+    assert back.output.strip().splitlines()[-1].startswith(
+        "error: rolling back to v1 refused: m v1: its model files cannot be read (")
+
+
+def test_a_deleted_champion_is_stood_for_by_the_last_champion_that_exists(blocked_registry):
+    client = blocked_registry
+    assert runner.invoke(app, ["promote", "--model-name", "m"]).exit_code == 0 and _champion(client) == "2"
+    client.delete_model_version("m", "2")  # the alias goes with it
+    with pytest.raises(Exception):
+        _champion(client)
+    back = runner.invoke(app, ["rollback", "--model-name", "m", "--json"])
+    assert back.exit_code == 0, back.output
+    assert json.loads(back.stdout) == {"model_name": "m", "demoted": "2", "restored": "1"} and _champion(client) == "1"
+    client.delete_registered_model_alias("m", "champion")  # removed by hand: rollback puts it back where it was
+    back = runner.invoke(app, ["rollback", "--model-name", "m"])
+    assert back.exit_code == 0 and "champion: none → v1" in back.output and _champion(client) == "1"
+
+
+def test_a_store_mlflow_cannot_use_is_one_line(blocked_registry, monkeypatch):
+    for uri, says in [("bogus://x", "MLflow cannot use this store (UnsupportedModelRegistryStoreURIException: "),
+                      ("postgresql://u:pw@127.0.0.1:1/x", "no database server answers at 127.0.0.1:1 (")]:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        result = runner.invoke(app, ["rollback", "--model-name", "m"])
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+        assert says in result.output and "pw" not in result.output
+
+
 def test_promote_and_rollback_name_what_is_missing(blocked_registry, tmp_path, monkeypatch):
     for command in (["promote", "--dry-run"], ["rollback"]):  # a params file named and missing: not the defaults
         result = runner.invoke(app, [*command, "--model-name", "m", "--params", str(tmp_path / "nope.yaml")])

@@ -81,7 +81,7 @@ def test_invalid_values_name_key_value_and_what_is_allowed(raw, expected):
 def test_unknown_key_lists_allowed_keys():
     with pytest.raises(ParamsError) as info:
         parse_params({"register": {"modelname": "x"}}, source="params.yaml")
-    assert str(info.value) == "params.yaml: register.modelname = 'x': unknown key; allowed keys here: experiment, model_name, promotion_margin_db, ssim_tolerance"
+    assert str(info.value) == "params.yaml: register.modelname = 'x': unknown key; allowed keys here: experiment, model_name, promotion_margin_db, require_gain_over_input, ssim_tolerance"
 
 
 def test_a_pipelines_patches_must_fit_its_synthetic_pairs_unless_none_are_cut_from_them(tmp_path):

@@ -344,6 +344,9 @@ def test_register_stage_tracks_provenance_and_rescores_a_champion_on_a_changed_g
     run = client.get_run(record1["run_id"])
     expected = {"git_commit": commit, "data_version": "0123abc.dir", "pairs_version": "4567def", "gate_set": key}
     assert expected.items() <= run.data.tags.items()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)dvc.lock"],
+                           cwd=PROJECT_DIR, capture_output=True, text=True).stdout.strip() != ""
+    assert run.data.tags["git_dirty"] == str(dirty).lower()  # this checkout, as it is while the suite runs
     version_tags = client.get_model_version("demoire-test", "1").tags
     assert expected.items() <= version_tags.items() and version_tags["test_psnr"] == "99.0"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "images")} | {
@@ -438,7 +441,8 @@ def test_register_stage_gates_on_real_sets_and_logs_every_set(tmp_path, monkeypa
     real_looking_pairs(tmp_path / "real", rng, ["a_1.png", "a_2.png", "b_1.png"])
     (tmp_path / "per_set").mkdir()  # the evaluate stage's per-image CSVs of the real sets
     pd.DataFrame({"image": ["a_1.png"], "psnr": [21.0]}).to_csv(tmp_path / "per_set" / "a.csv", index=False)
-    tiny_raw |= {"register": {"model_name": "demoire-test"}, "infer": {"tile_size": 32, "tile_overlap": 8}}
+    tiny_raw |= {"register": {**tiny_raw["register"], "model_name": "demoire-test"},
+                 "infer": {"tile_size": 32, "tile_overlap": 8}}
     tiny_raw["evaluate"]["device"] = "cpu"
     synthetic = parse_params(tiny_raw)
     tiny_raw["evaluate"]["real_sets"] = [{"name": name, "path": str(tmp_path / "real"), "include": f"{name}_*"}

@@ -90,7 +90,8 @@ def promote(
             client = connect(Path.cwd())
             if not dry_run:  # read champion → decide → move it, with no registration in between
                 held.enter_context(RegistryLock(client, name))
-            decision = compare_challenger(client, name, GateRule(cfg.promotion_margin_db, cfg.ssim_tolerance),
+            rule = GateRule(cfg.promotion_margin_db, cfg.ssim_tolerance, cfg.require_gain_over_input)
+            decision = compare_challenger(client, name, rule,
                                           _local_gate(settings, (params or DEFAULT_PARAMS).parent, data, pairs,
                                                       device),
                                           gate_kind(settings.evaluate.real_sets), allow_rolled_back)
@@ -128,7 +129,7 @@ def rollback(
     model_name: str | None = typer.Option(None, help="registered model [default: register.model_name of --params]"),
     params: Path = typer.Option(None, help="gives the default model name [default: params.yaml, the built-in "
                                            "defaults without one]"),
-    as_json: bool = typer.Option(False, "--json", help='print one JSON object: {"model_name", "demoted", "restored"}'),
+    as_json: bool = typer.Option(False, "--json", help='print one JSON object: {"model_name", "demoted" (null: none), "restored"}'),
 ) -> None:
     """Move `champion` back to the version that held it before."""
     from pipeline.registry import connect, rollback_champion
@@ -145,7 +146,7 @@ def rollback(
     if as_json:
         typer.echo(json_text({"model_name": name, "demoted": demoted, "restored": restored}))
         return
-    typer.echo(f"champion: v{demoted} → v{restored}")
+    typer.echo(f"champion: {'v' + demoted if demoted else 'none'} → v{restored}")
 
 
 @app.command()

@@ -68,10 +68,12 @@ class GateSet:
 
 @dataclass(frozen=True)
 class GateRule:
-    """How much better a challenger must be: PSNR margin (dB) and the SSIM drop tolerated."""
+    """How much better a challenger must be: PSNR margin (dB) over the champion, the SSIM drop tolerated, and
+    whether it must also beat the untouched input (its own recorded `identity` scores on the gate set)."""
 
     margin_db: float
     ssim_tolerance: float
+    over_input: bool = True
 
 
 @dataclass(frozen=True)
@@ -233,19 +235,27 @@ def local_gate(params, data: Path, pairs_index: Path, base: Path, device: torch.
                      model_dir_scorer(gate, device, params.infer))
 
 
-def decide_promotion(challenger: GateScores, champion: GateScores | None, rule: GateRule) -> PromotionDecision:
+def decide_promotion(challenger: GateScores, champion: GateScores | None, rule: GateRule,
+                     untouched: GateScores | None = None) -> PromotionDecision:
     """Promote when there is no champion, or when every margin metric of the gate kind (PSNR; on real sets
-    raw and tone-aligned PSNR) beats the champion's by the margin with no SSIM drop beyond the tolerance.
+    raw and tone-aligned PSNR) beats the champion's by the margin with no SSIM drop beyond the tolerance;
+    never (with `rule.over_input`) a challenger no better than the `untouched` input on those metrics.
 
     A tie never promotes, even with a zero margin: moving `champion` to an equal model is churn.
     """
+    if champion is not None and champion.version == challenger.version:
+        return PromotionDecision(False, f"v{challenger.version} is already champion", challenger, champion, rule)
+    kind = GATE_KINDS[challenger.kind]
+    if rule.over_input and untouched is not None:
+        gains = {metric: getattr(challenger, metric) - getattr(untouched, metric) for metric in kind.margin_metrics}
+        if not all(gain > 0 for gain in gains.values()):
+            scores = ", ".join(f"{kind.describe(metric)} {getattr(challenger, metric):.3f} dB vs the input's "
+                               f"{getattr(untouched, metric):.3f} dB ({gain:+.3f} dB)" for metric, gain in gains.items())
+            return PromotionDecision(False, f"not better than the untouched input: {scores}", challenger, champion, rule)
     if champion is None:
         return PromotionDecision(True, "no champion yet", challenger, None, rule)
-    if champion.version == challenger.version:
-        return PromotionDecision(False, f"v{challenger.version} is already champion", challenger, champion, rule)
     if (champion.gate_set, champion.kind) != (challenger.gate_set, challenger.kind):
         raise ValueError(f"v{challenger.version} and v{champion.version} were scored on different gate sets")
-    kind = GATE_KINDS[challenger.kind]
     gains = {metric: getattr(challenger, metric) - getattr(champion, metric) for metric in kind.margin_metrics}
     ssim_drop = champion.ssim - challenger.ssim
     psnr_ok = all(gain > 0 and gain >= rule.margin_db - SLACK for gain in gains.values())

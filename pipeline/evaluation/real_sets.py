@@ -120,8 +120,10 @@ def score_real_set(restore: Callable[[torch.Tensor], torch.Tensor], real: RealSe
 
 
 def real_means(summaries: dict[str, dict]) -> dict[str, float]:
-    """The real gate's scores: for each of its metrics, the mean over sets of each set's mean."""
-    return {metric: float(np.mean([summary[metric] for summary in summaries.values()])) for metric in REAL.metrics}
+    """The real gate's scores, and the untouched input's (`identity_…`, which the gate's floor is): for each of
+    its metrics, the mean over sets of each set's mean."""
+    metrics = (*REAL.metrics, *(f"identity_{metric}" for metric in REAL.metrics))
+    return {metric: float(np.mean([summary[metric] for summary in summaries.values()])) for metric in metrics}
 
 
 def real_sets_scorer(sets: list[RealSetPairs], device: torch.device, infer: InferParams) -> Callable[[Path], dict[str, float]]:

@@ -12,8 +12,9 @@ from typing import Callable
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline.errors import InputDataError, ModelNotFoundError
+from pipeline.errors import DemoireError, InputDataError, ModelNotFoundError, first_line
 from pipeline.faults import kill_point
+from pipeline.models import load_model
 from pipeline.evaluation.gate import (GATE_KINDS, METRIC_LABELS, SYNTHETIC, GateKind, GateRule, GateScores,
                                      PromotionDecision, decide_promotion)
 from pipeline.registry.pyfunc import download_model_files
@@ -100,14 +101,14 @@ def compare_challenger(
     rolled back all the same.
     """
     challenger = resolve_alias(name, CHALLENGER)
-    champion = alias_version(client, name, CHAMPION)
+    champion = standing_champion(client, name)
     ours = recorded_scores(client, name, challenger, kind)
     theirs = recorded_scores(client, name, champion, kind) if champion else None
     if ours is None or not (champion is None or (theirs is not None and theirs.gate_set == ours.gate_set)):
         gate_set, rescore = local_gate()
         ours = scores_on_gate_set(client, name, challenger, gate_set, rescore, kind)
         theirs = scores_on_gate_set(client, name, champion, gate_set, rescore, kind) if champion else None
-    decision = decide_promotion(ours, theirs, rule)
+    decision = decide_promotion(ours, theirs, rule, untouched_scores(client, name, challenger, ours.gate_set, kind))
     rolled_back = client.get_model_version(name, challenger).tags.get(ROLLED_BACK_TAG)
     if decision.promote and rolled_back and not allow_rolled_back:
         return replace(decision, promote=False, reason=f"v{challenger} was rolled back ({rolled_back}) and stays out "
@@ -126,6 +127,20 @@ def recorded_scores(client: MlflowClient, name: str, version: str, kind: GateKin
     return GateScores.from_means(version, means, gate_set, kind) if gate_set else None
 
 
+def untouched_scores(client: MlflowClient, name: str, version: str, gate_set: str,
+                     kind: GateKind = SYNTHETIC) -> GateScores | None:
+    """The untouched input's means on `gate_set` (the `identity` scores recorded with a version scored there);
+    None when the version was scored elsewhere or lacks them (registered by hand, or before they were recorded)."""
+    tags = client.get_model_version(name, version).tags
+    if tags.get(kind.set_tag) != gate_set:
+        return None
+    try:
+        means = {metric: float(tags[f"{kind.prefix}_identity_{metric}"]) for metric in kind.metrics}
+    except (KeyError, ValueError):
+        return None
+    return GateScores.from_means("input", means, gate_set, kind)
+
+
 def scores_on_gate_set(
     client: MlflowClient, name: str, version: str, gate_set: str, rescore: Rescore | None, kind: GateKind = SYNTHETIC
 ) -> GateScores:
@@ -138,14 +153,35 @@ def scores_on_gate_set(
         raise InputDataError(f"{name} v{version} was scored on another gate set than {gate_set[:12]}; "
                              f"re-scoring it needs {needs}")
     with tempfile.TemporaryDirectory() as tmp:
-        scores = rescore(download_model_files(f"models:/{name}/{version}", Path(tmp)))
+        scores = rescore(_downloaded(name, version, Path(tmp)))
     log.info("re-scored %s v%s on gate set %s (%s): %s", name, version, gate_set[:12], kind.label, scores)
     return GateScores.from_means(version, scores, gate_set, kind, rescored=True)
 
 
+def _downloaded(name: str, version: str, folder: Path) -> Path:
+    """A version's model files (model.pt, model.json) in `folder`; one line when its artifacts are gone."""
+    try:
+        return download_model_files(f"models:/{name}/{version}", folder)
+    except (MlflowException, OSError) as exc:
+        raise ModelNotFoundError(f"{name} v{version}: its model files cannot be read "
+                                 f"({type(exc).__name__}: {first_line(str(exc))})") from None
+
+
+def check_loadable(name: str, version: str, task: str) -> None:
+    """Refuse `task` (moving `champion` to `version`) unless the version's model loads: an alias on a version
+    whose artifacts are gone would break every `models:/…@champion` user."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            load_model(_downloaded(name, version, Path(tmp)))
+        except DemoireError as exc:
+            raise ModelNotFoundError(f"{task} refused: {exc}") from None
+
+
 def apply_decision(client: MlflowClient, name: str, decision: PromotionDecision, source: str) -> None:
-    """Write the comparison and decision on the challenger version; move `champion` if it won."""
+    """Write the comparison and decision on the challenger version; move `champion` if it won (and loads)."""
     version, champion = decision.challenger.version, decision.champion
+    if decision.promote:  # before anything is written: a refusal leaves the version undecided, as it was
+        check_loadable(name, version, f"moving champion to v{version}")
     client.set_model_version_tag(name, version, DECISION_TAG, json.dumps(decision.record()))
     kill_point("register.decision_recorded")
     tags = {
@@ -220,21 +256,53 @@ def move_champion(client: MlflowClient, name: str, version: str) -> None:
         client.delete_model_version_tag(name, version, ROLLED_BACK_TAG)
 
 
-def rollback_champion(client: MlflowClient, name: str) -> tuple[str, str]:
-    """Move `champion` back to the previous champion; return (demoted, restored) versions."""
-    resolve_alias(name, CHAMPION)
-    history = champion_history(client, name)
-    if len(history) < 2:
-        raise ModelNotFoundError(f"{name} has no previous champion to roll back to "
-                                 f"(champion history: {', '.join('v' + v for v in history)})")
-    demoted, restored = history[-1], history[-2]
+def standing_champion(client: MlflowClient, name: str) -> str | None:
+    """The version behind `champion`; with the alias gone because its version was deleted, the last champion of the
+    history that still exists (a challenger is compared with it, not promoted as if there had never been one)."""
+    current = alias_version(client, name, CHAMPION)
+    if current is not None:
+        return current
+    existing = set(version_numbers(client, name))
+    standing = next((v for v in reversed(champion_history(client, name)) if v in existing), None)
+    if standing is not None:
+        log.warning("%s has no champion alias (its version was deleted?); v%s, the last champion that exists, "
+                    "stands for it; `demoire rollback` puts the alias back on it", name, standing)
+    return standing
+
+
+def rollback_champion(client: MlflowClient, name: str) -> tuple[str | None, str]:
+    """Move `champion` back to the previous champion that still exists; return (demoted, restored) versions.
+
+    Without the alias (its version was deleted, or it was removed by hand) the alias is put back on the last
+    champion that exists; demoted is then the deleted one, or None. Written so that a rollback killed half-way
+    is finished by running it again: the demoted version is tagged and the history shortened first, the alias
+    moved last (until then the history still ends with the demoted one).
+    """
     try:
-        client.set_registered_model_alias(name, CHAMPION, restored)
+        client.get_registered_model(name)
     except MlflowException:
-        raise ModelNotFoundError(f"previous champion {name} v{restored} no longer exists; "
-                                 f"versions: {', '.join(version_numbers(client, name)) or 'none'}") from None
-    _write_history(client, name, history[:-1])
-    client.set_model_version_tag(name, demoted, ROLLED_BACK_TAG, f"champion moved back to v{restored}")
+        resolve_alias(name, CHAMPION)  # no such model: the error lists those there are
+    history = champion_history(client, name)
+    existing = set(version_numbers(client, name))
+    if alias_version(client, name, CHAMPION) is None:
+        restored = standing_champion(client, name)
+        if restored is None:
+            resolve_alias(name, CHAMPION)  # says which aliases there are
+        demoted = history[-1] if history[-1] != restored else None
+    else:
+        demoted = history[-1]
+        earlier = [version for version in history[:-1] if version in existing and version != demoted]
+        if not earlier:
+            shown = ", ".join(f"v{v}" + ("" if v in existing else " (deleted)") for v in history)
+            raise ModelNotFoundError(f"{name} has no previous champion to roll back to (champion history: {shown})")
+        restored = earlier[-1]
+    check_loadable(name, restored, f"rolling back to v{restored}")
+    if demoted in existing:
+        client.set_model_version_tag(name, demoted, ROLLED_BACK_TAG, f"champion moved back to v{restored}")
+    last = len(history) - 1 - history[::-1].index(restored)
+    _write_history(client, name, [v for v in history[:last + 1] if v in existing])
+    kill_point("rollback.history_written")
+    client.set_registered_model_alias(name, CHAMPION, restored)
     return demoted, restored
 
 

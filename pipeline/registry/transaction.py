@@ -42,9 +42,9 @@ from mlflow.tracking import MlflowClient
 from pipeline.errors import InputDataError, ServiceUnavailableError
 from pipeline.faults import kill_point
 from pipeline.evaluation.gate import SYNTHETIC, GateKind, GateRule, GateScores, PromotionDecision, decide_promotion
-from pipeline.registry.promotion import (CHALLENGER, CHAMPION, DECIDED_TAG, Rescore, apply_decision,
-                                         scores_on_gate_set, version_decision)
-from pipeline.registry.store import LOCK_SUFFIX, alias_version
+from pipeline.registry.promotion import (CHALLENGER, DECIDED_TAG, Rescore, apply_decision, scores_on_gate_set,
+                                         standing_champion, untouched_scores, version_decision)
+from pipeline.registry.store import LOCK_SUFFIX
 
 log = logging.getLogger(__name__)
 KEY_TAG = "demoire.registration_key"  # run and version tag: digest of what was registered (registration_key)
@@ -271,9 +271,9 @@ def _decide(client: MlflowClient, name: str, version: str, tags: dict, rule: Gat
     gate_set = tags[kind.set_tag]
     challenger = GateScores.from_means(version, {m: float(tags[f"{kind.prefix}_{m}"]) for m in kind.metrics},
                                        gate_set, kind)
-    champion = alias_version(client, name, CHAMPION)
+    champion = standing_champion(client, name)
     champion_scores = scores_on_gate_set(client, name, champion, gate_set, rescore, kind) if champion else None
-    return decide_promotion(challenger, champion_scores, rule)
+    return decide_promotion(challenger, champion_scores, rule, untouched_scores(client, name, version, gate_set, kind))
 
 
 def settle_abandoned(client: MlflowClient, name: str, experiment_id: str, rule: GateRule, kind: GateKind,

@@ -20,6 +20,26 @@ def test_no_champion_promotes():
     assert decision.record()["champion_version"] is None
 
 
+@pytest.mark.parametrize("champion", [None, _scores("1", 20.0, 0.5)])
+def test_a_challenger_no_better_than_the_untouched_input_is_never_promoted(champion):
+    untouched = _scores("input", 24.0, 0.6)
+    worse = decide_promotion(_scores("2", 23.0, 0.7), champion, RULE, untouched)
+    assert not worse.promote and worse.reason == ("not better than the untouched input: test PSNR 23.000 dB vs the "
+                                                  "input's 24.000 dB (-1.000 dB)")
+    assert not decide_promotion(_scores("2", 24.0, 0.7), champion, RULE, untouched).promote  # equal: not better
+    assert decide_promotion(_scores("2", 24.1, 0.7), champion, RULE, untouched).promote
+    assert decide_promotion(_scores("2", 23.0, 0.7), champion, GateRule(0.05, 0.005, over_input=False), untouched).promote
+
+
+def test_on_real_sets_both_psnrs_must_beat_the_input():
+    def real(version, psnr, tone):
+        return GateScores(version, psnr, 0.8, 0.01, "r", kind=REAL.name, tone_psnr=tone)
+
+    decision = decide_promotion(real("1", 22.5, 24.0), None, RULE, real("input", 22.0, 24.5))
+    assert not decision.promote and "real tone-aligned PSNR 24.000 dB vs the input's 24.500 dB (-0.500 dB)" in decision.reason
+    assert decide_promotion(real("1", 22.5, 24.6), None, RULE, real("input", 22.0, 24.5)).promote
+
+
 @pytest.mark.parametrize("psnr, promote", [(25.05, True), (25.1, True), (25.049, False), (25.0, False), (24.0, False)])
 def test_psnr_must_beat_the_champion_by_the_margin(psnr, promote):
     decision = decide_promotion(_scores("2", psnr, 0.80), _scores("1", 25.0, 0.80), RULE)

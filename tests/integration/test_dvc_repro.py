@@ -48,6 +48,7 @@ def test_repro_produces_outputs_metrics_and_champion(project):
     commit = run(["git", "rev-parse", "HEAD"], repo, env).stdout.strip()
     tags = registry["versions"]["1"]
     assert (tags["data_version"], tags["git_commit"], tags["gate_set"]) == (data_md5, commit, registration["gate_set"])
+    assert tags["git_dirty"] == "false"  # all committed; dvc.lock, which the repro rewrites, does not count
 
     second = run(["dvc", "repro"], repo, env, timeout=120)
     assert "Data and pipelines are up to date" in second.stdout
