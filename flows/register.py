@@ -59,8 +59,9 @@ def log_and_register_task(params: Params, model_dir: Path, evaluation: dict, fil
     commit = git_commit(PROJECT_DIR)
     if commit:
         tags["git_commit"] = commit
-        # the commit alone does not name what ran when params.yaml or code was edited since (the run's params do)
-        tags["git_dirty"] = str(git_dirty(PROJECT_DIR)).lower()
+        dirty = git_dirty(PROJECT_DIR)  # the commit alone does not name what ran after an edit (the run's params do)
+        if dirty is not None:
+            tags["git_dirty"] = str(dirty).lower()
     if EXPERIMENT_NAME:
         tags["dvc_experiment"] = EXPERIMENT_NAME
     client = MlflowClient()

@@ -38,7 +38,7 @@ from pipeline.training.optim import make_optimizer
 
 def machine() -> dict:
     """What the figures were measured on: the CPU's model and vector unit (the docs compare CPUs by them), the
-    load beside the run, the GPU if any."""
+    1-minute load average when called (`demoire bench` puts the one from before its runs there), the GPU if any."""
     info = {"cpu": _cpu_model(), "arch": platform.machine(), "cores": os.cpu_count(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "mkl_cbwr": os.environ.get("MKL_CBWR"),
             "load_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,

@@ -431,9 +431,10 @@ def check_name_glob(pattern: str) -> str:
     return pattern
 
 
-# Set names become MLflow keys `real_<name>_<metric>` beside the means over sets `real_<metric>`:
-# a set named `tone` would give its own PSNR the key of the mean tone-aligned PSNR, `real_tone_psnr`.
-RESERVED_SET_NAMES = ("tone",)
+# Set names become MLflow keys `real_<name>_<metric>` beside the means over sets `real_<metric>` (the model's and the
+# input's, `real_identity_<metric>`): a set named `tone` would give its own PSNR the key of the mean tone-aligned
+# PSNR, `real_tone_psnr`; `identity` and `identity_tone` those of the input's means.
+RESERVED_SET_NAMES = ("tone", "identity", "identity_tone")
 # The metrics each set has (pipeline.evaluation.real_sets; a test keeps them equal): two sets' keys would collide
 # where one set's name is the other's followed by `_` and the start of a metric's name (`x` and `x_tone`).
 REAL_SET_METRICS = ("count", "skipped", "hash", "psnr", "identity_psnr", "psnr_gain_over_identity", "tone_psnr",
@@ -457,7 +458,7 @@ class RealSet(Section):
     def _not_reserved(cls, name: str) -> str:
         """Keep set names from colliding with the keys of the means over sets."""
         if name in RESERVED_SET_NAMES:
-            raise ValueError(f"{name!r} is reserved (real_{name}_psnr would be the mean tone-aligned PSNR's key); "
+            raise ValueError(f"{name!r} is reserved (real_{name}_psnr would be the key of a mean over sets); "
                              "choose another name")
         return name
 

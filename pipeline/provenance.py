@@ -4,6 +4,7 @@ digests of the code whose output a resumable run keeps."""
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from pathlib import Path
 
@@ -25,9 +26,10 @@ def git_dirty(project_dir: Path) -> bool | None:
     """Whether tracked files of `project_dir` differ from its commit (params.yaml or code edited, not committed);
     None outside a git repository or without git. dvc.lock does not count: `dvc repro` itself rewrites it."""
     try:
+        # GIT_OPTIONAL_LOCKS=0: a status that refreshes the index would take index.lock from a user's git command
         result = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                 ":(exclude)dvc.lock"], cwd=project_dir,
-                                capture_output=True, text=True, timeout=30)
+                                 ":(exclude)dvc.lock"], cwd=project_dir, capture_output=True, text=True, timeout=30,
+                                env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
     except (OSError, subprocess.SubprocessError):
         return None
     return bool(result.stdout.strip()) if result.returncode == 0 else None

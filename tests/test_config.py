@@ -59,8 +59,11 @@ def test_repository_params_file_is_valid():
         ({"evaluate": {"real_sets": [{"name": "real photos", "path": "/a"}]}},
          "params.yaml: evaluate.real_sets[0].name = 'real photos': String should match pattern '^[A-Za-z0-9_.-]{1,64}$'"),
         ({"evaluate": {"real_sets": [{"name": "tone", "path": "/a"}]}},
-         "params.yaml: evaluate.real_sets[0].name = 'tone': 'tone' is reserved (real_tone_psnr would be the mean "
-         "tone-aligned PSNR's key); choose another name"),
+         "params.yaml: evaluate.real_sets[0].name = 'tone': 'tone' is reserved (real_tone_psnr would be the key of a "
+         "mean over sets); choose another name"),
+        ({"evaluate": {"real_sets": [{"name": "identity", "path": "/a"}]}},
+         "params.yaml: evaluate.real_sets[0].name = 'identity': 'identity' is reserved (real_identity_psnr would be "
+         "the key of a mean over sets); choose another name"),
         ({"evaluate": {"real_sets": [{"name": "a", "path": ""}]}},
          "params.yaml: evaluate.real_sets[0].path = '': an empty path names the project folder itself; "
          "write the dataset's folder"),
@@ -81,7 +84,8 @@ def test_invalid_values_name_key_value_and_what_is_allowed(raw, expected):
 def test_unknown_key_lists_allowed_keys():
     with pytest.raises(ParamsError) as info:
         parse_params({"register": {"modelname": "x"}}, source="params.yaml")
-    assert str(info.value) == "params.yaml: register.modelname = 'x': unknown key; allowed keys here: experiment, model_name, promotion_margin_db, require_gain_over_input, ssim_tolerance"
+    assert str(info.value) == ("params.yaml: register.modelname = 'x': unknown key; allowed keys here: experiment, "
+                               "model_name, promotion_margin_db, require_gain_over_input, ssim_tolerance")
 
 
 def test_a_pipelines_patches_must_fit_its_synthetic_pairs_unless_none_are_cut_from_them(tmp_path):

@@ -172,6 +172,24 @@ def test_a_lock_released_while_mlflow_reports_it_taken_is_acquired(tmp_path):
     assert client.search_registered_models(f"name = '{waiter.name}'") == []
 
 
+def test_a_waiter_says_once_whose_lock_it_waits_for(tmp_path, caplog):
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.registry.transaction import RegistryBusyError, RegistryLock
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    holder = RegistryLock(client, "demoire")
+    holder.acquire()
+    try:
+        with caplog.at_level("WARNING", logger="pipeline.registry.transaction"), pytest.raises(RegistryBusyError):
+            RegistryLock(client, "demoire", timeout_s=2).acquire()
+    finally:
+        holder.release()
+    waits = [r.getMessage() for r in caplog.records if r.getMessage().startswith("waiting for the registry lock")]
+    assert waits == [f"waiting for the registry lock of demoire, held by {holder.owner} (a registration, promote "
+                     "or rollback)"]
+
+
 @pytest.mark.skipif(not Path("/proc/sys/kernel/random/boot_id").exists(), reason="no boot id: the host name alone")
 def test_an_owner_is_gone_only_when_it_ran_on_this_machine_and_its_process_ended():
     from pipeline.registry.transaction import Owner, this_host

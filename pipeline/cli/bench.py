@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -30,11 +31,13 @@ MODEL_OPTIONS = {"train.depth": "--depth", "train.channels": "--channels"}
 
 def _report_bench(run: Callable[[], dict], as_json: bool, line: Callable[[dict], str]) -> None:
     """Run a benchmark; print its result as one JSON object or one line; user errors exit 2, naming options."""
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # what else ran, not the run itself
     try:
         result = run()
     except DemoireError as exc:
         key = next((key for key in MODEL_OPTIONS if str(exc).startswith(f"{key} = ")), None)
         fail(type(exc)(MODEL_OPTIONS[key] + str(exc)[len(key):]) if key else exc)
+    result["machine"]["load_1min"] = None if load_before is None else round(load_before, 2)
     typer.echo(json_text(result) if as_json else line(result))
 
 

@@ -129,7 +129,8 @@ def rollback(
     model_name: str | None = typer.Option(None, help="registered model [default: register.model_name of --params]"),
     params: Path = typer.Option(None, help="gives the default model name [default: params.yaml, the built-in "
                                            "defaults without one]"),
-    as_json: bool = typer.Option(False, "--json", help='print one JSON object: {"model_name", "demoted" (null: none), "restored"}'),
+    as_json: bool = typer.Option(False, "--json", help='print one JSON object: {"model_name", "demoted" '
+                                                       '(null: none), "restored"}'),
 ) -> None:
     """Move `champion` back to the version that held it before."""
     from pipeline.registry import connect, rollback_champion

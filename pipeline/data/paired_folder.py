@@ -24,7 +24,8 @@ def select_pairs(found: PairList, include: str = "*", limit: int | None = None) 
     skipped = [item for item in found.skipped if fnmatchcase(item.name, include)]
     if limit is not None and len(pairs) > limit:
         pairs = pairs[:limit]
-        skipped = [item for item in skipped if item.name < pairs[-1].name]  # beyond the cut: not in the set
+        # beyond the cut: not in the set (a second file under the last pair's own name is)
+        skipped = [item for item in skipped if item.name <= pairs[-1].name]
     return PairList(found.layout, pairs, skipped)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -110,6 +110,7 @@ class PromotionDecision:
     challenger: GateScores
     champion: GateScores | None
     rule: GateRule
+    untouched: GateScores | None = None  # the input's scores the floor compared with; None: not applied
 
     def record(self) -> dict:
         """JSON-ready fields for registration.json (flat champion fields kept for older readers)."""
@@ -125,6 +126,8 @@ class PromotionDecision:
             "champion": asdict(champion) if champion else None,
             "margin_db": self.rule.margin_db,
             "ssim_tolerance": self.rule.ssim_tolerance,
+            "over_input": self.rule.over_input,
+            "untouched": asdict(self.untouched) if self.untouched else None,
         }
 
 
@@ -193,7 +196,8 @@ def score_on_gate(model: torch.nn.Module, gate: GateSet, device: torch.device,
     with torch.inference_mode():
         scores = evaluate_found_pairs(restore, indexed_pairs(gate.frame, gate.root), gate.root,
                                       description="re-scoring on the test split")
-    return {metric: scores.summary[metric] for metric in GATE_METRICS}
+    # the input's means too (`identity_…`): the same for every model, they are the gate's floor
+    return {key: scores.summary[key] for metric in GATE_METRICS for key in (metric, f"identity_{metric}")}
 
 
 def model_dir_scorer(gate: GateSet, device: torch.device,
@@ -243,15 +247,24 @@ def decide_promotion(challenger: GateScores, champion: GateScores | None, rule: 
 
     A tie never promotes, even with a zero margin: moving `champion` to an equal model is churn.
     """
+    floor = untouched if rule.over_input else None
+    return replace(_compare(challenger, champion, rule, floor), untouched=floor)
+
+
+def _compare(challenger: GateScores, champion: GateScores | None, rule: GateRule,
+             untouched: GateScores | None) -> PromotionDecision:
+    """decide_promotion's rule, the floor (`untouched`, when given) first."""
     if champion is not None and champion.version == challenger.version:
         return PromotionDecision(False, f"v{challenger.version} is already champion", challenger, champion, rule)
     kind = GATE_KINDS[challenger.kind]
-    if rule.over_input and untouched is not None:
+    if untouched is not None:
         gains = {metric: getattr(challenger, metric) - getattr(untouched, metric) for metric in kind.margin_metrics}
         if not all(gain > 0 for gain in gains.values()):
             scores = ", ".join(f"{kind.describe(metric)} {getattr(challenger, metric):.3f} dB vs the input's "
-                               f"{getattr(untouched, metric):.3f} dB ({gain:+.3f} dB)" for metric, gain in gains.items())
-            return PromotionDecision(False, f"not better than the untouched input: {scores}", challenger, champion, rule)
+                               f"{getattr(untouched, metric):.3f} dB ({gain:+.3f} dB)"
+                               for metric, gain in gains.items())
+            reason = f"not better than the untouched input: {scores}"
+            return PromotionDecision(False, reason, challenger, champion, rule)
     if champion is None:
         return PromotionDecision(True, "no champion yet", challenger, None, rule)
     if (champion.gate_set, champion.kind) != (challenger.gate_set, challenger.kind):

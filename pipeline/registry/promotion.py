@@ -12,13 +12,13 @@ from typing import Callable
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline.errors import DemoireError, InputDataError, ModelNotFoundError, first_line
+from pipeline.errors import DemoireError, InputDataError, ModelNotFoundError, ServiceUnavailableError, first_line
 from pipeline.faults import kill_point
 from pipeline.models import load_model
 from pipeline.evaluation.gate import (GATE_KINDS, METRIC_LABELS, SYNTHETIC, GateKind, GateRule, GateScores,
                                      PromotionDecision, decide_promotion)
 from pipeline.registry.pyfunc import download_model_files
-from pipeline.registry.store import alias_version, redacted, resolve_alias, version_numbers
+from pipeline.registry.store import alias_version, redacted, resolve_alias, transient_store_error, version_numbers
 
 log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -83,9 +83,11 @@ def version_decision(client: MlflowClient, name: str, version: str) -> Promotion
 def decision_from_record(record: dict) -> PromotionDecision:
     """A PromotionDecision back from its `record()`."""
     champion = record["champion"]
+    untouched = record.get("untouched")  # absent from decisions recorded before the floor
     return PromotionDecision(record["promote"], record["reason"], GateScores(**record["challenger"]),
                              GateScores(**champion) if champion else None,
-                             GateRule(record["margin_db"], record["ssim_tolerance"]))
+                             GateRule(record["margin_db"], record["ssim_tolerance"], record.get("over_input", True)),
+                             GateScores(**untouched) if untouched else None)
 
 
 def compare_challenger(
@@ -104,16 +106,36 @@ def compare_challenger(
     champion = standing_champion(client, name)
     ours = recorded_scores(client, name, challenger, kind)
     theirs = recorded_scores(client, name, champion, kind) if champion else None
+    inputs: dict[str, float] = {}  # what re-scoring on the local gate set found of the untouched input
     if ours is None or not (champion is None or (theirs is not None and theirs.gate_set == ours.gate_set)):
         gate_set, rescore = local_gate()
-        ours = scores_on_gate_set(client, name, challenger, gate_set, rescore, kind)
-        theirs = scores_on_gate_set(client, name, champion, gate_set, rescore, kind) if champion else None
-    decision = decide_promotion(ours, theirs, rule, untouched_scores(client, name, challenger, ours.gate_set, kind))
+
+        def scoring(model_dir: Path) -> dict[str, float]:
+            scores = rescore(model_dir)
+            inputs.update(scores)
+            return scores
+
+        ours = scores_on_gate_set(client, name, challenger, gate_set, scoring, kind)
+        theirs = scores_on_gate_set(client, name, champion, gate_set, scoring, kind) if champion else None
+    untouched = untouched_scores(client, name, challenger, ours.gate_set, kind) or _input_means(inputs, ours, kind)
+    if untouched is None and rule.over_input:
+        log.warning("the untouched input's scores on gate set %s are not recorded with v%s (registered before "
+                    "they were); the gate's floor over the input is not applied", ours.gate_set[:12], challenger)
+    decision = decide_promotion(ours, theirs, rule, untouched)
     rolled_back = client.get_model_version(name, challenger).tags.get(ROLLED_BACK_TAG)
     if decision.promote and rolled_back and not allow_rolled_back:
         return replace(decision, promote=False, reason=f"v{challenger} was rolled back ({rolled_back}) and stays out "
                        f"unless promoted with --allow-rolled-back; the gate alone says: {decision.reason}")
     return decision
+
+
+def _input_means(scores: dict[str, float], challenger: GateScores, kind: GateKind) -> GateScores | None:
+    """The untouched input's scores among a re-scoring's (`identity_…`), None when it gave none."""
+    try:
+        means = {metric: float(scores[f"identity_{metric}"]) for metric in kind.metrics}
+    except KeyError:
+        return None
+    return GateScores.from_means("input", means, challenger.gate_set, kind, rescored=True)
 
 
 def recorded_scores(client: MlflowClient, name: str, version: str, kind: GateKind = SYNTHETIC) -> GateScores | None:
@@ -159,12 +181,15 @@ def scores_on_gate_set(
 
 
 def _downloaded(name: str, version: str, folder: Path) -> Path:
-    """A version's model files (model.pt, model.json) in `folder`; one line when its artifacts are gone."""
+    """A version's model files (model.pt, model.json) in `folder`; one line when its artifacts are gone, and a
+    ServiceUnavailableError (which the register stage retries) when the store did not answer."""
     try:
         return download_model_files(f"models:/{name}/{version}", folder)
     except (MlflowException, OSError) as exc:
-        raise ModelNotFoundError(f"{name} v{version}: its model files cannot be read "
-                                 f"({type(exc).__name__}: {first_line(str(exc))})") from None
+        detail = f"{type(exc).__name__}: {first_line(str(exc))}"
+        if transient_store_error(exc):
+            raise ServiceUnavailableError(f"{name} v{version}: the artifact store did not answer ({detail})") from None
+        raise ModelNotFoundError(f"{name} v{version}: its model files cannot be read ({detail})") from None
 
 
 def check_loadable(name: str, version: str, task: str) -> None:
@@ -172,9 +197,13 @@ def check_loadable(name: str, version: str, task: str) -> None:
     whose artifacts are gone would break every `models:/…@champion` user."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            load_model(_downloaded(name, version, Path(tmp)))
-        except DemoireError as exc:
-            raise ModelNotFoundError(f"{task} refused: {exc}") from None
+            folder = _downloaded(name, version, Path(tmp))
+            load_model(folder)
+        except ServiceUnavailableError:
+            raise
+        except DemoireError as exc:  # the files, named by the version rather than by a temp folder gone by then
+            shown = str(exc).replace(str(Path(tmp) / "files"), f"models:/{name}/{version}").replace(tmp, "…")
+            raise ModelNotFoundError(f"{task} refused: {shown}") from None
 
 
 def apply_decision(client: MlflowClient, name: str, decision: PromotionDecision, source: str) -> None:

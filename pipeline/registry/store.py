@@ -10,7 +10,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import mlflow
 import requests  # MLflow's own HTTP client: installed wherever MLflow is
@@ -110,10 +110,17 @@ def _check_database_answers(uri: str, shown: str, timeout_s: float) -> None:
     """For a database store on a host, one TCP connection to it: a dead database is one line in seconds, not
     SQLAlchemy's retries for minutes and a page of traceback."""
     parts = urlsplit(uri)
-    scheme = parts.scheme.split("+")[0]  # postgresql+psycopg2
-    if scheme not in DATABASE_PORTS or not parts.hostname:  # no host: a local socket, left to the driver
+    scheme, _, driver = parts.scheme.partition("+")  # postgresql+psycopg2
+    query = parse_qs(parts.query)
+    try:
+        port = parts.port
+    except ValueError:  # several hosts (host1:5432,host2:5432): left to the driver
         return
-    port = parts.port or DATABASE_PORTS[scheme]
+    # no host, a socket or host given in the query, or an ODBC data source name: left to the driver
+    if (scheme not in DATABASE_PORTS or not parts.hostname or {"host", "unix_socket"} & set(query)
+            or (driver == "pyodbc" and port is None)):
+        return
+    port = port or DATABASE_PORTS[scheme]
     try:
         socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
     except OSError as exc:
@@ -192,9 +199,23 @@ def connect(project_dir: Path) -> MlflowClient:
         client = MlflowClient()
         client.search_registered_models(max_results=1)
     except Exception as exc:  # MLflow's own errors, and its drivers' (SQLAlchemy, psycopg2), which it lets through
-        raise InputDataError(f"MLFLOW_TRACKING_URI={redacted(uri)}: MLflow cannot use this store "
-                             f"({type(exc).__name__}: {first_line(str(exc).strip())})") from None
+        detail = f"{type(exc).__name__}: {first_line(str(exc).strip())}"
+        if transient_store_error(exc):  # worth another try: the stages retry these
+            raise ServiceUnavailableError(f"MLFLOW_TRACKING_URI={redacted(uri)}: the store did not answer "
+                                          f"({detail})") from None
+        raise InputDataError(f"MLFLOW_TRACKING_URI={redacted(uri)}: MLflow cannot use this store ({detail})") from None
     return client
+
+
+def transient_store_error(exc: BaseException) -> bool:
+    """Whether a store's error may pass when tried again: no connection, a timeout, HTTP 5xx or 429, a database that
+    did not answer; not a missing artifact (404) or a store MLflow cannot use."""
+    if isinstance(exc, requests.RequestException):
+        return True
+    if isinstance(exc, MlflowException):
+        status = exc.get_http_status_code()
+        return status == 429 or (status >= 500 and exc.error_code != "INTERNAL_ERROR")
+    return type(exc).__name__ == "OperationalError"  # SQLAlchemy's and its drivers': the database did not answer
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:

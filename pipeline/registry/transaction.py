@@ -39,7 +39,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from pipeline.errors import InputDataError, ServiceUnavailableError
+from pipeline.errors import InputDataError, ModelNotFoundError, ServiceUnavailableError
 from pipeline.faults import kill_point
 from pipeline.evaluation.gate import SYNTHETIC, GateKind, GateRule, GateScores, PromotionDecision, decide_promotion
 from pipeline.registry.promotion import (CHALLENGER, DECIDED_TAG, Rescore, apply_decision, scores_on_gate_set,
@@ -140,6 +140,9 @@ class RegistryLock:
                 who = holder.get("owner", "?") if holder else "?"
                 raise RegistryBusyError(f"the registry lock {self.name} is held by {who} for longer than "
                                         f"{self.timeout_s:.0f} s (DEMOIRE_REGISTRY_LOCK_TIMEOUT_S); is a registration hung?")
+            if attempt == 0:  # once: a promote behind an hour-long registration would otherwise wait in silence
+                log.warning("waiting for the registry lock of %s, held by %s (a registration, promote or rollback)",
+                            self.model_name, holder.get("owner", "?") if holder else "?")
             # back off to a few seconds between polls, so that waiters do not crowd a busy tracking server
             # that the holder's heartbeat needs
             time.sleep(random.uniform(0.5, 1.0) * min(4.0, 0.4 * 1.5 ** attempt))
@@ -296,7 +299,7 @@ def settle_abandoned(client: MlflowClient, name: str, experiment_id: str, rule: 
         try:
             usable = rescore if version.tags[kind.set_tag] == local_gate_set else None
             settle_version(client, name, number, rule, usable, kind, "abandoned registration", lock)
-        except (InputDataError, KeyError, ValueError) as exc:
+        except (InputDataError, ModelNotFoundError, KeyError, ValueError) as exc:  # its files gone, say
             reason = f"its registering process died before deciding, and it cannot be compared here: {exc}"
             client.set_model_version_tag(name, number, "promotion_reason", reason)
             client.set_model_version_tag(name, number, DECIDED_TAG, "not_promoted")

@@ -191,9 +191,10 @@ def pair_split_folder(folder: Path, layout: DatasetLayout, split: str) -> tuple[
                                                                         f"which the {layout.name} layout does not read")
                     for path in image_files(moire_root) if path.parent != moire_root]
     cleans = image_files(clean_root) if layout.recursive else _listed(clean_root)
+    shared = clean_root == moire_root  # UHDM: a moiré file that made no pair is said above already
     skipped += [SkippedPair(_in_split(split, _shown(path, folder)), "no moiré file names it as its clean partner")
                 for path in cleans if path not in named_clean and path not in moire_files
-                and not layout.moire_file.fullmatch(path.name)]
+                and not (shared and layout.moire_file.fullmatch(path.name))]
     return pairs, skipped
 
 

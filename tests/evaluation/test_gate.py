@@ -28,7 +28,8 @@ def test_a_challenger_no_better_than_the_untouched_input_is_never_promoted(champ
                                                   "input's 24.000 dB (-1.000 dB)")
     assert not decide_promotion(_scores("2", 24.0, 0.7), champion, RULE, untouched).promote  # equal: not better
     assert decide_promotion(_scores("2", 24.1, 0.7), champion, RULE, untouched).promote
-    assert decide_promotion(_scores("2", 23.0, 0.7), champion, GateRule(0.05, 0.005, over_input=False), untouched).promote
+    no_floor = GateRule(0.05, 0.005, over_input=False)
+    assert decide_promotion(_scores("2", 23.0, 0.7), champion, no_floor, untouched).promote
 
 
 def test_on_real_sets_both_psnrs_must_beat_the_input():
@@ -36,7 +37,8 @@ def test_on_real_sets_both_psnrs_must_beat_the_input():
         return GateScores(version, psnr, 0.8, 0.01, "r", kind=REAL.name, tone_psnr=tone)
 
     decision = decide_promotion(real("1", 22.5, 24.0), None, RULE, real("input", 22.0, 24.5))
-    assert not decision.promote and "real tone-aligned PSNR 24.000 dB vs the input's 24.500 dB (-0.500 dB)" in decision.reason
+    assert not decision.promote
+    assert "real tone-aligned PSNR 24.000 dB vs the input's 24.500 dB (-0.500 dB)" in decision.reason
     assert decide_promotion(real("1", 22.5, 24.6), None, RULE, real("input", 22.0, 24.5)).promote
 
 

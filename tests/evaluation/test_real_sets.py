@@ -130,7 +130,10 @@ def test_the_gate_scores_are_means_over_sets_each_set_counting_once(project, tmp
     scores = {real.name: score_real_set(restore, real) for real in sets}
     summaries = {name: s.summary for name, s in scores.items()}
     means = real_means(summaries)
-    assert set(means) == {"psnr", "tone_psnr", "ssim", "mse"}
+    assert set(means) == {"psnr", "tone_psnr", "ssim", "mse", "identity_psnr", "identity_tone_psnr", "identity_ssim",
+                          "identity_mse"}  # the input's too: the gate's floor
+    assert means["identity_psnr"] == pytest.approx(
+        (summaries["fhdmi"]["identity_psnr"] + summaries["tip"]["identity_psnr"]) / 2)
     assert means["psnr"] == pytest.approx((summaries["fhdmi"]["psnr"] + summaries["tip"]["psnr"]) / 2)
     assert means["tone_psnr"] == pytest.approx((summaries["fhdmi"]["tone_psnr"] + summaries["tip"]["tone_psnr"]) / 2)
     assert real_sets_scorer(sets, torch.device("cpu"), TILING)(tmp_path / "model") == pytest.approx(means)

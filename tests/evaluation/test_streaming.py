@@ -118,6 +118,7 @@ def test_the_gate_rescores_the_test_split_as_served(pairs, restore, tmp_path):
     model = build_model(ModelSpec("unet", 8, 2), seed=0)
     gate = score_on_gate(model, GateSet(frame, pairs, "digest"), torch.device("cpu"), TILING)
     expected = summarize(in_memory_scores(restore, pairs, NAMES))
-    assert gate == {metric: expected[metric] for metric in ("psnr", "ssim", "mse")}
+    keys = [key for metric in ("psnr", "ssim", "mse") for key in (metric, f"identity_{metric}")]  # the input's too
+    assert gate == {key: expected[key] for key in keys}
     found = indexed_pairs(frame, pairs)
     assert [p.name for p in found.pairs] == NAMES and found.pairs[0].moire_path == pairs / "moire" / "a.png"

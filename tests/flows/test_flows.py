@@ -215,7 +215,8 @@ def test_evaluate_flow_scores_the_test_split_and_every_real_set(tmp_path, tiny_r
 
     cpu = torch.device("cpu")
     rescored = score_on_gate(load_model(tmp_path / "model", cpu)[0], load_gate_set(pairs, data), cpu, params.infer)
-    assert rescored == {metric: metrics[metric] for metric in ("psnr", "ssim", "mse")}
+    keys = [key for metric in ("psnr", "ssim", "mse") for key in (metric, f"identity_{metric}")]
+    assert rescored == {key: metrics[key] for key in keys}
     assert len(pd.read_csv(out / "per_image.csv")) == 3 and metrics["skipped"] == 0
 
     # A set none of whose pairs is readable fails after the test split was scored: no CSV is replaced.

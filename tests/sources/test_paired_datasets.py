@@ -79,7 +79,8 @@ def test_each_published_layout_is_detected_and_paired(tmp_path, build, layout, n
 
 @pytest.mark.parametrize("files, names, skipped", [
     # a second file under a pair's name: one pair (the first by name), the other said
-    ([("test/source/src_00001.jpg", "test/target/tar_00001.jpg"), ("test/source/src_00001.png", "test/target/tar_00001.png")],
+    ([("test/source/src_00001.jpg", "test/target/tar_00001.jpg"),
+      ("test/source/src_00001.png", "test/target/tar_00001.png")],
      ["test/00001"],
      [("test/00001", "source/src_00001.png names the same pair as source/src_00001.jpg, which is read; rename one")]),
     # FHDMi does not nest its files: one in a subfolder is not read, and said
@@ -102,6 +103,13 @@ def test_a_tip2018_name_with_and_without_its_underscore_is_one_pair_not_two(tmp_
                                                ("testData/source/0001source.png", "testData/target/0001target.png")]))
     assert [p.name for p in found.pairs] == ["test/0001"] and found.pairs[0].moire_path.name == "0001_source.png"
     assert [item.name for item in found.skipped] == ["test/0001"]
+
+
+def test_a_clean_file_without_its_moire_file_is_said_in_the_generic_layout_too(tmp_path):
+    found = find_pairs(_pairs(tmp_path / "g", [("moire/a.png", "clean/a.png"), ("clean/orphan.png", None)]))
+    assert found.layout == "generic" and [p.name for p in found.pairs] == ["a.png"]
+    assert [(item.name, item.reason) for item in found.skipped] == [
+        ("clean/orphan.png", "no moiré file names it as its clean partner")]
 
 
 def test_a_stray_image_in_a_uhdm_folder_is_said(tmp_path):
