@@ -7,6 +7,7 @@ directory, set by the deployment's pull step), so stage skipping is DVC's own.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -17,6 +18,8 @@ from prefect import task
 
 from pipeline.errors import DemoireError
 from pipeline.io import atomic_path
+
+log = logging.getLogger(__name__)
 
 LOCK_FILE = Path("dvc.lock")
 REPRO_TIMEOUT_S = 6 * 3600  # a long GPU training fits; a hung one is stopped
@@ -40,6 +43,15 @@ def undeclared_folders(stage: str, folders: list[Path], dvc_file: Path = DVC_FIL
     declared = [(root / str(dep)).resolve() for dep in deps if isinstance(dep, str) for root in roots]
     return [folder for folder in folders
             if not any(Path(folder).resolve().is_relative_to(dep) for dep in declared)]
+
+
+def warn_undeclared_folders(stage: str, key: str, folders: list[Path], added: str) -> None:
+    """A warning for each of `folders` (params' `key`) that `stage`'s deps do not cover: `added` there later go
+    unnoticed by `dvc repro` and the scheduled pipeline."""
+    for folder in undeclared_folders(stage, folders):
+        log.warning("%s: %s is not among the %s stage's deps in dvc.yaml, so %s added there later go unnoticed by "
+                    "`dvc repro` and the scheduled pipeline; list it there (or run `dvc repro -f -s %s` after "
+                    "adding some)", key, folder, stage, added, stage)
 
 
 def dvc_command(*args: str) -> list[str]:

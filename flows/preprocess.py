@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows._entry import run_stage
-from flows.dvc_ops import undeclared_folders
+from flows.dvc_ops import warn_undeclared_folders
 from pipeline.config import ImportedDataset, Params
 from pipeline.data.imported import ImportedPairs, import_dataset_pairs, next_pair_id
 from pipeline.data.manifest import read_manifest, validate_pairs
 from pipeline.data.pairs_index import index_pairs
 from pipeline.data.splits import SPLITS
 from pipeline.io import write_json
-
-log = logging.getLogger(__name__)
 
 
 @task(name="validate-pairs", retries=1)
@@ -58,10 +55,8 @@ def main() -> None:
     """`python -m flows.preprocess --data data/synthesize --out data/preprocess/pairs.parquet --summary …`."""
 
     def run(params: Params, args) -> dict:
-        for folder in undeclared_folders("preprocess", [dataset.path for dataset in params.preprocess.datasets]):
-            log.warning("preprocess.datasets: %s is not among the preprocess stage's deps in dvc.yaml, so pairs "
-                        "added there later go unnoticed by `dvc repro` and the scheduled pipeline; list it there "
-                        "(or run `dvc repro -f -s preprocess` after adding some)", folder)
+        warn_undeclared_folders("preprocess", "preprocess.datasets",
+                                [dataset.path for dataset in params.preprocess.datasets], "pairs")
         return preprocess_flow(params, args.data, args.out, args.summary)
 
     run_stage(__doc__, ["data", "out", "summary"], run)

@@ -17,7 +17,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from flows._entry import run_stage
-from flows.dvc_ops import undeclared_folders
+from flows.dvc_ops import warn_undeclared_folders
 from flows.run_logs import unless_user_error
 from pipeline.config import Params, SynthesizeParams, parse_params
 from pipeline.data.synthetic import (SYNTHETIC_SET_ENTRIES, check_renderer, render_shard_resumably, renderer_digest,
@@ -146,10 +146,8 @@ def main() -> None:
     """`python -m flows.synthesize --out data/synthesize --report data/synth_report`."""
 
     def run(params: Params, args: argparse.Namespace) -> None:
-        for folder in undeclared_folders("synthesize", params.synthesize.sources.folders):
-            log.warning("synthesize.sources.folders: %s is not among the synthesize stage's deps in dvc.yaml, so "
-                        "photos added there later go unnoticed by `dvc repro` and the scheduled pipeline; list it "
-                        "there (or run `dvc repro -f -s synthesize` after adding some)", folder)
+        warn_undeclared_folders("synthesize", "synthesize.sources.folders", params.synthesize.sources.folders,
+                                "photos")
         synthesize_flow.with_options(task_runner=task_runner(params.synthesize))(
             params=params, out=args.out, report=args.report)
 

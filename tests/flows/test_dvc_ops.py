@@ -5,7 +5,7 @@ from pathlib import Path
 import yaml
 
 import flows
-from flows.dvc_ops import undeclared_folders
+from flows.dvc_ops import undeclared_folders, warn_undeclared_folders
 
 
 def test_folders_no_dep_covers_are_named_as_dvc_reads_deps(tmp_path, monkeypatch):
@@ -27,6 +27,18 @@ def test_folders_no_dep_covers_are_named_as_dvc_reads_deps(tmp_path, monkeypatch
         project.resolve() / "more"]
     monkeypatch.chdir(tmp_path)  # no dvc.yaml here: a flow run outside a project
     assert undeclared_folders("synthesize", folders) == []
+
+
+def test_the_stage_warns_about_each_folder_its_deps_miss(tmp_path, monkeypatch, caplog):
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"preprocess": {"deps": ["real/fhdmi"]}}}))
+    monkeypatch.setattr(flows, "PROJECT_ROOT", tmp_path.resolve())
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("WARNING", logger="flows.dvc_ops"):
+        warn_undeclared_folders("preprocess", "preprocess.datasets", [Path("real/fhdmi"), Path("real/tip")], "pairs")
+    assert [r.getMessage() for r in caplog.records] == [
+        "preprocess.datasets: real/tip is not among the preprocess stage's deps in dvc.yaml, so pairs added there "
+        "later go unnoticed by `dvc repro` and the scheduled pipeline; list it there (or run `dvc repro -f -s "
+        "preprocess` after adding some)"]
 
 
 def test_a_stage_started_by_a_pipeline_run_is_tagged_with_it(prefect_api, monkeypatch):
