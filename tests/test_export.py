@@ -149,8 +149,10 @@ def test_a_killed_export_leaves_no_temp_file(model_dir, tmp_path):
     import time
 
     out = tmp_path / "out"
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "export", "--model", str(model_dir),
-                                "--format", "onnx", "-o", str(out / "m.onnx")], stderr=subprocess.PIPE, text=True)
+    # -X faulthandler: one CI run of 790 tests saw this process die of SIGSEGV instead (-11); its stack, if again
+    process = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "pipeline.cli", "export", "--model",
+                                str(model_dir), "--format", "onnx", "-o", str(out / "m.onnx")],
+                               stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list(out.glob(".m.onnx.*")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)  # until the temp file is there: the export is under way
