@@ -11,10 +11,12 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import IO
 
 import yaml
-from prefect import task
+from prefect import get_run_logger, task
 
 from pipeline.errors import DemoireError
 from pipeline.io import atomic_path
@@ -76,19 +78,76 @@ def dvc_environment() -> dict[str, str]:
     return env
 
 
-def run_dvc(*args: str, timeout: float | None = None) -> str:
-    """Run `dvc ARGS`, stream nothing, return stdout; a failure raises with the tail of its output."""
-    result = subprocess.run(dvc_command(*args), capture_output=True, text=True, timeout=timeout, env=dvc_environment())
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
-        raise DemoireError(f"dvc {' '.join(args)} exited with {result.returncode}:\n{tail}")
-    return result.stdout
+def run_dvc(*args: str, timeout: float | None = None, echo: logging.Logger | None = None) -> str:
+    """Run `dvc ARGS` and return its stdout; with `echo`, every line of its output (the stages' logs and progress
+    included) also goes to that logger as it comes, so a long run shows where it is. A failure raises with the
+    tail of its output; past `timeout` it is killed (streamed: with its stages) and `subprocess.TimeoutExpired`
+    raised."""
+    if echo is None:
+        result = subprocess.run(dvc_command(*args), capture_output=True, text=True, timeout=timeout,
+                                env=dvc_environment())
+        returncode, stdout, output = result.returncode, result.stdout, result.stdout + result.stderr
+    else:
+        returncode, stdout = _streamed(dvc_command(*args), timeout, echo)
+        output = stdout
+    if returncode != 0:
+        tail = "\n".join(output.strip().splitlines()[-15:])
+        raise DemoireError(f"dvc {' '.join(args)} exited with {returncode}:\n{tail}")
+    return stdout
+
+
+def _streamed(command: list[str], timeout: float | None, echo: logging.Logger) -> tuple[int, str]:
+    """Run `command` with stdout and stderr merged, logging each line to `echo` as it comes: (exit code, output)."""
+    # The stages' Python would otherwise hold its output in a pipe's 8 KB buffer until it exits.
+    env = {**dvc_environment(), "PYTHONUNBUFFERED": "1"}
+    lines: list[str] = []
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                          bufsize=1) as process:
+        reader = threading.Thread(target=_echo_lines, args=(process.stdout, lines, echo), daemon=True)
+        reader.start()
+        try:
+            returncode = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_tree(process)  # the stage too: a hung stage holds the pipe, and its work is stopped
+            raise
+        finally:
+            reader.join(timeout=10)  # the rest of the pipe, unless a grandchild still holds it open
+    return returncode, "".join(lines)
+
+
+def _kill_tree(process: subprocess.Popen) -> None:
+    """Kill `process` and every process it started (DVC's stage commands and theirs), then reap it."""
+    import psutil
+
+    try:
+        descendants = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    process.kill()
+    for child in descendants:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    process.wait()
+
+
+def _echo_lines(stream: IO[str], lines: list[str], echo: logging.Logger) -> None:
+    """Keep and log each line of `stream` until it closes."""
+    try:
+        for line in stream:
+            lines.append(line)
+            if line.strip():
+                echo.info("%s", line.rstrip())
+    except ValueError:  # closed under us: a grandchild kept the pipe open past the wait above
+        pass
 
 
 @task(name="dvc-repro", timeout_seconds=REPRO_TIMEOUT_S)
 def dvc_repro_task(targets: list[str]) -> str:
-    """`dvc repro TARGETS` (all stages when empty): only stages whose deps or params changed run."""
-    return run_dvc("repro", *targets, timeout=REPRO_TIMEOUT_S)
+    """`dvc repro TARGETS` (all stages when empty): only stages whose deps or params changed run; their output goes to
+    the flow run's log as it comes (the worker's terminal and the UI)."""
+    return run_dvc("repro", *targets, timeout=REPRO_TIMEOUT_S, echo=get_run_logger())
 
 
 @task(name="stale-stages", retries=2, retry_delay_seconds=5)

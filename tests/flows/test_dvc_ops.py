@@ -1,11 +1,14 @@
 """Which input folders the stages' DVC deps do not cover: files added there would go unnoticed."""
 
+import logging
 from pathlib import Path
 
+import pytest
 import yaml
 
 import flows
 from flows.dvc_ops import undeclared_folders, warn_undeclared_folders
+from pipeline.errors import DemoireError
 
 
 def test_folders_no_dep_covers_are_named_as_dvc_reads_deps(tmp_path, monkeypatch):
@@ -66,3 +69,76 @@ def test_a_stage_started_by_a_pipeline_run_is_tagged_with_it(prefect_api, monkey
         stage = stage_probe(return_state=True)
     with get_client(sync_client=True) as client:
         assert client.read_flow_run(stage.state_details.flow_run_id).tags == [f"pipeline-run:{parent_id}"]
+
+
+def dvc_project(path: Path, stages: dict[str, str]) -> Path:
+    """A git repository with DVC initialised and `stages` (name → command) in its dvc.yaml."""
+    import subprocess
+    import sys
+
+    path.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=path, check=True)
+    (path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {name: {"cmd": cmd} for name, cmd in stages.items()}}))
+    return path
+
+
+class Waiter(logging.Handler):
+    """Records each message, and creates `go` once it sees `ready`: a stage waiting for `go` finishes only if
+    its output reaches the logger while it runs."""
+
+    def __init__(self, go: Path) -> None:
+        super().__init__()
+        self.go, self.messages = go, []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+        if record.getMessage() == "ready":
+            self.go.touch()
+
+
+WAIT_FOR_GO = ("python -c \"import pathlib, sys, time; print('ready'); t = time.time(); "
+               "exec('while not pathlib.Path(\\'go\\').exists() and time.time() - t < 60: time.sleep(0.05)'); "
+               "sys.exit(0 if pathlib.Path('go').exists() else 3)\"")
+
+
+def test_a_repro_with_echo_logs_the_stages_output_while_they_run(tmp_path, monkeypatch):
+    from flows.dvc_ops import run_dvc
+
+    project = dvc_project(tmp_path / "p", {"wait": WAIT_FOR_GO, "after": "python -c \"print('second stage')\""})
+    monkeypatch.chdir(project)
+    echo = logging.getLogger("test.dvc.echo")
+    echo.setLevel(logging.INFO)
+    waiter = Waiter(project / "go")
+    echo.addHandler(waiter)
+    try:
+        output = run_dvc("repro", echo=echo)
+    finally:
+        echo.removeHandler(waiter)
+    assert "ready" in waiter.messages and "second stage" in waiter.messages  # the stage saw `go`: streamed
+    assert "ready\n" in output and "second stage\n" in output  # and the whole output is returned as before
+
+
+def test_a_failing_repro_raises_with_its_last_lines_streamed_or_not(tmp_path, monkeypatch):
+    from flows.dvc_ops import run_dvc
+
+    project = dvc_project(tmp_path / "p", {
+        "broken": "python -c \"import sys; print('about to fail'); sys.exit('the stage broke')\""})
+    monkeypatch.chdir(project)
+    for echo in (None, logging.getLogger("test.dvc.echo")):
+        with pytest.raises(DemoireError, match=r"dvc repro exited with \d+:\n(.|\n)*the stage broke"):
+            run_dvc("repro", echo=echo)
+
+
+def test_a_streamed_repro_past_its_timeout_is_killed(tmp_path, monkeypatch):
+    import subprocess
+    import time
+
+    from flows.dvc_ops import run_dvc
+
+    project = dvc_project(tmp_path / "p", {"slow": "python -c \"import time; print('started'); time.sleep(60)\""})
+    monkeypatch.chdir(project)
+    start = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_dvc("repro", timeout=8, echo=logging.getLogger("test.dvc.echo"))
+    assert time.monotonic() - start < 30  # not the stage's 60 s: dvc and its stage were killed, the pipe closed

@@ -83,6 +83,19 @@ def _artifacts(flow_run_id) -> dict[str, str]:
     return {artifact.key: artifact.data for artifact in found}
 
 
+def _log_messages(flow_run_id) -> list[str]:
+    """Every log message of one flow run, as the UI shows them."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    messages, page = [], 200
+    with get_client(sync_client=True) as client:
+        while batch := client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                                        limit=page, offset=len(messages)):
+            messages += [log.message for log in batch]
+    return messages
+
+
 def _completed_flows() -> set[str]:
     """Names of the flows with a completed run on the server."""
     from prefect import get_client
@@ -144,6 +157,8 @@ def test_the_pipeline_deployment_runs_every_stage_on_the_worker(deployed, prefec
     assert "training: this worker (no live worker in the `gpu` pool)" in summary
     assert "v1 promoted to `champion`" in summary
     assert {"synthesize", "preprocess", "train", "evaluate", "register", "pipeline"} <= _completed_flows()
+    shown = _log_messages(flow_run.id)  # `dvc repro`'s output reached the run's log (and the worker's terminal)
+    assert {"Running stage 'train':", "Running stage 'register':"} <= set(shown), shown[:20]
     for rel in ("data/synthesize/manifest.parquet", "data/train/model.pt", "data/evaluate/metrics.json"):
         assert (repo / rel).is_file(), rel
     assert "Data and pipelines are up to date" in run(["dvc", "status"], repo, env).stdout
