@@ -606,6 +606,8 @@ def test_promote_dry_run_on_real_sets_rescores_the_champion_and_shows_raw_and_to
     assert kept.exit_code == 0, kept.output
     assert "keep champion: not better than the untouched input: real PSNR" in kept.output
     assert "dry run: champion would stay at v1; nothing changed" in kept.output
+    table = kept.output.split("keep champion:")[0]  # the input's column, and the floor in the rule
+    assert "untouched" in table and "and above" in table, kept.output
 
     dry = runner.invoke(app, ["promote", "--model-name", "m", "--dry-run", "--device", "cpu"])
     assert dry.exit_code == 0, dry.output
@@ -615,6 +617,7 @@ def test_promote_dry_run_on_real_sets_rescores_the_champion_and_shows_raw_and_to
         assert row in dry.output, row
     assert "real tone-aligned PSNR" in dry.output.split("promote:")[1]  # the reason names both numbers
     assert "dry run: champion would move to v2; nothing changed" in dry.output
+    assert "and above" not in dry.output  # params.yaml here turns the floor off
     assert _champion(client) == "1"
 
     done = runner.invoke(app, ["promote", "--model-name", "m", "--device", "cpu"])

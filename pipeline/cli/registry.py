@@ -34,23 +34,32 @@ def _local_gate(params, base: Path, data: Path, pairs: Path, device: str):
 
 
 def _comparison_table(decision) -> Table:
-    """Challenger and champion side by side on the gate set, with the rule each metric faces."""
+    """Challenger and champion side by side on the gate set, the untouched input beside them when the decision
+    compared with it, and the rule each metric faces."""
     from pipeline.evaluation.gate import GATE_KINDS
 
-    challenger, champion = decision.challenger, decision.champion
+    challenger, champion, untouched = decision.challenger, decision.champion, decision.untouched
     kind = GATE_KINDS[challenger.kind]
     table = Table(title=f"gate set {challenger.gate_set[:12]} ({kind.label}; gate.kind {kind.name})")
-    for column in ("metric", f"challenger v{challenger.version}", f"champion v{champion.version}" if champion else "champion",
-                   "difference", "rule"):
+    columns = ["metric", f"challenger v{challenger.version}",
+               f"champion v{champion.version}" if champion else "champion", "difference"]
+    rescored = [f"{role} v{side.version}" for role, side in (("challenger", challenger), ("champion", champion))
+                if side is not None and side.rescored]
+    if rescored:  # said once under the table, so that its columns fit an 80-column terminal
+        table.caption = f"{' and '.join(rescored)} (re-scored) on this gate set"
+    for column in columns + (["untouched input"] if untouched else []) + ["rule"]:
         table.add_column(column)
-    rules = {metric: f"≥ +{decision.rule.margin_db:g} dB" for metric in kind.margin_metrics}
+    floor = " and above the input" if decision.rule.over_input else ""
+    rules = {metric: f"≥ +{decision.rule.margin_db:g} dB{floor}" for metric in kind.margin_metrics}
     rules |= {"ssim": f"≥ -{decision.rule.ssim_tolerance:g}", "mse": "shown"}
     for metric in kind.metrics:
         ours = getattr(challenger, metric)
         theirs = getattr(champion, metric) if champion else None
-        table.add_row(kind.describe(metric), f"{ours:.4f}" + (" (re-scored)" if challenger.rescored else ""),
-                      "-" if theirs is None else f"{theirs:.4f}" + (" (re-scored)" if champion.rescored else ""),
-                      "-" if theirs is None else f"{ours - theirs:+.4f}", rules[metric])
+        row = [kind.describe(metric), f"{ours:.4f}", "-" if theirs is None else f"{theirs:.4f}",
+               "-" if theirs is None else f"{ours - theirs:+.4f}"]
+        if untouched:
+            row.append(f"{getattr(untouched, metric):.4f}")
+        table.add_row(*row, rules[metric])
     return table
 
 

@@ -40,6 +40,8 @@ def read_input(path: Path, produced_by: str) -> bytes:
         return Path(path).read_bytes()
     except FileNotFoundError:
         raise InputDataError(f"{path} not found; `{produced_by}` writes it") from None
+    except OSError as exc:  # a folder, no permission: not the file that command writes
+        raise InputDataError(f"cannot read {path} ({exc.strerror}); `{produced_by}` writes it there") from None
 
 
 def read_json_input(path: Path, produced_by: str) -> dict:
@@ -53,35 +55,43 @@ def read_json_input(path: Path, produced_by: str) -> dict:
     return data
 
 
-def missing_keys(data: dict, dotted_keys: list[str]) -> list[str]:
-    """The dotted keys (`real_mean.psnr`) that `data` lacks or holds no value under."""
+def missing_keys(data: dict, dotted_keys: list[str], numbers: bool = False) -> list[str]:
+    """The dotted keys (`real_mean.psnr`) that `data` lacks or holds no value under (with `numbers`: no number)."""
     missing = []
     for dotted in dotted_keys:
         value = data
         for part in dotted.split("."):
             value = value.get(part) if isinstance(value, dict) else None
-        if value is None:
+        if value is None or numbers and (isinstance(value, bool) or not isinstance(value, (int, float))):
             missing.append(dotted)
     return missing
 
 
-def check_has_keys(path: Path, data: dict, dotted_keys: list[str], produced_by: str) -> None:
-    """One line naming the input and the keys the report needs that it lacks (an older or foreign file)."""
-    missing = missing_keys(data, dotted_keys)
+def check_has_keys(path: Path, data: dict, dotted_keys: list[str], produced_by: str, numbers: bool = False) -> None:
+    """One line naming the input and the keys the report needs that it lacks (an older or foreign file); with
+    `numbers`, a key holding anything but a number counts as lacking."""
+    missing = missing_keys(data, dotted_keys, numbers)
     if missing:
-        raise InputDataError(f"{path} lacks {', '.join(missing)}: not what `{produced_by}` writes now "
+        kind = "lacks numbers under" if numbers else "lacks"
+        raise InputDataError(f"{path} {kind} {', '.join(missing)}: not what `{produced_by}` writes now "
                              "(an older or edited file?); rerun it")
 
 
 def check_metrics_input(path: Path, metrics: dict) -> None:
-    """Refuse an evaluate stage's metrics.json lacking a key the report quotes."""
-    needed = ["count", "psnr", "identity_psnr"]
+    """Refuse an evaluate stage's metrics.json lacking a key the report quotes, or holding other than a number there."""
+    numeric, named = ["count", "psnr", "identity_psnr"], []
     if metrics.get("real"):
         if not isinstance(metrics["real"], dict):
             raise InputDataError(f"{path}: real is not a set name → scores mapping; `dvc repro evaluate` writes it")
-        needed += ["real_gate_set", *(f"real_mean.{m}" for m in ("psnr", "tone_psnr", "ssim"))]
-        needed += [f"real.{name}.count" for name in metrics["real"]]
-    check_has_keys(path, metrics, needed, "dvc repro evaluate")
+        named = ["real_gate_set"]
+        numeric += [f"real_mean.{m}" for m in ("psnr", "tone_psnr", "ssim")]
+        numeric += [f"real.{name}.count" for name in metrics["real"]]
+        numeric += [f"real.{name}.skipped" for name, summary in metrics["real"].items()
+                    if isinstance(summary, dict) and "skipped" in summary]  # older sets did not count them
+    check_has_keys(path, metrics, [*numeric[:3], *named, *numeric[3:]], "dvc repro evaluate")
+    check_has_keys(path, metrics, numeric, "dvc repro evaluate", numbers=True)
+    if named and not isinstance(metrics["real_gate_set"], str):
+        raise InputDataError(f"{path}: real_gate_set is not the digest `dvc repro evaluate` writes; rerun it")
 
 
 def check_registration_input(path: Path, record: dict) -> None:
@@ -90,9 +100,13 @@ def check_registration_input(path: Path, record: dict) -> None:
     if kind not in GATE_KINDS:
         raise InputDataError(f"{path}: gate_kind {kind!r} is not one of {', '.join(GATE_KINDS)}; "
                              "`dvc repro register` writes it")
-    if record.get("challenger") and record.get("champion"):
-        check_has_keys(path, record, [f"{side}.{m}" for side in ("challenger", "champion")
-                                      for m in ("version", *GATE_KINDS[kind].metrics)], "dvc repro register")
+    compared = [side for side in ("champion", "untouched") if record.get(side)]
+    if record.get("challenger") and compared:
+        metrics = GATE_KINDS[kind].metrics
+        keys = [f"{side}.{m}" for side in ("challenger", *compared) for m in metrics]
+        check_has_keys(path, record, [f"{side}.version" for side in ("challenger", *compared)] + keys,
+                       "dvc repro register")
+        check_has_keys(path, record, keys, "dvc repro register", numbers=True)
 
 
 def registration_mismatch(metrics: dict, record: dict) -> str | None:
@@ -167,23 +181,35 @@ def _table(header: list[str], rows: list[list[object]]) -> str:
 
 
 def _registration_html(record: dict) -> str:
-    """The registration decision and, when there was a champion, the comparison it rests on."""
+    """The registration decision and the scores it rests on: the challenger's against the champion's and the
+    untouched input's, where the record has them."""
     promoted = record.get("promote")
     verdict = "promoted to champion" if promoted else "kept as challenger"
     parts = [f"<p class=\"{'promoted' if promoted else 'kept'}\"><b>{html.escape(str(record.get('model_name')))} "
              f"v{html.escape(str(record.get('version')))}: {verdict}</b> — {html.escape(str(record.get('reason')))}</p>"]
     kind = GATE_KINDS[record.get("gate_kind", SYNTHETIC.name)]
-    challenger, champion = record.get("challenger"), record.get("champion")
-    if challenger and champion:
-        rows = [[kind.describe(m), f"{challenger[m]:.4f}", f"{champion[m]:.4f}", f"{challenger[m] - champion[m]:+.4f}"]
+    challenger = record.get("challenger")
+    others = [(f"champion v{side['version']}" + (" (re-scored)" if side.get("rescored") else ""), side)
+              for side in [record.get("champion")] if side]
+    others += [("untouched input", side) for side in [record.get("untouched")] if side]
+    if challenger and others:
+        header = ["metric", f"challenger v{challenger['version']}"]
+        for label, _ in others:
+            header += [label, "challenger − " + label.split(" (")[0]]
+        rows = [[kind.describe(m), f"{challenger[m]:.4f}"]
+                + [cell for _, side in others for cell in (f"{side[m]:.4f}", f"{challenger[m] - side[m]:+.4f}")]
                 for m in kind.metrics]
-        parts.append(_table(["metric", f"challenger v{challenger['version']}",
-                             f"champion v{champion['version']}" + (" (re-scored)" if champion.get("rescored") else ""),
-                             "difference"], rows))
+        parts.append(_table(header, rows))
     margins = " and ".join(kind.describe(m) for m in kind.margin_metrics)
-    details = [["gate kind", f"{kind.name}: decided on the {kind.label}"], [f"gate set ({kind.label})", record.get("gate_set", "-")],
-               [f"margin (dB) on {margins}", record.get("margin_db", "-")], ["SSIM tolerance", record.get("ssim_tolerance", "-")],
-               ["MLflow run", record.get("run_id", "-")], ["tracking store", record.get("tracking_uri", "-")]]
+    details = [["gate kind", f"{kind.name}: decided on the {kind.label}"],
+               [f"gate set ({kind.label})", record.get("gate_set", "-")],
+               [f"margin (dB) on {margins}", record.get("margin_db", "-")],
+               ["SSIM tolerance", record.get("ssim_tolerance", "-")]]
+    if "over_input" in record:  # registrations before the floor have no such key
+        floor = ("on: the challenger must beat the untouched input on the gate set" if record["over_input"]
+                 else "off (register.require_gain_over_input: false)")
+        details.append(["input floor", floor])
+    details += [["MLflow run", record.get("run_id", "-")], ["tracking store", record.get("tracking_uri", "-")]]
     parts.append(_table(["", ""], details))
     return "\n".join(parts)
 

@@ -156,3 +156,62 @@ def test_a_registration_of_another_evaluation_is_flagged_in_the_report_and_on_st
     write_json(metrics_path, {**json.loads(metrics_path.read_text()), "real_gate_set": "ab" * 32})
     assert ("(it was decided on the test split, and the evaluation scored real sets, on which the gate decides); "
             "run dvc repro") in runner.invoke(app, ["report"]).output
+
+
+def test_the_report_shows_the_input_floor_and_the_challenger_against_the_untouched_input(tmp_path, monkeypatch, rng):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    _run_outputs(tmp_path, rng)
+    registration_path = tmp_path / "data/register/registration.json"
+    record = json.loads(registration_path.read_text())
+    untouched = {"version": "input", "rescored": False, "psnr": 22.0, "ssim": 0.8, "mse": 0.006,
+                 "gate_set": "ab12" * 16}
+    write_json(registration_path, record | {"over_input": True, "untouched": untouched})
+    assert runner.invoke(app, ["report"]).exit_code == 0
+    page = (tmp_path / "report.html").read_text()
+    for text in ("<th>untouched input</th><th>challenger − untouched input</th>", "22.0000", "+2.1234",
+                 "<td>input floor</td><td>on: the challenger must beat the untouched input on the gate set</td>",
+                 "<th>champion v1 (re-scored)</th><th>challenger − champion v1</th>"):
+        assert text in page, text
+    del record["champion"]  # the first model: only the input to compare with
+    write_json(registration_path, record | {"over_input": False, "untouched": untouched})
+    assert runner.invoke(app, ["report"]).exit_code == 0
+    page = (tmp_path / "report.html").read_text()
+    assert "<th>challenger v2</th><th>untouched input</th>" in page and "<th>champion" not in page
+    assert "<td>input floor</td><td>off (register.require_gain_over_input: false)</td>" in page
+    write_json(registration_path, record)  # decided before the floor existed: no row claims either way
+    assert runner.invoke(app, ["report"]).exit_code == 0 and "input floor" not in (tmp_path / "report.html").read_text()
+
+
+def test_inputs_of_the_wrong_kind_are_one_line_not_a_traceback(tmp_path, monkeypatch, rng):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    _run_outputs(tmp_path, rng)
+    (tmp_path / "folder").mkdir()
+    for option in ("--metrics", "--grid"):
+        result = runner.invoke(app, ["report", option, "folder"])
+        assert result.exit_code == 2 and result.output.startswith("error: cannot read folder ("), result.output
+    metrics_path = tmp_path / "data/evaluate/metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    real = {"count": 2, "psnr": 20.0, "identity_psnr": 19.0}
+    for edited, shown in [
+        ({"psnr": "21.2"}, "metrics.json lacks numbers under psnr:"),
+        ({"count": True}, "metrics.json lacks numbers under count:"),
+        ({"real": {"fh": {**real, "count": "two"}}, "real_mean": {"psnr": 1, "tone_psnr": 1, "ssim": 1},
+          "real_gate_set": "ab" * 32}, "metrics.json lacks numbers under real.fh.count:"),
+        ({"real": {"fh": real}, "real_mean": {"psnr": 1, "tone_psnr": 1, "ssim": 1}, "real_gate_set": 123},
+         "metrics.json: real_gate_set is not the digest `dvc repro evaluate` writes; rerun it"),
+    ]:
+        write_json(metrics_path, metrics | edited)
+        result = runner.invoke(app, ["report"])
+        assert result.exit_code == 2 and shown in result.output and "Traceback" not in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "report.html").exists()
+    write_json(metrics_path, metrics)
+    registration_path = tmp_path / "data/register/registration.json"
+    record = json.loads(registration_path.read_text())
+    record["champion"]["psnr"] = "23"
+    write_json(registration_path, record)
+    result = runner.invoke(app, ["report"])
+    assert result.exit_code == 2 and "registration.json lacks numbers under champion.psnr:" in result.output
