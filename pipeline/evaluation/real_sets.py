@@ -81,12 +81,15 @@ def check_unchanged_since_scored(evaluation: dict, now: str, set_digests: dict[s
     scored = evaluation.get(REAL.set_tag)
     if scored == now:
         return
+    if scored is None:  # an evaluation from before the real sets were listed: nothing of them was scored
+        raise InputDataError(f"the real sets of evaluate.real_sets ({', '.join(sorted(set_digests))}) were not scored "
+                             "by the evaluation this stage reads; run `dvc repro evaluate` to score them")
     scored_sets = {name: values.get("hash") for name, values in (evaluation.get("real") or {}).items()}
     changed = sorted(name for name in set_digests.keys() | scored_sets.keys()
                      if set_digests.get(name) != scored_sets.get(name))
     which = f" (changed: {', '.join(changed)})" if changed else " (the infer settings they were scored with changed)"
     raise InputDataError(f"the real sets of evaluate.real_sets hash to {now[:12]} but were scored as "
-                         f"{(scored or 'none')[:12]}{which}; run `dvc repro -f evaluate` to score them again")
+                         f"{scored[:12]}{which}; run `dvc repro -f evaluate` to score them again")
 
 
 def served_restorer(model: nn.Module, device: torch.device, infer: InferParams) -> Callable[[torch.Tensor], torch.Tensor]:
