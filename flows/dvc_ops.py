@@ -101,8 +101,8 @@ def _streamed(command: list[str], timeout: float | None, echo: logging.Logger) -
     # The stages' Python would otherwise hold its output in a pipe's 8 KB buffer until it exits.
     env = {**dvc_environment(), "PYTHONUNBUFFERED": "1"}
     lines: list[str] = []
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                          bufsize=1) as process:
+    # Bytes split at "\n" only: text mode would make each redraw of a progress bar ("\r") a line of its own.
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env) as process:
         reader = threading.Thread(target=_echo_lines, args=(process.stdout, lines, echo), daemon=True)
         reader.start()
         try:
@@ -132,13 +132,15 @@ def _kill_tree(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def _echo_lines(stream: IO[str], lines: list[str], echo: logging.Logger) -> None:
+def _echo_lines(stream: IO[bytes], lines: list[str], echo: logging.Logger) -> None:
     """Keep and log each line of `stream` until it closes."""
     try:
-        for line in stream:
+        for raw in stream:
+            line = raw.decode("utf-8", errors="replace")
             lines.append(line)
-            if line.strip():
-                echo.info("%s", line.rstrip())
+            shown = line.rstrip().rsplit("\r", 1)[-1]  # a progress bar redrawn in place: its last state
+            if shown.strip():
+                echo.info("%s", shown)
     except ValueError:  # closed under us: a grandchild kept the pipe open past the wait above
         pass
 

@@ -105,7 +105,7 @@ WAIT_FOR_GO = ("python -c \"import pathlib, sys, time; print('ready'); t = time.
 def test_a_repro_with_echo_logs_the_stages_output_while_they_run(tmp_path, monkeypatch):
     from flows.dvc_ops import run_dvc
 
-    project = dvc_project(tmp_path / "p", {"wait": WAIT_FOR_GO, "after": "python -c \"print('second stage')\""})
+    project = dvc_project(tmp_path / "p", {"wait": WAIT_FOR_GO, "after": "python -c \"print('bar 1/2\\rbar 2/2')\""})
     monkeypatch.chdir(project)
     echo = logging.getLogger("test.dvc.echo")
     echo.setLevel(logging.INFO)
@@ -115,8 +115,9 @@ def test_a_repro_with_echo_logs_the_stages_output_while_they_run(tmp_path, monke
         output = run_dvc("repro", echo=echo)
     finally:
         echo.removeHandler(waiter)
-    assert "ready" in waiter.messages and "second stage" in waiter.messages  # the stage saw `go`: streamed
-    assert "ready\n" in output and "second stage\n" in output  # and the whole output is returned as before
+    assert "ready" in waiter.messages  # the stage saw `go`: its line was logged while it ran
+    assert "bar 2/2" in waiter.messages and not any(m.startswith("bar 1/2") for m in waiter.messages)  # its last state
+    assert "ready\n" in output and "bar 1/2\rbar 2/2\n" in output  # and the whole output is returned as before
 
 
 def test_a_failing_repro_raises_with_its_last_lines_streamed_or_not(tmp_path, monkeypatch):
