@@ -64,7 +64,8 @@ def test_predict_takes_files_folders_and_globs_skips_bad_images_and_never_overwr
             "over the limit of 2,500 (infer.max_pixels)") in result.output
     assert f"skipped {loose / 'x.png'}: {out / 'x.png'} written earlier in this run from another input" in result.output
     assert f"skipped no such file or folder: {tmp_path / 'missing.png'}" in result.output
-    assert re.search(r"restored 4 of 9 images in [0-9.]+ s, median [0-9.]+ s per image", result.output)
+    assert re.search(r"restored 4 of 8 images \(1 of the inputs named no image\) in [0-9.]+ s, median [0-9.]+ s per "
+                     r"image", result.output)
 
     before = (out / "a.png").read_bytes()
     write_png(inputs / "a.png", rng.integers(0, 256, (31, 45, 3), dtype=np.uint8))

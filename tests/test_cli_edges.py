@@ -80,7 +80,7 @@ def test_a_folder_that_cannot_be_listed_is_reported_not_passed_over(tmp_path, mo
     result = _predict([str(tmp_path / "in")], tmp_path / "out", model)
     assert result.exit_code == 1, result.output
     assert f"skipped folder {tmp_path / 'in' / 'locked'}: cannot be listed" in result.output
-    assert "restored 1 of 2 images" in result.output
+    assert "restored 1 of 1 images (1 of the inputs named no image)" in result.output
 
 
 def _pairs(folder: Path, sizes: dict[str, tuple[int, int]]) -> Path:

@@ -137,6 +137,7 @@ def predict(
         typer.echo(json_text({"restored": restored, "skipped": skipped, "count": len(pairs) + len(problems),
                               "seconds": total, "median_seconds": statistics.median(seconds) if seconds else None}))
     median = f", median {statistics.median(seconds):.2f} s per image" if seconds else ""
-    err.note(f"restored {len(seconds)} of {len(pairs) + len(problems)} images in {total:.1f} s{median}")
+    unfound = f" ({len(problems)} of the inputs named no image)" if problems else ""
+    err.note(f"restored {len(seconds)} of {len(pairs)} images{unfound} in {total:.1f} s{median}")
     if skipped:
         raise typer.Exit(1)

@@ -154,7 +154,8 @@ def _output_options(options: dict) -> tuple[str, int]:
     if isinstance(quality, str) and quality.strip().lstrip("+-").isdigit():
         quality = int(quality)
     if not isinstance(quality, int) or isinstance(quality, bool):
-        raise RequestError(422, f"quality {quality!r}: choose a whole number from 1 to 100")
+        shown = json.dumps(quality) if isinstance(quality, (bool, float, type(None))) else repr(quality)  # as sent
+        raise RequestError(422, f"quality {shown}: choose a whole number from 1 to 100")
     try:
         check_output_format(fmt, quality)
     except ParamsError as exc:
