@@ -250,7 +250,9 @@ def test_synthesize_rejects_unknown_preset_in_one_line(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_bench_synth_json_reports_pairs_per_core():
+def test_bench_synth_json_reports_pairs_per_core(monkeypatch):
+    loads = iter([(1.5, 1.0, 1.0)])  # the load before the run; the run itself then raises it to 9
+    monkeypatch.setattr(os, "getloadavg", lambda: next(loads, (9.0, 9.0, 9.0)))
     result = runner.invoke(app, ["bench", "synth", "--size", "64", "--pairs", "2", "--repeats", "2", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -264,7 +266,7 @@ def test_bench_synth_json_reports_pairs_per_core():
     named = cpuinfo.is_file() and "model name" in cpuinfo.read_text()  # ARM's lists no name
     assert cpu["cpu"] != cpu["arch"] or not named
     assert cpu["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
-    assert cpu["cores"] == os.cpu_count() and cpu["load_1min"] >= 0
+    assert cpu["cores"] == os.cpu_count() and cpu["load_1min"] == 1.5
 
 
 def test_bench_synth_encode_encodes_both_images_of_every_pair(monkeypatch):
@@ -440,6 +442,36 @@ def test_a_deleted_champion_is_stood_for_by_the_last_champion_that_exists(blocke
     client.delete_registered_model_alias("m", "champion")  # removed by hand: rollback puts it back where it was
     back = runner.invoke(app, ["rollback", "--model-name", "m"])
     assert back.exit_code == 0 and "champion: none → v1" in back.output and _champion(client) == "1"
+
+
+def _third_champion(client) -> None:
+    """v3, with v2's files, made champion after v1 and v2: champion history v1, v2, v3."""
+    from pipeline.registry import champion_history, move_champion
+
+    second = client.get_model_version("m", "2")
+    assert str(client.create_model_version("m", second.source, second.run_id).version) == "3"
+    move_champion(client, "m", "2")
+    move_champion(client, "m", "3")
+    assert champion_history(client, "m") == ["1", "2", "3"]
+
+
+def test_rollback_restores_the_champion_just_before_the_current_one(blocked_registry):
+    from pipeline.registry import champion_history
+
+    client = blocked_registry
+    _third_champion(client)
+    back = runner.invoke(app, ["rollback", "--model-name", "m"])
+    assert back.exit_code == 0 and "champion: v3 → v2" in back.output, back.output
+    assert _champion(client) == "2" and champion_history(client, "m") == ["1", "2"]
+
+
+def test_a_deleted_champion_is_stood_for_by_the_latest_earlier_champion_not_the_first(blocked_registry):
+    client = blocked_registry
+    _third_champion(client)
+    client.delete_model_version("m", "3")
+    back = runner.invoke(app, ["rollback", "--model-name", "m", "--json"])
+    assert back.exit_code == 0, back.output
+    assert json.loads(back.stdout) == {"model_name": "m", "demoted": "3", "restored": "2"} and _champion(client) == "2"
 
 
 def test_a_store_mlflow_cannot_use_is_one_line(blocked_registry, monkeypatch):

@@ -7,7 +7,8 @@ import torch
 from pipeline.data.dataset import to_image, to_tensor
 from pipeline.errors import ParamsError
 from pipeline.falloff import correct_falloff, estimate_falloff
-from pipeline.inference import blend_weights, restore_image, restore_shrunk, restore_tensor, restore_tiled, tile_spans
+from pipeline.inference import (RestoreStopped, blend_weights, restore_image, restore_shrunk, restore_tensor,
+                                restore_tiled, tile_spans)
 from pipeline.models import ModelSpec, build_model
 
 CPU = torch.device("cpu")
@@ -148,7 +149,7 @@ def test_falloff_is_estimated_on_the_whole_photo_and_undone_on_what_the_model_re
 
 
 def test_max_side_restores_larger_photos_at_that_side_and_leaves_smaller_ones_as_they_were():
-    sides = []
+    sides, shapes = [], []
 
     class Recording(torch.nn.Module):
         """The real U-Net, noting the size of what it is given."""
@@ -160,6 +161,7 @@ def test_max_side_restores_larger_photos_at_that_side_and_leaves_smaller_ones_as
 
         def forward(self, batch):
             sides.append(tuple(batch.shape[-2:]))
+            shapes.append(tuple(batch.shape))
             return self.net(batch)
 
     model = Recording()
@@ -172,3 +174,14 @@ def test_max_side_restores_larger_photos_at_that_side_and_leaves_smaller_ones_as
     assert sides == [(30, 50)]  # the whole photo at a longer side of 50: one pass, no tiles
     assert shrunk.shape == image.shape and shrunk.dtype == np.uint8
     assert np.abs(shrunk.astype(int) - full).mean() > 1
+
+    shapes.clear()
+    restore_image(model, image, "cpu", tile_size=64, overlap=16, batch_size=2, max_side=112)
+    # shrunk to 67×112, larger than a tile: restored in 2×2 tiles, two per batch
+    assert [shape[0] for shape in shapes] == [2, 2] and max(max(shape[2:]) for shape in shapes) <= 64
+    asked = []
+    shapes.clear()
+    with pytest.raises(RestoreStopped):  # asked before each batch of tiles, as at full size
+        restore_image(model, image, "cpu", tile_size=64, overlap=16, batch_size=2, max_side=112,
+                      should_stop=lambda: asked.append(len(shapes)) or len(asked) == 2)
+    assert asked == [0, 1]  # stopped before the second batch of tiles

@@ -157,9 +157,11 @@ def test_temp_files_of_killed_runs_are_removed_on_the_next_write(tmp_path):
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
     assert os.path.isdir(staging) and f".synthesize.{socket.gethostname()}.{child.pid}-" in staging
+    live = tmp_path / f".synthesize.{socket.gethostname()}.{os.getpid()}-live.tmp"  # a running writer's: kept
+    live.write_text("half")
     with atomic_dir(tmp_path / "synthesize") as fresh:
         (fresh / "a.png").write_text("a")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthesize"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "synthesize"] and live.read_text() == "half"
 
 
 @pytest.mark.parametrize("case", ["file", "below_file"])

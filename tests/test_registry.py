@@ -107,6 +107,16 @@ def test_champion_moves_only_when_beaten_by_the_margin_and_pyfunc_loads(store, t
 
 
 
+def test_moving_champion_to_the_champion_leaves_its_history_as_it_was(store, tmp_path):
+    client = MlflowClient()
+    v1, _ = _register(_model(tmp_path / "model"), 22.0)
+    stored = client.get_registered_model("demoire-test").tags["champion_history"]
+    for _ in range(2):
+        move_champion(client, "demoire-test", v1)
+    assert champion_history(client, "demoire-test") == [v1]
+    assert client.get_registered_model("demoire-test").tags["champion_history"] == stored == json.dumps([v1])
+
+
 # Small tiles, so a 70x90 image is really restored in overlapping tiles by the served model.
 TINY_TILING = InferParams(tile_size=32, tile_overlap=8)
 

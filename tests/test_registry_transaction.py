@@ -102,6 +102,7 @@ def check_invariants(state: dict) -> None:
             champion = scores
     assert state["aliases"].get("champion") == (champion.version if champion else None)
     assert state["history"] == sorted(state["history"], key=int) and state["history"][-1:] == [champion.version]
+    assert len(set(state["history"])) == len(state["history"]), state["history"]  # each champion once
     # no lock held; a broken one's name stays a day as a tombstone, so a slow waiter cannot break a new lock
     assert "RUNNING" not in state["statuses"] and [name for name in state["locks"] if ".stale." not in name] == []
 

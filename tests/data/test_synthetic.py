@@ -47,6 +47,8 @@ def test_manifest_records_source_and_every_sampled_parameter(tmp_path, tiny_para
     # beat-directed captures (the default) derive the distance from the drawn beat period
     assert frame.beat_period_px.between(*tiny_params.synthesize.optics.beat_period_px).all()
     assert (frame.distance_mm > frame.focal_length_mm).all()
+    # each pair draws from its own stream (seed, stage, pair index): no two pairs share a capture
+    assert frame.beat_period_px.nunique() == frame.pitch_ratio.nunique() == len(frame)
 
 
 def test_shards_cover_every_index_once():

@@ -49,8 +49,22 @@ def test_tone_alignment_undoes_a_global_gain_and_offset_per_channel(rng):
     assert torch.allclose(align_tone(flat, clean), clean.mean(dim=(1, 2), keepdim=True).expand_as(clean), atol=1e-6)
 
 
+def test_an_output_off_only_in_global_tone_has_no_residual_energy_in_any_band():
+    from pipeline.evaluation.evaluate import image_scores
+    from pipeline.evaluation.residual_bands import BANDS, band_energies
+
+    clean = torch.rand(3, 32, 40, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
+    gains, offsets = torch.tensor([0.7, 1.05, 0.9]), torch.tensor([0.05, -0.04, 0.02])
+    toned = clean * gains[:, None, None] + offsets[:, None, None]  # within [0, 1]: nothing clamped
+    assert min(band_energies(toned - clean).values()) > 1e-6  # the raw residual has energy in every band
+    scores = image_scores(toned, clean)
+    assert scores["tone_psnr"] > 60 and scores["psnr"] < 25
+    for band in BANDS:
+        assert scores[f"residual_{band}"] < 1e-10, band
+
+
 def test_band_energies_put_a_stripe_pattern_in_its_band_and_sum_to_its_power():
-    from pipeline.evaluation.residual_bands import band_energies, removed_fraction
+    from pipeline.evaluation.residual_bands import BANDS, band_energies, removed_fraction
 
     ys, xs = torch.meshgrid(torch.arange(128.0), torch.arange(128.0), indexing="ij")
     for period, band in ((64.0, "low"), (16.0, "mid"), (4.0, "high")):
@@ -62,6 +76,8 @@ def test_band_energies_put_a_stripe_pattern_in_its_band_and_sum_to_its_power():
         assert sum(energies.values()) == pytest.approx(3 * 0.1**2 / 2, rel=0.1)
     assert removed_fraction(0.25, 1.0) == 0.75 and removed_fraction(2.0, 1.0) == -1.0
     assert np.isnan(removed_fraction(0.0, 0.0))
+    # the edges in cycles per pixel: periods over 32 px are low, 8 to 32 px mid, under 8 px high
+    assert BANDS == {"low": (0.0, 1 / 32), "mid": (1 / 32, 1 / 8), "high": (1 / 8, float("inf"))}
 
 
 def test_summary_reports_tone_aligned_gain_and_moire_removed_per_band():
