@@ -106,7 +106,6 @@ def test_champion_moves_only_when_beaten_by_the_margin_and_pyfunc_loads(store, t
     assert "rolled_back" not in client.get_model_version("demoire-test", v4).tags
 
 
-
 def test_moving_champion_to_the_champion_leaves_its_history_as_it_was(store, tmp_path):
     client = MlflowClient()
     v1, _ = _register(_model(tmp_path / "model"), 22.0)
