@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
 from pathlib import Path
 from typing import IO
 
+import psutil
 import yaml
 from prefect import get_run_logger, task
 
@@ -79,10 +81,10 @@ def dvc_environment() -> dict[str, str]:
 
 
 def run_dvc(*args: str, timeout: float | None = None, echo: logging.Logger | None = None) -> str:
-    """Run `dvc ARGS` and return its stdout; with `echo`, every line of its output (the stages' logs and progress
-    included) also goes to that logger as it comes, so a long run shows where it is. A failure raises with the
-    tail of its output; past `timeout` it is killed (streamed: with its stages) and `subprocess.TimeoutExpired`
-    raised."""
+    """Run `dvc ARGS` and return its output: stdout, or with `echo` stdout and stderr merged, each line also logged
+    to `echo` as it comes (the stages' logs and progress included), so a long run shows where it is. A failure
+    raises with the tail of its output; past `timeout` it is killed (streamed: with its stages) and
+    `subprocess.TimeoutExpired` raised."""
     if echo is None:
         result = subprocess.run(dvc_command(*args), capture_output=True, text=True, timeout=timeout,
                                 env=dvc_environment())
@@ -96,6 +98,11 @@ def run_dvc(*args: str, timeout: float | None = None, echo: logging.Logger | Non
     return stdout
 
 
+READ_LIMIT = 64 * 1024  # a longer line (a progress bar redrawn with "\r" only) is logged in parts of this size
+SHOWN_LIMIT = 10_000  # characters of one logged line: Prefect's API refuses log records past 1 MB
+LEVELS = {"DEBUG": logging.DEBUG, "WARNING": logging.WARNING, "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
+
+
 def _streamed(command: list[str], timeout: float | None, echo: logging.Logger) -> tuple[int, str]:
     """Run `command` with stdout and stderr merged, logging each line to `echo` as it comes: (exit code, output)."""
     # The stages' Python would otherwise hold its output in a pipe's 8 KB buffer until it exits.
@@ -107,18 +114,18 @@ def _streamed(command: list[str], timeout: float | None, echo: logging.Logger) -
         reader.start()
         try:
             returncode = process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_tree(process)  # the stage too: a hung stage holds the pipe, and its work is stopped
+        except BaseException:  # our timeout, the task's (Prefect raises its own), a signal: the stages stop too
+            _kill_tree(process)
             raise
         finally:
-            reader.join(timeout=10)  # the rest of the pipe, unless a grandchild still holds it open
+            reader.join(timeout=10)  # the rest of the pipe, unless a process the stages left still holds it
+            if reader.is_alive():  # then closing the pipe would wait for that process: leave it to the reader
+                process.stdout = None
     return returncode, "".join(lines)
 
 
 def _kill_tree(process: subprocess.Popen) -> None:
     """Kill `process` and every process it started (DVC's stage commands and theirs), then reap it."""
-    import psutil
-
     try:
         descendants = psutil.Process(process.pid).children(recursive=True)
     except psutil.NoSuchProcess:
@@ -133,16 +140,20 @@ def _kill_tree(process: subprocess.Popen) -> None:
 
 
 def _echo_lines(stream: IO[bytes], lines: list[str], echo: logging.Logger) -> None:
-    """Keep and log each line of `stream` until it closes."""
-    try:
-        for raw in stream:
-            line = raw.decode("utf-8", errors="replace")
-            lines.append(line)
-            shown = line.rstrip().rsplit("\r", 1)[-1]  # a progress bar redrawn in place: its last state
-            if shown.strip():
-                echo.info("%s", shown)
-    except ValueError:  # closed under us: a grandchild kept the pipe open past the wait above
-        pass
+    """Keep and log each line of `stream` until it closes, at the level the line names (a stage's warnings and
+    errors stay warnings and errors)."""
+    for raw in iter(lambda: stream.readline(READ_LIMIT), b""):
+        line = raw.decode("utf-8", errors="replace")
+        lines.append(line)
+        shown = line.rstrip().rsplit("\r", 1)[-1][:SHOWN_LIMIT]  # a progress bar redrawn in place: its last state
+        if shown.strip():
+            echo.log(_level(shown), "%s", shown)
+
+
+def _level(line: str) -> int:
+    """The level a line of output names: Prefect's and the library loggers' `| WARNING |`, DVC's `ERROR: …`."""
+    named = re.search(r"\| (DEBUG|WARNING|ERROR|CRITICAL) *\|", line) or re.match(r"(WARNING|ERROR):", line)
+    return LEVELS[named.group(1)] if named else logging.INFO
 
 
 @task(name="dvc-repro", timeout_seconds=REPRO_TIMEOUT_S)

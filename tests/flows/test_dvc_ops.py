@@ -3,6 +3,7 @@
 import logging
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -89,10 +90,11 @@ class Waiter(logging.Handler):
 
     def __init__(self, go: Path) -> None:
         super().__init__()
-        self.go, self.messages = go, []
+        self.go, self.messages, self.levels = go, [], {}
 
     def emit(self, record: logging.LogRecord) -> None:
         self.messages.append(record.getMessage())
+        self.levels[record.getMessage()] = record.levelname
         if record.getMessage() == "ready":
             self.go.touch()
 
@@ -105,7 +107,8 @@ WAIT_FOR_GO = ("python -c \"import pathlib, sys, time; print('ready'); t = time.
 def test_a_repro_with_echo_logs_the_stages_output_while_they_run(tmp_path, monkeypatch):
     from flows.dvc_ops import run_dvc
 
-    project = dvc_project(tmp_path / "p", {"wait": WAIT_FOR_GO, "after": "python -c \"print('bar 1/2\\rbar 2/2')\""})
+    after = "python -c \"print('bar 1/2\\rbar 2/2'); print('12:00:00.000 | WARNING | pipeline - careful')\""
+    project = dvc_project(tmp_path / "p", {"wait": WAIT_FOR_GO, "after": after})
     monkeypatch.chdir(project)
     echo = logging.getLogger("test.dvc.echo")
     echo.setLevel(logging.INFO)
@@ -117,7 +120,9 @@ def test_a_repro_with_echo_logs_the_stages_output_while_they_run(tmp_path, monke
         echo.removeHandler(waiter)
     assert "ready" in waiter.messages  # the stage saw `go`: its line was logged while it ran
     assert "bar 2/2" in waiter.messages and not any(m.startswith("bar 1/2") for m in waiter.messages)  # its last state
-    assert "ready\n" in output and "bar 1/2\rbar 2/2\n" in output  # and the whole output is returned as before
+    assert waiter.levels["12:00:00.000 | WARNING | pipeline - careful"] == "WARNING"  # a stage's warning stays one
+    assert waiter.levels["Running stage 'wait':"] == "INFO"
+    assert "ready\n" in output and "bar 1/2\rbar 2/2\n" in output  # the whole output is returned, as it came
 
 
 def test_a_failing_repro_raises_with_its_last_lines_streamed_or_not(tmp_path, monkeypatch):
@@ -143,3 +148,43 @@ def test_a_streamed_repro_past_its_timeout_is_killed(tmp_path, monkeypatch):
     with pytest.raises(subprocess.TimeoutExpired):
         run_dvc("repro", timeout=8, echo=logging.getLogger("test.dvc.echo"))
     assert time.monotonic() - start < 30  # not the stage's 60 s: dvc and its stage were killed, the pipe closed
+
+
+def test_a_repro_stopped_by_the_tasks_own_timeout_stops_its_stages(tmp_path, monkeypatch, prefect_api):
+    import time
+
+    from prefect import flow
+
+    from flows.dvc_ops import dvc_repro_task
+
+    project = dvc_project(tmp_path / "p", {"slow": "python -c \"import os, time; open('pid', 'w').write(str("
+                                                    "os.getpid())); print('started', flush=True); time.sleep(90)\""})
+    monkeypatch.chdir(project)
+
+    @flow(name="repro-probe")
+    def repro_probe() -> str:
+        return dvc_repro_task.with_options(timeout_seconds=8)([])  # Prefect's timeout, before run_dvc's own
+
+    start = time.monotonic()
+    state = repro_probe(return_state=True)
+    assert state.is_failed() and time.monotonic() - start < 45  # not the stage's 90 s
+    stage = int((project / "pid").read_text())
+    assert not psutil.pid_exists(stage) or psutil.Process(stage).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_process_a_stage_leaves_behind_does_not_hold_the_repro(tmp_path, monkeypatch):
+    import time
+
+    from flows.dvc_ops import run_dvc
+
+    # a stage that starts a silent background process holding its stdout (the pipe) and ends
+    leaves = ("python -c \"import subprocess; p = subprocess.Popen(['sleep', '60']); "
+              "open('pid', 'w').write(str(p.pid)); print('left one behind')\"")
+    project = dvc_project(tmp_path / "p", {"leaves": leaves})
+    monkeypatch.chdir(project)
+    start = time.monotonic()
+    try:
+        output = run_dvc("repro", echo=logging.getLogger("test.dvc.echo"))
+        assert time.monotonic() - start < 40 and "left one behind\n" in output  # 10 s of grace, not its 60
+    finally:
+        psutil.Process(int((project / "pid").read_text())).kill()
