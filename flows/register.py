@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -17,9 +16,9 @@ from flows import EXPERIMENT_NAME, PROJECT_DIR, PROJECT_ROOT
 from flows._entry import run_stage
 from flows.run_logs import unless_user_error
 from pipeline.config import Params, flatten
-from pipeline.errors import InputDataError
-from pipeline.evaluation.gate import GATE_KINDS, REAL, GateRule, gate_pairs, gate_set_hash, local_gate, scored_as
+from pipeline.evaluation.gate import REAL, GateRule, gate_pairs, gate_set_hash, local_gate, scored_as
 from pipeline.evaluation.real_sets import check_unchanged_since_scored
+from pipeline.evaluation.run_report import read_json_input, registration_markdown
 from pipeline.faults import kill_point
 from pipeline.io import read_rgb, write_json
 from pipeline.provenance import data_version_tags, git_commit, git_dirty
@@ -117,42 +116,13 @@ def log_and_register_task(params: Params, model_dir: Path, evaluation: dict, fil
 def register_flow(params: Params, model_dir: Path, history: Path, metrics: Path, per_image: Path, grid: Path,
                   out: Path, lock: Path, data: Path, pairs: Path, real_per_image: Path | None = None) -> dict:
     """Register this pipeline run's model and write the decision to `out`."""
-    evaluation = read_evaluation(metrics)
+    evaluation = read_json_input(metrics, "dvc repro evaluate")
     record = log_and_register_task(params, model_dir, evaluation, [metrics, per_image, grid, history],
                                    grid, lock, data, pairs, real_per_image)
     kill_point("register.decided")
     write_json(out, record)
     create_markdown_artifact(key="register-summary", markdown=registration_markdown(record))
     return record
-
-
-def read_evaluation(metrics: Path) -> dict:
-    """The evaluate stage's metrics.json, or one line saying why it is not that file."""
-    try:
-        evaluation = json.loads(metrics.read_text())
-    except FileNotFoundError:
-        raise InputDataError(f"{metrics} not found; `dvc repro evaluate` writes it") from None
-    except OSError as exc:
-        raise InputDataError(f"cannot read {metrics} ({exc.strerror})") from None
-    except ValueError:  # not JSON, or not text
-        evaluation = None
-    if not isinstance(evaluation, dict):
-        raise InputDataError(f"{metrics} is not the JSON object `dvc repro evaluate` writes; rerun it")
-    return evaluation
-
-
-def registration_markdown(record: dict) -> str:
-    """The register-summary artifact: the decision, and the untouched input's scores it was held against."""
-    verdict = "promoted to `champion`" if record["promote"] else "kept as `challenger`"
-    lines = [f"# Registration\n\n`{record['model_name']}` v{record['version']} {verdict} by the "
-             f"{record['gate_kind']} gate: {record['reason']}."]
-    kind, untouched = GATE_KINDS[record["gate_kind"]], record.get("untouched")
-    if record.get("over_input") and untouched:
-        lines.append("The untouched input on the gate set, which it had to beat: " + ", ".join(
-            f"{kind.describe(m)} {untouched[m]:.4f}" for m in kind.margin_metrics) + ".")
-    elif record.get("over_input") is False:
-        lines.append("Input floor off (`register.require_gain_over_input: false`).")
-    return "\n\n".join(lines) + "\n"
 
 
 def main() -> None:

@@ -356,7 +356,8 @@ def test_promote_dry_run_then_promote_then_rollback(blocked_registry):
 
     dry = runner.invoke(app, ["promote", "--model-name", "m", "--dry-run"])
     assert dry.exit_code == 0, dry.output
-    assert "challenger v2" in dry.output and "champion v1" in dry.output and "+0.5000" in dry.output
+    assert "┃ challenger ┃ champion ┃" in dry.output and "┃ v2         ┃ v1       ┃" in dry.output  # 2-line heads
+    assert "+0.5000" in dry.output
     assert "dry run: champion would move to v2; nothing changed" in dry.output
     assert _champion(client) == "1" and client.get_model_version("m", "2").tags == tags_before
 
@@ -526,7 +527,7 @@ def test_promote_rescores_on_the_local_test_split_when_gate_sets_differ(blocked_
                                  "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "re-scoring on the local test split (3 pairs" in result.output
-    assert "(re-scored)" in result.output and _champion(client) == "1"
+    assert "champion v1 re-scored on this gate set" in " ".join(result.output.split()) and _champion(client) == "1"
 
     pairs.unlink()
     missing = runner.invoke(app, ["promote", "--model-name", "m", "--data", str(data), "--pairs", str(pairs)])
@@ -639,18 +640,20 @@ def test_promote_dry_run_on_real_sets_rescores_the_champion_and_shows_raw_and_to
     assert kept.exit_code == 0, kept.output
     assert "keep champion: not better than the untouched input: real PSNR" in kept.output
     assert "dry run: champion would stay at v1; nothing changed" in kept.output
-    table = kept.output.split("keep champion:")[0]  # the input's column, and the floor in the rule
-    assert "untouched" in table and "and above" in table, kept.output
+    table = kept.output.split("keep champion:")[0]  # the input's column, the floor in the rule and the caption
+    assert "┃ input " in table and "≥ +0.05 dB, >" in table, kept.output
+    assert "input floor on: the challenger must beat the untouched input" in " ".join(table.split())
 
     dry = runner.invoke(app, ["promote", "--model-name", "m", "--dry-run", "--device", "cpu"])
     assert dry.exit_code == 0, dry.output
     assert "re-scoring on the real sets (a 2, b 1 pairs), gate set" in dry.output
     assert "(real sets; gate.kind real)" in dry.output
-    for row in ("real PSNR", "real tone-aligned PSNR", "real SSIM", "real MSE", "(re-scored)", "+0.5000", "≥ +0.05 dB"):
+    for row in ("real PSNR", "real tone-aligned PSNR", "real SSIM", "real MSE", "+0.5000", "≥ +0.05 dB"):
         assert row in dry.output, row
+    assert "champion v1 re-scored on this gate set" in " ".join(dry.output.split())
     assert "real tone-aligned PSNR" in dry.output.split("promote:")[1]  # the reason names both numbers
     assert "dry run: champion would move to v2; nothing changed" in dry.output
-    assert "and above" not in dry.output  # params.yaml here turns the floor off
+    assert "dB, >" not in dry.output and "input floor off" in " ".join(dry.output.split())  # params.yaml's
     assert _champion(client) == "1"
 
     done = runner.invoke(app, ["promote", "--model-name", "m", "--device", "cpu"])

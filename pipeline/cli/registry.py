@@ -35,21 +35,18 @@ def _local_gate(params, base: Path, data: Path, pairs: Path, device: str):
 
 def _comparison_table(decision) -> Table:
     """Challenger and champion side by side on the gate set, the untouched input beside them when the decision
-    compared with it, and the rule each metric faces."""
-    from pipeline.evaluation.gate import GATE_KINDS
+    knew its scores, and the rule each metric faces."""
+    from pipeline.evaluation.gate import GATE_KINDS, input_floor_text
 
     challenger, champion, untouched = decision.challenger, decision.champion, decision.untouched
     kind = GATE_KINDS[challenger.kind]
     table = Table(title=f"gate set {challenger.gate_set[:12]} ({kind.label}; gate.kind {kind.name})")
-    columns = ["metric", f"challenger v{challenger.version}",
-               f"champion v{champion.version}" if champion else "champion", "difference"]
-    rescored = [f"{role} v{side.version}" for role, side in (("challenger", challenger), ("champion", champion))
-                if side is not None and side.rescored]
-    if rescored:  # said once under the table, so that its columns fit an 80-column terminal
-        table.caption = f"{' and '.join(rescored)} (re-scored) on this gate set"
-    for column in columns + (["untouched input"] if untouched else []) + ["rule"]:
-        table.add_column(column)
-    floor = " and above the input" if decision.rule.over_input else ""
+    # two-line headers and the notes under the table: the columns fit an 80-column terminal
+    columns = ["metric", f"challenger\nv{challenger.version}",
+               f"champion\nv{champion.version}" if champion else "champion", "difference"]
+    for column in columns + (["input"] if untouched else []) + ["rule"]:
+        table.add_column(column, overflow="fold", min_width=12 if column == "metric" else None)
+    floor = ", > input" if decision.rule.over_input and untouched else ""
     rules = {metric: f"≥ +{decision.rule.margin_db:g} dB{floor}" for metric in kind.margin_metrics}
     rules |= {"ssim": f"≥ -{decision.rule.ssim_tolerance:g}", "mse": "shown"}
     for metric in kind.metrics:
@@ -60,6 +57,10 @@ def _comparison_table(decision) -> Table:
         if untouched:
             row.append(f"{getattr(untouched, metric):.4f}")
         table.add_row(*row, rules[metric])
+    sides = (("challenger", challenger), ("champion", champion))
+    notes = [f"{role} v{side.version} re-scored on this gate set" for role, side in sides if side and side.rescored]
+    notes.append(f"input floor {input_floor_text(decision.rule.over_input, untouched is not None)}")
+    table.caption = "; ".join(notes)
     return table
 
 

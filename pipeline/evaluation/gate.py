@@ -76,6 +76,18 @@ class GateRule:
     over_input: bool = True
 
 
+def input_floor_text(over_input: bool | None, untouched_known: bool) -> str | None:
+    """The input floor of a decision in words: off, on, or on but not applied (the input's scores unknown); None
+    for a decision recorded before the floor existed."""
+    if over_input is None:
+        return None
+    if not over_input:
+        return "off (register.require_gain_over_input: false)"
+    if untouched_known:
+        return "on: the challenger must beat the untouched input on the gate set"
+    return "on, not applied: the untouched input's scores on this gate set are not known"
+
+
 @dataclass(frozen=True)
 class GateScores:
     """One model version's means on one gate set."""

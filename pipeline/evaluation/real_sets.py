@@ -83,7 +83,7 @@ def check_unchanged_since_scored(evaluation: dict, now: str, set_digests: dict[s
         return
     if scored is None:  # an evaluation from before the real sets were listed: nothing of them was scored
         raise InputDataError(f"the real sets of evaluate.real_sets ({', '.join(sorted(set_digests))}) were not scored "
-                             "by the evaluation this stage reads; run `dvc repro evaluate` to score them")
+                             "by the evaluation this stage reads; run `dvc repro -f evaluate` to score them")
     scored_sets = {name: values.get("hash") for name, values in (evaluation.get("real") or {}).items()}
     changed = sorted(name for name in set_digests.keys() | scored_sets.keys()
                      if set_digests.get(name) != scored_sets.get(name))

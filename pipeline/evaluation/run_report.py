@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pipeline.errors import InputDataError
-from pipeline.evaluation.gate import GATE_KINDS, REAL, SYNTHETIC
+from pipeline.evaluation.gate import GATE_KINDS, REAL, SYNTHETIC, input_floor_text
 from pipeline.evaluation.summary_tables import SUMMARY_HEADER, band_rows, number, summary_rows
 from pipeline.io import atomic_path
 
@@ -205,13 +205,25 @@ def _registration_html(record: dict) -> str:
                [f"gate set ({kind.label})", record.get("gate_set", "-")],
                [f"margin (dB) on {margins}", record.get("margin_db", "-")],
                ["SSIM tolerance", record.get("ssim_tolerance", "-")]]
-    if "over_input" in record:  # registrations before the floor have no such key
-        floor = ("on: the challenger must beat the untouched input on the gate set" if record["over_input"]
-                 else "off (register.require_gain_over_input: false)")
+    floor = input_floor_text(record.get("over_input"), bool(record.get("untouched")))
+    if floor:  # registrations before the floor have none
         details.append(["input floor", floor])
     details += [["MLflow run", record.get("run_id", "-")], ["tracking store", record.get("tracking_uri", "-")]]
     parts.append(_table(["", ""], details))
     return "\n".join(parts)
+
+
+def registration_markdown(record: dict) -> str:
+    """The register stage's summary artifact: the decision, and the untouched input it was held against."""
+    verdict = "promoted to `champion`" if record["promote"] else "kept as `challenger`"
+    lines = [f"# Registration\n\n`{record['model_name']}` v{record['version']} {verdict} by the "
+             f"{record['gate_kind']} gate: {record['reason']}."]
+    kind, untouched = GATE_KINDS[record["gate_kind"]], record.get("untouched")
+    floor = input_floor_text(record.get("over_input"), bool(untouched))
+    if floor:
+        scores = ", ".join(f"{kind.describe(m)} {untouched[m]:.4f}" for m in kind.margin_metrics) if untouched else ""
+        lines.append(f"Input floor {floor}" + (f" (the input: {scores})" if scores else "") + ".")
+    return "\n\n".join(lines) + "\n"
 
 
 def _metrics_html(summary: dict) -> str:

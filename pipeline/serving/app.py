@@ -20,6 +20,7 @@ import base64
 import binascii
 import json
 import logging
+import re
 import threading
 from dataclasses import dataclass
 from importlib import resources
@@ -151,10 +152,10 @@ def _output_options(options: dict) -> tuple[str, int]:
     fmt = str(options.get("format") or "png").lower().replace("jpeg", "jpg")
     quality = options.get("quality", DEFAULT_QUALITY)
     # a whole number, or its digits (query and form fields are text): not 90.7, true or null
-    if isinstance(quality, str) and quality.strip().lstrip("+-").isdigit():
+    if isinstance(quality, str) and re.fullmatch(r"\s*[+-]?[0-9]+\s*", quality):  # not "+-5" or "²", which int refuses
         quality = int(quality)
     if not isinstance(quality, int) or isinstance(quality, bool):
-        shown = json.dumps(quality) if isinstance(quality, (bool, float, type(None))) else repr(quality)  # as sent
+        shown = repr(quality) if isinstance(quality, str) else json.dumps(quality)  # JSON values as JSON writes them
         raise RequestError(422, f"quality {shown}: choose a whole number from 1 to 100")
     try:
         check_output_format(fmt, quality)

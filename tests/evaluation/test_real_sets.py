@@ -150,7 +150,8 @@ def test_the_gate_scores_are_means_over_sets_each_set_counting_once(project, tmp
 def test_real_sets_never_scored_are_named_as_such_not_as_changed():
     from pipeline.evaluation.real_sets import check_unchanged_since_scored
 
-    with pytest.raises(InputDataError, match=r"^the real sets of evaluate.real_sets \(fh, tip\) were not scored by the "
-                                             r"evaluation this stage reads; run `dvc repro evaluate` to score them$"):
+    with pytest.raises(InputDataError, match=r"^the real sets of evaluate.real_sets \(fh, tip\) were not scored by "
+                                             r"the evaluation this stage reads; run `dvc repro -f evaluate` to score "
+                                             r"them$"):
         check_unchanged_since_scored({"psnr": 20.0}, "ab" * 32, {"tip": "1" * 64, "fh": "2" * 64})
     check_unchanged_since_scored({"real_gate_set": "ab" * 32}, "ab" * 32, {"fh": "2" * 64})  # as scored: silent

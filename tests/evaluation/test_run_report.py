@@ -180,6 +180,10 @@ def test_the_report_shows_the_input_floor_and_the_challenger_against_the_untouch
     page = (tmp_path / "report.html").read_text()
     assert "<th>challenger v2</th><th>untouched input</th>" in page and "<th>champion" not in page
     assert "<td>input floor</td><td>off (register.require_gain_over_input: false)</td>" in page
+    write_json(registration_path, record | {"over_input": True, "untouched": None})  # on, but the input unknown
+    assert runner.invoke(app, ["report"]).exit_code == 0
+    assert ("<td>input floor</td><td>on, not applied: the untouched input&#x27;s scores on this gate set are not "
+            "known</td>") in (tmp_path / "report.html").read_text()
     write_json(registration_path, record)  # decided before the floor existed: no row claims either way
     assert runner.invoke(app, ["report"]).exit_code == 0 and "input floor" not in (tmp_path / "report.html").read_text()
 

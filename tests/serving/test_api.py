@@ -107,11 +107,13 @@ def test_limits_and_bad_input_answer_4xx_with_one_line_never_500(serve_app, clie
         (dict(files={"file": ("a.png", small)}, data={"format": "gif"}), 422, "format 'gif': choose one of png, jpg, webp"),
         (dict(files={"file": ("a.png", small)}, data={"quality": "0"}), 422, "quality 0: choose 1 to 100"),
         (dict(files={"file": ("a.png", small)}, data={"quality": "high"}), 422, "quality 'high'"),
+        *((dict(files={"file": ("a.png", small)}, data={"quality": q}), 422, f"quality {q!r}") for q in ("+-5", "²")),
         # JSON keeps its types: only a whole number is a quality (null, a list, 1e400, 90.7 and true were 500s or
         # quietly cut)
         *((dict(content=f'{{"image": "{base64.b64encode(small).decode()}", "quality": {q}}}',
                 headers={"Content-Type": "application/json"}), 422, f"quality {shown}: choose a whole number")
-          for q, shown in (("null", "null"), ("[5]", "[5]"), ("1e400", "Infinity"), ("90.7", "90.7"), ("true", "true"))),
+          for q, shown in (("null", "null"), ("[5]", "[5]"), ("1e400", "Infinity"), ("90.7", "90.7"), ("true", "true"),
+                           ('{"a": 1}', '{"a": 1}'))),
     ]
     for request, status, message in cases:
         response = client.post(url + "/restore", **request)
