@@ -221,7 +221,8 @@ def registration_markdown(record: dict) -> str:
     kind, untouched = GATE_KINDS[record["gate_kind"]], record.get("untouched")
     floor = input_floor_text(record.get("over_input"), bool(untouched))
     if floor:
-        scores = ", ".join(f"{kind.describe(m)} {untouched[m]:.4f}" for m in kind.margin_metrics) if untouched else ""
+        held = untouched and record["over_input"]  # the scores it was held against, when it was
+        scores = ", ".join(f"{kind.describe(m)} {untouched[m]:.4f}" for m in kind.margin_metrics) if held else ""
         lines.append(f"Input floor {floor}" + (f" (the input: {scores})" if scores else "") + ".")
     return "\n\n".join(lines) + "\n"
 
