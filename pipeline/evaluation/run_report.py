@@ -79,18 +79,18 @@ def check_has_keys(path: Path, data: dict, dotted_keys: list[str], produced_by: 
 
 def check_metrics_input(path: Path, metrics: dict) -> None:
     """Refuse an evaluate stage's metrics.json lacking a key the report quotes, or holding other than a number there."""
-    numeric, named = ["count", "psnr", "identity_psnr"], []
-    if metrics.get("real"):
-        if not isinstance(metrics["real"], dict):
-            raise InputDataError(f"{path}: real is not a set name → scores mapping; `dvc repro evaluate` writes it")
-        named = ["real_gate_set"]
-        numeric += [f"real_mean.{m}" for m in ("psnr", "tone_psnr", "ssim")]
-        numeric += [f"real.{name}.count" for name in metrics["real"]]
-        numeric += [f"real.{name}.skipped" for name, summary in metrics["real"].items()
+    real = metrics.get("real")
+    if real and not isinstance(real, dict):
+        raise InputDataError(f"{path}: real is not a set name → scores mapping; `dvc repro evaluate` writes it")
+    synthetic = ["count", "psnr", "identity_psnr"]
+    real_scores = [f"real_mean.{m}" for m in ("psnr", "tone_psnr", "ssim")] if real else []
+    real_scores += [f"real.{name}.count" for name in real or {}]
+    real_scores += [f"real.{name}.skipped" for name, summary in (real or {}).items()
                     if isinstance(summary, dict) and "skipped" in summary]  # older sets did not count them
-    check_has_keys(path, metrics, [*numeric[:3], *named, *numeric[3:]], "dvc repro evaluate")
-    check_has_keys(path, metrics, numeric, "dvc repro evaluate", numbers=True)
-    if named and not isinstance(metrics["real_gate_set"], str):
+    gate_set = ["real_gate_set"] if real else []
+    check_has_keys(path, metrics, [*synthetic, *gate_set, *real_scores], "dvc repro evaluate")
+    check_has_keys(path, metrics, [*synthetic, *real_scores], "dvc repro evaluate", numbers=True)
+    if real and not isinstance(metrics["real_gate_set"], str):
         raise InputDataError(f"{path}: real_gate_set is not the digest `dvc repro evaluate` writes; rerun it")
 
 
