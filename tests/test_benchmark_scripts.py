@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,38 @@ def test_real_transfer_checks_its_real_sets_levers_and_params_before_training(pa
     assert _one_line(_script("real_transfer.py", "--real", pairs, "--set", "train.epochs=0", "--out", out)).startswith(
         "error: lever: train.epochs = 0")
     assert not out.exists()
+
+
+@pytest.fixture
+def tiny_params(tmp_path):
+    """A params.yaml of four 32² pairs."""
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 3\nsynthesize:\n  size: 32\n  n_pairs: 4\ntrain:\n  patch_size: 32\n")
+    return path
+
+
+def test_render_trace_finds_the_pair_and_the_ops_where_two_renders_part(tiny_params, tmp_path):
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    assert _script("render_trace.py", "--params", tiny_params, "--out", first).returncode == 0
+    same = _script("render_trace.py", "--params", tiny_params, "--out", second, "--against", first)
+    assert (same.returncode, same.stdout.splitlines()[-1]) == (0, "all 4 pairs the same, step by step")
+    assert second.read_text().split('"pairs"')[1] == first.read_text().split('"pairs"')[1]
+
+    # another machine's file, as if pair 2 had parted from this one's render in its second window of ops
+    other = json.loads(first.read_text())
+    other["pairs"][2]["moire"] = "00000000"
+    other["pairs"][2]["checkpoints"][1:] = ["00000000"] * (len(other["pairs"][2]["checkpoints"]) - 1)
+    first.write_text(json.dumps(other))
+    parted = _script("render_trace.py", "--params", tiny_params, "--out", second, "--against", first)
+    lines = parted.stdout.splitlines()
+    assert parted.returncode == 1 and lines[1].startswith("pair 2: moire differ (") and len(lines) == 3 + 128
+    assert lines[2] == "  they first part within ops 128–255:"
+    assert lines[3].split()[0] == "128" and all("pipeline/" in line or line.endswith("?") for line in lines[3:])
+
+
+def test_render_trace_refuses_a_file_it_did_not_write_before_rendering(tiny_params, tmp_path):
+    (tmp_path / "other.json").write_text('{"pairs": 3}')
+    assert _one_line(_script("render_trace.py", "--params", tiny_params, "--out", tmp_path / "t.json",
+                             "--against", tmp_path / "other.json")).startswith(
+        f"error: --against {tmp_path / 'other.json'}: not a digests file of this script")
+    assert not (tmp_path / "t.json").exists()
