@@ -44,6 +44,14 @@ def jpeg_quality(text: str) -> int:
     return quality
 
 
+def positive_count(text: str) -> int:
+    """A count of at least 1."""
+    count = int(text)
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{count}: give at least 1")
+    return count
+
+
 def groups_or_all(groups: list[tuple[str, str]]) -> dict[str, str]:
     """The `--group` options given, or one group `all` of every pair."""
     return dict(groups) or {"all": "*"}

@@ -30,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._args import output_file, run  # noqa: E402
+from benchmarks._args import output_file, positive_count, run  # noqa: E402
 from pipeline.bench import machine as bench_machine  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
 from pipeline.data.synthetic import render_pair, source_for_pair  # noqa: E402
@@ -124,7 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=output_file, required=True, help="JSON file for the digests")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
-    parser.add_argument("--pairs", type=int, help="the first N pairs (default: all of synthesize.n_pairs)")
+    parser.add_argument("--pairs", type=positive_count, help="the first N pairs (default: all of synthesize.n_pairs)")
     parser.add_argument("--against", type=Path, help="digests JSON from another machine to compare with")
     args = parser.parse_args()
     earlier = None
@@ -133,6 +133,8 @@ def main() -> None:
             earlier = json.loads(args.against.read_text())
             if not all(isinstance(pair, dict) and PAIR_KEYS <= pair.keys() for pair in earlier["pairs"]):
                 raise ValueError("a pair without the digests this script writes")
+            if earlier.get("window") != WINDOW:
+                raise ValueError(f"checkpoints every {earlier.get('window')} ops, not every {WINDOW}")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputDataError(f"--against {args.against}: not a digests file of this script ({exc})") from None
     params = load_params(args.params)
@@ -141,6 +143,8 @@ def main() -> None:
                                cfg.sources.screen_kinds)
     context = (specs, cfg, params.seed)
     count = min(args.pairs or cfg.n_pairs, cfg.n_pairs)
+    if earlier is not None:
+        count = min(count, len(earlier["pairs"]))  # only what the other machine rendered can be compared
     pairs = [render_traced(index, context)[0] for index in range(count)]
     machine = {**bench_machine(), "numpy": np.__version__}
     with atomic_path(args.out) as tmp:  # one pair a line: a diff of two machines' files shows the pairs that part

@@ -101,4 +101,11 @@ def test_render_trace_refuses_a_file_it_did_not_write_before_rendering(tiny_para
     assert _one_line(_script("render_trace.py", "--params", tiny_params, "--out", tmp_path / "t.json",
                              "--against", tmp_path / "other.json")).startswith(
         f"error: --against {tmp_path / 'other.json'}: not a digests file of this script")
+    pair = {"moire": "0", "clean": "0", "record": "0", "ops": 1, "checkpoints": []}
+    (tmp_path / "other.json").write_text(json.dumps({"window": 64, "pairs": [pair]}))
+    assert _one_line(_script("render_trace.py", "--params", tiny_params, "--out", tmp_path / "t.json",
+                             "--against", tmp_path / "other.json")).endswith(
+        "(checkpoints every 64 ops, not every 128)")
+    assert _one_line(_script("render_trace.py", "--out", tmp_path / "t.json", "--pairs", "0")).endswith(
+        "argument --pairs: 0: give at least 1")
     assert not (tmp_path / "t.json").exists()
