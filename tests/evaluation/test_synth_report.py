@@ -1,8 +1,10 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -91,6 +93,23 @@ def test_report_measures_psnr_and_locates_moire_frequency(tmp_path, rng):
     spectrum = pd.read_csv(out / "residual_spectrum.csv")
     assert list(spectrum.columns) == ["set", "frequency", "power"]
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+
+    # what dvc.yaml plots from these files: numbers on both axes (a pair's name on x drew an empty chart)
+    for name, plot in _declared_plots().items():
+        table = pd.read_csv(out / name)
+        assert all(pd.api.types.is_numeric_dtype(table[plot[axis]]) for axis in ("x", "y")), (name, plot)
+
+
+def _declared_plots() -> dict[str, dict]:
+    """dvc.yaml's CSV plots of the synthesize stage's report, by file name."""
+    stage = yaml.safe_load((Path(__file__).resolve().parents[2] / "dvc.yaml").read_text())["stages"]["synthesize"]
+    plots = {}
+    for entry in stage["plots"]:
+        (path, props), = entry.items() if isinstance(entry, dict) else ((entry, {}),)
+        if path.endswith(".csv"):
+            plots[Path(path).name] = props
+    assert set(plots) == {"input_metrics.csv", "residual_spectrum.csv"}
+    return plots
 
 
 def test_shrinking_rescales_frequency_to_resized_pixels():
