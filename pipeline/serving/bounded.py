@@ -154,6 +154,11 @@ STOPPED_STATUS = {"the server is shutting down": 503, "the request's time limit 
 # MLflow's scoring app puts the whole request before the model's message ("Failed to predict data '<the
 # input>'. \nError: <message>"): 7.2 MB of base64 for one refused 4000×3000 photo
 MLFLOW_ECHO = "\nError: "
+# ...and a body that is not JSON whole, after the parser's error, whose repr of a UnicodeDecodeError holds it too
+MLFLOW_NOT_JSON = "Ensure that input is a valid JSON formatted string."
+NOT_JSON = "the request body is not JSON (send {\"inputs\": …}: an array of 0–255 values or base64 of an image file)"
+# an error message longer than this is cut: whatever else MLflow may repeat of a request stays out of the answer
+MAX_MESSAGE_CHARS = 2000
 
 
 class _ErrorAnswer:
@@ -186,7 +191,17 @@ class _ErrorAnswer:
             message = str(error.pop("message"))
         except (ValueError, KeyError, TypeError, AttributeError):
             error, message = None, self.body.decode("utf-8", "replace")
-        return self.status, message.rsplit(MLFLOW_ECHO, 1)[-1], error
+        return self.status, brief(message), error
+
+
+def brief(message: str) -> str:
+    """MLflow's error message without the request it repeats in it."""
+    if MLFLOW_NOT_JSON in message:
+        return NOT_JSON
+    message = message.rsplit(MLFLOW_ECHO, 1)[-1]
+    if len(message) > MAX_MESSAGE_CHARS:
+        return f"{message[:MAX_MESSAGE_CHARS]}… ({len(message) - MAX_MESSAGE_CHARS} more characters cut)"
+    return message
 
 
 def build_app(model_uri: str, max_body_bytes: int, timeout_s: float) -> BoundedScoring:
