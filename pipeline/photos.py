@@ -81,7 +81,7 @@ def read_photo(source: Path | bytes, max_pixels: int | None = None, name: str | 
                 width, height = im.size
                 if max_pixels is not None and width * height > max_pixels:
                     raise ImageTooLargeError(f"image from {name} is {width}x{height} = {width * height:,} pixels, "
-                                         f"over the limit of {max_pixels:,} (infer.max_pixels)")
+                                         f"over the limit of {max_pixels:,} (infer.max_pixels, or --max-pixels)")
                 frames = getattr(im, "n_frames", 1)
                 if frames > 1:
                     log.warning("%s has %d frames; using the first", name, frames)

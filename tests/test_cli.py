@@ -61,9 +61,9 @@ def test_predict_takes_files_folders_and_globs_skips_bad_images_and_never_overwr
     assert f"skipped {inputs / 'b.png'}: cannot read image" in result.output
     assert f"skipped {inputs / 'cut.png'}: cannot read image from {inputs / 'cut.png'}: image file is truncated" in result.output
     assert (f"skipped {inputs / 'big.png'}: image from {inputs / 'big.png'} is 60x50 = 3,000 pixels, "
-            "over the limit of 2,500 (infer.max_pixels)") in result.output
+            "over the limit of 2,500 (infer.max_pixels, or --max-pixels)") in result.output
     assert f"skipped {loose / 'x.png'}: {out / 'x.png'} written earlier in this run from another input" in result.output
-    assert f"skipped no such file or folder: {tmp_path / 'missing.png'}" in result.output
+    assert f"skipped {tmp_path / 'missing.png'}: no such file or folder" in result.output
     assert re.search(r"restored 4 of 8 images \(1 of the inputs named no image\) in [0-9.]+ s, median [0-9.]+ s per "
                      r"image", result.output)
 

@@ -45,7 +45,7 @@ def _input_images(inputs: list[str], out: Path, suffix: str = ".png") -> tuple[l
             if not matches:
                 problems.append(f"no image matches {item}")
         else:
-            problems.append(f"no such file or folder: {item}")
+            problems.append(f"{item}: no such file or folder")
     return pairs, problems
 
 

@@ -104,6 +104,7 @@ def test_limits_and_bad_input_answer_4xx_with_one_line_never_500(serve_app, clie
         (dict(content=b"{nope", headers={"Content-Type": "application/json"}), 400, "JSON body must be"),
         (dict(content=b"", headers={"Content-Type": "image/png"}), 400, "empty body"),
         (dict(content=small, headers={"Content-Type": "text/plain"}), 415, "content type 'text/plain'"),
+        (dict(content=b""), 415, "no Content-Type header: send multipart/form-data"),
         (dict(files={"file": ("a.png", small)}, data={"format": "gif"}), 422, "format 'gif': choose one of png, jpg, webp"),
         (dict(files={"file": ("a.png", small)}, data={"quality": "0"}), 422, "quality 0: choose 1 to 100"),
         (dict(files={"file": ("a.png", small)}, data={"quality": "high"}), 422, "quality 'high'"),
