@@ -34,6 +34,7 @@ from flows.dvc_ops import (REPRO_TIMEOUT_S, adopt_stage_locks_task, dvc_pull_tas
 from pipeline.config import load_params
 from pipeline.errors import DemoireError
 from pipeline.io import atomic_path
+from pipeline.provenance import git_commit
 
 UPSTREAM_OF_TRAIN = ["synthesize", "preprocess"]
 LOCK_ARTIFACT = "train-lock"
@@ -80,7 +81,7 @@ def train_on_worker_flow(commit: str, params_yaml: str, upstream_lock: dict[str,
     The pipeline passes its git commit, params.yaml and the dvc.lock entries of the stages before
     training, so this checkout (on another machine) pulls exactly those inputs from the DVC remote.
     """
-    here = git_commit()
+    here = checkout_commit()
     if here != commit:
         raise DemoireError(f"this worker's checkout is at {here[:12]}, the pipeline's at {commit[:12]}; "
                            "check out the same commit on both")
@@ -102,7 +103,7 @@ def train_remotely(gpu_pool: str, train_deployment: str, pickup_timeout_s: float
     that died still reads as online for about 90 s after its last heartbeat.
     """
     dvc_push_task(UPSTREAM_OF_TRAIN)
-    inputs = {"commit": git_commit(), "params_yaml": PARAMS_FILE.read_text(),
+    inputs = {"commit": checkout_commit(), "params_yaml": PARAMS_FILE.read_text(),
               "upstream_lock": {stage: stage_lock(stage) for stage in UPSTREAM_OF_TRAIN}}
     run = run_deployment(train_deployment, parameters=inputs, timeout=0)  # scheduled, not awaited
     state = wait_for_state(run.id, pickup_timeout_s, lambda state: not state.is_scheduled())
@@ -139,9 +140,13 @@ def uncommitted_train_code() -> list[str]:
     return [line[3:] for line in status.splitlines()]
 
 
-def git_commit() -> str:
-    """The commit this checkout is at."""
-    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+def checkout_commit() -> str:
+    """The commit this checkout is at; one line where there is none to read (a container image without git or .git)."""
+    commit = git_commit(Path.cwd())
+    if commit is None:
+        raise DemoireError(f"{Path.cwd()} is not a git checkout with git installed: the pipeline and train-on-worker "
+                           "flows compare commits, so their checkout (an image's too) needs its .git folder and git")
+    return commit
 
 
 @flow(name="pipeline")

@@ -1,6 +1,7 @@
 """Flows against a real Prefect server."""
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -323,8 +324,9 @@ def test_a_missing_gpu_pool_means_training_here_not_a_failed_pipeline(prefect_ap
     assert worker_online_task.fn("no-such-pool") is False
 
 
-def test_uncommitted_train_code_is_listed_and_data_outputs_are_not(tmp_path, monkeypatch):
-    from flows.full_pipeline import uncommitted_train_code
+def test_uncommitted_train_code_is_listed_and_a_checkout_without_git_is_one_line(tmp_path, monkeypatch):
+    from flows.full_pipeline import checkout_commit, uncommitted_train_code
+    from pipeline.errors import DemoireError
 
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
@@ -345,6 +347,13 @@ def test_uncommitted_train_code_is_listed_and_data_outputs_are_not(tmp_path, mon
     (tmp_path / "flows" / "train.py").write_text("# edited\n")
     (tmp_path / "presets" / "mine.yaml").write_text("base: default\n")
     assert uncommitted_train_code() == ["flows/train.py", "presets/mine.yaml"]
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout
+    assert checkout_commit() == commit.strip()
+
+    # an image that copied the project without .git: one line saying what it lacks, not git's traceback
+    shutil.rmtree(tmp_path / ".git")
+    with pytest.raises(DemoireError, match=r"is not a git checkout with git installed: .* needs its \.git folder"):
+        checkout_commit()
 
 
 def test_a_task_retries_a_hiccup_but_not_a_user_error(prefect_api):

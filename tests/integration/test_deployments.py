@@ -235,6 +235,11 @@ def test_the_kubernetes_template_requests_a_gpu_for_the_flow_run_pod():
     assert pod["containers"][0]["name"] == "prefect-job" and pod["restartPolicy"] == "Never"
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_limit }}"
     assert template["variables"]["properties"]["gpu_limit"]["default"] == "1"
+    # prefect-kubernetes 0.8's default template underneath (the extra pins it): its variables, placeholders kept
+    assert {"annotations", "backoff_limit", "image", "env", "namespace", "finished_job_ttl"} <= set(
+        template["variables"]["properties"])
+    assert template["job_configuration"]["job_manifest"]["spec"]["backoffLimit"] == "{{ backoff_limit }}"
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
 def test_a_pipeline_run_whose_worker_dies_mid_training_is_marked_crashed_and_a_rerun_completes(deployed, prefect_api):
