@@ -41,6 +41,9 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here, no telemetry
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # MLflow's too (it wrote ~/.config/mlflow otherwise)
+# MLflow's download bar is a terminal's: in a stage's or a flow run's log (no terminal) it is lines of redraws
+if not sys.stderr.isatty():
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 # Every process running a flow (a stage command, a deployment's flow run) logs user errors in one line.
 from flows.run_logs import quiet_user_error_tracebacks  # noqa: E402

@@ -2,6 +2,8 @@ import json
 import os
 import re
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,20 @@ def test_check_params_reports_bad_key(tmp_path):
     result = runner.invoke(app, ["check-params", "--params", str(params)])
     assert result.exit_code == 2
     assert "train.lr = 0: Input should be greater than 0" in result.output
+
+
+def test_mlflow_s_download_bar_is_off_where_no_terminal_would_show_it(tmp_path, monkeypatch):
+    # the CLI under a runner (stderr is no terminal), and a flow's process whose stderr goes to a log
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "unset")  # so that the undo removes what the CLI sets
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    runner.invoke(app, ["check-params", "--params", str(tmp_path / "params.yaml")])
+    assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
+    code = "import flows, os; print(os.environ['MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR'])"
+    flows = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                           text=True, timeout=120,
+                           env={k: v for k, v in os.environ.items() if k != "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"})
+    assert flows.stdout.strip() == "false", flows.stderr[-500:]
 
 
 def test_predict_takes_files_folders_and_globs_skips_bad_images_and_never_overwrites(tmp_path, rng):

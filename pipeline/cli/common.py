@@ -106,9 +106,10 @@ def main_options(
     """Demoiré pipeline: synthetic moiré data, models, evaluation."""
     err.notes = not quiet
     # -q silences every progress reporter of this command, wherever it runs (re-scoring in promote, too),
-    # MLflow's bar while it downloads a registered model included (its documented switch)
+    # MLflow's bar while it downloads a registered model included (its documented switch), as does a stderr
+    # that is no terminal (a log, a service's journal), where the bar would be lines of redraws
     set_progress_override("off" if quiet else None)
-    if quiet:
+    if quiet or not sys.stderr.isatty():
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if verbose:
         logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO,
