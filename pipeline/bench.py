@@ -17,7 +17,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pipeline.config import SynthesizeParams, TrainParams, parse_params
-from pipeline.data.synthetic import render_pair, single_threaded, source_for_pair
+from pipeline.data.synthetic import ipp_kernels, render_pair, single_threaded, source_for_pair
 from pipeline.errors import ParamsError
 from pipeline.inference import in_layout, input_format
 from pipeline.io import save_png
@@ -41,6 +41,7 @@ def machine() -> dict:
     1-minute load average when called (`demoire bench` puts the one from before its runs there), the GPU if any."""
     info = {"cpu": _cpu_model(), "arch": platform.machine(), "cores": os.cpu_count(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "mkl_cbwr": os.environ.get("MKL_CBWR"),
+            "opencv_ipp": ipp_kernels(),
             "load_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
             "torch": torch.__version__, "python": platform.python_version()}
     if torch.cuda.is_available():

@@ -65,10 +65,16 @@ class Photo:
     converted_from: str | None = None  # the description of the ICC profile converted from, if any
 
 
-def read_photo(source: Path | bytes, max_pixels: int | None = None, name: str | None = None) -> Photo:
+# Where a user sets the pixel limit of predict, serve and evaluate (the registered model names its own)
+MAX_PIXELS_SETTING = "infer.max_pixels, or --max-pixels"
+
+
+def read_photo(source: Path | bytes, max_pixels: int | None = None, name: str | None = None,
+               limit_setting: str = MAX_PIXELS_SETTING) -> Photo:
     """Decode a file or encoded bytes as an upright sRGB photo; InputDataError names what is wrong.
 
-    With `max_pixels`, an image whose header declares more pixels is refused before it is decoded.
+    With `max_pixels`, an image whose header declares more pixels is refused before it is decoded; the refusal
+    names `limit_setting`, where the limit is set.
     """
     name = name or (str(source) if isinstance(source, Path) else "upload")
     try:
@@ -81,7 +87,7 @@ def read_photo(source: Path | bytes, max_pixels: int | None = None, name: str | 
                 width, height = im.size
                 if max_pixels is not None and width * height > max_pixels:
                     raise ImageTooLargeError(f"image from {name} is {width}x{height} = {width * height:,} pixels, "
-                                         f"over the limit of {max_pixels:,} (infer.max_pixels, or --max-pixels)")
+                                         f"over the limit of {max_pixels:,} ({limit_setting})")
                 frames = getattr(im, "n_frames", 1)
                 if frames > 1:
                     log.warning("%s has %d frames; using the first", name, frames)

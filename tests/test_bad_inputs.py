@@ -8,6 +8,7 @@ and no silently wrong output. `CASES` counts them for benchmarks/reliability.py.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -310,6 +311,20 @@ def test_served_model_takes_a_read_only_image_without_a_warning():
     assert checked.flags.writeable and np.array_equal(checked, image)
     writable = image.copy()
     assert checked_image(writable, 10) is writable  # a writable array is not copied
+
+
+def test_served_model_names_its_own_pixel_limit_for_an_encoded_photo():
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.io import save_png
+    from pipeline.registry.pyfunc import decoded_photo
+
+    encoded = io.BytesIO()
+    save_png(np.zeros((40, 60, 3), np.uint8), encoded)
+    with pytest.raises(MlflowException) as info:
+        decoded_photo(encoded.getvalue(), max_pixels=100)
+    assert info.value.message == ("image from the request is 60x40 = 2,400 pixels, over the limit of 100 "
+                                  "(max_pixels in its model_config)")
 
 
 CASES = (len(BAD_PARAMS) + len(BAD_PARAMS_FILES) + len(BAD_IMAGE_CASES) + len(BAD_PATHS) + len(BAD_REQUESTS))

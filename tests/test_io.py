@@ -52,7 +52,8 @@ def test_images_over_the_pixel_limit_are_refused_from_the_header(tmp_path, rng):
     path = _truncated_png(tmp_path / "big.png", rng)
     with pytest.raises(InputDataError) as info:
         read_rgb(path, max_pixels=2399)
-    assert str(info.value) == f"image from {path} is 60x40 = 2,400 pixels, over the limit of 2,399 (infer.max_pixels, or --max-pixels)"
+    assert str(info.value) == (f"image from {path} is 60x40 = 2,400 pixels, over the limit of 2,399 "
+                               "(infer.max_pixels, or --max-pixels)")
     write_png(tmp_path / "ok.png", np.zeros((40, 60, 3), np.uint8))
     assert read_rgb(tmp_path / "ok.png", max_pixels=2400).shape == (40, 60, 3)
 

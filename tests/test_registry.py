@@ -517,11 +517,13 @@ def test_the_bounded_server_answers_a_refusal_briefly_and_a_shutdown_with_503(ch
         assert len(refused.content) < 1_000 and "expected base64 of an image file" in refused.json()["message"]
         assert refused.json()["error_code"] == refused.json()["error_class"] == "INVALID_PARAMETER_VALUE"
         # a body that is not JSON, as text or as bytes that are not UTF-8: MLflow's message holds it whole
-        for body in (b"P9kXWRbU" * 20_000, b"\x89PNG\r\n" + bytes(range(256)) * 500):
+        for body, why in ((b"P9kXWRbU" * 20_000, " (Expecting value: line 1 column 1 (char 0))"),
+                          (b"\x89PNG\r\n" + bytes(range(256)) * 500, ": not UTF-8 text")):
             not_json = httpx.post(f"{url}/invocations", content=body, headers={"Content-Type": "application/json"},
                                   timeout=60)
             assert not_json.status_code == 400 and len(not_json.content) < 1_000, not_json.text[:300]
-            assert not_json.json()["message"].startswith("the request body is not JSON (send {\"inputs\": …}")
+            assert not_json.json()["message"] == (f"the request body is not JSON{why} (send {{\"inputs\": …}}: an "
+                                                  "array of 0–255 values or base64 of an image file)")
 
         large = base64.b64encode(_png_bytes(np.zeros((1500, 1500, 3), np.uint8))).decode()  # 2,300 tiles of 32
         answer = {}

@@ -150,12 +150,19 @@ RENDER_CODE = ("pipeline/__init__.py", "pipeline/moire", "pipeline/sources", "pi
 
 def renderer_digest() -> str:
     """Digest of the rendering code (RENDER_CODE), of the numpy, torch, Pillow and OpenCV versions (OpenCV
-    blurs the frames and carries the libjpeg that compresses them) and of MKL's reproducibility branch (which the
-    render no longer depends on, pipeline.moire.portable; kept in, a resumed set keeps to one all the same)."""
+    blurs the frames and carries the libjpeg that compresses them), of the kernels OpenCV's IPP runs (their last
+    bits reach the bytes: pipeline/__init__.py) and of MKL's reproducibility branch (which the render no longer
+    depends on, pipeline.moire.portable; kept in, a resumed set keeps to one all the same)."""
     import PIL
 
-    versions = f"{np.__version__} {torch.__version__} {PIL.__version__} {cv2.__version__} {os.environ.get('MKL_CBWR')}"
+    versions = (f"{np.__version__} {torch.__version__} {PIL.__version__} {cv2.__version__} {ipp_kernels()} "
+                f"{os.environ.get('MKL_CBWR')}")
     return code_digest(RENDER_CODE, versions)
+
+
+def ipp_kernels() -> str:
+    """Which of Intel IPP's kernels OpenCV runs here (e.g. `AVX2 (l9)`), or that it runs none."""
+    return cv2.ipp.getIppVersion() if cv2.ipp.useIPP() else "no IPP"
 
 
 @functools.cache

@@ -57,7 +57,7 @@ def decoded_photo(data: bytes, max_pixels: int) -> np.ndarray:
     from pipeline.photos import read_photo
 
     try:
-        return read_photo(data, max_pixels, name="the request").rgb
+        return read_photo(data, max_pixels, name="the request", limit_setting="max_pixels in its model_config").rgb
     except InputDataError as exc:
         raise _refuse(str(exc)) from None
 

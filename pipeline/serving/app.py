@@ -245,7 +245,8 @@ async def _read_upload(request: Request, limit: int) -> tuple[bytes, dict]:
         if not body:
             raise RequestError(400, "empty body: send the image file's bytes")
         return body, options
-    sent = f"content type {kind!r}" if kind else "no Content-Type header"
+    sent = f"content type {kind!r}" if kind else ("an empty Content-Type header" if "content-type" in request.headers
+                                                  else "no Content-Type header")
     raise RequestError(415, f"{sent}: send multipart/form-data with field 'file', "
                             "application/json with base64 'image', or the image bytes as image/*")
 

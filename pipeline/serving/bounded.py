@@ -22,13 +22,17 @@ import argparse
 import asyncio
 import contextvars
 import json
+import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
 
 DEFAULT_MAX_BODY_MB = 64.0
 DEFAULT_TIMEOUT_S = 60.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)  # hashable by identity: the server keeps a set of the requests in flight
@@ -155,8 +159,9 @@ STOPPED_STATUS = {"the server is shutting down": 503, "the request's time limit 
 # input>'. \nError: <message>"): 7.2 MB of base64 for one refused 4000×3000 photo
 MLFLOW_ECHO = "\nError: "
 # ...and a body that is not JSON whole, after the parser's error, whose repr of a UnicodeDecodeError holds it too
-MLFLOW_NOT_JSON = "Ensure that input is a valid JSON formatted string."
-NOT_JSON = "the request body is not JSON (send {\"inputs\": …}: an array of 0–255 values or base64 of an image file)"
+MLFLOW_NOT_JSON = "Invalid input. Ensure that input is a valid JSON formatted string."
+NOT_JSON = ("the request body is not JSON{where} (send {{\"inputs\": …}}: an array of 0–255 values or base64 of "
+            "an image file)")
 # an error message longer than this is cut: whatever else MLflow may repeat of a request stays out of the answer
 MAX_MESSAGE_CHARS = 2000
 
@@ -191,13 +196,16 @@ class _ErrorAnswer:
             message = str(error.pop("message"))
         except (ValueError, KeyError, TypeError, AttributeError):
             error, message = None, self.body.decode("utf-8", "replace")
+        if error and error.get("stack_trace"):  # for whoever runs the server, not for its clients
+            log.warning("the model failed on a request (%d): %s", self.status, error.pop("stack_trace"))
         return self.status, brief(message), error
 
 
 def brief(message: str) -> str:
     """MLflow's error message without the request it repeats in it."""
-    if MLFLOW_NOT_JSON in message:
-        return NOT_JSON
+    if message.startswith(MLFLOW_NOT_JSON):
+        position = re.search(r"JSONDecodeError\('([^']*)'\)", message)
+        return NOT_JSON.format(where=f" ({position[1]})" if position else ": not UTF-8 text")
     message = message.rsplit(MLFLOW_ECHO, 1)[-1]
     if len(message) > MAX_MESSAGE_CHARS:
         return f"{message[:MAX_MESSAGE_CHARS]}… ({len(message) - MAX_MESSAGE_CHARS} more characters cut)"

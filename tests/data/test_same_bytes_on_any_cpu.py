@@ -6,8 +6,8 @@ levels, so it computes what MKL would in float64 and rounds once (pipeline.moire
 test_portable.py moves MKL's results by one ulp on any machine). Here, on one machine, `MKL_ENABLE_INSTRUCTIONS`
 makes MKL take other kernels, as an older CPU's would, and every byte of a rendered set is compared; each test's
 control shows MKL's results do differ here (where they do not, the test could not fail: skipped). `pipeline` also
-pins MKL's portable branch (`MKL_CBWR=COMPATIBLE`) for what else calls it. The camera's JPEG runs through libjpeg
-in integers, which no CPU reorders.
+pins MKL's portable branch (`MKL_CBWR=COMPATIBLE`) for what else calls it, and Intel IPP inside OpenCV to its AVX2
+kernels (the last tests). The camera's JPEG runs through libjpeg in integers, which no CPU reorders.
 """
 
 import os
@@ -82,3 +82,52 @@ def test_a_cpu_with_fewer_instruction_sets_renders_the_same_bytes(tmp_path, rend
         pytest.skip(f"MKL computes the same here with and without {instructions}: the test could not fail")
     assert len(rendered_here) == 48
     assert rendered_bytes(tmp_path / "fewer", MKL_ENABLE_INSTRUCTIONS=instructions) == rendered_here
+
+
+# Intel IPP inside OpenCV picks its kernels by CPU as well (the frames' separable blur, the shrink to the output
+# size); `pipeline` holds it to its AVX2 ones. These three pairs of the default set are among the seven images
+# its AVX-512 kernels rendered otherwise on an Ice Lake Xeon, when an AVX2-only AMD Zen 1 rendered the AVX2 bytes.
+IPP_RENDER = """
+import hashlib, sys
+import pipeline
+from pipeline.config import load_params
+from pipeline.data.synthetic import ipp_kernels, render_pair, source_for_pair
+from pipeline.sources import collect_sources
+params = load_params("params.yaml")
+cfg = params.synthesize
+specs, _ = collect_sources(cfg.sources.bundled, cfg.sources.procedural, cfg.sources.folders, cfg.sources.screen_kinds)
+digest = hashlib.sha256()
+for index in (85, 88, 330):
+    for image in render_pair(index, specs[source_for_pair(index, cfg.n_pairs, len(specs))], cfg, params.seed)[:2]:
+        digest.update(image.tobytes())
+print(ipp_kernels())
+print(digest.hexdigest())
+"""
+
+
+def ipp_render(**env: str) -> tuple[str, str]:
+    """(IPP's kernels, digest of the three pairs) rendered in a fresh process with `env` and no OPENCV_IPP of ours."""
+    result = subprocess.run([sys.executable, "-c", IPP_RENDER], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**{k: v for k, v in os.environ.items() if k != "OPENCV_IPP"}, **env})
+    assert result.returncode == 0, result.stderr
+    kernels, digest = result.stdout.strip().splitlines()[-2:]
+    return kernels, digest
+
+
+def test_pipeline_holds_opencv_s_ipp_to_its_avx2_kernels_and_keeps_a_user_s_choice():
+    show = [sys.executable, "-c", "import os, pipeline, cv2; print(os.environ['OPENCV_IPP'], cv2.ipp.getIppVersion())"]
+    ours = {k: v for k, v in os.environ.items() if k != "OPENCV_IPP"}
+    pinned, kept = (subprocess.run(show, cwd=ROOT, capture_output=True, text=True, timeout=60, env={**ours, **extra})
+                    for extra in ({}, {"OPENCV_IPP": "sse42"}))
+    assert pinned.returncode == kept.returncode == 0, pinned.stderr + kept.stderr
+    assert pinned.stdout.startswith("avx2 ") and "AVX2 (l9)" in pinned.stdout  # every x86 CPU here has AVX2
+    assert kept.stdout.startswith("sse42 ") and "(l9)" not in kept.stdout
+
+
+def test_a_cpu_with_avx512_renders_the_bytes_of_ipp_s_avx2_kernels():
+    pinned, avx2, avx512 = ipp_render(), ipp_render(OPENCV_IPP="avx2"), ipp_render(OPENCV_IPP="avx512")
+    if "AVX-512" not in avx512[0]:
+        pytest.skip(f"no AVX-512 kernels of IPP on this CPU ({avx512[0]}): nothing else to compare")
+    if avx512[1] == avx2[1]:  # the control: IPP's AVX-512 kernels render these pairs otherwise (an Ice Lake's do)
+        pytest.skip(f"IPP's AVX-512 and AVX2 kernels render these pairs alike on this CPU: the test could not fail")
+    assert pinned == avx2
