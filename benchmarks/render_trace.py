@@ -5,13 +5,15 @@
 
 Renders the first `--pairs` pairs of params.yaml's synthesize section (its seed) with the stage's own code,
 one process, and records for each pair the digests of its moiré and clean pixels and of its manifest record,
-and, every WINDOW aten ops, a running digest of every op's result so far but float64 ones: their last bits
-differ between CPUs' MKL kernels, and the renderer rounds them away (pipeline.moire.portable), so the first
-float32 or integer result that differs is where the bytes part. With `--against` it lists the pairs whose pixels
-or record differ and, for each, the window of ops where the two renders first part, re-rendering that pair to
-name those ops and the lines of `pipeline/` that called them. Steps outside torch (OpenCV, NumPy) show as the
-first torch op that reads what they made. A file holds for the renderer and params it was written with: one kept
-in git (benchmarks/digests/) is rewritten when a change moves the default set's bytes.
+and, every WINDOW aten ops and after its last, a running digest of every op's result so far but float64 ones:
+their last bits differ between CPUs' MKL kernels, and the renderer rounds them away (pipeline.moire.portable),
+so the first float32 or integer result that differs is where the bytes part. With `--against` it lists the
+pairs whose pixels or record differ and, for each, the window of ops where the two renders first part,
+re-rendering that pair to name those ops and the lines of `pipeline/` that called them. Steps outside torch
+(OpenCV, NumPy) show as the first torch op that reads what they made, or as no checkpoint differing when
+nothing in torch reads it: the first time, OpenCV's IPP kernels were the cause (pipeline/__init__.py). A file
+holds for the renderer and the params it was written with (their digest is in it; another params' file is
+refused); one kept in git (benchmarks/digests/) is rewritten when a change moves the default set's bytes.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from benchmarks._args import output_file, positive_count, run  # noqa: E402
 from pipeline.bench import machine as bench_machine  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
 from pipeline.data.synthetic import render_pair, source_for_pair  # noqa: E402
-from pipeline.errors import InputDataError  # noqa: E402
+from pipeline.errors import InputDataError, ParamsError  # noqa: E402
 from pipeline.io import atomic_path  # noqa: E402
 from pipeline.sources import collect_sources  # noqa: E402
 
@@ -42,6 +44,8 @@ WINDOW = 128  # ops between checkpoints: few enough to read a window's ops, many
 DIGEST_BYTES = 4  # a few hundred pairs' checkpoints in tens of KB: the file is meant to be kept in git
 UNINITIALISED = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "resize"}
 PAIR_KEYS = {"moire", "clean", "record", "ops", "checkpoints"}
+# what the pairs' bytes do not depend on: how many processes render them, and where
+NOT_RENDERED = {"workers", "dask_address"}
 
 
 def digest(data: bytes) -> str:
@@ -90,15 +94,24 @@ def render_traced(index: int, context: tuple, sites: range | None = None) -> tup
     trace = Trace(sites)
     with trace:
         moire, clean, record = render_pair(index, specs[source_for_pair(index, cfg.n_pairs, len(specs))], cfg, seed)
+    if trace.count % WINDOW:  # the ops after the last full window, the rounding to bytes among them
+        trace.checkpoints.append(trace.running.hexdigest())
     pair = {"moire": digest(moire.tobytes()), "clean": digest(clean.tobytes()),
             "record": digest(json.dumps(record, sort_keys=True, default=str).encode()), "ops": trace.count,
             "checkpoints": trace.checkpoints}
     return pair, trace
 
 
+def well_formed(pair: object) -> bool:
+    """Whether a pair of a digests file has the keys and types this script writes."""
+    return (isinstance(pair, dict) and PAIR_KEYS <= pair.keys() and isinstance(pair["ops"], int)
+            and isinstance(pair["checkpoints"], list) and all(isinstance(c, str) for c in pair["checkpoints"]))
+
+
 def first_parting(ours: list[str], theirs: list[str]) -> int | None:
-    """Index of the first checkpoint whose digest differs, or None."""
-    return next((position for position, (mine, other) in enumerate(zip(ours, theirs)) if mine != other), None)
+    """Index of the first checkpoint whose digest differs (or that one render has and the other not), or None."""
+    parted = next((position for position, (mine, other) in enumerate(zip(ours, theirs)) if mine != other), None)
+    return parted if parted is not None or len(ours) == len(theirs) else min(len(ours), len(theirs))
 
 
 def compare(pairs: list[dict], earlier: dict, context: tuple) -> list[str]:
@@ -110,12 +123,12 @@ def compare(pairs: list[dict], earlier: dict, context: tuple) -> list[str]:
             continue
         lines.append(f"pair {index}: {', '.join(differs)} differ ({ours['ops']} ops here, {theirs['ops']} there)")
         window = first_parting(ours["checkpoints"], theirs["checkpoints"])
-        if window is None:  # after the last checkpoint, or outside torch (OpenCV's JPEG, NumPy)
-            lines.append(f"  no checkpoint differs (the last after op {len(ours['checkpoints']) * WINDOW})")
+        if window is None:  # outside torch: OpenCV (IPP, the JPEG), NumPy
+            lines.append("  no checkpoint differs: every op's result is the same, so a step outside torch parts them")
             continue
-        start = window * WINDOW
-        _, trace = render_traced(index, context, range(start, start + WINDOW))
-        lines.append(f"  they first part within ops {start}–{start + WINDOW - 1}:")
+        start, end = window * WINDOW, min(window * WINDOW + WINDOW, ours["ops"])
+        _, trace = render_traced(index, context, range(start, end))
+        lines.append(f"  they first part within ops {start}–{end - 1}:")
         lines += [f"    {line}" for line in trace.named]
     return lines
 
@@ -131,14 +144,22 @@ def main() -> None:
     if args.against:  # read before minutes of rendering
         try:
             earlier = json.loads(args.against.read_text())
-            if not all(isinstance(pair, dict) and PAIR_KEYS <= pair.keys() for pair in earlier["pairs"]):
-                raise ValueError("a pair without the digests this script writes")
+            if not earlier["pairs"] or not all(well_formed(pair) for pair in earlier["pairs"]):
+                raise ValueError("no pairs, or a pair without the digests this script writes")
             if earlier.get("window") != WINDOW:
                 raise ValueError(f"checkpoints every {earlier.get('window')} ops, not every {WINDOW}")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputDataError(f"--against {args.against}: not a digests file of this script ({exc})") from None
     params = load_params(args.params)
     cfg = params.synthesize
+    if cfg.moire_layer_bank:  # a bank renders each layer once a process: a re-rendered pair's ops would shift
+        raise ParamsError(f"synthesize.moire_layer_bank = {cfg.moire_layer_bank}: this script traces renders "
+                          "without a bank; set it to null")
+    rendered = digest(json.dumps([params.seed, cfg.model_dump(mode="json", exclude=NOT_RENDERED)], sort_keys=True,
+                                 default=str).encode())
+    if earlier is not None and earlier.get("params") != rendered:
+        raise InputDataError(f"--against {args.against} was written for other synthesize params or seed than "
+                             f"{args.params}'s; compare renders of the same params")
     specs, _ = collect_sources(cfg.sources.bundled, cfg.sources.procedural, cfg.sources.folders,
                                cfg.sources.screen_kinds)
     context = (specs, cfg, params.seed)
@@ -146,10 +167,10 @@ def main() -> None:
     if earlier is not None:
         count = min(count, len(earlier["pairs"]))  # only what the other machine rendered can be compared
     pairs = [render_traced(index, context)[0] for index in range(count)]
-    machine = {**bench_machine(), "numpy": np.__version__}
+    machine = {key: value for key, value in bench_machine().items() if key != "load_1min"} | {"numpy": np.__version__}
     with atomic_path(args.out) as tmp:  # one pair a line: a diff of two machines' files shows the pairs that part
         lines = [json.dumps(pair, separators=(",", ":")) for pair in pairs]
-        tmp.write_text(f'{{"machine": {json.dumps(machine)}, "window": {WINDOW}, "pairs": [\n'
+        tmp.write_text(f'{{"machine": {json.dumps(machine)}, "params": "{rendered}", "window": {WINDOW}, "pairs": [\n'
                        + ",\n".join(lines) + "\n]}\n")
     if earlier is not None:
         print(f"here: {machine['cpu']}; there: {earlier.get('machine', {}).get('cpu', '?')}")

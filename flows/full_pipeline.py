@@ -134,6 +134,7 @@ def wait_for_state(flow_run_id, timeout_s: float, reached: Callable[[State], boo
 def uncommitted_train_code() -> list[str]:
     """The train stage's deps that differ from this checkout's commit (edited or new): a GPU worker checks out
     the commit, so it would train other code than the lock then records."""
+    checkout_commit()  # one line where git or .git is missing, not git's traceback below
     deps = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]["train"]["deps"]
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *deps],
                             capture_output=True, text=True, check=True).stdout  # DVC outputs are git-ignored

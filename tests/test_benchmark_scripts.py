@@ -82,18 +82,29 @@ def test_render_trace_finds_the_pair_and_the_ops_where_two_renders_part(tiny_par
     assert _script("render_trace.py", "--params", tiny_params, "--out", first).returncode == 0
     same = _script("render_trace.py", "--params", tiny_params, "--out", second, "--against", first)
     assert (same.returncode, same.stdout.splitlines()[-1]) == (0, "all 4 pairs the same, step by step")
-    assert second.read_text().split('"pairs"')[1] == first.read_text().split('"pairs"')[1]
+    assert second.read_text() == first.read_text()  # the machine's load is not in it: the same file
 
-    # another machine's file, as if pair 2 had parted from this one's render in its second window of ops
+    # another machine's file, as if pair 2 had parted from this one's render in its second window of ops, pair 3 in
+    # the ops after its last full window (the rounding to bytes), and pair 0 outside torch (same ops, other pixels)
     other = json.loads(first.read_text())
-    other["pairs"][2]["moire"] = "00000000"
-    other["pairs"][2]["checkpoints"][1:] = ["00000000"] * (len(other["pairs"][2]["checkpoints"]) - 1)
+    pairs = other["pairs"]
+    pairs[2]["moire"], pairs[3]["clean"], pairs[0]["moire"] = "00000000", "00000000", "00000000"
+    pairs[2]["checkpoints"][1:] = ["00000000"] * (len(pairs[2]["checkpoints"]) - 1)
+    pairs[3]["checkpoints"][-1] = "00000000"
     first.write_text(json.dumps(other))
     parted = _script("render_trace.py", "--params", tiny_params, "--out", second, "--against", first)
     lines = parted.stdout.splitlines()
-    assert parted.returncode == 1 and lines[1].startswith("pair 2: moire differ (") and len(lines) == 3 + 128
-    assert lines[2] == "  they first part within ops 128–255:"
-    assert lines[3].split()[0] == "128" and all("pipeline/" in line or line.endswith("?") for line in lines[3:])
+    assert parted.returncode == 1 and lines[1].startswith("pair 0: moire differ (")
+    assert lines[2] == "  no checkpoint differs: every op's result is the same, so a step outside torch parts them"
+    assert lines[3].startswith("pair 2: moire differ (") and lines[4] == "  they first part within ops 128–255:"
+    window = lines[5:5 + 128]
+    assert [line.split()[0] for line in window] == [str(op) for op in range(128, 256)]
+    assert any("pipeline/moire/" in line for line in window)
+    ops = pairs[3]["ops"]
+    tail = (len(pairs[3]["checkpoints"]) - 1) * 128
+    assert ops % 128 and lines[5 + 128].startswith("pair 3: clean differ (")
+    assert lines[6 + 128] == f"  they first part within ops {tail}–{ops - 1}:" and len(lines) == 7 + 128 + ops - tail
+    assert any("pipeline/moire/isp.py" in line for line in lines[7 + 128:])  # the rounding to 8 bits among them
 
 
 def test_render_trace_refuses_a_file_it_did_not_write_before_rendering(tiny_params, tmp_path):
@@ -102,10 +113,16 @@ def test_render_trace_refuses_a_file_it_did_not_write_before_rendering(tiny_para
                              "--against", tmp_path / "other.json")).startswith(
         f"error: --against {tmp_path / 'other.json'}: not a digests file of this script")
     pair = {"moire": "0", "clean": "0", "record": "0", "ops": 1, "checkpoints": []}
-    (tmp_path / "other.json").write_text(json.dumps({"window": 64, "pairs": [pair]}))
-    assert _one_line(_script("render_trace.py", "--params", tiny_params, "--out", tmp_path / "t.json",
-                             "--against", tmp_path / "other.json")).endswith(
-        "(checkpoints every 64 ops, not every 128)")
+    for written, refusal in (({"window": 64, "pairs": [pair]}, "(checkpoints every 64 ops, not every 128)"),
+                             ({"window": 128, "pairs": []}, "(no pairs, or a pair without the digests this script "
+                                                           "writes)"),
+                             ({"window": 128, "pairs": [{**pair, "checkpoints": None}]}, "writes)"),
+                             ({"window": 128, "params": "other", "pairs": [pair]},
+                              f"was written for other synthesize params or seed than {tiny_params}'s; compare "
+                              "renders of the same params")):
+        (tmp_path / "other.json").write_text(json.dumps(written))
+        assert _one_line(_script("render_trace.py", "--params", tiny_params, "--out", tmp_path / "t.json",
+                                 "--against", tmp_path / "other.json")).endswith(refusal)
     assert _one_line(_script("render_trace.py", "--out", tmp_path / "t.json", "--pairs", "0")).endswith(
         "argument --pairs: 0: give at least 1")
     assert not (tmp_path / "t.json").exists()

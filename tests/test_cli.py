@@ -42,12 +42,18 @@ def test_mlflow_s_download_bar_is_off_where_no_terminal_would_show_it(tmp_path, 
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "unset")  # so that the undo removes what the CLI sets
     monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
     (tmp_path / "params.yaml").write_text("seed: 1\n")
+    # a bar asked for (DEMOIRE_PROGRESS=bar): MLflow's stays as well
+    monkeypatch.setenv("DEMOIRE_PROGRESS", "bar")
+    runner.invoke(app, ["check-params", "--params", str(tmp_path / "params.yaml")])
+    assert "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ
+    monkeypatch.delenv("DEMOIRE_PROGRESS")
     runner.invoke(app, ["check-params", "--params", str(tmp_path / "params.yaml")])
     assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
     code = "import flows, os; print(os.environ['MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR'])"
     flows = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
                            text=True, timeout=120,
-                           env={k: v for k, v in os.environ.items() if k != "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"})
+                           env={k: v for k, v in os.environ.items()
+                                if k not in ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "DEMOIRE_PROGRESS")})
     assert flows.stdout.strip() == "false", flows.stderr[-500:]
 
 

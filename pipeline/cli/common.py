@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.text import Text
 
 from pipeline.errors import DemoireError
-from pipeline.progress import set_progress_override
+from pipeline.progress import progress_mode, set_progress_override
 
 # Plain help (no rich markup): markup would eat bracketed text such as "[default: infer.tile_size]".
 app = typer.Typer(help="Demoiré pipeline: synthetic moiré data, models, evaluation.", no_args_is_help=True,
@@ -105,11 +105,11 @@ def main_options(
 ) -> None:
     """Demoiré pipeline: synthetic moiré data, models, evaluation."""
     err.notes = not quiet
-    # -q silences every progress reporter of this command, wherever it runs (re-scoring in promote, too),
-    # MLflow's bar while it downloads a registered model included (its documented switch), as does a stderr
-    # that is no terminal (a log, a service's journal), where the bar would be lines of redraws
+    # -q silences every progress reporter of this command, wherever it runs (re-scoring in promote, too), and
+    # MLflow's bar while it downloads a registered model (its documented switch) shows only where ours would be a
+    # bar: not off a terminal (a log, a service's journal: lines of redraws), nor under DEMOIRE_PROGRESS=log|off
     set_progress_override("off" if quiet else None)
-    if quiet or not sys.stderr.isatty():
+    if progress_mode() != "bar":
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if verbose:
         logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO,

@@ -352,8 +352,9 @@ def test_uncommitted_train_code_is_listed_and_a_checkout_without_git_is_one_line
 
     # an image that copied the project without .git: one line saying what it lacks, not git's traceback
     shutil.rmtree(tmp_path / ".git")
-    with pytest.raises(DemoireError, match=r"is not a git checkout with git installed: .* needs its \.git folder"):
-        checkout_commit()
+    for step in (checkout_commit, uncommitted_train_code):
+        with pytest.raises(DemoireError, match=r"is not a git checkout with git installed: .* needs its \.git folder"):
+            step()
 
 
 def test_a_task_retries_a_hiccup_but_not_a_user_error(prefect_api):
