@@ -203,9 +203,10 @@ class _ErrorAnswer:
 
 def brief(message: str) -> str:
     """MLflow's error message without the request it repeats in it."""
-    if message.startswith(MLFLOW_NOT_JSON):
-        position = re.search(r"JSONDecodeError\('([^']*)'\)", message)
-        return NOT_JSON.format(where=f" ({position[1]})" if position else ": not UTF-8 text")
+    if message.startswith(MLFLOW_NOT_JSON):  # the parser's words, in the quotes its repr chose
+        position = re.search(r"JSONDecodeError\((['\"])(.*?)\1\)", message)
+        unicode = "UnicodeDecodeError" in message.split("\n", 1)[0]
+        return NOT_JSON.format(where=f" ({position[2]})" if position else ": not UTF-8 text" if unicode else "")
     message = message.rsplit(MLFLOW_ECHO, 1)[-1]
     if len(message) > MAX_MESSAGE_CHARS:
         return f"{message[:MAX_MESSAGE_CHARS]}… ({len(message) - MAX_MESSAGE_CHARS} more characters cut)"
