@@ -13,10 +13,11 @@ import os
 # (docs/benchmarks.md). MKL reads it at its first call, so it is set on import; a user's value is kept.
 os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
 
-# Intel IPP inside OpenCV (the frames' separable blur, the shrink to the output size) picks its kernels by CPU too,
-# and its AVX-512 ones round otherwise than its AVX2 ones: an Ice Lake Xeon rendered 7 of the default set's 960
-# images otherwise than an AVX2-only AMD Zen 1 until IPP was held to AVX2 here (docs/benchmarks.md). So every x86
-# CPU with AVX2 takes the same path. OpenCV reads it when it is first imported: before any module here imports it.
+# Intel IPP inside OpenCV (its bicubic resize, which brings a screen's content up to the display's resolution) picks
+# its kernels by CPU too, and its AVX-512 ones round otherwise than its AVX2 ones: an Ice Lake Xeon rendered 7 of the
+# default set's 960 images otherwise than an AVX2-only AMD Zen 1 until IPP was held to AVX2 here (docs/benchmarks.md).
+# So every x86 CPU with AVX2 takes the same path. OpenCV reads it when it is first imported: before any module here
+# imports it.
 os.environ.setdefault("OPENCV_IPP", "avx2")
 
 # MLflow retries a request to a tracking server that stopped answering 7 times, over about 4 minutes; 2 retries of

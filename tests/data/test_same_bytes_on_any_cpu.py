@@ -84,9 +84,10 @@ def test_a_cpu_with_fewer_instruction_sets_renders_the_same_bytes(tmp_path, rend
     assert rendered_bytes(tmp_path / "fewer", MKL_ENABLE_INSTRUCTIONS=instructions) == rendered_here
 
 
-# Intel IPP inside OpenCV picks its kernels by CPU as well (the frames' separable blur, the shrink to the output
-# size); `pipeline` holds it to its AVX2 ones. These three pairs of the default set are among the seven images
-# its AVX-512 kernels rendered otherwise on an Ice Lake Xeon, when an AVX2-only AMD Zen 1 rendered the AVX2 bytes.
+# Intel IPP inside OpenCV picks its kernels by CPU as well (its bicubic resize, which brings a screen's content up to
+# the display's resolution); `pipeline` holds it to its AVX2 ones. These three pairs of the default set are among the
+# seven images its AVX-512 kernels rendered otherwise on an Ice Lake Xeon, when an AVX2-only AMD Zen 1 rendered the
+# AVX2 bytes.
 IPP_RENDER = """
 import hashlib, sys
 import pipeline
