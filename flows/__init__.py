@@ -41,12 +41,10 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here, no telemetry
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # MLflow's too (it wrote ~/.config/mlflow otherwise)
-# MLflow's download bar only where ours is a bar (pipeline.progress): in a stage's or a flow run's log it is lines
-# of redraws
-from pipeline.progress import progress_mode  # noqa: E402
+# MLflow's download bar only where ours is a bar: in a stage's or a flow run's log it is lines of redraws
+from pipeline.progress import mlflow_bar_as_ours  # noqa: E402
 
-if progress_mode() != "bar":
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+mlflow_bar_as_ours()
 
 # Every process running a flow (a stage command, a deployment's flow run) logs user errors in one line.
 from flows.run_logs import quiet_user_error_tracebacks  # noqa: E402

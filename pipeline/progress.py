@@ -42,6 +42,13 @@ def progress_mode() -> str:
     return "bar" if sys.stderr.isatty() else "log"
 
 
+def mlflow_bar_as_ours() -> None:
+    """MLflow's download bar (its documented switch; a user's setting kept) only where ours is a bar: off a terminal
+    it is lines of redraws in a log, and -q or DEMOIRE_PROGRESS=log|off silence it as they silence ours."""
+    if progress_mode() != "bar":
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def eta_seconds(done: int, total: int | None, elapsed: float) -> float | None:
     """Seconds left at the rate so far; None before the first item or without a total."""
     if not total or done <= 0 or elapsed <= 0:

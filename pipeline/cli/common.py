@@ -4,7 +4,6 @@ and the infer section."""
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -15,7 +14,7 @@ from rich.console import Console
 from rich.text import Text
 
 from pipeline.errors import DemoireError
-from pipeline.progress import progress_mode, set_progress_override
+from pipeline.progress import mlflow_bar_as_ours, set_progress_override
 
 # Plain help (no rich markup): markup would eat bracketed text such as "[default: infer.tile_size]".
 app = typer.Typer(help="Demoiré pipeline: synthetic moiré data, models, evaluation.", no_args_is_help=True,
@@ -105,12 +104,10 @@ def main_options(
 ) -> None:
     """Demoiré pipeline: synthetic moiré data, models, evaluation."""
     err.notes = not quiet
-    # -q silences every progress reporter of this command, wherever it runs (re-scoring in promote, too), and
-    # MLflow's bar while it downloads a registered model (its documented switch) shows only where ours would be a
-    # bar: not off a terminal (a log, a service's journal: lines of redraws), nor under DEMOIRE_PROGRESS=log|off
+    # -q silences every progress reporter of this command, wherever it runs (re-scoring in promote, too), MLflow's
+    # bar while it downloads a registered model included
     set_progress_override("off" if quiet else None)
-    if progress_mode() != "bar":
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow_bar_as_ours()
     if verbose:
         logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
