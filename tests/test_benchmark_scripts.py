@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -107,7 +108,15 @@ def test_render_trace_finds_the_pair_and_the_ops_where_two_renders_part(tiny_par
     assert any("pipeline/moire/isp.py" in line for line in lines[7 + 128:])  # the rounding to 8 bits among them
 
 
-def test_render_trace_refuses_a_file_it_did_not_write_before_rendering(tiny_params, tmp_path):
+def _in_process(name: str, *args: object) -> None:
+    """Run a benchmark script in this process (no interpreter to start for each case); it must exit 2, a refusal."""
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(SystemExit) as exited:
+        patch.setattr(sys, "argv", [name, *map(str, args)])
+        runpy.run_path(str(PROJECT / "benchmarks" / name), run_name="__main__")
+    assert exited.value.code == 2
+
+
+def test_render_trace_refuses_a_file_it_did_not_write_before_rendering(tiny_params, tmp_path, capsys):
     (tmp_path / "other.json").write_text('{"pairs": 3}')
     assert _one_line(_script("render_trace.py", "--params", tiny_params, "--out", tmp_path / "t.json",
                              "--against", tmp_path / "other.json")).startswith(
@@ -121,8 +130,9 @@ def test_render_trace_refuses_a_file_it_did_not_write_before_rendering(tiny_para
                               f"was written for other synthesize params or seed than {tiny_params}'s; compare "
                               "renders of the same params")):
         (tmp_path / "other.json").write_text(json.dumps(written))
-        assert _one_line(_script("render_trace.py", "--params", tiny_params, "--out", tmp_path / "t.json",
-                                 "--against", tmp_path / "other.json")).endswith(refusal)
-    assert _one_line(_script("render_trace.py", "--out", tmp_path / "t.json", "--pairs", "0")).endswith(
-        "argument --pairs: 0: give at least 1")
+        _in_process("render_trace.py", "--params", tiny_params, "--out", tmp_path / "t.json",
+                    "--against", tmp_path / "other.json")
+        assert capsys.readouterr().err.strip().splitlines()[-1].endswith(refusal)
+    _in_process("render_trace.py", "--out", tmp_path / "t.json", "--pairs", "0")
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("argument --pairs: 0: give at least 1")
     assert not (tmp_path / "t.json").exists()
