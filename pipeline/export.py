@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -87,12 +88,7 @@ def export_model(net: nn.Module, spec: ModelSpec, fmt: str, path: Path, multiple
             if fmt == "onnx":
                 _export_onnx(graph, example, tmp, metadata)
             else:
-                traced = torch.jit.trace(graph, example, check_trace=False)
-                # into memory, not to the temp path: torch names the archive's folder after the file it writes,
-                # which would put the temp name (host, process) into the bytes
-                buffer = io.BytesIO()
-                torch.jit.save(traced, buffer, _extra_files={METADATA_KEY: metadata})
-                tmp.write_bytes(buffer.getvalue())
+                tmp.write_bytes(_torchscript_bytes(torch.jit.trace(graph, example, check_trace=False), metadata))
         return check_export(net, ExportedModel(tmp, fmt=fmt), sizes, tolerance, name=path)
 
 
@@ -105,6 +101,33 @@ class _Pointwise(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.pointwise(x)
+
+
+def _torchscript_bytes(traced: torch.jit.ScriptModule, metadata: str) -> bytes:
+    """The TorchScript archive of `traced` with `metadata`, its bytes free of where the code that traced it lives."""
+    # Saved into memory, not to the temp path: torch names the archive's folder after the file it writes, which would
+    # put the temp name (host, process) into the bytes. The tracer records the Python stack of every op it sees (the
+    # checkout's and the venv's absolute paths, the caller's frames and line numbers) as source ranges, saved in the
+    # archive's code/*.py.debug_pkl; torch.jit.load does without those members, and a module loaded so has source
+    # ranges into the archive's own code/*.py, which is what a second torch.jit.save writes instead. No option of
+    # trace, save or load drops the stack. The code, weights and outputs are the same; the example input the trace
+    # kept (traced_inputs, which nothing here reads) is not carried over.
+    traced_archive = io.BytesIO()
+    torch.jit.save(traced, traced_archive)
+    reloaded = torch.jit.load(io.BytesIO(_without_debug_info(traced_archive.getvalue())), map_location="cpu")
+    archive = io.BytesIO()
+    torch.jit.save(reloaded, archive, _extra_files={METADATA_KEY: metadata})
+    return archive.getvalue()
+
+
+def _without_debug_info(archive: bytes) -> bytes:
+    """A TorchScript archive less its `*.debug_pkl` members (source ranges, which torch.jit.load does not need)."""
+    stripped = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(archive)) as source, zipfile.ZipFile(stripped, "w", zipfile.ZIP_STORED) as target:
+        for name in source.namelist():
+            if not name.endswith(".debug_pkl"):
+                target.writestr(name, source.read(name))
+    return stripped.getvalue()
 
 
 def _export_onnx(net: nn.Module, example: torch.Tensor, path: Path, metadata: str) -> None:

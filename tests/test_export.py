@@ -187,3 +187,52 @@ def test_an_export_keeps_a_file_another_run_wrote_meanwhile_unless_overwrite(mod
         export_model(net, spec, "torchscript", tmp_path / "m.pt", spatial_multiple(net), overwrite=False)
     assert (tmp_path / "m.pt").read_text() == "another run's export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "model"]
+
+
+# exports the model folder argv[1] to argv[2] with the `pipeline` package found first on sys.path, and says which
+EXPORT_FROM_CHECKOUT = """
+import sys
+from pathlib import Path
+
+import pipeline
+from pipeline.export import export_model
+from pipeline.inference import spatial_multiple
+from pipeline.models import load_model
+
+net, spec = load_model(Path(sys.argv[1]))
+export_model(net, spec, "torchscript", Path(sys.argv[2]), spatial_multiple(net))
+print(pipeline.__file__)
+"""
+
+
+def test_torchscript_bytes_do_not_depend_on_where_the_checkout_lives(model_dir, tmp_path):
+    import os
+    import shutil
+    from pathlib import Path
+
+    import torch
+
+    import pipeline
+    from pipeline.models import load_model
+
+    # the tracer records the Python stack of every op, absolute file names included: two copies of the code at other
+    # paths (of other lengths), each exporting in a process of its own
+    roots = [tmp_path / "checkout", tmp_path / "elsewhere" / "another-checkout"]
+    processes = []
+    for root in roots:
+        shutil.copytree(Path(pipeline.__file__).parent, root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+        env = {**os.environ, "PYTHONPATH": str(root)}
+        processes.append(subprocess.Popen([sys.executable, "-c", EXPORT_FROM_CHECKOUT, str(model_dir), "model.pt"],
+                                          cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for root, process in zip(roots, processes):
+        stdout, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
+        assert Path(stdout.strip()).is_relative_to(root)  # the copy ran, not the installed checkout
+    exported = [(root / "model.pt").read_bytes() for root in roots]
+    assert exported[0] == exported[1]
+    assert str(tmp_path).encode() not in exported[0]
+    # and the file computes what the model does, to the bit, on a size on its grid
+    net = load_model(model_dir)[0].eval()
+    image = torch.rand(2, 3, 32, 44, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(torch.jit.load(str(roots[0] / "model.pt"))(image), net(image))
