@@ -114,6 +114,7 @@ def prefect_api() -> Iterator[None]:
 
     with shared_server(Path(os.environ["PREFECT_HOME"])) as url:
         os.environ["PREFECT_API_URL"] = url
+        links_set = _links_to_make_server()
         # Threads Prefect starts itself (the process pool's event forwarder) read the global
         # settings, not a context's: left at their import-time value they would start a second,
         # temporary server of their own on the same database.
@@ -123,7 +124,22 @@ def prefect_api() -> Iterator[None]:
             _drain_prefect_clients()
         finally:
             del os.environ["PREFECT_API_URL"]
+            if links_set:
+                del os.environ["PREFECT_UI_URL"]
             refresh_global_settings_context()
+
+
+def _links_to_make_server() -> bool:
+    """Point Prefect's "View at" links at `make server`'s UI unless PREFECT_UI_URL is set; whether it was set here.
+
+    The shared server has no UI and stops a minute after the last stage, so links derived from its URL never
+    open; `make server` serves the same database (`$PREFECT_HOME/prefect.db`) with its UI, where they open
+    whenever it runs.
+    """
+    if os.environ.get("PREFECT_UI_URL"):
+        return False
+    os.environ["PREFECT_UI_URL"] = f"http://127.0.0.1:{os.environ.get('PREFECT_PORT', '4200')}"
+    return True
 
 
 def _drain_prefect_clients() -> None:

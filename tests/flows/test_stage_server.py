@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -41,12 +42,15 @@ def test_consecutive_stages_share_one_server_that_stops_once_idle(tmp_path):
     # 30 s: the second stage must start within the idle time, and a loaded machine (the suite runs in
     # parallel) can take longer than 5 s to start a Python that imports Prefect.
     env = {**os.environ, "PREFECT_HOME": str(home), "DEMOIRE_STAGE_SERVER_IDLE_S": "30"}
-    env.pop("PREFECT_API_URL", None)
+    for name in ("PREFECT_API_URL", "PREFECT_UI_URL", "PREFECT_PORT"):
+        env.pop(name, None)
+    links = []
 
     def stage(name: str) -> str:
         result = subprocess.run([sys.executable, "-c", STAGE, name], cwd=ROOT, env=env, capture_output=True,
                                 text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
+        links.extend(re.findall(r"View at (\S+)", result.stdout + result.stderr))
         return result.stdout.strip().splitlines()[-1]
 
     first = stage("a")
@@ -55,6 +59,9 @@ def test_consecutive_stages_share_one_server_that_stops_once_idle(tmp_path):
         assert stage("b") == first  # the second stage found the first one's server
         runs = httpx.post(f"{first}/flow_runs/filter", json={}, timeout=30).json()
         assert sorted(run["state_type"] for run in runs) == ["COMPLETED", "COMPLETED"]
+        # the runs' links lead to `make server`'s UI, which serves the same database, not to this UI-less server
+        assert sorted(links) == sorted(f"http://127.0.0.1:4200/runs/flow-run/{run['id']}" for run in runs)
+        assert (home / "prefect.db").is_file()
         assert list((home / "stage-server-leases").iterdir()) == []  # both stages let go
         deadline = time.monotonic() + 120
         while _alive(pid) and time.monotonic() < deadline:
