@@ -386,9 +386,10 @@ def test_promote_dry_run_then_promote_then_rollback(blocked_registry):
     done = runner.invoke(app, ["promote", "--model-name", "m"])
     assert done.exit_code == 0 and "champion: v1 → v2" in done.output, done.output
     assert _champion(client) == "2"
-    tags = client.get_model_version("m", "2").tags
-    assert tags["promotion"] == "promoted" and tags["gate.margin_db"] == "0.05"
-    assert client.get_model_version("m", "2").description.startswith("demoire promote: promoted to champion")
+    tags = client.get_model_version("m", "2").tags  # the registration's decision stays; the promote's is added
+    assert tags["promotion"] == "not_promoted" and tags["gate.margin_db"] == "10.0"
+    assert client.get_model_version("m", "2").description.startswith("run ")
+    assert [(e["promote"], e["margin_db"]) for e in json.loads(tags["promote.history"])] == [(True, 0.05)]
 
     again = runner.invoke(app, ["promote", "--model-name", "m"])
     assert again.exit_code == 0 and "v2 is already champion" in again.output
@@ -554,6 +555,58 @@ def test_promote_rescores_on_the_local_test_split_when_gate_sets_differ(blocked_
     pairs.unlink()
     missing = runner.invoke(app, ["promote", "--model-name", "m", "--data", str(data), "--pairs", str(pairs)])
     assert missing.exit_code == 2 and "which is not here" in missing.output and "dvc repro" in missing.output
+
+
+def _registration_record(client, version: str) -> tuple[dict, str]:
+    """What the registration wrote on a version: its tags (a later promote's history and rollback's mark aside)
+    and its description."""
+    found = client.get_model_version("m", version)
+    return {k: v for k, v in found.tags.items() if k not in ("promote.history", "rolled_back")}, found.description
+
+
+def test_a_later_promote_keeps_the_registrations_decision_and_records_its_own(blocked_registry):
+    from pipeline.registry.promotion import version_decision
+
+    client = blocked_registry
+    registered = _registration_record(client, "2")
+    assert registered[0]["promotion"] == "not_promoted" and registered[0]["gate.margin_db"] == "10.0"
+    done = runner.invoke(app, ["promote", "--model-name", "m", "--json"])
+    assert done.exit_code == 0 and json.loads(done.stdout)["champion_after"] == "2", done.output
+    assert _champion(client) == "2" and _registration_record(client, "2") == registered
+    assert runner.invoke(app, ["rollback", "--model-name", "m"]).exit_code == 0
+    stays_out = runner.invoke(app, ["promote", "--model-name", "m"])
+    forced = runner.invoke(app, ["promote", "--model-name", "m", "--allow-rolled-back"])
+    assert stays_out.exit_code == 0 and forced.exit_code == 0 and _champion(client) == "2", forced.output
+    assert _registration_record(client, "2") == registered  # resume and reports read the registration's decision
+    recorded = version_decision(client, "m", "2")
+    assert (recorded.promote, recorded.rule.margin_db) == (False, 10.0)
+
+    history = json.loads(client.get_model_version("m", "2").tags["promote.history"])
+    assert [(entry["promote"], entry["champion_version"], entry["margin_db"]) for entry in history] == [
+        (True, "1", 0.05), (False, "1", 0.05), (True, "1", 0.05)]
+    assert "stays out unless promoted with --allow-rolled-back" in history[1]["reason"]
+    assert all(entry["source"] == "demoire promote" and entry["at"].endswith("Z") for entry in history)
+    assert "promote.history" not in client.get_model_version("m", "1").tags
+
+
+def test_the_promote_history_keeps_the_newest_decisions_within_mlflows_tag_limit(blocked_registry):
+    from dataclasses import replace
+
+    from pipeline.registry.promotion import PROMOTE_HISTORY_TAG, TAG_VALUE_LIMIT, record_promote, version_decision
+
+    client = blocked_registry
+    decision = replace(version_decision(client, "m", "2"), promote=False)
+    for number in range(12):
+        record_promote(client, "m", replace(decision, reason=f"decision {number}: " + "x" * 400), "demoire promote")
+    stored = client.get_model_version("m", "2").tags[PROMOTE_HISTORY_TAG]
+    history = json.loads(stored)
+    assert len(stored) <= TAG_VALUE_LIMIT == 5000 and 1 < len(history) < 12
+    assert history[-1]["reason"].startswith("decision 11: ") and [int(e["reason"].split()[1][:-1]) for e in history] \
+        == list(range(12 - len(history), 12))  # oldest dropped first
+    record_promote(client, "m", replace(decision, reason="y" * 9000), "demoire promote")  # alone over the limit
+    stored = client.get_model_version("m", "2").tags[PROMOTE_HISTORY_TAG]
+    assert len(stored) <= TAG_VALUE_LIMIT and json.loads(stored)[-1]["reason"].startswith("yyy")
+    assert json.loads(stored)[-1]["reason"].endswith("…") and _champion(client) == "1"
 
 
 def _strict_json(text: str) -> dict:

@@ -116,6 +116,47 @@ def test_moving_champion_to_the_champion_leaves_its_history_as_it_was(store, tmp
     assert client.get_registered_model("demoire-test").tags["champion_history"] == stored == json.dumps([v1])
 
 
+def test_a_later_promote_decides_an_undecided_version_and_leaves_a_half_applied_one_to_its_resume(store, tmp_path):
+    from pipeline.evaluation.gate import SYNTHETIC, GateScores, decide_promotion
+    from pipeline.registry import apply_promote, compare_challenger, promote_history
+    from pipeline.registry.promotion import version_decision
+    from pipeline.registry.transaction import RegistryLock, settle_version
+
+    client, name = MlflowClient(), "demoire-test"
+    v1, _ = _register(_model(tmp_path / "model"), 22.0)
+    first = client.get_model_version(name, v1)
+
+    def by_hand(psnr: float) -> str:  # a version with scores on gate set g and no registration decision
+        tags = {"test_psnr": str(psnr), "test_ssim": "0.8", "test_mse": "0.01", "gate_set": "g"}
+        version = str(client.create_model_version(name, first.source, first.run_id, tags=tags).version)
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        return version
+
+    def no_rescoring():
+        raise AssertionError("both were scored on gate set g")
+
+    v2 = by_hand(23.0)
+    apply_promote(client, name, compare_challenger(client, name, RULE, no_rescoring), "demoire promote")
+    tags = client.get_model_version(name, v2).tags  # the first decision on it: a later registration leaves it be
+    assert tags["promotion"] == "promoted" and version_decision(client, name, v2).promote
+    assert [entry["promote"] for entry in promote_history(client, name, v2)] == [True]
+    assert resolve_alias(name, CHAMPION) == v2
+
+    v3 = by_hand(24.0)  # its registration recorded "promote" and died before applying it
+    scores = GateScores.from_means(v3, {"psnr": 24.0, "ssim": 0.8, "mse": 0.01}, "g", SYNTHETIC)
+    champion = GateScores.from_means(v2, {"psnr": 23.0, "ssim": 0.8, "mse": 0.01}, "g", SYNTHETIC)
+    recorded = decide_promotion(scores, champion, RULE)
+    client.set_model_version_tag(name, v3, "promotion.decision", json.dumps(recorded.record()))
+    strict = GateRule(5.0, 0.005)
+    apply_promote(client, name, compare_challenger(client, name, strict, no_rescoring), "demoire promote")
+    tags = client.get_model_version(name, v3).tags
+    assert "promotion" not in tags and json.loads(tags["promotion.decision"]) == recorded.record()
+    assert [entry["margin_db"] for entry in promote_history(client, name, v3)] == [5.0]
+    with RegistryLock(client, name) as lock:  # the registration's rerun applies what it recorded
+        assert settle_version(client, name, v3, RULE, None, SYNTHETIC, "run x", lock) == recorded
+    assert client.get_model_version(name, v3).tags["promotion"] == "promoted" and resolve_alias(name, CHAMPION) == v3
+
+
 # Small tiles, so a 70x90 image is really restored in overlapping tiles by the served model.
 TINY_TILING = InferParams(tile_size=32, tile_overlap=8)
 

@@ -89,7 +89,7 @@ def promote(
     from contextlib import ExitStack
 
     from pipeline.evaluation.gate import GateRule, gate_kind
-    from pipeline.registry import apply_decision, compare_challenger, connect
+    from pipeline.registry import apply_promote, compare_challenger, connect
     from pipeline.registry.transaction import RegistryLock
 
     with ExitStack() as held:
@@ -113,7 +113,7 @@ def promote(
             typer.echo(f"{'promote' if decision.promote else 'keep champion'}: {decision.reason}")
         if not dry_run and decision.challenger.version != champion:
             try:
-                apply_decision(client, name, decision, "demoire promote")
+                apply_promote(client, name, decision, "demoire promote")
             except DemoireError as exc:
                 fail(exc)
     _show_decision(name, decision, champion, dry_run, as_json)

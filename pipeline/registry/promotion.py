@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -32,6 +33,10 @@ Rescore = Callable[[Path], dict[str, float]]  # model folder (model.pt + model.j
 # killed half-way is finished from the first of them instead of being decided again.
 DECISION_TAG = "promotion.decision"
 DECIDED_TAG = "promotion"
+# Version tag: the decisions a later `demoire promote` made on the version, oldest first (JSON list). They go here,
+# not over the registration's tags above, which resume, reports and `version_decision` read as the registration's.
+PROMOTE_HISTORY_TAG = "promote.history"
+TAG_VALUE_LIMIT = 5000  # characters a tag value holds on older MLflow servers and their databases (newer allow more)
 
 
 def flat_metrics(evaluation: dict) -> dict[str, float]:
@@ -207,7 +212,11 @@ def check_loadable(name: str, version: str, task: str) -> None:
 
 
 def apply_decision(client: MlflowClient, name: str, decision: PromotionDecision, source: str) -> None:
-    """Write the comparison and decision on the challenger version; move `champion` if it won (and loads)."""
+    """Write the comparison and decision on the challenger version; move `champion` if it won (and loads).
+
+    The registration's record of a version, written once (`settle_version`); a later `demoire promote` records
+    its decisions with `apply_promote` instead.
+    """
     version, champion = decision.challenger.version, decision.champion
     if decision.promote:  # before anything is written: a refusal leaves the version undecided, as it was
         check_loadable(name, version, f"moving champion to v{version}")
@@ -232,6 +241,55 @@ def apply_decision(client: MlflowClient, name: str, decision: PromotionDecision,
         move_champion(client, name, version)
         kill_point("register.champion_moved")
     client.set_model_version_tag(name, version, DECIDED_TAG, "promoted" if decision.promote else "not_promoted")
+
+
+def apply_promote(client: MlflowClient, name: str, decision: PromotionDecision, source: str) -> None:
+    """Apply a decision `demoire promote` made after the registration: append it to the version's promote history
+    and move `champion` if it won (and loads). The registration's decision tags and description stay as recorded;
+    only a version without any (registered by hand) gets them, this being the first decision on it."""
+    version = decision.challenger.version
+    tags = client.get_model_version(name, version).tags
+    if DECISION_TAG not in tags and DECIDED_TAG not in tags:  # recorded as its decision: no registration decides it
+        apply_decision(client, name, decision, source)
+        record_promote(client, name, decision, source)
+        return
+    if decision.promote:  # before anything is written, as in apply_decision
+        check_loadable(name, version, f"moving champion to v{version}")
+    record_promote(client, name, decision, source)
+    if decision.promote:
+        move_champion(client, name, version)
+
+
+def promote_history(client: MlflowClient, name: str, version: str) -> list[dict]:
+    """The decisions later promotes made on a version (`decision.record()` with `at` and `source`), oldest first."""
+    stored = client.get_model_version(name, version).tags.get(PROMOTE_HISTORY_TAG, "[]")
+    try:
+        history = json.loads(stored)
+    except ValueError:  # edited by hand: started afresh rather than refusing every promote
+        log.warning("%s v%s: its %s tag is not JSON; it starts afresh", name, version, PROMOTE_HISTORY_TAG)
+        return []
+    return history if isinstance(history, list) else []
+
+
+def record_promote(client: MlflowClient, name: str, decision: PromotionDecision, source: str) -> None:
+    """Append a later promote's decision to its challenger's promote history; the oldest go when it outgrows a tag."""
+    version = decision.challenger.version
+    entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "source": source, **decision.record()}
+    history = promote_history(client, name, version) + [entry]
+    client.set_model_version_tag(name, version, PROMOTE_HISTORY_TAG, bounded_json(history))
+
+
+def bounded_json(entries: list[dict], limit: int = TAG_VALUE_LIMIT) -> str:
+    """JSON of the newest `entries` that fit in `limit` characters, dropping the oldest first; the newest alone over
+    it keeps a shortened `reason` (the one field without a bound)."""
+    kept = list(entries)
+    while len(kept) > 1 and len(json.dumps(kept)) > limit:
+        kept.pop(0)
+    excess = len(json.dumps(kept)) - limit
+    if excess > 0:  # json.dumps writes "…" as 6 characters, and no character of the reason as fewer than 1
+        reason = kept[-1]["reason"]
+        kept[-1] = {**kept[-1], "reason": reason[:max(0, len(reason) - excess - 6)] + "…"}
+    return json.dumps(kept)
 
 
 def comparison_markdown(decision: PromotionDecision, source: str) -> str:
