@@ -609,6 +609,51 @@ def test_the_promote_history_keeps_the_newest_decisions_within_mlflows_tag_limit
     assert json.loads(stored)[-1]["reason"].endswith("…") and _champion(client) == "1"
 
 
+def _shifted_unet(path: Path, shift: float) -> Path:
+    """A unet whose output is its input plus `shift` everywhere: its gate scores are known without training."""
+    spec = ModelSpec("unet", 8, 2)
+    net = build_model(spec)
+    torch.nn.init.zeros_(net.head[0].weight)
+    torch.nn.init.constant_(net.head[0].bias, shift)
+    save_model(net, spec, path)
+    return path
+
+
+def test_promote_downloads_a_rescored_challenger_once(blocked_registry, tmp_path, rng, monkeypatch):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    import pipeline.registry.promotion as promotion
+    from pipeline.evaluation.gate import GateRule
+    from pipeline.registry import log_demoire_model, register_and_gate, use_tracking_store
+    from tests.test_registry import _gate_data
+
+    client = blocked_registry
+    data, pairs = _gate_data(tmp_path, rng)  # moiré = clean / 2 + 40: brightening by +0.09 brings it closer
+    use_tracking_store(tmp_path, "test")
+    for shift, psnr, rule in ((-0.2, 40.0, GateRule(0.05, 0.005)), (0.09, 41.0, GateRule(10.0, 0.0))):
+        with mlflow.start_run() as run:  # v3 (darkening) becomes champion, v4 (brightening) the blocked challenger
+            info = log_demoire_model(_shifted_unet(tmp_path / f"shift{shift}", shift))
+        register_and_gate(MlflowClient(), "m", info.model_uri, run.info.run_id,
+                          {"test_psnr": psnr, "test_ssim": 0.8, "test_mse": 0.01}, {"gate_set": "g"}, rule)
+    mlflow.set_tracking_uri(None)
+    client.set_model_version_tag("m", "4", "gate_set", "h")  # scored on another set than v3: both are re-scored
+    assert _champion(client) == "3"
+    downloads: dict[str, int] = {}
+    download_model_files = promotion.download_model_files
+
+    def counted(uri, dst):  # the real download, counted
+        downloads[uri] = downloads.get(uri, 0) + 1
+        return download_model_files(uri, dst)
+
+    monkeypatch.setattr(promotion, "download_model_files", counted)
+    result = runner.invoke(app, ["promote", "--model-name", "m", "--data", str(data), "--pairs", str(pairs),
+                                 "--device", "cpu"])
+    assert result.exit_code == 0 and "champion: v3 → v4" in result.output, result.output
+    assert "challenger v4 re-scored" in " ".join(result.output.split()) and _champion(client) == "4"
+    assert downloads == {"models:/m/4": 1, "models:/m/3": 1}
+
+
 def _strict_json(text: str) -> dict:
     """Parse JSON refusing NaN and Infinity, which strict readers (DVC, jq, browsers) reject."""
     def refuse(constant):

@@ -89,10 +89,11 @@ def promote(
     from contextlib import ExitStack
 
     from pipeline.evaluation.gate import GateRule, gate_kind
-    from pipeline.registry import apply_promote, compare_challenger, connect
+    from pipeline.registry import ModelDownloads, apply_promote, compare_challenger, connect
     from pipeline.registry.transaction import RegistryLock
 
     with ExitStack() as held:
+        downloads = held.enter_context(ModelDownloads())  # a version re-scored is not downloaded again to check it
         try:
             settings = params_or_defaults(params)
             cfg = settings.registration
@@ -104,7 +105,7 @@ def promote(
             decision = compare_challenger(client, name, rule,
                                           _local_gate(settings, (params or DEFAULT_PARAMS).parent, data, pairs,
                                                       device),
-                                          gate_kind(settings.evaluate.real_sets), allow_rolled_back)
+                                          gate_kind(settings.evaluate.real_sets), allow_rolled_back, downloads)
         except DemoireError as exc:
             fail(exc)
         champion = decision.champion.version if decision.champion else None
@@ -113,7 +114,7 @@ def promote(
             typer.echo(f"{'promote' if decision.promote else 'keep champion'}: {decision.reason}")
         if not dry_run and decision.challenger.version != champion:
             try:
-                apply_promote(client, name, decision, "demoire promote")
+                apply_promote(client, name, decision, "demoire promote", downloads)
             except DemoireError as exc:
                 fail(exc)
     _show_decision(name, decision, champion, dry_run, as_json)

@@ -6,9 +6,10 @@ import json
 import logging
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -97,7 +98,7 @@ def decision_from_record(record: dict) -> PromotionDecision:
 
 def compare_challenger(
     client: MlflowClient, name: str, rule: GateRule, local_gate: Callable[[], tuple[str, Rescore]],
-    kind: GateKind = SYNTHETIC, allow_rolled_back: bool = False,
+    kind: GateKind = SYNTHETIC, allow_rolled_back: bool = False, downloads: ModelDownloads | None = None,
 ) -> PromotionDecision:
     """Decide on `challenger` vs `champion` on one gate set of `kind`: the one both were scored on, else the
     local one (the test split, or the real sets of params.yaml).
@@ -105,7 +106,8 @@ def compare_challenger(
     `local_gate` is only called when the recorded scores are not comparable; it returns the local
     gate set's hash and a function scoring a model folder on it. A challenger `demoire rollback` took `champion`
     from is not promoted again unless `allow_rolled_back`: its scores beat the champion's before, and it was
-    rolled back all the same.
+    rolled back all the same. Re-scoring downloads the versions into `downloads` when given (kept for
+    `apply_promote`'s check that the challenger loads), else into a temporary folder each.
     """
     challenger = resolve_alias(name, CHALLENGER)
     champion = standing_champion(client, name)
@@ -120,8 +122,10 @@ def compare_challenger(
             inputs.update(scores)
             return scores
 
-        ours = scores_on_gate_set(client, name, challenger, gate_set, scoring, kind)
-        theirs = scores_on_gate_set(client, name, champion, gate_set, scoring, kind) if champion else None
+        ours = scores_on_gate_set(client, name, challenger, gate_set, scoring, kind, downloads)
+        theirs = ours if champion == challenger else None  # already champion: the same scores, not scored twice
+        if champion is not None and champion != challenger:
+            theirs = scores_on_gate_set(client, name, champion, gate_set, scoring, kind, downloads)
     untouched = untouched_scores(client, name, challenger, ours.gate_set, kind) or _input_means(inputs, ours, kind)
     if untouched is None and rule.over_input:
         log.warning("the untouched input's scores on gate set %s are not recorded with v%s (registered before "
@@ -169,9 +173,11 @@ def untouched_scores(client: MlflowClient, name: str, version: str, gate_set: st
 
 
 def scores_on_gate_set(
-    client: MlflowClient, name: str, version: str, gate_set: str, rescore: Rescore | None, kind: GateKind = SYNTHETIC
+    client: MlflowClient, name: str, version: str, gate_set: str, rescore: Rescore | None, kind: GateKind = SYNTHETIC,
+    downloads: ModelDownloads | None = None,
 ) -> GateScores:
-    """A version's scores on `gate_set`: as recorded when it was scored on it, else re-scored with `rescore`."""
+    """A version's scores on `gate_set`: as recorded when it was scored on it, else re-scored with `rescore` (on its
+    files in `downloads` when given)."""
     recorded = recorded_scores(client, name, version, kind)
     if recorded is not None and recorded.gate_set == gate_set:
         return recorded
@@ -179,8 +185,8 @@ def scores_on_gate_set(
         needs = "the test split (`dvc repro` writes it)" if kind is SYNTHETIC else "the real sets of evaluate.real_sets"
         raise InputDataError(f"{name} v{version} was scored on another gate set than {gate_set[:12]}; "
                              f"re-scoring it needs {needs}")
-    with tempfile.TemporaryDirectory() as tmp:
-        scores = rescore(_downloaded(name, version, Path(tmp)))
+    with _using(downloads) as files:
+        scores = rescore(files.folder(name, version))
     log.info("re-scored %s v%s on gate set %s (%s): %s", name, version, gate_set[:12], kind.label, scores)
     return GateScores.from_means(version, scores, gate_set, kind, rescored=True)
 
@@ -197,21 +203,66 @@ def _downloaded(name: str, version: str, folder: Path) -> Path:
         raise ModelNotFoundError(f"{name} v{version}: its model files cannot be read ({detail})") from None
 
 
-def check_loadable(name: str, version: str, task: str) -> None:
+class ModelDownloads:
+    """Versions' model files, each downloaded once into one temporary folder that `close` removes: a promote that
+    re-scores the challenger checks that it loads from the same download."""
+
+    def __init__(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory()
+        self.root = Path(self._tmp.name)
+        self._folders: dict[tuple[str, str], Path] = {}
+        self._destinations: dict[tuple[str, str], Path] = {}
+
+    def folder(self, name: str, version: str) -> Path:
+        """The version's model folder (model.pt, model.json), downloaded on first use."""
+        key = (name, version)
+        if key not in self._folders:
+            self._folders[key] = _downloaded(name, version, self._destination(key))
+        return self._folders[key]
+
+    def _destination(self, key: tuple[str, str]) -> Path:
+        # numbered, not named: a model name may hold characters a folder name cannot
+        return self._destinations.setdefault(key, self.root / str(len(self._destinations)))
+
+    def named(self, text: str, name: str, version: str) -> str:
+        """`text` with the version's files named by its URI, not by a temporary folder gone by the time it is read."""
+        files = str(self._destination((name, version)) / "files")
+        return text.replace(files, f"models:/{name}/{version}").replace(str(self.root), "…")
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+    def __enter__(self) -> "ModelDownloads":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+@contextmanager
+def _using(downloads: ModelDownloads | None) -> Iterator[ModelDownloads]:
+    """`downloads`, or (None) a new one removed on exit."""
+    if downloads is not None:
+        yield downloads
+        return
+    with ModelDownloads() as fresh:
+        yield fresh
+
+
+def check_loadable(name: str, version: str, task: str, downloads: ModelDownloads | None = None) -> None:
     """Refuse `task` (moving `champion` to `version`) unless the version's model loads: an alias on a version
-    whose artifacts are gone would break every `models:/…@champion` user."""
-    with tempfile.TemporaryDirectory() as tmp:
+    whose artifacts are gone would break every `models:/…@champion` user. Files already in `downloads` are used."""
+    with _using(downloads) as files:
         try:
-            folder = _downloaded(name, version, Path(tmp))
-            load_model(folder)
+            load_model(files.folder(name, version))
         except ServiceUnavailableError:
             raise
-        except DemoireError as exc:  # the files, named by the version rather than by a temp folder gone by then
-            shown = str(exc).replace(str(Path(tmp) / "files"), f"models:/{name}/{version}").replace(tmp, "…")
-            raise ModelNotFoundError(f"{task} refused: {shown}") from None
+        except DemoireError as exc:
+            raise ModelNotFoundError(f"{task} refused: {files.named(str(exc), name, version)}") from None
 
 
-def apply_decision(client: MlflowClient, name: str, decision: PromotionDecision, source: str) -> None:
+def apply_decision(client: MlflowClient, name: str, decision: PromotionDecision, source: str,
+                   downloads: ModelDownloads | None = None) -> None:
     """Write the comparison and decision on the challenger version; move `champion` if it won (and loads).
 
     The registration's record of a version, written once (`settle_version`); a later `demoire promote` records
@@ -219,7 +270,7 @@ def apply_decision(client: MlflowClient, name: str, decision: PromotionDecision,
     """
     version, champion = decision.challenger.version, decision.champion
     if decision.promote:  # before anything is written: a refusal leaves the version undecided, as it was
-        check_loadable(name, version, f"moving champion to v{version}")
+        check_loadable(name, version, f"moving champion to v{version}", downloads)
     client.set_model_version_tag(name, version, DECISION_TAG, json.dumps(decision.record()))
     kill_point("register.decision_recorded")
     tags = {
@@ -243,18 +294,19 @@ def apply_decision(client: MlflowClient, name: str, decision: PromotionDecision,
     client.set_model_version_tag(name, version, DECIDED_TAG, "promoted" if decision.promote else "not_promoted")
 
 
-def apply_promote(client: MlflowClient, name: str, decision: PromotionDecision, source: str) -> None:
+def apply_promote(client: MlflowClient, name: str, decision: PromotionDecision, source: str,
+                  downloads: ModelDownloads | None = None) -> None:
     """Apply a decision `demoire promote` made after the registration: append it to the version's promote history
     and move `champion` if it won (and loads). The registration's decision tags and description stay as recorded;
     only a version without any (registered by hand) gets them, this being the first decision on it."""
     version = decision.challenger.version
     tags = client.get_model_version(name, version).tags
     if DECISION_TAG not in tags and DECIDED_TAG not in tags:  # recorded as its decision: no registration decides it
-        apply_decision(client, name, decision, source)
+        apply_decision(client, name, decision, source, downloads)
         record_promote(client, name, decision, source)
         return
     if decision.promote:  # before anything is written, as in apply_decision
-        check_loadable(name, version, f"moving champion to v{version}")
+        check_loadable(name, version, f"moving champion to v{version}", downloads)
     record_promote(client, name, decision, source)
     if decision.promote:
         move_champion(client, name, version)
