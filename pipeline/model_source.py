@@ -55,7 +55,7 @@ def describe_model(model: str, net: nn.Module, spec: ModelSpec, registered: dict
 
     # every key GET /model documents, null where a folder or exported file has none (a registry version has them)
     info = {"source": model, "name": Path(model).name or model, "version": None, "alias": None, "run_id": None,
-            "promotion": None, "metrics": {}} | (registered or {})
+            "promotion": None, "last_promote": None, "metrics": {}} | (registered or {})
     exported = isinstance(net, ExportedModel)
     return info | {"architecture": spec.name, "channels": spec.channels, "depth": spec.depth,
                    "format": net.format if exported else "pytorch",

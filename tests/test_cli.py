@@ -565,6 +565,7 @@ def _registration_record(client, version: str) -> tuple[dict, str]:
 
 
 def test_a_later_promote_keeps_the_registrations_decision_and_records_its_own(blocked_registry):
+    from pipeline.registry import model_version_info
     from pipeline.registry.promotion import version_decision
 
     client = blocked_registry
@@ -587,6 +588,11 @@ def test_a_later_promote_keeps_the_registrations_decision_and_records_its_own(bl
     assert "stays out unless promoted with --allow-rolled-back" in history[1]["reason"]
     assert all(entry["source"] == "demoire promote" and entry["at"].endswith("Z") for entry in history)
     assert "promote.history" not in client.get_model_version("m", "1").tags
+    # what `demoire serve` answers on GET /model: the registration's decision, and the promote that made it champion
+    served = model_version_info("models:/m@champion")
+    assert (served["version"], served["promotion"]) == ("2", "not_promoted")
+    assert served["last_promote"] == {key: history[-1][key] for key in ("at", "source", "promote", "reason")}
+    assert model_version_info("models:/m/1")["last_promote"] is None
 
 
 def test_the_promote_history_keeps_the_newest_decisions_within_mlflows_tag_limit(blocked_registry):

@@ -181,8 +181,8 @@ def test_a_folder_model_is_described_with_every_documented_key(model):
 
     net, spec = load_model(Path(model))
     info = describe_model(model, net, spec)
-    assert {key: info[key] for key in ("version", "alias", "run_id", "promotion", "metrics")} == {
-        "version": None, "alias": None, "run_id": None, "promotion": None, "metrics": {}}
+    assert {key: info[key] for key in ("version", "alias", "run_id", "promotion", "last_promote", "metrics")} == {
+        "version": None, "alias": None, "run_id": None, "promotion": None, "last_promote": None, "metrics": {}}
     assert (info["architecture"], info["format"], info["name"]) == ("unet", "pytorch", "model")
 
 
