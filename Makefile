@@ -41,7 +41,8 @@ test-fast: $(STAMP)
 
 # Orchestration against a running Prefect server (PREFECT_API_URL): `make server` starts one here.
 POOL ?= cpu
-PREFECT_ENV := PREFECT_HOME=$(CURDIR)/.prefect
+# A PREFECT_HOME set by the user is kept, as the stage commands keep it: the server then shows their runs.
+PREFECT_ENV := PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.prefect}
 
 # Prefect's usage telemetry off unless asked for (PREFECT_SERVER_ANALYTICS_ENABLED=true make server):
 # a server without internet access logs an error each time it fails to send it.

@@ -4,8 +4,8 @@ A set of crops (a 700×700 cut of a 4K capture, a tile) has its screen falloff o
 is not; `demoire evaluate --pairs OUT` on these crops checks that a step chosen on whole photos (`--falloff`)
 does not turn into a loss there. Each pair whose sides are both at least --size gives five crops of the same
 place in both images: its four corners and its centre (`NAME_tl`, `_tr`, `_bl`, `_br`, `_c`); smaller pairs and
-unreadable ones are named on stderr and skipped. The crops go to OUT/moire and OUT/clean as PNG, written
-together once every pair is cut.
+unreadable ones are named on stderr and skipped (exit 1; nothing is written when no pair is cut, exit 2). The
+crops go to OUT/moire and OUT/clean as PNG, written together once every pair is cut.
 
     python benchmarks/crop_pairs.py ../shared/real-moire/paired --include 'fhdmi_*' --size 700 --out /tmp/crops
 """
@@ -54,21 +54,27 @@ def main() -> None:
         raise InputDataError(f"--out {args.out} is not empty; name a new or empty folder")
     found = find_paired_folder(args.pairs, include=args.include)
     skipped = [(item.name, item.reason) for item in found.skipped]
-    written = 0
+    written: dict[str, str] = {}  # crop stem → the pair cut under it
     with atomic_dir(args.out, whole=True) as staging:
         for name, (moire, clean) in decoded_pairs(found.pairs, skipped):
+            stem = str(Path(name).with_suffix("")).replace("/", "_")  # a dataset's names hold its split folders
             if min(moire.shape[:2]) < args.size:
                 skipped.append((name, f"{moire.shape[1]}×{moire.shape[0]} is smaller than {args.size}"))
-                continue
-            stem = str(Path(name).with_suffix("")).replace("/", "_")  # a dataset's names hold its split folders
-            for kind, image in (("moire", moire), ("clean", clean)):
-                for place, crop in crops(image, args.size).items():
-                    write_png(staging / kind / f"{stem}_{place}.png", crop)
-            written += 1
-    for name, reason in skipped:
-        print(f"skipped {name}: {reason}", file=sys.stderr)
-    pairs = "pair" if written == 1 else "pairs"
-    print(f"{written * len(PLACES)} crops of {written} {pairs} in {args.out} ({len(skipped)} skipped)")
+            elif stem in written:
+                skipped.append((name, f"its crops would be named as those of {written[stem]} ({stem}_*.png)"))
+            else:
+                for kind, image in (("moire", moire), ("clean", clean)):
+                    for place, crop in crops(image, args.size).items():
+                        write_png(staging / kind / f"{stem}_{place}.png", crop)
+                written[stem] = name
+        for name, reason in skipped:
+            print(f"skipped {name}: {reason}", file=sys.stderr)
+        if not written:
+            raise InputDataError(f"no pair of {args.pairs} is at least {args.size} px on each side: nothing written")
+    pairs = "pair" if len(written) == 1 else "pairs"
+    print(f"{len(written) * len(PLACES)} crops of {len(written)} {pairs} in {args.out} ({len(skipped)} skipped)")
+    if skipped:
+        sys.exit(1)  # written, without the pairs named above (the project's exit codes: 1, done with some skipped)
 
 
 if __name__ == "__main__":

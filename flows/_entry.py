@@ -130,13 +130,17 @@ def prefect_api() -> Iterator[None]:
 
 
 def _links_to_make_server() -> bool:
-    """Point Prefect's "View at" links at `make server`'s UI unless PREFECT_UI_URL is set; whether it was set here.
+    """Point Prefect's "View at" links at `make server`'s UI unless a UI URL is set (environment, profile or
+    prefect.toml); whether it was set here.
 
     The shared server has no UI and stops a minute after the last stage, so links derived from its URL never
     open; `make server` serves the same database (`$PREFECT_HOME/prefect.db`) with its UI, where they open
-    whenever it runs.
+    once it runs.
     """
-    if os.environ.get("PREFECT_UI_URL"):
+    from prefect.settings import get_current_settings
+
+    # a UI URL Prefect derives from the API URL is not among the fields set; one a user gave is
+    if "PREFECT_UI_URL" in os.environ or "ui_url" in get_current_settings().model_fields_set:
         return False
     os.environ["PREFECT_UI_URL"] = f"http://127.0.0.1:{os.environ.get('PREFECT_PORT', '4200')}"
     return True

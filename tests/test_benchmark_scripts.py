@@ -112,6 +112,7 @@ def _in_process(name: str, *args: object) -> None:
     """Run a benchmark script in this process (no interpreter to start for each case); it must exit 2, a refusal."""
     with pytest.MonkeyPatch.context() as patch, pytest.raises(SystemExit) as exited:
         patch.setattr(sys, "argv", [name, *map(str, args)])
+        patch.setattr(sys, "path", list(sys.path))  # the script puts the project first on it
         runpy.run_path(str(PROJECT / "benchmarks" / name), run_name="__main__")
     assert exited.value.code == 2
 

@@ -116,7 +116,7 @@ def test_moving_champion_to_the_champion_leaves_its_history_as_it_was(store, tmp
     assert client.get_registered_model("demoire-test").tags["champion_history"] == stored == json.dumps([v1])
 
 
-def test_a_later_promote_decides_an_undecided_version_and_leaves_a_half_applied_one_to_its_resume(store, tmp_path):
+def test_a_later_promote_decides_an_undecided_version_and_finishes_a_half_applied_ones_record(store, tmp_path):
     from pipeline.evaluation.gate import SYNTHETIC, GateScores, decide_promotion
     from pipeline.registry import apply_promote, compare_challenger, promote_history
     from pipeline.registry.promotion import version_decision
@@ -146,15 +146,17 @@ def test_a_later_promote_decides_an_undecided_version_and_leaves_a_half_applied_
     scores = GateScores.from_means(v3, {"psnr": 24.0, "ssim": 0.8, "mse": 0.01}, "g", SYNTHETIC)
     champion = GateScores.from_means(v2, {"psnr": 23.0, "ssim": 0.8, "mse": 0.01}, "g", SYNTHETIC)
     recorded = decide_promotion(scores, champion, RULE)
+    assert recorded.promote
     client.set_model_version_tag(name, v3, "promotion.decision", json.dumps(recorded.record()))
-    strict = GateRule(5.0, 0.005)
+    strict = GateRule(5.0, 0.005)  # a later promote under a stricter rule keeps v2
     apply_promote(client, name, compare_challenger(client, name, strict, no_rescoring), "demoire promote")
-    tags = client.get_model_version(name, v3).tags
-    assert "promotion" not in tags and json.loads(tags["promotion.decision"]) == recorded.record()
+    tags = client.get_model_version(name, v3).tags  # the registration's record finished, as it decided
+    assert tags["promotion"] == "promoted" and json.loads(tags["promotion.decision"]) == recorded.record()
+    assert tags["gate.margin_db"] == str(RULE.margin_db) and resolve_alias(name, CHAMPION) == v2  # the promote's say
     assert [entry["margin_db"] for entry in promote_history(client, name, v3)] == [5.0]
-    with RegistryLock(client, name) as lock:  # the registration's rerun applies what it recorded
+    with RegistryLock(client, name) as lock:  # the registration's rerun finds it decided: champion stays
         assert settle_version(client, name, v3, RULE, None, SYNTHETIC, "run x", lock) == recorded
-    assert client.get_model_version(name, v3).tags["promotion"] == "promoted" and resolve_alias(name, CHAMPION) == v3
+    assert resolve_alias(name, CHAMPION) == v2 and [e["promote"] for e in promote_history(client, name, v3)] == [False]
 
 
 # Small tiles, so a 70x90 image is really restored in overlapping tiles by the served model.

@@ -262,14 +262,16 @@ def check_loadable(name: str, version: str, task: str, downloads: ModelDownloads
 
 
 def apply_decision(client: MlflowClient, name: str, decision: PromotionDecision, source: str,
-                   downloads: ModelDownloads | None = None) -> None:
-    """Write the comparison and decision on the challenger version; move `champion` if it won (and loads).
+                   downloads: ModelDownloads | None = None, moves_champion: bool = True) -> None:
+    """Write the comparison and decision on the challenger version; move `champion` if it won (and loads), unless
+    not `moves_champion` (a later promote's decision has taken over the alias).
 
     The registration's record of a version, written once (`settle_version`); a later `demoire promote` records
     its decisions with `apply_promote` instead.
     """
     version, champion = decision.challenger.version, decision.champion
-    if decision.promote:  # before anything is written: a refusal leaves the version undecided, as it was
+    moving = decision.promote and moves_champion
+    if moving:  # before anything is written: a refusal leaves the version undecided, as it was
         check_loadable(name, version, f"moving champion to v{version}", downloads)
     client.set_model_version_tag(name, version, DECISION_TAG, json.dumps(decision.record()))
     kill_point("register.decision_recorded")
@@ -288,7 +290,7 @@ def apply_decision(client: MlflowClient, name: str, decision: PromotionDecision,
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, str(value))
     client.update_model_version(name, version, description=comparison_markdown(decision, source))
-    if decision.promote:
+    if moving:
         move_champion(client, name, version)
         kill_point("register.champion_moved")
     client.set_model_version_tag(name, version, DECIDED_TAG, "promoted" if decision.promote else "not_promoted")
@@ -296,20 +298,24 @@ def apply_decision(client: MlflowClient, name: str, decision: PromotionDecision,
 
 def apply_promote(client: MlflowClient, name: str, decision: PromotionDecision, source: str,
                   downloads: ModelDownloads | None = None) -> None:
-    """Apply a decision `demoire promote` made after the registration: append it to the version's promote history
-    and move `champion` if it won (and loads). The registration's decision tags and description stay as recorded;
-    only a version without any (registered by hand) gets them, this being the first decision on it."""
+    """Apply a decision `demoire promote` made after the registration: move `champion` if it won (and loads), then
+    append it to the version's promote history. The registration's decision tags and description stay as recorded;
+    a version without any (registered by hand) gets them from this decision, its first."""
     version = decision.challenger.version
     tags = client.get_model_version(name, version).tags
-    if DECISION_TAG not in tags and DECIDED_TAG not in tags:  # recorded as its decision: no registration decides it
-        apply_decision(client, name, decision, source, downloads)
-        record_promote(client, name, decision, source)
-        return
-    if decision.promote:  # before anything is written, as in apply_decision
-        check_loadable(name, version, f"moving champion to v{version}", downloads)
-    record_promote(client, name, decision, source)
+    if DECIDED_TAG not in tags:
+        recorded = version_decision(client, name, version)
+        if recorded is None:  # registered by hand: no registration will decide it, so this is its record
+            apply_decision(client, name, decision, source, downloads)
+            record_promote(client, name, decision, source)
+            return
+        # Its registration recorded a decision and died before applying it: its record is finished here, its move
+        # of `champion` is not (this later decision stands instead), so no rerun of the stage re-applies it.
+        apply_decision(client, name, recorded, "its registration, finished by demoire promote", moves_champion=False)
     if decision.promote:
+        check_loadable(name, version, f"moving champion to v{version}", downloads)
         move_champion(client, name, version)
+    record_promote(client, name, decision, source)  # after the move: an entry says what was done
 
 
 def promote_history(client: MlflowClient, name: str, version: str) -> list[dict]:

@@ -31,7 +31,7 @@ def test_five_crops_of_the_same_place_small_and_unreadable_pairs_skipped(tmp_pat
 
     done = _run(pairs, "--size", 30, "--out", tmp_path / "crops")
 
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # done, with pairs skipped
     assert done.stdout.strip() == f"5 crops of 1 pair in {tmp_path / 'crops'} (2 skipped)"
     assert "skipped small.png: 60×20 is smaller than 30" in done.stderr and "skipped broken.png" in done.stderr
     corners = {"tl": (0, 0), "tr": (0, 30), "bl": (10, 0), "br": (10, 30), "c": (5, 15)}
@@ -46,3 +46,7 @@ def test_five_crops_of_the_same_place_small_and_unreadable_pairs_skipped(tmp_pat
     again = _run(pairs, "--size", 30, "--out", tmp_path / "crops")
     assert again.returncode == 2 and again.stderr.strip().splitlines() == [
         f"error: --out {tmp_path / 'crops'} is not empty; name a new or empty folder"]
+    too_large = _run(pairs, "--size", 41, "--out", tmp_path / "none")
+    assert too_large.returncode == 2 and too_large.stderr.strip().splitlines()[-1] == (
+        f"error: no pair of {pairs} is at least 41 px on each side: nothing written")
+    assert not (tmp_path / "none").exists()
