@@ -320,11 +320,15 @@ def apply_promote(client: MlflowClient, name: str, decision: PromotionDecision, 
 
 def promote_history(client: MlflowClient, name: str, version: str) -> list[dict]:
     """The decisions later promotes made on a version (`decision.record()` with `at` and `source`), oldest first."""
-    stored = client.get_model_version(name, version).tags.get(PROMOTE_HISTORY_TAG, "[]")
+    return promote_entries(client.get_model_version(name, version).tags, f"{name} v{version}")
+
+
+def promote_entries(tags: dict[str, str], label: str) -> list[dict]:
+    """The promote history in a version's `tags`, oldest first; [] when it is absent or not a JSON list."""
     try:
-        history = json.loads(stored)
+        history = json.loads(tags.get(PROMOTE_HISTORY_TAG, "[]"))
     except ValueError:  # edited by hand: started afresh rather than refusing every promote
-        log.warning("%s v%s: its %s tag is not JSON; it starts afresh", name, version, PROMOTE_HISTORY_TAG)
+        log.warning("%s: its %s tag is not JSON; it starts afresh", label, PROMOTE_HISTORY_TAG)
         return []
     return history if isinstance(history, list) else []
 

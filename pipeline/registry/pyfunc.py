@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -217,20 +216,17 @@ def model_version_info(uri: str) -> dict:
             except ValueError:
                 pass
     return {"name": name, "version": str(version.version), "alias": alias or None, "run_id": version.run_id,
-            "promotion": version.tags.get("promotion"), "last_promote": _last_promote(version.tags),
-            "metrics": metrics}
+            "promotion": version.tags.get("promotion"),
+            "last_promote": _last_promote(version.tags, f"{name} v{version.version}"), "metrics": metrics}
 
 
-def _last_promote(tags: dict[str, str]) -> dict | None:
+def _last_promote(tags: dict[str, str], label: str) -> dict | None:
     """When, by what and how the latest `demoire promote` after the registration decided on a version (None if none
     did): `promotion` is the registration's decision, and a promote may have made the version champion since."""
-    from pipeline.registry.promotion import PROMOTE_HISTORY_TAG  # not at the top: promotion imports this module
+    from pipeline.registry.promotion import promote_entries  # not at the top: promotion imports this module
 
-    try:
-        history = json.loads(tags.get(PROMOTE_HISTORY_TAG, "[]"))
-        latest = history[-1] if isinstance(history, list) and history else None
-    except ValueError:  # edited by hand
-        return None
+    history = promote_entries(tags, label)
+    latest = history[-1] if history else None
     return {key: latest.get(key) for key in ("at", "source", "promote", "reason")} if isinstance(latest, dict) else None
 
 
