@@ -123,8 +123,9 @@ def compare_challenger(
             return scores
 
         ours = scores_on_gate_set(client, name, challenger, gate_set, scoring, kind, downloads)
-        theirs = ours if champion == challenger else None  # already champion: the same scores, not scored twice
-        if champion is not None and champion != challenger:
+        if champion is None or champion == challenger:  # already champion: the same scores, not scored twice
+            theirs = ours if champion else None
+        else:
             theirs = scores_on_gate_set(client, name, champion, gate_set, scoring, kind, downloads)
     untouched = untouched_scores(client, name, challenger, ours.gate_set, kind) or _input_means(inputs, ours, kind)
     if untouched is None and rule.over_input:
