@@ -29,12 +29,13 @@ pipeline: $(STAMP)
 
 # Three test processes on two cores: the slow tests mostly wait on the subprocesses and servers they start.
 # Each test module runs whole in one process (--dist loadfile): several modules' tests build on one
-# module-scoped fixture's state. Modules holding slow tests go first (tests/conftest.py), so the
-# minutes-long ones run side by side and the short ones fill the gaps. (Not --dist loadgroup: with pytest
-# 9.2 the group suffix xdist 3.8 writes into each test's id is ignored, and grouped tests were spread.)
+# module-scoped fixture's state. The longest modules go first (tests/conftest.py; --no-loadscope-reorder keeps
+# that order, where xdist would start the modules with the most tests first), so the minutes-long ones run side
+# by side and the short ones fill the gaps. (Not --dist loadgroup: with pytest 9.2 the group suffix xdist 3.8
+# writes into each test's id is ignored, and grouped tests were spread.)
 TEST_WORKERS ?= 3
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -62,12 +62,46 @@ def cli_output_settings_reset() -> Iterator[None]:
     err.notes = True
 
 
+# About how long each module's tests take in CI (`.ci/run`: 2 cores, three workers; from its --durations), for the
+# order below. A module that holds slow tests and is missing here counts as SLOW_MODULE_SECONDS: a wrong figure
+# costs minutes of the suite's time, never a result.
+CI_SECONDS = {
+    "tests/integration/test_dvc_repro.py": 650,
+    "tests/integration/test_deployments.py": 420,
+    "tests/integration/test_dvc_queue.py": 260,
+    "tests/test_install.py": 250,
+    "tests/integration/test_fresh_clone.py": 220,
+    "tests/test_registry_transaction.py": 210,
+    "tests/test_cli.py": 180,
+    "tests/test_registry.py": 150,
+    "tests/flows/test_flows.py": 140,
+    "tests/training/test_distributed.py": 110,
+    "tests/test_benchmark_scripts.py": 105,
+    "tests/flows/test_stage_server.py": 100,
+    "tests/test_gpu_check.py": 90,
+    "tests/integration/test_team_server.py": 80,
+}
+SLOW_MODULE_SECONDS = 60
+
+
+def _expected_seconds(items: list[pytest.Item]) -> dict[str, int]:
+    """Each module's CI_SECONDS, else SLOW_MODULE_SECONDS when it holds a `slow` test, else 0."""
+    seconds: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        known = CI_SECONDS.get(module, SLOW_MODULE_SECONDS if "slow" in item.keywords else 0)
+        seconds[module] = max(seconds.get(module, 0), known)
+    return seconds
+
+
 def pytest_collection_modifyitems(config, items):
-    """Run `slow` tests first and skip `gpu` tests when CUDA is absent."""
-    # Under `-n` (make test), xdist hands whole modules out in the order their first test comes here:
-    # the modules with minutes-long tests start first, side by side, and the short ones fill the gaps,
-    # instead of one long test starting last.
-    items.sort(key=lambda item: "slow" not in item.keywords)
+    """Run the longest modules first and skip `gpu` tests when CUDA is absent."""
+    # Under `-n` (make test), xdist hands whole modules out in the order their first test comes here (with
+    # --no-loadscope-reorder; by default it would start the modules with the most tests first, which put three
+    # one-test modules of 3-4 minutes each last, on one worker). Longest first, the minutes-long ones run side by
+    # side and the short ones fill the gaps. The sort is stable: a module's tests keep their order.
+    seconds = _expected_seconds(items)
+    items.sort(key=lambda item: -seconds[item.nodeid.split("::")[0]])
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
