@@ -615,6 +615,23 @@ def test_the_promote_history_keeps_the_newest_decisions_within_mlflows_tag_limit
     assert json.loads(stored)[-1]["reason"].endswith("…") and _champion(client) == "1"
 
 
+def test_a_rescoring_error_names_the_version_by_its_uri_not_a_temporary_folder(blocked_registry, tmp_path, rng):
+    from urllib.parse import urlsplit
+
+    from tests.test_registry import _gate_data
+
+    client = blocked_registry
+    data, pairs = _gate_data(tmp_path, rng)
+    client.set_model_version_tag("m", "2", "gate_set", "h")  # scored on another set than v1: both are re-scored
+    for weights in Path(urlsplit(client.get_model_version_download_uri("m", "2")).path).rglob("model.pt"):
+        weights.write_bytes(b"truncated")
+    result = runner.invoke(app, ["promote", "--model-name", "m", "--data", str(data), "--pairs", str(pairs),
+                                 "--device", "cpu"])
+    assert result.exit_code == 2 and _champion(client) == "1", result.output
+    assert result.output.strip().splitlines()[-1].startswith(
+        "error: models:/m/2/artifacts/model/model.pt holds no weights of the unet model its model.json describes")
+
+
 def _shifted_unet(path: Path, shift: float) -> Path:
     """A unet whose output is its input plus `shift` everywhere: its gate scores are known without training."""
     spec = ModelSpec("unet", 8, 2)

@@ -187,7 +187,13 @@ def scores_on_gate_set(
         raise InputDataError(f"{name} v{version} was scored on another gate set than {gate_set[:12]}; "
                              f"re-scoring it needs {needs}")
     with _using(downloads) as files:
-        scores = rescore(files.folder(name, version))
+        folder = files.folder(name, version)
+        try:
+            scores = rescore(folder)
+        except ServiceUnavailableError:
+            raise
+        except DemoireError as exc:  # named by its URI: the temporary folder is gone by the time it is read
+            raise type(exc)(files.named(str(exc), name, version)) from None
     log.info("re-scored %s v%s on gate set %s (%s): %s", name, version, gate_set[:12], kind.label, scores)
     return GateScores.from_means(version, scores, gate_set, kind, rescored=True)
 
