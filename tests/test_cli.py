@@ -454,6 +454,29 @@ def test_champion_never_moves_to_a_version_whose_files_are_gone(blocked_registry
         "error: rolling back to v1 refused: m v1: its model files cannot be read (")
 
 
+def _registration_died_before_applying(client, version: str) -> None:
+    """As if the version's registration had recorded "promote" and died before applying it."""
+    from dataclasses import replace
+
+    from pipeline.registry.promotion import DECISION_TAG, version_decision
+
+    recorded = replace(version_decision(client, "m", version), promote=True, reason="the registration's gate")
+    client.set_model_version_tag("m", version, DECISION_TAG, json.dumps(recorded.record()))
+    client.delete_model_version_tag("m", version, "promotion")
+
+
+def test_a_refused_promote_writes_nothing_even_where_a_registration_left_its_decision_unapplied(blocked_registry):
+    client = blocked_registry
+    _registration_died_before_applying(client, "2")
+    _remove_artifacts(client, "2")
+    before = client.get_model_version("m", "2")
+    refused = runner.invoke(app, ["promote", "--model-name", "m"])
+    assert refused.exit_code == 2 and _champion(client) == "1"
+    assert refused.output.strip().splitlines()[-1].startswith("error: moving champion to v2 refused: m v2: ")
+    after = client.get_model_version("m", "2")  # not "promoted" by finishing the registration's record
+    assert (after.tags, after.description) == (before.tags, before.description)
+
+
 def test_a_deleted_champion_is_stood_for_by_the_last_champion_that_exists(blocked_registry):
     client = blocked_registry
     assert runner.invoke(app, ["promote", "--model-name", "m"]).exit_code == 0 and _champion(client) == "2"

@@ -117,6 +117,8 @@ def test_moving_champion_to_the_champion_leaves_its_history_as_it_was(store, tmp
 
 
 def test_a_later_promote_decides_an_undecided_version_and_finishes_a_half_applied_ones_record(store, tmp_path):
+    from dataclasses import replace
+
     from pipeline.evaluation.gate import SYNTHETIC, GateScores, decide_promotion
     from pipeline.registry import apply_promote, compare_challenger, promote_history
     from pipeline.registry.promotion import version_decision
@@ -135,6 +137,17 @@ def test_a_later_promote_decides_an_undecided_version_and_finishes_a_half_applie
     def no_rescoring():
         raise AssertionError("both were scored on gate set g")
 
+    def registration_died_after_recording(psnr: float, champion_version: str, champion_psnr: float):
+        """A version whose registration recorded "promote" and died before applying it; its recorded decision."""
+        version = by_hand(psnr)
+        scores = GateScores.from_means(version, {"psnr": psnr, "ssim": 0.8, "mse": 0.01}, "g", SYNTHETIC)
+        champion = GateScores.from_means(champion_version, {"psnr": champion_psnr, "ssim": 0.8, "mse": 0.01}, "g",
+                                         SYNTHETIC)
+        recorded = decide_promotion(scores, champion, RULE)
+        assert recorded.promote
+        client.set_model_version_tag(name, version, "promotion.decision", json.dumps(recorded.record()))
+        return version, recorded
+
     v2 = by_hand(23.0)
     apply_promote(client, name, compare_challenger(client, name, RULE, no_rescoring), "demoire promote")
     tags = client.get_model_version(name, v2).tags  # the first decision on it: a later registration leaves it be
@@ -142,21 +155,29 @@ def test_a_later_promote_decides_an_undecided_version_and_finishes_a_half_applie
     assert [entry["promote"] for entry in promote_history(client, name, v2)] == [True]
     assert resolve_alias(name, CHAMPION) == v2
 
-    v3 = by_hand(24.0)  # its registration recorded "promote" and died before applying it
-    scores = GateScores.from_means(v3, {"psnr": 24.0, "ssim": 0.8, "mse": 0.01}, "g", SYNTHETIC)
-    champion = GateScores.from_means(v2, {"psnr": 23.0, "ssim": 0.8, "mse": 0.01}, "g", SYNTHETIC)
-    recorded = decide_promotion(scores, champion, RULE)
-    assert recorded.promote
-    client.set_model_version_tag(name, v3, "promotion.decision", json.dumps(recorded.record()))
+    v3, recorded = registration_died_after_recording(24.0, v2, 23.0)
     strict = GateRule(5.0, 0.005)  # a later promote under a stricter rule keeps v2
     apply_promote(client, name, compare_challenger(client, name, strict, no_rescoring), "demoire promote")
-    tags = client.get_model_version(name, v3).tags  # the registration's record finished, as it decided
-    assert tags["promotion"] == "promoted" and json.loads(tags["promotion.decision"]) == recorded.record()
-    assert tags["gate.margin_db"] == str(RULE.margin_db) and resolve_alias(name, CHAMPION) == v2  # the promote's say
+    found = client.get_model_version(name, v3)  # the registration's record finished, saying it never moved champion
+    unmoved = replace(recorded, promote=False, reason=f"its registration died before moving champion to v{v3}, and "
+                      f"`demoire promote` decided instead; the registration's gate said: {recorded.reason}")
+    assert found.tags["promotion"] == "not_promoted" and version_decision(client, name, v3) == unmoved
+    assert found.tags["promotion_reason"] == unmoved.reason
+    assert found.description.startswith("its registration, finished by demoire promote: not promoted: its registration")
+    assert found.tags["gate.margin_db"] == str(RULE.margin_db) and resolve_alias(name, CHAMPION) == v2  # promote's say
     assert [entry["margin_db"] for entry in promote_history(client, name, v3)] == [5.0]
-    with RegistryLock(client, name) as lock:  # the registration's rerun finds it decided: champion stays
-        assert settle_version(client, name, v3, RULE, None, SYNTHETIC, "run x", lock) == recorded
+    with RegistryLock(client, name) as lock:  # the registration's rerun finds it decided, as not promoted: it was not
+        assert settle_version(client, name, v3, RULE, None, SYNTHETIC, "run x", lock) == unmoved
     assert resolve_alias(name, CHAMPION) == v2 and [e["promote"] for e in promote_history(client, name, v3)] == [False]
+
+    v4, recorded = registration_died_after_recording(25.0, v2, 23.0)  # this time the promote moves champion there
+    apply_promote(client, name, compare_challenger(client, name, RULE, no_rescoring), "demoire promote")
+    found = client.get_model_version(name, v4)
+    carried_out = replace(recorded, reason=f"{recorded.reason}; its registration died before moving champion to "
+                          f"v{v4}, and `demoire promote` moved it")
+    assert resolve_alias(name, CHAMPION) == v4 and found.tags["promotion"] == "promoted"
+    assert version_decision(client, name, v4) == carried_out and found.tags["promotion_reason"] == carried_out.reason
+    assert [entry["promote"] for entry in promote_history(client, name, v4)] == [True]
 
 
 # Small tiles, so a 70x90 image is really restored in overlapping tiles by the served model.

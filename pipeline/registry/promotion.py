@@ -37,6 +37,7 @@ DECIDED_TAG = "promotion"
 # Version tag: the decisions a later `demoire promote` made on the version, oldest first (JSON list). They go here,
 # not over the registration's tags above, which resume, reports and `version_decision` read as the registration's.
 PROMOTE_HISTORY_TAG = "promote.history"
+FINISHED_BY_PROMOTE = "its registration, finished by demoire promote"  # the description's source then
 TAG_VALUE_LIMIT = 5000  # characters a tag value holds on older MLflow servers and their databases (newer allow more)
 
 
@@ -307,22 +308,48 @@ def apply_promote(client: MlflowClient, name: str, decision: PromotionDecision, 
                   downloads: ModelDownloads | None = None) -> None:
     """Apply a decision `demoire promote` made after the registration: move `champion` if it won (and loads), then
     append it to the version's promote history. The registration's decision tags and description stay as recorded;
-    a version without any (registered by hand) gets them from this decision, its first."""
+    a version without any (registered by hand) gets them from this decision, its first, and one its registration
+    recorded and died before applying is finished first (`_finish_registration`)."""
     version = decision.challenger.version
-    tags = client.get_model_version(name, version).tags
-    if DECIDED_TAG not in tags:
-        recorded = version_decision(client, name, version)
-        if recorded is None:  # registered by hand: no registration will decide it, so this is its record
-            apply_decision(client, name, decision, source, downloads)
-            record_promote(client, name, decision, source)
-            return
-        # Its registration recorded a decision and died before applying it: its record is finished here, its move
-        # of `champion` is not (this later decision stands instead), so no rerun of the stage re-applies it.
-        apply_decision(client, name, recorded, "its registration, finished by demoire promote", moves_champion=False)
-    if decision.promote:
+    if decision.promote:  # before anything is written: a refused promote leaves the version as it was
         check_loadable(name, version, f"moving champion to v{version}", downloads)
+    tags = client.get_model_version(name, version).tags
+    if DECIDED_TAG not in tags and DECISION_TAG not in tags:  # registered by hand: no registration will decide it
+        apply_decision(client, name, decision, source, downloads)
+        record_promote(client, name, decision, source)
+        return
+    carried_out = _finish_registration(client, name, version, tags, decision.promote)
+    if decision.promote:
         move_champion(client, name, version)
+        if carried_out is not None:  # its registration's promote, true now: its record says promoted
+            apply_decision(client, name, carried_out, FINISHED_BY_PROMOTE, moves_champion=False)
     record_promote(client, name, decision, source)  # after the move: an entry says what was done
+
+
+def _finish_registration(client: MlflowClient, name: str, version: str, tags: dict[str, str],
+                         promote_moves: bool) -> PromotionDecision | None:
+    """Finish the record of a registration that recorded its decision on `version` and died before applying it, so
+    that no rerun of the stage re-applies it (this promote's decision stands instead). A recorded promote whose move
+    never happened is recorded as not promoted, saying so; returned as promoted when `promote_moves` (this promote
+    moves champion there), to be recorded once it has."""
+    if DECIDED_TAG in tags:
+        return None
+    recorded = version_decision(client, name, version)
+    if not recorded.promote or _was_champion(client, name, version, tags):
+        apply_decision(client, name, recorded, FINISHED_BY_PROMOTE, moves_champion=False)
+        return None
+    unmoved = replace(recorded, promote=False, reason=f"its registration died before moving champion to v{version}, "
+                      f"and `demoire promote` decided instead; the registration's gate said: {recorded.reason}")
+    apply_decision(client, name, unmoved, FINISHED_BY_PROMOTE, moves_champion=False)
+    if not promote_moves:
+        return None
+    return replace(recorded, reason=f"{recorded.reason}; its registration died before moving champion to "
+                   f"v{version}, and `demoire promote` moved it")
+
+
+def _was_champion(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> bool:
+    """Whether `version` held `champion` (a registration killed after moving it, then rolled back, say)."""
+    return ROLLED_BACK_TAG in tags or version in champion_history(client, name)
 
 
 def promote_history(client: MlflowClient, name: str, version: str) -> list[dict]:
