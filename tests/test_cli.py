@@ -638,6 +638,58 @@ def test_the_promote_history_keeps_the_newest_decisions_within_mlflows_tag_limit
     assert json.loads(stored)[-1]["reason"].endswith("…") and _champion(client) == "1"
 
 
+def test_a_promote_stopped_by_the_store_after_moving_champion_is_recorded_by_its_rerun(blocked_registry, monkeypatch):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
+    import pipeline.registry.promotion as promotion
+    from pipeline.registry import model_version_info
+
+    client = blocked_registry
+    move_champion = promotion.move_champion
+
+    def then_locked(*args):  # what MLflow raises for SQLite's "database is locked"
+        move_champion(*args)
+        raise MlflowException("database is locked", error_code=TEMPORARILY_UNAVAILABLE)
+
+    monkeypatch.setattr(promotion, "move_champion", then_locked)
+    stopped = runner.invoke(app, ["promote", "--model-name", "m"])
+    assert stopped.exit_code == 2 and stopped.output.strip().splitlines()[-1] == (
+        "error: the MLflow store did not answer (MlflowException: database is locked); run `demoire promote` again "
+        "to finish"), stopped.output
+    assert _champion(client) == "2" and "promote.history" not in client.get_model_version("m", "2").tags
+    monkeypatch.setattr(promotion, "move_champion", move_champion)
+    again = runner.invoke(app, ["promote", "--model-name", "m"])
+    assert again.exit_code == 0 and "v2 is already champion" in again.output, again.output
+    history = json.loads(client.get_model_version("m", "2").tags["promote.history"])
+    assert [(entry["promote"], entry["champion_version"]) for entry in history] == [(True, "1")]
+    assert "promote.pending" not in client.get_registered_model("m").tags
+    assert model_version_info("models:/m@champion")["last_promote"]["promote"] is True
+
+
+def test_a_killed_promote_is_recorded_by_the_next_command_as_far_as_it_went(blocked_registry, tmp_path):
+    import subprocess
+    import sys
+
+    client = blocked_registry
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+
+    def killed_at(point: str) -> None:
+        run = subprocess.run([sys.executable, "-m", "pipeline.cli", "promote", "--model-name", "m"],
+                             env={**env, "DEMOIRE_KILL_AT": point}, cwd=tmp_path, capture_output=True, text=True)
+        assert run.returncode == -9, run.stderr
+
+    killed_at("promote.pending_recorded")  # before the move: its decision goes, and the rerun decides again
+    assert _champion(client) == "1" and "promote.history" not in client.get_model_version("m", "2").tags
+    killed_at("promote.champion_moved")  # after it: recorded by whatever next takes the lock, a rollback here
+    assert _champion(client) == "2" and "promote.history" not in client.get_model_version("m", "2").tags
+    back = runner.invoke(app, ["rollback", "--model-name", "m"])
+    assert back.exit_code == 0 and "champion: v2 → v1" in back.output, back.output
+    history = json.loads(client.get_model_version("m", "2").tags["promote.history"])
+    assert [(entry["promote"], entry["champion_version"]) for entry in history] == [(True, "1")]
+    assert "promote.pending" not in client.get_registered_model("m").tags
+
+
 def test_a_rescoring_error_names_the_version_by_its_uri_not_a_temporary_folder(blocked_registry, tmp_path, rng):
     from urllib.parse import urlsplit
 

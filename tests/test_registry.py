@@ -178,6 +178,7 @@ def test_a_later_promote_decides_an_undecided_version_and_finishes_a_half_applie
     assert resolve_alias(name, CHAMPION) == v4 and found.tags["promotion"] == "promoted"
     assert version_decision(client, name, v4) == carried_out and found.tags["promotion_reason"] == carried_out.reason
     assert [entry["promote"] for entry in promote_history(client, name, v4)] == [True]
+    assert "promote.pending" not in client.get_registered_model(name).tags
 
 
 # Small tiles, so a 70x90 image is really restored in overlapping tiles by the served model.

@@ -90,22 +90,26 @@ def promote(
 
     from pipeline.evaluation.gate import GateRule, gate_kind
     from pipeline.registry import ModelDownloads, apply_promote, compare_challenger, connect
+    from pipeline.registry.promotion import settle_interrupted_promote
+    from pipeline.registry.store import transient_store_errors_as_one_line
     from pipeline.registry.transaction import RegistryLock
 
     with ExitStack() as held:
         downloads = held.enter_context(ModelDownloads())  # a version re-scored is not downloaded again to check it
         try:
-            settings = params_or_defaults(params)
-            cfg = settings.registration
-            name = model_name or cfg.model_name
-            client = connect(Path.cwd())
-            if not dry_run:  # read champion → decide → move it, with no registration in between
-                held.enter_context(RegistryLock(client, name))
-            rule = GateRule(cfg.promotion_margin_db, cfg.ssim_tolerance, cfg.require_gain_over_input)
-            decision = compare_challenger(client, name, rule,
-                                          _local_gate(settings, (params or DEFAULT_PARAMS).parent, data, pairs,
-                                                      device),
-                                          gate_kind(settings.evaluate.real_sets), allow_rolled_back, downloads)
+            with transient_store_errors_as_one_line("demoire promote"):  # a rerun finishes what this one started
+                settings = params_or_defaults(params)
+                cfg = settings.registration
+                name = model_name or cfg.model_name
+                client = connect(Path.cwd())
+                if not dry_run:  # read champion → decide → move it, with no registration in between
+                    held.enter_context(RegistryLock(client, name))
+                    settle_interrupted_promote(client, name)  # an earlier promote's record, before this one decides
+                rule = GateRule(cfg.promotion_margin_db, cfg.ssim_tolerance, cfg.require_gain_over_input)
+                decision = compare_challenger(client, name, rule,
+                                              _local_gate(settings, (params or DEFAULT_PARAMS).parent, data, pairs,
+                                                          device),
+                                              gate_kind(settings.evaluate.real_sets), allow_rolled_back, downloads)
         except DemoireError as exc:
             fail(exc)
         champion = decision.champion.version if decision.champion else None
@@ -114,7 +118,8 @@ def promote(
             typer.echo(f"{'promote' if decision.promote else 'keep champion'}: {decision.reason}")
         if not dry_run and decision.challenger.version != champion:
             try:
-                apply_promote(client, name, decision, "demoire promote", downloads)
+                with transient_store_errors_as_one_line("demoire promote"):
+                    apply_promote(client, name, decision, "demoire promote", downloads)
             except DemoireError as exc:
                 fail(exc)
     _show_decision(name, decision, champion, dry_run, as_json)

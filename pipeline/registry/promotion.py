@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from pipeline.errors import DemoireError, InputDataError, ModelNotFoundError, ServiceUnavailableError, first_line
@@ -37,6 +38,10 @@ DECIDED_TAG = "promotion"
 # Version tag: the decisions a later `demoire promote` made on the version, oldest first (JSON list). They go here,
 # not over the registration's tags above, which resume, reports and `version_decision` read as the registration's.
 PROMOTE_HISTORY_TAG = "promote.history"
+# Registered-model tag: the promote-history entry (a JSON list of one) of a promote while it moves `champion`, written
+# before the move and removed once the entry is in the version's history. A promote that died in between leaves it,
+# and the next holder of the registry lock settles it (`settle_interrupted_promote`) before anything moves champion.
+PENDING_PROMOTE_TAG = "promote.pending"
 FINISHED_BY_PROMOTE = "its registration, finished by demoire promote"  # the description's source then
 TAG_VALUE_LIMIT = 5000  # characters a tag value holds on older MLflow servers and their databases (newer allow more)
 
@@ -76,6 +81,7 @@ def register_and_gate(
     from pipeline.registry.transaction import RegistryLock, register_version, settle_version
 
     with RegistryLock(client, name) as lock:
+        settle_interrupted_promote(client, name)  # before a decision can move champion
         version = register_version(client, name, model_uri, run_id, {**metrics, **tags})
         decision = settle_version(client, name, version, rule, rescore, kind, f"run {run_id}", lock)
     return version, decision
@@ -306,7 +312,7 @@ def apply_decision(client: MlflowClient, name: str, decision: PromotionDecision,
 
 def apply_promote(client: MlflowClient, name: str, decision: PromotionDecision, source: str,
                   downloads: ModelDownloads | None = None) -> None:
-    """Apply a decision `demoire promote` made after the registration: move `champion` if it won (and loads), then
+    """Apply a decision `demoire promote` made after the registration: move `champion` if it won (and loads), and
     append it to the version's promote history. The registration's decision tags and description stay as recorded;
     a version without any (registered by hand) gets them from this decision, its first, and one its registration
     recorded and died before applying is finished first (`_finish_registration`)."""
@@ -315,15 +321,16 @@ def apply_promote(client: MlflowClient, name: str, decision: PromotionDecision, 
         check_loadable(name, version, f"moving champion to v{version}", downloads)
     tags = client.get_model_version(name, version).tags
     if DECIDED_TAG not in tags and DECISION_TAG not in tags:  # registered by hand: no registration will decide it
-        apply_decision(client, name, decision, source, downloads)
-        record_promote(client, name, decision, source)
+        with _recorded_promote(client, name, decision, source):
+            apply_decision(client, name, decision, source, downloads)
         return
     carried_out = _finish_registration(client, name, version, tags, decision.promote)
-    if decision.promote:
-        move_champion(client, name, version)
-        if carried_out is not None:  # its registration's promote, true now: its record says promoted
-            apply_decision(client, name, carried_out, FINISHED_BY_PROMOTE, moves_champion=False)
-    record_promote(client, name, decision, source)  # after the move: an entry says what was done
+    with _recorded_promote(client, name, decision, source):
+        if decision.promote:
+            move_champion(client, name, version)
+            kill_point("promote.champion_moved")
+            if carried_out is not None:  # its registration's promote, true now: its record says promoted
+                apply_decision(client, name, carried_out, FINISHED_BY_PROMOTE, moves_champion=False)
 
 
 def _finish_registration(client: MlflowClient, name: str, version: str, tags: dict[str, str],
@@ -352,6 +359,51 @@ def _was_champion(client: MlflowClient, name: str, version: str, tags: dict[str,
     return ROLLED_BACK_TAG in tags or version in champion_history(client, name)
 
 
+@contextmanager
+def _recorded_promote(client: MlflowClient, name: str, decision: PromotionDecision, source: str) -> Iterator[None]:
+    """Append a later promote's decision to its version's promote history once the block has applied it. One that
+    moves `champion` is first recorded as pending on the registered model: if the block fails or the process dies,
+    the next holder of the registry lock finishes the record (`settle_interrupted_promote`)."""
+    version = decision.challenger.version
+    entry = promote_entry(decision, source)
+    if decision.promote:
+        pending = bounded_json([entry])  # the entry as the history will hold it, within a tag's limit
+        entry = json.loads(pending)[0]
+        client.set_registered_model_tag(name, PENDING_PROMOTE_TAG, pending)
+        kill_point("promote.pending_recorded")
+    yield
+    append_promote_entry(client, name, version, entry)
+    if decision.promote:
+        client.delete_registered_model_tag(name, PENDING_PROMOTE_TAG)
+
+
+def settle_interrupted_promote(client: MlflowClient, name: str) -> None:
+    """Finish the record of a promote that failed or died while moving `champion`: its entry goes to the version's
+    promote history if the version holds champion (the move happened), and is dropped if not. Each holder of the
+    registry lock calls this before it can move champion, so nothing has moved it since."""
+    try:
+        pending = client.get_registered_model(name).tags.get(PENDING_PROMOTE_TAG)
+    except MlflowException as exc:
+        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):  # its first registration is yet to come
+            return
+        raise
+    if pending is None:
+        return
+    try:
+        entry = json.loads(pending)[0]
+        version = str(entry["challenger"]["version"])
+    except (ValueError, LookupError, TypeError):  # edited by hand: nothing to finish
+        log.warning("%s: its %s tag is not a promote's entry; it is removed", name, PENDING_PROMOTE_TAG)
+    else:
+        if alias_version(client, name, CHAMPION) == version:
+            append_promote_entry(client, name, version, entry)
+            log.warning("%s v%s: the promote that moved champion to it stopped before recording that; recorded now",
+                        name, version)
+        else:
+            log.warning("%s: a promote of v%s stopped before moving champion; its decision is dropped", name, version)
+    client.delete_registered_model_tag(name, PENDING_PROMOTE_TAG)
+
+
 def promote_history(client: MlflowClient, name: str, version: str) -> list[dict]:
     """The decisions later promotes made on a version (`decision.record()` with `at` and `source`), oldest first."""
     return promote_entries(client.get_model_version(name, version).tags, f"{name} v{version}")
@@ -367,12 +419,22 @@ def promote_entries(tags: dict[str, str], label: str) -> list[dict]:
     return history if isinstance(history, list) else []
 
 
+def promote_entry(decision: PromotionDecision, source: str) -> dict:
+    """A promote history entry: the decision's record with when (UTC) and by what it was made."""
+    return {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "source": source, **decision.record()}
+
+
 def record_promote(client: MlflowClient, name: str, decision: PromotionDecision, source: str) -> None:
     """Append a later promote's decision to its challenger's promote history; the oldest go when it outgrows a tag."""
-    version = decision.challenger.version
-    entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "source": source, **decision.record()}
-    history = promote_history(client, name, version) + [entry]
-    client.set_model_version_tag(name, version, PROMOTE_HISTORY_TAG, bounded_json(history))
+    append_promote_entry(client, name, decision.challenger.version, promote_entry(decision, source))
+
+
+def append_promote_entry(client: MlflowClient, name: str, version: str, entry: dict) -> None:
+    """Append `entry` to a version's promote history, unless it is its last already (appended by a promote that
+    died before removing its pending record)."""
+    history = promote_history(client, name, version)
+    if history[-1:] != [entry]:
+        client.set_model_version_tag(name, version, PROMOTE_HISTORY_TAG, bounded_json(history + [entry]))
 
 
 def bounded_json(entries: list[dict], limit: int = TAG_VALUE_LIMIT) -> str:
@@ -480,6 +542,7 @@ def rollback_champion(client: MlflowClient, name: str) -> tuple[str | None, str]
             raise ModelNotFoundError(f"{name} has no previous champion to roll back to (champion history: {shown})")
         restored = earlier[-1]
     check_loadable(name, restored, f"rolling back to v{restored}")
+    settle_interrupted_promote(client, name)  # while champion is where a killed promote left it
     if demoted in existing:
         client.set_model_version_tag(name, demoted, ROLLED_BACK_TAG, f"champion moved back to v{restored}")
     last = len(history) - 1 - history[::-1].index(restored)

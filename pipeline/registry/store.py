@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import re
 import socket
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import mlflow
@@ -19,7 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from pipeline.errors import InputDataError, ModelNotFoundError, ServiceUnavailableError, first_line
+from pipeline.errors import DemoireError, InputDataError, ModelNotFoundError, ServiceUnavailableError, first_line
 
 # MLflow creates a new SQLite store's schema on first use; two processes doing it at once collide
 # ("table already exists", "duplicate column name"), so the first use is serialised by a file lock.
@@ -216,6 +218,22 @@ def transient_store_error(exc: BaseException) -> bool:
         status = exc.get_http_status_code()
         return status == 429 or (status >= 500 and exc.error_code != "INTERNAL_ERROR")
     return type(exc).__name__ == "OperationalError"  # SQLAlchemy's and its drivers': the database did not answer
+
+
+@contextmanager
+def transient_store_errors_as_one_line(command: str) -> Iterator[None]:
+    """Raise a store error in the block that may pass when tried again (`transient_store_error`: a database that is
+    locked or down, a server that does not answer) as a ServiceUnavailableError telling to run `command` again; any
+    other error as it is (one from a store refusing what was asked is a bug, and its traceback is wanted)."""
+    try:
+        yield
+    except DemoireError:
+        raise
+    except Exception as exc:
+        if not transient_store_error(exc):
+            raise
+        raise ServiceUnavailableError(f"the MLflow store did not answer ({type(exc).__name__}: "
+                                      f"{first_line(str(exc))}); run `{command}` again to finish") from None
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:

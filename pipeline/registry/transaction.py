@@ -43,7 +43,8 @@ from pipeline.errors import InputDataError, ModelNotFoundError, ServiceUnavailab
 from pipeline.faults import kill_point
 from pipeline.evaluation.gate import SYNTHETIC, GateKind, GateRule, GateScores, PromotionDecision, decide_promotion
 from pipeline.registry.promotion import (CHALLENGER, DECIDED_TAG, Rescore, apply_decision, scores_on_gate_set,
-                                         standing_champion, untouched_scores, version_decision)
+                                         settle_interrupted_promote, standing_champion, untouched_scores,
+                                         version_decision)
 from pipeline.registry.store import LOCK_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -319,6 +320,7 @@ def register_run_once(client: MlflowClient, name: str, experiment_id: str, key: 
     the same `key` is found and finished (its version, else its logged model, else a new run is logged).
     """
     with RegistryLock(client, name) as lock:
+        settle_interrupted_promote(client, name)  # before a decision can move champion
         settle_abandoned(client, name, experiment_id, rule, kind, version_tags[kind.set_tag], rescore, lock, key)
         run_id, model_uri = _previous_attempt(client, name, experiment_id, key)
         if model_uri is None:
