@@ -690,6 +690,26 @@ def test_a_killed_promote_is_recorded_by_the_next_command_as_far_as_it_went(bloc
     assert "promote.pending" not in client.get_registered_model("m").tags
 
 
+def test_a_promote_whose_lock_was_broken_while_it_decided_writes_nothing(blocked_registry, monkeypatch):
+    import pipeline.registry as registry
+
+    client = blocked_registry
+    compare_challenger = registry.compare_challenger
+
+    def outliving_the_lease(*args, **kwargs):  # a long re-score: the lease ran out and a registration broke the lock
+        decision = compare_challenger(*args, **kwargs)
+        client.rename_registered_model("m.registry-lock", "m.registry-lock.stale.test")
+        return decision
+
+    monkeypatch.setattr(registry, "compare_challenger", outliving_the_lease)
+    tags_before = client.get_model_version("m", "2").tags
+    result = runner.invoke(app, ["promote", "--model-name", "m"])
+    assert result.exit_code == 2 and _champion(client) == "1", result.output
+    assert result.output.strip().splitlines()[-1].startswith("error: lost the registry lock m.registry-lock (lease ")
+    assert client.get_model_version("m", "2").tags == tags_before
+    assert "promote.pending" not in client.get_registered_model("m").tags
+
+
 def test_a_rescoring_error_names_the_version_by_its_uri_not_a_temporary_folder(blocked_registry, tmp_path, rng):
     from urllib.parse import urlsplit
 

@@ -96,6 +96,7 @@ def promote(
 
     with ExitStack() as held:
         downloads = held.enter_context(ModelDownloads())  # a version re-scored is not downloaded again to check it
+        lock = None
         try:
             with transient_store_errors_as_one_line("demoire promote"):  # a rerun finishes what this one started
                 settings = params_or_defaults(params)
@@ -103,7 +104,7 @@ def promote(
                 name = model_name or cfg.model_name
                 client = connect(Path.cwd())
                 if not dry_run:  # read champion → decide → move it, with no registration in between
-                    held.enter_context(RegistryLock(client, name))
+                    lock = held.enter_context(RegistryLock(client, name))
                     settle_interrupted_promote(client, name)  # an earlier promote's record, before this one decides
                 rule = GateRule(cfg.promotion_margin_db, cfg.ssim_tolerance, cfg.require_gain_over_input)
                 decision = compare_challenger(client, name, rule,
@@ -119,7 +120,7 @@ def promote(
         if not dry_run and decision.challenger.version != champion:
             try:
                 with transient_store_errors_as_one_line("demoire promote"):
-                    apply_promote(client, name, decision, "demoire promote", downloads)
+                    apply_promote(client, name, decision, "demoire promote", downloads, lock)
             except DemoireError as exc:
                 fail(exc)
     _show_decision(name, decision, champion, dry_run, as_json)

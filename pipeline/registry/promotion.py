@@ -9,7 +9,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
@@ -22,6 +22,9 @@ from pipeline.evaluation.gate import (GATE_KINDS, METRIC_LABELS, SYNTHETIC, Gate
                                      PromotionDecision, decide_promotion)
 from pipeline.registry.pyfunc import download_model_files
 from pipeline.registry.store import alias_version, redacted, resolve_alias, transient_store_error, version_numbers
+
+if TYPE_CHECKING:  # transaction imports this module
+    from pipeline.registry.transaction import RegistryLock
 
 log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -311,14 +314,17 @@ def apply_decision(client: MlflowClient, name: str, decision: PromotionDecision,
 
 
 def apply_promote(client: MlflowClient, name: str, decision: PromotionDecision, source: str,
-                  downloads: ModelDownloads | None = None) -> None:
+                  downloads: ModelDownloads | None = None, lock: RegistryLock | None = None) -> None:
     """Apply a decision `demoire promote` made after the registration: move `champion` if it won (and loads), and
     append it to the version's promote history. The registration's decision tags and description stay as recorded;
     a version without any (registered by hand) gets them from this decision, its first, and one its registration
-    recorded and died before applying is finished first (`_finish_registration`)."""
+    recorded and died before applying is finished first (`_finish_registration`). With `lock`, checks that
+    it is still held before writing anything."""
     version = decision.challenger.version
     if decision.promote:  # before anything is written: a refused promote leaves the version as it was
         check_loadable(name, version, f"moving champion to v{version}", downloads)
+    if lock is not None:  # a re-score that outlived the lease may have let a registration take the lock
+        lock.check()
     tags = client.get_model_version(name, version).tags
     if DECIDED_TAG not in tags and DECISION_TAG not in tags:  # registered by hand: no registration will decide it
         with _recorded_promote(client, name, decision, source):

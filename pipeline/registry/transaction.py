@@ -205,7 +205,7 @@ class RegistryLock:
         if self.lost or holder is None or holder.get("token") != self.token:
             self.lost = True
             raise RegistryBusyError(f"lost the registry lock {self.name} (lease {self.lease_s:.0f} s ran out); "
-                                    "rerun the stage to finish the registration")
+                                    "run the stage or command again to finish what it started")
 
     def release(self) -> None:
         self._stop.set()
