@@ -166,6 +166,7 @@ def test_evaluate_flow_scores_the_test_split_and_every_real_set(tmp_path, tiny_r
 
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
     from flows.evaluate import evaluate_flow
     from pipeline.config import parse_params
@@ -205,9 +206,9 @@ def test_evaluate_flow_scores_the_test_split_and_every_real_set(tmp_path, tiny_r
     per_image = pd.read_csv(out / "real" / "fhdmi.csv")
     assert list(per_image.image) == ["fhdmi_1.png", "fhdmi_2.png"] and "identity_tone_psnr" in per_image
     assert per_image.psnr.mean() == pytest.approx(metrics["real"]["fhdmi"]["psnr"], abs=1e-5)
-    with get_client(sync_client=True) as client:
+    with get_client(sync_client=True) as client:  # the newest: the session's server holds other tests' summaries
         artifact = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["evaluate-summary"])),
-                                         limit=1)[0]
+                                         sort=ArtifactSort.CREATED_DESC, limit=1)[0]
     assert "## Real sets" in artifact.data and "| fhdmi | 2 | 1 |" in artifact.data and "| tip | 1 | 0 |" in artifact.data
     assert "skipped fhdmi/fhdmi_3.png: cannot read image" in artifact.data
     # the test split is scored as served, and as the register stage re-scores a champion on it
