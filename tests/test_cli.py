@@ -667,6 +667,34 @@ def test_a_promote_stopped_by_the_store_after_moving_champion_is_recorded_by_its
     assert model_version_info("models:/m@champion")["last_promote"]["promote"] is True
 
 
+def test_a_registrations_unapplied_promote_is_recorded_not_promoted_before_a_promote_moves_champion_there(
+        blocked_registry, monkeypatch):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
+    import pipeline.registry.promotion as promotion
+
+    client = blocked_registry
+    _registration_died_before_applying(client, "2")
+    move_champion = promotion.move_champion
+
+    def then_locked(*args):
+        move_champion(*args)
+        raise MlflowException("database is locked", error_code=TEMPORARILY_UNAVAILABLE)
+
+    monkeypatch.setattr(promotion, "move_champion", then_locked)
+    assert runner.invoke(app, ["promote", "--model-name", "m"]).exit_code == 2 and _champion(client) == "2"
+    tags = client.get_model_version("m", "2").tags  # final already: the rerun leaves it, as a whole promote would
+    assert tags["promotion"] == "not_promoted" and tags["promotion_reason"].startswith(
+        "its registration died before moving champion to v2, and `demoire promote` decided instead; ")
+    monkeypatch.setattr(promotion, "move_champion", move_champion)
+    assert runner.invoke(app, ["promote", "--model-name", "m"]).exit_code == 0
+    after = client.get_model_version("m", "2").tags
+    history = json.loads(after.pop("promote.history"))
+    assert after == tags
+    assert [(entry["promote"], entry["champion_version"]) for entry in history] == [(True, "1")]
+
+
 def test_a_killed_promote_is_recorded_by_the_next_command_as_far_as_it_went(blocked_registry, tmp_path):
     import subprocess
     import sys

@@ -172,11 +172,11 @@ def test_a_later_promote_decides_an_undecided_version_and_finishes_a_half_applie
 
     v4, recorded = registration_died_after_recording(25.0, v2, 23.0)  # this time the promote moves champion there
     apply_promote(client, name, compare_challenger(client, name, RULE, no_rescoring), "demoire promote")
-    found = client.get_model_version(name, v4)
-    carried_out = replace(recorded, reason=f"{recorded.reason}; its registration died before moving champion to "
-                          f"v{v4}, and `demoire promote` moved it")
-    assert resolve_alias(name, CHAMPION) == v4 and found.tags["promotion"] == "promoted"
-    assert version_decision(client, name, v4) == carried_out and found.tags["promotion_reason"] == carried_out.reason
+    found = client.get_model_version(name, v4)  # its registration's record: it never moved champion; the promote did
+    unmoved = replace(recorded, promote=False, reason=f"its registration died before moving champion to v{v4}, and "
+                      f"`demoire promote` decided instead; the registration's gate said: {recorded.reason}")
+    assert resolve_alias(name, CHAMPION) == v4 and found.tags["promotion"] == "not_promoted"
+    assert version_decision(client, name, v4) == unmoved and found.tags["promotion_reason"] == unmoved.reason
     assert [entry["promote"] for entry in promote_history(client, name, v4)] == [True]
     assert "promote.pending" not in client.get_registered_model(name).tags
 

@@ -330,34 +330,26 @@ def apply_promote(client: MlflowClient, name: str, decision: PromotionDecision, 
         with _recorded_promote(client, name, decision, source):
             apply_decision(client, name, decision, source, downloads)
         return
-    carried_out = _finish_registration(client, name, version, tags, decision.promote)
+    _finish_registration(client, name, version, tags)
     with _recorded_promote(client, name, decision, source):
         if decision.promote:
             move_champion(client, name, version)
             kill_point("promote.champion_moved")
-            if carried_out is not None:  # its registration's promote, true now: its record says promoted
-                apply_decision(client, name, carried_out, FINISHED_BY_PROMOTE, moves_champion=False)
 
 
-def _finish_registration(client: MlflowClient, name: str, version: str, tags: dict[str, str],
-                         promote_moves: bool) -> PromotionDecision | None:
+def _finish_registration(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:
     """Finish the record of a registration that recorded its decision on `version` and died before applying it, so
     that no rerun of the stage re-applies it (this promote's decision stands instead). A recorded promote whose move
-    never happened is recorded as not promoted, saying so; returned as promoted when `promote_moves` (this promote
-    moves champion there), to be recorded once it has."""
+    never happened is recorded as not promoted, saying so, even when this promote moves champion there: its entry in
+    the promote history says that, and the record is final before anything moves."""
     if DECIDED_TAG in tags:
-        return None
+        return
     recorded = version_decision(client, name, version)
-    if not recorded.promote or _was_champion(client, name, version, tags):
-        apply_decision(client, name, recorded, FINISHED_BY_PROMOTE, moves_champion=False)
-        return None
-    unmoved = replace(recorded, promote=False, reason=f"its registration died before moving champion to v{version}, "
-                      f"and `demoire promote` decided instead; the registration's gate said: {recorded.reason}")
-    apply_decision(client, name, unmoved, FINISHED_BY_PROMOTE, moves_champion=False)
-    if not promote_moves:
-        return None
-    return replace(recorded, reason=f"{recorded.reason}; its registration died before moving champion to "
-                   f"v{version}, and `demoire promote` moved it")
+    if recorded.promote and not _was_champion(client, name, version, tags):
+        recorded = replace(recorded, promote=False, reason=f"its registration died before moving champion to "
+                           f"v{version}, and `demoire promote` decided instead; the registration's gate said: "
+                           f"{recorded.reason}")
+    apply_decision(client, name, recorded, FINISHED_BY_PROMOTE, moves_champion=False)
 
 
 def _was_champion(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> bool:
