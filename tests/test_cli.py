@@ -718,6 +718,40 @@ def test_a_killed_promote_is_recorded_by_the_next_command_as_far_as_it_went(bloc
     assert "promote.pending" not in client.get_registered_model("m").tags
 
 
+def _by_hand_challenger(client, psnr: float) -> str:
+    """A version registered by hand (no registration decision) with scores on v1's gate set, made challenger."""
+    first = client.get_model_version("m", "2")
+    tags = {"test_psnr": str(psnr), "test_ssim": "0.9", "test_mse": "0.001", "gate_set": "g2"}
+    version = str(client.create_model_version("m", first.source, first.run_id, tags=tags).version)
+    client.set_registered_model_alias("m", "challenger", version)
+    client.set_model_version_tag("m", "1", "gate_set", "g2")
+    return version
+
+
+def test_a_promote_of_a_version_registered_by_hand_records_its_decision_after_the_move(blocked_registry, tmp_path,
+                                                                                      monkeypatch):
+    import pipeline.registry.promotion as promotion
+
+    client = blocked_registry
+    v3 = _by_hand_challenger(client, 30.0)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    for point in ("promote.pending_recorded", "register.decision_recorded"):  # before the move, and after it
+        run = subprocess.run([sys.executable, "-m", "pipeline.cli", "promote", "--model-name", "m"],
+                             env={**env, "DEMOIRE_KILL_AT": point}, cwd=tmp_path, capture_output=True, text=True)
+        assert run.returncode == -9, run.stderr
+    assert _champion(client) == v3  # the second moved it, and died writing the decision tags after
+    again = runner.invoke(app, ["promote", "--model-name", "m"])  # not taken for a registration that died
+    assert again.exit_code == 0 and f"v{v3} is already champion" in again.output, again.output
+    assert "its registration" not in (client.get_model_version("m", v3).description or "")
+    assert [entry["promote"] for entry in json.loads(client.get_model_version("m", v3).tags["promote.history"])] == [
+        True]
+    v4 = _by_hand_challenger(client, 35.0)
+    loads = []
+    monkeypatch.setattr(promotion, "load_model", lambda folder: loads.append(folder))
+    assert runner.invoke(app, ["promote", "--model-name", "m"]).exit_code == 0 and _champion(client) == v4
+    assert len(loads) == 1 and client.get_model_version("m", v4).tags["promotion"] == "promoted"
+
+
 def test_a_promote_whose_lock_was_broken_while_it_decided_writes_nothing(blocked_registry, monkeypatch):
     import pipeline.registry as registry
 

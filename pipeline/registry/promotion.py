@@ -326,15 +326,15 @@ def apply_promote(client: MlflowClient, name: str, decision: PromotionDecision, 
     if lock is not None:  # a re-score that outlived the lease may have let a registration take the lock
         lock.check()
     tags = client.get_model_version(name, version).tags
-    if DECIDED_TAG not in tags and DECISION_TAG not in tags:  # registered by hand: no registration will decide it
-        with _recorded_promote(client, name, decision, source):
-            apply_decision(client, name, decision, source, downloads)
-        return
-    _finish_registration(client, name, version, tags)
+    by_hand = DECIDED_TAG not in tags and DECISION_TAG not in tags  # no registration will decide it
+    if not by_hand:
+        _finish_registration(client, name, version, tags)
     with _recorded_promote(client, name, decision, source):
         if decision.promote:
             move_champion(client, name, version)
             kill_point("promote.champion_moved")
+        if by_hand:  # after the move: a promote that dies before it leaves no decision a registration would finish
+            apply_decision(client, name, decision, source, moves_champion=False)  # loaded above, not again
 
 
 def _finish_registration(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:
