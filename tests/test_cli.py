@@ -695,6 +695,35 @@ def test_a_registrations_unapplied_promote_is_recorded_not_promoted_before_a_pro
     assert [(entry["promote"], entry["champion_version"]) for entry in history] == [(True, "1")]
 
 
+def test_each_promote_appends_its_entry_even_one_identical_to_the_last(blocked_registry, monkeypatch, tmp_path):
+    import time
+
+    import mlflow
+
+    import pipeline.registry.promotion as promotion
+    from pipeline.evaluation.gate import GateRule
+    from pipeline.registry import apply_promote, compare_challenger, promote_history
+    from pipeline.registry.promotion import settle_interrupted_promote
+
+    client = blocked_registry
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    now = time.gmtime()
+    monkeypatch.setattr(promotion.time, "gmtime", lambda *args: now)  # two promotes within one second
+    keep = compare_challenger(client, "m", GateRule(10.0, 0.0), lambda: pytest.fail("both were scored on gate set g"))
+    assert not keep.promote
+    apply_promote(client, "m", keep, "demoire promote")
+    apply_promote(client, "m", keep, "demoire promote")
+    assert len(promote_history(client, "m", "2")) == 2
+    promote = compare_challenger(client, "m", GateRule(0.1, 0.0), lambda: pytest.fail("both were scored on gate set g"))
+    apply_promote(client, "m", promote, "demoire promote")
+    history = promote_history(client, "m", "2")
+    assert [entry["promote"] for entry in history] == [False, False, True] and _champion(client) == "2"
+    client.set_registered_model_tag("m", "promote.pending", json.dumps(history[-1:]))  # died before removing it
+    settle_interrupted_promote(client, "m")  # its entry is in the history already: not appended again
+    assert promote_history(client, "m", "2") == history and "promote.pending" not in client.get_registered_model(
+        "m").tags
+
+
 def test_a_killed_promote_is_recorded_by_the_next_command_as_far_as_it_went(blocked_registry, tmp_path):
     import subprocess
     import sys

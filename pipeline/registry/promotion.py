@@ -364,10 +364,8 @@ def _recorded_promote(client: MlflowClient, name: str, decision: PromotionDecisi
     the next holder of the registry lock finishes the record (`settle_interrupted_promote`)."""
     version = decision.challenger.version
     entry = promote_entry(decision, source)
-    if decision.promote:
-        pending = bounded_json([entry])  # the entry as the history will hold it, within a tag's limit
-        entry = json.loads(pending)[0]
-        client.set_registered_model_tag(name, PENDING_PROMOTE_TAG, pending)
+    if decision.promote:  # bounded as the history will hold it, so that the settle can tell it is there already
+        client.set_registered_model_tag(name, PENDING_PROMOTE_TAG, bounded_json([entry]))
         kill_point("promote.pending_recorded")
     yield
     append_promote_entry(client, name, version, entry)
@@ -394,7 +392,8 @@ def settle_interrupted_promote(client: MlflowClient, name: str) -> None:
         log.warning("%s: its %s tag is not a promote's entry; it is removed", name, PENDING_PROMOTE_TAG)
     else:
         if alias_version(client, name, CHAMPION) == version:
-            append_promote_entry(client, name, version, entry)
+            if promote_history(client, name, version)[-1:] != [entry]:  # not appended before the promote died
+                append_promote_entry(client, name, version, entry)
             log.warning("%s v%s: the promote that moved champion to it stopped before recording that; recorded now",
                         name, version)
         else:
@@ -428,11 +427,9 @@ def record_promote(client: MlflowClient, name: str, decision: PromotionDecision,
 
 
 def append_promote_entry(client: MlflowClient, name: str, version: str, entry: dict) -> None:
-    """Append `entry` to a version's promote history, unless it is its last already (appended by a promote that
-    died before removing its pending record)."""
+    """Append `entry` to a version's promote history."""
     history = promote_history(client, name, version)
-    if history[-1:] != [entry]:
-        client.set_model_version_tag(name, version, PROMOTE_HISTORY_TAG, bounded_json(history + [entry]))
+    client.set_model_version_tag(name, version, PROMOTE_HISTORY_TAG, bounded_json(history + [entry]))
 
 
 def bounded_json(entries: list[dict], limit: int = TAG_VALUE_LIMIT) -> str:
