@@ -724,6 +724,26 @@ def test_each_promote_appends_its_entry_even_one_identical_to_the_last(blocked_r
         "m").tags
 
 
+def test_a_rollback_stopped_by_the_store_says_so_in_one_line(blocked_registry, monkeypatch):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
+    import pipeline.registry.promotion as promotion
+
+    client = blocked_registry
+    assert runner.invoke(app, ["promote", "--model-name", "m"]).exit_code == 0 and _champion(client) == "2"
+
+    def locked(*args):  # what MLflow raises for SQLite's "database is locked"
+        raise MlflowException("database is locked", error_code=TEMPORARILY_UNAVAILABLE)
+
+    monkeypatch.setattr(promotion, "settle_interrupted_promote", locked)
+    stopped = runner.invoke(app, ["rollback", "--model-name", "m"])
+    assert stopped.exit_code == 2 and stopped.output.strip().splitlines()[-1] == (
+        "error: the MLflow store did not answer (MlflowException: database is locked); run `demoire rollback` again "
+        "to finish"), stopped.output
+    assert _champion(client) == "2"
+
+
 def test_a_killed_promote_is_recorded_by_the_next_command_as_far_as_it_went(blocked_registry, tmp_path):
     import subprocess
     import sys

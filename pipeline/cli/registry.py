@@ -151,14 +151,15 @@ def rollback(
 ) -> None:
     """Move `champion` back to the version that held it before."""
     from pipeline.registry import connect, rollback_champion
+    from pipeline.registry.store import transient_store_errors_as_one_line
     from pipeline.registry.transaction import RegistryLock
 
     try:
         settings = params_or_defaults(params)  # read even with --model-name: a named file must exist
         name = model_name or settings.registration.model_name
         client = connect(Path.cwd())
-        with RegistryLock(client, name):
-            demoted, restored = rollback_champion(client, name)
+        with transient_store_errors_as_one_line("demoire rollback"), RegistryLock(client, name):
+            demoted, restored = rollback_champion(client, name)  # a rerun finishes what this one started
     except DemoireError as exc:
         fail(exc)
     if as_json:
