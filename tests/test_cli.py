@@ -801,6 +801,16 @@ def test_a_promote_of_a_version_registered_by_hand_records_its_decision_after_th
     assert len(loads) == 1 and client.get_model_version("m", v4).tags["promotion"] == "promoted"
 
 
+def test_a_promote_takes_an_empty_decision_tag_for_none(blocked_registry):
+    client = blocked_registry
+    client.set_model_version_tag("m", "2", "promotion.decision", "")  # emptied by hand
+    client.delete_model_version_tag("m", "2", "promotion")
+    result = runner.invoke(app, ["promote", "--model-name", "m"])
+    assert result.exit_code == 0 and _champion(client) == "2", result.output
+    tags = client.get_model_version("m", "2").tags  # its decision recorded as a version registered by hand's
+    assert tags["promotion"] == "promoted" and json.loads(tags["promotion.decision"])["promote"] is True
+
+
 def test_a_promote_whose_lock_was_broken_while_it_decided_writes_nothing(blocked_registry, monkeypatch):
     import pipeline.registry as registry
 

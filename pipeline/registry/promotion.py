@@ -326,7 +326,8 @@ def apply_promote(client: MlflowClient, name: str, decision: PromotionDecision, 
     if lock is not None:  # a re-score that outlived the lease may have let a registration take the lock
         lock.check()
     tags = client.get_model_version(name, version).tags
-    by_hand = DECIDED_TAG not in tags and DECISION_TAG not in tags  # no registration will decide it
+    # registered by hand, no registration will decide it (an empty decision tag is none, as `version_decision` reads)
+    by_hand = DECIDED_TAG not in tags and not tags.get(DECISION_TAG)
     if not by_hand:
         _finish_registration(client, name, version, tags)
     with _recorded_promote(client, name, decision, source):
