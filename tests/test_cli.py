@@ -831,6 +831,28 @@ def test_a_promote_whose_lock_was_broken_while_it_decided_writes_nothing(blocked
     assert "promote.pending" not in client.get_registered_model("m").tags
 
 
+def test_a_promote_whose_lock_was_broken_before_its_move_does_not_move_champion(blocked_registry, monkeypatch):
+    import pipeline.registry.promotion as promotion
+
+    client = blocked_registry
+    kill_point = promotion.kill_point
+
+    def breaking_the_lock(point: str) -> None:  # the lease ran out while the pending entry was written
+        if point == "promote.pending_recorded":
+            client.rename_registered_model("m.registry-lock", "m.registry-lock.stale.test")
+        kill_point(point)
+
+    monkeypatch.setattr(promotion, "kill_point", breaking_the_lock)
+    result = runner.invoke(app, ["promote", "--model-name", "m"])
+    assert result.exit_code == 2 and _champion(client) == "1", result.output
+    assert result.output.strip().splitlines()[-1].startswith("error: lost the registry lock m.registry-lock (lease ")
+    monkeypatch.setattr(promotion, "kill_point", kill_point)
+    again = runner.invoke(app, ["promote", "--model-name", "m"])  # drops the pending entry, then decides again
+    assert again.exit_code == 0 and _champion(client) == "2", again.output
+    history = json.loads(client.get_model_version("m", "2").tags["promote.history"])
+    assert [entry["promote"] for entry in history] == [True]
+
+
 def test_a_rescoring_error_names_the_version_by_its_uri_not_a_temporary_folder(blocked_registry, tmp_path, rng):
     from urllib.parse import urlsplit
 

@@ -319,12 +319,11 @@ def apply_promote(client: MlflowClient, name: str, decision: PromotionDecision, 
     append it to the version's promote history. The registration's decision tags and description stay as recorded;
     a version without any (registered by hand) gets them from this decision, its first, and one its registration
     recorded and died before applying is finished first (`_finish_registration`). With `lock`, checks that
-    it is still held before writing anything."""
+    it is still held before writing anything and again right before moving champion."""
     version = decision.challenger.version
     if decision.promote:  # before anything is written: a refused promote leaves the version as it was
         check_loadable(name, version, f"moving champion to v{version}", downloads)
-    if lock is not None:  # a re-score that outlived the lease may have let a registration take the lock
-        lock.check()
+    _check(lock)  # a re-score that outlived the lease may have let a registration take the lock
     tags = client.get_model_version(name, version).tags
     # registered by hand, no registration will decide it (an empty decision tag is none, as `version_decision` reads)
     by_hand = DECIDED_TAG not in tags and not tags.get(DECISION_TAG)
@@ -332,10 +331,17 @@ def apply_promote(client: MlflowClient, name: str, decision: PromotionDecision, 
         _finish_registration(client, name, version, tags)
     with _recorded_promote(client, name, decision, source):
         if decision.promote:
+            _check(lock)  # again right before the move: the writes since may have waited out the lease
             move_champion(client, name, version)
             kill_point("promote.champion_moved")
         if by_hand:  # after the move: a promote that dies before it leaves no decision a registration would finish
             apply_decision(client, name, decision, source, moves_champion=False)  # loaded above, not again
+
+
+def _check(lock: RegistryLock | None) -> None:
+    """Raise if `lock` (when given) was lost."""
+    if lock is not None:
+        lock.check()
 
 
 def _finish_registration(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:
