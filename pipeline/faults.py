@@ -28,7 +28,8 @@ KILL_POINTS = (
     "register.decided",  # register: decided, registration.json not written
 )
 # Not a stage's: `evaluate.row_<n>`, an evaluation's per-image CSV with its n-th row written and flushed (the
-# resumed `demoire evaluate --csv` is tested with it).
+# resumed `demoire evaluate --csv` is tested with it); `promote.pending_recorded` and `promote.champion_moved`,
+# `demoire promote` before and after it moves champion; `rollback.history_written`, before the alias moves back.
 
 
 def kill_point(name: str) -> None:
