@@ -621,18 +621,21 @@ def test_a_later_promote_keeps_the_registrations_decision_and_records_its_own(bl
 def test_the_promote_history_keeps_the_newest_decisions_within_mlflows_tag_limit(blocked_registry):
     from dataclasses import replace
 
-    from pipeline.registry.promotion import PROMOTE_HISTORY_TAG, TAG_VALUE_LIMIT, record_promote, version_decision
+    from pipeline.registry.promotion import (PROMOTE_HISTORY_TAG, TAG_VALUE_LIMIT, append_promote_entry,
+                                             promote_entry, version_decision)
 
     client = blocked_registry
     decision = replace(version_decision(client, "m", "2"), promote=False)
     for number in range(12):
-        record_promote(client, "m", replace(decision, reason=f"decision {number}: " + "x" * 400), "demoire promote")
+        entry = promote_entry(replace(decision, reason=f"decision {number}: " + "x" * 400), "demoire promote")
+        append_promote_entry(client, "m", "2", entry)
     stored = client.get_model_version("m", "2").tags[PROMOTE_HISTORY_TAG]
     history = json.loads(stored)
     assert len(stored) <= TAG_VALUE_LIMIT == 5000 and 1 < len(history) < 12
     assert history[-1]["reason"].startswith("decision 11: ") and [int(e["reason"].split()[1][:-1]) for e in history] \
         == list(range(12 - len(history), 12))  # oldest dropped first
-    record_promote(client, "m", replace(decision, reason="y" * 9000), "demoire promote")  # alone over the limit
+    alone_over = promote_entry(replace(decision, reason="y" * 9000), "demoire promote")
+    append_promote_entry(client, "m", "2", alone_over)  # alone over the limit
     stored = client.get_model_version("m", "2").tags[PROMOTE_HISTORY_TAG]
     assert len(stored) <= TAG_VALUE_LIMIT and json.loads(stored)[-1]["reason"].startswith("yyy")
     assert json.loads(stored)[-1]["reason"].endswith("…") and _champion(client) == "1"

@@ -428,13 +428,8 @@ def promote_entry(decision: PromotionDecision, source: str) -> dict:
     return {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "source": source, **decision.record()}
 
 
-def record_promote(client: MlflowClient, name: str, decision: PromotionDecision, source: str) -> None:
-    """Append a later promote's decision to its challenger's promote history; the oldest go when it outgrows a tag."""
-    append_promote_entry(client, name, decision.challenger.version, promote_entry(decision, source))
-
-
 def append_promote_entry(client: MlflowClient, name: str, version: str, entry: dict) -> None:
-    """Append `entry` to a version's promote history."""
+    """Append `entry` to a version's promote history; the oldest entries go when it outgrows a tag."""
     history = promote_history(client, name, version)
     client.set_model_version_tag(name, version, PROMOTE_HISTORY_TAG, bounded_json(history + [entry]))
 
