@@ -4,6 +4,7 @@ import re
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -641,27 +642,44 @@ def test_the_promote_history_keeps_the_newest_decisions_within_mlflows_tag_limit
     assert json.loads(stored)[-1]["reason"].endswith("…") and _champion(client) == "1"
 
 
-def test_a_promote_stopped_by_the_store_after_moving_champion_is_recorded_by_its_rerun(blocked_registry, monkeypatch):
+def _database_locked(*args):
+    """Raise what MLflow raises for SQLite's "database is locked": a store error worth another try."""
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 
+    raise MlflowException("database is locked", error_code=TEMPORARILY_UNAVAILABLE)
+
+
+def _store_stops_after_moving_champion(monkeypatch) -> Callable[[], None]:
+    """Make `demoire promote` move champion, then find the store locked; returns what puts the store back."""
     import pipeline.registry.promotion as promotion
+
+    move_champion = promotion.move_champion
+
+    def then_locked(*args):
+        move_champion(*args)
+        _database_locked()
+
+    monkeypatch.setattr(promotion, "move_champion", then_locked)
+    return lambda: monkeypatch.setattr(promotion, "move_champion", move_champion)
+
+
+def _store_stopped_line(command: str) -> str:
+    """The last line a command stopped by `_database_locked` prints."""
+    return (f"error: the MLflow store did not answer (MlflowException: database is locked); run `{command}` again "
+            "to finish")
+
+
+def test_a_promote_stopped_by_the_store_after_moving_champion_is_recorded_by_its_rerun(blocked_registry, monkeypatch):
     from pipeline.registry import model_version_info
 
     client = blocked_registry
-    move_champion = promotion.move_champion
-
-    def then_locked(*args):  # what MLflow raises for SQLite's "database is locked"
-        move_champion(*args)
-        raise MlflowException("database is locked", error_code=TEMPORARILY_UNAVAILABLE)
-
-    monkeypatch.setattr(promotion, "move_champion", then_locked)
+    store_back = _store_stops_after_moving_champion(monkeypatch)
     stopped = runner.invoke(app, ["promote", "--model-name", "m"])
-    assert stopped.exit_code == 2 and stopped.output.strip().splitlines()[-1] == (
-        "error: the MLflow store did not answer (MlflowException: database is locked); run `demoire promote` again "
-        "to finish"), stopped.output
+    assert stopped.exit_code == 2 and stopped.output.strip().splitlines()[-1] == _store_stopped_line(
+        "demoire promote"), stopped.output
     assert _champion(client) == "2" and "promote.history" not in client.get_model_version("m", "2").tags
-    monkeypatch.setattr(promotion, "move_champion", move_champion)
+    store_back()
     again = runner.invoke(app, ["promote", "--model-name", "m"])
     assert again.exit_code == 0 and "v2 is already champion" in again.output, again.output
     history = json.loads(client.get_model_version("m", "2").tags["promote.history"])
@@ -672,25 +690,14 @@ def test_a_promote_stopped_by_the_store_after_moving_champion_is_recorded_by_its
 
 def test_a_registrations_unapplied_promote_is_recorded_not_promoted_before_a_promote_moves_champion_there(
         blocked_registry, monkeypatch):
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
-
-    import pipeline.registry.promotion as promotion
-
     client = blocked_registry
     _registration_died_before_applying(client, "2")
-    move_champion = promotion.move_champion
-
-    def then_locked(*args):
-        move_champion(*args)
-        raise MlflowException("database is locked", error_code=TEMPORARILY_UNAVAILABLE)
-
-    monkeypatch.setattr(promotion, "move_champion", then_locked)
+    store_back = _store_stops_after_moving_champion(monkeypatch)
     assert runner.invoke(app, ["promote", "--model-name", "m"]).exit_code == 2 and _champion(client) == "2"
     tags = client.get_model_version("m", "2").tags  # final already: the rerun leaves it, as a whole promote would
     assert tags["promotion"] == "not_promoted" and tags["promotion_reason"].startswith(
         "its registration died before moving champion to v2, and `demoire promote` decided instead; ")
-    monkeypatch.setattr(promotion, "move_champion", move_champion)
+    store_back()
     assert runner.invoke(app, ["promote", "--model-name", "m"]).exit_code == 0
     after = client.get_model_version("m", "2").tags
     history = json.loads(after.pop("promote.history"))
@@ -728,22 +735,14 @@ def test_each_promote_appends_its_entry_even_one_identical_to_the_last(blocked_r
 
 
 def test_a_rollback_stopped_by_the_store_says_so_in_one_line(blocked_registry, monkeypatch):
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
-
     import pipeline.registry.promotion as promotion
 
     client = blocked_registry
     assert runner.invoke(app, ["promote", "--model-name", "m"]).exit_code == 0 and _champion(client) == "2"
-
-    def locked(*args):  # what MLflow raises for SQLite's "database is locked"
-        raise MlflowException("database is locked", error_code=TEMPORARILY_UNAVAILABLE)
-
-    monkeypatch.setattr(promotion, "settle_interrupted_promote", locked)
+    monkeypatch.setattr(promotion, "settle_interrupted_promote", _database_locked)
     stopped = runner.invoke(app, ["rollback", "--model-name", "m"])
-    assert stopped.exit_code == 2 and stopped.output.strip().splitlines()[-1] == (
-        "error: the MLflow store did not answer (MlflowException: database is locked); run `demoire rollback` again "
-        "to finish"), stopped.output
+    assert stopped.exit_code == 2 and stopped.output.strip().splitlines()[-1] == _store_stopped_line(
+        "demoire rollback"), stopped.output
     assert _champion(client) == "2"
 
 
