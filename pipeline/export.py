@@ -26,6 +26,7 @@ from torch import nn
 
 from pipeline.errors import InputDataError, ModelNotFoundError, ParamsError
 from pipeline.io import atomic_path
+from pipeline.lifetime import import_native
 from pipeline.models import ModelSpec
 from pipeline.models.correction import Narrowing
 
@@ -133,7 +134,7 @@ def _without_debug_info(archive: bytes) -> bytes:
 def _export_onnx(net: nn.Module, example: torch.Tensor, path: Path, metadata: str) -> None:
     """The ONNX graph with dynamic batch/height/width, and the metadata in its metadata_props."""
     try:
-        import onnx
+        onnx = import_native("onnx")
     except ImportError as exc:  # installed but broken (a protobuf it cannot use)
         raise ParamsError(f"ONNX export cannot import onnx ({exc}): pip install 'demoire[export]'") from None
     axes = {0: "batch", 2: "height", 3: "width"}
@@ -203,7 +204,7 @@ class ExportedModel(nn.Module):
 def _onnx_session(path: Path):
     """An onnxruntime CPU session on `path` and its demoire metadata."""
     try:
-        import onnxruntime
+        onnxruntime = import_native("onnxruntime")
     except ImportError:
         raise ModelNotFoundError(f"running {path} needs onnxruntime: pip install 'demoire[export]'") from None
     options = onnxruntime.SessionOptions()

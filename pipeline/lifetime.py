@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import importlib
 import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import Any
 
 PR_SET_PDEATHSIG = 1  # prctl(2) option: a signal the kernel sends a process when its parent dies
@@ -57,3 +59,30 @@ def unwinds_on_sigterm(command: Callable[..., Any]) -> Callable[..., Any]:
 
     run.unwinds_on_sigterm = True  # type: ignore[attr-defined]  # what a test of the commands looks for
     return run
+
+
+@contextlib.contextmanager
+def signals_held(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
+    """Within the block, SIGTERM and Ctrl-C wait: the first that came is raised again as it ends, to the
+    handler that was there before. Main thread only, as Python's handlers are (elsewhere the block runs as is)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {signum: signal.signal(signum, lambda got, frame: caught.append(got)) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
+def import_native(name: str) -> ModuleType:
+    """Import `name` with SIGTERM and Ctrl-C held until it is done."""
+    # onnx's extension module runs Python code while the C++ of its init is on the stack; a handler that raises
+    # there (exit_on_sigterm, KeyboardInterrupt) is an exception C++ cannot pass on, and the process dies of
+    # SIGABRT or SIGSEGV instead of unwinding: 2 in 100 SIGTERMs at random times during `import onnx` did.
+    with signals_held():
+        return importlib.import_module(name)

@@ -132,3 +132,29 @@ def test_a_command_stopped_by_sigterm_unwinds_like_ctrl_c_and_leaves_no_temp_fil
     for name in ("predict", "evaluate", "synth-report", "calibrate", "report", "export", "train", "bench fly"):
         assert getattr(writers[name], "unwinds_on_sigterm", False), f"{name} does not unwind on SIGTERM"
     assert not getattr(writers["check-params"], "unwinds_on_sigterm", False)  # what the check tells apart
+
+
+def test_sigterm_and_ctrl_c_wait_for_a_native_import_and_then_unwind():
+    import os
+    import signal
+
+    import pytest
+
+    from pipeline.lifetime import signals_held, unwinds_on_sigterm
+
+    went_on = []
+
+    @unwinds_on_sigterm
+    def import_then(signum: int) -> None:
+        with signals_held():  # what import_native does around the import
+            os.kill(os.getpid(), signum)
+            sum(range(1000))  # bytecodes the handler, were it there, would have run in
+            went_on.append(signum)
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(SystemExit) as stopped:
+        import_then(signal.SIGTERM)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    with pytest.raises(KeyboardInterrupt):
+        import_then(signal.SIGINT)
+    assert went_on == [signal.SIGTERM, signal.SIGINT] and signal.getsignal(signal.SIGINT) is before
