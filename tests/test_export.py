@@ -149,7 +149,8 @@ def test_a_killed_export_leaves_no_temp_file(model_dir, tmp_path):
     import time
 
     out = tmp_path / "out"
-    # -X faulthandler: one CI run of 790 tests saw this process die of SIGSEGV instead (-11); its stack, if again
+    # -X faulthandler: a stack if it dies of a signal again (SIGSEGV in two CI runs, from a SIGTERM inside onnx's
+    # native init, before import_native held signals there)
     process = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "pipeline.cli", "export", "--model",
                                 str(model_dir), "--format", "onnx", "-o", str(out / "m.onnx")],
                                stderr=subprocess.PIPE, text=True)
