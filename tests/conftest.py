@@ -125,12 +125,14 @@ def mlflow_server(root: Path, port: int, *options: str) -> subprocess.Popen:
                                "--host", "127.0.0.1", "--port", str(port), "--workers", "1", *options],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and server.poll() is None:  # one that exits (its port taken) fails at once
         try:
             if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                 return server
         except requests.RequestException:
             time.sleep(0.5)
+    if server.poll() is not None:
+        raise RuntimeError(f"mlflow server on port {port} exited with code {server.returncode} before answering")
     stop_server(server)
     raise RuntimeError("mlflow server did not start within 180 s")
 

@@ -39,6 +39,16 @@ class Deployed:
         return worker
 
 
+def _cmdline(process) -> list[str]:
+    """A process's command line; none for one that ended since it was listed (a short-lived dvc or git helper)."""
+    import psutil
+
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
 def kill_with_descendants(pid: int) -> None:
     """SIGKILL a process and everything under it, as a lost machine or an OOM kill of the group would."""
     import psutil
@@ -203,6 +213,8 @@ def test_training_goes_to_a_live_gpu_worker_through_the_dvc_remote(deployed, pre
     import yaml
     from prefect.deployments import run_deployment
 
+    from flows.full_pipeline import worker_online_task
+
     repo, env = deployed.repo, deployed.env
     remote = tmp_path / "shared-remote"  # the DVC remote both machines reach
     gpu_repo = tmp_path / "gpu-checkout"  # another machine's checkout of the same commit
@@ -215,7 +227,10 @@ def test_training_goes_to_a_live_gpu_worker_through_the_dvc_remote(deployed, pre
 
     gpu_worker = deployed.start_worker("gpu", gpu_repo)
     try:
-        time.sleep(15)  # its first heartbeat marks it online
+        deadline = time.monotonic() + 180  # its first heartbeat marks it online: what the pipeline asks before training
+        while not worker_online_task.fn("gpu"):
+            assert gpu_worker.poll() is None and time.monotonic() < deadline, deployed.logs[gpu_worker.pid].read_text()
+            time.sleep(1)
         flow_run = run_deployment("pipeline/nightly", timeout=900, poll_interval=2)
     finally:
         kill_with_descendants(gpu_worker.pid)
@@ -266,7 +281,7 @@ def test_a_pipeline_run_whose_worker_dies_mid_training_is_marked_crashed_and_a_r
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not (
         checkpoint.exists() and checkpoint.stat().st_mtime > started
-        and any("flows.train" in " ".join(p.cmdline()) for p in cpu_worker.children(recursive=True))
+        and any("flows.train" in " ".join(_cmdline(p)) for p in cpu_worker.children(recursive=True))
     ):
         time.sleep(0.5)
     assert checkpoint.stat().st_mtime > started, "training never wrote a checkpoint on the cpu worker"

@@ -227,8 +227,8 @@ def test_a_restoration_whose_client_has_gone_stops_at_the_next_tile(serve_app, c
 
     url = serve_app(wrap=until_stopped)
     photo = _png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(url + "/restore", files={"file": ("a.png", photo)}, timeout=1.0)
+    with pytest.raises(httpx.ReadTimeout):  # 5 s: time for a loaded machine to reach the restoration first
+        httpx.post(url + "/restore", files={"file": ("a.png", photo)}, timeout=5.0)
     assert asked.is_set()
     deadline = time.monotonic() + 10
     while client.get(url + "/health").json()["busy"] and time.monotonic() < deadline:
