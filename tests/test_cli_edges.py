@@ -66,6 +66,41 @@ def test_an_output_folder_inside_the_input_folder_is_not_restored_again(tmp_path
     assert sorted(str(p.relative_to(shots)) for p in shots.rglob("*.png")) == ["a.png", "restored/a.png"]
 
 
+
+def test_predict_never_writes_over_its_inputs_and_restores_into_the_input_folder_itself(tmp_path, model):
+    shots = tmp_path / "shots"
+    write_png(shots / "a.png", np.full((20, 20, 3), 90, np.uint8))
+    write_png(shots / "b.png", np.full((20, 20, 3), 30, np.uint8))
+    photos = {p.name: p.read_bytes() for p in shots.iterdir()}
+    same = _predict([str(shots / "a.png")], shots, model, "--overwrite")
+    assert same.exit_code == 1 and f"skipped {shots / 'a.png'}: {shots / 'a.png'} is an input of this run" in (
+        same.output)
+    folder = _predict([str(shots)], shots, model, "--overwrite", "--format", "jpg")  # -o the input folder: before,
+    assert folder.exit_code == 0, folder.output  # every image was taken for an output and nothing restored
+    assert "restored 2 of 2 images" in folder.output
+    assert sorted(p.name for p in shots.iterdir()) == ["a.jpg", "a.png", "b.jpg", "b.png"]
+    inner = tmp_path / "outer" / "inner"
+    write_png(inner / "c.png", np.zeros((20, 20, 3), np.uint8))
+    around = _predict([str(inner)], tmp_path / "outer", model)  # -o a folder holding the input folder
+    assert around.exit_code == 0 and (tmp_path / "outer" / "c.png").is_file(), around.output
+    assert {name: (shots / name).read_bytes() for name in photos} == photos
+
+
+def test_predict_skips_a_link_loop_in_a_folder_and_refuses_an_empty_argument(tmp_path, model):
+    shots = tmp_path / "shots"
+    write_png(shots / "a.png", np.zeros((20, 20, 3), np.uint8))
+    (shots / "loop1.png").symlink_to(shots / "loop2.png")
+    (shots / "loop2.png").symlink_to(shots / "loop1.png")
+    looped = _predict([str(shots)], tmp_path / "out", model)
+    assert looped.exit_code == 1 and "Traceback" not in looped.output, looped.output
+    assert f"skipped {shots / 'loop1.png'}" in looped.output and (tmp_path / "out" / "a.png").is_file()
+    unset = _predict([str(shots), ""], tmp_path / "out2", model)  # "$PHOTOS" of an unset variable
+    assert unset.exit_code == 2 and "input 2 of 2 is empty (an unset shell variable?)" in unset.output
+    no_out = runner.invoke(app, ["predict", str(shots / "a.png"), "-o", "", "--model", model])
+    assert no_out.exit_code == 2 and "-o is empty (an unset shell variable?)" in no_out.output
+    assert not (tmp_path / "out2").exists()
+
+
 def test_a_folder_that_cannot_be_listed_is_reported_not_passed_over(tmp_path, model, monkeypatch):
     write_png(tmp_path / "in" / "a.png", np.zeros((20, 20, 3), np.uint8))
     write_png(tmp_path / "in" / "locked" / "b.png", np.zeros((20, 20, 3), np.uint8))

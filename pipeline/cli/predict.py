@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import typer
 
 from pipeline.cli.common import (DEFAULT_MODEL, FALLOFF_OPTION, MAX_SIDE_OPTION, Device, ImageFormat, app, err, fail,
                                  infer_params, load_net)
-from pipeline.errors import DemoireError, InputDataError
+from pipeline.errors import DemoireError, InputDataError, ParamsError
 from pipeline.lifetime import unwinds_on_sigterm
 from pipeline.progress import progress_mode, track_progress
 
@@ -30,7 +31,8 @@ def _input_images(inputs: list[str], out: Path, suffix: str = ".png") -> tuple[l
         if path.is_dir():
             found, unlisted = find_images(path)
             # an output folder inside an input folder holds this command's results, not photos to restore
-            found = [f for f in found if not f.resolve().is_relative_to(out.resolve())]
+            if _strictly_inside(out, path):
+                found = [f for f in found if not _strictly_inside(f, out)]
             pairs += [(f, out / f.relative_to(path).with_suffix(suffix)) for f in found]
             problems += [f"folder {folder}: cannot be listed (permission denied?)" for folder in unlisted]
             if not found and not unlisted:
@@ -49,6 +51,26 @@ def _input_images(inputs: list[str], out: Path, suffix: str = ".png") -> tuple[l
     return pairs, problems
 
 
+def _real(path: Path) -> Path:
+    """`path` with its links resolved as far as they go (a link loop is left as it is, not an error)."""
+    return Path(os.path.realpath(path))
+
+
+def _strictly_inside(path: Path, folder: Path) -> bool:
+    """Whether `path` lies below `folder` (links resolved), not at it."""
+    inner, outer = _real(path), _real(folder)
+    return inner != outer and inner.is_relative_to(outer)
+
+
+def _check_inputs(inputs: list[str], out: str) -> None:
+    """Refuse an empty argument (an unset shell variable), which would otherwise mean the current folder."""
+    if out == "":
+        raise ParamsError("-o is empty (an unset shell variable?): name the output folder")
+    if "" in inputs:
+        raise ParamsError(f"input {inputs.index('') + 1} of {len(inputs)} is empty (an unset shell variable?): name "
+                          "image files, folders or globs")
+
+
 def _progress_mode(quiet: bool) -> str:
     """`off` with -q; else pipeline.progress's choice (a bar on a terminal), its log lines shown even without -v."""
     if quiet:
@@ -64,7 +86,8 @@ def _progress_mode(quiet: bool) -> str:
 @unwinds_on_sigterm
 def predict(
     inputs: list[str] = typer.Argument(..., help="image files, folders (recursively) or globs such as 'photos/*.jpg'"),
-    out: Path = typer.Option(..., "-o", "--out", help="output folder: NAME.FORMAT per input (sub-paths of folders kept)"),
+    out_text: str = typer.Option(..., "-o", "--out", metavar="PATH",
+                                 help="output folder: NAME.FORMAT per input (sub-paths of folders kept)"),
     model: str = typer.Option(DEFAULT_MODEL,
                               help="model folder, models:/<name>@<alias>, or an exported .onnx / .pt file"),
     device: Device = typer.Option("auto", help="where the model runs (.onnx files: onnxruntime on the CPU)"),
@@ -91,7 +114,9 @@ def predict(
     from pipeline.io import check_output_dir, json_text
     from pipeline.photos import check_output_size, read_photo, write_image
 
+    out = Path(out_text)
     try:
+        _check_inputs(inputs, out_text)
         check_output_dir(out, "-o")
         cfg = infer_params(params, tile_size=tile, tile_overlap=overlap, max_pixels=max_pixels,
                            max_side=max_side, falloff=falloff)
@@ -104,10 +129,13 @@ def predict(
     for problem in problems:
         err.print(f"skipped {problem}", highlight=False)
     restored, written = [], set()
+    originals = {_real(path) for path, _ in pairs}  # never written over, --overwrite or not
     start = time.perf_counter()
     for path, target in track_progress(pairs, "restoring", unit="images", mode=_progress_mode(not err.notes)):
-        if target in written or (target.exists() and not overwrite):
-            reason = "written earlier in this run from another input" if target in written else "exists (use --overwrite)"
+        if target in written or _real(target) in originals or (target.exists() and not overwrite):
+            reason = ("written earlier in this run from another input" if target in written else
+                      "is an input of this run (name another -o)" if _real(target) in originals else
+                      "exists (use --overwrite)")
             err.print(f"skipped {path}: {target} {reason}", highlight=False)
             skipped.append({"input": str(path), "reason": f"{target} {reason}"})
             continue
