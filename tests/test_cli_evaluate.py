@@ -51,6 +51,22 @@ def test_quiet_shows_no_progress_and_a_folder_as_csv_is_one_error(args, tmp_path
     assert bad.exit_code == 2 and bad.output.strip() == f"error: --csv {tmp_path} is a folder; name a file"
 
 
+
+def test_an_existing_csv_is_replaced_only_when_it_holds_per_image_scores(args, tmp_path):
+    photo = tmp_path / "pairs" / "moire" / "a.png"
+    before = photo.read_bytes()
+    into_photo = runner.invoke(app, [*args, "--csv", str(photo)])
+    assert into_photo.exit_code == 2, into_photo.output
+    assert (f"error: --csv {photo} exists and is not a per-image scores CSV of demoire evaluate; name another "
+            "file") in into_photo.output
+    assert photo.read_bytes() == before and sorted(p.name for p in photo.parent.iterdir()) == [
+        "a.png", "b.png", "c.png"]  # no lock file left in the dataset either
+    scores = tmp_path / "scores.csv"
+    for _ in range(2):  # a rerun replaces the CSV an earlier run wrote
+        assert runner.invoke(app, [*args, "--csv", str(scores)]).exit_code == 0
+    assert len(pd.read_csv(scores)) == 3
+
+
 def test_off_a_terminal_progress_comes_as_log_lines_without_verbose(args, monkeypatch):
     monkeypatch.setenv("DEMOIRE_PROGRESS", "log")
     result = runner.invoke(app, [*args, "--json"])

@@ -20,6 +20,20 @@ if TYPE_CHECKING:  # annotations only: the CLI imports torch when a command runs
     from pipeline.sources.paired_datasets import PairList
 
 
+def _check_csv_replaceable(csv: Path) -> None:
+    """Refuse an existing --csv that is not per-image scores (a photo, notes): the finished run would replace it."""
+    from pipeline.errors import InputDataError
+    from pipeline.evaluation.evaluate import METRICS
+
+    if not csv.is_file():
+        return
+    with csv.open("rb") as handle:
+        header = handle.readline(4096)
+    if header and not header.startswith(",".join(("image", *METRICS)).encode()):  # pair_row's first columns
+        raise InputDataError(f"--csv {csv} exists and is not a per-image scores CSV of demoire evaluate; name "
+                             "another file (an earlier run's CSV is replaced, anything else is kept)")
+
+
 @app.command()
 @unwinds_on_sigterm
 def evaluate(
@@ -56,6 +70,7 @@ def evaluate(
     try:
         if csv is not None:
             check_output_file(csv, "--csv")
+            _check_csv_replaceable(csv)
         cfg = infer_params(params, tile_size=tile, tile_overlap=overlap, max_side=max_side,
                            falloff=falloff)
         check_model_exists(model)
