@@ -60,10 +60,18 @@ def collect_sources(
         for i in range(procedural)
     ]
     skipped: list[SkippedSource] = []
+    labels: set[str] = set()
     for folder in folders:
         usable, bad = scan_folder(folder)
+        # the path within the folder (a/x.png and b/x.png are two sources), and a second folder of the same name
+        # (/one/photos, /two/photos) numbered: ids are unique, and a flat folder's stay its file names
+        label, number = Path(folder).name, 1
+        while label in labels:
+            number += 1
+            label = f"{Path(folder).name}-{number}"
+        labels.add(label)
         specs += [
-            SourceSpec(source_id=f"folder/{Path(folder).name}/{p.name}", kind="folder", path=str(p))
+            SourceSpec(source_id=f"folder/{label}/{p.relative_to(folder).as_posix()}", kind="folder", path=str(p))
             for p in usable
         ]
         skipped += [SkippedSource(path=str(p), reason=reason) for p, reason in bad]

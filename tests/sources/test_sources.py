@@ -42,6 +42,17 @@ def test_folder_sources_skip_unreadable_files_and_convert_modes(tmp_path):
     assert read_rgb(folder / "deep.png")[0, 0, 0] == round(60000 / 65535 * 255)
 
 
+
+def test_folder_sources_of_the_same_name_have_ids_of_their_own(tmp_path):
+    for path in ("one/photos/a/x.png", "one/photos/b/x.png", "one/photos/y.png", "two/photos/y.png"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((32, 32, 3), 10, np.uint8)).save(tmp_path / path)
+    specs, _ = collect_sources(False, 0, [tmp_path / "one/photos", tmp_path / "two/photos"])
+    # before: folder/photos/x.png twice and folder/photos/y.png twice, four photos counted and split as two
+    assert [s.source_id for s in specs] == ["folder/photos/a/x.png", "folder/photos/b/x.png", "folder/photos/y.png",
+                                            "folder/photos-2/y.png"]
+
+
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(InputDataError, match="source folder does not exist: .*nowhere"):
         collect_sources(True, 0, [tmp_path / "nowhere"])
