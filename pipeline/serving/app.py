@@ -31,6 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from pipeline.errors import DemoireError, ParamsError
 from pipeline.inference import RestoreStopped
@@ -51,10 +52,14 @@ class ServeLimits:
     max_pixels: int = 100_000_000
     concurrency: int = 1  # restorations at once (one uses every core of a CPU already)
     queue: int = 8  # requests waiting for a slot; more get 503
+    # An upload that sends nothing for this long is dropped (408): a client that stalls holds no queue place.
+    upload_idle_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.max_upload_bytes < 1 or self.max_pixels < 1 or self.concurrency < 1 or self.queue < 0:
             raise ParamsError(f"serve limits {self}: upload size, pixels and concurrency must be ≥ 1, queue ≥ 0")
+        if not self.upload_idle_s > 0:
+            raise ParamsError(f"serve limits {self}: upload_idle_s must be > 0")
 
 
 class RequestError(Exception):
@@ -110,14 +115,15 @@ def create_app(restore: Restore, model_info: dict, limits: ServeLimits = ServeLi
 
     @app.post("/restore")
     async def restore_endpoint(request: Request) -> Response:
-        if state["busy"] >= limits.concurrency and state["waiting"] >= limits.queue:
+        # every admitted request holds its body (read, or being read) until its restoration ends
+        if state["busy"] + state["waiting"] >= limits.concurrency + limits.queue:
             raise RequestError(503, f"busy: {state['busy']} restoring and {state['waiting']} waiting "
                                     f"(limit {limits.concurrency} + {limits.queue}); retry later")
         # an upload being read waits in the queue: no more bodies in memory than concurrency + queue
         state["waiting"] += 1
         watcher: asyncio.Task | None = None
         try:
-            data, options = await _read_upload(request, limits.max_upload_bytes)
+            data, options = await _read_upload(request, limits.max_upload_bytes, limits.upload_idle_s)
             fmt, quality = _output_options(options)
             gone = _Gone()
             # one watcher from here to the answer (the body is read: nothing else receives from the client now)
@@ -212,18 +218,13 @@ def _restore_encoded(restore: Restore, data: bytes, max_pixels: int, fmt: str, q
     return encode_image(restore(photo.rgb, should_stop), fmt, quality)
 
 
-async def _read_upload(request: Request, limit: int) -> tuple[bytes, dict]:
-    """The image bytes and the options of a request, reading at most `limit` bytes of body."""
+async def _read_upload(request: Request, limit: int, idle_s: float) -> tuple[bytes, dict]:
+    """The image bytes and the options of a request, reading at most `limit` bytes of body, none more than
+    `idle_s` after the last."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"upload of {int(declared):,} bytes is over the limit of {limit:,} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"upload is over the limit of {limit:,} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    body = await _read_body(request, limit, idle_s)
     options = dict(request.query_params)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
@@ -249,6 +250,26 @@ async def _read_upload(request: Request, limit: int) -> tuple[bytes, dict]:
                                                   else "no Content-Type header")
     raise RequestError(415, f"{sent}: send multipart/form-data with field 'file', "
                             "application/json with base64 'image', or the image bytes as image/*")
+
+
+async def _read_body(request: Request, limit: int, idle_s: float) -> bytes:
+    """A request's body: 413 over `limit` bytes, 408 after `idle_s` without a byte, 499 when the client leaves."""
+    chunks, size, stream = [], 0, request.stream()
+    try:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(anext(stream), idle_s)
+            except StopAsyncIteration:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, f"upload is over the limit of {limit:,} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # left mid-upload: nobody reads the answer, and it is no server error to log
+        raise RequestError(499, "the client disconnected while sending its upload") from None
+    except asyncio.TimeoutError:
+        raise RequestError(408, f"the upload sent nothing for {idle_s:g} s (after {size:,} bytes); send it "
+                                "again") from None
 
 
 def _multipart(content_type: str, body: bytes, limit: int) -> tuple[bytes, dict]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import logging
+import socket
 import tempfile
 import threading
 import time
@@ -192,6 +194,47 @@ def test_busy_server_queues_then_answers_503(serve_app, client, rng, queue):
         waiting.join(30)
     assert answers == ({"first": 200, "queued": 200} if queue else {"first": 200})
     assert client.get(url + "/health").json()["busy"] == 0
+
+
+
+def _stalled_upload(url: str, declared: int = 10_000) -> socket.socket:
+    """A client that sends a request's headers and the start of its body, then nothing."""
+    host, port = url.removeprefix("http://").split(":")
+    client = socket.create_connection((host, int(port)), timeout=30)
+    client.sendall(f"POST /restore HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/png\r\n"
+                   f"Content-Length: {declared}\r\n\r\n".encode() + b"\x89PNG" * 4)
+    return client
+
+
+def _health_until(client, url: str, expected: dict) -> dict:
+    deadline = time.monotonic() + 30
+    while (health := client.get(url + "/health").json()) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return health
+
+
+def test_uploads_in_progress_count_against_the_limit_and_a_stalled_or_dropped_one_frees_its_place(
+        serve_app, client, rng, caplog):
+    url = serve_app(ServeLimits(concurrency=1, queue=1, upload_idle_s=2))
+    photo = _png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    stalled = [_stalled_upload(url), _stalled_upload(url)]
+    assert _health_until(client, url, {"status": "ok", "busy": 0, "waiting": 2})["waiting"] == 2
+    # nothing is restored, but two bodies are held: before, any number of stalled uploads were let in
+    refused = client.post(url + "/restore", files={"file": ("a.png", photo)})
+    assert refused.status_code == 503 and refused.json()["error"].startswith("busy: 0 restoring and 2 waiting")
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    uvicorn_errors.addHandler(caplog.handler)
+    try:
+        stalled[0].close()  # leaves mid-upload: was "Exception in ASGI application" and a traceback in the log
+        timed_out = stalled[1].recv(4096).decode()  # the other sends nothing more: answered once idle 2 s
+        assert timed_out.startswith("HTTP/1.1 408") and "the upload sent nothing for 2 s (after 16 bytes)" in (
+            timed_out)
+        assert _health_until(client, url, {"status": "ok", "busy": 0, "waiting": 0})["waiting"] == 0
+    finally:
+        uvicorn_errors.removeHandler(caplog.handler)
+        stalled[1].close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert client.post(url + "/restore", files={"file": ("a.png", photo)}).status_code == 200
 
 
 def test_a_waiting_request_whose_client_has_gone_is_dropped(serve_app, client, rng):
