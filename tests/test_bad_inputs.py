@@ -185,7 +185,8 @@ BAD_PATHS = ["out is a file", "out below a file", "model missing", "params missi
              "synthesize over a foreign folder", "synthesize existing without overwrite",
              "evaluate pairs missing", "evaluate 1x1 pair", "synthesize larger than the disk",
              "model spec not JSON", "model spec a list", "model weights damaged", "model weights of another width",
-             "model weights a pickle of other objects",
+             "model weights a pickle of other objects", "model spec channels as text", "model spec a billion channels",
+             "model spec a negative correction width",
              "report reads metrics", "report reads history", "report reads registration",
              "calibrate from an unknown base"]
 
@@ -226,7 +227,12 @@ def test_bad_paths_are_refused_up_front_and_nothing_is_lost(tmp_path, model_dir,
         damage = {"model spec not JSON": ("model.json", "{bad"), "model spec a list": ("model.json", "[1]"),
                   "model weights damaged": ("model.pt", "junk"),
                   "model weights of another width": ("model.json", json.dumps({**spec, "channels": 3})),
-                  "model weights a pickle of other objects": ("model.pt", "")}[case]
+                  "model weights a pickle of other objects": ("model.pt", ""),
+                  # each was a traceback (TypeError, RuntimeError, an allocation of gigabytes) or passed unnoticed
+                  "model spec channels as text": ("model.json", json.dumps({**spec, "channels": "48"})),
+                  "model spec a billion channels": ("model.json", json.dumps({**spec, "channels": 10**9})),
+                  "model spec a negative correction width": ("model.json",
+                                                             json.dumps({**spec, "correction_width": -1}))}[case]
         if case == "model weights a pickle of other objects":  # torch's error advises weights_only=False: unsafe
             import torch
 
@@ -239,6 +245,9 @@ def test_bad_paths_are_refused_up_front_and_nothing_is_lost(tmp_path, model_dir,
         assert "weights_only" not in line
         named = "model.pt" if case == "model weights of another width" else damage[0]  # the weights do not fit
         assert str(broken / named) in line
+        key = {"model spec channels as text": "channels = '48'", "model spec a billion channels": "channels = 1000000000",
+               "model spec a negative correction width": "correction_width = -1"}.get(case, "")
+        assert key in line, line
         return
     elif case == "report out is a folder":
         args = ["report", "-o", str(tmp_path)]

@@ -83,16 +83,39 @@ def save_model(model: nn.Module, spec: ModelSpec, directory: Path) -> None:
         tmp.write_text(json.dumps(asdict(spec), indent=2) + "\n")
 
 
+# What a spec file may hold: a model far wider or deeper than any trained here would only exhaust memory when built.
+MAX_CHANNELS, MAX_DEPTH = 1024, 16
+
+
+def read_spec(path: Path) -> ModelSpec:
+    """The ModelSpec a model.json holds, each value checked (InputDataError naming the key and the value)."""
+    def bad(detail: str) -> InputDataError:
+        return InputDataError(f"{path} is not a model spec ({detail}); re-export or re-train the model")
+
+    try:
+        spec = ModelSpec(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as exc:  # not JSON, not an object, or other keys than a spec's
+        raise bad(first_line(str(exc))) from None
+    for key, top in (("channels", MAX_CHANNELS), ("depth", MAX_DEPTH)):
+        value = getattr(spec, key)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+            raise bad(f"{key} = {value!r}: a whole number from 1 to {top}")
+    width = spec.correction_width
+    if not isinstance(width, (int, float)) or isinstance(width, bool) or not 0 <= width < float("inf"):
+        raise bad(f"correction_width = {width!r}: a number of pixels ≥ 0")
+    for key, allowed in (("name", MODEL_BUILDERS), ("correction", CORRECTIONS), ("correction_cast", CASTS)):
+        value = getattr(spec, key)
+        if not isinstance(value, str) or value not in allowed:
+            raise bad(f"{key} = {value!r}: one of {', '.join(allowed)}")
+    return spec
+
+
 def load_model(directory: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, ModelSpec]:
     """Rebuild the architecture from its spec and load weights without unpickling code."""
     directory = Path(directory)
     if not (directory / WEIGHTS_FILE).is_file() or not (directory / SPEC_FILE).is_file():
         raise ModelNotFoundError(f"no model in {directory} (expected {WEIGHTS_FILE} and {SPEC_FILE})")
-    try:
-        spec = ModelSpec(**json.loads((directory / SPEC_FILE).read_text()))
-    except (ValueError, TypeError) as exc:  # not JSON, not an object, or other keys than a spec's
-        raise InputDataError(f"{directory / SPEC_FILE} is not a model spec ({first_line(str(exc))}); "
-                             "re-export or re-train the model") from None
+    spec = read_spec(directory / SPEC_FILE)
     model = build_model(spec)
     try:
         state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
