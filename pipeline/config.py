@@ -569,12 +569,31 @@ class Params(Section):
 
 class _ParamsLoader(yaml.SafeLoader):
     """PyYAML's safe loader, except that a key given twice in one mapping is an error (DVC refuses such a
-    file too, while PyYAML would silently keep the last value)."""
+    file too, while PyYAML would silently keep the last value). Merge keys (`<<: *anchor`) work as in
+    yaml.safe_load: a key written beside a merged one overrides it, as YAML specifies, and is no duplicate."""
 
-    def construct_mapping(self, node, deep=False):
-        seen: dict[Any, Any] = {}
+    _MERGE_TAG = "tag:yaml.org,2002:merge"
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._keys_checked: set[int] = set()  # ids of the mapping nodes whose own keys were checked
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        """Check a mapping's own keys, then let PyYAML move its merged keys in beside them."""
+        # flattening deletes the `<<` pairs and puts the merged ones before the rest: check before, once per
+        # node, as a merged node is flattened again by each mapping that merges it
+        if id(node) not in self._keys_checked:
+            self._keys_checked.add(id(node))
+            self._check_keys(node)
+        super().flatten_mapping(node)
+
+    def _check_keys(self, node: yaml.MappingNode) -> None:
+        """ParamsError for a key that is not a name or that the mapping gives twice (merge keys aside)."""
+        seen: dict[Any, int] = {}
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
+            if key_node.tag == self._MERGE_TAG:
+                continue
+            key = self.construct_object(key_node)
             if isinstance(key, (list, dict)):  # `[1]: 2`: YAML allows it, no section has such a key
                 raise ParamsError(f"line {key_node.start_mark.line + 1}: a key must be a name, "
                                   f"not a {type(key).__name__}")
@@ -582,10 +601,6 @@ class _ParamsLoader(yaml.SafeLoader):
                 raise ParamsError(f"line {key_node.start_mark.line + 1}: key {key!r} given twice in one section "
                                   f"(first on line {seen[key] + 1}); keep one")
             seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
-
-
-_ParamsLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _ParamsLoader.construct_mapping)
 
 
 def read_params_file(path: Path | str) -> dict:

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import Params, flatten, load_params, parse_params
+from pipeline.config import Params, flatten, load_params, parse_params, read_params_file
 from pipeline.errors import ParamsError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,6 +141,30 @@ def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(bad)
 
+
+
+def test_merge_keys_apply_as_in_safe_load_and_a_key_written_beside_them_overrides(tmp_path):
+    # real sets share most of their keys: one anchored set, the next merging it (the schema allows no spare key)
+    path = tmp_path / "params.yaml"
+    path.write_text("evaluate:\n  real_sets:\n"
+                    "    - &fhdmi {name: fhdmi, path: /data/FHDMi, layout: fhdmi, limit: 3}\n"
+                    "    - <<: *fhdmi\n      name: fhdmi_test\n      split: test\n")
+    assert read_params_file(path) == yaml.safe_load(path.read_text())
+    real = load_params(path).evaluate.real_sets
+    assert [(r.name, str(r.path), r.layout, r.split, r.limit) for r in real] == [
+        ("fhdmi", "/data/FHDMi", "fhdmi", None, 3), ("fhdmi_test", "/data/FHDMi", "fhdmi", "test", 3)]
+
+
+@pytest.mark.parametrize("text, line", [
+    ("train:\n  epochs: 2\n  epochs: 3\n", 3),
+    ("base: &b {epochs: 2}\ntrain:\n  <<: *b\n  lr: 0.01\n  lr: 0.02\n", 5),  # a merge excuses no explicit twin
+    ("base: &b {epochs: 2, epochs: 3}\ntrain: {<<: *b}\n", 1),
+])
+def test_a_key_written_twice_is_refused_merge_keys_or_not(tmp_path, text, line):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError, match=rf"params.yaml: line {line}: key '(epochs|lr)' given twice in one section"):
+        read_params_file(path)
 
 def test_flatten_uses_dotted_section_names():
     flat = flatten(Params())
