@@ -14,7 +14,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from pipeline.errors import ParamsError, first_line
+from pipeline.errors import ParamsError, first_line, shown_value
 
 LossName = Literal["mse", "l1", "charbonnier", "fft", "psnr"]  # pipeline.training.losses.LOSSES; a test keeps them equal
 # The procedural screen kinds (pipeline.sources.procedural.SCREEN_KINDS; a test keeps them equal).
@@ -699,14 +699,14 @@ def describe_error(exc: ValidationError, source: str, raw: dict | None = None,
     key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts).lstrip(".")
     if err["type"] == "extra_forbidden":
         allowed = ", ".join(sorted(_fields_at(loc[:-1])))
-        return f"{source}: {key} = {value!r}: unknown key; allowed keys here: {allowed}"
+        return f"{source}: {key} = {shown_value(repr(value))}: unknown key; allowed keys here: {allowed}"
     message = err["msg"].removeprefix("Value error, ")
     if key in options:
-        return f"{options[key]} {value!r}: {message}"
+        return f"{options[key]} {shown_value(repr(value))}: {message}"
     if isinstance(value, dict):  # a check of a whole section names its keys in its message: not the section's dump
         section_options = {k.removeprefix(f"{key}."): o for k, o in options.items() if k.startswith(f"{key}.")}
         return _section_error(source, key, loc, message, section_options)
-    return f"{source}: {key} = {value!r}: {message}"
+    return f"{source}: {key} = {shown_value(repr(value))}: {message}"
 
 
 def _section_error(source: str, key: str, loc: list[str], message: str, options: Mapping[str, str]) -> str:

@@ -25,3 +25,14 @@ class ServiceUnavailableError(DemoireError):
 def first_line(text: str) -> str:
     """First non-empty line of a library's message, for errors that are one line."""
     return next((line.strip() for line in text.splitlines() if line.strip()), text)
+
+
+SHOWN_VALUE_CHARS = 80  # a one-line message shows this much of a value: enough to recognise it
+
+
+def shown_value(text: str, limit: int = SHOWN_VALUE_CHARS) -> str:
+    """A value's text (its repr, or JSON) cut to `limit` characters for a one-line message, saying how much is cut."""
+    # a YAML alias bomb of 400 bytes or a large request field would otherwise make a message of megabytes
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit:,} characters more)"

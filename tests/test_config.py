@@ -166,6 +166,17 @@ def test_a_key_written_twice_is_refused_merge_keys_or_not(tmp_path, text, line):
     with pytest.raises(ParamsError, match=rf"params.yaml: line {line}: key '(epochs|lr)' given twice in one section"):
         read_params_file(path)
 
+
+def test_an_error_shows_a_long_value_cut_to_a_line():
+    with pytest.raises(ParamsError) as info:
+        parse_params({"seed": list(range(100_000))}, source="params.yaml")
+    shown = repr(list(range(100_000)))
+    assert str(info.value) == (f"params.yaml: seed = {shown[:80]}… ({len(shown) - 80:,} characters more): "
+                               "Input should be a valid integer")
+    with pytest.raises(ParamsError, match=r"^p: trian = 'x{79}… \(922 characters more\): unknown key"):
+        parse_params({"trian": "x" * 1000}, source="p")
+
+
 def test_flatten_uses_dotted_section_names():
     flat = flatten(Params())
     assert flat["register.model_name"] == "demoire"

@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from pipeline.errors import DemoireError, ParamsError
+from pipeline.errors import DemoireError, ParamsError, shown_value
 from pipeline.inference import RestoreStopped
 from pipeline.photos import (DEFAULT_QUALITY, OUTPUT_FORMATS, ImageTooLargeError, OutputTooLargeError,
                              UnsupportedImageError, check_output_format, check_output_size, encode_image, read_photo)
@@ -158,11 +158,18 @@ def _output_options(options: dict) -> tuple[str, int]:
     fmt = str(options.get("format") or "png").lower().replace("jpeg", "jpg")
     quality = options.get("quality", DEFAULT_QUALITY)
     # a whole number, or its digits (query and form fields are text): not 90.7, true or null
-    if isinstance(quality, str) and re.fullmatch(r"\s*[+-]?[0-9]+\s*", quality):  # not "+-5" or "²", which int refuses
+    # not "+-5" or "²", which int refuses; nor thousands of digits, which int refuses too (a ValueError, a 500)
+    if isinstance(quality, str) and re.fullmatch(r"\s*[+-]?[0-9]{1,20}\s*", quality):
         quality = int(quality)
     if not isinstance(quality, int) or isinstance(quality, bool):
         shown = repr(quality) if isinstance(quality, str) else json.dumps(quality)  # JSON values as JSON writes them
-        raise RequestError(422, f"quality {shown}: choose a whole number from 1 to 100")
+        raise RequestError(422, f"quality {shown_value(shown)}: choose a whole number from 1 to 100")
+    # check_output_format would echo a format or a quality of any length in full
+    if fmt not in OUTPUT_FORMATS:
+        raise RequestError(422, f"format {shown_value(repr(fmt))}: choose one of {', '.join(OUTPUT_FORMATS)}")
+    if not 1 <= quality <= 100:
+        raise RequestError(422, f"quality {shown_value(str(quality))}: "
+                                "choose 1 to 100 (JPEG and WebP; PNG is lossless)")
     try:
         check_output_format(fmt, quality)
     except ParamsError as exc:

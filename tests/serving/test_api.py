@@ -18,7 +18,7 @@ from PIL import Image
 
 from pipeline.inference import RestoreStopped, restore_image
 from pipeline.photos import encode_image
-from pipeline.serving.app import RequestError, ServeLimits, _acquire_unless_gone, _Gone
+from pipeline.serving.app import RequestError, ServeLimits, _acquire_unless_gone, _Gone, _output_options
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -125,6 +125,19 @@ def test_limits_and_bad_input_answer_4xx_with_one_line_never_500(serve_app, clie
         assert message in error and "\n" not in error, (message, error)
     assert client.post(url + "/restore", files={"file": ("a.png", small)}).status_code == 200  # still serving
 
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"format": "x" * 10_000}, f"format '{'x' * 79}… (9,922 characters more): choose one of png, jpg, webp"),
+    ({"quality": "9" * 5_000}, f"quality '{'9' * 79}… (4,922 characters more): choose a whole number from 1 to 100"),
+    ({"quality": 10**1000}, f"quality 1{'0' * 79}… (921 characters more): choose 1 to 100"),
+    ({"quality": [1] * 10_000}, f"quality [{'1, ' * 26}1… (29,920 characters more): choose a whole number"),
+])
+def test_a_long_format_or_quality_is_shown_cut_to_a_line(options, message):
+    # a 422 echoed the value in full: megabytes for a large field (and a 500 for 5,000 digits)
+    with pytest.raises(RequestError) as info:
+        _output_options(options)
+    assert info.value.status == 422 and str(info.value).startswith(message), str(info.value)[:200]
 
 def test_an_image_the_format_cannot_store_is_refused_before_it_is_restored(serve_app, client):
     calls = []
