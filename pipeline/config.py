@@ -567,6 +567,27 @@ class Params(Section):
         return merged
 
 
+# A params file holds hundreds of values: a document whose aliases (*name) expand it past this many is an alias
+# bomb (400 bytes can stand for millions), refused before it is built, validated or shown in an error.
+MAX_PARAMS_NODES = 100_000
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many nodes `node` stands for with every alias expanded, a node shared by aliases counted at each use;
+    ParamsError for a node that holds itself (`&a [*a]`), an endless value (validating it overflowed the stack)."""
+    if sizes.get(id(node)) == 0:
+        raise ParamsError(f"line {node.start_mark.line + 1}: an alias inside its own anchor makes an endless value; "
+                          "write the value out")
+    if id(node) not in sizes:
+        sizes[id(node)] = 0  # being counted: met again below it, it holds itself
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+        sizes[id(node)] = 1 + sum(_expanded_size(child, sizes) for child in children)
+    return sizes[id(node)]
+
+
 class _ParamsLoader(yaml.SafeLoader):
     """PyYAML's safe loader, except that a key given twice in one mapping is an error (DVC refuses such a
     file too, while PyYAML would silently keep the last value). Merge keys (`<<: *anchor`) work as in
@@ -577,6 +598,13 @@ class _ParamsLoader(yaml.SafeLoader):
     def __init__(self, stream: Any) -> None:
         super().__init__(stream)
         self._keys_checked: set[int] = set()  # ids of the mapping nodes whose own keys were checked
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        """The document's data, unless its aliases expand it past MAX_PARAMS_NODES values."""
+        if _expanded_size(node, {}) > MAX_PARAMS_NODES:
+            raise ParamsError(f"its aliases (*name) expand it to over {MAX_PARAMS_NODES:,} values, no params file's "
+                              "size; write the values out, or repeat fewer")
+        return super().construct_document(node)
 
     def flatten_mapping(self, node: yaml.MappingNode) -> None:
         """Check a mapping's own keys, then let PyYAML move its merged keys in beside them."""

@@ -177,6 +177,18 @@ def test_an_error_shows_a_long_value_cut_to_a_line():
         parse_params({"trian": "x" * 1000}, source="p")
 
 
+def test_an_alias_bomb_or_an_endless_alias_is_refused_before_it_is_built(tmp_path):
+    # 400 bytes, 9**7 values once expanded: its error used to echo all 17.5 MB of them
+    lists = ["&a [1,1,1,1,1,1,1,1,1]"] + [f"&{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdef", "bcdefg")]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(f"seed: [{', '.join(lists)}]\n")
+    with pytest.raises(ParamsError, match=r"bomb.yaml: its aliases \(\*name\) expand it to over 100,000 values"):
+        load_params(bomb)
+    endless = tmp_path / "endless.yaml"
+    endless.write_text("seed: 1\ntrain:\n  loss: &l {mse: *l}\n")  # was a RecursionError
+    with pytest.raises(ParamsError, match="endless.yaml: line 3: an alias inside its own anchor makes an endless"):
+        load_params(endless)
+
 def test_flatten_uses_dotted_section_names():
     flat = flatten(Params())
     assert flat["register.model_name"] == "demoire"
