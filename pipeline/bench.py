@@ -16,9 +16,9 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from pipeline.config import SynthesizeParams, TrainParams, parse_params
+from pipeline.config import InferParams, SynthesizeParams, TrainParams, parse_params
 from pipeline.data.synthetic import ipp_kernels, render_pair, single_threaded, source_for_pair
-from pipeline.errors import ParamsError
+from pipeline.errors import ParamsError, shown_value
 from pipeline.inference import in_layout, input_format
 from pipeline.io import save_png
 from pipeline.models import ModelSpec, build_model, count_parameters, model_spec, save_model
@@ -73,9 +73,15 @@ def machine_text(info: dict) -> str:
             f"Python {info['python']}")
 
 
+# `bench synth`'s options, named in its errors as the user gave them (not as `params: synthesize.size = …`).
+SYNTH_OPTIONS = {"synthesize.size": "--size", "synthesize.preset": "--preset",
+                 "synthesize.moire_layer_bank": "--layer-bank"}
+
+
 def _synth_config(size: int, preset: str, layer_bank: int | None = None) -> SynthesizeParams:
     """Synthesis params at `size` with the preset's ranges and procedural plus bundled sources."""
-    return parse_params({"synthesize": {"size": size, "preset": preset, "moire_layer_bank": layer_bank}}).synthesize
+    return parse_params({"synthesize": {"size": size, "preset": preset, "moire_layer_bank": layer_bank}},
+                        options=SYNTH_OPTIONS).synthesize
 
 
 def _fill_bank(cfg: SynthesizeParams, seed: int, device: torch.device) -> dict:
@@ -168,15 +174,36 @@ def bench_synth_batched(
             "repeats": repeats, "pairs_per_s": statistics.median(rates), "runs": rates, **filled, "machine": machine()}
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'256' → (256, 256); '3840x2160' → (height 2160, width 3840)."""
+def _largest(section: type, field: str) -> int:
+    """The most a params field allows (its `le`), so a bound here follows the schema's."""
+    return next(rule.le for rule in section.model_fields[field].metadata if getattr(rule, "le", None) is not None)
+
+
+# The largest sizes a benchmark times, in pixels, each with where it comes from: past them a run only fails to
+# allocate its tensors, with a traceback (99999x99999 asked an `infer` for 30 GB).
+INFER_MAX_PIXELS = (InferParams.model_fields["max_pixels"].default,
+                    "the default infer.max_pixels, the largest photo `predict` takes")
+TRAIN_MAX_PIXELS = (_largest(TrainParams, "patch_size") ** 2,
+                    f"{_largest(TrainParams, 'patch_size')}², the largest train.patch_size")
+
+
+def parse_size(text: str, limit: tuple[int, str] = INFER_MAX_PIXELS) -> tuple[int, int]:
+    """'256' → (256, 256); '3840x2160' → (height 2160, width 3840); at most `limit`'s pixels (its reason named).
+
+    A frame's limit by default, as the scripts in benchmarks/ time frames too.
+    """
     try:
         parts = [int(part) for part in text.lower().split("x")]
     except ValueError:
         parts = []
+    shown = shown_value(repr(text))
     if len(parts) not in (1, 2) or min(parts) < 16:
-        raise ParamsError(f"--size = {text!r}: give a side (256) or WIDTHxHEIGHT (3840x2160), each at least 16")
+        raise ParamsError(f"--size = {shown}: give a side (256) or WIDTHxHEIGHT (3840x2160), each at least 16")
     width, height = (parts * 2)[:2]
+    max_pixels, why = limit
+    if width * height > max_pixels:
+        raise ParamsError(f"--size = {shown}: {width}x{height} = {width * height:,} pixels, over the limit of "
+                          f"{max_pixels:,} ({why}); choose a smaller size")
     return height, width
 
 
@@ -230,7 +257,7 @@ def bench_train(name: str, device_name: str, size: str = "256", batch: int | Non
     backward pass as twice the forward's MACs (the usual estimate for convolutions).
     """
     device = resolve_device(device_name)
-    height, width = parse_size(size)
+    height, width = parse_size(size, TRAIN_MAX_PIXELS)
     batch = batch or (64 if device.type == "cuda" else 8)
     model, spec = _model_for_bench(name, channels, depth, device)
     cfg = TrainParams(model=name, amp=amp, compile=compile_model, batch_size=batch)
