@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
-from pipeline.errors import InputDataError, ParamsError
+from pipeline.errors import InputDataError, ParamsError, shown_value
 from pipeline.io import atomic_path, to_rgb_uint8
 
 # Output formats by the name users type (and the file suffix): PIL format, MIME type.
@@ -135,10 +135,10 @@ def _to_srgb(im: Image.Image, icc: bytes | None, name: str = "image") -> tuple[n
 
 def check_output_format(fmt: str, quality: int) -> None:
     """Refuse an output format or quality the writers do not take."""
-    if fmt not in OUTPUT_FORMATS:
-        raise ParamsError(f"format {fmt!r}: choose one of {', '.join(OUTPUT_FORMATS)}")
+    if fmt not in OUTPUT_FORMATS:  # values cut: a request's field may be of any length
+        raise ParamsError(f"format {shown_value(repr(fmt))}: choose one of {', '.join(OUTPUT_FORMATS)}")
     if not 1 <= quality <= 100:
-        raise ParamsError(f"quality {quality}: choose 1 to 100 (JPEG and WebP; PNG is lossless)")
+        raise ParamsError(f"quality {shown_value(str(quality))}: choose 1 to 100 (JPEG and WebP; PNG is lossless)")
 
 
 def encode_image(rgb: np.ndarray, fmt: str = "png", quality: int = DEFAULT_QUALITY, exif: bytes | None = None) -> bytes:

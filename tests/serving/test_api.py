@@ -37,6 +37,8 @@ def test_page_health_and_model(serve_app, client):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert 'id="files"' in page.text and "restore?format=" in page.text
     assert client.get(url + "/health").json() == {"status": "ok", "busy": 0, "waiting": 0}
+    head = client.head(url + "/health")  # an uptime check's request: was 405
+    assert head.status_code == 200 and head.content == b""
     model = client.get(url + "/model").json()
     assert model["name"] == "tiny" and model["architecture"] == "unet"
     assert model["limits"] == {"max_upload_bytes": 10_000, "max_pixels": 5_000, "concurrency": 1, "queue": 8,
