@@ -189,6 +189,7 @@ def test_an_alias_bomb_or_an_endless_alias_is_refused_before_it_is_built(tmp_pat
     with pytest.raises(ParamsError, match="endless.yaml: line 3: an alias inside its own anchor makes an endless"):
         load_params(endless)
 
+
 def test_flatten_uses_dotted_section_names():
     flat = flatten(Params())
     assert flat["register.model_name"] == "demoire"
