@@ -18,7 +18,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from pipeline.errors import InputDataError
+from pipeline.errors import InputDataError, first_line
 from pipeline.evaluation.gate import GATE_KINDS, REAL, SYNTHETIC, input_floor_text
 from pipeline.evaluation.summary_tables import SUMMARY_HEADER, band_rows, number, summary_rows
 from pipeline.io import atomic_path
@@ -62,7 +62,9 @@ def missing_keys(data: dict, dotted_keys: list[str], numbers: bool = False) -> l
         value = data
         for part in dotted.split("."):
             value = value.get(part) if isinstance(value, dict) else None
-        if value is None or numbers and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        # NaN is no score to quote (an edited file; evaluate writes null where a mean is undefined)
+        if value is None or numbers and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                         or math.isnan(value)):
             missing.append(dotted)
     return missing
 
@@ -298,14 +300,27 @@ def check_report_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
                                  "--overwrite")
 
 
+def check_grid_input(path: Path, png: bytes) -> None:
+    """Refuse a grid that is not a whole PNG (another file, or one cut short: the report would show it broken)."""
+    from PIL import Image
+
+    if not png.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise InputDataError(f"{path} is not a PNG image; `dvc repro evaluate` writes the grid")
+    try:
+        with Image.open(io.BytesIO(png)) as image:
+            image.load()
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for truncated or corrupt data
+        raise InputDataError(f"{path} is a damaged PNG ({first_line(str(exc))}); `dvc repro evaluate` writes "
+                             "the grid") from None
+
+
 def write_run_report(out: Path, metrics: Path, history: Path, grid: Path, registration: Path) -> str | None:
     """Read the run's outputs and write the HTML report to `out`, atomically; return why the registration is not
     of the evaluation shown (also a warning in the report), or None."""
     metrics_data = read_json_input(metrics, "dvc repro evaluate")
     history_frame = read_history_input(history)
     grid_png = read_input(grid, "dvc repro evaluate")
-    if not grid_png.startswith(b"\x89PNG\r\n\x1a\n"):
-        raise InputDataError(f"{grid} is not a PNG image; `dvc repro evaluate` writes the grid")
+    check_grid_input(grid, grid_png)
     record = read_json_input(registration, "dvc repro register")
     check_metrics_input(metrics, metrics_data)  # every input is there and parses before its content is checked
     check_registration_input(registration, record)
