@@ -27,6 +27,7 @@ OUTPUT_FORMATS = {"png": ("PNG", "image/png"), "jpg": ("JPEG", "image/jpeg"), "w
 INPUT_FORMATS = {"JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF", "MPO"}  # MPO: some phones' JPEGs
 DEFAULT_QUALITY = 90
 EXIF_ORIENTATION = 0x0112
+TIFF_BITS_PER_SAMPLE = 258  # the TIFF tag of each sample's bit depth
 _SRGB = ImageCms.createProfile("sRGB")
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def read_photo(source: Path | bytes, max_pixels: int | None = None, name: str | 
                 if frames > 1:
                     log.warning("%s has %d frames; using the first", name, frames)
                 im.load()
+                _check_bit_depth(im, name)
                 exif = im.getexif()
                 upright = ImageOps.exif_transpose(im)
                 rgb, converted = _to_srgb(upright, im.info.get("icc_profile"), name)
@@ -111,6 +113,14 @@ def read_photo(source: Path | bytes, max_pixels: int | None = None, name: str | 
     if len(exif):
         exif[EXIF_ORIENTATION] = 1
     return Photo(rgb, exif.tobytes() if len(exif) else None, converted)
+
+
+def _check_bit_depth(im: Image.Image, name: str) -> None:
+    """Refuse a TIFF of 32-bit integer samples: read as 16-bit (as PIL gives them), 8-bit values came out black."""
+    bits = getattr(im, "tag_v2", {}).get(TIFF_BITS_PER_SAMPLE, (8,)) if im.format == "TIFF" else (8,)
+    if im.mode == "I" and max(bits) > 16:
+        raise UnsupportedImageError(f"{name} has {max(bits)}-bit integer pixels; only 8- and 16-bit images are read "
+                                    "(save it as 8- or 16-bit)")
 
 
 def _to_srgb(im: Image.Image, icc: bytes | None, name: str = "image") -> tuple[np.ndarray, str | None]:

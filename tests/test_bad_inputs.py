@@ -131,6 +131,9 @@ def _odd_images(folder):
     cases["float nan"] = (_image(folder / "nan.tif", np.full((24, 32), np.nan, np.float32)), "skipped")
     cases["float in range"] = (_image(folder / "float.tif", np.full((24, 32), 0.25, np.float32)), (24, 32))
     cases["dark 16-bit"] = (_image(folder / "dark16.png", np.full((24, 32), 3000, np.uint16)), (24, 32))
+    cases["dark 16-bit tiff"] = (_image(folder / "dark16.tif", np.full((24, 32), 3000, np.uint16)), (24, 32))
+    # 8-bit values in 32-bit samples: read as 16-bit, they came out black
+    cases["32-bit integer tiff"] = (_image(folder / "int32.tif", np.full((24, 32), 200, np.int32)), "skipped")
     cases["grayscale"] = (_image(folder / "gray.png", rgb[..., 0]), (24, 32))
     cases["rgba"] = (_image(folder / "rgba.png", np.dstack([rgb, rgb[..., :1]])), (24, 32))
     cases["palette"] = (_image(folder / "palette.gif", rgb), (24, 32))
@@ -164,12 +167,13 @@ def test_odd_and_broken_images_are_restored_or_skipped_never_silently_wrong(tmp_
         else:
             assert np.asarray(Image.open(target)).shape[:2] == expected, name
     assert np.asarray(Image.open(out / "dark16.png")).mean() < 80  # dark stays dark (3000 / 65535)
+    assert f"{inputs / 'int32.tif'} has 32-bit integer pixels; only 8- and 16-bit images are read" in result.output
     assert f"{inputs / 'anim.gif'} has 2 frames; using the first" in caplog.text
     assert len(BAD_IMAGE_CASES) == len(cases)
 
 
 BAD_IMAGE_CASES = ["truncated", "junk", "zero bytes", "text named png", "float out of range", "float nan",
-                   "float in range", "dark 16-bit", "grayscale", "rgba", "palette", "cmyk jpeg", "exif rotated",
+                   "float in range", "dark 16-bit", "dark 16-bit tiff", "32-bit integer tiff", "grayscale", "rgba", "palette", "cmyk jpeg", "exif rotated",
                    "animated gif", "1x1", "1 pixel tall", "bmp", "webp"]
 
 
