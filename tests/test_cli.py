@@ -346,7 +346,6 @@ def test_bench_rejects_a_malformed_size_and_an_unknown_model():
     assert shallow.exit_code == 2 and shallow.output.strip() == "error: --depth = 1: the unet model takes 2 to 5 levels"
 
 
-
 @pytest.mark.parametrize("args, message", [
     (["infer", "--size", "99999x99999"], "error: --size = '99999x99999': 99999x99999 = 9,999,800,001 pixels, over the "
      "limit of 100,000,000 (the default infer.max_pixels, the largest photo `predict` takes); choose a smaller size"),
@@ -358,6 +357,7 @@ def test_bench_refuses_a_size_too_large_to_allocate_in_one_line_naming_the_limit
     # `bench infer --size 99999x99999` asked for 30 GB and ended in a RuntimeError traceback
     result = runner.invoke(app, ["bench", *args, "--device", "cpu", "--repeats", "1"])
     assert result.exit_code == 2 and result.output.strip() == message, result.output
+
 
 @pytest.fixture
 def blocked_registry(tmp_path, monkeypatch):

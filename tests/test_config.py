@@ -142,7 +142,6 @@ def test_missing_and_malformed_files(tmp_path):
         load_params(bad)
 
 
-
 def test_merge_keys_apply_as_in_safe_load_and_a_key_written_beside_them_overrides(tmp_path):
     # real sets share most of their keys: one anchored set, the next merging it (the schema allows no spare key)
     path = tmp_path / "params.yaml"
