@@ -102,17 +102,7 @@ def test_inputs_lacking_what_the_report_quotes_are_one_line_naming_file_and_keys
     result = runner.invoke(app, ["report"])
     assert result.exit_code == 2 and "lacks real_gate_set, real_mean.tone_psnr, real_mean.ssim, real.fhdmi.count:" \
         in result.output
-    metrics_path.write_text(json.dumps(metrics | {"psnr": float("nan")}))  # NaN: was a report of "evaluation nan"
-    result = runner.invoke(app, ["report"])
-    assert result.exit_code == 2 and "metrics.json lacks numbers under psnr:" in result.output, result.output
     write_json(metrics_path, metrics)
-    grid = tmp_path / "data/evaluate/grid.png"
-    whole = grid.read_bytes()
-    grid.write_bytes(whole[: len(whole) // 2])  # cut short: was embedded, broken
-    result = runner.invoke(app, ["report"])
-    assert result.exit_code == 2 and f"{grid.relative_to(tmp_path)} is a damaged PNG (" in result.output, result.output
-    assert not (tmp_path / "report.html").exists()
-    grid.write_bytes(whole)
     registration_path = tmp_path / "data/register/registration.json"
     record = json.loads(registration_path.read_text())
     write_json(registration_path, record | {"gate_kind": "lpips"})
