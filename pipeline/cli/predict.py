@@ -62,6 +62,15 @@ def _strictly_inside(path: Path, folder: Path) -> bool:
     return inner != outer and inner.is_relative_to(outer)
 
 
+def _not_written_because(target: Path, written: set[Path], originals: set[Path], overwrite: bool) -> str | None:
+    """Why `target` is not written (None: it is): another input's output, an input itself, or existing."""
+    if target in written:
+        return "written earlier in this run from another input"
+    if _real(target) in originals:
+        return "is an input of this run (name another -o)"
+    return "exists (use --overwrite)" if target.exists() and not overwrite else None
+
+
 def _check_inputs(inputs: list[str], out: str) -> None:
     """Refuse an empty argument (an unset shell variable), which would otherwise mean the current folder."""
     if out == "":
@@ -132,10 +141,8 @@ def predict(
     originals = {_real(path) for path, _ in pairs}  # never written over, --overwrite or not
     start = time.perf_counter()
     for path, target in track_progress(pairs, "restoring", unit="images", mode=_progress_mode(not err.notes)):
-        if target in written or _real(target) in originals or (target.exists() and not overwrite):
-            reason = ("written earlier in this run from another input" if target in written else
-                      "is an input of this run (name another -o)" if _real(target) in originals else
-                      "exists (use --overwrite)")
+        reason = _not_written_because(target, written, originals, overwrite)
+        if reason:
             err.print(f"skipped {path}: {target} {reason}", highlight=False)
             skipped.append({"input": str(path), "reason": f"{target} {reason}"})
             continue
