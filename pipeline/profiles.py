@@ -41,7 +41,6 @@ PROFILES: dict[str, dict[str, dict]] = {
                   "num_workers": 8},  # decoding the stored pairs, where synthetic_pairs_per_epoch is set to 0
     },
 }
-PROFILE_NAMES = tuple(PROFILES)
 
 
 def profile_keys() -> dict[str, set[str]]:

@@ -27,11 +27,6 @@ def integrate_pixel_area(samples: torch.Tensor, supersample: int) -> torch.Tenso
     return samples if supersample == 1 else F.avg_pool2d(samples, supersample)
 
 
-def expose(irradiance: torch.Tensor, exposure_ev: torch.Tensor) -> torch.Tensor:
-    """Scale the light by the exposure (in stops relative to a correct exposure of the white)."""
-    return irradiance * torch.exp2(exposure_ev).reshape(-1, 1, 1, 1)
-
-
 # Rec. 709 luma of linear RGB: what a camera's exposure meter weighs.
 METER_WEIGHTS = (0.2126, 0.7152, 0.0722)
 METER_GAIN_LIMITS = (0.25, 4.0)  # a real meter's range: ±2 stops around the fixed exposure

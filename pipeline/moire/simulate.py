@@ -33,7 +33,7 @@ from pipeline.moire.optics import (
     vignetting,
 )
 from pipeline.moire.sensor import (
-    add_sensor_noise, bayer_mosaic, expose, integrate_pixel_area, metered_gain, mix_crosstalk,
+    add_sensor_noise, bayer_mosaic, integrate_pixel_area, metered_gain, mix_crosstalk,
 )
 
 if TYPE_CHECKING:  # layer_bank builds on this module

@@ -12,9 +12,9 @@ from pipeline.moire.optics import (
     camera_homography, lens_blur, pitch_ratio, sensor_samples_on_display, vignetting,
 )
 from pipeline.moire.presets import PRESETS
-from pipeline.moire.sensor import RGGB, add_sensor_noise, aperture_offsets, bayer_mosaic, expose
+from pipeline.moire.sensor import RGGB, add_sensor_noise, aperture_offsets, bayer_mosaic
 from pipeline.moire.simulate import (
-    content_batch, display_size, pitch_ratio_bounds, sample_capture_params, simulate_batch, simulate_capture,
+    content_batch, display_size, exposure_gain, pitch_ratio_bounds, sample_capture_params, simulate_batch, simulate_capture,
 )
 from pipeline.sources.procedural import render_screen_content
 
@@ -162,8 +162,10 @@ def test_a_narrower_aperture_lets_more_moire_through_at_the_default_supersamplin
     assert _psnr(narrow, clean) < _psnr(wide, clean) - 0.5
 
 
-def test_exposure_is_in_stops():
-    torch.testing.assert_close(expose(torch.full((1, 1, 2, 2), 0.4), torch.tensor([-1.0])), torch.full((1, 1, 2, 2), 0.2))
+def test_a_fixed_exposure_is_in_stops():
+    light = torch.full((2, 3, 4, 4), 0.4)
+    fixed = {"exposure_ev": torch.tensor([-1.0, 0.5]), "auto_exposure": torch.zeros(2)}
+    torch.testing.assert_close(exposure_gain(light, light, fixed), torch.tensor([0.5, 2**0.5]))
 
 
 def test_noise_grows_with_signal_and_is_seeded():
