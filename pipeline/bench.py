@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from pipeline.config import InferParams, SynthesizeParams, TrainParams, parse_params
+from pipeline.config import InferParams, SynthesizeParams, TrainParams, largest_allowed, parse_params
 from pipeline.data.synthetic import ipp_kernels, render_pair, single_threaded, source_for_pair
 from pipeline.errors import ParamsError, shown_value
 from pipeline.inference import in_layout, input_format
@@ -174,17 +174,12 @@ def bench_synth_batched(
             "repeats": repeats, "pairs_per_s": statistics.median(rates), "runs": rates, **filled, "machine": machine()}
 
 
-def _largest(section: type, field: str) -> int:
-    """The most a params field allows (its `le`), so a bound here follows the schema's."""
-    return next(rule.le for rule in section.model_fields[field].metadata if getattr(rule, "le", None) is not None)
-
-
 # The largest sizes a benchmark times, in pixels, each with where it comes from: past them a run only fails to
 # allocate its tensors, with a traceback (99999x99999 asked an `infer` for 30 GB).
 INFER_MAX_PIXELS = (InferParams.model_fields["max_pixels"].default,
                     "the default infer.max_pixels, the largest photo `predict` takes")
-TRAIN_MAX_PIXELS = (_largest(TrainParams, "patch_size") ** 2,
-                    f"{_largest(TrainParams, 'patch_size')}², the largest train.patch_size")
+TRAIN_MAX_PIXELS = (largest_allowed(TrainParams, "patch_size") ** 2,
+                    f"{largest_allowed(TrainParams, 'patch_size')}², the largest train.patch_size")
 
 
 def parse_size(text: str, limit: tuple[int, str] = INFER_MAX_PIXELS) -> tuple[int, int]:

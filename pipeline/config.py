@@ -667,6 +667,11 @@ def _top_level_keys() -> list[str]:
     return [field.alias or name for name, field in Params.model_fields.items()]
 
 
+def largest_allowed(section: type[BaseModel], field: str) -> int:
+    """The most a params field allows (its `le`), so a bound elsewhere follows the schema's."""
+    return next(rule.le for rule in section.model_fields[field].metadata if getattr(rule, "le", None) is not None)
+
+
 def load_params(path: Path | str = "params.yaml") -> Params:
     """Read and validate params.yaml; raise ParamsError with one line on the first problem.
 

@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from pipeline.config import TrainParams, largest_allowed
 from pipeline.errors import InputDataError, ModelNotFoundError, ParamsError, first_line
 from pipeline.io import atomic_path, write_torch
 from pipeline.models.correction import CASTS, CORRECTIONS, with_correction
@@ -83,8 +84,9 @@ def save_model(model: nn.Module, spec: ModelSpec, directory: Path) -> None:
         tmp.write_text(json.dumps(asdict(spec), indent=2) + "\n")
 
 
-# What a spec file may hold: a model far wider or deeper than any trained here would only exhaust memory when built.
-MAX_CHANNELS, MAX_DEPTH = 1024, 16
+# What a spec file may hold: what train.channels and train.depth allow, so every model trained here loads again; a
+# model far wider or deeper would only exhaust memory when built.
+MAX_CHANNELS, MAX_DEPTH = largest_allowed(TrainParams, "channels"), largest_allowed(TrainParams, "depth")
 
 
 def read_spec(path: Path) -> ModelSpec:

@@ -42,6 +42,16 @@ def test_save_and_load_roundtrip_with_weights_only(tmp_path):
     torch.load(tmp_path / "model.pt", weights_only=True)  # no pickled code inside
 
 
+def test_the_deepest_and_the_widest_model_params_allow_load_again(tmp_path):
+    from pipeline.config import TrainParams, largest_allowed
+    deepest = ModelSpec("simple", 4, largest_allowed(TrainParams, "depth"))
+    widest = ModelSpec("simple", largest_allowed(TrainParams, "channels"), 1)
+    for spec in (deepest, widest):
+        save_model(build_model(spec, seed=0), spec, tmp_path / spec.name)
+        assert load_model(tmp_path / spec.name)[1] == spec
+    assert (deepest.depth, widest.channels) == (64, 512)
+
+
 def test_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(ModelNotFoundError, match="no model in"):
         load_model(tmp_path)
