@@ -12,6 +12,7 @@ import html
 import io
 import json
 import math
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -55,6 +56,14 @@ def read_json_input(path: Path, produced_by: str) -> dict:
     return data
 
 
+def is_quotable_number(value: object) -> bool:
+    """A number the report can show: not a bool, not NaN or infinite (an edited file; evaluate writes null where a
+    mean is undefined), not an integer beyond what a float holds (formatting it would overflow)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return abs(value) <= sys.float_info.max if isinstance(value, int) else math.isfinite(value)
+
+
 def missing_keys(data: dict, dotted_keys: list[str], numbers: bool = False) -> list[str]:
     """The dotted keys (`real_mean.psnr`) that `data` lacks or holds no value under (with `numbers`: no number)."""
     missing = []
@@ -62,9 +71,7 @@ def missing_keys(data: dict, dotted_keys: list[str], numbers: bool = False) -> l
         value = data
         for part in dotted.split("."):
             value = value.get(part) if isinstance(value, dict) else None
-        # NaN is no score to quote (an edited file; evaluate writes null where a mean is undefined)
-        if value is None or numbers and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                         or math.isnan(value)):
+        if value is None or numbers and not is_quotable_number(value):
             missing.append(dotted)
     return missing
 

@@ -212,9 +212,11 @@ def test_inputs_of_the_wrong_kind_are_one_line_not_a_traceback(tmp_path, monkeyp
         result = runner.invoke(app, ["report"])
         assert result.exit_code == 2 and shown in result.output and "Traceback" not in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "report.html").exists()
-    metrics_path.write_text(json.dumps(metrics | {"psnr": float("nan")}))  # NaN: was a report of "evaluation nan"
-    result = runner.invoke(app, ["report"])
-    assert result.exit_code == 2 and "metrics.json lacks numbers under psnr:" in result.output, result.output
+    # NaN was a report of "evaluation nan", Infinity of "inf dB"; an integer of 400 digits was an OverflowError
+    for number in (float("nan"), float("inf"), 10**400):
+        metrics_path.write_text(json.dumps(metrics | {"psnr": number}))
+        result = runner.invoke(app, ["report"])
+        assert result.exit_code == 2 and "metrics.json lacks numbers under psnr:" in result.output, result.output
     write_json(metrics_path, metrics)
     grid = tmp_path / "data/evaluate/grid.png"
     whole = grid.read_bytes()
