@@ -86,6 +86,17 @@ def test_predict_never_writes_over_its_inputs_and_restores_into_the_input_folder
     assert {name: (shots / name).read_bytes() for name in photos} == photos
 
 
+def test_predict_knows_one_output_file_by_two_spellings(tmp_path, model):
+    photos, out = tmp_path / "in", tmp_path / "out"
+    write_png(photos / "x.png", np.full((20, 20, 3), 90, np.uint8))
+    write_png(photos / "sub" / "x.png", np.full((20, 20, 3), 30, np.uint8))
+    out.mkdir()
+    (out / "sub").symlink_to(".")  # out/sub/x.png is out/x.png: before, the second result replaced the first
+    result = _predict([str(photos)], out, model, "--overwrite")
+    assert result.exit_code == 1 and "restored 1 of 2 images" in result.output, result.output
+    assert "written earlier in this run from another input" in result.output
+
+
 def test_predict_skips_a_link_loop_in_a_folder_and_refuses_an_empty_argument(tmp_path, model):
     shots = tmp_path / "shots"
     write_png(shots / "a.png", np.zeros((20, 20, 3), np.uint8))

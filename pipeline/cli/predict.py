@@ -62,13 +62,29 @@ def _strictly_inside(path: Path, folder: Path) -> bool:
     return inner != outer and inner.is_relative_to(outer)
 
 
-def _not_written_because(target: Path, written: set[Path], originals: set[Path], overwrite: bool) -> str | None:
+FileId = tuple[int, int]
+
+
+def _file_id(path: Path) -> FileId | None:
+    """The (device, inode) of the file `path` names, links followed; None if there is none. Two spellings of one
+    file (a link, another letter case on macOS or Windows) have the same id, which their path strings need not."""
+    try:
+        status = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _not_written_because(target: Path, written: set[FileId], originals: set[FileId], overwrite: bool) -> str | None:
     """Why `target` is not written (None: it is): another input's output, an input itself, or existing."""
-    if target in written:
+    existing = _file_id(target)
+    if existing is None:
+        return None
+    if existing in written:
         return "written earlier in this run from another input"
-    if _real(target) in originals:
+    if existing in originals:
         return "is an input of this run (name another -o)"
-    return "exists (use --overwrite)" if target.exists() and not overwrite else None
+    return None if overwrite else "exists (use --overwrite)"
 
 
 def _check_inputs(inputs: list[str], out: str) -> None:
@@ -138,7 +154,7 @@ def predict(
     for problem in problems:
         err.print(f"skipped {problem}", highlight=False)
     restored, written = [], set()
-    originals = {_real(path) for path, _ in pairs}  # never written over, --overwrite or not
+    originals = {_file_id(path) for path, _ in pairs} - {None}  # never written over, --overwrite or not
     start = time.perf_counter()
     for path, target in track_progress(pairs, "restoring", unit="images", mode=_progress_mode(not err.notes)):
         reason = _not_written_because(target, written, originals, overwrite)
@@ -163,7 +179,7 @@ def predict(
             err.print(f"skipped {path}: {reason}", highlight=False)
             skipped.append({"input": str(path), "reason": reason})
             continue
-        written.add(target)
+        written.add(_file_id(target))
         restored.append({"input": str(path), "output": str(target), "seconds": time.perf_counter() - began,
                          "width": int(result.shape[1]), "height": int(result.shape[0])})
     seconds = [item["seconds"] for item in restored]
