@@ -54,12 +54,15 @@ class ServeLimits:
     queue: int = 8  # requests waiting for a slot; more get 503
     # An upload that sends nothing for this long is dropped (408): a client that stalls holds no queue place.
     upload_idle_s: float = 30.0
+    # Nor one that drips: past the first upload_idle_s, an upload slower on average than this is dropped (408).
+    # 8 KiB/s lets a 50 MB photo take 100 minutes; one byte every 29 s held a place for as long as it liked.
+    upload_min_bytes_per_s: float = 8192.0
 
     def __post_init__(self) -> None:
         if self.max_upload_bytes < 1 or self.max_pixels < 1 or self.concurrency < 1 or self.queue < 0:
             raise ParamsError(f"serve limits {self}: upload size, pixels and concurrency must be ≥ 1, queue ≥ 0")
-        if not self.upload_idle_s > 0:
-            raise ParamsError(f"serve limits {self}: upload_idle_s must be > 0")
+        if not (self.upload_idle_s > 0 and self.upload_min_bytes_per_s > 0):
+            raise ParamsError(f"serve limits {self}: upload_idle_s and upload_min_bytes_per_s must be > 0")
 
 
 class RequestError(Exception):
@@ -123,7 +126,7 @@ def create_app(restore: Restore, model_info: dict, limits: ServeLimits = ServeLi
         state["waiting"] += 1
         watcher: asyncio.Task | None = None
         try:
-            data, options = await _read_upload(request, limits.max_upload_bytes, limits.upload_idle_s)
+            data, options = await _read_upload(request, limits)
             fmt, quality = _output_options(options)
             gone = _Gone()
             # one watcher from here to the answer (the body is read: nothing else receives from the client now)
@@ -219,13 +222,13 @@ def _restore_encoded(restore: Restore, data: bytes, max_pixels: int, fmt: str, q
     return encode_image(restore(photo.rgb, should_stop), fmt, quality)
 
 
-async def _read_upload(request: Request, limit: int, idle_s: float) -> tuple[bytes, dict]:
-    """The image bytes and the options of a request, reading at most `limit` bytes of body, none more than
-    `idle_s` after the last."""
+async def _read_upload(request: Request, limits: ServeLimits) -> tuple[bytes, dict]:
+    """The image bytes and the options of a request, its body read within `limits` (size, idle time, rate)."""
+    limit = limits.max_upload_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"upload of {int(declared):,} bytes is over the limit of {limit:,} bytes")
-    body = await _read_body(request, limit, idle_s)
+    body = await _read_body(request, limits)
     options = dict(request.query_params)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
@@ -253,15 +256,22 @@ async def _read_upload(request: Request, limit: int, idle_s: float) -> tuple[byt
                             "application/json with base64 'image', or the image bytes as image/*")
 
 
-async def _read_body(request: Request, limit: int, idle_s: float) -> bytes:
-    """A request's body: 413 over `limit` bytes, 408 after `idle_s` without a byte, 499 when the client leaves."""
+async def _read_body(request: Request, limits: ServeLimits) -> bytes:
+    """A request's body: 413 over the upload limit, 408 when idle or too slow (ServeLimits), 499 when the client
+    leaves."""
+    idle_s, rate, limit = limits.upload_idle_s, limits.upload_min_bytes_per_s, limits.max_upload_bytes
+    clock = asyncio.get_running_loop().time
+    began = last = clock()
     chunks, size, stream = [], 0, request.stream()
     try:
         while True:
+            # a byte every idle_s at least, and all of it within idle_s + size / rate
+            wait = min(last + idle_s, began + idle_s + size / rate) - clock()
             try:
-                chunk = await asyncio.wait_for(anext(stream), idle_s)
+                chunk = await asyncio.wait_for(anext(stream), max(wait, 0.0))
             except StopAsyncIteration:
                 return b"".join(chunks)
+            last = clock()
             size += len(chunk)
             if size > limit:
                 raise RequestError(413, f"upload is over the limit of {limit:,} bytes")
@@ -269,8 +279,11 @@ async def _read_body(request: Request, limit: int, idle_s: float) -> bytes:
     except ClientDisconnect:  # left mid-upload: nobody reads the answer, and it is no server error to log
         raise RequestError(499, "the client disconnected while sending its upload") from None
     except asyncio.TimeoutError:
-        raise RequestError(408, f"the upload sent nothing for {idle_s:g} s (after {size:,} bytes); send it "
-                                "again") from None
+        # one message for both limits: with a small body they fall due together
+        now = clock()
+        raise RequestError(408, f"the upload was too slow: {size:,} bytes in {now - began:.0f} s, none in the last "
+                                f"{now - last:.0f} s (the server wants a byte every {idle_s:g} s at least and "
+                                f"{rate:,.0f} bytes/s on average); send it again") from None
 
 
 def _multipart(content_type: str, body: bytes, limit: int) -> tuple[bytes, dict]:

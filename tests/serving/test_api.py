@@ -8,6 +8,8 @@ import http.client
 import io
 import json
 import logging
+import re
+import select
 import socket
 import tempfile
 import threading
@@ -246,13 +248,37 @@ def test_uploads_in_progress_count_against_the_limit_and_a_stalled_or_dropped_on
         timed_out = http.client.HTTPResponse(stalled[1])  # the other sends nothing more: answered once idle 5 s
         timed_out.begin()  # (the head and the body may come in two packets)
         assert timed_out.status == 408, timed_out.status
-        assert "the upload sent nothing for 5 s (after 16 bytes)" in json.loads(timed_out.read())["error"]
+        error = json.loads(timed_out.read())["error"]
+        assert re.match(r"the upload was too slow: 16 bytes in [56] s, none in the last [56] s \(the server wants a "
+                        r"byte every 5 s at least and 8,192 bytes/s on average\); send it again$", error), error
         assert _health_until(client, url, {"status": "ok", "busy": 0, "waiting": 0})["waiting"] == 0
     finally:
         uvicorn_errors.removeHandler(caplog.handler)
         stalled[1].close()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     assert client.post(url + "/restore", files={"file": ("a.png", photo)}).status_code == 200
+
+
+def test_an_upload_that_drips_is_dropped_once_slower_than_the_minimum_rate(serve_app, client):
+    # never idle for 2 s, so only the rate can stop it: before, one byte every 29 s held a place for good
+    url = serve_app(ServeLimits(concurrency=1, queue=0, upload_idle_s=2, upload_min_bytes_per_s=16))
+    dripping = _stalled_upload(url)  # 16 bytes: 3 s allowed, and 1/16 s more for each byte after
+    began = time.monotonic()
+    try:
+        while not select.select([dripping], [], [], 0.5)[0]:  # no answer yet
+            assert time.monotonic() - began < 20, "the dripping upload was never answered"
+            dripping.sendall(b"\0")  # a byte every half second: the idle timeout never fires
+        answered_after = time.monotonic() - began
+        answer = http.client.HTTPResponse(dripping)
+        answer.begin()
+        assert answer.status == 408, answer.status
+        error = json.loads(answer.read())["error"]
+        assert re.match(r"the upload was too slow: \d\d bytes in \d+ s, none in the last [01] s .* and 16 bytes/s on "
+                        "average", error), error
+    finally:
+        dripping.close()
+    assert 2.5 < answered_after < 10
+    assert _health_until(client, url, {"status": "ok", "busy": 0, "waiting": 0})["waiting"] == 0
 
 
 def test_a_waiting_request_whose_client_has_gone_is_dropped(serve_app, client, rng):
