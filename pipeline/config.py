@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -102,6 +104,23 @@ class SourcesParams(Section):
     # Which procedural screen kinds to draw; all of them unless a preset narrows it.
     screen_kinds: Annotated[list[ScreenKind], Field(min_length=1)] = ["document", "code", "ui", "chart", "webpage", "scene"]
     folders: list[Path] = []
+
+    @field_validator("folders")
+    @classmethod
+    def _each_folder_once(cls, folders: list[Path]) -> list[Path]:
+        """A folder listed twice, or inside another listed one, would give its photos two source ids, so one photo
+        could land in both the train and the test split."""
+        real = [Path(os.path.realpath(folder)) for folder in folders]
+        for i, j in itertools.combinations(range(len(real)), 2):
+            if real[i] == real[j]:
+                clash = f"{folders[i]} and {folders[j]} are one folder"
+            elif real[i].is_relative_to(real[j]) or real[j].is_relative_to(real[i]):
+                inner, outer = (i, j) if real[i].is_relative_to(real[j]) else (j, i)
+                clash = f"{folders[inner]} lies inside {folders[outer]}"
+            else:
+                continue
+            raise ValueError(f"{clash}: list each folder once, and no folder inside another")
+        return folders
 
     @model_validator(mode="after")
     def _some_source(self) -> "SourcesParams":

@@ -282,6 +282,20 @@ def test_flags_stay_flags():
     assert (params.train.compile, params.train.resume, params.synthesize.sources.bundled) == (True, False, False)
 
 
+def test_a_source_folder_listed_twice_or_inside_another_is_refused(tmp_path):
+    (tmp_path / "photos" / "sub").mkdir(parents=True)
+    (tmp_path / "alias").symlink_to(tmp_path / "photos")
+    photos = str(tmp_path / "photos")
+    alias = tmp_path / "alias"
+    for folders, shown in [([photos, photos + "/"], f"{photos} and {photos} are one folder"),  # each was a folder
+                           ([photos, str(alias)], f"{photos} and {alias} are one folder"),  # `photos`, then numbered
+                           ([photos + "/sub", photos], f"{photos}/sub lies inside {photos}")]:  # apart: photos-2
+        with pytest.raises(ParamsError) as info:
+            parse_params({"synthesize": {"sources": {"folders": folders}}}, "params.yaml")
+        assert str(info.value).endswith(f": {shown}: list each folder once, and no folder inside another"), info.value
+    assert parse_params({"synthesize": {"sources": {"folders": [photos, str(tmp_path / "other")]}}})
+
+
 def test_a_synthesis_without_screen_contents_is_refused_before_it_starts():
     with pytest.raises(ParamsError) as info:
         parse_params({"synthesize": {"sources": {"bundled": False, "procedural": 0}}}, "params.yaml")
