@@ -197,6 +197,10 @@ async def _acquire_unless_gone(slots: asyncio.Semaphore, gone: _Gone) -> None:
     acquire, left = asyncio.ensure_future(slots.acquire()), asyncio.ensure_future(gone.loop_event.wait())
     try:
         await asyncio.wait({acquire, left}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this request cancelled (the server stopping): a slot acquired now would be held for good
+        acquire.cancel()
+        acquire.add_done_callback(lambda task: None if task.cancelled() else slots.release())
+        raise
     finally:
         left.cancel()
     if acquire.done() and not acquire.cancelled():

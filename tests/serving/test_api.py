@@ -344,3 +344,17 @@ def test_a_slot_is_taken_only_for_a_client_still_there_and_never_lost():
     assert asyncio.run(scenario(True, False, False)) == ("acquired", 0)
     assert asyncio.run(scenario(True, True, False)) == (499, 1)  # free, but its client left: given back
     assert asyncio.run(scenario(False, False, True)) == (499, 1)  # left while waiting: nothing held
+
+    async def cancelled_while_waiting() -> int:  # the request's own task cancelled (the server stopping)
+        slots = asyncio.Semaphore(1)
+        await slots.acquire()  # another request restores
+        waiting = asyncio.create_task(_acquire_unless_gone(slots, _Gone()))
+        await asyncio.sleep(0.01)
+        waiting.cancel()
+        slots.release()  # the other is done, just as the cancel lands
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await asyncio.sleep(0.01)
+        return slots._value
+
+    assert asyncio.run(cancelled_while_waiting()) == 1  # before: 0, the slot held for good by nobody
