@@ -20,11 +20,10 @@ from flows._entry import run_stage
 from flows.dvc_ops import warn_undeclared_folders
 from flows.run_logs import unless_user_error
 from pipeline.config import Params, SynthesizeParams, parse_params
-from pipeline.data.synthetic import (SYNTHETIC_SET_ENTRIES, check_renderer, render_shard_resumably, renderer_digest,
+from pipeline.data.synthetic import (check_renderer, check_replaceable_set, render_shard_resumably, renderer_digest,
                                      synthesize_dataset)
 from pipeline.errors import InputDataError, first_line
 from pipeline.evaluation.synth_report import compare_paired_sets
-from pipeline.io import check_replaceable_dir
 from pipeline.lifetime import die_with_parent
 from pipeline.sources import SourceSpec
 
@@ -137,7 +136,7 @@ def synthesize_set_flow(out: str = "data/adhoc", preset: str = "default", n_pair
     params = parse_params({"seed": seed, "synthesize": {"preset": preset, "n_pairs": n_pairs, "size": size,
                                                         "workers": workers}}, source="parameters",
                           options={key: f"parameter {key.rpartition('.')[2]}" for key in keys})
-    check_replaceable_dir(Path(out), overwrite, SYNTHETIC_SET_ENTRIES, "parameter out", "parameter overwrite=true",
+    check_replaceable_set(Path(out), overwrite, "parameter out", "parameter overwrite=true",
                           writer="synthesize-set or demoire synthesize")
     return synthesize_flow.with_options(task_runner=task_runner(params.synthesize))(params=params, out=Path(out))
 

@@ -245,6 +245,21 @@ def test_synthesize_writes_matching_pairs_whatever_the_worker_count(tmp_path):
 
     again = runner.invoke(app, [*args, "--out", str(tmp_path / "one")])
     assert again.exit_code == 2 and "exists; choose another --out or pass --overwrite" in again.output
+    # a real paired set in the generic layout (moire/ and clean/) is no synthetic set: before, --overwrite deleted it
+    real = tmp_path / "real"
+    for sub in ("moire", "clean"):
+        write_png(real / sub / "IMG_0001.png", np.zeros((8, 8, 3), np.uint8))
+    kept = runner.invoke(app, [*args, "--out", str(real), "--overwrite"])
+    assert kept.exit_code == 2 and f"{real} holds more than a synthetic set (moire/IMG_0001.png, clean/IMG_0001.png)" \
+        in kept.output, kept.output
+    assert sorted(p.relative_to(real).as_posix() for p in real.rglob("*.png")) == ["clean/IMG_0001.png",
+                                                                                     "moire/IMG_0001.png"]
+    write_png(tmp_path / "one" / "moire" / "extra.png", np.zeros((8, 8, 3), np.uint8))  # a file added to a set
+    assert "holds more than a synthetic set (moire/extra.png)" in runner.invoke(
+        app, [*args, "--out", str(tmp_path / "one"), "--overwrite"]).output
+    (tmp_path / "one" / "moire" / "extra.png").unlink()
+    replaced = runner.invoke(app, [*args, "--out", str(tmp_path / "one"), "--overwrite", "--seed", "4"])
+    assert replaced.exit_code == 0 and pd.read_parquet(tmp_path / "one" / "manifest.parquet").shape[0] == 4
     # an existing gallery is refused before anything is rendered, not after
     (tmp_path / "three-gallery.png").write_bytes(b"a gallery kept")
     refused = runner.invoke(app, [*args, "--out", str(tmp_path / "three"), "--gallery", "2"])

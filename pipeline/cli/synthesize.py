@@ -26,8 +26,7 @@ def synthesize(
 ) -> None:
     """Render an ad-hoc synthetic set outside DVC (moiré and clean images with matching names)."""
     from pipeline.config import parse_params
-    from pipeline.data.synthetic import SYNTHETIC_SET_ENTRIES, local_shard_runner, synthesize_dataset
-    from pipeline.io import check_replaceable_dir
+    from pipeline.data.synthetic import check_replaceable_set, local_shard_runner, synthesize_dataset
 
     try:
         params = parse_params({"seed": seed, "synthesize": {"preset": preset, "n_pairs": n, "size": size, "workers": workers,
@@ -35,7 +34,7 @@ def synthesize(
                               options={"seed": "--seed", "synthesize.preset": "--preset", "synthesize.n_pairs": "--n",
                                        "synthesize.size": "--size", "synthesize.workers": "--workers",
                                        "synthesize.moire_layer_bank": "--layer-bank"})
-        check_replaceable_dir(out, overwrite, SYNTHETIC_SET_ENTRIES)
+        check_replaceable_set(out, overwrite)
         gallery_path = out.parent / f"{out.name}-gallery.png"
         if gallery and gallery_path.is_dir():  # refused before rendering, not after
             raise InputDataError(f"{gallery_path} is a folder: --gallery writes its image there; choose another --out")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import torch
 
 from pipeline.allocator import reuse_freed_memory
@@ -31,8 +32,8 @@ from pipeline.data.manifest import write_manifest
 from pipeline.errors import InputDataError
 from pipeline.faults import kill_point
 from pipeline.io import (
-    atomic_path, check_free_space, partial_beside, partials_beside, remove_stale_temps, replace_dir, sole_writer,
-    temp_beside, write_json, write_png,
+    atomic_path, check_free_space, check_replaceable_dir, partial_beside, partials_beside, remove_stale_temps,
+    replace_dir, sole_writer, temp_beside, write_json, write_png,
 )
 from pipeline.lifetime import die_with_parent
 from pipeline.moire.layer_bank import shared_layer_bank
@@ -277,6 +278,32 @@ def publish_set(work: Path, out_dir: Path, fingerprint: str) -> None:
         tmp.write_text(json.dumps({"fingerprint": fingerprint,
                                    "manifest_sha256": _sha256(out_dir / "manifest.parquet")}))
     shutil.rmtree(work, ignore_errors=True)
+
+
+def check_replaceable_set(out_dir: Path, overwrite: bool, option: str = "--out",
+                          overwrite_option: str = "--overwrite", writer: str = "demoire synthesize") -> None:
+    """Refuse, before any work, an --out that cannot be one, an existing one unless `overwrite`, and even then one
+    that is not a synthetic set: it is replaced whole, so every file in it must be a pair its manifest names (a real
+    dataset in the generic layout has moire/ and clean/ too)."""
+    check_replaceable_dir(out_dir, overwrite, SYNTHETIC_SET_ENTRIES, option, overwrite_option, writer=writer)
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    foreign = _files_no_manifest_names(out_dir)
+    if foreign:
+        raise InputDataError(f"{out_dir} holds more than a synthetic set ({', '.join(foreign[:3])}); "
+                             f"{overwrite_option} replaces only folders {writer} wrote")
+
+
+def _files_no_manifest_names(out_dir: Path) -> list[str]:
+    """The files under `out_dir`'s moire/ and clean/ that its manifest names as no pair's (all when it has none)."""
+    try:
+        manifest = pd.read_parquet(out_dir / "manifest.parquet", columns=["moire_path", "clean_path"])
+        named = set(manifest["moire_path"]) | set(manifest["clean_path"])
+    except Exception:  # absent, unreadable or another kind of table: no file is a synthetic set's
+        named = set()
+    found = (path.relative_to(out_dir).as_posix() for folder in (MOIRE_DIR, CLEAN_DIR)
+             for path in sorted((out_dir / folder).rglob("*")) if not path.is_dir())
+    return [name for name in found if name not in named]
 
 
 def published_mark(out_dir: Path) -> Path:
