@@ -570,11 +570,15 @@ def test_register_stage_gates_on_real_sets_and_logs_every_set(tmp_path, monkeypa
     assert len(client.search_model_versions("name='demoire-test'")) == 2
 
 
-def test_the_bounded_server_answers_a_refusal_briefly_and_a_shutdown_with_503(champion):
+def test_the_bounded_server_answers_a_refusal_briefly_and_a_shutdown_with_503(champion, store):
     from pipeline.serving.bounded import build_app
     from tests.serving.conftest import running_app
 
+    files_before = {path: path.stat().st_mtime_ns for path in store.rglob("*") if path.is_file()}
     app = build_app("models:/demoire-test@champion", 64 * 2**20, timeout_s=120)
+    # serving reads the registry: before, MLflow's load wrote registered_model_meta into the artifact store
+    assert {path: path.stat().st_mtime_ns for path in store.rglob("*") if path.is_file()
+            and path.name != "mlflow.db"} == {path: t for path, t in files_before.items() if path.name != "mlflow.db"}
     with running_app(app) as url:
         refused = httpx.post(f"{url}/invocations", json={"inputs": "not base64 !" * 10_000}, timeout=60)
         assert refused.status_code == 400, refused.text[:300]

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -219,8 +220,13 @@ def build_app(model_uri: str, max_body_bytes: int, timeout_s: float) -> BoundedS
     from mlflow.pyfunc import scoring_server
 
     os.environ.setdefault("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", str(int(timeout_s) + 30))  # ours answers first
-    model = mlflow.pyfunc.load_model(model_uri)
-    return BoundedScoring(scoring_server.init(model), max_body_bytes, timeout_s)
+    # Loaded from a copy of its own: without dst_path, MLflow writes registered_model_meta into a local artifact
+    # store itself (serving only reads the registry). The copy holds the model's code, imported as it serves.
+    files = tempfile.TemporaryDirectory(prefix="demoire-serving-")
+    model = mlflow.pyfunc.load_model(model_uri, dst_path=files.name)
+    app = BoundedScoring(scoring_server.init(model), max_body_bytes, timeout_s)
+    app.model_files = files  # removed when the server ends
+    return app
 
 
 def serve(model_uri: str, host: str, port: int, max_body_mb: float, timeout_s: float) -> None:
