@@ -603,6 +603,10 @@ def test_promote_rescores_on_the_local_test_split_when_gate_sets_differ(blocked_
     assert result.exit_code == 0, result.output
     assert "re-scoring on the local test split (3 pairs" in result.output
     assert "champion v1 re-scored on this gate set" in " ".join(result.output.split()) and _champion(client) == "1"
+    quiet = runner.invoke(app, ["-q", "promote", "--model-name", "m", "--dry-run", "--json", "--data", str(data),
+                                "--pairs", str(pairs), "--device", "cpu"])
+    assert quiet.exit_code == 0 and "re-scoring" not in quiet.output, quiet.output  # -q: errors only
+    assert json.loads(quiet.stdout)["dry_run"] is True
 
     pairs.unlink()
     missing = runner.invoke(app, ["promote", "--model-name", "m", "--data", str(data), "--pairs", str(pairs)])

@@ -27,7 +27,7 @@ def _local_gate(params, base: Path, data: Path, pairs: Path, device: str):
                                  "this in the project's checkout after `dvc repro preprocess`, or pass --data and "
                                  "--pairs (a synthetic set and its index: `demoire train` writes OUT/pairs.parquet)")
         gate = local_gate(params, data, pairs, base, resolve_device(device))
-        err.print(f"re-scoring on the {gate.description}, gate set {gate.digest[:12]}", highlight=False)
+        err.note(f"re-scoring on the {gate.description}, gate set {gate.digest[:12]}")
         return gate.digest, gate.rescore
 
     return load
