@@ -109,6 +109,13 @@ def test_predict_skips_a_link_loop_in_a_folder_and_refuses_an_empty_argument(tmp
     assert unset.exit_code == 2 and "input 2 of 2 is empty (an unset shell variable?)" in unset.output
     no_out = runner.invoke(app, ["predict", str(shots / "a.png"), "-o", "", "--model", model])
     assert no_out.exit_code == 2 and "-o is empty (an unset shell variable?)" in no_out.output
+    # -o a file name: before, a folder restored.png/ holding a.png; an existing folder of that name is one
+    file_out = _predict([str(shots / "a.png")], tmp_path / "restored.png", model)
+    assert file_out.exit_code == 2 and "looks like an image file, but -o names a folder" in file_out.output
+    assert not (tmp_path / "restored.png").exists()
+    (tmp_path / "odd.png").mkdir()
+    assert _predict([str(shots / "a.png")], tmp_path / "odd.png", model, "--format", "jpeg").exit_code == 0
+    assert (tmp_path / "odd.png" / "a.jpg").is_file()  # jpeg: jpg by its other name, as serve takes it
     assert not (tmp_path / "out2").exists()
 
 

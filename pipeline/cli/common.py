@@ -32,7 +32,7 @@ FALLOFF_OPTION = typer.Option(None, "--falloff", min=0.0, max=1.0,
                                    "each photo and undone; 0: none [default: infer.falloff]")
 Layout = Literal["auto", "uhdm", "fhdmi", "tip2018", "generic"]
 Architecture = Literal["simple", "unet", "mscale"]
-ImageFormat = Literal["png", "jpg", "webp"]
+ImageFormat = Literal["png", "jpg", "jpeg", "webp"]  # jpeg: jpg by its other name, as serve takes it
 
 
 class _Status(nullcontext):

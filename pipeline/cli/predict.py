@@ -88,9 +88,15 @@ def _not_written_because(target: Path, written: set[FileId], originals: set[File
 
 
 def _check_inputs(inputs: list[str], out: str) -> None:
-    """Refuse an empty argument (an unset shell variable), which would otherwise mean the current folder."""
+    """Refuse an empty argument (an unset shell variable), which would otherwise mean the current folder, and an -o
+    that names an image file, which would otherwise become a folder of that name."""
+    from pipeline.sources.folders import IMAGE_SUFFIXES
+
     if out == "":
         raise ParamsError("-o is empty (an unset shell variable?): name the output folder")
+    if Path(out).suffix.lower() in IMAGE_SUFFIXES and not Path(out).is_dir():
+        raise ParamsError(f"-o {out} looks like an image file, but -o names a folder (NAME.FORMAT per input; "
+                          "--format picks FORMAT): name a folder")
     if "" in inputs:
         raise ParamsError(f"input {inputs.index('') + 1} of {len(inputs)} is empty (an unset shell variable?): name "
                           "image files, folders or globs")
@@ -140,6 +146,7 @@ def predict(
     from pipeline.photos import check_output_size, read_photo, write_image
 
     out = Path(out_text)
+    image_format = "jpg" if image_format == "jpeg" else image_format
     try:
         _check_inputs(inputs, out_text)
         check_output_dir(out, "-o")
