@@ -99,6 +99,8 @@ def find_pairs(root: Path, layout: str = "auto", split: str | None = None) -> Pa
         raise ParamsError(f"layout {layout!r} is not one of: auto, {', '.join(DATASET_LAYOUTS)}")
     if split is not None and split not in SPLIT_FOLDERS:
         raise ParamsError(f"split {split!r} is not one of: {', '.join(SPLIT_FOLDERS)}")
+    if root.exists() and not root.is_dir():
+        raise InputDataError(f"{root} is a file, not a dataset folder: name the folder holding the pairs")
     if not root.is_dir():
         raise InputDataError(f"dataset folder not found: {root}")
     chosen = detect_layout(root) if layout == "auto" else _BY_NAME[layout]

@@ -168,6 +168,9 @@ def test_wrong_or_unknown_layout_is_one_line(tmp_path):
         find_pairs(root, "lcdmoire")
     with pytest.raises(ParamsError, match="split 'dev' is not one of: train, val, test"):
         find_pairs(root, split="dev")
+    photo = tmp_path / "other" / "images" / "x.png"  # a photo named for its folder: was "folder not found"
+    with pytest.raises(InputDataError, match=rf"^{photo} is a file, not a dataset folder: name the folder holding"):
+        find_pairs(photo)
 
 
 def test_a_layouts_folders_without_images_say_so(tmp_path):
