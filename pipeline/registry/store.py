@@ -152,7 +152,8 @@ def _probe_problem(answer: requests.Response) -> str | None:
                 "(or MLFLOW_TRACKING_TOKEN)")
     if answer.status_code == 403 and "Invalid Host header" in answer.text:
         return (f"the server refuses the host name {urlsplit(answer.url).netloc!r}; start it with "
-                "--allowed-hosts naming it (MLFLOW_SERVER_ALLOWED_HOSTS), or use the address it allows")
+                "--allowed-hosts naming it (`MLFLOW_ALLOWED_HOSTS=… make mlflow-server` here), or use the "
+                "address it allows")
     if answer.status_code == 403:
         return "the server refuses these credentials (HTTP 403)"
     try:
