@@ -28,6 +28,9 @@ def serve(
     max_upload_mb: float = typer.Option(50.0, min=0.001, help="refuse larger uploads (413), MiB"),
     concurrency: int = typer.Option(1, min=1, help="photos restored at once"),
     queue: int = typer.Option(8, min=0, help="requests waiting for a slot; more are answered 503"),
+    upload_idle_s: float = typer.Option(30.0, min=0.001, help="drop an upload that sends nothing this long (408), s"),
+    upload_min_kib_s: float = typer.Option(2.0, min=0.001, help="past its first --upload-idle-s, drop an upload "
+                                                                  "slower on average than this (408), KiB/s"),
 ) -> None:
     """A web page to drop photos on (before/after slider, full resolution, download) and an API:
     POST /restore (multipart field `file`, JSON base64 `image`, or raw image bytes; ?format=png|jpg|webp&quality=90),
@@ -47,7 +50,8 @@ def serve(
             pinned, registered = pin_model(model)
             net, torch_device, spec = load_model_and_spec(pinned, device)
         check_tiling(cfg.tile_size, cfg.tile_overlap, cfg.tile_batch, spatial_multiple(net))
-        limits = ServeLimits(int(max_upload_mb * 2**20), cfg.max_pixels, concurrency, queue)
+        limits = ServeLimits(int(max_upload_mb * 2**20), cfg.max_pixels, concurrency, queue, upload_idle_s,
+                             upload_min_kib_s * 1024)
         info = describe_model(model, net, spec, registered) | {"device": str(torch_device), "tile_size": cfg.tile_size,
                                                    "tile_overlap": cfg.tile_overlap, "max_side": cfg.max_side,
                                                    "falloff": cfg.falloff}

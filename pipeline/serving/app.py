@@ -55,8 +55,8 @@ class ServeLimits:
     # An upload that sends nothing for this long is dropped (408): a client that stalls holds no queue place.
     upload_idle_s: float = 30.0
     # Nor one that drips: past the first upload_idle_s, an upload slower on average than this is dropped (408).
-    # 8 KiB/s lets a 50 MB photo take 100 minutes; one byte every 29 s held a place for as long as it liked.
-    upload_min_bytes_per_s: float = 8192.0
+    # 2 KiB/s (16 kbit/s) lets a slow mobile link through; one byte every 29 s held a place for as long as it liked.
+    upload_min_bytes_per_s: float = 2048.0
 
     def __post_init__(self) -> None:
         if self.max_upload_bytes < 1 or self.max_pixels < 1 or self.concurrency < 1 or self.queue < 0:
@@ -113,7 +113,8 @@ def create_app(restore: Restore, model_info: dict, limits: ServeLimits = ServeLi
     @app.get("/model")
     async def model() -> dict:
         limits_info = {"max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels,
-                       "concurrency": limits.concurrency, "queue": limits.queue, "formats": list(OUTPUT_FORMATS)}
+                       "concurrency": limits.concurrency, "queue": limits.queue, "formats": list(OUTPUT_FORMATS),
+                       "upload_idle_s": limits.upload_idle_s, "upload_min_bytes_per_s": limits.upload_min_bytes_per_s}
         return {**model_info, "limits": limits_info}
 
     @app.post("/restore")

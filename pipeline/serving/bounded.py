@@ -221,7 +221,8 @@ def build_app(model_uri: str, max_body_bytes: int, timeout_s: float) -> BoundedS
 
     os.environ.setdefault("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", str(int(timeout_s) + 30))  # ours answers first
     # Loaded from a copy of its own: without dst_path, MLflow writes registered_model_meta into a local artifact
-    # store itself (serving only reads the registry). The copy holds the model's code, imported as it serves.
+    # store itself (serving only reads the registry). The copy stays while the server runs: MLflow puts its code/
+    # folder on sys.path.
     files = tempfile.TemporaryDirectory(prefix="demoire-serving-")
     model = mlflow.pyfunc.load_model(model_uri, dst_path=files.name)
     app = BoundedScoring(scoring_server.init(model), max_body_bytes, timeout_s)

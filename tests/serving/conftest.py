@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -65,3 +70,21 @@ def serve_app(tiny_net):
 def client():
     with httpx.Client(timeout=60) as http:
         yield http
+
+
+def start_server(model, tmp_path, *options):
+    """`demoire serve` on a free port, as a user starts it; returns (process, base URL)."""
+    log = tmp_path / "serve.log"
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "serve", "--model", str(model), "--port", "0",
+                                "--device", "cpu", *options], stdout=subprocess.DEVNULL, stderr=open(log, "w"),
+                               cwd=tmp_path, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        found = re.search(r"at (http://127\.0\.0\.1:\d+/)", log.read_text())
+        if found:
+            return process, found[1]
+        if process.poll() is not None:
+            raise RuntimeError(f"demoire serve exited: {log.read_text()[-2000:]}")
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGTERM)
+    raise RuntimeError("demoire serve did not start within 90 s")

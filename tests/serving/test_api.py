@@ -46,7 +46,7 @@ def test_page_health_and_model(serve_app, client):
     model = client.get(url + "/model").json()
     assert model["name"] == "tiny" and model["architecture"] == "unet"
     assert model["limits"] == {"max_upload_bytes": 10_000, "max_pixels": 5_000, "concurrency": 1, "queue": 8,
-                               "formats": ["png", "jpg", "webp"]}
+                               "formats": ["png", "jpg", "webp"], "upload_idle_s": 30.0, "upload_min_bytes_per_s": 2048.0}
     missing, wrong_method = client.get(url + "/nope"), client.get(url + "/restore")
     assert (missing.status_code, missing.json()) == (404, {"error": "Not Found: GET /nope"})
     assert (wrong_method.status_code, wrong_method.json()) == (405, {"error": "Method Not Allowed: GET /restore"})
@@ -250,7 +250,7 @@ def test_uploads_in_progress_count_against_the_limit_and_a_stalled_or_dropped_on
         assert timed_out.status == 408, timed_out.status
         error = json.loads(timed_out.read())["error"]
         assert re.match(r"the upload was too slow: 16 bytes in [56] s, none in the last [56] s \(the server wants a "
-                        r"byte every 5 s at least and 8,192 bytes/s on average\); send it again$", error), error
+                        r"byte every 5 s at least and 2,048 bytes/s on average\); send it again$", error), error
         assert _health_until(client, url, {"status": "ok", "busy": 0, "waiting": 0})["waiting"] == 0
     finally:
         uvicorn_errors.removeHandler(caplog.handler)
@@ -358,3 +358,21 @@ def test_a_slot_is_taken_only_for_a_client_still_there_and_never_lost():
         return slots._value
 
     assert asyncio.run(cancelled_while_waiting()) == 1  # before: 0, the slot held for good by nobody
+
+
+def test_demoire_serve_takes_its_upload_limits_from_the_command_line(tmp_path):
+    import os
+    import signal
+
+    from pipeline.models import ModelSpec, build_model, save_model
+    from tests.serving.conftest import start_server
+
+    spec = ModelSpec("unet", 8, 2)
+    save_model(build_model(spec, seed=0), spec, tmp_path / "model")
+    server, url = start_server(tmp_path / "model", tmp_path, "--upload-idle-s", "12", "--upload-min-kib-s", "0.5")
+    try:
+        limits = httpx.get(url + "model", timeout=30).json()["limits"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+    assert (limits["upload_idle_s"], limits["upload_min_bytes_per_s"]) == (12.0, 512.0)

@@ -5,9 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,30 +12,13 @@ from PIL import Image
 
 from pipeline.models import ModelSpec, build_model, save_model
 from tests.serving.browser import Browser, chromium_paths
+from tests.serving.conftest import start_server
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(None in chromium_paths(), reason="needs Debian's chromium and chromium-driver "
                                                         "(apt-get install chromium chromium-driver; .ci/run does)"),
 ]
-
-
-def start_server(model, tmp_path, *options):
-    """`demoire serve` on a free port, as a user starts it; returns (process, base URL)."""
-    log = tmp_path / "serve.log"
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "serve", "--model", str(model), "--port", "0",
-                                "--device", "cpu", *options], stdout=subprocess.DEVNULL, stderr=open(log, "w"),
-                               cwd=tmp_path, start_new_session=True)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        found = re.search(r"at (http://127\.0\.0\.1:\d+/)", log.read_text())
-        if found:
-            return process, found[1]
-        if process.poll() is not None:
-            raise RuntimeError(f"demoire serve exited: {log.read_text()[-2000:]}")
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGTERM)
-    raise RuntimeError("demoire serve did not start within 90 s")
 
 
 def test_a_photo_dropped_on_the_page_comes_back_restored(tmp_path):
