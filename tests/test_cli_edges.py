@@ -97,6 +97,27 @@ def test_predict_knows_one_output_file_by_two_spellings(tmp_path, model):
     assert "written earlier in this run from another input" in result.output
 
 
+def test_predict_on_a_drive_without_inodes_tells_files_apart_by_their_paths(tmp_path, model, monkeypatch):
+    import os
+    import types
+
+    import pipeline.cli.predict as predict_module
+
+    def stat_without_inode(path, *args, **kwargs):  # sshfs-win, some network shares: st_ino 0 for every file
+        real = os.stat(path, *args, **kwargs)
+        return types.SimpleNamespace(st_dev=real.st_dev, st_ino=0)
+
+    monkeypatch.setattr(predict_module, "os", types.SimpleNamespace(**{**vars(os), "stat": stat_without_inode}))
+    shots = tmp_path / "shots"
+    for name in ("a.png", "b.png"):
+        write_png(shots / name, np.full((20, 20, 3), 90, np.uint8))
+    for _ in range(2):  # before: the rerun took every existing output for an input and restored nothing
+        rerun = _predict([str(shots)], tmp_path / "out", model, "--overwrite")
+        assert rerun.exit_code == 0 and "restored 2 of 2 images" in rerun.output, rerun.output
+    same = _predict([str(shots / "a.png")], shots, model, "--overwrite")
+    assert same.exit_code == 1 and "is an input of this run" in same.output
+
+
 def test_predict_skips_a_link_loop_in_a_folder_and_refuses_an_empty_argument(tmp_path, model):
     shots = tmp_path / "shots"
     write_png(shots / "a.png", np.zeros((20, 20, 3), np.uint8))
@@ -113,6 +134,9 @@ def test_predict_skips_a_link_loop_in_a_folder_and_refuses_an_empty_argument(tmp
     file_out = _predict([str(shots / "a.png")], tmp_path / "restored.png", model)
     assert file_out.exit_code == 2 and "looks like an image file, but -o names a folder" in file_out.output
     assert not (tmp_path / "restored.png").exists()
+    slash = runner.invoke(app, ["predict", str(shots / "a.png"), "-o", f"{tmp_path / 'new.png'}/", "--model", model,
+                                "--device", "cpu", "--tile", "32", "--overlap", "8"])  # a trailing / names a folder
+    assert slash.exit_code == 0 and (tmp_path / "new.png" / "a.png").is_file(), slash.output
     (tmp_path / "odd.png").mkdir()
     assert _predict([str(shots / "a.png")], tmp_path / "odd.png", model, "--format", "jpeg").exit_code == 0
     assert (tmp_path / "odd.png" / "a.jpg").is_file()  # jpeg: jpg by its other name, as serve takes it

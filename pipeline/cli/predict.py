@@ -62,16 +62,19 @@ def _strictly_inside(path: Path, folder: Path) -> bool:
     return inner != outer and inner.is_relative_to(outer)
 
 
-FileId = tuple[int, int]
+FileId = tuple[int, int] | str
 
 
 def _file_id(path: Path) -> FileId | None:
     """The (device, inode) of the file `path` names, links followed; None if there is none. Two spellings of one
-    file (a link, another letter case on macOS or Windows) have the same id, which their path strings need not."""
+    file (a link, another letter case on macOS or Windows) have the same id, which their path strings need not.
+    Where a drive reports no inodes (0: some network and FUSE drives), its real path, case-folded as the OS does."""
     try:
         status = os.stat(path)
     except (OSError, ValueError):
         return None
+    if status.st_ino == 0:
+        return os.path.normcase(os.path.realpath(path))
     return status.st_dev, status.st_ino
 
 
@@ -94,7 +97,8 @@ def _check_inputs(inputs: list[str], out: str) -> None:
 
     if out == "":
         raise ParamsError("-o is empty (an unset shell variable?): name the output folder")
-    if Path(out).suffix.lower() in IMAGE_SUFFIXES and not Path(out).is_dir():
+    explicit_folder = out.endswith(("/", os.sep))  # results.jpg/ says it is a folder
+    if Path(out).suffix.lower() in IMAGE_SUFFIXES and not Path(out).is_dir() and not explicit_folder:
         raise ParamsError(f"-o {out} looks like an image file, but -o names a folder (NAME.FORMAT per input; "
                           "--format picks FORMAT): name a folder")
     if "" in inputs:
