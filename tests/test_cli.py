@@ -258,6 +258,8 @@ def test_synthesize_writes_matching_pairs_whatever_the_worker_count(tmp_path):
     assert "holds more than a synthetic set (moire/extra.png)" in runner.invoke(
         app, [*args, "--out", str(tmp_path / "one"), "--overwrite"]).output
     (tmp_path / "one" / "moire" / "extra.png").unlink()
+    (tmp_path / "one" / "moire" / ".DS_Store").write_bytes(b"Bud1")  # a file browser's, in a set it showed
+    (tmp_path / "one" / "clean" / "Thumbs.db").write_bytes(b"")
     replaced = runner.invoke(app, [*args, "--out", str(tmp_path / "one"), "--overwrite", "--seed", "4"])
     assert replaced.exit_code == 0 and pd.read_parquet(tmp_path / "one" / "manifest.parquet").shape[0] == 4
     # an existing gallery is refused before anything is rendered, not after

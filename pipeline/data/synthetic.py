@@ -301,9 +301,14 @@ def _files_no_manifest_names(out_dir: Path) -> list[str]:
         named = set(manifest["moire_path"]) | set(manifest["clean_path"])
     except Exception:  # absent, unreadable or another kind of table: no file is a synthetic set's
         named = set()
-    found = (path.relative_to(out_dir).as_posix() for folder in (MOIRE_DIR, CLEAN_DIR)
+    found = (path.relative_to(out_dir) for folder in (MOIRE_DIR, CLEAN_DIR)
              for path in sorted((out_dir / folder).rglob("*")) if not path.is_dir())
-    return [name for name in found if name not in named]
+    return [name.as_posix() for name in found if name.as_posix() not in named and not _os_clutter(name)]
+
+
+def _os_clutter(path: Path) -> bool:
+    """What a file browser or a notebook leaves in any folder it shows (.DS_Store, Thumbs.db, .ipynb_checkpoints/)."""
+    return any(part.startswith(".") for part in path.parts) or path.name.lower() in {"thumbs.db", "desktop.ini"}
 
 
 def published_mark(out_dir: Path) -> Path:
