@@ -262,13 +262,28 @@ def _gigabytes(size: int) -> str:
     return f"{size / 1e9:,.1f} GB" if size >= 1e8 else f"{size / 1e6:,.1f} MB"
 
 
+def readable_text(text: str) -> str:
+    """`text` as valid UTF-8: a file name's bytes that were not (kept by Python as lone surrogates) shown as \\xNN."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a surrogate no file name's byte gives
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def json_ready(data: Any) -> Any:
     """`data` with every NaN or infinite float replaced by None: JSON has no such numbers, and readers
-    (DVC, jq, browsers) reject Python's `NaN` / `Infinity` (an identical pair's PSNR is infinite)."""
+    (DVC, jq, browsers) reject Python's `NaN` / `Infinity` (an identical pair's PSNR is infinite). A file name
+    that was not UTF-8 is written with its odd bytes as \\xNN: a lone surrogate is no text a strict reader takes."""
     if isinstance(data, float):
         return data if math.isfinite(data) else None
+    if isinstance(data, str):
+        return readable_text(data)
     if isinstance(data, dict):
-        return {key: json_ready(value) for key, value in data.items()}
+        return {json_ready(key): json_ready(value) for key, value in data.items()}
     if isinstance(data, (list, tuple)):
         return [json_ready(value) for value in data]
     return data

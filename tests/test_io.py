@@ -80,6 +80,12 @@ def test_json_outputs_write_null_for_nan_and_infinity(tmp_path):
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"psnr": None, "moire_removed_low": None, "real": {"a": {"ssim": 0.5, "x": [None, 1]}}}
     assert json_text({"a": math.nan}) == '{"a": null}'
+    # a file name that was not UTF-8 (kept by Python as lone surrogates): was written as "\udce9", which strict
+    # readers refuse; now its byte is shown as \xe9, and any other lone surrogate escaped
+    latin1 = b"caf\xe9.png".decode("utf-8", "surrogateescape")
+    text = json_text({latin1: [latin1, "\ud800"]}, ensure_ascii=False)
+    assert json.loads(text) == {"caf\\xe9.png": ["caf\\xe9.png", "\\ud800"]}
+    text.encode("utf-8")  # valid UTF-8 throughout
 
 
 def test_dark_16_bit_image_is_scaled_by_bit_depth_not_by_its_maximum(tmp_path):

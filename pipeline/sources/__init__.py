@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.io import read_rgb
+from pipeline.io import read_rgb, readable_text
 from pipeline.sources.bundled import bundled_image_paths
 from pipeline.sources.folders import scan_folder
 from pipeline.sources.procedural import SCREEN_KINDS, render_screen_content
@@ -74,7 +74,7 @@ def collect_sources(
             SourceSpec(source_id=f"folder/{label}/{p.relative_to(folder).as_posix()}", kind="folder", path=str(p))
             for p in usable
         ]
-        skipped += [SkippedSource(path=str(p), reason=reason) for p, reason in bad]
+        skipped += [SkippedSource(path=readable_text(str(p)), reason=reason) for p, reason in bad]
     for item in skipped:
         log.warning("skipped source %s: %s", item.path, item.reason)
     return specs, skipped

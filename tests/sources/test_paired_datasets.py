@@ -112,6 +112,17 @@ def test_a_clean_file_without_its_moire_file_is_said_in_the_generic_layout_too(t
         ("clean/orphan.png", "no moiré file names it as its clean partner")]
 
 
+def test_a_pair_whose_name_is_not_utf8_is_skipped_and_said_readably(tmp_path):
+    latin1 = b"caf\xe9 shot.png".decode("utf-8", "surrogateescape")  # a Latin-1 name, as Python lists it
+    found = find_pairs(_pairs(tmp_path / "g", [("moire/a.png", "clean/a.png"), (f"moire/{latin1}", f"clean/{latin1}"),
+                                               (f"clean/x{latin1}", None)]))
+    # before: the pair was kept, and its name crashed the per-image CSV, the report and the preprocess index
+    assert [p.name for p in found.pairs] == ["a.png"]
+    assert [(item.name, item.reason) for item in found.skipped] == [
+        ("caf\\xe9 shot.png", "its file name is not UTF-8 (from an older system or zip?): rename it"),
+        ("clean/xcaf\\xe9 shot.png", "no moiré file names it as its clean partner")]
+
+
 def test_a_stray_image_in_a_uhdm_folder_is_said(tmp_path):
     found = find_pairs(_pairs(tmp_path / "u", [("test/0001_moire.jpg", "test/0001_gt.jpg"), ("test/thumb.jpg", None)]))
     assert [p.name for p in found.pairs] == ["test/0001"]

@@ -32,10 +32,13 @@ def test_folder_sources_skip_unreadable_files_and_convert_modes(tmp_path):
     Image.fromarray(np.full((32, 32), 60000, np.uint16)).save(folder / "deep.png")
     Image.fromarray(np.full((32, 32, 3), 10, np.uint8)).convert("P").save(folder / "palette.png")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    Image.fromarray(np.full((32, 32, 3), 10, np.uint8)).save(folder / b"caf\xe9.png".decode("utf-8", "surrogateescape"))
     specs, skipped = collect_sources(False, 0, [folder])
     assert sorted(s.source_id for s in specs) == [
         "folder/photos/alpha.png", "folder/photos/deep.png", "folder/photos/gray.png", "folder/photos/palette.png"]
-    assert [s.path for s in skipped] == [str(folder / "broken.jpg")]
+    # a name that is not UTF-8 could go into no manifest: skipped, and said readably
+    assert [s.path for s in skipped] == [str(folder / "broken.jpg"), f"{folder}/caf\\xe9.png"]
+    assert skipped[1].reason == "its file name is not UTF-8 (from an older system or zip?): rename it"
     for spec in specs:
         image = load_source(spec, 0)
         assert image.shape == (32, 32, 3) and image.dtype == np.uint8
