@@ -636,3 +636,16 @@ def test_the_server_probe_names_a_wrong_url_host_or_scheme_in_one_line(tmp_path)
         check_server_answers("127.0.0.1:5000")
     for store in ("databricks", "/srv/mlruns", "file:/x"):  # names and folders MLflow resolves itself
         check_server_answers(store)
+
+
+def test_the_project_store_is_refused_in_a_folder_whose_path_holds_a_question_mark(tmp_path, monkeypatch):
+    from pipeline.registry.store import default_tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    odd = tmp_path / "h #5 (100%) ü"  # these are fine: SQLAlchemy reads the path as written
+    assert default_tracking_uri(odd) == f"sqlite:///{odd / 'mlflow.db'}"
+    # before: the store went to the file "<tmp>/q " beside the folder, its lock to another path
+    with pytest.raises(InputDataError, match=r"q \?x: an SQLite store's URL cannot name a folder whose path holds '\?'"):
+        default_tracking_uri(tmp_path / "q ?x")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/mlflow.db")
+    assert default_tracking_uri(tmp_path / "q ?x") == "sqlite:////elsewhere/mlflow.db"

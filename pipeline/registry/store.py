@@ -31,7 +31,13 @@ SERVER_PROBE_TIMEOUT_S = 5.0
 
 def default_tracking_uri(project_dir: Path) -> str:
     """MLFLOW_TRACKING_URI when set, else an SQLite store inside the project."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(project_dir).resolve() / 'mlflow.db'}"
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    database = Path(project_dir).resolve() / "mlflow.db"
+    if "?" in str(database):  # SQLAlchemy reads the rest as a query, and percent-escapes stay as written
+        raise InputDataError(f"{database.parent}: an SQLite store's URL cannot name a folder whose path holds '?' "
+                             "(it would be another file); rename the folder or set MLFLOW_TRACKING_URI")
+    return f"sqlite:///{database}"
 
 
 def sqlite_path(uri: str) -> Path | None:
