@@ -48,6 +48,8 @@ def test_train_says_what_to_give_it_when_there_is_nothing_to_train_on(tmp_path, 
     assert nothing.output.strip() == ("error: no pairs to train on: data/synthesize is not a synthetic set (no "
                                       "manifest.parquet); write one with `demoire synthesize --out data/synthesize` "
                                       "or name it with --data")
+    spaced = runner.invoke(app, ["train", "--data", "my set"])  # the command it suggests, quoted to paste
+    assert "write one with `demoire synthesize --out 'my set'` or name it with --data" in spaced.output
     folder = runner.invoke(app, ["train", "--pairs", "pairs"])
     assert folder.exit_code == 2 and folder.output.startswith("error: --pairs pairs is a folder, not a pairs index")
     assert not (tmp_path / "data").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import typer
@@ -75,7 +76,7 @@ def pairs_index_for(params, data: Path, pairs: Path | None, out: Path) -> Path:
         return STAGE_PAIRS
     if not (data / "manifest.parquet").is_file():
         raise InputDataError(f"no pairs to train on: {data} is not a synthetic set (no manifest.parquet); write one "
-                             f"with `demoire synthesize --out {data}` or name it with --data")
+                             f"with `demoire synthesize --out {shlex.quote(str(data))}` or name it with --data")
     from pipeline.data.pairs_index import build_pairs_index
     from pipeline.io import check_output_dir
 
