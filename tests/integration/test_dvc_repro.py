@@ -156,6 +156,19 @@ def _checkpoint_epoch(path: Path) -> int:
     return torch.load(path, weights_only=True)["epoch"] if path.is_file() else 0
 
 
+def _session_processes(session: int) -> list[int]:
+    """The live processes of a session (a command started with start_new_session), zombies left out."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # not a process, or gone meanwhile
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":  # fields: state, ppid, pgrp, session, …
+            found.append(int(entry.name))
+    return found
+
+
 def test_a_killed_training_resumes_on_the_next_repro(project):
     import signal
     import time
@@ -176,8 +189,17 @@ def test_a_killed_training_resumes_on_the_next_repro(project):
         while _checkpoint_epoch(checkpoint) < 3 and killed.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
-        os.killpg(killed.pid, signal.SIGKILL)  # dvc, the flow and the trainer, as an OOM killer or preemption would
+        killed.kill()  # dvc alone, as a scheduler stopping its job might: the stage must not go on as an orphan
         killed.wait()
+    try:
+        deadline = time.monotonic() + 60
+        while _session_processes(killed.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # before: the training went on to epoch 80 with no dvc to record it
+        assert not _session_processes(killed.pid), "the stage outlived the dvc that started it"
+    finally:
+        for pid in _session_processes(killed.pid):
+            os.kill(pid, signal.SIGKILL)
     killed_at = _checkpoint_epoch(checkpoint)
     assert 3 <= killed_at < 80, "the run was not killed mid-training"
 
