@@ -193,7 +193,8 @@ def _registration_html(record: dict) -> str:
     """The registration decision and the scores it rests on: the challenger's against the champion's and the
     untouched input's, where the record has them."""
     promoted = record.get("promote")
-    verdict = "promoted to champion" if promoted else "kept as challenger"
+    # what the register stage decided then: a later promote or rollback is the registry's, not this record's
+    verdict = "promoted to champion at registration" if promoted else "kept as challenger at registration"
     parts = [f"<p class=\"{'promoted' if promoted else 'kept'}\"><b>{html.escape(str(record.get('model_name')))} "
              f"v{html.escape(str(record.get('version')))}: {verdict}</b> — {html.escape(str(record.get('reason')))}</p>"]
     kind = GATE_KINDS[record.get("gate_kind", SYNTHETIC.name)]

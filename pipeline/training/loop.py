@@ -260,9 +260,10 @@ def train_model(
             # Every rank must see a divergence on any rank, or the others would wait at the next all-reduce.
             (step_loss,) = sum_across([loss.item()], device)
             if not math.isfinite(step_loss):
-                raise DemoireError(
-                    f"training diverged: loss is {step_loss} at epoch {epoch}, step {step}; "
-                    f"{checkpoint_path} keeps the last good epoch; lower train.lr")
+                kept = (f"{checkpoint_path} keeps the last good epoch" if history else
+                        "no epoch had finished")  # a checkpoint there would be another run's
+                raise DemoireError(f"training diverged: loss is {step_loss} at epoch {epoch}, step {step}; {kept}; "
+                                   "lower train.lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             # Strong-moiré patches give rare huge gradients; unclipped, one can wreck the weights.

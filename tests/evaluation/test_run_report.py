@@ -36,7 +36,7 @@ def test_report_is_one_offline_html_file_with_metrics_curves_grid_and_decision(t
     result = runner.invoke(app, ["report", "-o", "out/report.html"])
     assert result.exit_code == 0, result.output
     page = (tmp_path / "out/report.html").read_text()
-    for text in ("24.1234", "18.5000", "0.8123", "+5.6234", "val PSNR 23.25 dB", "demoire v2: promoted to champion",
+    for text in ("24.1234", "18.5000", "0.8123", "+5.6234", "val PSNR 23.25 dB", "demoire v2: promoted to champion at registration",
                  "champion v1 (re-scored)", "+1.1234", "ab12ab12", "beats champion v1: &lt;details&gt;"):
         assert text in page, text
     images = re.findall(r'<img [^>]*src="([^"]+)"', page)

@@ -223,6 +223,16 @@ def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp
         train_model(build_model(ModelSpec("simple", 8, 2)), stored_pair_batches(pairs, cfg, 0), pairs[:1], cfg, 0,
                     torch.device("cpu"), tmp_path / "c.pt")
     assert torch.load(tmp_path / "c.pt", weights_only=True)["epoch"] == 1
+    calls.clear()
+    cfg = cfg.model_copy(update={"resume": False})  # afresh, so c.pt is another run's: was named as this run's
+    with pytest.raises(DemoireError, match=r"^training diverged: loss is nan at epoch 2, step 1; .*c\.pt keeps"):
+        train_model(build_model(ModelSpec("simple", 8, 2)), stored_pair_batches(pairs, cfg, 0), pairs[:1], cfg, 0,
+                    torch.device("cpu"), tmp_path / "c.pt")
+    calls[:] = [1, 1, 1]  # the very first step goes NaN
+    with pytest.raises(DemoireError, match=r"^training diverged: loss is nan at epoch 1, step 0; no epoch had "
+                                           r"finished; lower train.lr$"):
+        train_model(build_model(ModelSpec("simple", 8, 2)), stored_pair_batches(pairs, cfg, 0), pairs[:1], cfg, 0,
+                    torch.device("cpu"), tmp_path / "other.pt")
 
 
 def test_compile_is_not_used_on_the_cpu(caplog):
