@@ -16,7 +16,7 @@ import yaml
 from flows import PROJECT_ROOT
 from pipeline.config import Params, load_params
 from pipeline.errors import DemoireError
-from pipeline.lifetime import die_with_parent, exit_on_sigterm
+from pipeline.lifetime import end_with_starter, exit_on_sigterm
 
 
 def run_stage(
@@ -36,7 +36,7 @@ def run_stage(
     signal.signal(signal.SIGTERM, exit_on_sigterm)
     # and so does the end of whatever started the stage (`dvc repro` killed alone): an orphaned stage would go on
     # training and write outputs no dvc.lock records
-    die_with_parent(os.getppid(), signal.SIGTERM)
+    end_with_starter()
     try:
         params = with_project_paths(load_params(args.params))
         with prefect_api(), pipeline_run_tags():

@@ -27,6 +27,51 @@ def die_with_parent(parent: int, signum: int = signal.SIGKILL) -> None:
         os._exit(1)
 
 
+SHELLS = {"sh", "dash", "bash", "zsh", "ksh", "fish"}  # what runs a command line (`dvc repro` runs stages through one)
+STARTER_POLL_S = 1.0
+
+
+def _process_start(pid: int) -> str | None:
+    """A process's start time (field 22 of /proc/PID/stat): None once it is gone; tells a reused pid apart."""
+    try:
+        return (open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split())[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _command_name(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/comm").read().strip()
+    except OSError:
+        return ""
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def end_with_starter() -> None:
+    """SIGTERM this process once the one that started it is gone: the nearest ancestor that is not a shell (a
+    shell between them, as `dvc repro` puts one, outlives a killed dvc, so the kernel's parent-death signal would
+    not come). Polls /proc once a second from a daemon thread; does nothing where there is no /proc."""
+    starter = os.getppid()
+    while _command_name(starter) in SHELLS and _parent_of(starter) > 1:
+        starter = _parent_of(starter)
+    started = _process_start(starter)
+    if started is None:
+        return
+
+    def watch() -> None:
+        while _process_start(starter) == started:
+            threading.Event().wait(STARTER_POLL_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="end-with-starter", daemon=True).start()
+
+
 def exit_on_sigterm(signum: int, frame: object) -> None:
     """SIGTERM handler: unwind like an error (an MLflow run ends FAILED, temp outputs go) instead of vanishing."""
     # Once: a DDP rank gets SIGTERM from torchrun, then from the kernel as torchrun exits (die_with_parent); the

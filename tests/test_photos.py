@@ -139,4 +139,4 @@ def test_predict_writes_phone_photos_upright_as_jpeg_keeping_exif_only_when_aske
     with Image.open(tmp_path / "plain" / "IMG_0001.webp") as im:
         assert im.format == "WEBP" and im.size == (30, 48) and not im.getexif()
     bad = runner.invoke(app, [*base, "-o", str(tmp_path / "bad"), "--format", "gif"])
-    assert bad.exit_code == 2 and "'gif' is not one of 'png', 'jpg', 'webp'" in bad.output
+    assert bad.exit_code == 2 and "'gif' is not one of 'png', 'jpg', 'jpeg', 'webp'" in bad.output
