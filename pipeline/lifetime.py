@@ -9,7 +9,9 @@ import importlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -31,26 +33,32 @@ SHELLS = {"sh", "dash", "bash", "zsh", "ksh", "fish"}  # what runs a command lin
 STARTER_POLL_S = 1.0
 
 
-def _process_start(pid: int) -> str | None:
-    """A process's start time (field 22 of /proc/PID/stat): None once it is gone; tells a reused pid apart."""
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state, ppid, …); empty once the process is gone."""
     try:
-        return (open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split())[19]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return None
+        return []
 
 
-def _command_name(pid: int) -> str:
-    try:
-        return open(f"/proc/{pid}/comm").read().strip()
-    except OSError:
-        return ""
+def _process_start(pid: int) -> str | None:
+    """A process's start time (None once it is gone), which tells a reused pid apart."""
+    fields = _stat_fields(pid)
+    return fields[19] if len(fields) > 19 else None
 
 
 def _parent_of(pid: int) -> int:
+    """A process's parent pid (0 once it is gone)."""
+    fields = _stat_fields(pid)
+    return int(fields[1]) if len(fields) > 1 else 0
+
+
+def _command_name(pid: int) -> str:
+    """A process's command name ("" once it is gone)."""
     try:
-        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def end_with_starter() -> None:
@@ -66,7 +74,7 @@ def end_with_starter() -> None:
 
     def watch() -> None:
         while _process_start(starter) == started:
-            threading.Event().wait(STARTER_POLL_S)
+            time.sleep(STARTER_POLL_S)
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="end-with-starter", daemon=True).start()
