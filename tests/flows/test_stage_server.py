@@ -78,7 +78,9 @@ def test_consecutive_stages_share_one_server_that_stops_once_idle(tmp_path):
 @pytest.mark.slow
 def test_a_stage_command_boots_the_server_before_its_imports_and_it_stops_once_idle(tmp_path):
     home = tmp_path / "prefect-home"
-    env = {**os.environ, "PREFECT_HOME": str(home), "DEMOIRE_STAGE_SERVER_IDLE_S": "5"}
+    # 20 s idle: with 5, a loaded 2-core box once had the server up and idle-stopped before the stage's own imports
+    # were done, and its record was gone by the time it was read
+    env = {**os.environ, "PREFECT_HOME": str(home), "DEMOIRE_STAGE_SERVER_IDLE_S": "20"}
     env.pop("PREFECT_API_URL", None)
     # Invalid params: the stage stops before any flow, yet the server was already on its way.
     result = subprocess.run([sys.executable, "-m", "flows.preprocess", "--params", str(tmp_path / "missing.yaml"),
