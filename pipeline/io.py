@@ -274,6 +274,15 @@ def readable_text(text: str) -> str:
             return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+NOT_UTF8_NAME = "its file name is not UTF-8 (from an older system or zip?): rename it"
+
+
+def is_utf8_name(name: str) -> bool:
+    """Whether a name read from the disk was valid UTF-8 (Python keeps other bytes as lone surrogates): only such a
+    name can go into a CSV, a manifest or JSON as it is."""
+    return readable_text(name) == name
+
+
 def json_ready(data: Any) -> Any:
     """`data` with every NaN or infinite float replaced by None: JSON has no such numbers, and readers
     (DVC, jq, browsers) reject Python's `NaN` / `Infinity` (an identical pair's PSNR is infinite). A file name

@@ -49,7 +49,7 @@ def index_pairs(params: Params, synthetic: tuple[pd.DataFrame, pd.DataFrame] | N
         usable, rejected = pd.DataFrame(columns=INDEX_COLUMNS), pd.DataFrame(columns=["reason"])
     else:
         usable, rejected = synthetic
-        split = split_by_source(usable["source_id"], cfg.val_fraction, cfg.test_fraction, params.seed)
+        split = split_by_source(usable["source_id"], cfg.val_fraction, cfg.test_fraction)
         usable = usable.assign(split=split)
     return PairsIndex(pd.concat([usable[INDEX_COLUMNS], imported.usable], ignore_index=True), rejected, imported)
 

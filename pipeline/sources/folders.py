@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from pipeline.errors import DemoireError, InputDataError
-from pipeline.io import read_rgb, readable_text
+from pipeline.io import NOT_UTF8_NAME, is_utf8_name, read_rgb
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
@@ -37,8 +37,8 @@ def scan_folder(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     usable: list[Path] = []
     failed: list[tuple[Path, str]] = [(path, "folder cannot be listed (permission denied?)") for path in unlisted]
     for path in files:
-        if readable_text(str(path)) != str(path):  # its name could go into no manifest (UTF-8)
-            failed.append((path, "its file name is not UTF-8 (from an older system or zip?): rename it"))
+        if not is_utf8_name(str(path)):
+            failed.append((path, NOT_UTF8_NAME))
             continue
         try:
             image = read_rgb(path)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pipeline.errors import InputDataError, ParamsError
-from pipeline.io import readable_text
+from pipeline.io import NOT_UTF8_NAME, is_utf8_name, readable_text
 from pipeline.sources.folders import IMAGE_SUFFIXES, image_files
 
 # Folder names (lower case) that hold each of our splits inside a dataset root.
@@ -118,18 +118,12 @@ def find_pairs(root: Path, layout: str = "auto", split: str | None = None) -> Pa
     result = PairList(layout=chosen.name)
     for split_name, folder in splits.items():
         pairs, skipped = pair_split_folder(folder, chosen, split_name)
-        result.pairs.extend(pair for pair in pairs if _is_utf8(pair.name))
-        # a name in another encoding cannot go into a CSV, a manifest or JSON: said once, readably, and left out
-        result.skipped.extend(SkippedPair(pair.name, "its file name is not UTF-8 (from an older system or zip?): "
-                                                     "rename it") for pair in pairs if not _is_utf8(pair.name))
+        # a name in another encoding is said once, readably, and left out
+        result.pairs.extend(pair for pair in pairs if is_utf8_name(pair.name))
+        result.skipped.extend(SkippedPair(pair.name, NOT_UTF8_NAME) for pair in pairs if not is_utf8_name(pair.name))
         result.skipped.extend(skipped)
     result.skipped[:] = [SkippedPair(readable_text(item.name), readable_text(item.reason)) for item in result.skipped]
     return result
-
-
-def _is_utf8(name: str) -> bool:
-    """Whether a name read from the disk was valid UTF-8 (Python keeps other bytes as lone surrogates)."""
-    return readable_text(name) == name
 
 
 def detect_layout(root: Path) -> DatasetLayout:
