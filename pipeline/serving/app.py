@@ -291,15 +291,26 @@ async def _read_body(request: Request, limits: ServeLimits) -> bytes:
                                 f"{rate:,.0f} bytes/s on average); send it again") from None
 
 
+def _is_text(data: bytes) -> bool:
+    """Whether `data` is UTF-8 text (a form field's value), not an image file's bytes."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _multipart(content_type: str, body: bytes, limit: int) -> tuple[bytes, dict]:
     """Field `file`'s bytes and the other fields of a multipart body, parsed in memory."""
     from python_multipart import create_form_parser
     from python_multipart.exceptions import FormParserError
 
-    files, fields = {}, {}
+    files, fields, raw = {}, {}, {}
 
     def on_field(field) -> None:
-        fields[field.field_name.decode("utf-8", "replace")] = (field.value or b"").decode("utf-8", "replace")
+        name = field.field_name.decode("utf-8", "replace")
+        raw[name] = field.value or b""
+        fields[name] = raw[name].decode("utf-8", "replace")
 
     def on_file(file) -> None:
         file.file_object.seek(0)
@@ -313,6 +324,11 @@ def _multipart(content_type: str, body: bytes, limit: int) -> tuple[bytes, dict]
         parser.finalize()
     except (FormParserError, ValueError) as exc:
         raise RequestError(400, f"unreadable multipart body: {exc}") from None
+    if "file" not in files and "file" in raw and not _is_text(raw["file"]):
+        # a part that names its file only as filename*= (RFC 5987; some clients' non-ASCII names) or not at all is a
+        # field to the parser: bytes that are no text are the image
+        files["file"] = raw.pop("file")
+        del fields["file"]
     if "file" not in files:
         if "file" in fields:  # curl -F file=photo.jpg, without the @ that sends the file
             raise RequestError(400, "multipart field 'file' is text, not a file: send the file's content "

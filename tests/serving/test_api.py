@@ -78,6 +78,17 @@ def test_restore_takes_multipart_base64_json_and_raw_bytes_tiled_at_any_size(ser
     assert large.content == encode_image(expected, "jpg", 95)  # the restored image, encoded as asked
 
 
+def test_a_file_part_named_only_by_filename_star_is_the_upload(serve_app, client, rng):
+    # RFC 5987's filename*= alone (what some clients write for a non-ASCII name): the parser sees a field, not a file
+    url = serve_app()
+    image = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    body = (b"--XX\r\nContent-Disposition: form-data; name=\"file\"; filename*=UTF-8''caf%C3%A9.png\r\n"
+            b"Content-Type: image/png\r\n\r\n" + _png(image) + b"\r\n--XX--\r\n")
+    result = client.post(url + "/restore", content=body, headers={"Content-Type": "multipart/form-data; boundary=XX"})
+    assert result.status_code == 200, result.text
+    assert _decode(result.content).shape == image.shape
+
+
 def test_a_portrait_phone_photo_comes_back_upright(serve_app, client, rng):
     url = serve_app()
     landscape = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)  # stored 50 wide, 30 high
