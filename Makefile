@@ -15,9 +15,10 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # TORCH_INDEX=https://download.pytorch.org/whl/cpu, a CUDA one: …/whl/cu128. Its version is constraints.txt's.
 TORCH_INDEX ?=
 TORCH_VERSION := $(shell sed -n 's/^torch==//p' constraints.txt)
-# --no-compile: pip would byte-compile every installed module (torch, mlflow, prefect, dvc: 58 s of the 103 s this
-# install takes on 2 cores, docs/benchmarks.md "Test suite"); Python compiles the ones a command imports on first
-# use instead, and keeps them (the first `demoire` or stage then starts about 6 s slower, once).
+# --no-compile: pip would byte-compile every installed module (torch, mlflow, prefect, dvc: 58 s of the 103 s
+# this install takes on 2 cores; docs/benchmarks.md, "`dvc repro` with the default params.yaml"). Python compiles
+# the ones a command imports on first use instead, and keeps them (the first `demoire` or stage starts about 6 s
+# slower, once).
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
