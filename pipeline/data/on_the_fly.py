@@ -27,9 +27,11 @@ class SyntheticPairStream(IterableDataset):
     workers cannot use CUDA).
     """
 
-    def __init__(self, cfg: SynthesizeParams, seed: int, batch_size: int, device: str | torch.device = "cpu", rank: int = 0):
+    def __init__(self, cfg: SynthesizeParams, seed: int, batch_size: int, device: str | torch.device = "cpu", rank: int = 0,
+                 held_out: frozenset[str] = frozenset()):
         self.cfg, self.seed, self.batch_size, self.device = cfg, seed, batch_size, torch.device(device)
         self.rank = rank
+        self.held_out = held_out  # source ids never rendered: the val and test splits'
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -39,8 +41,10 @@ class SyntheticPairStream(IterableDataset):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         cfg = self.cfg
         specs, _ = collect_sources(cfg.sources.bundled, cfg.sources.procedural, cfg.sources.folders, cfg.sources.screen_kinds)
+        specs = [spec for spec in specs if spec.source_id not in self.held_out]
         if not specs:
-            raise InputDataError("no usable source images: enable synthesize.sources.bundled or procedural, or add folders")
+            raise InputDataError("no usable source images outside the val and test splits: enable "
+                                 "synthesize.sources.bundled or procedural, or add folders")
         worker = get_worker_info()
         rng = np.random.default_rng([self.seed, ON_THE_FLY_STREAM, self.rank, self.epoch, worker.id if worker else 0])
         bank = shared_layer_bank(cfg, self.seed)  # kept across epochs: its slots do not depend on them

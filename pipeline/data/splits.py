@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import Counter
 
 import pandas as pd
 
 from pipeline.errors import InputDataError
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 _SPLIT_SALT = b"demoire split\0"
@@ -22,23 +25,42 @@ def source_draw(source_id: str) -> float:
 def split_by_source(source_ids: pd.Series, val_fraction: float, test_fraction: float) -> pd.Series:
     """Assign each row the split of its source; every split gets at least one source.
 
-    A source's split follows from its id alone (test below `test_fraction`, val the next `val_fraction`), not from
-    the seed or the other sources: a source added or removed, or another seed, moves no other source between
-    splits, so a model re-scored on a later test split never meets photos it trained on. The fractions hold on
-    average; only a split left empty (a handful of sources) takes the source nearest its share.
+    A source's split follows from its id alone: test when its draw (source_draw) is below `test_fraction`, val
+    up to `test_fraction + val_fraction`, else train; not from the seed or the other sources, so with the same
+    fractions, a source added or removed or another seed never puts in the test split a source that another set
+    put in train, and a model re-scored on a later test split never meets photos it trained on. The fractions
+    hold on average. A split left empty (a handful of sources) takes a source nearest its share that can never
+    be in the opposite one: test a val source of the lower half of val's share, train one of the upper half, val
+    a test or train source; when there is none, any source, with a warning.
     """
     sources = sorted(source_ids.unique())
     if len(sources) < 3:
         raise InputDataError(
             f"need at least 3 distinct source images to split train/val/test, found {len(sources)}"
         )
-    bounds = {"test": (0.0, test_fraction), "val": (test_fraction, test_fraction + val_fraction),
+    middle = test_fraction + val_fraction / 2
+    shares = {"test": (0.0, test_fraction), "val": (test_fraction, test_fraction + val_fraction),
               "train": (test_fraction + val_fraction, 1.0)}
+    # the shares that may lend a source to an empty split: test's never goes to train, nor train's to test
+    lenders = {"test": [(test_fraction, middle)], "train": [(middle, test_fraction + val_fraction)],
+               "val": [(0.0, test_fraction), (test_fraction + val_fraction, 1.0)]}
     draws = {source: source_draw(source) for source in sources}
-    labels = {source: next(name for name, (_, high) in bounds.items() if draw < high) for source, draw in draws.items()}
-    for name, (low, high) in bounds.items():
+    labels = {source: next(name for name, (_, high) in shares.items() if draw < high) for source, draw in draws.items()}
+    for name in ("test", "train", "val"):  # val last: it may lend its only source to test or train
         counts = Counter(labels.values())
-        if counts[name] == 0:
-            movable = [source for source in sources if counts[labels[source]] > 1]
-            labels[min(movable, key=lambda source: max(low - draws[source], draws[source] - high))] = name
+        if counts[name]:
+            continue
+        low, high = shares[name]
+        candidates = [source for source in sources if (counts[labels[source]] > 1 or labels[source] == "val")
+                      and any(lo <= draws[source] < hi for lo, hi in lenders[name])]
+        leak_free = bool(candidates)
+        if not leak_free:  # a few sources only: any whose split keeps another
+            candidates = [source for source in sources if counts[labels[source]] > 1]
+        chosen = min(candidates, key=lambda source: max(low - draws[source], draws[source] - high))
+        if not leak_free:
+            log.warning("no source of the %d fell in or near the %s split's share (preprocess.test_fraction %g, "
+                        "val_fraction %g): it takes %s, which other sources may move back; add sources to keep "
+                        "each source's split whatever the set", len(sources), name, test_fraction, val_fraction,
+                        chosen)
+        labels[chosen] = name
     return source_ids.map(labels)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
@@ -163,9 +164,10 @@ class SyntheticBatches:
     """
 
     def __init__(self, cfg: SynthesizeParams, pairs_per_epoch: int, patch_size: int, batch_size: int, seed: int,
-                 device: torch.device, rank: int = 0, world_size: int = 1):
+                 device: torch.device, rank: int = 0, world_size: int = 1, held_out: frozenset[str] = frozenset()):
         self.cfg = cfg.model_copy(update={"size": patch_size})
-        self.stream = SyntheticPairStream(self.cfg, seed, batch_size, device, rank)
+        self.held_out = held_out
+        self.stream = SyntheticPairStream(self.cfg, seed, batch_size, device, rank, held_out)
         self.steps_per_epoch = max(1, pairs_per_epoch // (batch_size * world_size))
 
     def epoch(self, epoch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
@@ -175,4 +177,7 @@ class SyntheticBatches:
 
     def digest(self) -> str:
         """Digest of the synthesis params the pairs are drawn from, less those that only say where they render."""
-        return hashlib.sha256(self.cfg.model_dump_json(exclude=RENDERED_ANYWHERE).encode()).hexdigest()
+        digest = hashlib.sha256(self.cfg.model_dump_json(exclude=RENDERED_ANYWHERE).encode())
+        if self.held_out:  # other sources held out are other pairs
+            digest.update(json.dumps(sorted(self.held_out)).encode())
+        return digest.hexdigest()

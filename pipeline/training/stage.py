@@ -97,8 +97,11 @@ def training_batches(params: Params, pairs_index: Path, data: Path, device: torc
     """The stored train split, or pairs synthesised on the fly when train.synthetic_pairs_per_epoch is set."""
     cfg = params.train
     if cfg.synthetic_pairs_per_epoch:
+        # never a val or test source: the model would then be scored on photos it trained on
+        index = read_pairs_index(pairs_index)
+        held_out = frozenset(index.loc[index["split"] != "train", "source_id"])
         batches = SyntheticBatches(params.synthesize, cfg.synthetic_pairs_per_epoch, cfg.patch_size, cfg.batch_size,
-                                   params.seed, device, world.rank, world.size)
+                                   params.seed, device, world.rank, world.size, held_out)
         if world.is_main:  # what is rendered, which the synthesize section's size and n_pairs do not say
             log.info("rendering %d fresh pairs of %d² an epoch on %s (%d steps of %d pairs × %d processes)",
                      batches.steps_per_epoch * cfg.batch_size * world.size, cfg.patch_size, device.type,

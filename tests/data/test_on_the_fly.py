@@ -30,3 +30,41 @@ def test_stream_renders_on_cuda(tiny_params):
     stream = SyntheticPairStream(tiny_params.synthesize, tiny_params.seed, batch_size=4, device="cuda")
     moire, clean = next(iter(stream))
     assert moire.is_cuda and moire.shape == clean.shape == (4, 3, tiny_params.synthesize.size, tiny_params.synthesize.size)
+
+
+def test_training_on_the_fly_never_renders_a_val_or_test_source(tmp_path, tiny_params, monkeypatch):
+    import pandas as pd
+
+    import pipeline.data.on_the_fly as on_the_fly
+    from pipeline.errors import InputDataError
+    from pipeline.sources import collect_sources
+    from pipeline.training.distributed import World
+    from pipeline.training.stage import training_batches
+
+    cfg = tiny_params.synthesize.sources
+    ids = [spec.source_id for spec in collect_sources(cfg.bundled, cfg.procedural, cfg.folders)[0]]
+    splits = ["train", "train", "val", "test", "test", "val"]
+    pd.DataFrame({"pair_id": range(6), "split": splits, "source_id": ids, "moire_path": "m.png",
+                  "clean_path": "c.png"}).to_parquet(tmp_path / "pairs.parquet")
+    params = tiny_params.model_copy(update={"train": tiny_params.train.model_copy(update={"synthetic_pairs_per_epoch": 4})})
+    drawn = []
+    original = on_the_fly.load_source
+    monkeypatch.setattr(on_the_fly, "load_source", lambda spec, seed: drawn.append(spec.source_id) or original(spec, seed))
+
+    batches = training_batches(params, tmp_path / "pairs.parquet", tmp_path, torch.device("cpu"), World())
+    for _ in range(3):
+        list(batches.epoch(1))
+    assert drawn and set(drawn) <= set(ids[:2])  # the train split's two sources, never a held-out one
+    assert batches.digest() != _digest_holding_nothing_out(params)  # other sources held out: a checkpoint is not resumed
+
+    held_out_all = on_the_fly.SyntheticPairStream(params.synthesize, 1, 2, held_out=frozenset(ids))
+    with pytest.raises(InputDataError, match="no usable source images outside the val and test splits"):
+        next(iter(held_out_all))
+
+
+def _digest_holding_nothing_out(params) -> str:
+    """The digest of on-the-fly batches that hold nothing out."""
+    from pipeline.training.batches import SyntheticBatches
+
+    return SyntheticBatches(params.synthesize, 4, params.train.patch_size, params.train.batch_size, params.seed,
+                            torch.device("cpu")).digest()
