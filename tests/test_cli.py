@@ -38,6 +38,23 @@ def test_check_params_reports_bad_key(tmp_path):
     assert "train.lr = 0: Input should be greater than 0" in result.output
 
 
+@pytest.mark.parametrize("written, message", [
+    ("synthesize: {n_pairs: 2}\n", "synthesize.n_pairs = 2: the preprocess stage needs a pair in each of train, val "
+                                   "and test; allowed: 3 or more"),
+    ("synthesize: {sources: {bundled: false, procedural: 2}}\n",
+     "synthesize.sources.procedural = 2: with bundled false and no folders, the preprocess stage cannot split fewer "
+     "than 3 source images"),
+])
+def test_check_params_refuses_synthetic_data_the_preprocess_stage_cannot_split(tmp_path, written, message):
+    params = tmp_path / "params.yaml"
+    params.write_text(written)
+    result = runner.invoke(app, ["check-params", "--params", str(params)])
+    assert result.exit_code == 2 and message in result.output, result.output
+    params.write_text(written + "preprocess: {synthetic: false, datasets: [{path: " + str(tmp_path) + ", split: train}, "
+                      "{path: " + str(tmp_path) + ", split: val}, {path: " + str(tmp_path) + ", split: test}]}\n")
+    assert runner.invoke(app, ["check-params", "--params", str(params)]).exit_code == 0  # nothing synthetic to split
+
+
 def test_mlflow_s_download_bar_is_off_where_no_terminal_would_show_it(tmp_path, monkeypatch):
     # the CLI under a runner (stderr is no terminal), and a flow's process whose stderr goes to a log
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "unset")  # so that the undo removes what the CLI sets

@@ -32,6 +32,7 @@ def check_params(
         else:
             resolved = load_params(source)
             check_folders(resolved, Path(source).resolve().parent, str(source))
+            check_splittable(resolved, str(source))
     except DemoireError as exc:
         fail(exc)
     if as_json:
@@ -59,3 +60,20 @@ def check_folders(resolved, project_dir: Path, source: str) -> None:
     for key, folder in named:
         if not (project_dir / folder).is_dir():  # an absolute path stays as it is
             raise ParamsError(f"{source}: {key} = {str(folder)!r}: no such folder ({project_dir / folder})")
+
+
+def check_splittable(resolved, source: str) -> None:
+    """The preprocess stage can split the synthetic pairs three ways by source image: said here, not by that stage
+    after the synthesis (a param file's alone; a folder's photos are the stages' to count)."""
+    from pipeline.errors import ParamsError
+
+    cfg = resolved.synthesize
+    if not resolved.preprocess.synthetic:
+        return
+    if cfg.n_pairs < 3:
+        raise ParamsError(f"{source}: synthesize.n_pairs = {cfg.n_pairs}: the preprocess stage needs a pair in each "
+                          "of train, val and test; allowed: 3 or more (or preprocess.synthetic: false)")
+    if not cfg.sources.bundled and not cfg.sources.folders and cfg.sources.procedural < 3:
+        raise ParamsError(f"{source}: synthesize.sources.procedural = {cfg.sources.procedural}: with bundled false and "
+                          "no folders, the preprocess stage cannot split fewer than 3 source images into train, val "
+                          "and test; allowed: 3 or more")
