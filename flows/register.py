@@ -22,7 +22,8 @@ from pipeline.evaluation.run_report import read_json_input, registration_markdow
 from pipeline.faults import kill_point
 from pipeline.io import read_rgb, write_json
 from pipeline.provenance import data_version_tags, git_commit, git_dirty
-from pipeline.registry import GATE_SET_TAG, decision_record, flat_metrics, log_demoire_model, use_tracking_store
+from pipeline.registry import (GATE_SET_TAG, champion_trained_on, decision_record, flat_metrics, log_demoire_model,
+                               use_tracking_store)
 from pipeline.registry.transaction import MODEL_URI_TAG, register_run_once, registration_key
 from pipeline.training.device import resolve_device
 from pipeline.training.telemetry import TRAINING_RUN_TAG, linked_training_run
@@ -56,6 +57,9 @@ def log_and_register_task(params: Params, model_dir: Path, evaluation: dict, fil
                  REAL.set_tag: gate.digest}
     else:
         tags[GATE_SET_TAG] = gate.digest
+        caution = champion_trained_on(MlflowClient(), cfg.model_name, gate_pairs(pairs)["source_id"])
+        if caution:  # said, not refused: the user changed the fractions, and may mean to
+            log.warning(caution)
     commit = git_commit(PROJECT_DIR)
     if commit:
         tags["git_commit"] = commit

@@ -2,6 +2,7 @@
 
 import base64
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -104,6 +105,32 @@ def test_champion_moves_only_when_beaten_by_the_margin_and_pyfunc_loads(store, t
         rollback_champion(client, "demoire-test")
     move_champion(client, "demoire-test", v4)  # champion again: no longer marked rolled back
     assert "rolled_back" not in client.get_model_version("demoire-test", v4).tags
+
+
+def test_a_champion_split_with_other_fractions_is_said_to_have_trained_on_sources_of_the_test_split(store, tmp_path):
+    from pipeline.data.splits import source_draw
+    from pipeline.registry import champion_trained_on
+
+    client = MlflowClient()
+    assert champion_trained_on(client, "demoire-test", ["procedural/00001-code"]) is None  # no champion yet
+    with mlflow.start_run() as run:
+        mlflow.log_params({"preprocess.test_fraction": "0.1", "preprocess.val_fraction": "0.1"})
+        info = log_demoire_model(_model(tmp_path / "m"), None)
+    _, decision = register_and_gate(client, "demoire-test", info.model_uri, run.info.run_id,
+                                    {"test_psnr": 30.0, "test_ssim": 0.8, "test_mse": 0.01}, {"gate_set": "g"}, RULE)
+    assert decision.promote
+    sources = [f"procedural/{i:05d}-code" for i in range(300)]
+    # the champion's own fractions: no source of the test split was in its train split
+    assert champion_trained_on(client, "demoire-test", [s for s in sources if source_draw(s) < 0.1]) is None
+    # test_fraction raised to 0.3: the test split now holds sources the champion trained on (an imported pair's
+    # id is not a synthetic source's, and is not counted)
+    test_now = [s for s in sources if source_draw(s) < 0.3] + ["dataset0-fhdmi/test/0001"]
+    trained = sorted(s for s in test_now if s.startswith("procedural/") and source_draw(s) >= 0.15)
+    assert len(trained) > 10
+    assert champion_trained_on(client, "demoire-test", test_now) == (
+        f"champion v1 was trained with preprocess.test_fraction 0.1 and val_fraction 0.1: {len(trained)} of this test "
+        f"split's {len(test_now) - 1} source images (first: {trained[0]}) were in its train split, so its figures "
+        "re-scored on them may run high; keep its fractions, or gate on real sets (evaluate.real_sets)")
 
 
 def test_moving_champion_to_the_champion_leaves_its_history_as_it_was(store, tmp_path):
@@ -388,6 +415,31 @@ def _stage_inputs(root, rng):
     return history, grid, lock
 
 
+class _LogLines(logging.Handler):
+    """The messages one logger emits while in a `with`, whatever handlers and propagation the logging config set."""
+
+    def __init__(self, name: str):
+        super().__init__(logging.INFO)
+        self.logger, self.lines = logging.getLogger(name), []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def __enter__(self) -> "_LogLines":
+        self.kept_level = self.logger.level
+        self.logger.setLevel(logging.INFO)
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.kept_level)
+
+
 def test_register_stage_tracks_provenance_and_rescores_a_champion_on_a_changed_gate_set(tmp_path, monkeypatch, rng,
                                                                                        tiny_params):
     from flows import PROJECT_DIR
@@ -438,9 +490,14 @@ def test_register_stage_tracks_provenance_and_rescores_a_champion_on_a_changed_g
     challenger = {**score_on_gate(load_model(second, cpu)[0], new_gate, cpu), "count": 3}
     challenger["psnr"] = champion_now["psnr"] + 1.0  # beats the re-scored champion, not its recorded 99 dB
     challenger["ssim"] = champion_now["ssim"]
-    record2 = register(second, challenger)
+    said = _LogLines("pipeline.registry.promotion")  # Prefect's logging config keeps pipeline.* from caplog
+    with said:
+        record2 = register(second, challenger)
     new_key = scored_as(new_gate.digest, params.infer)
     assert record2["promote"], record2["reason"]
+    # why it was re-scored, and its figures readably
+    assert (f"demoire-test v1 was scored on gate set {key[:12]}: re-scored on this one, {new_key[:12]} (test split): "
+            f"psnr {champion_now['psnr']:.4g}, ssim {champion_now['ssim']:.4g}, mse ") in said.text, said.text
     assert record2["champion"]["rescored"] and record2["champion"]["gate_set"] == new_key
     assert record2["champion"]["psnr"] == pytest.approx(champion_now["psnr"], abs=1e-6)
     tags = client.get_model_version("demoire-test", "2").tags

@@ -14,12 +14,14 @@ from pipeline.io import json_text
 from pipeline.lifetime import unwinds_on_sigterm
 
 
-def _local_gate(params, base: Path, data: Path, pairs: Path, device: str):
-    """A loader of the local gate set (the real sets of `params`, else the test split): (hash, a model-folder scorer)."""
+def _local_gate(params, base: Path, data: Path, pairs: Path, device: str, client, name: str):
+    """A loader of the local gate set (the real sets of `params`, else the test split): (hash, a model-folder scorer).
+    On the test split, a warning when the champion trained on some of its sources (other split fractions)."""
 
     def load():
         from pipeline.errors import InputDataError
-        from pipeline.evaluation.gate import local_gate
+        from pipeline.evaluation.gate import SYNTHETIC, gate_pairs, local_gate
+        from pipeline.registry import champion_trained_on
         from pipeline.training.device import resolve_device
 
         if not params.evaluate.real_sets and not Path(pairs).is_file():
@@ -28,6 +30,9 @@ def _local_gate(params, base: Path, data: Path, pairs: Path, device: str):
                                  "--pairs (a synthetic set and its index: `demoire train` writes OUT/pairs.parquet)")
         gate = local_gate(params, data, pairs, base, resolve_device(device))
         err.note(f"re-scoring on the {gate.description}, gate set {gate.digest[:12]}")
+        caution = champion_trained_on(client, name, gate_pairs(pairs)["source_id"]) if gate.kind is SYNTHETIC else None
+        if caution:
+            err.print(f"warning: {caution}")
         return gate.digest, gate.rescore
 
     return load
@@ -109,7 +114,7 @@ def promote(
                 rule = GateRule(cfg.promotion_margin_db, cfg.ssim_tolerance, cfg.require_gain_over_input)
                 decision = compare_challenger(client, name, rule,
                                               _local_gate(settings, (params or DEFAULT_PARAMS).parent, data, pairs,
-                                                          device),
+                                                          device, client, name),
                                               gate_kind(settings.evaluate.real_sets), allow_rolled_back, downloads)
         except DemoireError as exc:
             fail(exc)

@@ -11,6 +11,7 @@ from pipeline.config import Params
 from pipeline.data.imported import INDEX_COLUMNS, ImportedPairs, import_dataset_pairs, next_pair_id
 from pipeline.data.manifest import read_manifest, validate_pairs
 from pipeline.data.splits import SPLITS, split_by_source
+from pipeline.errors import InputDataError
 from pipeline.io import atomic_path
 
 
@@ -49,6 +50,12 @@ def index_pairs(params: Params, synthetic: tuple[pd.DataFrame, pd.DataFrame] | N
         usable, rejected = pd.DataFrame(columns=INDEX_COLUMNS), pd.DataFrame(columns=["reason"])
     else:
         usable, rejected = synthetic
+        sources = usable["source_id"].nunique()
+        if sources < 3:  # said with the params that decide it (check-params catches the plainest cases earlier)
+            raise InputDataError(
+                f"the {len(usable)} usable synthetic pairs ({len(rejected)} rejected) come from {sources} source "
+                f"image(s); splitting them into train, val and test by source needs 3 or more: raise "
+                f"synthesize.n_pairs ({params.synthesize.n_pairs}) or add sources (synthesize.sources)")
         split = split_by_source(usable["source_id"], cfg.val_fraction, cfg.test_fraction)
         usable = usable.assign(split=split)
     return PairsIndex(pd.concat([usable[INDEX_COLUMNS], imported.usable], ignore_index=True), rejected, imported)

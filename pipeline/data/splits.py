@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
+from collections.abc import Iterable
 
 import pandas as pd
 
@@ -64,3 +65,9 @@ def split_by_source(source_ids: pd.Series, val_fraction: float, test_fraction: f
                         chosen)
         labels[chosen] = name
     return source_ids.map(labels)
+
+
+def in_train_share(source_ids: Iterable[str], val_fraction: float, test_fraction: float) -> list[str]:
+    """The sources (sorted) that a split with these fractions may put in train: train's share, and the upper half
+    of val's, which lends to an empty train (a fallback split_by_source warns of aside)."""
+    return sorted(source for source in set(source_ids) if source_draw(source) >= test_fraction + val_fraction / 2)

@@ -9,12 +9,13 @@ import time
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
+from pipeline.data.splits import in_train_share
 from pipeline.errors import DemoireError, InputDataError, ModelNotFoundError, ServiceUnavailableError, first_line
 from pipeline.faults import kill_point
 from pipeline.models import load_model
@@ -22,6 +23,7 @@ from pipeline.evaluation.gate import (GATE_KINDS, METRIC_LABELS, SYNTHETIC, Gate
                                      PromotionDecision, decide_promotion)
 from pipeline.registry.pyfunc import download_model_files
 from pipeline.registry.store import alias_version, redacted, resolve_alias, transient_store_error, version_numbers
+from pipeline.sources import SOURCE_ID_PREFIXES
 
 if TYPE_CHECKING:  # transaction imports this module
     from pipeline.registry.transaction import RegistryLock
@@ -204,8 +206,34 @@ def scores_on_gate_set(
             raise
         except DemoireError as exc:  # named by its URI: the temporary folder is gone by the time it is read
             raise type(exc)(files.named(str(exc), name, version)) from None
-    log.info("re-scored %s v%s on gate set %s (%s): %s", name, version, gate_set[:12], kind.label, scores)
+    was = f"gate set {recorded.gate_set[:12]}" if recorded is not None else "no gate set of this kind"
+    shown = ", ".join(f"{metric} {float(scores[metric]):.4g}" for metric in kind.metrics if metric in scores)
+    log.info("%s v%s was scored on %s: re-scored on this one, %s (%s): %s", name, version, was, gate_set[:12],
+             kind.label, shown)
     return GateScores.from_means(version, scores, gate_set, kind, rescored=True)
+
+
+def champion_trained_on(client: MlflowClient, name: str, test_source_ids: Iterable[str]) -> str | None:
+    """A warning when the champion's split fractions (its registration run's params) put some of these test split
+    sources in its train split, so that its figures re-scored on them would run high; None when they did not, or
+    when its fractions are not known."""
+    try:  # no registered model yet, no champion, a store that does not answer: nothing to say
+        champion = standing_champion(client, name)
+        if champion is None:
+            return None
+        logged = client.get_run(client.get_model_version(name, champion).run_id).data.params
+        test_fraction = float(logged["preprocess.test_fraction"])
+        val_fraction = float(logged["preprocess.val_fraction"])
+    except (MlflowException, KeyError, TypeError, ValueError):
+        return None
+    synthetic = {str(source) for source in test_source_ids if str(source).startswith(SOURCE_ID_PREFIXES)}
+    trained = in_train_share(synthetic, val_fraction, test_fraction)
+    if not trained:
+        return None
+    return (f"champion v{champion} was trained with preprocess.test_fraction {test_fraction:g} and val_fraction "
+            f"{val_fraction:g}: {len(trained)} of this test split's {len(synthetic)} source images (first: "
+            f"{trained[0]}) were in its train split, so its figures re-scored on them may run high; keep its "
+            "fractions, or gate on real sets (evaluate.real_sets)")
 
 
 def _downloaded(name: str, version: str, folder: Path) -> Path:

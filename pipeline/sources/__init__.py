@@ -18,6 +18,9 @@ from pipeline.sources.procedural import SCREEN_KINDS, render_screen_content
 log = logging.getLogger(__name__)
 
 
+SOURCE_ID_PREFIXES = ("bundled/", "procedural/", "folder/")  # the synthetic sources' ids, not an imported pair's
+
+
 @dataclass(frozen=True)
 class SourceSpec:
     """Where one clean image comes from; `source_id` is unique and stable across runs."""

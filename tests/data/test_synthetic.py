@@ -114,3 +114,18 @@ def test_every_split_gets_a_source_however_few():
         assert set(splits) == {"train", "val", "test"}, n
     with pytest.raises(InputDataError, match="at least 3 distinct source images"):
         split_by_source(pd.Series(["a", "b", "a"]), 0.15, 0.15)
+
+
+def test_pairs_from_too_few_sources_are_refused_naming_the_params(tmp_path, tiny_params):
+    from pipeline.data.imported import INDEX_COLUMNS, ImportedPairs
+    from pipeline.data.pairs_index import index_pairs
+
+    frame = _render(tmp_path, tiny_params, [[0, 1, 2, 3]])
+    usable = frame.assign(source_id=["procedural/a", "procedural/b", "procedural/a", "procedural/b"])
+    rejected = pd.DataFrame({"reason": ["cannot read image"]})
+    nothing = ImportedPairs(pd.DataFrame(columns=INDEX_COLUMNS), pd.DataFrame(columns=["reason"]), [])
+    with pytest.raises(InputDataError) as info:
+        index_pairs(tiny_params, (usable, rejected), nothing)
+    assert str(info.value) == (
+        "the 4 usable synthetic pairs (1 rejected) come from 2 source image(s); splitting them into train, val and "
+        "test by source needs 3 or more: raise synthesize.n_pairs (12) or add sources (synthesize.sources)")
