@@ -50,8 +50,8 @@ def test_check_params_refuses_synthetic_data_the_preprocess_stage_cannot_split(t
     params.write_text(written)
     result = runner.invoke(app, ["check-params", "--params", str(params)])
     assert result.exit_code == 2 and message in result.output, result.output
-    params.write_text(written + "preprocess: {synthetic: false, datasets: [{path: " + str(tmp_path) + ", split: train}, "
-                      "{path: " + str(tmp_path) + ", split: val}, {path: " + str(tmp_path) + ", split: test}]}\n")
+    datasets = ", ".join(f"{{path: {tmp_path}, split: {split}}}" for split in ("train", "val", "test"))
+    params.write_text(written + f"preprocess: {{synthetic: false, datasets: [{datasets}]}}\n")
     assert runner.invoke(app, ["check-params", "--params", str(params)]).exit_code == 0  # nothing synthetic to split
 
 

@@ -5,16 +5,32 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.config import SynthesizeParams
+from pipeline.data.splits import in_train_share
 from pipeline.errors import InputDataError
 from pipeline.moire.layer_bank import shared_layer_bank
 from pipeline.moire.simulate import content_batch, sample_capture_params, simulate_batch
 from pipeline.sources import collect_sources, load_source
 
 ON_THE_FLY_STREAM = 0x4F4E4C4E  # "ONLN": apart from the file dataset's per-pair streams
+
+
+def held_out_sources(cfg: SynthesizeParams, index: pd.DataFrame, val_fraction: float,
+                     test_fraction: float) -> frozenset[str]:
+    """The sources training on the fly must not render: those of the pairs index's val and test splits, and those
+    it lacks (no pair drawn from them, or every pair rejected) outside train's own share, which a set with more
+    pairs could put in val or test."""
+    labels = dict(zip(index["source_id"], index["split"]))
+    sources = cfg.sources
+    ids = [spec.source_id for spec in collect_sources(sources.bundled, sources.procedural, sources.folders,
+                                                      sources.screen_kinds)[0]]
+    trainable = {source for source in ids if labels.get(source) == "train"}
+    trainable |= {source for source in in_train_share(ids, val_fraction, test_fraction) if source not in labels}
+    return frozenset(ids) - trainable
 
 
 class SyntheticPairStream(IterableDataset):
@@ -27,11 +43,11 @@ class SyntheticPairStream(IterableDataset):
     workers cannot use CUDA).
     """
 
-    def __init__(self, cfg: SynthesizeParams, seed: int, batch_size: int, device: str | torch.device = "cpu", rank: int = 0,
-                 held_out: frozenset[str] = frozenset()):
+    def __init__(self, cfg: SynthesizeParams, seed: int, batch_size: int, device: str | torch.device = "cpu",
+                 rank: int = 0, held_out: frozenset[str] = frozenset()):
         self.cfg, self.seed, self.batch_size, self.device = cfg, seed, batch_size, torch.device(device)
         self.rank = rank
-        self.held_out = held_out  # source ids never rendered: the val and test splits'
+        self.held_out = held_out  # source ids never rendered (held_out_sources)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:

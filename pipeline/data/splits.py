@@ -68,6 +68,6 @@ def split_by_source(source_ids: pd.Series, val_fraction: float, test_fraction: f
 
 
 def in_train_share(source_ids: Iterable[str], val_fraction: float, test_fraction: float) -> list[str]:
-    """The sources (sorted) that a split with these fractions may put in train: train's share, and the upper half
-    of val's, which lends to an empty train (a fallback split_by_source warns of aside)."""
-    return sorted(source for source in set(source_ids) if source_draw(source) >= test_fraction + val_fraction / 2)
+    """The sources (sorted) in train's own share with these fractions: in train whatever the other sources (only a
+    split that had to borrow, of a handful of sources, takes one elsewhere)."""
+    return sorted(source for source in set(source_ids) if source_draw(source) >= test_fraction + val_fraction)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import io
 import json
 import logging
 import re
@@ -291,13 +292,15 @@ async def _read_body(request: Request, limits: ServeLimits) -> bytes:
                                 f"{rate:,.0f} bytes/s on average); send it again") from None
 
 
-def _is_text(data: bytes) -> bool:
-    """Whether `data` is UTF-8 text (a form field's value), not an image file's bytes."""
+def _opens_as_image(data: bytes) -> bool:
+    """Whether `data` is an image file's bytes, not a form field's text: PIL reads its header (not its pixels)."""
+    from PIL import Image
+
     try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
+        with Image.open(io.BytesIO(data)):
+            return True
+    except Exception:  # noqa: BLE001  (PIL's errors for what is no image vary by the format it tried)
         return False
-    return True
 
 
 def _multipart(content_type: str, body: bytes, limit: int) -> tuple[bytes, dict]:
@@ -324,9 +327,9 @@ def _multipart(content_type: str, body: bytes, limit: int) -> tuple[bytes, dict]
         parser.finalize()
     except (FormParserError, ValueError) as exc:
         raise RequestError(400, f"unreadable multipart body: {exc}") from None
-    if "file" not in files and "file" in raw and not _is_text(raw["file"]):
+    if "file" not in files and "file" in raw and _opens_as_image(raw["file"]):
         # a part that names its file only as filename*= (RFC 5987; some clients' non-ASCII names) or not at all is a
-        # field to the parser: bytes that are no text are the image
+        # field to the parser: an image's bytes are the upload
         files["file"] = raw.pop("file")
         del fields["file"]
     if "file" not in files:

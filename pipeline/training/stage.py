@@ -21,6 +21,7 @@ import yaml
 
 from pipeline.config import Params
 from pipeline.data.dataset import StoredPairs
+from pipeline.data.on_the_fly import held_out_sources
 from pipeline.errors import DemoireError, InputDataError
 from pipeline.io import atomic_path
 from pipeline.models import build_model, model_spec, save_model
@@ -97,9 +98,9 @@ def training_batches(params: Params, pairs_index: Path, data: Path, device: torc
     """The stored train split, or pairs synthesised on the fly when train.synthetic_pairs_per_epoch is set."""
     cfg = params.train
     if cfg.synthetic_pairs_per_epoch:
-        # never a val or test source: the model would then be scored on photos it trained on
-        index = read_pairs_index(pairs_index)
-        held_out = frozenset(index.loc[index["split"] != "train", "source_id"])
+        # never a val or test source, now or in a set with more pairs: it would be scored on photos it trained on
+        held_out = held_out_sources(params.synthesize, read_pairs_index(pairs_index), params.preprocess.val_fraction,
+                                    params.preprocess.test_fraction)
         batches = SyntheticBatches(params.synthesize, cfg.synthetic_pairs_per_epoch, cfg.patch_size, cfg.batch_size,
                                    params.seed, device, world.rank, world.size, held_out)
         if world.is_main:  # what is rendered, which the synthesize section's size and n_pairs do not say

@@ -36,6 +36,7 @@ def test_training_on_the_fly_never_renders_a_val_or_test_source(tmp_path, tiny_p
     import pandas as pd
 
     import pipeline.data.on_the_fly as on_the_fly
+    from pipeline.data.splits import source_draw
     from pipeline.errors import InputDataError
     from pipeline.sources import collect_sources
     from pipeline.training.distributed import World
@@ -43,19 +44,23 @@ def test_training_on_the_fly_never_renders_a_val_or_test_source(tmp_path, tiny_p
 
     cfg = tiny_params.synthesize.sources
     ids = [spec.source_id for spec in collect_sources(cfg.bundled, cfg.procedural, cfg.folders)[0]]
-    splits = ["train", "train", "val", "test", "test", "val"]
-    pd.DataFrame({"pair_id": range(6), "split": splits, "source_id": ids, "moire_path": "m.png",
-                  "clean_path": "c.png"}).to_parquet(tmp_path / "pairs.parquet")
-    params = tiny_params.model_copy(update={"train": tiny_params.train.model_copy(update={"synthetic_pairs_per_epoch": 4})})
+    # the index lacks the last two sources (no pair drawn from them): only one in train's own share may be rendered
+    pd.DataFrame({"pair_id": range(4), "split": ["train", "train", "val", "test"], "source_id": ids[:4],
+                  "moire_path": "m.png", "clean_path": "c.png"}).to_parquet(tmp_path / "pairs.parquet")
+    unindexed_train_share = {source for source in ids[4:] if source_draw(source) >= 0.2 + 0.2}
+    assert len(unindexed_train_share) == 1  # the tiny sources: one of each kind
+    on_the_fly_training = tiny_params.train.model_copy(update={"synthetic_pairs_per_epoch": 4})
+    params = tiny_params.model_copy(update={"train": on_the_fly_training})
     drawn = []
     original = on_the_fly.load_source
-    monkeypatch.setattr(on_the_fly, "load_source", lambda spec, seed: drawn.append(spec.source_id) or original(spec, seed))
+    monkeypatch.setattr(on_the_fly, "load_source",
+                        lambda spec, seed: drawn.append(spec.source_id) or original(spec, seed))
 
     batches = training_batches(params, tmp_path / "pairs.parquet", tmp_path, torch.device("cpu"), World())
-    for _ in range(3):
-        list(batches.epoch(1))
-    assert drawn and set(drawn) <= set(ids[:2])  # the train split's two sources, never a held-out one
-    assert batches.digest() != _digest_holding_nothing_out(params)  # other sources held out: a checkpoint is not resumed
+    for epoch in range(1, 6):
+        list(batches.epoch(epoch))
+    assert set(drawn) == {*ids[:2], *unindexed_train_share}, set(drawn)
+    assert batches.digest() != _digest_holding_nothing_out(params)  # other sources held out: no checkpoint resumed
 
     held_out_all = on_the_fly.SyntheticPairStream(params.synthesize, 1, 2, held_out=frozenset(ids))
     with pytest.raises(InputDataError, match="no usable source images outside the val and test splits"):

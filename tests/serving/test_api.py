@@ -87,6 +87,10 @@ def test_a_file_part_named_only_by_filename_star_is_the_upload(serve_app, client
     result = client.post(url + "/restore", content=body, headers={"Content-Type": "multipart/form-data; boundary=XX"})
     assert result.status_code == 200, result.text
     assert _decode(result.content).shape == image.shape
+    # a file name sent as the field's text (curl -F file=photo.jpg), in Latin-1: still told to send the file
+    latin = b"--XX\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nphoto\xe9.jpg\r\n--XX--\r\n"
+    refused = client.post(url + "/restore", content=latin, headers={"Content-Type": "multipart/form-data; boundary=XX"})
+    assert refused.status_code == 400 and "is text, not a file" in refused.json()["error"], refused.text
 
 
 def test_a_portrait_phone_photo_comes_back_upright(serve_app, client, rng):
