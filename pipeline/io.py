@@ -12,7 +12,9 @@ import re
 import shutil
 import socket
 import tempfile
+import unicodedata
 from contextlib import contextmanager
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -281,6 +283,12 @@ def is_utf8_name(name: str) -> bool:
     """Whether a name read from the disk was valid UTF-8 (Python keeps other bytes as lone surrogates): only such a
     name can go into a CSV, a manifest or JSON as it is."""
     return readable_text(name) == name
+
+
+def name_matches(name: str, pattern: str) -> bool:
+    """Whether a file or pair name matches the glob `pattern`, case-sensitively (a set is the same on every OS)
+    and whatever Unicode normal form either is in (a Mac writes names decomposed, a Linux shell composed)."""
+    return fnmatchcase(unicodedata.normalize("NFC", name), unicodedata.normalize("NFC", pattern))
 
 
 def json_ready(data: Any) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ from pipeline.calibration.statistics import (
 from pipeline.data.dataset import Pair
 from pipeline.data.paired_folder import decoded_pairs, find_paired_folder
 from pipeline.errors import DemoireError, InputDataError
-from pipeline.io import read_rgb
+from pipeline.io import name_matches, read_rgb
 from pipeline.sources.folders import image_files
 
 
@@ -46,7 +45,7 @@ def read_real_photos(
                       if _large_enough(name, images[0], skipped)]
             continue
         for path in image_files(root):
-            if not fnmatchcase(path.name, include):
+            if not name_matches(path.name, include):
                 continue
             try:
                 photo = read_rgb(path)

@@ -6,7 +6,6 @@ has to fit in memory.
 
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Iterator
 
@@ -14,14 +13,15 @@ from pipeline.config import check_name_glob
 from pipeline.data.dataset import Pair
 from pipeline.data.manifest import read_pair
 from pipeline.errors import DemoireError, InputDataError, ParamsError
+from pipeline.io import name_matches
 from pipeline.sources.paired_datasets import DatasetPair, PairList, find_pairs
 
 
 def select_pairs(found: PairList, include: str = "*", limit: int | None = None) -> PairList:
-    """The pairs whose names match the glob `include`, the first `limit` of them by name, and the unpaired
-    files among those names (case-sensitive, so a set is the same on every OS)."""
-    pairs = sorted((pair for pair in found.pairs if fnmatchcase(pair.name, include)), key=lambda pair: pair.name)
-    skipped = [item for item in found.skipped if fnmatchcase(item.name, include)]
+    """The pairs whose names match the glob `include` (`name_matches`), the first `limit` of them by name, and
+    the unpaired files among those names."""
+    pairs = sorted((pair for pair in found.pairs if name_matches(pair.name, include)), key=lambda pair: pair.name)
+    skipped = [item for item in found.skipped if name_matches(item.name, include)]
     if limit is not None and len(pairs) > limit:
         pairs = pairs[:limit]
         # beyond the cut: not in the set (a second file under the last pair's own name is)

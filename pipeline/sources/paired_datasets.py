@@ -20,6 +20,7 @@ UHDM's `test_origin`) is read as that split, or as an unnamed one when its name 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -176,16 +177,17 @@ def pair_split_folder(folder: Path, layout: DatasetLayout, split: str) -> tuple[
     taken: dict[str, Path] = {}  # pair name → the moiré file that has it
     named_clean: set[Path] = set()  # clean files some moiré file names as its partner
     moire_files: set[Path] = set()
+    listings: dict[Path, dict[str, Path]] = {}  # folder → its entries by NFC name (see _partner)
     for moire_path, match in _moire_files(folder, layout):
         moire_files.add(moire_path)
         subfolder = moire_path.parent.relative_to(moire_root)
         name = _in_split(split, subfolder.as_posix(), match["key"])
-        clean_path = clean_root / subfolder / layout.clean_file.format(**match.groupdict())
+        clean_path = _partner(clean_root / subfolder / layout.clean_file.format(**match.groupdict()), listings)
         named_clean.add(clean_path)
         if name in taken:  # src_1.png beside src_1.jpg, or TIP2018's 1_source.png beside 1source.png
             skipped.append(SkippedPair(name, f"{_shown(moire_path, folder)} names the same pair as "
                                              f"{_shown(taken[name], folder)}, which is read; rename one"))
-        elif clean_path.is_file() or clean_path.is_symlink():  # a link to nothing: skipped when read, with why
+        elif _is_entry(clean_path):  # a link to nothing: skipped when read, with why
             taken[name] = moire_path
             pairs.append(DatasetPair(name, split, moire_path, clean_path))
         else:
@@ -202,6 +204,29 @@ def pair_split_folder(folder: Path, layout: DatasetLayout, split: str) -> tuple[
                 for path in cleans if path not in named_clean and path not in moire_files
                 and not (shared and layout.moire_file.fullmatch(path.name))]
     return pairs, skipped
+
+
+def _is_entry(path: Path) -> bool:
+    """Whether `path` is a file or a link (a link to nothing too: reading it says why it fails)."""
+    return path.is_file() or path.is_symlink()
+
+
+def _partner(clean_path: Path, listings: dict[Path, dict[str, Path]]) -> Path:
+    """The clean file at `clean_path`, or else the entry beside it whose name is the same text in another
+    Unicode normal form; `clean_path` itself when there is neither.
+
+    macOS writes names decomposed (NFD: "e" + a combining accent), Linux keeps what it is given, mostly
+    composed (NFC), so a set whose moiré half was copied from a Mac and whose clean half was written here
+    names its pairs with different bytes. `listings` caches each folder's entries by NFC name.
+    """
+    if _is_entry(clean_path) or clean_path.name.isascii():
+        return clean_path
+    folder = clean_path.parent
+    if folder not in listings:
+        listings[folder] = {unicodedata.normalize("NFC", entry.name): entry
+                            for entry in (folder.iterdir() if folder.is_dir() else ())}
+    found = listings[folder].get(unicodedata.normalize("NFC", clean_path.name))
+    return found if found is not None and _is_entry(found) else clean_path
 
 
 def _in_split(split: str, *parts: str) -> str:

@@ -1,4 +1,5 @@
 import json
+import unicodedata
 from pathlib import Path
 from typing import get_args
 
@@ -9,6 +10,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.config import ImportedDataset
+from pipeline.data.paired_folder import find_paired_folder
 from pipeline.errors import InputDataError, ParamsError
 from pipeline.models import ModelSpec, build_model, save_model
 from pipeline.sources.paired_datasets import DATASET_LAYOUTS, find_pairs
@@ -121,6 +123,25 @@ def test_a_pair_whose_name_is_not_utf8_is_skipped_and_said_readably(tmp_path):
     assert [(item.name, item.reason) for item in found.skipped] == [
         ("caf\\xe9 shot.png", "its file name is not UTF-8 (from an older system or zip?): rename it"),
         ("clean/xcaf\\xe9 shot.png", "no moiré file names it as its clean partner")]
+
+
+@pytest.mark.parametrize("moire_form, clean_form", [("NFD", "NFC"), ("NFC", "NFD")])
+def test_a_name_in_another_unicode_form_on_each_side_is_one_pair(tmp_path, moire_form, clean_form):
+    # a moiré half copied from a Mac (decomposed names) beside a clean half written on Linux (composed)
+    moire_name, clean_name = (unicodedata.normalize(form, "café_été.png") for form in (moire_form, clean_form))
+    assert moire_name != clean_name
+    root = _pairs(tmp_path / "set", [(f"moire/{moire_name}", f"clean/{clean_name}"), ("moire/plain.png", None)])
+    _pairs(tmp_path / "fhdmi", [(f"test/source/src_{moire_name}", f"test/target/tar_{clean_name}")])
+    found = find_pairs(root)
+    assert [(pair.name, pair.moire_path.name, pair.clean_path.name) for pair in found.pairs] == [
+        (moire_name, moire_name, clean_name)]
+    assert [item.name for item in found.skipped] == ["plain.png"]
+    # an --include typed in the other form selects it too
+    typed = unicodedata.normalize(clean_form, "café*")
+    assert [pair.name for pair in find_paired_folder(root, include=typed).pairs] == [moire_name]
+    fhdmi_found = find_pairs(tmp_path / "fhdmi")
+    assert [pair.clean_path.name for pair in fhdmi_found.pairs] == [f"tar_{clean_name}"]
+    assert fhdmi_found.skipped == []
 
 
 def test_a_stray_image_in_a_uhdm_folder_is_said(tmp_path):
