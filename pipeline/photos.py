@@ -17,14 +17,21 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
+from pillow_heif import register_heif_opener
 
 from pipeline.errors import InputDataError, ParamsError, shown_value
 from pipeline.io import atomic_path, to_rgb_uint8
 
+# HEIC is what iPhones save photos as: Pillow reads it through libheif's plugin (AVIF it reads itself). The plugin
+# turns the pixels upright as the file's transform boxes say and sets the EXIF orientation to 1, so the
+# exif_transpose below does not turn them twice.
+register_heif_opener()
+
 # Output formats by the name users type (and the file suffix): PIL format, MIME type.
 OUTPUT_FORMATS = {"png": ("PNG", "image/png"), "jpg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
 # Formats a photo may arrive in; anything else PIL could open (PDF, EPS, ICO, …) is refused.
-INPUT_FORMATS = {"JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF", "MPO"}  # MPO: some phones' JPEGs
+INPUT_FORMATS = {"JPEG", "PNG", "WEBP", "HEIF", "AVIF", "TIFF", "BMP", "GIF", "MPO"}  # MPO: some phones' JPEGs
+INPUT_FORMATS_TEXT = "JPEG, PNG, WebP, HEIC, AVIF, TIFF, BMP or GIF"  # as messages name them
 DEFAULT_QUALITY = 90
 EXIF_ORIENTATION = 0x0112
 TIFF_BITS_PER_SAMPLE = 258  # the TIFF tag of each sample's bit depth
@@ -83,8 +90,8 @@ def read_photo(source: Path | bytes, max_pixels: int | None = None, name: str | 
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as im:
                 if im.format not in INPUT_FORMATS:
-                    raise UnsupportedImageError(f"{name} is in {im.format} format; send a photo in one of "
-                                         f"{', '.join(sorted(INPUT_FORMATS - {'MPO'}))}")
+                    raise UnsupportedImageError(f"{name} is in {im.format} format; send a photo in "
+                                                f"{INPUT_FORMATS_TEXT}")
                 width, height = im.size
                 if max_pixels is not None and width * height > max_pixels:
                     raise ImageTooLargeError(f"image from {name} is {width}x{height} = {width * height:,} pixels, "
@@ -106,7 +113,7 @@ def read_photo(source: Path | bytes, max_pixels: int | None = None, name: str | 
                              f"{Image.MAX_IMAGE_PIXELS:,}") from None
     except Image.UnidentifiedImageError:
         # PIL cannot tell a file of another kind from one whose header it no longer recognises
-        raise UnsupportedImageError(f"cannot read image from {name}: not a JPEG, PNG, WebP, TIFF, BMP or GIF file, "
+        raise UnsupportedImageError(f"cannot read image from {name}: not a {INPUT_FORMATS_TEXT} file, "
                                     "or one too damaged to recognise") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise InputDataError(f"cannot read image from {name}: {exc}") from exc

@@ -75,6 +75,30 @@ def test_a_portrait_phone_photo_is_read_upright_with_its_exif_kept(tmp_path):
         assert read_photo(tmp_path / f"o{orientation}.jpg").rgb.shape == shape
 
 
+@pytest.mark.parametrize("suffix, pil_format", [(".HEIC", "HEIF"), (".avif", "AVIF")])
+def test_an_iphone_heic_or_an_avif_photo_is_read_upright_in_srgb_and_predicted(tmp_path, suffix, pil_format):
+    sensor = np.full((30, 48, 3), 90, dtype=np.uint8)
+    sensor[:6, :, 0] = 255  # the stored top rows are red
+    exif = Image.Exif()
+    exif[ORIENTATION], exif[MAKE] = 6, "TestPhone"
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "in" / f"IMG_0002{suffix}"
+    Image.fromarray(sensor).save(path, quality=95, exif=exif.tobytes(), icc_profile=ADOBE_LIKE)
+    with Image.open(path) as im:
+        assert im.format == pil_format
+    photo = read_photo(path)
+    assert photo.rgb.shape == (48, 30, 3)  # upright, turned once
+    assert photo.rgb[:, -3:, 0].mean() > 200 and photo.rgb[:, :3, 0].mean() < 140  # the red top is on the right
+    assert photo.converted_from == "Test wide RGB"
+    spec = ModelSpec("unet", 8, 2)
+    save_model(build_model(spec, seed=0), spec, tmp_path / "model")
+    result = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model",
+                                 str(tmp_path / "model"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "out" / "IMG_0002.png") as im:
+        assert im.size == (30, 48)
+
+
 def test_a_colour_profile_is_converted_to_srgb(tmp_path):
     green = np.zeros((16, 16, 3), dtype=np.uint8)
     green[..., 1] = 200

@@ -166,7 +166,8 @@ def log_demoire_model(model_dir: Path, infer: InferParams | None = None):
             signature=IMAGE_SIGNATURE,
             input_example=example,
             model_config=serving_config(infer or InferParams()),
-            pip_requirements=["torch==2.13.0", "numpy", "pillow", "pydantic", "pyyaml", "pandas", "psutil", "filelock"],
+            pip_requirements=["torch==2.13.0", "numpy", "pillow", "pillow-heif", "pydantic", "pyyaml", "pandas",
+                              "psutil", "filelock"],
         )
 
 

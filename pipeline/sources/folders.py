@@ -8,7 +8,7 @@ from pathlib import Path
 from pipeline.errors import DemoireError, InputDataError
 from pipeline.io import NOT_UTF8_NAME, is_utf8_name, read_rgb
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".heic", ".heif", ".avif"}
 
 
 def image_files(folder: Path) -> list[Path]:
