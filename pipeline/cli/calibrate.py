@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cli.common import app, err, fail
+from pipeline.cli.common import Layout, app, err, fail
 from pipeline.errors import DemoireError, InputDataError
 from pipeline.lifetime import unwinds_on_sigterm
 
@@ -17,7 +17,7 @@ def calibrate(
     real: list[Path] = typer.Option(..., help="real moiré photos: a paired folder (any importer layout) or a folder of photos; repeat to pool"),
     out: Path = typer.Option(..., help="preset file to write (.yaml); use it with synthesize.preset: OUT"),
     report: Path | None = typer.Option(None, help="folder for summary.json and statistics.png [default: OUT's name + '-report']"),
-    layout: str = typer.Option("auto", help="auto | uhdm | fhdmi | tip2018 | generic, for paired folders"),
+    layout: Layout = typer.Option("auto", help="dataset layout of paired folders; generic: moire/ + clean/"),
     include: str = typer.Option("*", help="only photos or pairs whose file name matches this glob"),
     base: str = typer.Option("default", help="built-in preset the search starts from and keeps for every range it does not move"),
     trials: int = typer.Option(40, help="Optuna trials; each renders the sample once"),
