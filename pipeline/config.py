@@ -523,6 +523,9 @@ class RegisterParams(Section):
     require_gain_over_input: bool = True
 
 
+MAX_SIDE_RANGE = (64, 65_536)  # infer.max_side: a smaller side leaves too little of a photo to restore
+
+
 class InferParams(Section):
     """Tiled inference (`demoire predict`, the logged pyfunc model, `demoire bench infer`)."""
 
@@ -533,10 +536,19 @@ class InferParams(Section):
     max_pixels: int = Field(100_000_000, ge=1, le=200_000_000)
     # Larger photos are restored at the size whose longer side is this, their correction enlarged back
     # (pipeline.inference.restore_shrunk): a 4K photo's moiré where a 1080p photo's lies; None: at full size.
-    max_side: int | None = Field(2048, ge=64, le=65_536)
+    max_side: int | None = 2048  # MAX_SIDE_RANGE (_max_side_or_full_size)
     # Share of the screen falloff (light lost towards the photo's edges) estimated on each whole photo and undone
     # (pipeline.falloff); 0: none. A half: what content without falloff can afford (docs/benchmarks.md).
     falloff: float = Field(0.5, ge=0.0, le=1.0)
+
+    @field_validator("max_side")
+    @classmethod
+    def _max_side_or_full_size(cls, side: int | None) -> int | None:
+        """A side to restore at, or None for full size, which the command line writes as 0."""
+        low, high = MAX_SIDE_RANGE
+        if side is not None and not low <= side <= high:
+            raise ValueError(f"allowed: {low} to {high}, or null for full size")
+        return side
 
     @model_validator(mode="after")
     def _overlap_below_half_a_tile(self) -> "InferParams":

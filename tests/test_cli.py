@@ -158,7 +158,7 @@ def test_predict_and_evaluate_restore_larger_photos_at_max_side_and_0_restores_a
     bad = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", str(tmp_path / "bad"), "--model", model,
                               "--max-side", "8"])
     assert bad.exit_code == 2 and not (tmp_path / "bad").exists()
-    assert "--max-side 8: Input should be greater than or equal to 64" in bad.output
+    assert "--max-side 8: allowed: 64 to 65536, or 0 for full size" in bad.output
 
     write_png(tmp_path / "pairs" / "clean" / "a.png", photo)
     write_png(tmp_path / "pairs" / "moire" / "a.png", photo // 2 + 40)

@@ -24,8 +24,8 @@ app = typer.Typer(help="Demoiré pipeline: synthetic moiré data, models, evalua
 Device = Literal["auto", "cpu", "cuda"]
 # `--max-side` of predict, serve and evaluate: one option, so the three commands describe it alike.
 MAX_SIDE_OPTION = typer.Option(None, "--max-side", min=0,
-                               help="restore larger photos at this longer side, the correction enlarged back (wide "
-                                    "moiré of 4K photos); 0: full size [default: infer.max_side]")
+                               help="restore larger photos at this longer side (64 to 65536), the correction enlarged "
+                                    "back (wide moiré of 4K photos); 0: full size [default: infer.max_side]")
 # `--falloff` of predict, serve and evaluate, likewise.
 FALLOFF_OPTION = typer.Option(None, "--falloff", min=0.0, max=1.0,
                               help="share of the screen falloff (light lost towards the photo's edges) estimated on "
@@ -181,14 +181,18 @@ INFER_OPTIONS = {"tile_size": "--tile", "tile_overlap": "--overlap", "tile_batch
 
 def infer_params(params: Path | None, **options: float | None):
     """params' infer section (params.yaml when present, else defaults) with the options given on top."""
-    from pipeline.config import InferParams, load_params, parse_params
+    from pipeline.config import MAX_SIDE_RANGE, InferParams, load_params, parse_params
+    from pipeline.errors import ParamsError
 
     if params is None and DEFAULT_PARAMS.is_file():
         params = DEFAULT_PARAMS
     base = load_params(params).infer if params is not None else InferParams()
     given = {key: value for key, value in options.items() if value is not None}
-    if given.get("max_side") == 0:  # --max-side 0: full size, as `max_side: null` in params
+    side, (low, high) = given.get("max_side"), MAX_SIDE_RANGE
+    if side == 0:  # --max-side 0: full size, as `max_side: null` in params
         given["max_side"] = None
+    elif side is not None and not low <= side <= high:
+        raise ParamsError(f"--max-side {side}: allowed: {low} to {high}, or 0 for full size")
     return parse_params({"infer": {**base.model_dump(), **given}}, source=str(params or "the defaults"),
                         options={f"infer.{key}": INFER_OPTIONS[key] for key in given}).infer
 
