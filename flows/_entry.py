@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import yaml
 
 from flows import PROJECT_ROOT
-from pipeline.config import Params, load_params
+from pipeline.config import Params, check_folders, load_params
 from pipeline.errors import DemoireError
 from pipeline.lifetime import end_with_starter, exit_on_sigterm
 
@@ -39,6 +39,9 @@ def run_stage(
     end_with_starter()
     try:
         params = with_project_paths(load_params(args.params))
+        # a missing folder is one line here, as `demoire check-params` says it, not an error from inside a flow run
+        # whose server took seconds to start
+        check_folders(params, PROJECT_ROOT, str(args.params))
         with prefect_api(), pipeline_run_tags():
             run(params, args)
     except DemoireError as exc:

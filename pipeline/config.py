@@ -724,6 +724,18 @@ def check_patches_fit_the_pairs(params: Params, source: str) -> None:
                           f"it is cut from; choose at most {size} or raise synthesize.size")
 
 
+def check_folders(resolved: Params, project_dir: Path, source: str) -> None:
+    """The folders params name exist (relative ones from `project_dir`): said in one line by `demoire check-params`
+    and by each stage before its Prefect server starts, not by a stage DVC has already cleared the outputs of.
+    Their contents are the stages' to check."""
+    folders = resolved.synthesize.sources.folders
+    named = [(f"synthesize.sources.folders[{i}]", folder) for i, folder in enumerate(folders)]
+    named += [(f"evaluate.real_sets[{i}].path", real.path) for i, real in enumerate(resolved.evaluate.real_sets)]
+    for key, folder in named:
+        if not (project_dir / folder).is_dir():  # an absolute path stays as it is
+            raise ParamsError(f"{source}: {key} = {str(folder)!r}: no such folder ({project_dir / folder})")
+
+
 def parse_params(raw: Any, source: str = "params", options: Mapping[str, str] | None = None) -> Params:
     """Validate a params mapping; raise ParamsError naming key, value and what is allowed.
 

@@ -19,7 +19,7 @@ def check_params(
                                                        '(values: every value in effect)'),
 ) -> None:
     """Validate params.yaml and print OK, or one line naming the bad key."""
-    from pipeline.config import Params, load_params
+    from pipeline.config import Params, check_folders, load_params
     from pipeline.errors import InputDataError
 
     source = params or DEFAULT_PARAMS
@@ -47,19 +47,6 @@ def check_params(
         typer.echo(yaml.safe_dump(resolved.model_dump(mode="json", by_alias=True), sort_keys=False))
         return
     typer.echo(f"{source}: OK")
-
-
-def check_folders(resolved, project_dir: Path, source: str) -> None:
-    """The folders params name exist (relative ones from the params file's folder): found here, not by a stage
-    that DVC has already cleared the outputs of. Their contents are the stages' to check."""
-    from pipeline.errors import ParamsError
-
-    folders = resolved.synthesize.sources.folders
-    named = [(f"synthesize.sources.folders[{i}]", folder) for i, folder in enumerate(folders)]
-    named += [(f"evaluate.real_sets[{i}].path", real.path) for i, real in enumerate(resolved.evaluate.real_sets)]
-    for key, folder in named:
-        if not (project_dir / folder).is_dir():  # an absolute path stays as it is
-            raise ParamsError(f"{source}: {key} = {str(folder)!r}: no such folder ({project_dir / folder})")
 
 
 def check_splittable(resolved, source: str) -> None:

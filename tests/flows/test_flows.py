@@ -280,6 +280,24 @@ def test_a_user_error_in_a_stage_is_one_line_without_a_prefect_traceback(tmp_pat
     assert len(errors) == 1 and "missing" in errors[0], output[-3000:]
 
 
+@pytest.mark.slow
+def test_a_missing_folder_stops_a_stage_in_one_line_before_any_flow_runs(tmp_path, tiny_raw, prefect_api):
+    import yaml
+
+    missing = tmp_path / "photos-not-here"
+    raw = {**tiny_raw, "synthesize": {**tiny_raw.get("synthesize", {}), "sources": {"folders": [str(missing)]}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    result = subprocess.run([sys.executable, "-m", "flows.synthesize", "--params", str(tmp_path / "params.yaml"),
+                             "--out", str(tmp_path / "synth"), "--report", str(tmp_path / "report")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    # what `demoire check-params` says, once; no flow run failed, no advice to declare a folder that is not there
+    assert [line for line in output.splitlines() if "photos-not-here" in line] == [
+        f"error: {tmp_path / 'params.yaml'}: synthesize.sources.folders[0] = '{missing}': no such folder ({missing})"]
+    assert "Finished in state" not in output and not (tmp_path / "synth").exists()
+
+
 def test_the_adhoc_synthesis_flow_replaces_only_its_own_sets_and_only_when_asked(tmp_path, prefect_api):
     from flows.synthesize import synthesize_set_flow
     from pipeline.errors import InputDataError
