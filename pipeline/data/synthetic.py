@@ -104,6 +104,24 @@ def source_for_pair(index: int, n_pairs: int, n_sources: int) -> int:
     return index * n_sources // n_pairs
 
 
+def sources_without_pairs(n_pairs: int, specs: list[SourceSpec]) -> list[SourceSpec]:
+    """The sources no pair shows: with fewer pairs than sources, `source_for_pair` passes some over."""
+    shown = {source_for_pair(index, n_pairs, len(specs)) for index in range(n_pairs)}
+    return [spec for position, spec in enumerate(specs) if position not in shown]
+
+
+def warn_unshown_sources(n_pairs: int, specs: list[SourceSpec]) -> list[SourceSpec]:
+    """Say which usable sources get no pair (a few named, the user's photos first); return them."""
+    unshown = sources_without_pairs(n_pairs, specs)
+    if unshown:
+        named = sorted(unshown, key=lambda spec: spec.kind != "folder")[:5]
+        more = f" and {len(unshown) - len(named)} more" if len(unshown) > len(named) else ""
+        log.warning("synthesize.n_pairs %d is below the %d usable sources: %d get no pair (%s%s); raise n_pairs to %d "
+                    "or more to use each one", n_pairs, len(specs), len(unshown),
+                    ", ".join(spec.path or spec.source_id for spec in named), more, len(specs))
+    return unshown
+
+
 def render_shard(
     indices: list[int], specs: list[SourceSpec], cfg: SynthesizeParams, seed: int, out_dir: Path
 ) -> list[dict]:
@@ -347,6 +365,7 @@ def synthesize_dataset(cfg: SynthesizeParams, seed: int, out_dir: Path, run_shar
         raise InputDataError("no usable source images: enable bundled or procedural sources, or add folders")
     # Two runs into one folder would each discard the other's work folder (different params) or render the
     # same shards twice (same params): the second stops at once.
+    warn_unshown_sources(cfg.n_pairs, specs)
     with sole_writer(out_dir, "synthesize run"):
         return render_and_publish(cfg, seed, out_dir, run_shards, specs, skipped)
 
@@ -383,7 +402,8 @@ def render_and_publish(cfg: SynthesizeParams, seed: int, out_dir: Path, run_shar
     for leftover in staging.rglob(".*.tmp"):  # every pair is finished: these are temp files of killed writers
         leftover.unlink()
     write_manifest(records, staging / "manifest.parquet")
-    summary = {"pairs": len(records), "sources_used": len(specs), "sources_skipped": len(skipped),
+    used = len(specs) - len(sources_without_pairs(cfg.n_pairs, specs))
+    summary = {"pairs": len(records), "sources_used": used, "sources_skipped": len(skipped),
                "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]}
     write_json(staging / "summary.json", summary)
     publish_set(work, out_dir, fingerprint)

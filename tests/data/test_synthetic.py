@@ -129,3 +129,28 @@ def test_pairs_from_too_few_sources_are_refused_naming_the_params(tmp_path, tiny
     assert str(info.value) == (
         "the 4 usable synthetic pairs (1 rejected) come from 2 source image(s); splitting them into train, val and "
         "test by source needs 3 or more: raise synthesize.n_pairs (12) or add sources (synthesize.sources)")
+
+
+def test_fewer_pairs_than_sources_says_which_get_none_and_counts_only_those_used(tmp_path, tiny_raw, caplog):
+    import json
+
+    from pipeline.config import parse_params
+    from pipeline.data.synthetic import local_shard_runner, synthesize_dataset
+
+    photos = tmp_path / "photos"
+    for i in range(3):
+        write_png(photos / f"photo_{i}.png", np.full((40, 40, 3), 60 * i, np.uint8))
+    tiny_raw["synthesize"].update(n_pairs=5, sources={"bundled": False, "procedural": 6, "folders": [str(photos)]})
+    params = parse_params(tiny_raw)
+    with caplog.at_level("WARNING", logger="pipeline.data.synthetic"):
+        summary = synthesize_dataset(params.synthesize, params.seed, tmp_path / "set",
+                                     local_shard_runner(params.synthesize, params.seed, 1))
+    shown = pd.read_parquet(tmp_path / "set" / "manifest.parquet")["source_id"].nunique()
+    assert summary["sources_used"] == shown == 5
+    assert json.loads((tmp_path / "set" / "summary.json").read_text())["sources_used"] == 5
+    warnings = [r.getMessage() for r in caplog.records if "get no pair" in r.getMessage()]
+    assert len(warnings) == 1 and "below the 9 usable sources: 4 get no pair" in warnings[0]
+    assert "raise n_pairs to 9 or more" in warnings[0]
+    # the 9 sources are the 6 procedural screens, then the photos; pairs 0–4 show sources 0, 1, 3, 5 and 7
+    assert "photo_0.png" in warnings[0] and "photo_2.png" in warnings[0] and "photo_1.png" not in warnings[0]
+    assert warnings[0].index("photo_") < warnings[0].index("procedural")  # the user's photos named first
