@@ -25,7 +25,9 @@ import re
 import threading
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import PurePosixPath
 from typing import Callable
+from urllib.parse import quote
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -128,7 +130,7 @@ def create_app(restore: Restore, model_info: dict, limits: ServeLimits = ServeLi
         state["waiting"] += 1
         watcher: asyncio.Task | None = None
         try:
-            data, options = await _read_upload(request, limits)
+            data, options, upload_name = await _read_upload(request, limits)
             fmt, quality = _output_options(options)
             gone = _Gone()
             # one watcher from here to the answer (the body is read: nothing else receives from the client now)
@@ -153,7 +155,7 @@ def create_app(restore: Restore, model_info: dict, limits: ServeLimits = ServeLi
             state["busy"] -= 1
             slots.release()
         return Response(body, media_type=OUTPUT_FORMATS[fmt][1],
-                        headers={"Content-Disposition": f'inline; filename="restored.{fmt}"'})
+                        headers={"Content-Disposition": content_disposition(upload_name, fmt)})
 
     return app
 
@@ -228,8 +230,21 @@ def _restore_encoded(restore: Restore, data: bytes, max_pixels: int, fmt: str, q
     return encode_image(restore(photo.rgb, should_stop), fmt, quality)
 
 
-async def _read_upload(request: Request, limits: ServeLimits) -> tuple[bytes, dict]:
-    """The image bytes and the options of a request, its body read within `limits` (size, idle time, rate)."""
+def content_disposition(upload_name: str | None, fmt: str) -> str:
+    """The answer's file name as the web page names its downloads, `NAME-restored.FMT` after the uploaded file's
+    name (`restored.FMT` without one), in RFC 6266's form: an ASCII name as it is, any other as `filename*`
+    (percent-encoded UTF-8) beside an ASCII fallback. A client's full path (old browsers send one) is cut to its
+    last part."""
+    stem = PurePosixPath((upload_name or "").replace("\\", "/")).stem.strip()
+    name = f"{stem}-restored.{fmt}" if stem else f"restored.{fmt}"
+    if name.isascii() and name.isprintable() and not set(name) & set('"\\;'):
+        return f'inline; filename="{name}"'
+    return f"inline; filename=\"restored.{fmt}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+async def _read_upload(request: Request, limits: ServeLimits) -> tuple[bytes, dict, str | None]:
+    """The image bytes, the options and the file name (multipart only) of a request, its body read within `limits`
+    (size, idle time, rate)."""
     limit = limits.max_upload_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -238,8 +253,8 @@ async def _read_upload(request: Request, limits: ServeLimits) -> tuple[bytes, di
     options = dict(request.query_params)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
-        data, fields = _multipart(request.headers.get("content-type", ""), body, limit)
-        return data, {**options, **fields}
+        data, fields, name = _multipart(request.headers.get("content-type", ""), body, limit)
+        return data, {**options, **fields}, name
     if kind == "application/json":
         try:
             payload = json.loads(body)
@@ -248,14 +263,14 @@ async def _read_upload(request: Request, limits: ServeLimits) -> tuple[bytes, di
             raise RequestError(400, 'JSON body must be {"image": "<base64 of the image file>"} '
                                     '(optional "format", "quality")') from None
         try:
-            return base64.b64decode(encoded.split(",", 1)[-1], validate=True), {**options, **payload}
+            return base64.b64decode(encoded.split(",", 1)[-1], validate=True), {**options, **payload}, None
         except (ValueError, TypeError, AttributeError, binascii.Error):
             raise RequestError(400, '"image" is not base64: send the image file\'s bytes base64-encoded '
                                     '(a data: URL works too)') from None
     if kind.startswith("image/") or kind == "application/octet-stream":
         if not body:
             raise RequestError(400, "empty body: send the image file's bytes")
-        return body, options
+        return body, options, None
     sent = f"content type {kind!r}" if kind else ("an empty Content-Type header" if "content-type" in request.headers
                                                   else "no Content-Type header")
     raise RequestError(415, f"{sent}: send multipart/form-data with field 'file', "
@@ -303,12 +318,13 @@ def _opens_as_image(data: bytes) -> bool:
         return False
 
 
-def _multipart(content_type: str, body: bytes, limit: int) -> tuple[bytes, dict]:
-    """Field `file`'s bytes and the other fields of a multipart body, parsed in memory."""
+def _multipart(content_type: str, body: bytes, limit: int) -> tuple[bytes, dict, str | None]:
+    """Field `file`'s bytes, the other fields and the file's name, if it has one, of a multipart body, parsed in
+    memory."""
     from python_multipart import create_form_parser
     from python_multipart.exceptions import FormParserError
 
-    files, fields, raw = {}, {}, {}
+    files, fields, raw, names = {}, {}, {}, {}
 
     def on_field(field) -> None:
         name = field.field_name.decode("utf-8", "replace")
@@ -317,7 +333,9 @@ def _multipart(content_type: str, body: bytes, limit: int) -> tuple[bytes, dict]
 
     def on_file(file) -> None:
         file.file_object.seek(0)
-        files[file.field_name.decode("utf-8", "replace")] = file.file_object.read()
+        field = file.field_name.decode("utf-8", "replace")
+        files[field] = file.file_object.read()
+        names[field] = (file.file_name or b"").decode("utf-8", "replace")
 
     headers = {"Content-Type": content_type.encode("latin-1"), "Content-Length": str(len(body)).encode()}
     try:
@@ -339,4 +357,4 @@ def _multipart(content_type: str, body: bytes, limit: int) -> tuple[bytes, dict]
         raise RequestError(400, f"multipart body has no file field 'file' (fields: {', '.join(files) or 'none'})")
     if not files["file"]:
         raise RequestError(400, "the field 'file' is empty")
-    return files["file"], fields
+    return files["file"], fields, names.get("file")

@@ -60,6 +60,7 @@ def test_restore_takes_multipart_base64_json_and_raw_bytes_tiled_at_any_size(ser
 
     multipart = client.post(url + "/restore", files={"file": ("photo.png", _png(image), "image/png")})
     assert multipart.status_code == 200 and multipart.headers["content-type"] == "image/png"
+    assert multipart.headers["content-disposition"] == 'inline; filename="photo-restored.png"'  # as the page names it
     np.testing.assert_array_equal(_decode(multipart.content), expected)
 
     as_json = client.post(url + "/restore", json={"image": base64.b64encode(_png(image)).decode(), "format": "png"})
@@ -68,6 +69,7 @@ def test_restore_takes_multipart_base64_json_and_raw_bytes_tiled_at_any_size(ser
 
     raw = client.post(url + "/restore?format=webp&quality=80", content=_png(image), headers={"Content-Type": "image/png"})
     assert raw.status_code == 200 and raw.headers["content-type"] == "image/webp"
+    assert raw.headers["content-disposition"] == 'inline; filename="restored.webp"'  # no file name sent
     assert _decode(raw.content).shape == image.shape
 
     # JPEG with quality: a form field or a query parameter; lower quality, fewer bytes
@@ -76,6 +78,19 @@ def test_restore_takes_multipart_base64_json_and_raw_bytes_tiled_at_any_size(ser
     assert small.headers["content-type"] == large.headers["content-type"] == "image/jpeg"
     assert len(small.content) < len(large.content)
     assert large.content == encode_image(expected, "jpg", 95)  # the restored image, encoded as asked
+
+
+@pytest.mark.parametrize("sent, disposition", [
+    ("IMG_0042.HEIC", 'inline; filename="IMG_0042-restored.jpg"'),
+    ("C:\\Users\\me\\shot.png", 'inline; filename="shot-restored.jpg"'),  # an old browser's full path
+    ("café.png", "inline; filename=\"restored.jpg\"; filename*=UTF-8''caf%C3%A9-restored.jpg"),
+    ('a"b;c.png', "inline; filename=\"restored.jpg\"; filename*=UTF-8''a%22b%3Bc-restored.jpg"),
+    ("", 'inline; filename="restored.jpg"'),
+])
+def test_the_answer_is_named_after_the_uploaded_file(sent, disposition):
+    from pipeline.serving.app import content_disposition
+
+    assert content_disposition(sent, "jpg") == disposition
 
 
 def test_a_file_part_named_only_by_filename_star_is_the_upload(serve_app, client, rng):
