@@ -18,6 +18,7 @@ from torch import nn
 
 from pipeline.data.dataset import to_image, to_tensor
 from pipeline.errors import ParamsError
+from pipeline.moire.jpeg import RGB_TO_YCBCR
 
 
 class RestoreStopped(Exception):
@@ -215,7 +216,24 @@ def restore_image(model: nn.Module, image: np.ndarray, device: torch.device | st
         restored = to_image(restore_tensor(model, to_tensor(image), device))
     else:
         restored = restore_tiled(model, image, device, tile_size, overlap, batch_size, should_stop)
-    return correct_falloff(restored, image, falloff)
+    restored = correct_falloff(restored, image, falloff)
+    return grey_of(restored) if is_grey(image) else restored
+
+
+def is_grey(image: np.ndarray) -> bool:
+    """Whether every pixel's three channels are equal: a greyscale photo, which holds no colour moiré to remove."""
+    return bool(np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2]))
+
+
+def grey_of(image: np.ndarray) -> np.ndarray:
+    """Each pixel's luma (BT.601, the luma a chroma correction keeps) in all three channels: a grey photo's
+    restoration stays grey, where a network trained on colour photos would tint it by a few levels."""
+    red, green, blue = RGB_TO_YCBCR[0]
+    luma = image[..., 0] * np.float32(red)
+    luma += image[..., 1] * np.float32(green)
+    luma += image[..., 2] * np.float32(blue)
+    grey = np.clip(np.rint(luma, out=luma), 0, 255, out=luma).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
 
 
 def restore_shrunk(restore: Callable[[np.ndarray], np.ndarray], image: np.ndarray, max_side: int) -> np.ndarray:

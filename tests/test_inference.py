@@ -139,7 +139,8 @@ def test_falloff_is_estimated_on_the_whole_photo_and_undone_on_what_the_model_re
     y, x = np.mgrid[:90, :150]
     page = np.where((y // 9) % 3 == 0, 40, 220)  # lines of "text" on a white page, darker towards the corners
     darkened = np.clip(page * (1 - 0.3 * ((x - 75) ** 2 + (y - 45) ** 2) / (75**2 + 45**2)), 0, 255)
-    photo = np.ascontiguousarray(np.repeat(darkened.astype(np.uint8)[..., None], 3, axis=2))
+    # a warm white page: not grey, which restore_image keeps grey after the falloff (the test above)
+    photo = np.ascontiguousarray((darkened[..., None] * np.array([1.0, 0.97, 0.92])).astype(np.uint8))
     for max_side in (None, 50):
         plain = restore_image(model, photo, "cpu", tile_size=64, overlap=16, max_side=max_side)
         corrected = restore_image(model, photo, "cpu", tile_size=64, overlap=16, max_side=max_side, falloff=0.5)
@@ -185,3 +186,21 @@ def test_max_side_restores_larger_photos_at_that_side_and_leaves_smaller_ones_as
         restore_image(model, image, "cpu", tile_size=64, overlap=16, batch_size=2, max_side=112,
                       should_stop=lambda: asked.append(len(shapes)) or len(asked) == 2)
     assert asked == [0, 1]  # stopped before the second batch of tiles
+
+
+def test_a_grey_photo_comes_back_grey_and_a_colour_one_as_the_network_restores_it():
+    net = build_model(ModelSpec("unet", 8, 2, correction="chroma"), seed=0).eval()
+    for layer in net.modules():  # a network that tints: weights far from the near-identity it starts at
+        if isinstance(layer, torch.nn.Conv2d):
+            torch.nn.init.normal_(layer.weight, std=0.3, generator=torch.Generator().manual_seed(0))
+    grey_input = np.repeat(_moire_like(40, 72)[..., :1], 3, axis=2)
+    tinted = to_image(restore_tensor(net, to_tensor(grey_input), CPU))
+    assert np.abs(tinted.astype(int) - tinted[..., :1]).max() > 2  # the network alone adds colour
+    luma = tinted.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    whole = restore_image(net, grey_input, CPU)
+    np.testing.assert_allclose(whole[..., 0], luma, atol=0.51)  # the tint dropped, the luma the network made kept
+    tiled = restore_image(net, grey_input, CPU, tile_size=32, overlap=8)
+    assert (whole == whole[..., :1]).all() and (tiled == tiled[..., :1]).all()  # grey out, whole or in tiles
+    colour = _moire_like(40, 72)
+    as_restored = to_image(restore_tensor(net, to_tensor(colour), CPU))
+    np.testing.assert_array_equal(restore_image(net, colour, CPU), as_restored)  # colour: untouched by this

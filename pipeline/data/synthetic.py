@@ -110,8 +110,8 @@ def sources_without_pairs(n_pairs: int, specs: list[SourceSpec]) -> list[SourceS
     return [spec for position, spec in enumerate(specs) if position not in shown]
 
 
-def warn_unshown_sources(n_pairs: int, specs: list[SourceSpec]) -> list[SourceSpec]:
-    """Say which usable sources get no pair (a few named, the user's photos first); return them."""
+def warn_unshown_sources(n_pairs: int, specs: list[SourceSpec]) -> None:
+    """Say which usable sources get no pair, if any: a few named, the user's photos first."""
     unshown = sources_without_pairs(n_pairs, specs)
     if unshown:
         named = sorted(unshown, key=lambda spec: spec.kind != "folder")[:5]
@@ -119,7 +119,6 @@ def warn_unshown_sources(n_pairs: int, specs: list[SourceSpec]) -> list[SourceSp
         log.warning("synthesize.n_pairs %d is below the %d usable sources: %d get no pair (%s%s); raise n_pairs to %d "
                     "or more to use each one", n_pairs, len(specs), len(unshown),
                     ", ".join(spec.path or spec.source_id for spec in named), more, len(specs))
-    return unshown
 
 
 def render_shard(
@@ -363,9 +362,9 @@ def synthesize_dataset(cfg: SynthesizeParams, seed: int, out_dir: Path, run_shar
     specs, skipped = collect_sources(cfg.sources.bundled, cfg.sources.procedural, cfg.sources.folders, cfg.sources.screen_kinds)
     if not specs:
         raise InputDataError("no usable source images: enable bundled or procedural sources, or add folders")
+    warn_unshown_sources(cfg.n_pairs, specs)
     # Two runs into one folder would each discard the other's work folder (different params) or render the
     # same shards twice (same params): the second stops at once.
-    warn_unshown_sources(cfg.n_pairs, specs)
     with sole_writer(out_dir, "synthesize run"):
         return render_and_publish(cfg, seed, out_dir, run_shards, specs, skipped)
 
