@@ -71,6 +71,7 @@ deploy: $(STAMP)
 
 worker: $(STAMP)
 	@test -n "$$PREFECT_API_URL" || { echo "error: set PREFECT_API_URL to the Prefect server"; exit 2; }
+	@$(BIN)/python -m flows.server_check --pool $(POOL)
 	DEMOIRE_PROJECT_DIR=$(CURDIR) $(PREFECT_ENV) $(BIN)/prefect worker start --pool $(POOL) --limit 1
 
 # A team MLflow tracking server on PostgreSQL (a cluster of its own in .mlflow-server/ unless

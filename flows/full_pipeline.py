@@ -195,7 +195,11 @@ def summary_markdown(summary: dict) -> str:
         mean = metrics["real_mean"]
         lines.append(f"- real sets ({', '.join(metrics['real'])}): PSNR {mean['psnr']:.2f} dB, tone-aligned PSNR "
                      f"{mean['tone_psnr']:.2f} dB, SSIM {mean['ssim']:.3f} (means over sets)")
-    if record and summary.get("registered", True):
+    if record and summary.get("registered", True) and record.get("registered_earlier"):
+        from pipeline.evaluation.run_report import earlier_registration_text  # here: it imports torch, this flow not
+
+        lines.append(f"- {earlier_registration_text(record)}")
+    elif record and summary.get("registered", True):
         verdict = "promoted to `champion`" if record["promote"] else "not promoted"
         lines.append(f"- `{record['model_name']}` v{record['version']} {verdict}: {record['reason']}")
     elif record:  # nothing registered by this run: the decision on file is an earlier run's

@@ -195,6 +195,8 @@ def _registration_html(record: dict) -> str:
     promoted = record.get("promote")
     # what the register stage decided then: a later promote or rollback is the registry's, not this record's
     verdict = "promoted to champion at registration" if promoted else "kept as challenger at registration"
+    if record.get("registered_earlier"):  # this run found the same model registered: nothing moved now
+        verdict += " (an earlier run's: this one registered nothing)"
     parts = [f"<p class=\"{'promoted' if promoted else 'kept'}\"><b>{html.escape(str(record.get('model_name')))} "
              f"v{html.escape(str(record.get('version')))}: {verdict}</b> — {html.escape(str(record.get('reason')))}</p>"]
     kind = GATE_KINDS[record.get("gate_kind", SYNTHETIC.name)]
@@ -223,10 +225,25 @@ def _registration_html(record: dict) -> str:
     return "\n".join(parts)
 
 
+def earlier_registration_text(record: dict) -> str | None:
+    """What a registration that found its model already registered did: nothing, the earlier decision standing
+    (the champion may have moved since); None for a registration of its own."""
+    earlier = record.get("registered_earlier")
+    if not earlier:
+        return None
+    where = f"experiment {earlier['dvc_experiment']}" if earlier.get("dvc_experiment") else "outside an experiment"
+    verdict = "promoted to `champion`" if record["promote"] else "kept as `challenger`"
+    return (f"`{record['model_name']}` v{record['version']} was registered earlier ({where}, run {earlier['run_id']}) "
+            f"for the same model and scores: nothing was registered or moved now; then it was {verdict} by the "
+            f"{record['gate_kind']} gate: {record['reason']}")
+
+
 def registration_markdown(record: dict) -> str:
     """The register stage's summary artifact: the decision, and the untouched input it was held against."""
     verdict = "promoted to `champion`" if record["promote"] else "kept as `challenger`"
-    lines = [f"# Registration\n\n`{record['model_name']}` v{record['version']} {verdict} by the "
+    earlier = earlier_registration_text(record)
+    lines = [f"# Registration\n\n{earlier}." if earlier else
+             f"# Registration\n\n`{record['model_name']}` v{record['version']} {verdict} by the "
              f"{record['gate_kind']} gate: {record['reason']}."]
     kind, untouched = GATE_KINDS[record["gate_kind"]], record.get("untouched")
     floor = input_floor_text(record.get("over_input"), bool(untouched))

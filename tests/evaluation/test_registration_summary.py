@@ -19,3 +19,13 @@ def test_the_summary_names_the_decision_and_the_input_it_had_to_beat():
     assert unknown.endswith("\n\nInput floor on, not applied: the untouched input's scores on this gate set are "
                             "not known.\n")
     assert "Input floor" not in registration_markdown({k: v for k, v in RECORD.items() if k != "over_input"})
+
+
+def test_a_registration_that_found_its_model_registered_says_it_moved_nothing():
+    reused = RECORD | {"promote": True, "reason": "no champion yet",
+                       "registered_earlier": {"run_id": "95e96dcb", "dvc_experiment": "tidal-rump"}}
+    text = registration_markdown(reused)
+    assert text.startswith("# Registration\n\n`demoire` v3 was registered earlier (experiment tidal-rump, run "
+                           "95e96dcb) for the same model and scores: nothing was registered or moved now; then it "
+                           "was promoted to `champion` by the real gate: no champion yet.\n\n")
+    assert "v3 promoted to" not in text

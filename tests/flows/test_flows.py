@@ -1,6 +1,7 @@
 """Flows against a real Prefect server."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -263,6 +264,14 @@ def test_pipeline_summary_tells_a_registration_of_this_run_from_an_earlier_one()
     earlier = summary_markdown({**run, "registered": False})
     assert "- nothing registered (up to date); the last registration: `demoire` v3, not promoted" in earlier
     assert "does not beat" not in earlier
+    # the stage ran, but found the same model and scores registered by an earlier run (another experiment)
+    reused = {**record, "promote": True, "reason": "no champion yet", "gate_kind": "synthetic",
+              "registered_earlier": {"run_id": "95e96dcb", "dvc_experiment": None}}
+    text = summary_markdown({**run, "registration": reused, "registered": True})
+    assert ("- `demoire` v3 was registered earlier (outside an experiment, run 95e96dcb) for the same model and "
+            "scores: nothing was registered or moved now; then it was promoted to `champion` by the synthetic gate: "
+            "no champion yet") in text
+    assert "v3 promoted to" not in text
 
 
 @pytest.mark.slow
@@ -335,6 +344,29 @@ def test_the_server_check_passes_a_prefect_api_and_names_what_is_wrong_otherwise
     nobody = f"http://127.0.0.1:{_free_port()}/api"
     assert problem_with(nobody).startswith(f"no Prefect server answers at {nobody} (")
     assert problem_with("") == "set PREFECT_API_URL, e.g. http://127.0.0.1:4200/api (make server)"
+
+
+def test_a_worker_for_a_mistyped_pool_is_refused_naming_the_pools_and_creates_none(prefect_api):
+    from prefect import get_client
+
+    from flows.server_check import pool_problem
+
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    with get_client(sync_client=True) as client:
+        if "cpu" not in {pool.name for pool in client.read_work_pools()}:
+            client.create_work_pool(WorkPoolCreate(name="cpu", type="process"))
+    assert pool_problem(prefect_api, "cpu") is None
+    result = subprocess.run([sys.executable, "-m", "flows.server_check", "--pool", "gpus"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    # the pools there (other tests of this session may add theirs), then what to do
+    listed = re.fullmatch(rf"error: no work pool 'gpus' on {re.escape(prefect_api)} \(pools there: (.*)\); "
+                          r"`make deploy` creates cpu and gpu: start the worker with POOL=cpu or POOL=gpu\n",
+                          result.stderr)
+    assert listed and "cpu" in listed[1].split(", "), result.stderr
+    with get_client(sync_client=True) as client:
+        assert "gpus" not in {pool.name for pool in client.read_work_pools()}
 
 
 def test_a_missing_gpu_pool_means_training_here_not_a_failed_pipeline(prefect_api):
