@@ -41,7 +41,7 @@ def run_stage(
         params = with_project_paths(load_params(args.params))
         # a missing folder is one line here, as `demoire check-params` says it, not an error from inside a flow run
         # whose server took seconds to start
-        check_folders(params, PROJECT_ROOT, str(args.params))
+        check_stage_folders(params, args.params)
         with prefect_api(), pipeline_run_tags():
             run(params, args)
     except DemoireError as exc:
@@ -89,6 +89,13 @@ def with_project_paths(params: Params) -> Params:
     return params.model_copy(update={
         "synthesize": params.synthesize.model_copy(update={"sources": sources.model_copy(update={"folders": folders})}),
         "preprocess": params.preprocess.model_copy(update={"datasets": datasets})})
+
+
+def check_stage_folders(params: Params, params_path: Path) -> None:
+    """The folders `params` (after with_project_paths) name exist where the stages read them: source folders and
+    imported datasets from here, or the project where only it has them; real sets from the project
+    (flows/evaluate.py)."""
+    check_folders(params, str(params_path), Path.cwd(), PROJECT_ROOT)
 
 
 def untracked_preset_hint(params_path: Path) -> str:

@@ -724,16 +724,21 @@ def check_patches_fit_the_pairs(params: Params, source: str) -> None:
                           f"it is cut from; choose at most {size} or raise synthesize.size")
 
 
-def check_folders(resolved: Params, project_dir: Path, source: str) -> None:
-    """The folders params name exist (relative ones from `project_dir`): said in one line by `demoire check-params`
-    and by each stage before its Prefect server starts, not by a stage DVC has already cleared the outputs of.
-    Their contents are the stages' to check."""
-    folders = resolved.synthesize.sources.folders
-    named = [(f"synthesize.sources.folders[{i}]", folder) for i, folder in enumerate(folders)]
-    named += [(f"evaluate.real_sets[{i}].path", real.path) for i, real in enumerate(resolved.evaluate.real_sets)]
-    for key, folder in named:
-        if not (project_dir / folder).is_dir():  # an absolute path stays as it is
-            raise ParamsError(f"{source}: {key} = {str(folder)!r}: no such folder ({project_dir / folder})")
+def check_folders(resolved: Params, source: str, inputs_dir: Path, real_sets_dir: Path | None = None) -> None:
+    """The folders params name exist: source folders and imported datasets relative to `inputs_dir`, real sets to
+    `real_sets_dir` (default: the same). Said in one line by `demoire check-params` and by each stage before its
+    Prefect server starts, not by a stage DVC has already cleared the outputs of. Their contents are the stages'
+    to check."""
+    real_sets_dir = inputs_dir if real_sets_dir is None else real_sets_dir
+    named = [(f"synthesize.sources.folders[{i}]", inputs_dir, folder)
+             for i, folder in enumerate(resolved.synthesize.sources.folders)]
+    named += [(f"preprocess.datasets[{i}].path", inputs_dir, entry.path)
+              for i, entry in enumerate(resolved.preprocess.datasets)]
+    named += [(f"evaluate.real_sets[{i}].path", real_sets_dir, real.path)
+              for i, real in enumerate(resolved.evaluate.real_sets)]
+    for key, base, folder in named:
+        if not (base / folder).is_dir():  # an absolute path stays as it is
+            raise ParamsError(f"{source}: {key} = {str(folder)!r}: no such folder ({base / folder})")
 
 
 def parse_params(raw: Any, source: str = "params", options: Mapping[str, str] | None = None) -> Params:

@@ -104,6 +104,8 @@ def read_photo(source: Path | bytes, max_pixels: int | None = None, name: str | 
                 exif = im.getexif()
                 upright = ImageOps.exif_transpose(im)
                 rgb, converted = _to_srgb(upright, im.info.get("icc_profile"), name)
+                if not im.info.get("icc_profile"):
+                    _warn_unconverted_primaries(im.info.get("nclx_profile"), name)
     except FileNotFoundError as exc:
         raise InputDataError(f"image not found: {name}") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -120,6 +122,21 @@ def read_photo(source: Path | bytes, max_pixels: int | None = None, name: str | 
     if len(exif):
         exif[EXIF_ORIENTATION] = 1
     return Photo(rgb, exif.tobytes() if len(exif) else None, converted)
+
+
+# HEIF's colour primaries codes (ITU-T H.273) that are sRGB's own (1: BT.709) or unstated (2); names of others
+SRGB_PRIMARIES = {1, 2}
+PRIMARIES_NAMES = {9: "BT.2020", 11: "DCI-P3", 12: "Display P3"}
+
+
+def _warn_unconverted_primaries(nclx: dict | None, name: str) -> None:
+    """Say that a HEIC whose colours are declared only by code (nclx, as Android phones write them), in primaries
+    other than sRGB's, is read as sRGB: littlecms converts from ICC profiles only, so its colours come out a little
+    less saturated than a viewer shows them."""
+    primaries = (nclx or {}).get("color_primaries")
+    if primaries is not None and primaries not in SRGB_PRIMARIES:
+        log.warning("%s declares its colours in %s primaries by code, with no ICC profile: read as sRGB, not "
+                    "converted", name, PRIMARIES_NAMES.get(primaries, f"H.273 code {primaries}"))
 
 
 def _check_bit_depth(im: Image.Image, name: str) -> None:

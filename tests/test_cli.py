@@ -55,6 +55,21 @@ def test_check_params_refuses_synthetic_data_the_preprocess_stage_cannot_split(t
     assert runner.invoke(app, ["check-params", "--params", str(params)]).exit_code == 0  # nothing synthetic to split
 
 
+@pytest.mark.parametrize("written, key", [
+    ("synthesize: {sources: {folders: [photos]}}\n", "synthesize.sources.folders[0] = 'photos'"),
+    ("preprocess: {datasets: [{path: fhdmi, split: test}]}\n", "preprocess.datasets[0].path = 'fhdmi'"),
+    ("evaluate: {real_sets: [{name: r, path: real}]}\n", "evaluate.real_sets[0].path = 'real'"),
+])
+def test_check_params_names_a_folder_that_is_not_there_relative_to_the_params_file(tmp_path, written, key):
+    params = tmp_path / "params.yaml"
+    params.write_text(written)
+    result = runner.invoke(app, ["check-params", "--params", str(params)])
+    folder = key.split("'")[1]
+    assert result.exit_code == 2 and f"{key}: no such folder ({tmp_path / folder})" in result.output, result.output
+    (tmp_path / folder).mkdir()
+    assert runner.invoke(app, ["check-params", "--params", str(params)]).exit_code == 0
+
+
 def test_mlflow_s_download_bar_is_off_where_no_terminal_would_show_it(tmp_path, monkeypatch):
     # the CLI under a runner (stderr is no terminal), and a flow's process whose stderr goes to a log
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "unset")  # so that the undo removes what the CLI sets

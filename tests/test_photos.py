@@ -99,6 +99,20 @@ def test_an_iphone_heic_or_an_avif_photo_is_read_upright_in_srgb_and_predicted(t
         assert im.size == (30, 48)
 
 
+def test_a_heic_whose_colours_are_declared_only_by_code_is_read_as_srgb_with_a_warning(tmp_path, caplog):
+    green = np.zeros((16, 16, 3), dtype=np.uint8)
+    green[..., 1] = 200
+    nclx = {"transfer_characteristics": 13, "matrix_coefficients": 6, "full_range_flag": 1}  # sRGB's curve, BT.601
+    Image.fromarray(green).save(tmp_path / "p3.heic", quality=100, nclx_profile={**nclx, "color_primaries": 12})
+    Image.fromarray(green).save(tmp_path / "srgb.heic", quality=100, nclx_profile={**nclx, "color_primaries": 1})
+    with caplog.at_level("WARNING", logger="pipeline.photos"):
+        assert read_photo(tmp_path / "p3.heic").converted_from is None
+        read_photo(tmp_path / "srgb.heic")
+    warned = [record.getMessage() for record in caplog.records]
+    assert warned == [f"{tmp_path / 'p3.heic'} declares its colours in Display P3 primaries by code, with no ICC "
+                      "profile: read as sRGB, not converted"]
+
+
 def test_a_colour_profile_is_converted_to_srgb(tmp_path):
     green = np.zeros((16, 16, 3), dtype=np.uint8)
     green[..., 1] = 200

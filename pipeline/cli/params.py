@@ -31,7 +31,7 @@ def check_params(
             source, resolved = "the defaults", Params()
         else:
             resolved = load_params(source)
-            check_folders(resolved, Path(source).resolve().parent, str(source))
+            check_folders(resolved, str(source), Path(source).resolve().parent)
             check_splittable(resolved, str(source))
     except DemoireError as exc:
         fail(exc)

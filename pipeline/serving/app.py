@@ -230,12 +230,16 @@ def _restore_encoded(restore: Restore, data: bytes, max_pixels: int, fmt: str, q
     return encode_image(restore(photo.rgb, should_stop), fmt, quality)
 
 
+MAX_NAME_STEM = 100  # characters of an upload's name kept in the answer's
+
+
 def content_disposition(upload_name: str | None, fmt: str) -> str:
     """The answer's file name as the web page names its downloads, `NAME-restored.FMT` after the uploaded file's
     name (`restored.FMT` without one), in RFC 6266's form: an ASCII name as it is, any other as `filename*`
     (percent-encoded UTF-8) beside an ASCII fallback. A client's full path (old browsers send one) is cut to its
-    last part."""
-    stem = PurePosixPath((upload_name or "").replace("\\", "/")).stem.strip()
+    last part, its stem to 100 characters (a header of thousands would be one clients refuse)."""
+    base = PurePosixPath((upload_name or "").replace("\\", "/")).name
+    stem = re.sub(r"\.[^.]*$", "", base).strip()[:MAX_NAME_STEM]  # the page's own rule: the last suffix off
     name = f"{stem}-restored.{fmt}" if stem else f"restored.{fmt}"
     if name.isascii() and name.isprintable() and not set(name) & set('"\\;'):
         return f'inline; filename="{name}"'

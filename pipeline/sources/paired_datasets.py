@@ -174,7 +174,7 @@ def pair_split_folder(folder: Path, layout: DatasetLayout, split: str) -> tuple[
     moire_root, clean_root = folder / layout.moire_dir, folder / layout.clean_dir
     pairs: list[DatasetPair] = []
     skipped: list[SkippedPair] = []
-    taken: dict[str, Path] = {}  # pair name → the moiré file that has it
+    taken: dict[str, Path] = {}  # pair name (NFC: see _partner) → the moiré file that has it
     named_clean: set[Path] = set()  # clean files some moiré file names as its partner
     moire_files: set[Path] = set()
     listings: dict[Path, dict[str, Path]] = {}  # folder → its entries by NFC name (see _partner)
@@ -184,11 +184,12 @@ def pair_split_folder(folder: Path, layout: DatasetLayout, split: str) -> tuple[
         name = _in_split(split, subfolder.as_posix(), match["key"])
         clean_path = _partner(clean_root / subfolder / layout.clean_file.format(**match.groupdict()), listings)
         named_clean.add(clean_path)
-        if name in taken:  # src_1.png beside src_1.jpg, or TIP2018's 1_source.png beside 1source.png
+        key = unicodedata.normalize("NFC", name)  # café.png written composed and decomposed: one pair's name
+        if key in taken:  # src_1.png beside src_1.jpg, or TIP2018's 1_source.png beside 1source.png
             skipped.append(SkippedPair(name, f"{_shown(moire_path, folder)} names the same pair as "
-                                             f"{_shown(taken[name], folder)}, which is read; rename one"))
+                                             f"{_shown(taken[key], folder)}, which is read; rename one"))
         elif _is_entry(clean_path):  # a link to nothing: skipped when read, with why
-            taken[name] = moire_path
+            taken[key] = moire_path
             pairs.append(DatasetPair(name, split, moire_path, clean_path))
         else:
             skipped.append(SkippedPair(name, f"no clean partner {_shown(clean_path, folder)}"))
@@ -217,14 +218,16 @@ def _partner(clean_path: Path, listings: dict[Path, dict[str, Path]]) -> Path:
 
     macOS writes names decomposed (NFD: "e" + a combining accent), Linux keeps what it is given, mostly
     composed (NFC), so a set whose moiré half was copied from a Mac and whose clean half was written here
-    names its pairs with different bytes. `listings` caches each folder's entries by NFC name.
+    names its pairs with different bytes. Of several such entries (both forms beside a third, mixed one), the
+    first by name. `listings` caches each folder's entries by NFC name.
     """
     if _is_entry(clean_path) or clean_path.name.isascii():
         return clean_path
     folder = clean_path.parent
     if folder not in listings:
-        listings[folder] = {unicodedata.normalize("NFC", entry.name): entry
-                            for entry in (folder.iterdir() if folder.is_dir() else ())}
+        listings[folder] = {}
+        for entry in sorted(folder.iterdir()) if folder.is_dir() else ():
+            listings[folder].setdefault(unicodedata.normalize("NFC", entry.name), entry)
     found = listings[folder].get(unicodedata.normalize("NFC", clean_path.name))
     return found if found is not None and _is_entry(found) else clean_path
 

@@ -307,6 +307,27 @@ def test_a_missing_folder_stops_a_stage_in_one_line_before_any_flow_runs(tmp_pat
     assert "Finished in state" not in output and not (tmp_path / "synth").exists()
 
 
+def test_a_stage_in_an_experiments_copy_finds_folders_where_it_reads_them(tmp_path, monkeypatch):
+    import flows._entry as entry
+    from pipeline.config import parse_params
+    from pipeline.errors import ParamsError
+
+    project, copy = tmp_path / "project", tmp_path / "copy"  # `dvc exp run --temp`: the stage runs in a copy
+    (project / "real").mkdir(parents=True)
+    (copy / "tracked").mkdir(parents=True)  # only in the copy (the workspace moved on)
+    (project / "untracked").mkdir()  # only in the project (not in git)
+    monkeypatch.setattr(entry, "PROJECT_ROOT", project)
+    monkeypatch.chdir(copy)
+    params = entry.with_project_paths(parse_params({
+        "synthesize": {"sources": {"folders": ["tracked", "untracked"]}},
+        "evaluate": {"real_sets": [{"name": "r", "path": "real"}]}}))
+    entry.check_stage_folders(params, Path("params.yaml"))  # each found where the stage reads it
+    gone = params.model_copy(update={"evaluate": parse_params(
+        {"evaluate": {"real_sets": [{"name": "r", "path": "elsewhere"}]}}).evaluate})
+    with pytest.raises(ParamsError, match=r"evaluate.real_sets\[0\].path = 'elsewhere': no such folder"):
+        entry.check_stage_folders(gone, Path("params.yaml"))
+
+
 def test_the_adhoc_synthesis_flow_replaces_only_its_own_sets_and_only_when_asked(tmp_path, prefect_api):
     from flows.synthesize import synthesize_set_flow
     from pipeline.errors import InputDataError

@@ -86,6 +86,8 @@ def test_restore_takes_multipart_base64_json_and_raw_bytes_tiled_at_any_size(ser
     ("café.png", "inline; filename=\"restored.jpg\"; filename*=UTF-8''caf%C3%A9-restored.jpg"),
     ('a"b;c.png', "inline; filename=\"restored.jpg\"; filename*=UTF-8''a%22b%3Bc-restored.jpg"),
     ("", 'inline; filename="restored.jpg"'),
+    (".hidden", 'inline; filename="restored.jpg"'),  # the page's rule: the last suffix off, nothing left
+    ("é" * 5000 + ".png", "inline; filename=\"restored.jpg\"; filename*=UTF-8''" + "%C3%A9" * 100 + "-restored.jpg"),
 ])
 def test_the_answer_is_named_after_the_uploaded_file(sent, disposition):
     from pipeline.serving.app import content_disposition
@@ -131,8 +133,10 @@ def test_limits_and_bad_input_answer_4xx_with_one_line_never_500(serve_app, clie
         (dict(files={"file": ("big.png", too_many_bytes)}), 413, "over the limit of 20,000 bytes"),
         (dict(content=iter([too_many_bytes]), headers={"Content-Type": "image/png"}), 413, "over the limit of 20,000 bytes"),
         (dict(files={"file": ("wide.png", too_many_pixels)}), 413, "60x60 = 3,600 pixels, over the limit of 2,500"),
-        (dict(files={"file": ("notes.txt", b"hello, not an image")}), 415, "not a JPEG, PNG, WebP, HEIC, AVIF, TIFF, BMP or GIF"),
-        (dict(files={"file": ("favicon.ico", icon.getvalue())}), 415, "the upload is in ICO format; send a photo in JPEG, PNG, WebP, HEIC"),
+        (dict(files={"file": ("notes.txt", b"hello, not an image")}), 415,
+         "not a JPEG, PNG, WebP, HEIC, AVIF, TIFF, BMP or GIF"),
+        (dict(files={"file": ("favicon.ico", icon.getvalue())}), 415,
+         "the upload is in ICO format; send a photo in JPEG, PNG, WebP, HEIC"),
         (dict(files={"file": ("cut.png", small[:200])}), 400, "cannot read image from the upload"),
         (dict(files={"other": ("a.png", small)}), 400, "no file field 'file' (fields: other)"),
         (dict(files={"file": ("empty.png", b"")}), 400, "the field 'file' is empty"),

@@ -74,8 +74,8 @@ def test_a_photo_dropped_on_the_page_comes_back_restored(tmp_path):
         browser.upload("#files", tmp_path / "notes.txt")
         browser.wait_for("return document.querySelectorAll('.result[data-status]').length == 3")
         text = browser.run("return document.querySelector('.result').querySelector('.status').textContent")
-        assert text == ("not restored: cannot read image from the upload: not a JPEG, PNG, WebP, HEIC, AVIF, TIFF, BMP or GIF file, "
-                        "or one too damaged to recognise")
+        assert text == ("not restored: cannot read image from the upload: not a JPEG, PNG, WebP, HEIC, AVIF, TIFF, BMP "
+                        "or GIF file, or one too damaged to recognise")
     finally:
         if browser is not None:
             browser.close()

@@ -139,6 +139,11 @@ def test_a_name_in_another_unicode_form_on_each_side_is_one_pair(tmp_path, moire
     # an --include typed in the other form selects it too
     typed = unicodedata.normalize(clean_form, "café*")
     assert [pair.name for pair in find_paired_folder(root, include=typed).pairs] == [moire_name]
+    # the moiré name in both forms: one pair, the second file said, as a second file under a pair's name is
+    _image(root / "moire" / clean_name, 7)
+    both = find_pairs(root)
+    assert [pair.clean_path.name for pair in both.pairs] == [clean_name]
+    assert [item.reason for item in both.skipped if "names the same pair" in item.reason] != []
     fhdmi_found = find_pairs(tmp_path / "fhdmi")
     assert [pair.clean_path.name for pair in fhdmi_found.pairs] == [f"tar_{clean_name}"]
     assert fhdmi_found.skipped == []
