@@ -707,3 +707,55 @@ def test_the_project_store_is_refused_in_a_folder_whose_path_holds_a_question_ma
         default_tracking_uri(tmp_path / "q ?x")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/mlflow.db")
     assert default_tracking_uri(tmp_path / "q ?x") == "sqlite:////elsewhere/mlflow.db"
+
+
+def test_the_logged_models_requirements_cover_what_its_code_imports_on_loading():
+    # an environment built from them (not --env-manager local) must import the model's code: every package the
+    # load path imports is a listed one, mlflow or something either installs
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    from pipeline.registry.pyfunc import PYFUNC_REQUIREMENTS
+
+    listed = {_dist(Requirement(r).name) for r in PYFUNC_REQUIREMENTS}
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert listed == {_dist(Requirement(r).name) for r in pyproject["project"]["dependencies"]} - {"mlflow"}
+    probe = ("import sys, importlib.metadata as md, mlflow, mlflow.pyfunc\n"
+             "before = set(sys.modules)\n"
+             "from pipeline.registry.pyfunc import DemoirePyfunc\n"
+             "import pipeline.photos, pipeline.inference, pipeline.models, pipeline.training.device\n"
+             "import pipeline.serving.bounded\n"
+             "names = {m.split('.')[0] for m in set(sys.modules) - before}\n"
+             "dists = md.packages_distributions()\n"
+             "print('\\n'.join(sorted({d for m in names for d in dists.get(m, [])})))\n")
+    imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert "opencv-python-headless" in {_dist(name) for name in imported}  # what the list once lacked
+    optional = {"demoire", "pydot"}  # pydot: torch.fx imports it where it is installed, and goes on without it
+    assert {_dist(name) for name in imported} - optional - _installed_with(listed | {"mlflow"}) == set()
+
+
+def _dist(name: str) -> str:
+    """A distribution's name as pip compares them."""
+    return name.lower().replace("_", "-")
+
+
+def _installed_with(roots: set[str]) -> set[str]:
+    """`roots` and every distribution they require, transitively (extras left out)."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+
+    found, todo = set(), list(roots)
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.add(name)
+        try:
+            requires = md.requires(name) or []
+        except md.PackageNotFoundError:
+            continue
+        todo += [_dist(Requirement(r).name) for r in requires if "extra ==" not in r]
+    return found

@@ -148,6 +148,14 @@ def serving_config(infer: InferParams, device: str = "auto") -> dict:
             "falloff": infer.falloff}
 
 
+# What an environment built for the logged model (`mlflow models serve` without `--env-manager local`, `mlflow models
+# build-docker`) installs: the project's core dependencies (pyproject.toml; mlflow comes with the environment), which
+# its code imports on loading (OpenCV, scikit-image, matplotlib through the library's modules), torch as trained.
+PYFUNC_REQUIREMENTS = ["torch==2.13.0", "torchmetrics", "albumentations", "opencv-python-headless", "numpy", "pillow",
+                       "pillow-heif", "scikit-image", "matplotlib", "pandas", "pyarrow", "pydantic", "pyyaml", "typer",
+                       "rich", "psutil", "filelock"]
+
+
 def log_demoire_model(model_dir: Path, infer: InferParams | None = None):
     """Log the trained model as a pyfunc under the active run, tiling as `infer` says; return its ModelInfo."""
     example = np.full((32, 32, 3), 128, dtype=np.uint8)
@@ -166,8 +174,7 @@ def log_demoire_model(model_dir: Path, infer: InferParams | None = None):
             signature=IMAGE_SIGNATURE,
             input_example=example,
             model_config=serving_config(infer or InferParams()),
-            pip_requirements=["torch==2.13.0", "numpy", "pillow", "pillow-heif", "pydantic", "pyyaml", "pandas",
-                              "psutil", "filelock"],
+            pip_requirements=PYFUNC_REQUIREMENTS,
         )
 
 
