@@ -103,8 +103,9 @@ def read_photo(source: Path | bytes, max_pixels: int | None = None, name: str | 
                 _check_bit_depth(im, name)
                 exif = im.getexif()
                 upright = ImageOps.exif_transpose(im)
-                rgb, converted = _to_srgb(upright, im.info.get("icc_profile"), name)
-                if not im.info.get("icc_profile"):
+                icc = im.info.get("icc_profile")
+                rgb, converted = _to_srgb(upright, icc, name)
+                if not icc:
                     _warn_unconverted_primaries(im.info.get("nclx_profile"), name)
     except FileNotFoundError as exc:
         raise InputDataError(f"image not found: {name}") from exc

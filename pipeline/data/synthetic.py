@@ -401,8 +401,8 @@ def render_and_publish(cfg: SynthesizeParams, seed: int, out_dir: Path, run_shar
     for leftover in staging.rglob(".*.tmp"):  # every pair is finished: these are temp files of killed writers
         leftover.unlink()
     write_manifest(records, staging / "manifest.parquet")
-    used = len(specs) - len(sources_without_pairs(cfg.n_pairs, specs))
-    summary = {"pairs": len(records), "sources_used": used, "sources_skipped": len(skipped),
+    summary = {"pairs": len(records), "sources_used": len({record["source_id"] for record in records}),
+               "sources_skipped": len(skipped),
                "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]}
     write_json(staging / "summary.json", summary)
     publish_set(work, out_dir, fingerprint)

@@ -244,7 +244,7 @@ def _shown(path: Path, folder: Path) -> str:
 
 def _listed(folder: Path) -> list[Path]:
     """The image files directly in `folder`, sorted (a link to nothing too: reading it says why it fails)."""
-    return sorted(p for p in folder.iterdir() if (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if _is_entry(p) and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _moire_files(folder: Path, layout: DatasetLayout) -> Iterator[tuple[Path, re.Match[str]]]:
